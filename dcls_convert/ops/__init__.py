@@ -1,0 +1,55 @@
+"""The op front-end: one typed function per op. Each runs the compiled op when it has a kernel for the
+tensor's device, else the pure-PyTorch reference (same semantics, see reference.py)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import reference
+from ._library import backend_info, compiled_for, has_compiled_ops
+
+__all__ = ["dcls_kernel", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for", "INTERPOLATIONS"]
+
+INTERPOLATIONS = ("bilinear", "gaussian", "nearest")
+
+if has_compiled_ops():
+    from ._autograd import register_autograd
+    from ._fake import register_fakes
+
+    register_fakes()
+    register_autograd()
+
+
+def dcls_kernel(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None,
+                window: Sequence[int], interpolation: str = "bilinear", sigma_min: float = 0.27) -> torch.Tensor:
+    """Dense kernel (Cout, Cin/g, *window) from K taps per (out, in) pair.
+
+    Args:
+        weight: (Cout, Cin/g, K) tap weights.
+        positions: (D, Cout, Cin/g, K) offsets from the window centre L_d // 2, in pixels; axis d follows the
+            weight layout (d = 0 is height for 2-D). Clamped to the window inside the op.
+        sigma: (D, Cout, Cin/g, K) for "gaussian" (standard deviation |sigma| + sigma_min), else None.
+        window: the window size L_d per axis.
+
+    Example: a 2-D tap at positions[:, o, i, k] = (-1.0, 2.5) in a 5x5 window lands on row 1, columns 4 and 5
+    would be outside, so it is clamped to column 4 (L - 1).
+    """
+    window = [int(L) for L in window]
+    if compiled_for("dcls_construct", weight.device.type):
+        return torch.ops.dcls_convert.dcls_construct(weight, positions, sigma, window, interpolation, float(sigma_min))
+    return reference.dcls_construct(weight, positions, sigma, window, interpolation, sigma_min)
+
+
+def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None,
+              window: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+              interpolation: str = "bilinear") -> torch.Tensor:
+    """Depthwise convolution (groups = C) with a K-tap kernel that never builds the dense kernel.
+
+    Equal to F.convNd(x, dcls_kernel(weight, positions, None, window, interpolation), bias, stride, padding,
+    groups=C); 1-D and 2-D, interpolation "bilinear" or "nearest"; zero padding (other modes pad first).
+    """
+    window, stride, padding = ([int(v) for v in seq] for seq in (window, stride, padding))
+    if compiled_for("taps_conv", x.device.type):
+        return torch.ops.dcls_convert.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
+    return reference.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)

@@ -1,0 +1,53 @@
+"""Loads the compiled op library and records why when it cannot; says which backend runs each op."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+__all__ = ["has_compiled_ops", "compiled_for", "backend_info", "OPS"]
+
+OPS = ("dcls_construct", "taps_conv")
+
+_load_error: str | None = None
+try:
+    from .. import _C  # noqa: F401  (importing registers the ops)
+except Exception as exc:  # ImportError if never built, OSError/ImportError on an ABI mismatch
+    _load_error = f"{type(exc).__name__}: {exc}"
+
+_forced_reference = os.environ.get("DCLS_CONVERT_FORCE_REFERENCE", "") == "1"
+if _forced_reference:
+    _load_error = "DCLS_CONVERT_FORCE_REFERENCE=1"
+
+if _load_error is not None and not _forced_reference:
+    warnings.warn(
+        f"dcls_convert: compiled ops unavailable ({_load_error}); running the pure-PyTorch reference "
+        "implementation. Rebuild with `pip install --no-build-isolation -e .` against this torch.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_compiled_ops() -> bool:
+    return _load_error is None
+
+
+def compiled_for(op: str, device_type: str) -> bool:
+    """True when the compiled `op` has a kernel for `device_type` ("cpu", "cuda")."""
+    if _load_error is not None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dcls_convert::{op}", key)
+
+
+def backend_info() -> dict:
+    """Which implementation runs each op on each device: "compiled", "reference" or "no device"."""
+    devices = {"cpu": True, "cuda": torch.cuda.is_available()}
+    ops = {}
+    for op in OPS:
+        ops[op] = {}
+        for dev, present in devices.items():
+            kind = "compiled" if compiled_for(op, dev) else "reference"
+            ops[op][dev] = kind if present else f"{kind} (no device)"
+    return {"compiled_library": _load_error is None, "load_error": _load_error, "torch": torch.__version__, "ops": ops}

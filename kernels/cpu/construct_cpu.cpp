@@ -1,0 +1,119 @@
+// DCLS kernel construction on CPU: the forward scatters each tap onto its footprint (2^D corners for
+// bilinear, 1 for nearest, the separable window for gaussian); the backward runs the same per-tap
+// function as the CUDA kernel. Saved for backward: weight, positions, sigma only.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "dcls_convert/checks.h"
+#include "dcls_convert/args.h"
+
+namespace dcls_convert {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+void scatter_plane(const ConstructArgs<scalar_t, acc_t>& a, int64_t p, acc_t* buf) {
+  const int64_t vol = a.volume(), D = a.D;
+  std::fill(buf, buf + vol, acc_t(0));
+  for (int64_t k = 0; k < a.K; ++k) {
+    const acc_t w = static_cast<acc_t>(a.weight[p * a.K + k]);
+    Coord<acc_t> c[3];
+    for (int64_t d = 0; d < D; ++d) c[d] = grid_coord(a.pos[a.at(d, p, k)], a.L[d], a.interp);
+    if (a.interp == kGaussian) {
+      std::vector<acc_t> n[3];
+      for (int64_t d = 0; d < 3; ++d) {
+        n[d].assign(a.L[d], acc_t(1));
+        if (d >= D) continue;
+        const Gauss<acc_t> g = gauss_axis(c[d].u, a.sigma[a.at(d, p, k)], a.sigma_min, a.L[d]);
+        for (int64_t t = 0; t < a.L[d]; ++t) n[d][t] = gauss_value(g, t);
+      }
+      int64_t f = 0;
+      for (int64_t t0 = 0; t0 < a.L[0]; ++t0)
+        for (int64_t t1 = 0; t1 < a.L[1]; ++t1)
+          for (int64_t t2 = 0; t2 < a.L[2]; ++t2, ++f) buf[f] += w * n[0][t0] * n[1][t1] * n[2][t2];
+      continue;
+    }
+    const int per_axis = corners_per_axis(a.interp);
+    int ncorners = 1;
+    for (int64_t d = 0; d < D; ++d) ncorners *= per_axis;
+    for (int b = 0; b < ncorners; ++b) {
+      int64_t f = 0;
+      bool inside = true;
+      acc_t coef = w;
+      for (int64_t d = 0; d < D; ++d) {
+        const int bit = (b >> d) & 1;
+        const int64_t t = c[d].cell + bit;
+        inside = inside && t < a.L[d];
+        coef *= a.interp == kNearest ? acc_t(1) : corner_weight(c[d], bit);
+        f = f * a.L[d] + t;
+      }
+      if (!inside) continue;
+      for (int64_t d = D; d < 3; ++d) f *= a.L[d];
+      buf[f] += coef;
+    }
+  }
+}
+
+at::Tensor construct_cpu(const at::Tensor& weight, const at::Tensor& positions, const c10::optional<at::Tensor>& sigma,
+                         at::IntArrayRef window, c10::string_view interpolation, double sigma_min) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_construct_args(weight, positions, sigma, window, interp);
+  std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
+  shape.insert(shape.end(), window.begin(), window.end());
+  auto out = at::empty(shape, weight.options());
+  if (out.numel() == 0) return out.zero_();
+  const ConstructInputs in(weight, positions, sigma, interp);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "dcls_construct_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t vol = a.volume();
+    at::parallel_for(0, a.P, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(vol);
+      for (int64_t p = begin; p < end; ++p) {
+        scatter_plane(a, p, buf.data());
+        for (int64_t f = 0; f < vol; ++f) o[p * vol + f] = static_cast<scalar_t>(buf[f]);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& positions,
+    const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, c10::string_view interpolation,
+    double sigma_min, std::array<bool, 3> mask) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_construct_args(weight, positions, sigma, window, interp);
+  const auto adt = acc_dtype(weight.scalar_type());
+  const bool want_sigma = mask[2] && interp == kGaussian;
+  auto gw = mask[0] ? at::empty(weight.sizes(), weight.options().dtype(adt)) : at::empty({0}, weight.options());
+  auto gp = mask[1] ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
+  auto gs = want_sigma ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
+  const auto g = grad.to(weight.scalar_type()).contiguous();
+  const ConstructInputs in(weight, positions, sigma, interp);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "dcls_construct_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
+    a.grad = g.data_ptr<scalar_t>();
+    a.grad_weight = mask[0] ? gw.data_ptr<acc_t>() : nullptr;
+    a.grad_pos = mask[1] ? gp.data_ptr<acc_t>() : nullptr;
+    a.grad_sigma = want_sigma ? gs.data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, a.P * a.K, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) construct_backward_thread(i, a);
+    });
+  });
+  if (mask[2] && !want_sigma) gs = at::zeros(positions.sizes(), positions.options());
+  return {mask[0] ? gw.to(weight.scalar_type()) : gw, mask[1] ? gp.to(positions.scalar_type()) : gp,
+          (mask[2] && sigma.has_value()) ? gs.to(sigma->scalar_type()) : gs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcls_convert, CPU, m) {
+  m.impl("dcls_construct", &construct_cpu);
+  m.impl("dcls_construct_backward", &construct_backward_cpu);
+}
+
+}  // namespace dcls_convert

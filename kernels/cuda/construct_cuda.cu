@@ -1,0 +1,75 @@
+// DCLS kernel construction on CUDA: one thread per dense-kernel element (gather over taps) for the
+// forward, one thread per tap for the backward; no atomics, so both are deterministic.
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "dcls_convert/args.h"
+#include "launch.cuh"
+
+namespace dcls_convert {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+struct ForwardFn {
+  __device__ static void run(int64_t i, const ConstructArgs<scalar_t, acc_t>& a) { construct_forward_thread(i, a); }
+};
+template <typename scalar_t, typename acc_t>
+struct BackwardFn {
+  __device__ static void run(int64_t i, const ConstructArgs<scalar_t, acc_t>& a) { construct_backward_thread(i, a); }
+};
+
+at::Tensor construct_cuda(const at::Tensor& weight, const at::Tensor& positions, const c10::optional<at::Tensor>& sigma,
+                          at::IntArrayRef window, c10::string_view interpolation, double sigma_min) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_construct_args(weight, positions, sigma, window, interp);
+  c10::cuda::CUDAGuard guard(weight.device());
+  std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
+  shape.insert(shape.end(), window.begin(), window.end());
+  auto out = at::empty(shape, weight.options());
+  const ConstructInputs in(weight, positions, sigma, interp);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
+    a.out = out.data_ptr<scalar_t>();
+    launch_grid_stride<ForwardFn<scalar_t, acc_t>>(out.numel(), a);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& positions,
+    const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, c10::string_view interpolation,
+    double sigma_min, std::array<bool, 3> mask) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_construct_args(weight, positions, sigma, window, interp);
+  c10::cuda::CUDAGuard guard(weight.device());
+  const auto adt = acc_dtype(weight.scalar_type());
+  const bool want_sigma = mask[2] && interp == kGaussian;
+  auto gw = mask[0] ? at::empty(weight.sizes(), weight.options().dtype(adt)) : at::empty({0}, weight.options());
+  auto gp = mask[1] ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
+  auto gs = want_sigma ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
+  const ConstructInputs in(weight, positions, sigma, interp);
+  const auto g = grad.to(weight.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
+    a.grad = g.data_ptr<scalar_t>();
+    a.grad_weight = mask[0] ? gw.data_ptr<acc_t>() : nullptr;
+    a.grad_pos = mask[1] ? gp.data_ptr<acc_t>() : nullptr;
+    a.grad_sigma = want_sigma ? gs.data_ptr<acc_t>() : nullptr;
+    launch_grid_stride<BackwardFn<scalar_t, acc_t>>(a.P * a.K, a);
+  });
+  if (mask[2] && !want_sigma) gs = at::zeros(positions.sizes(), positions.options());
+  return {mask[0] ? gw.to(weight.scalar_type()) : gw, mask[1] ? gp.to(positions.scalar_type()) : gp,
+          (mask[2] && sigma.has_value()) ? gs.to(sigma->scalar_type()) : gs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcls_convert, CUDA, m) {
+  m.impl("dcls_construct", &construct_cuda);
+  m.impl("dcls_construct_backward", &construct_backward_cuda);
+}
+
+}  // namespace dcls_convert

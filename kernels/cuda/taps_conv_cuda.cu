@@ -1,0 +1,112 @@
+// Depthwise tap convolution on CUDA: one thread per output element (forward) and per input element
+// (grad input), both gathers; weight/position gradients by one block per tap with a fixed-order
+// block reduction. No atomics: results are deterministic run to run.
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "dcls_convert/args.h"
+#include "launch.cuh"
+
+namespace dcls_convert {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+struct ForwardFn {
+  __device__ static void run(int64_t i, const TapsArgs<scalar_t, acc_t>& a) { taps_forward_thread(i, a); }
+};
+template <typename scalar_t, typename acc_t>
+struct GradInputFn {
+  __device__ static void run(int64_t i, const TapsArgs<scalar_t, acc_t>& a) { taps_grad_input_thread(i, a); }
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void wgrad_kernel(TapsArgs<scalar_t, acc_t> a) {
+  __shared__ acc_t smem[4][kThreads];
+  const int64_t elems = a.N * a.Ho * a.Wo;
+  for (int64_t ck = blockIdx.x; ck < a.C * a.K; ck += gridDim.x) {
+    const int64_t c = ck / a.K, k = ck % a.K;
+    const TapCorners<acc_t> t = tap_corners(a, c, k);
+    acc_t S[4] = {0, 0, 0, 0};
+    for (int64_t e = threadIdx.x; e < elems; e += blockDim.x) taps_wgrad_partial(c, t, e, a, S);
+    for (int j = 0; j < 4; ++j) smem[j][threadIdx.x] = S[j];
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half)
+        for (int j = 0; j < 4; ++j) smem[j][threadIdx.x] += smem[j][threadIdx.x + half];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      const acc_t total[4] = {smem[0][0], smem[1][0], smem[2][0], smem[3][0]};
+      taps_wgrad_finish(c, k, t, total, a);
+    }
+    __syncthreads();
+  }
+}
+
+at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                          const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
+                          at::IntArrayRef padding, c10::string_view interpolation) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_taps_args(input, weight, positions, window, stride, padding, interp);
+  c10::cuda::CUDAGuard guard(input.device());
+  auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
+  const auto x = input.contiguous(), w = weight.contiguous();
+  const auto pos = positions.to(acc_dtype(weight.scalar_type())).contiguous();
+  const auto b = bias.has_value() ? bias->to(weight.scalar_type()).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
+    a.bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    a.out = out.data_ptr<scalar_t>();
+    launch_grid_stride<ForwardFn<scalar_t, acc_t>>(out.numel(), a);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+    at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
+    std::array<bool, 4> mask) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_taps_args(input, weight, positions, window, stride, padding, interp);
+  c10::cuda::CUDAGuard guard(input.device());
+  const auto adt = acc_dtype(weight.scalar_type());
+  const auto x = input.contiguous(), w = weight.contiguous();
+  const auto pos = positions.to(adt).contiguous();
+  const auto g = grad_output.to(input.scalar_type()).contiguous();
+  auto gin = mask[0] ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
+  auto gw = at::zeros(weight.sizes(), weight.options().dtype(adt));
+  auto gp = at::zeros(positions.sizes(), weight.options().dtype(adt));
+  const bool two_d = window.size() == 2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
+    a.grad_out = g.data_ptr<scalar_t>();
+    if (mask[0]) {
+      a.grad_in = gin.data_ptr<scalar_t>();
+      launch_grid_stride<GradInputFn<scalar_t, acc_t>>(gin.numel(), a);
+    }
+    if ((mask[1] || mask[2]) && a.C * a.K > 0) {
+      a.grad_weight = gw.data_ptr<acc_t>();
+      a.grad_pos_h = two_d ? gp.data_ptr<acc_t>() : nullptr;
+      a.grad_pos_w = gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0);
+      const int blocks = static_cast<int>(std::min<int64_t>(a.C * a.K, 65535 * 8));
+      wgrad_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  const std::vector<int64_t> sum_dims = two_d ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0, 2};
+  auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
+  return {gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
+          mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcls_convert, CUDA, m) {
+  m.impl("taps_conv", &taps_conv_cuda);
+  m.impl("taps_conv_backward", &taps_conv_backward_cuda);
+}
+
+}  // namespace dcls_convert

@@ -1,0 +1,73 @@
+// Argument checks and helpers shared by the CPU and CUDA front functions. User-facing validation
+// with module names lives in Python; these guard the op boundary with short, specific messages.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <string>
+
+#include "dcls_convert/taps.h"
+
+namespace dcls_convert {
+
+inline int parse_interp(const std::string& name) {
+  if (name == "bilinear") return kBilinear;
+  if (name == "gaussian") return kGaussian;
+  if (name == "nearest") return kNearest;
+  TORCH_CHECK(false, "dcls_convert: interpolation must be 'bilinear', 'gaussian' or 'nearest', got '", name, "'");
+}
+
+// Positions and sigma run in the accumulation type (float32 for 16-bit weights) for precision.
+inline at::ScalarType acc_dtype(at::ScalarType t) { return at::toOpMathType(t); }
+
+inline void check_construct_args(const at::Tensor& weight, const at::Tensor& positions,
+                                 const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, int interp) {
+  const int64_t D = static_cast<int64_t>(window.size());
+  TORCH_CHECK(D >= 1 && D <= 3, "dcls_construct: window must have 1 to 3 dims, got ", D);
+  for (auto L : window) TORCH_CHECK(L >= 1, "dcls_construct: window sizes must be >= 1, got ", window);
+  TORCH_CHECK(weight.dim() == 3, "dcls_construct: weight must be (Cout, Cin/groups, K), got ", weight.sizes());
+  TORCH_CHECK(positions.dim() == 4 && positions.size(0) == D && positions.size(1) == weight.size(0) &&
+                  positions.size(2) == weight.size(1) && positions.size(3) == weight.size(2),
+              "dcls_construct: positions must be (", D, ", ", weight.sizes(), "), got ", positions.sizes());
+  TORCH_CHECK(positions.device() == weight.device(), "dcls_construct: positions and weight on different devices");
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()) && at::isFloatingType(positions.scalar_type()),
+              "dcls_construct: weight and positions must be floating point");
+  if (interp == kGaussian) {
+    TORCH_CHECK(sigma.has_value() && sigma->sizes() == positions.sizes(),
+                "dcls_construct: gaussian interpolation needs sigma shaped like positions");
+    TORCH_CHECK(sigma->device() == weight.device(), "dcls_construct: sigma and weight on different devices");
+  }
+}
+
+inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& positions,
+                            at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, int interp) {
+  const int64_t D = static_cast<int64_t>(window.size());
+  TORCH_CHECK(D == 1 || D == 2, "taps_conv: 1-D or 2-D windows only, got ", D, " dims");
+  TORCH_CHECK(interp != kGaussian, "taps_conv: gaussian runs through construct + dense conv");
+  TORCH_CHECK(x.dim() == D + 2, "taps_conv: input must be (N, C, spatial...) with ", D, " spatial dims, got ", x.sizes());
+  TORCH_CHECK(stride.size() == static_cast<size_t>(D) && padding.size() == static_cast<size_t>(D),
+              "taps_conv: stride and padding need ", D, " values");
+  TORCH_CHECK(weight.dim() == 3 && weight.size(0) == x.size(1) && weight.size(1) == 1,
+              "taps_conv: depthwise weight must be (C, 1, K) with C = ", x.size(1), ", got ", weight.sizes());
+  TORCH_CHECK(positions.dim() == 4 && positions.size(0) == D && positions.size(1) == weight.size(0) &&
+                  positions.size(2) == 1 && positions.size(3) == weight.size(2),
+              "taps_conv: positions must be (", D, ", C, 1, K), got ", positions.sizes());
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "taps_conv: input dtype ", x.scalar_type(),
+              " does not match weight dtype ", weight.scalar_type());
+  TORCH_CHECK(x.device() == weight.device() && positions.device() == weight.device(),
+              "taps_conv: input, weight and positions must be on one device");
+  for (int64_t d = 0; d < D; ++d) {
+    TORCH_CHECK(stride[d] >= 1 && padding[d] >= 0 && window[d] >= 1, "taps_conv: bad stride/padding/window");
+    TORCH_CHECK(x.size(2 + d) + 2 * padding[d] >= window[d], "taps_conv: padded input smaller than the window");
+  }
+}
+
+inline std::vector<int64_t> taps_output_size(const at::Tensor& x, at::IntArrayRef window, at::IntArrayRef stride,
+                                             at::IntArrayRef padding) {
+  std::vector<int64_t> out = {x.size(0), x.size(1)};
+  for (size_t d = 0; d < window.size(); ++d)
+    out.push_back((x.size(2 + d) + 2 * padding[d] - window[d]) / stride[d] + 1);
+  return out;
+}
+
+}  // namespace dcls_convert

@@ -1,0 +1,34 @@
+// Every op schema of dcls_convert in one block. Implementations: cpu/*_cpu.cpp, cuda/*_cuda.cu;
+// fake kernels and autograd: dcls_convert/ops/_fake.py and _autograd.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing dcls_convert._C loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(dcls_convert, m) {
+  // Dense kernel (Cout, Cin/g, *window) from taps: weight (Cout, Cin/g, K), positions (D, Cout, Cin/g, K).
+  m.def("dcls_construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, str interpolation, "
+        "float sigma_min) -> Tensor");
+  m.def("dcls_construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
+        "str interpolation, float sigma_min, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Depthwise convolution that reads only the taps: input (N, C, [H,] W), weight (C, 1, K), positions (D, C, 1, K).
+  m.def("taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, int[] stride, "
+        "int[] padding, str interpolation) -> Tensor");
+  m.def("taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, int[] window, "
+        "int[] stride, int[] padding, str interpolation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // CPU emulation of the CUDA launch grids (tests only).
+  m.def("_emulate_cuda_dcls_construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
+        "str interpolation, float sigma_min) -> Tensor");
+  m.def("_emulate_cuda_dcls_construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, "
+        "int[] window, str interpolation, float sigma_min) -> (Tensor, Tensor, Tensor)");
+  m.def("_emulate_cuda_taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, "
+        "int[] stride, int[] padding, str interpolation) -> Tensor");
+  m.def("_emulate_cuda_taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, "
+        "int[] window, int[] stride, int[] padding, str interpolation) -> (Tensor, Tensor, Tensor)");
+}

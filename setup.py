@@ -1,0 +1,74 @@
+"""Builds dcls_convert._C from kernels/: the CPU ops always, the CUDA ops when a CUDA-enabled torch and a
+CUDA toolkit are present. DCLS_CONVERT_CUDA=1 forces CUDA on (fail if impossible), =0 forces it off.
+Install with `pip install --no-build-isolation .` so the build uses the torch already installed."""
+import glob
+import os
+import shutil
+import subprocess
+
+from setuptools import setup
+
+
+def _find_cuda_home():
+    """The real toolkit: CUDA_HOME if set, else the TOP that `nvcc --dryrun` reports (the nvcc on PATH may
+    be a wrapper script, which defeats torch's own guess from the nvcc path)."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            return os.path.realpath(line.split("=", 1)[1].strip())
+    return None
+
+
+def _want_cuda(cuda_home):
+    import torch
+
+    flag = os.environ.get("DCLS_CONVERT_CUDA", "").strip()
+    if flag == "0":
+        return False
+    available = torch.version.cuda is not None and cuda_home is not None
+    if flag == "1" and not available:
+        raise RuntimeError(f"DCLS_CONVERT_CUDA=1 but torch.version.cuda={torch.version.cuda}, toolkit={cuda_home}")
+    return available
+
+
+def _extension():
+    cuda_home = _find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home  # read when cpp_extension is imported
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = ["kernels/registration.cpp"] + sorted(glob.glob("kernels/cpu/*.cpp", root_dir=here))
+    cxx = ["-O3", "-fopenmp-simd"]
+    debug = os.environ.get("DEBUG") == "1"
+    if debug:
+        cxx = ["-O0", "-g"]
+    include_dirs = [os.path.join(here, "kernels", "include")]
+    use_cuda = _want_cuda(cuda_home)
+    # No GPU is needed to build: pick Ampere and Hopper (+PTX) unless the user chose architectures.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    print(f"dcls_convert build: cuda={use_cuda} CUDA_HOME={cuda_home} debug={debug} "
+          f"arch={os.environ['TORCH_CUDA_ARCH_LIST'] if use_cuda else '-'}")
+    if use_cuda:
+        sources += sorted(glob.glob("kernels/cuda/*.cu", root_dir=here))
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension("dcls_convert._C", sources, include_dirs=include_dirs,
+                             extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+    return CppExtension("dcls_convert._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+
+
+def _build_ext():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": _build_ext()})
