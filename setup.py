@@ -47,7 +47,7 @@ def _extension():
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources = ["kernels/registration.cpp"] + sorted(glob.glob("kernels/cpu/*.cpp", root_dir=here))
-    cxx = ["-O3", "-fopenmp-simd"]
+    cxx = ["-O3", "-fopenmp", "-march=native"]
     debug = os.environ.get("DEBUG") == "1"
     if debug:
         cxx = ["-O0", "-g"]

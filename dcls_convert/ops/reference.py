@@ -23,7 +23,11 @@ def axis_factors(positions, sigma, window, interpolation, sigma_min):
     factors = []
     for d, L in enumerate(window):
         t = torch.arange(L, device=positions.device, dtype=acc)
-        u = (positions[d] + (L // 2)).clamp(0, L - 1).unsqueeze(-1)
+        raw = positions[d] + (L // 2)
+        # Clamp with the gradient passing on the closed range [0, L-1] (torch.clamp's own backward stops
+        # it at the bounds, which would pin a tap clamped onto the window edge there for good).
+        inside = (raw >= 0) & (raw <= L - 1)
+        u = torch.where(inside, raw, raw.detach().clamp(0, L - 1)).unsqueeze(-1)
         if interpolation == "bilinear":
             cell = torch.floor(u).detach()
             frac = u - cell

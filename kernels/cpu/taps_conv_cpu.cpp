@@ -1,12 +1,15 @@
-// Depthwise tap convolution on CPU. Each channel's taps are merged into a short list of window
-// offsets with their interpolation weight (at most 4K entries, never the L x L kernel); each output
-// row is then a sum of shifted input rows, which the compiler vectorises along the width.
-// Input is made contiguous NCHW first: the row kernels need unit-stride rows, and the copy of a
-// channels_last tensor costs one pass over the data, small next to the K-tap work.
+// Depthwise tap convolution on CPU. Each channel's taps are merged into a short list of window offsets
+// with their interpolation weight (at most 4K entries; the L x L kernel is never built). A plane is copied
+// once into a zero-padded buffer in the accumulation type, after which every output tile of one row by
+// kTile columns is a sum over entries of shifted buffer rows: no bounds checks in the inner loop, and the
+// tile's accumulators stay in vector registers.
+// Input is read as contiguous NCHW (a channels_last input is copied first: the padded plane copy needs
+// unit-stride rows, and one pass over the data is small next to the K-tap work).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "dcls_convert/args.h"
@@ -14,11 +17,13 @@
 namespace dcls_convert {
 namespace {
 
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
 template <typename acc_t>
 struct ChannelEntries {
-  std::vector<int64_t> oh, ow;    // window offsets of the entries
-  std::vector<acc_t> coef;        // merged interpolation weights
-  std::vector<int32_t> corner;    // (K, 4): entry of each in-window corner, -1 when outside
+  std::vector<int64_t> oh, ow;  // window offsets of the entries
+  std::vector<acc_t> coef;      // merged interpolation weights
+  std::vector<int32_t> corner;  // (K, 4): entry of each in-window corner, -1 when outside
 };
 
 template <typename scalar_t, typename acc_t>
@@ -56,83 +61,172 @@ std::vector<ChannelEntries<acc_t>> merge_all(const TapsArgs<scalar_t, acc_t>& a)
   return all;
 }
 
-// Output columns ox with 0 <= ox * sw + off < W, as [lo, hi).
-inline void column_range(int64_t off, int64_t sw, int64_t W, int64_t Wo, int64_t& lo, int64_t& hi) {
-  lo = std::max<int64_t>(0, -div_floor(off, sw));
-  hi = std::min<int64_t>(Wo, div_floor(W - 1 - off, sw) + 1);
+// A plane placed at (top, left) inside a zero buffer of Hp x Wp (top/left may be negative: cropping).
+template <typename scalar_t, typename acc_t>
+void pad_plane(const scalar_t* src, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Hp, int64_t Wp,
+               std::vector<acc_t>& buf) {
+  buf.assign(Hp * Wp, acc_t(0));
+  for (int64_t y = std::max<int64_t>(0, -top); y < H && y + top < Hp; ++y) {
+    const int64_t x0 = std::max<int64_t>(0, -left), x1 = std::min<int64_t>(W, Wp - left);
+    for (int64_t x = x0; x < x1; ++x) buf[(y + top) * Wp + x + left] = static_cast<acc_t>(src[y * W + x]);
+  }
+}
+
+// Four vector registers of accumulators per tile (GCC/Clang vector extensions: AVX with -march=native,
+// SSE otherwise). Keeping them in registers, not in a memory array, is what makes the loop fast: an
+// array round-trips through the store buffer on every entry.
+template <typename acc_t>
+struct Lanes {
+  typedef acc_t vec __attribute__((vector_size(32)));
+  typedef acc_t uvec __attribute__((vector_size(32), aligned(sizeof(acc_t))));  // unaligned loads
+  static constexpr int64_t n = 32 / sizeof(acc_t);
+  static constexpr int64_t tile = 4 * n;
+  static vec load(const acc_t* p) { return *reinterpret_cast<const uvec*>(p); }
+  static vec splat(acc_t v) { return vec{} + v; }
+};
+
+template <typename acc_t>
+constexpr int64_t tile_of() { return Lanes<acc_t>::tile; }
+
+// out[oy, ox] = base + sum_e coef[e] * buf[oy * sh + dy[e], ox * sw + dx[e]] for a plane of Ho x Wo;
+// buf must hold whole tiles (round_up(Wo, tile) columns readable).
+template <typename scalar_t, typename acc_t>
+void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& dy, const std::vector<int64_t>& dx,
+                     const std::vector<acc_t>& coef, int64_t sh, int64_t sw, acc_t base, int64_t Ho, int64_t Wo,
+                     scalar_t* out) {
+  using V = Lanes<acc_t>;
+  constexpr int64_t T = V::tile, n = V::n;
+  const int64_t ne = static_cast<int64_t>(coef.size());
+  std::vector<int64_t> off(ne);
+  // Two output rows per pass (eight independent accumulator chains hide the FMA latency); the buffer
+  // holds one spare row of zeros so the second row of an odd tail is readable.
+  const int64_t row_step = sh * Wp;
+  for (int64_t oy = 0; oy < Ho; oy += 2) {
+    for (int64_t i = 0; i < ne; ++i) off[i] = (oy * sh + dy[i]) * Wp + dx[i];
+    const bool pair = oy + 1 < Ho;
+    for (int64_t ox0 = 0; ox0 < Wo; ox0 += T) {
+      acc_t tmp[2][T];
+      if (sw == 1) {
+        typename V::vec a0 = V::splat(base), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        const acc_t* row = buf + ox0;
+        for (int64_t i = 0; i < ne; ++i) {
+          const typename V::vec c = V::splat(coef[i]);
+          const acc_t* s = row + off[i];
+          const acc_t* t = s + row_step;
+          a0 += c * V::load(s);
+          a1 += c * V::load(s + n);
+          a2 += c * V::load(s + 2 * n);
+          a3 += c * V::load(s + 3 * n);
+          b0 += c * V::load(t);
+          b1 += c * V::load(t + n);
+          b2 += c * V::load(t + 2 * n);
+          b3 += c * V::load(t + 3 * n);
+        }
+        const typename V::vec all[8] = {a0, a1, a2, a3, b0, b1, b2, b3};
+        std::memcpy(tmp, all, sizeof(all));
+      } else {
+        for (int r = 0; r < 2; ++r) {
+          for (int64_t j = 0; j < T; ++j) tmp[r][j] = base;
+          for (int64_t i = 0; i < ne; ++i) {
+            const acc_t* s = buf + ox0 * sw + off[i] + r * row_step;
+            for (int64_t j = 0; j < T; ++j) tmp[r][j] += coef[i] * s[j * sw];
+          }
+        }
+      }
+      const int64_t m = std::min(T, Wo - ox0);
+      for (int r = 0; r < (pair ? 2 : 1); ++r)
+        for (int64_t j = 0; j < m; ++j) out[(oy + r) * Wo + ox0 + j] = static_cast<scalar_t>(tmp[r][j]);
+    }
+  }
+}
+
+// Padded-buffer geometry for reading the input at (oy * sh + oh, ox * sw + ow) over whole tiles.
+template <typename scalar_t, typename acc_t>
+void input_buffer_size(const TapsArgs<scalar_t, acc_t>& a, int64_t& Hp, int64_t& Wp) {
+  Hp = std::max(a.H + 2 * a.ph, a.Ho * a.sh + a.Lh);  // + one spare row for row pairs
+  Wp = std::max(a.W + 2 * a.pw, (round_up(a.Wo, tile_of<acc_t>()) - 1) * a.sw + a.Lw);
 }
 
 template <typename scalar_t, typename acc_t>
 void forward_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                   std::vector<acc_t>& row) {
-  const int64_t c = plane % a.C;
-  const scalar_t* xp = a.x + plane * a.H * a.W;
-  scalar_t* op = a.out + plane * a.Ho * a.Wo;
-  const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
-  const int64_t n_entries = static_cast<int64_t>(e.coef.size());
-  for (int64_t oy = 0; oy < a.Ho; ++oy) {
-    acc_t* __restrict r = row.data();
-    std::fill(r, r + a.Wo, b);
-    for (int64_t i = 0; i < n_entries; ++i) {
-      const int64_t iy = oy * a.sh + e.oh[i] - a.ph;
-      if (iy < 0 || iy >= a.H || e.coef[i] == acc_t(0)) continue;
-      const int64_t off = e.ow[i] - a.pw;
-      int64_t lo, hi;
-      column_range(off, a.sw, a.W, a.Wo, lo, hi);
-      const scalar_t* __restrict xr = xp + iy * a.W + off;
-      const acc_t cf = e.coef[i];
-      if (a.sw == 1) {
-#pragma omp simd
-        for (int64_t ox = lo; ox < hi; ++ox) r[ox] += cf * static_cast<acc_t>(xr[ox]);
-      } else {
-        for (int64_t ox = lo; ox < hi; ++ox) r[ox] += cf * static_cast<acc_t>(xr[ox * a.sw]);
-      }
-    }
-    for (int64_t ox = 0; ox < a.Wo; ++ox) op[oy * a.Wo + ox] = static_cast<scalar_t>(r[ox]);
-  }
+                   std::vector<acc_t>& buf) {
+  int64_t Hp, Wp;
+  input_buffer_size(a, Hp, Wp);
+  pad_plane(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp, buf);
+  const acc_t b = a.bias ? static_cast<acc_t>(a.bias[plane % a.C]) : acc_t(0);
+  correlate_plane(buf.data(), Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + plane * a.Ho * a.Wo);
 }
 
-// One pass over a plane for the backward: scatters grad_out into the input gradient (gin, accumulation
-// type) and accumulates S[entry] = sum grad_out * shifted input, from which every tap's weight and
-// position gradients follow.
+// Input gradient for stride 1: a correlation of the padded output gradient with the flipped entries.
 template <typename scalar_t, typename acc_t>
-void backward_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                    acc_t* gin, acc_t* S) {
-  const scalar_t* xp = a.x + plane * a.H * a.W;
+void grad_input_plane_stride1(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
+                              std::vector<acc_t>& buf, scalar_t* gin) {
+  std::vector<int64_t> fy(e.oh.size()), fx(e.ow.size());
+  for (size_t i = 0; i < fy.size(); ++i) {
+    fy[i] = a.Lh - 1 - e.oh[i];
+    fx[i] = a.Lw - 1 - e.ow[i];
+  }
+  const int64_t Hp = a.H + a.Lh, Wp = round_up(a.W, tile_of<acc_t>()) + a.Lw - 1;
+  pad_plane(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, a.Lh - 1 - a.ph, a.Lw - 1 - a.pw, Hp, Wp, buf);
+  correlate_plane(buf.data(), Wp, fy, fx, e.coef, 1, 1, acc_t(0), a.H, a.W, gin + plane * a.H * a.W);
+}
+
+// Input gradient for any stride: scatter of output-gradient rows (strided writes, accumulation buffer).
+template <typename scalar_t, typename acc_t>
+void grad_input_plane_strided(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
+                              std::vector<acc_t>& buf, scalar_t* gin) {
+  int64_t Hp, Wp;
+  input_buffer_size(a, Hp, Wp);
+  buf.assign(Hp * Wp, acc_t(0));
   const scalar_t* gp = a.grad_out + plane * a.Ho * a.Wo;
-  const int64_t n_entries = static_cast<int64_t>(e.coef.size());
-  std::vector<acc_t> grow(a.Wo);
-  for (int64_t oy = 0; oy < a.Ho; ++oy) {
-    acc_t* __restrict g = grow.data();
-    for (int64_t ox = 0; ox < a.Wo; ++ox) g[ox] = static_cast<acc_t>(gp[oy * a.Wo + ox]);
-    for (int64_t i = 0; i < n_entries; ++i) {
-      const int64_t iy = oy * a.sh + e.oh[i] - a.ph;
-      if (iy < 0 || iy >= a.H) continue;
-      const int64_t off = e.ow[i] - a.pw;
-      int64_t lo, hi;
-      column_range(off, a.sw, a.W, a.Wo, lo, hi);
-      if (gin && e.coef[i] != acc_t(0)) {
-        acc_t* __restrict gr = gin + iy * a.W + off;
-        const acc_t cf = e.coef[i];
-        if (a.sw == 1) {
-#pragma omp simd
-          for (int64_t ox = lo; ox < hi; ++ox) gr[ox] += cf * g[ox];
-        } else {
-          for (int64_t ox = lo; ox < hi; ++ox) gr[ox * a.sw] += cf * g[ox];
+  for (int64_t oy = 0; oy < a.Ho; ++oy)
+    for (size_t i = 0; i < e.coef.size(); ++i) {
+      acc_t* dst = buf.data() + (oy * a.sh + e.oh[i]) * Wp + e.ow[i];
+      for (int64_t ox = 0; ox < a.Wo; ++ox) dst[ox * a.sw] += e.coef[i] * static_cast<acc_t>(gp[oy * a.Wo + ox]);
+    }
+  scalar_t* out = gin + plane * a.H * a.W;
+  for (int64_t y = 0; y < a.H; ++y)
+    for (int64_t x = 0; x < a.W; ++x) out[y * a.W + x] = static_cast<scalar_t>(buf[(y + a.ph) * Wp + x + a.pw]);
+}
+
+// S[e] += sum over the plane of grad_out * input shifted by entry e; the taps' weight and position
+// gradients follow from the S of their corners.
+template <typename scalar_t, typename acc_t>
+void tap_sums_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
+                    std::vector<acc_t>& xbuf, std::vector<acc_t>& gbuf, acc_t* S) {
+  int64_t Hp, Wp;
+  input_buffer_size(a, Hp, Wp);
+  pad_plane(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp, xbuf);
+  using V = Lanes<acc_t>;
+  constexpr int64_t T = V::tile, n = V::n;
+  const int64_t Wo_t = round_up(a.Wo, T);
+  pad_plane(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, 0, 0, a.Ho, Wo_t, gbuf);  // zero tail columns
+  for (size_t i = 0; i < e.coef.size(); ++i) {
+    acc_t s = 0;
+    if (a.sw == 1) {
+      typename V::vec p0{}, p1{}, p2{}, p3{};
+      for (int64_t oy = 0; oy < a.Ho; ++oy) {
+        const acc_t* g = gbuf.data() + oy * Wo_t;
+        const acc_t* src = xbuf.data() + (oy * a.sh + e.oh[i]) * Wp + e.ow[i];
+        for (int64_t ox0 = 0; ox0 < Wo_t; ox0 += T) {
+          p0 += V::load(g + ox0) * V::load(src + ox0);
+          p1 += V::load(g + ox0 + n) * V::load(src + ox0 + n);
+          p2 += V::load(g + ox0 + 2 * n) * V::load(src + ox0 + 2 * n);
+          p3 += V::load(g + ox0 + 3 * n) * V::load(src + ox0 + 3 * n);
         }
       }
-      if (S) {
-        const scalar_t* __restrict xr = xp + iy * a.W + off;
-        acc_t s = 0;
-        if (a.sw == 1) {
-#pragma omp simd reduction(+ : s)
-          for (int64_t ox = lo; ox < hi; ++ox) s += g[ox] * static_cast<acc_t>(xr[ox]);
-        } else {
-          for (int64_t ox = lo; ox < hi; ++ox) s += g[ox] * static_cast<acc_t>(xr[ox * a.sw]);
-        }
-        S[i] += s;
+      const typename V::vec tot = (p0 + p1) + (p2 + p3);
+      acc_t lanes[n];
+      std::memcpy(lanes, &tot, sizeof(tot));
+      for (int64_t j = 0; j < n; ++j) s += lanes[j];
+    } else {
+      for (int64_t oy = 0; oy < a.Ho; ++oy) {
+        const acc_t* g = gbuf.data() + oy * Wo_t;
+        const acc_t* src = xbuf.data() + (oy * a.sh + e.oh[i]) * Wp + e.ow[i];
+        for (int64_t ox = 0; ox < a.Wo; ++ox) s += g[ox] * src[ox * a.sw];
       }
     }
+    S[i] += s;
   }
 }
 
@@ -154,8 +248,8 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
     a.out = out.data_ptr<scalar_t>();
     const auto entries = merge_all(a);
     at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(a.Wo);
-      for (int64_t plane = begin; plane < end; ++plane) forward_plane(a, entries[plane % a.C], plane, row);
+      std::vector<acc_t> buf;
+      for (int64_t plane = begin; plane < end; ++plane) forward_plane(a, entries[plane % a.C], plane, buf);
     });
   });
   return out;
@@ -173,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
   const auto pos = positions.to(adt).contiguous();
   const auto g = grad_output.to(input.scalar_type()).contiguous();
   const bool want_taps = mask[1] || mask[2];
-  auto gin = mask[0] ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
+  auto gin = mask[0] ? at::zeros(input.sizes(), input.options()) : at::empty({0}, input.options());
   auto gw = at::zeros(weight.sizes(), weight.options().dtype(adt));
   auto gp = at::zeros(positions.sizes(), weight.options().dtype(adt));
   const int64_t N = input.size(0), C = weight.size(0);
@@ -183,46 +277,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
       auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
       a.grad_out = g.data_ptr<scalar_t>();
       a.grad_weight = gw.data_ptr<acc_t>();
-      a.grad_pos_w = gp.data_ptr<acc_t>() + (window.size() == 2 ? C * a.K : 0);
       a.grad_pos_h = window.size() == 2 ? gp.data_ptr<acc_t>() : nullptr;
+      a.grad_pos_w = gp.data_ptr<acc_t>() + (window.size() == 2 ? C * a.K : 0);
       const auto entries = merge_all(a);
-      const int64_t HW = a.H * a.W;
-      scalar_t* gin_ptr = mask[0] ? gin.data_ptr<scalar_t>() : nullptr;
-      auto run_plane = [&](int64_t plane, std::vector<acc_t>& gbuf, acc_t* S) {
-        const auto& e = entries[plane % C];
-        if (gin_ptr) std::fill(gbuf.begin(), gbuf.end(), acc_t(0));
-        backward_plane(a, e, plane, gin_ptr ? gbuf.data() : nullptr, S);
-        if (gin_ptr)
-          for (int64_t i = 0; i < HW; ++i) gin_ptr[plane * HW + i] = static_cast<scalar_t>(gbuf[i]);
-      };
+      if (mask[0]) {
+        scalar_t* gin_ptr = gin.data_ptr<scalar_t>();
+        const bool unit = a.sh == 1 && a.sw == 1;
+        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> buf;
+          for (int64_t plane = begin; plane < end; ++plane) {
+            if (unit) grad_input_plane_stride1(a, entries[plane % C], plane, buf, gin_ptr);
+            else grad_input_plane_strided(a, entries[plane % C], plane, buf, gin_ptr);
+          }
+        });
+      }
       if (want_taps) {
-        // Channels in parallel, batch inside: the per-channel sums S need no reduction across threads.
+        // Channels in parallel, batch inside: the per-channel sums need no reduction across threads.
         at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> gbuf(gin_ptr ? HW : 0);
+          std::vector<acc_t> xbuf, gbuf;
           for (int64_t c = begin; c < end; ++c) {
             const auto& e = entries[c];
             std::vector<acc_t> S(e.coef.size(), acc_t(0));
-            for (int64_t n = 0; n < N; ++n) run_plane(n * C + c, gbuf, S.data());
+            for (int64_t n = 0; n < N; ++n) tap_sums_plane(a, e, n * C + c, xbuf, gbuf, S.data());
             for (int64_t k = 0; k < a.K; ++k) {
-              const TapCorners<acc_t> t = tap_corners(a, c, k);
               acc_t s4[4] = {0, 0, 0, 0};
               for (int j = 0; j < 4; ++j) {
                 const int32_t idx = e.corner[k * 4 + j];
                 if (idx >= 0) s4[j] = S[idx];
               }
-              taps_wgrad_finish(c, k, t, s4, a);
+              taps_wgrad_finish(c, k, tap_corners(a, c, k), s4, a);
             }
           }
         });
-      } else {
-        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> gbuf(HW);
-          for (int64_t plane = begin; plane < end; ++plane) run_plane(plane, gbuf, nullptr);
-        });
       }
     });
-  } else if (mask[0]) {
-    gin.zero_();
   }
   const std::vector<int64_t> sum_dims = window.size() == 2 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0, 2};
   auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
