@@ -1,0 +1,205 @@
+"""Bloom (seed 000, interpolated dilation): a compact kernel v of k taps per axis spread onto a grid
+`factor` times finer by linear interpolation, optionally fading out past the edge taps. Same parameter count
+as the compact kernel; the forward uses conv(x, bloom(v)) == conv(tent_blur(x), v dilated by s) when cheaper."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..padding import pad_input
+from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
+                   source_kernel)
+
+__all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "bloom_matrix", "bloom_kernel"]
+
+_CONV = {1: F.conv1d, 2: F.conv2d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
+
+
+@dataclass(frozen=True)
+class BloomOptions:
+    """Options of `convert(model, "bloom", ...)` and `BloomConvNd.from_conv(conv, ...)`.
+
+    Args:
+        factor: integer spreading factor s >= 2.
+        fade: bloom past the edge taps (3 -> 7 for s=2) or crop there (3 -> 5).
+        keep: "kernel" keeps the source kernel size as the compact size (larger receptive field, same
+            parameters); "size" picks the compact size whose bloom is the source size (fewer parameters).
+    """
+
+    factor: int = 2
+    fade: bool = True
+    keep: Literal["kernel", "size"] = "kernel"
+
+    def __post_init__(self):
+        if not isinstance(self.factor, int) or self.factor < 2:
+            raise ValueError(f"BloomOptions: factor must be an int >= 2, got {self.factor!r}")
+        if self.keep not in ("kernel", "size"):
+            raise ValueError(f"BloomOptions: keep must be 'kernel' or 'size', got {self.keep!r}")
+
+
+def tent(s: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """t_s[j] = 1 - |j - (s - 1)| / s for j = 0 .. 2s - 2 (s = 2: [0.5, 1, 0.5])."""
+    j = torch.arange(2 * s - 1, dtype=dtype, device=device)
+    return 1 - (j - (s - 1)).abs() / s
+
+
+def bloomed_size(k: int, s: int, fade: bool) -> int:
+    return s * (k + 1) - 1 if fade else s * (k - 1) + 1
+
+
+def bloom_matrix(k: int, s: int, fade: bool, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The 1-D bloom operator A (bloomed_size x k): bloom(v) = A v along one axis."""
+    t = tent(s, dtype, device)
+    full = torch.zeros(s * (k + 1) - 1, k, dtype=dtype, device=device)
+    for j in range(k):
+        full[s * j: s * j + 2 * s - 1, j] = t
+    return full if fade else full[s - 1: full.shape[0] - (s - 1)]
+
+
+def bloom_kernel(v: torch.Tensor, s: int, fade: bool) -> torch.Tensor:
+    """(Cout, Cin/g, *k) -> (Cout, Cin/g, *bloomed) as conv_transpose(v, tent x ... x tent, stride=s)."""
+    ndim = v.dim() - 2
+    t = tent(s, v.dtype, v.device)
+    kern = t
+    for _ in range(ndim - 1):
+        kern = kern[..., None] * t
+    flat = v.reshape(-1, 1, *v.shape[2:])
+    out = _CONV_T[ndim](flat, kern.reshape(1, 1, *kern.shape), stride=s)
+    if not fade:
+        out = out[(slice(None), slice(None), *(slice(s - 1, n - (s - 1)) for n in out.shape[2:]))]
+    return out.reshape(*v.shape[:2], *out.shape[2:])
+
+
+class _BloomConvNd(ConvertedConv):
+    method = "bloom"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, factor: int = 2, fade: bool = True,
+                 stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self._init_conv_args(in_channels, out_channels, stride, padding, groups, bias, padding_mode, factory_kwargs)
+        if not isinstance(factor, int) or factor < 2:
+            raise ValueError(f"{name}: factor must be an int >= 2 (1 would be the plain conv), got {factor!r}")
+        self.kernel_size = per_axis(kernel_size, self.ndim, "kernel_size", name)
+        self.factor, self.fade = factor, bool(fade)
+        self.weight = nn.Parameter(torch.empty((out_channels, in_channels // groups, *self.kernel_size), **factory_kwargs))
+        self.init_error: float | None = None
+        self.reset_parameters()
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        return tuple(bloomed_size(k, self.factor, self.fade) for k in self.kernel_size)
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.reset_bias((self.in_channels // self.groups) * math.prod(self.kernel_size))
+
+    def dense_kernel(self) -> torch.Tensor:
+        return bloom_kernel(self.weight, self.factor, self.fade)
+
+    def uses_blur_path(self) -> bool:
+        """Cost rule (multiply-adds per output pixel): blur (Cin x tent) + dilated compact conv vs the dense
+        bloomed conv. The identity needs the fade (the cropped kernel is not a plain blur of a dilated one)."""
+        if not self.fade:
+            return False
+        cin_g = self.in_channels // self.groups
+        blur = self.in_channels * (2 * self.factor - 1) ** self.ndim / self.out_channels
+        return blur + cin_g * math.prod(self.kernel_size) < cin_g * math.prod(self.window)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if not self.uses_blur_path():
+            return super().forward(x)
+        s, ndim = self.factor, self.ndim
+        # Pad as the bloomed conv would, blur with the fixed tent (valid), then the compact kernel dilated by s.
+        pads = self._pads()
+        xp, sym = pad_input(x, pads, self.padding_mode)
+        if any(sym):
+            xp = F.pad(xp, [p for p in reversed(sym) for _ in range(2)])
+        t = tent(s, x.dtype, x.device)
+        kern = t
+        for _ in range(ndim - 1):
+            kern = kern[..., None] * t
+        blur = kern.reshape(1, 1, *kern.shape).expand(self.in_channels, 1, *kern.shape)
+        z = _CONV[ndim](xp, blur, groups=self.in_channels)
+        return _CONV[ndim](z, self.weight, self.bias, self.stride, 0, s, self.groups)
+
+    def extra_repr(self) -> str:
+        s = self._conv_repr()
+        s.insert(1, f"kernel_size={self.kernel_size}, factor={self.factor}, window={self.window}")
+        if not self.fade:
+            s.append("fade=False")
+        return ", ".join(s)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, **options) -> "_BloomConvNd":
+        """Least-squares start: v minimises ||bloom(v) - W||_F with W the source kernel centred in the
+        bloomed window (separable, so a pseudo-inverse per axis). `init_error` = relative residual."""
+        opts = options if isinstance(options, BloomOptions) else BloomOptions(**options)
+        name = cls.__name__
+        check_source_conv(conv, (cls.ndim,), name)
+        target, extent = source_kernel(conv)
+        s = opts.factor
+        if opts.keep == "kernel":
+            ksize = tuple(conv.kernel_size)
+        else:  # bloomed size closest to the extent from below/above, at least one tap
+            ksize = tuple(max(1, round((e + 1) / s - 1) if opts.fade else round((e - 1) / s + 1)) for e in extent)
+        window = tuple(bloomed_size(k, s, opts.fade) for k in ksize)
+        big = tuple(max(L, e) for L, e in zip(window, extent))
+        padding, shift = grow_padding(conv, extent, window, name) if all(L >= e for L, e in zip(window, extent)) \
+            else _shrink_padding(conv, extent, window, name)
+        module = cls(conv.in_channels, conv.out_channels, ksize, factor=s, fade=opts.fade, padding=padding,
+                     **conv_kwargs(conv))
+        with torch.no_grad():
+            # Target on the union frame of both extents, least squares per axis against the embedded operator.
+            frame = target.new_zeros((*target.shape[:2], *big), dtype=torch.float64)
+            t_off = [(b - e) // 2 for b, e in zip(big, extent)]
+            frame[(slice(None), slice(None), *(slice(o, o + e) for o, e in zip(t_off, extent)))] = target.double()
+            v = frame
+            for d, (k, L, b) in enumerate(zip(ksize, window, big)):
+                A = target.new_zeros((b, k), dtype=torch.float64)
+                off = (b - L) // 2
+                A[off: off + L] = bloom_matrix(k, s, opts.fade, device=target.device)
+                v = torch.movedim(torch.movedim(v, 2 + d, -1) @ torch.linalg.pinv(A).T, -1, 2 + d)
+            module.weight.copy_(v.to(module.weight.dtype))
+            copy_bias(module, conv)
+            fitted = bloom_kernel(v, s, opts.fade)
+            fitted_frame = frame.new_zeros(frame.shape)
+            w_off = [(b - L) // 2 for b, L in zip(big, window)]
+            fitted_frame[(slice(None), slice(None), *(slice(o, o + L) for o, L in zip(w_off, window)))] = fitted
+            norm = frame.norm()
+            module.init_error = float((fitted_frame - frame).norm() / norm) if norm > 0 else 0.0
+        return module
+
+
+def _shrink_padding(conv, extent, window, owner):
+    """Padding when the bloomed window is smaller than the source extent (keep="size" rounding down)."""
+    if conv.padding == "same":
+        return "same", None
+    if any((e - L) % 2 for e, L in zip(extent, window)):
+        raise ValueError(f"{owner}.from_conv: bloomed window {tuple(window)} and source extent {tuple(extent)} differ "
+                         "by an odd amount; the output shape cannot be kept")
+    base = (0,) * len(window) if conv.padding == "valid" else tuple(conv.padding)
+    out = tuple(p - (e - L) // 2 for p, e, L in zip(base, extent, window))
+    if any(p < 0 for p in out):
+        raise ValueError(f"{owner}.from_conv: a {tuple(window)} bloomed window cannot keep the output shape of a "
+                         f"{tuple(extent)} kernel with padding {conv.padding}")
+    return out, None
+
+
+class BloomConv1d(_BloomConvNd):
+    """Bloomed conv over (N, C, L): weight (Cout, Cin/g, k), window s(k+1)-1 with fade, s(k-1)+1 without."""
+    ndim = 1
+
+
+class BloomConv2d(_BloomConvNd):
+    """Bloomed conv over (N, C, H, W); seed 000's bloom_2x is factor=2, fade=True (3x3 -> 7x7)."""
+    ndim = 2

@@ -1,0 +1,215 @@
+"""DCLS (seeds 002, 004): K taps per (out, in) pair at learned real-valued positions inside a window L,
+spread onto the grid by bilinear or gaussian interpolation. Depthwise 1-D/2-D layers run the compiled tap
+engine (reads only the taps); the rest build the dense kernel (compiled construct op) and convolve."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..padding import pad_input
+from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
+                   source_kernel)
+
+__all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window"]
+
+Engine = Literal["auto", "taps", "dense"]
+
+
+@dataclass(frozen=True)
+class DclsOptions:
+    """Options of `convert(model, "dcls", ...)` and `DclsConvNd.from_conv(conv, ...)`.
+
+    Args:
+        window: window size L per axis (int or tuple); default max(extent, 2k + 3) per axis (17 for a 7x7),
+            axes of size 1 stay 1.
+        kernel_count: taps K per (out, in) pair; default prod(k) keeps every source tap (exact start).
+        interpolation: "bilinear" (exact start) or "gaussian" (sigma learned; the start is approximate).
+        sigma_min: gaussian standard deviation floor.
+        engine: "auto" (cost rule), "taps" (depthwise tap engine) or "dense" (construct + conv).
+        share_positions: converter only: "stage" shares one positions tensor among same-shaped layers of a stage.
+    """
+
+    window: int | tuple[int, ...] | None = None
+    kernel_count: int | None = None
+    interpolation: Literal["bilinear", "gaussian"] = "bilinear"
+    sigma_min: float = 0.27
+    engine: Engine = "auto"
+    share_positions: Literal["stage"] | None = None
+
+    def __post_init__(self):
+        if self.kernel_count is not None and (not isinstance(self.kernel_count, int) or self.kernel_count <= 0):
+            raise ValueError(f"DclsOptions: kernel_count must be a positive int, got {self.kernel_count!r}")
+        if self.interpolation not in ("bilinear", "gaussian"):
+            raise ValueError(f"DclsOptions: interpolation must be 'bilinear' or 'gaussian', got {self.interpolation!r}")
+        if not self.sigma_min > 0:
+            raise ValueError(f"DclsOptions: sigma_min must be > 0, got {self.sigma_min!r}")
+        if self.engine not in ("auto", "taps", "dense"):
+            raise ValueError(f"DclsOptions: engine must be 'auto', 'taps' or 'dense', got {self.engine!r}")
+        if self.share_positions not in (None, "stage"):
+            raise ValueError(f"DclsOptions: share_positions must be None or 'stage', got {self.share_positions!r}")
+
+
+def default_window(kernel_size: Sequence[int], extent: Sequence[int]) -> tuple[int, ...]:
+    return tuple(1 if k == 1 else max(e, 2 * k + 3) for k, e in zip(kernel_size, extent))
+
+
+class _DclsConvNd(ConvertedConv):
+    method = "dcls"
+    position_param_names = ("positions", "sigma")
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_count: int, dilated_kernel_size,
+                 stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 interpolation: str = "bilinear", sigma_min: float = 0.27, device=None, dtype=None,
+                 engine: Engine = "auto"):
+        super().__init__()
+        name = type(self).__name__
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self._init_conv_args(in_channels, out_channels, stride, padding, groups, bias, padding_mode, factory_kwargs)
+        if not isinstance(kernel_count, int) or kernel_count <= 0:
+            raise ValueError(f"{name}: kernel_count must be a positive int, got {kernel_count!r}")
+        if interpolation not in ("bilinear", "gaussian"):
+            raise ValueError(f"{name}: interpolation must be 'bilinear' or 'gaussian', got {interpolation!r}")
+        if not sigma_min > 0:
+            raise ValueError(f"{name}: sigma_min must be > 0, got {sigma_min!r}")
+        if engine not in ("auto", "taps", "dense"):
+            raise ValueError(f"{name}: engine must be 'auto', 'taps' or 'dense', got {engine!r}")
+        self.dilated_kernel_size = per_axis(dilated_kernel_size, self.ndim, "dilated_kernel_size", name)
+        self.kernel_count, self.interpolation, self.sigma_min, self.engine = kernel_count, interpolation, sigma_min, engine
+        shape = (out_channels, in_channels // groups, kernel_count)
+        self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
+        self.positions = nn.Parameter(torch.empty((self.ndim, *shape), **factory_kwargs))
+        self.sigma = nn.Parameter(torch.empty((self.ndim, *shape), **factory_kwargs)) if interpolation == "gaussian" else None
+        self.init_error: float | None = None
+        self.reset_parameters()
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        return self.dilated_kernel_size
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights over the K taps (as nn.ConvNd over its k taps), positions uniform over the
+        window, sigma 0.23 (the reference library's start)."""
+        fan_in = (self.in_channels // self.groups) * self.kernel_count
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            for d, L in enumerate(self.window):
+                self.positions[d].uniform_(-(L // 2), L - 1 - L // 2)
+            if self.sigma is not None:
+                self.sigma.fill_(0.23)
+        self.reset_bias(fan_in)
+
+    def dense_kernel(self) -> torch.Tensor:
+        return ops.dcls_kernel(self.weight, self.positions, self.sigma, self.window, self.interpolation, self.sigma_min)
+
+    def uses_tap_engine(self) -> bool:
+        """Cost rule: the tap engine reads 2^D corners per tap, the dense path prod(L) kernel entries."""
+        if self.engine == "dense" or not self.is_depthwise or self.ndim > 2 or self.interpolation != "bilinear":
+            return False
+        return self.engine == "taps" or (2 ** self.ndim) * self.kernel_count <= math.prod(self.window)
+
+    def _check_finite(self) -> None:
+        # One fused reduction; runs only while training or when grads flow, where a NaN would spread silently.
+        if not torch.isfinite(self.positions).all() or (self.sigma is not None and not torch.isfinite(self.sigma).all()):
+            raise FloatingPointError(f"{type(self).__name__}: positions or sigma contain NaN/Inf (a diverged "
+                                     "optimizer step?); lower the position learning rate or reload a checkpoint")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if not torch.compiler.is_compiling():
+            self._check_finite()
+        if self.uses_tap_engine():
+            xp, sym = pad_input(x, self._pads(), self.padding_mode)
+            return ops.taps_conv(xp, self.weight, self.positions, self.bias, self.window, self.stride, sym, "bilinear")
+        return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)
+
+    def extra_repr(self) -> str:
+        s = self._conv_repr()
+        s.insert(1, f"kernel_count={self.kernel_count}, window={self.window}")
+        if self.interpolation != "bilinear":
+            s.append(f"interpolation={self.interpolation!r}, sigma_min={self.sigma_min}")
+        if self.engine != "auto":
+            s.append(f"engine={self.engine!r}")
+        return ", ".join(s)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, **options) -> "_DclsConvNd":
+        """A DCLS layer that starts as `conv`: every kept tap at its integer position.
+
+        `init_error` on the result is the relative Frobenius error of the start kernel (0 when K >= prod(k)
+        with bilinear interpolation). The output shape is kept (a 7x7 conv with padding 3 becomes a 17x17
+        window with padding 8).
+        """
+        opts = options if isinstance(options, DclsOptions) else DclsOptions(**options)
+        name = cls.__name__
+        check_source_conv(conv, (cls.ndim,), name)
+        target, extent = source_kernel(conv)
+        ksize = tuple(conv.kernel_size)
+        window = per_axis(opts.window, cls.ndim, "window", name) if opts.window is not None else default_window(ksize, extent)
+        if any(L < e for L, e in zip(window, extent)):
+            raise ValueError(f"{name}.from_conv: window {window} is smaller than the source kernel extent {extent}")
+        padding, shift = grow_padding(conv, extent, window, name)
+        taps = math.prod(ksize)
+        K = opts.kernel_count or taps
+        module = cls(conv.in_channels, conv.out_channels, K, window, padding=padding, interpolation=opts.interpolation,
+                     sigma_min=opts.sigma_min, engine=opts.engine, **conv_kwargs(conv))
+        with torch.no_grad():
+            _place_taps(module, conv.weight.detach(), tuple(conv.dilation), shift)
+            copy_bias(module, conv)
+            # Reported against the kernel the source conv really applies, placed in the new window.
+            placed = torch.zeros_like(module.dense_kernel())
+            placed[(slice(None), slice(None), *(slice(s, s + e) for s, e in zip(shift, extent)))] = target
+            module.init_error = _relative_error(module.dense_kernel(), placed)
+        return module
+
+
+def _relative_error(kernel: torch.Tensor, target: torch.Tensor) -> float:
+    norm = target.double().norm()
+    return float((kernel.double() - target.double()).norm() / norm) if norm > 0 else 0.0
+
+
+def _place_taps(module: _DclsConvNd, weight: torch.Tensor, dilation: tuple[int, ...], shift: tuple[int, ...]) -> None:
+    """Puts the K largest-magnitude source taps of each (out, in) pair at their integer positions; extra
+    taps (K > prod(k)) get zero weight at spread positions."""
+    Cout, Cin_g = weight.shape[:2]
+    flat = weight.reshape(Cout, Cin_g, -1)
+    taps = flat.shape[-1]
+    K = module.kernel_count
+    keep = min(K, taps)
+    order = flat.abs().argsort(dim=-1, descending=True, stable=True)[..., :keep]
+    module.weight.zero_()
+    module.weight[..., :keep] = flat.gather(-1, order).to(module.weight.dtype)
+    # Grid coordinates of tap index j in the source kernel, per axis (row-major over kernel_size).
+    ksize = weight.shape[2:]
+    coords = torch.stack(torch.meshgrid(*[torch.arange(k, device=weight.device) for k in ksize], indexing="ij"))
+    coords = coords.reshape(len(ksize), -1)  # (D, taps)
+    for d, L in enumerate(module.window):
+        grid = coords[d] * dilation[d] + shift[d] - L // 2  # offset from the new window's centre
+        module.positions[d, ..., :keep] = grid[order].to(module.positions.dtype)
+        if K > taps:  # spread the zero-weight extras deterministically over the window
+            gen = torch.Generator().manual_seed(d)
+            extra = torch.rand(Cout, Cin_g, K - taps, generator=gen, dtype=torch.float64)
+            module.positions[d, ..., taps:] = (extra * (L - 1) - L // 2).to(module.positions)
+    if module.sigma is not None:
+        module.sigma.zero_()  # narrowest gaussian (sigma_min): closest to the source taps
+
+
+class DclsConv1d(_DclsConvNd):
+    """DCLS over 1-D inputs (N, C, L): weight (Cout, Cin/g, K), positions (1, Cout, Cin/g, K)."""
+    ndim = 1
+
+
+class DclsConv2d(_DclsConvNd):
+    """DCLS over 2-D inputs: weight (Cout, Cin/g, K), positions (2, Cout, Cin/g, K) as (row, column) offsets
+    from the window centre L // 2. Example: positions[:, o, i, k] = (-2.0, 0.5) puts tap k two rows above the
+    centre, halfway between the centre column and the next one (bilinear: half its weight on each)."""
+    ndim = 2
+
+
+class DclsConv3d(_DclsConvNd):
+    """DCLS over 3-D inputs (N, C, D, H, W); always construct + dense conv."""
+    ndim = 3
