@@ -88,6 +88,20 @@ class ConvertedConv(nn.Module):
         self._check_input(x)
         return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)
 
+    def engine_name(self) -> str:
+        return "construct+conv"
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON-able): `type(self)(**self.config())` rebuilds the module's structure."""
+        cfg = dict(in_channels=self.in_channels, out_channels=self.out_channels, stride=list(self.stride),
+                   padding=self.padding if isinstance(self.padding, str) else list(self.padding), groups=self.groups,
+                   bias=self.bias is not None, padding_mode=self.padding_mode)
+        cfg.update(self._extra_config())
+        return cfg
+
+    def _extra_config(self) -> dict:
+        raise NotImplementedError
+
     def to_conv(self) -> nn.Module:
         """An exactly equivalent plain nn.ConvNd (same stride, padding, padding_mode, groups, bias)."""
         kernel = self.dense_kernel().detach()

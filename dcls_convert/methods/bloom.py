@@ -114,6 +114,12 @@ class _BloomConvNd(ConvertedConv):
         blur = self.in_channels * (2 * self.factor - 1) ** self.ndim / self.out_channels
         return blur + cin_g * math.prod(self.kernel_size) < cin_g * math.prod(self.window)
 
+    def engine_name(self) -> str:
+        return "blur+dilated" if self.uses_blur_path() else "bloom+conv"
+
+    def _extra_config(self) -> dict:
+        return dict(kernel_size=list(self.kernel_size), factor=self.factor, fade=self.fade)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if not self.uses_blur_path():
@@ -203,3 +209,14 @@ class BloomConv1d(_BloomConvNd):
 class BloomConv2d(_BloomConvNd):
     """Bloomed conv over (N, C, H, W); seed 000's bloom_2x is factor=2, fade=True (3x3 -> 7x7)."""
     ndim = 2
+
+
+def _register() -> None:
+    from ..registry import register_method
+    from ..targeting import TargetRules
+
+    register_method("bloom", {1: BloomConv1d, 2: BloomConv2d}, BloomOptions,
+                    TargetRules(min_kernel=3, odd_kernel=True, ndims=(1, 2)))
+
+
+_register()

@@ -112,6 +112,13 @@ class _DclsConvNd(ConvertedConv):
             return False
         return self.engine == "taps" or (2 ** self.ndim) * self.kernel_count <= math.prod(self.window)
 
+    def engine_name(self) -> str:
+        return "taps" if self.uses_tap_engine() else "construct+conv"
+
+    def _extra_config(self) -> dict:
+        return dict(kernel_count=self.kernel_count, dilated_kernel_size=list(self.window),
+                    interpolation=self.interpolation, sigma_min=self.sigma_min, engine=self.engine)
+
     def _check_finite(self) -> None:
         # One fused reduction; runs only while training or when grads flow, where a NaN would spread silently.
         if not torch.isfinite(self.positions).all() or (self.sigma is not None and not torch.isfinite(self.sigma).all()):
@@ -180,7 +187,10 @@ def _place_taps(module: _DclsConvNd, weight: torch.Tensor, dilation: tuple[int, 
     taps = flat.shape[-1]
     K = module.kernel_count
     keep = min(K, taps)
-    order = flat.abs().argsort(dim=-1, descending=True, stable=True)[..., :keep]
+    if K < taps:  # keep the largest-magnitude taps of each pair
+        order = flat.abs().argsort(dim=-1, descending=True, stable=True)[..., :keep]
+    else:  # every tap in grid order: positions then agree across layers (shareable per stage)
+        order = torch.arange(taps, device=weight.device).expand(Cout, Cin_g, taps)
     module.weight.zero_()
     module.weight[..., :keep] = flat.gather(-1, order).to(module.weight.dtype)
     # Grid coordinates of tap index j in the source kernel, per axis (row-major over kernel_size).
@@ -213,3 +223,14 @@ class DclsConv2d(_DclsConvNd):
 class DclsConv3d(_DclsConvNd):
     """DCLS over 3-D inputs (N, C, D, H, W); always construct + dense conv."""
     ndim = 3
+
+
+def _register() -> None:
+    from ..registry import register_method
+    from ..targeting import TargetRules
+
+    register_method("dcls", {1: DclsConv1d, 2: DclsConv2d, 3: DclsConv3d}, DclsOptions,
+                    TargetRules(depthwise=True, min_kernel=3, odd_kernel=True, stride=1))
+
+
+_register()

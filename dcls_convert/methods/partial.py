@@ -98,6 +98,12 @@ class _PartialDilatedConvNd(ConvertedConv):
     def uses_tap_engine(self) -> bool:
         return self.is_depthwise and self.ndim <= 2 and self.kernel_count < math.prod(self.window)
 
+    def engine_name(self) -> str:
+        return "taps(nearest)" if self.uses_tap_engine() else "construct+conv"
+
+    def _extra_config(self) -> dict:
+        return dict(island=list(self.island), wing_taps=list(self.wing_taps), wing_spacing=list(self.wing_spacing))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self.uses_tap_engine():
@@ -154,3 +160,14 @@ class PartialDilatedConv1d(_PartialDilatedConvNd):
 class PartialDilatedConv2d(_PartialDilatedConvNd):
     """Partially dilated conv over (N, C, H, W): dense m x m island, dilated grid outside it."""
     ndim = 2
+
+
+def _register() -> None:
+    from ..registry import register_method
+    from ..targeting import TargetRules
+
+    register_method("partial", {1: PartialDilatedConv1d, 2: PartialDilatedConv2d}, PartialOptions,
+                    TargetRules(min_kernel=3, odd_kernel=True, ndims=(1, 2)))
+
+
+_register()

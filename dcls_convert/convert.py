@@ -1,0 +1,224 @@
+"""convert(model, method, ...): discover the convs, plan which to convert and how, build every replacement,
+then swap them all. Nothing is swapped unless everything built."""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .discovery import find_sites, swap
+from .registry import get_method
+from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
+from .targeting import ConvertConfig, TargetRules
+
+__all__ = ["convert", "source_conv_view", "describe_conv"]
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _is_conv(m: nn.Module) -> bool:
+    return isinstance(m, _CONV_TYPES)
+
+
+def describe_conv(conv: nn.Module) -> str:
+    s = f"{type(conv).__name__}({conv.in_channels}, {conv.out_channels}, k={tuple(conv.kernel_size)}"
+    if any(v != 1 for v in conv.stride):
+        s += f", s={tuple(conv.stride)}"
+    if any(v != 1 for v in conv.dilation):
+        s += f", d={tuple(conv.dilation)}"
+    if conv.groups != 1:
+        s += f", g={conv.groups}"
+    return s + ")"
+
+
+def source_conv_view(conv: nn.Module) -> tuple[nn.Module | None, str]:
+    """The plain nn.ConvNd a conv computes, or (None, reason) when its semantics differ from one."""
+    if type(conv) in _CONV_TYPES:
+        return conv, ""
+    cls_name = type(conv).__name__
+    if cls_name.startswith("Conv2dSame"):  # timm: TF-style dynamic "same" padding == "same" at stride 1
+        if any(s != 1 for s in conv.stride):
+            return None, f"{cls_name} with stride {tuple(conv.stride)} pads by input size (TF 'SAME'); not a fixed padding"
+        view = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, "same", conv.dilation, conv.groups,
+                         conv.bias is not None, device="meta")
+        view.weight, view.bias = conv.weight, conv.bias
+        return view, ""
+    if "StdConv" in cls_name or "ScaledStd" in cls_name:
+        return None, f"{cls_name} standardises its weight in forward; converting would drop that"
+    if getattr(conv, "transposed", False):
+        return None, "transposed convolution"
+    return None, f"{cls_name} overrides nn.ConvNd's forward; its semantics are unknown"
+
+
+def _refuse_wrappers(model: nn.Module) -> None:
+    wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+    compiled = type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
+    if wrapped or compiled:
+        kind = "torch.compile'd" if compiled else type(model).__name__
+        raise TypeError(f"convert() got a {kind} model. Convert the plain model first, then wrap, then build the "
+                        "optimizer, then compile: model, report = convert(model); model = DDP(model); "
+                        "opt = torch.optim.AdamW(param_groups(model, lr)); model = torch.compile(model). "
+                        f"(Pass model.{'_orig_mod' if compiled else 'module'} to convert it.)")
+
+
+def _make_config(method, options, rules, include, exclude, by_type, by_regex, by_name) -> ConvertConfig:
+    if isinstance(method, ConvertConfig):
+        cfg = copy.copy(method)
+        if options:
+            cfg.options = {**cfg.options, **options}
+    elif isinstance(method, str):
+        cfg = ConvertConfig(method=method, options=dict(options))
+    else:
+        raise TypeError(f"convert: method must be a method name or a ConvertConfig, got {type(method).__name__}")
+    spec = get_method(cfg.method)
+    if rules is not None:
+        cfg.rules = rules
+    if include is not None or exclude is not None:
+        base = cfg.rules or spec.default_rules
+        changes = {}
+        if include is not None:
+            changes["include"] = (include,) if isinstance(include, str) else tuple(include)
+        if exclude is not None:
+            changes["exclude"] = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        cfg.rules = base.replace(**changes)
+    for attr, val in (("by_type", by_type), ("by_regex", by_regex), ("by_name", by_name)):
+        if val is not None:
+            setattr(cfg, attr, dict(val))
+    cfg.__post_init__()
+    spec.make_options(cfg.options)  # unknown keys fail before any work
+    return cfg
+
+
+def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: bool = False,
+            rules: TargetRules | None = None, include: str | Sequence[str] | None = None,
+            exclude: str | Sequence[str] | None = None, by_type: Mapping[type, dict | None] | None = None,
+            by_regex: Mapping[str, dict | None] | None = None, by_name: Mapping[str, dict | None] | None = None,
+            example_inputs: Any = None, analyze: bool = True, progress: bool = False,
+            **options) -> tuple[nn.Module, ConversionReport]:
+    """Replace a model's convs by DCLS, bloomed or partially dilated modules, initialised from their weights.
+
+    Args:
+        model: any nn.Module (a timm model, a checkpointed network...). Not a DDP/DataParallel/compiled wrapper.
+        method: "dcls", "bloom", "partial", or a ConvertConfig.
+        inplace: swap inside `model` itself instead of a deep copy.
+        rules / include / exclude: targeting (see TargetRules); default: the method's rules.
+        by_type / by_regex / by_name: per-target option overrides ({...} or None to exclude).
+        example_inputs: optional input (or tuple) run once to record call counts and input shapes.
+        analyze: run the FX pass that reports functional F.conv* call sites (never fails a conversion).
+        progress: show a progress bar while building replacements.
+        **options: method options (DclsOptions, BloomOptions, PartialOptions fields).
+
+    Returns:
+        (model, report): the converted model (same class, methods, mode, device, dtype) and a ConversionReport.
+
+    Example:
+        >>> model, report = convert(timm.create_model("convnext_tiny"), "dcls", kernel_count=34)
+        >>> print(report)
+    """
+    _refuse_wrappers(model)
+    cfg = _make_config(method, options, rules, include, exclude, by_type, by_regex, by_name)
+    target = model if inplace else copy.deepcopy(model)
+    report = ConversionReport(method=cfg.method)
+    if isinstance(target, _CONV_TYPES):
+        raise TypeError("convert: pass the model that contains the conv; for a lone conv use "
+                        "DclsConv2d.from_conv(conv) (or the Bloom/Partial equivalents)")
+    sites = find_sites(target, _is_conv)
+    facts = _analyze(target, sites, example_inputs, report) if (analyze or example_inputs is not None) else {}
+
+    plan = []
+    for site in sites:
+        conv = site.module
+        rec = LayerRecord(name=site.name, aliases=site.names[1:], conv=describe_conv(conv), status="skipped",
+                          kernel_size=tuple(conv.kernel_size), params_before=sum(p.numel() for p in conv.parameters()))
+        rec.calls, rec.input_shape = facts.get(id(conv), (None, None))
+        report.layers.append(rec)
+        source, why = source_conv_view(conv)
+        if source is None:
+            rec.reason = why
+            continue
+        method_name, opts, reason = cfg.resolve(site.names, source, get_method(cfg.method).default_rules)
+        if reason:
+            rec.reason = reason
+            continue
+        spec = get_method(method_name)
+        ndim = source.weight.dim() - 2
+        if ndim not in spec.modules:
+            rec.reason = f"method {method_name!r} has no {ndim}-D module"
+            continue
+        if rec.calls == 0:
+            rec.reason = "never called in the example forward"
+            continue
+        plan.append((site, source, spec, spec.make_options(opts, f"convert ({site.name})"), rec))
+
+    if not plan:
+        reasons = sorted({r.reason for r in report.layers})
+        rules_used = cfg.rules or get_method(cfg.method).default_rules
+        raise NoTargetError(f"convert: no conv matched for method {cfg.method!r} with rules {rules_used} and "
+                            f"overrides by_name={list(cfg.by_name)}, by_regex={list(cfg.by_regex)}; "
+                            f"{len(report.layers)} conv(s) seen, skip reasons: {reasons or ['no convs in the model']}")
+
+    built = []
+    for site, source, spec, opts, rec in _progress(plan, progress):
+        cls = spec.modules[source.weight.dim() - 2]
+        try:
+            new = cls.from_conv(source, **{k: v for k, v in vars(opts).items() if k != "share_positions"})
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ConversionError(f"convert: building {cls.__name__} for {site.name!r} failed, model left untouched: "
+                                  f"{exc}") from exc
+        new.train(site.module.training)
+        if not any(p.requires_grad for p in site.module.parameters()):
+            new.requires_grad_(False)
+        built.append((site, new, opts, rec))
+
+    _share_positions(built)
+    for site, new, opts, rec in built:
+        swap(site, new)
+        rec.status, rec.method, rec.module = "converted", new.method, type(new).__name__
+        rec.receptive_field = tuple(new.receptive_field)
+        rec.params_after = sum(p.numel() for p in new.parameters())
+        rec.init_error = new.init_error
+        rec.engine = new.engine_name()
+    return target, report
+
+
+def _progress(items, enabled):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="dcls_convert", unit="conv")
+
+
+def _share_positions(built) -> None:
+    """DCLS recipe (ConvNeXt-dcls): one positions tensor per stage for layers of the same shape."""
+    groups: dict[tuple, list] = {}
+    for site, new, opts, rec in built:
+        if getattr(opts, "share_positions", None) != "stage":
+            continue
+        m = re.match(r"(.*?stages?[._]\d+)", site.name)
+        stage = m.group(1) if m else site.name.rsplit(".", 1)[0]
+        groups.setdefault((stage, tuple(new.positions.shape), new.window), []).append(new)
+    for members in groups.values():
+        first = members[0]
+        for other in members[1:]:
+            with torch.no_grad():
+                target = other.dense_kernel()
+            other.positions = first.positions
+            with torch.no_grad():
+                norm = target.double().norm()
+                other.init_error = float((other.dense_kernel().double() - target.double()).norm() / norm) if norm > 0 else 0.0
+
+
+def _analyze(model, sites, example_inputs, report) -> dict[int, tuple[int | None, tuple | None]]:
+    from .analysis import functional_conv_sites, record_calls
+
+    facts = {}
+    if example_inputs is not None:
+        facts = record_calls(model, [s.module for s in sites], example_inputs)
+    found, error = functional_conv_sites(model)
+    report.functional_convs, report.trace_error = found, error
+    return facts

@@ -1,0 +1,48 @@
+"""Methods by name: the converter knows a method only through its MethodSpec (torchao/PEFT style); adding
+one is a single `register_method` call."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .targeting import TargetRules
+
+__all__ = ["MethodSpec", "register_method", "get_method", "list_methods"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    modules: dict[int, type]  # spatial dims -> module class with from_conv / to_conv
+    options: type             # frozen dataclass of the method's options
+    default_rules: TargetRules
+
+    def make_options(self, values: dict[str, Any], where: str = "convert"):
+        valid = [f.name for f in fields(self.options)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise TypeError(f"{where}: unknown option(s) {unknown} for method {self.name!r}; valid: {valid}")
+        return self.options(**values)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, modules: dict[int, type], options: type, default_rules: TargetRules) -> MethodSpec:
+    spec = MethodSpec(name, dict(modules), options, default_rules)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    from . import methods  # noqa: F401  (registers the built-in methods)
+
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def list_methods() -> list[str]:
+    from . import methods  # noqa: F401
+
+    return sorted(_REGISTRY)

@@ -1,0 +1,104 @@
+"""save(model, dir) / load(dir, base_model): weights as safetensors plus a JSON recipe of which layers were
+converted into what, so a fresh base model can be converted the same way and loaded. Loading never runs
+code from the files: safetensors for tensors, a validated JSON recipe for structure."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import torch.nn as nn
+from safetensors.torch import load_model, save_model
+
+from .discovery import find_sites, swap
+from .methods.base import ConvertedConv
+from .registry import list_methods, get_method
+
+__all__ = ["save", "load", "recipe_of", "RECIPE_FILE", "WEIGHTS_FILE"]
+
+RECIPE_FILE = "recipe.json"
+WEIGHTS_FILE = "model.safetensors"
+_FORMAT = 1
+
+
+def _module_classes() -> dict[str, type]:
+    out = {}
+    for name in list_methods():
+        for cls in get_method(name).modules.values():
+            out[cls.__name__] = cls
+    return out
+
+
+def recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    layers, shared = {}, {}
+    for site in find_sites(model, lambda m: isinstance(m, ConvertedConv)):
+        m = site.module
+        layers[site.name] = {"class": type(m).__name__, "config": m.config(), "aliases": site.names[1:]}
+        pos = getattr(m, "positions", None)
+        if pos is not None:
+            shared.setdefault(id(pos), []).append(site.name)
+    return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
+            "shared_positions": [names for names in shared.values() if len(names) > 1]}
+
+
+def save(model: nn.Module, directory: str, *, base: dict[str, Any] | None = None) -> None:
+    """Writes `directory/model.safetensors` (all weights, shared tensors once) and `directory/recipe.json`."""
+    os.makedirs(directory, exist_ok=True)
+    save_model(model, os.path.join(directory, WEIGHTS_FILE))
+    with open(os.path.join(directory, RECIPE_FILE), "w") as f:
+        json.dump(recipe_of(model, base), f, indent=2)
+
+
+def read_recipe(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, RECIPE_FILE)
+    try:
+        with open(path) as f:
+            recipe = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"load: no {RECIPE_FILE} in {directory!r} (was it written by dcls_convert.save?)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"load: {path} is not valid JSON ({exc})") from None
+    if not isinstance(recipe, dict) or recipe.get("format") != _FORMAT or not isinstance(recipe.get("layers"), dict):
+        raise ValueError(f"load: {path} is not a dcls_convert recipe of format {_FORMAT}")
+    return recipe
+
+
+def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict: bool = True) -> nn.Module:
+    """Re-applies the saved conversion to `base_model` (a fresh copy of the original architecture) and loads
+    the saved weights. Raises ValueError on a malformed recipe or mismatched model, before changing anything."""
+    recipe = read_recipe(directory)
+    classes = _module_classes()
+    target = base_model if inplace else copy.deepcopy(base_model)
+    sites = {name: s for s in find_sites(target, lambda m: isinstance(m, nn.Module)) for name in s.names}
+    built = []
+    for name, entry in recipe["layers"].items():
+        if not isinstance(entry, dict) or entry.get("class") not in classes or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"load: recipe entry {name!r} is malformed or names an unknown class "
+                             f"(known: {sorted(classes)})")
+        if name not in sites:
+            raise ValueError(f"load: the base model has no module {name!r}; is it the architecture that was converted?")
+        src = sites[name].module
+        cls = classes[entry["class"]]
+        try:
+            new = cls(**entry["config"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"load: cannot rebuild {name!r} as {cls.__name__}: {exc}") from None
+        ref = next(iter(src.parameters()), None)
+        if ref is not None:
+            new = new.to(device=ref.device, dtype=ref.dtype)
+        new.train(src.training)
+        built.append((sites[name], new))
+    by_name = {}
+    for site, new in built:
+        swap(site, new)
+        by_name[site.name] = new
+    for group in recipe.get("shared_positions", []):
+        first = by_name[group[0]]
+        for other in group[1:]:
+            by_name[other].positions = first.positions
+    missing, unexpected = load_model(target, os.path.join(directory, WEIGHTS_FILE), strict=False)
+    if strict and (missing or unexpected):
+        raise ValueError(f"load: weights do not match the rebuilt model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    return target
