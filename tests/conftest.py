@@ -1,0 +1,37 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Deterministic property tests in CI: derandomized examples, no deadline on a shared 2-core machine.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=40,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", deadline=None, max_examples=400)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_report_header(config):
+    import dcls_convert
+
+    info = dcls_convert.backend_info()
+    ops = ", ".join(f"{op}: cpu={v['cpu']}, cuda={v['cuda']}" for op, v in info["ops"].items())
+    return [f"dcls_convert backends: compiled_library={info['compiled_library']} ({info['load_error'] or 'loaded'}); {ops}"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+requires_compiled = pytest.mark.skipif(
+    not __import__("dcls_convert").ops.has_compiled_ops(), reason="compiled library not built")
