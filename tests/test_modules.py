@@ -1,0 +1,291 @@
+"""The three module kinds: forward == F.convNd(x, dense_kernel()) oracle, gradients too, to_conv round trip,
+from_conv initialisation, bad configuration errors."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dcls_convert as dc
+from dcls_convert.methods.bloom import bloom_kernel, bloom_matrix
+from dcls_convert.padding import side_pads
+
+CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def oracle(m, x):
+    pads = side_pads(m.padding, m.window)
+    flat = [v for b, a in reversed(pads) for v in (b, a)]
+    xp = F.pad(x, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+    return CONV_FN[m.ndim](xp, m.dense_kernel(), m.bias, m.stride, 0, 1, m.groups)
+
+
+def check_oracle(m, x, atol=1e-10):
+    x = x.clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    out = m(x)
+    want = oracle(m, x2)
+    torch.testing.assert_close(out, want, rtol=0, atol=atol)
+    g = torch.randn_like(out)
+    params = [p for p in m.parameters() if p.requires_grad]
+    got = torch.autograd.grad(out, [x] + params, g, allow_unused=True)
+    exp = torch.autograd.grad(want, [x2] + params, g, allow_unused=True)
+    for a, e in zip(got, exp):
+        if e is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, e, rtol=0, atol=atol)
+    torch.testing.assert_close(m.to_conv()(x2), want, rtol=0, atol=atol)
+
+
+@st.composite
+def conv_configs(draw, max_ndim=2):
+    ndim = draw(st.integers(1, max_ndim))
+    groups = draw(st.sampled_from(["dw", 1, 2]))
+    cin = draw(st.sampled_from([2, 4]))
+    cout, g = (cin, cin) if groups == "dw" else (draw(st.sampled_from([2, 4])), groups)
+    stride = draw(st.integers(1, 2))
+    padding = draw(st.sampled_from([0, 1, 3, "same", "valid"]))
+    if padding == "same":
+        stride = 1
+    return dict(ndim=ndim, cin=cin, cout=cout, groups=g, stride=stride, padding=padding,
+                padding_mode=draw(st.sampled_from(["zeros", "zeros", "reflect", "circular", "replicate"])),
+                bias=draw(st.booleans()))
+
+
+def _input(c, size=13):
+    return torch.randn(2, c["cin"], *([size] * c["ndim"]), dtype=torch.float64)
+
+
+@given(c=conv_configs(max_ndim=3), K=st.integers(1, 12), L=st.integers(1, 9), interp=st.sampled_from(["bilinear", "gaussian"]),
+       engine=st.sampled_from(["auto", "dense", "taps"]))
+def test_dcls_matches_oracle(c, K, L, interp, engine):
+    m = dc.DclsConv1d if c["ndim"] == 1 else dc.DclsConv2d if c["ndim"] == 2 else dc.DclsConv3d
+    mod = m(c["cin"], c["cout"], K, L, stride=c["stride"], padding=c["padding"], groups=c["groups"], bias=c["bias"],
+            padding_mode=c["padding_mode"], interpolation=interp, engine=engine, dtype=torch.float64)
+    size = 13 if c["ndim"] < 3 else 7
+    if c["padding_mode"] != "zeros" and isinstance(c["padding"], int) and c["padding"] >= size:
+        return
+    check_oracle(mod, _input(c, size))
+
+
+@given(c=conv_configs(), k=st.integers(1, 4), s=st.integers(2, 3), fade=st.booleans())
+def test_bloom_matches_oracle(c, k, s, fade):
+    m = dc.BloomConv1d if c["ndim"] == 1 else dc.BloomConv2d
+    mod = m(c["cin"], c["cout"], k, factor=s, fade=fade, stride=c["stride"], padding=c["padding"], groups=c["groups"],
+            bias=c["bias"], padding_mode=c["padding_mode"], dtype=torch.float64)
+    if mod.window[0] > 13 + 2 * (0 if isinstance(c["padding"], str) else c["padding"]):
+        return
+    check_oracle(mod, _input(c, 15))
+
+
+@given(c=conv_configs(), m_=st.sampled_from([1, 3, 5]), n=st.integers(0, 3), r=st.integers(1, 3))
+def test_partial_matches_oracle(c, m_, n, r):
+    m = dc.PartialDilatedConv1d if c["ndim"] == 1 else dc.PartialDilatedConv2d
+    mod = m(c["cin"], c["cout"], m_, n, r, stride=c["stride"], padding=c["padding"], groups=c["groups"],
+            bias=c["bias"], padding_mode=c["padding_mode"], dtype=torch.float64)
+    if mod.window[0] > 14:
+        return
+    check_oracle(mod, _input(c, 15))
+
+
+def test_seed000_bloom_kernels():
+    v = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
+    big = bloom_kernel(v, 2, True)
+    assert big.shape[-2:] == (7, 7)
+    # seed 000: conv_transpose2d with [[.25,.5,.25],[.5,1,.5],[.25,.5,.25]], stride 2
+    tent = torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(big, F.conv_transpose2d(v, tent[None, None], stride=2))
+    small = bloom_kernel(v, 2, False)
+    assert small.shape[-2:] == (5, 5)
+    torch.testing.assert_close(small, big[..., 1:6, 1:6])
+    assert small[0, 0, 0, 0] == 1 and small[0, 0, 0, 1] == 1.5 and small[0, 0, 2, 2] == 5
+
+
+def test_seed001_partial_pattern():
+    m = dc.PartialDilatedConv1d(4, 4, island=5, wing_taps=4, wing_spacing=2, groups=4)
+    assert m.pattern() == "101010101111101010101"
+    with torch.no_grad():
+        m.island_weight.fill_(1.0)
+        m.wing_weight.fill_(1.0)
+    assert "".join(str(int(v)) for v in (m.dense_kernel()[0, 0] != 0).tolist()) == "101010101111101010101"
+    assert m.kernel_count == 13 and m.island_weight.shape == (4, 1, 5) and m.wing_weight.shape == (4, 1, 8)
+
+
+SOURCES = [
+    lambda: nn.Conv2d(6, 6, 7, padding=3, groups=6),
+    lambda: nn.Conv2d(6, 8, 3, padding=1),
+    lambda: nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6),
+    lambda: nn.Conv2d(6, 6, 5, stride=2, padding=1, groups=3),
+    lambda: nn.Conv2d(6, 6, (3, 5), padding=(1, 2), groups=6),
+    lambda: nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect", groups=6),
+    lambda: nn.Conv1d(6, 6, 5, padding=2, groups=6),
+    lambda: nn.Conv1d(6, 4, 3, padding="valid"),
+]
+
+
+@pytest.mark.parametrize("make", SOURCES)
+@pytest.mark.parametrize("cls", ["dcls", "partial"])
+def test_from_conv_is_exact(make, cls):
+    conv = make()
+    ndim = conv.weight.dim() - 2
+    klass = {"dcls": {1: dc.DclsConv1d, 2: dc.DclsConv2d}, "partial": {1: dc.PartialDilatedConv1d, 2: dc.PartialDilatedConv2d}}[cls][ndim]
+    m = klass.from_conv(conv)
+    x = torch.randn(2, conv.in_channels, *([16] * ndim))
+    want = conv(x)
+    got = m(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert m.init_error == pytest.approx(0.0, abs=1e-7)
+    assert all(L >= k for L, k in zip(m.receptive_field, conv.kernel_size))
+
+
+def test_from_conv_3d_dcls_and_keeps_device_dtype():
+    conv = nn.Conv3d(4, 4, 3, padding=1, groups=4).double()
+    m = dc.DclsConv3d.from_conv(conv)
+    assert m.weight.dtype == torch.float64 and m.window == (9, 9, 9)
+    x = torch.randn(1, 4, 6, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(m(x), conv(x), rtol=0, atol=1e-12)
+
+
+def test_dcls_default_window_and_padding():
+    m = dc.DclsConv2d.from_conv(nn.Conv2d(8, 8, 7, padding=3, groups=8))
+    assert m.window == (17, 17) and m.padding == (8, 8) and m.kernel_count == 49
+
+
+def test_dcls_fewer_taps_keeps_largest_and_reports_error():
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=3).double()
+    m = dc.DclsConv2d.from_conv(conv, kernel_count=4)
+    w = conv.weight.detach().flatten(2)
+    top = w.abs().topk(4, dim=-1).values.sort(dim=-1).values
+    assert torch.equal(m.weight.detach().abs().sort(dim=-1).values, top)
+    kept = torch.zeros_like(w).scatter(-1, w.abs().topk(4, -1).indices, w.gather(-1, w.abs().topk(4, -1).indices))
+    expected = float((w - kept).norm() / w.norm())
+    assert m.init_error == pytest.approx(expected, rel=1e-9)
+
+
+def test_dcls_more_taps_start_at_zero_weight():
+    conv = nn.Conv2d(2, 2, 3, padding=1, groups=2)
+    m = dc.DclsConv2d.from_conv(conv, kernel_count=12)
+    assert torch.all(m.weight[..., 9:] == 0) and m.init_error == pytest.approx(0.0, abs=1e-7)
+
+
+def test_dcls_gaussian_start_is_close():
+    conv = nn.Conv2d(4, 4, 5, padding=2, groups=4)
+    m = dc.DclsConv2d.from_conv(conv, interpolation="gaussian")
+    assert 0 < m.init_error < 0.05
+
+
+def _bloom_full_operator(k, L, s, fade, big):
+    A = torch.zeros(big, k, dtype=torch.float64)
+    off = (big - L) // 2
+    A[off: off + L] = bloom_matrix(k, s, fade)
+    return A
+
+
+@pytest.mark.parametrize("ksize,s,fade,keep", [(3, 2, True, "kernel"), (3, 2, False, "kernel"), (5, 3, True, "kernel"),
+                                               (7, 2, True, "size"), (5, 2, False, "size")])
+def test_bloom_least_squares_is_optimal(ksize, s, fade, keep):
+    conv = nn.Conv2d(2, 3, ksize, padding=ksize // 2).double()
+    m = dc.BloomConv2d.from_conv(conv, factor=s, fade=fade, keep=keep)
+    k, L = m.kernel_size[0], m.window[0]
+    big = max(L, ksize)
+    A = _bloom_full_operator(k, L, s, fade, big)
+    full = torch.kron(A, A)  # operator of the vectorised kernel
+    target = torch.zeros(3, 2, big, big, dtype=torch.float64)
+    o = (big - ksize) // 2
+    target[..., o:o + ksize, o:o + ksize] = conv.weight.detach()
+    sol = torch.linalg.lstsq(full, target.reshape(6, -1).T).solution.T
+    resid = (full @ sol.T).T - target.reshape(6, -1)
+    expected = float(resid.norm() / target.norm())
+    assert m.init_error == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    x = torch.randn(1, 2, 12, 12, dtype=torch.float64)
+    assert m(x).shape == conv(x).shape
+
+
+def test_bloom_of_a_bloomed_kernel_is_exact():
+    src = dc.BloomConv2d(3, 3, 3, factor=2, dtype=torch.float64)
+    conv = src.to_conv()
+    m = dc.BloomConv2d.from_conv(conv, keep="size")
+    assert m.init_error < 1e-10
+    x = torch.randn(1, 3, 10, 10, dtype=torch.float64)
+    torch.testing.assert_close(m(x), conv(x))
+
+
+def test_bloom_blur_path_equals_dense_path():
+    m = dc.BloomConv2d(8, 16, 3, factor=2, padding=3, stride=2, dtype=torch.float64)
+    assert m.uses_blur_path()
+    x = torch.randn(2, 8, 17, 17, dtype=torch.float64)
+    torch.testing.assert_close(m(x), oracle(m, x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: dc.DclsConv2d(4, 4, 0, 7), "kernel_count"),
+    (lambda: dc.DclsConv2d(4, 4, 3, 7, sigma_min=0, interpolation="gaussian"), "sigma_min"),
+    (lambda: dc.DclsConv2d(4, 4, 3, 7, interpolation="cubic"), "interpolation"),
+    (lambda: dc.DclsConv2d(4, 6, 3, 7, groups=4), "groups"),
+    (lambda: dc.DclsConv2d(4, 4, 3, 7, padding="full"), "padding"),
+    (lambda: dc.DclsConv2d(4, 4, 3, 7, padding_mode="mirror"), "padding_mode"),
+    (lambda: dc.BloomConv2d(4, 4, 3, factor=1), "factor"),
+    (lambda: dc.PartialDilatedConv1d(4, 4, 4, 2, 2), "island"),
+    (lambda: dc.PartialDilatedConv1d(4, 4, 5, 2, 0), "wing_spacing"),
+    (lambda: dc.DclsConv2d.from_conv(nn.Conv2d(4, 4, 7, padding=3), window=5), "window"),
+    (lambda: dc.DclsConv2d.from_conv(nn.ConvTranspose2d(4, 4, 3)), "transposed"),
+    (lambda: dc.DclsConv2d.from_conv(nn.Conv2d(4, 4, 3), kernel_count=-1), "kernel_count"),
+    (lambda: dc.DclsConv2d.from_conv(nn.Conv1d(4, 4, 3)), "1-D"),
+    (lambda: dc.PartialDilatedConv2d.from_conv(nn.Conv2d(4, 4, 5), island=3), "island"),
+    (lambda: dc.DclsConv2d(4, 4, 3, 7, stride=2, padding="same"), "same"),
+])
+def test_bad_configuration_names_the_argument(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_from_conv_rejects_non_finite_weights():
+    conv = nn.Conv2d(2, 2, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        dc.DclsConv2d.from_conv(conv)
+
+
+def test_bad_input_errors_name_the_module():
+    m = dc.DclsConv2d(4, 4, 3, 7, groups=4)
+    with pytest.raises(ValueError, match="DclsConv2d: expected a 4-D input"):
+        m(torch.randn(4, 10, 10))
+    with pytest.raises(ValueError, match="DclsConv2d: expected 4 input channels, got 3"):
+        m(torch.randn(1, 3, 10, 10))
+    with torch.no_grad():
+        m.positions[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="positions"):
+        m(torch.randn(1, 4, 10, 10))
+
+
+def test_extra_repr_and_receptive_field():
+    m = dc.DclsConv2d(8, 8, 34, 17, padding=8, groups=8)
+    r = repr(m)
+    assert "kernel_count=34" in r and "window=(17, 17)" in r and "groups=8" in r and "stride" not in r
+    assert m.receptive_field == (17, 17)
+    assert "factor=2" in repr(dc.BloomConv2d(3, 3, 3))
+    assert "island=(5,)" in repr(dc.PartialDilatedConv1d(3, 3, 5, 4, 2))
+
+
+def test_dilate_kernel_matches_dilated_conv_any_ndim():
+    for ndim, conv_fn in ((1, F.conv1d), (2, F.conv2d), (3, F.conv3d)):
+        w = torch.randn(3, 2, *([3] * ndim), dtype=torch.float64)
+        x = torch.randn(1, 2, *([11] * ndim), dtype=torch.float64)
+        big = dc.dilate_kernel(w, 3)
+        assert big.shape[2:] == (7,) * ndim
+        torch.testing.assert_close(conv_fn(x, big), conv_fn(x, w, dilation=3))
+        torch.testing.assert_close(dc.undilate_kernel(big, 3), w)
+
+
+def test_reset_parameters_keeps_positions_in_window():
+    m = dc.DclsConv2d(4, 4, 50, (9, 5), groups=4)
+    assert m.positions[0].min() >= -4 and m.positions[0].max() <= 4
+    assert m.positions[1].min() >= -2 and m.positions[1].max() <= 2
+    bound = 1 / math.sqrt(1 * 50)  # kaiming_uniform(a=sqrt(5)) over the K taps, as nn.ConvNd over its k taps
+    assert m.weight.abs().max() <= bound + 1e-7
