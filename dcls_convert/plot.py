@@ -47,10 +47,10 @@ def plot_kernels(module_or_model: nn.Module, path: str, *, max_layers: int = 6, 
             elif img.dim() == 3:
                 img = img[img.shape[0] // 2]
             lim = float(img.abs().max()) or 1.0
-            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
             if pos is not None and m.ndim == 2:
                 p = pos.detach().float().cpu()
-                ax.scatter(p[1, c, 0] + m.window[1] // 2, p[0, c, 0] + m.window[0] // 2, s=4, c="k")
+                ax.scatter((p[1, c, 0] + m.window[1] // 2).numpy(), (p[0, c, 0] + m.window[0] // 2).numpy(), s=4, c="k")
             if c == 0:
                 ax.set_ylabel((name or type(m).__name__)[-18:], fontsize=7)
     fig.suptitle(f"learned kernels ({len(layers)} layer(s), {cols} channel(s) each)", fontsize=9)

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from .discovery import find_sites, swap
@@ -68,6 +69,12 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
     """Re-applies the saved conversion to `base_model` (a fresh copy of the original architecture) and loads
     the saved weights. Raises ValueError on a malformed recipe or mismatched model, before changing anything."""
     recipe = read_recipe(directory)
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    try:  # header check before anything changes
+        with safe_open(weights, framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        raise ValueError(f"load: cannot read {weights}: {type(exc).__name__}: {exc}") from None
     classes = _module_classes()
     target = base_model if inplace else copy.deepcopy(base_model)
     sites = {name: s for s in find_sites(target, lambda m: isinstance(m, nn.Module)) for name in s.names}
@@ -97,7 +104,7 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
         first = by_name[group[0]]
         for other in group[1:]:
             by_name[other].positions = first.positions
-    missing, unexpected = load_model(target, os.path.join(directory, WEIGHTS_FILE), strict=False)
+    missing, unexpected = load_model(target, weights, strict=False)
     if strict and (missing or unexpected):
         raise ValueError(f"load: weights do not match the rebuilt model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")

@@ -144,10 +144,16 @@ class ConvertConfig:
             if ov is None:
                 return method, merged, "excluded by an override of None"
             ov = dict(ov)
-            method = ov.pop("method", method)
+            new_method = ov.pop("method", method)
+            if new_method != method:  # options of the previous method do not carry over
+                method, merged = new_method, {}
             merged.update(ov)
         if named:  # named explicitly: selected even where the predicates would not
             return method, merged, None
         rules = self.rules if self.rules is not None else default_rules
+        for n in names:  # an alias that is excluded excludes the module under every name
+            for p in compile_patterns(rules.exclude, "exclude"):
+                if p.fullmatch(n):
+                    return method, merged, f"name {n!r} matches exclude {p.pattern!r}"
         reasons = [rules.skip_reason(n, conv) for n in names]
         return method, merged, (None if any(r is None for r in reasons) else reasons[0])

@@ -1,0 +1,181 @@
+"""convert(): targeting, aliasing, all-or-nothing, report, errors."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dcls_convert as dc
+from dcls_convert.methods.base import ConvertedConv
+from toy_models import Zoo
+
+ALL_DW = dc.TargetRules(min_kernel=3, depthwise=True)
+
+
+def _same(a, b, tol=1e-5):
+    return (a - b).abs().max() <= tol * b.abs().max()
+
+
+@pytest.mark.parametrize("method", ["dcls", "bloom", "partial"])
+def test_zoo_converts_and_preserves_function(method):
+    model = Zoo().eval()
+    x = torch.randn(2, 3, 20, 20)
+    rules = dc.TargetRules(min_kernel=3, ndims=(1, 2, 3) if method == "dcls" else (1, 2))
+    out, report = dc.convert(model, method, rules=rules)
+    assert type(out) is Zoo and out is not model
+    assert out.alias is out.dw and isinstance(out.dw, ConvertedConv)
+    rec = {r.name: r for r in report.layers}
+    assert rec["dw"].aliases == ["alias"] and rec["dw"].status == "converted"
+    assert isinstance(out.seq1d, ConvertedConv) and isinstance(out.twice, ConvertedConv)
+    if method == "dcls":
+        assert isinstance(out.vol, dc.DclsConv3d)
+    else:
+        assert rec["vol"].status == "skipped" and "ndims" in rec["vol"].reason
+    assert any("conv2d" in f for f in report.functional_convs), report.functional_convs
+    if method != "bloom":  # bloom's start is a least-squares fit, not exact
+        with torch.no_grad():
+            assert _same(out(x), model(x))
+    out(x).sum().backward()
+    for m in out.modules():
+        if isinstance(m, ConvertedConv):
+            assert all(p.grad is not None for p in m.parameters())
+
+
+def test_dcls_default_rules_pick_depthwise_stride1_odd():
+    out, report = dc.convert(Zoo(), "dcls")
+    rec = {r.name: r for r in report.layers}
+    assert rec["stem"].status == "skipped" and "depthwise" in rec["stem"].reason
+    assert rec["strided"].status == "skipped" and "stride" in rec["strided"].reason
+    assert rec["dilated"].status == "converted" and rec["dilated"].receptive_field == (9, 9)
+    assert rec["reflect"].status == "converted" and out.reflect.padding_mode == "reflect"
+    assert rec["block.0"].status == "converted" and out.block[0].padding == "same"
+
+
+def test_state_dict_keys_outside_converted_convs_are_unchanged():
+    model = Zoo()
+    out, report = dc.convert(model, "dcls")
+    converted = {r.name for r in report.converted} | {a for r in report.converted for a in r.aliases}
+    before = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in converted}
+    after = out.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def test_precedence_type_regex_name():
+    cfg = dc.ConvertConfig(method="dcls", options={"window": 9}, rules=ALL_DW,
+                           by_type={nn.Conv2d: {"window": 11}}, by_regex={r"block\..*": {"window": 13}},
+                           by_name={"block.0": {"window": 15}, "reflect": None, "strided": {"method": "partial"}})
+    out, report = dc.convert(Zoo(), cfg)
+    assert out.seq1d.window == (9,)          # global option
+    assert out.twice.window == (11, 11)      # by type
+    assert out.block[0].window == (15, 15)   # exact name beats regex
+    assert not isinstance(out.reflect, ConvertedConv)
+    assert isinstance(out.strided, dc.PartialDilatedConv2d)  # named: selected despite stride rule
+
+
+def test_include_exclude_and_filter_fn():
+    out, _ = dc.convert(Zoo(), "dcls", include=[r"dw|twice"])
+    assert isinstance(out.dw, ConvertedConv) and isinstance(out.twice, ConvertedConv)
+    assert not isinstance(out.block[0], ConvertedConv)
+    out, _ = dc.convert(Zoo(), "dcls", exclude=r"d.*")
+    assert not isinstance(out.dw, ConvertedConv) and isinstance(out.twice, ConvertedConv)
+    rules = dc.TargetRules(depthwise=True, min_kernel=3, filter_fn=lambda name, m: m.kernel_size[0] == 5)
+    out, _ = dc.convert(Zoo(), "dcls", rules=rules)
+    assert isinstance(out.block[0], ConvertedConv) and not isinstance(out.dw, ConvertedConv)
+
+
+def test_per_stage_window_and_position_sharing():
+    class Staged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Sequential(*[nn.Conv2d(4, 4, 7, padding=3, groups=4) for _ in range(3)])
+                                         for _ in range(2)])
+
+        def forward(self, x):
+            for s in self.stages:
+                x = s(x)
+            return x
+
+    model = Staged().eval()
+    out, report = dc.convert(model, "dcls", share_positions="stage", by_regex={r"stages\.1\..*": {"window": 21}})
+    s0, s1 = out.stages[0], out.stages[1]
+    assert s0[0].positions is s0[1].positions is s0[2].positions
+    assert s1[0].positions is s1[2].positions and s1[0].positions is not s0[0].positions
+    assert s1[0].window == (21, 21)
+    x = torch.randn(1, 4, 24, 24)
+    with torch.no_grad():
+        assert _same(out(x), model(x))
+    params = dc.param_groups(out, lr=1e-3)
+    pos = [g for g in params if g["name"] == "positions"][0]["params"]
+    assert len(pos) == 2
+
+
+def test_all_or_nothing_on_error_inplace():
+    model = Zoo()
+    before = copy.deepcopy(model.state_dict())
+    types = [type(m) for m in model.modules()]
+    with pytest.raises(dc.ConversionError, match="seq1d"):
+        # a 21 window keeps odd parity on 2-D kernels but seq1d (k=5, window 20) fails: even difference
+        dc.convert(model, "dcls", inplace=True, by_name={"seq1d": {"window": 20}})
+    assert [type(m) for m in model.modules()] == types
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_inplace_returns_same_object():
+    model = Zoo()
+    out, _ = dc.convert(model, "dcls", inplace=True)
+    assert out is model and isinstance(model.dw, ConvertedConv)
+
+
+def test_errors():
+    with pytest.raises(dc.NoTargetError, match="no conv matched"):
+        dc.convert(nn.Sequential(nn.Conv2d(3, 3, 1)), "dcls")
+    with pytest.raises(ValueError, match="bad regular expression"):
+        dc.convert(Zoo(), "dcls", include="(")
+    with pytest.raises(TypeError, match="unknown option"):
+        dc.convert(Zoo(), "dcls", windw=9)
+    with pytest.raises(ValueError, match="unknown method"):
+        dc.convert(Zoo(), "lora")
+    with pytest.raises(TypeError, match="Convert the plain model first"):
+        dc.convert(nn.DataParallel(Zoo()), "dcls")
+    with pytest.raises(ValueError, match="kernel_count"):
+        dc.convert(Zoo(), "dcls", kernel_count=0)
+
+
+def test_mode_dtype_requires_grad_preserved():
+    model = Zoo().double().eval()
+    model.dw.requires_grad_(False)
+    out, _ = dc.convert(model, "dcls")
+    assert not out.training and out.dw.weight.dtype == torch.float64
+    assert not out.dw.weight.requires_grad and out.twice.weight.requires_grad
+
+
+def test_example_inputs_record_calls_and_shapes():
+    out, report = dc.convert(Zoo(), "dcls", example_inputs=torch.randn(1, 3, 16, 16))
+    rec = {r.name: r for r in report.layers}
+    assert rec["twice"].calls == 2 and rec["dw"].calls == 2 and rec["seq1d"].input_shape == (1, 8, 64)
+
+
+def test_report_table_and_dict():
+    _, report = dc.convert(Zoo(), "dcls")
+    text = str(report)
+    assert "converted" in text and "skipped" in text and "7x7 -> 17x17" in text
+    d = report.to_dict()
+    assert d["totals"]["converted"] == len(report.converted) > 0
+    assert all({"name", "status", "init_error"} <= set(layer) for layer in d["layers"])
+    import json
+
+    assert json.loads(report.to_json())["method"] == "dcls"
+
+
+def test_timm_conv2d_same_handled_and_std_conv_skipped():
+    timm_layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(timm_layers.Conv2dSame(4, 4, 5, groups=4), timm_layers.ScaledStdConv2d(4, 4, 3, groups=4, padding=1))
+    model.eval()
+    out, report = dc.convert(model, "dcls")
+    rec = {r.name: r for r in report.layers}
+    assert rec["0"].status == "converted" and rec["1"].status == "skipped" and "standardises" in rec["1"].reason
+    x = torch.randn(1, 4, 13, 13)
+    with torch.no_grad():
+        assert _same(out(x), model(x))

@@ -1,0 +1,91 @@
+"""densify -> plain convs with identical outputs; save -> load -> identical outputs; safe loading."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dcls_convert as dc
+from dcls_convert.methods.base import ConvertedConv
+from toy_models import Zoo
+
+
+def _trained_copy(method):
+    model = Zoo().eval()
+    rules = dc.TargetRules(min_kernel=3, ndims=(1, 2))
+    extra = {"share_positions": "stage"} if method == "dcls" else {}
+    out, _ = dc.convert(model, method, rules=rules, **extra)
+    with torch.no_grad():  # move away from the start so positions are not integers
+        for p in out.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model, out
+
+
+@pytest.mark.parametrize("method", ["dcls", "bloom", "partial"])
+def test_densify_is_exact_and_plain(method):
+    _, out = _trained_copy(method)
+    x = torch.randn(2, 3, 20, 20)
+    dense = dc.densify(out)
+    assert not any(isinstance(m, ConvertedConv) for m in dense.modules())
+    assert dense.alias is dense.dw
+    with torch.no_grad():
+        a, b = out(x), dense(x)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    traced = torch.jit.trace(dense, x)
+    torch.testing.assert_close(traced(x), b)
+
+
+def test_densify_exports():
+    _, out = _trained_copy("dcls")
+    dense = dc.densify(out)
+    x = torch.randn(2, 3, 20, 20)
+    ep = torch.export.export(dense, (x,))
+    torch.testing.assert_close(ep.module()(x), dense(x))
+
+
+@pytest.mark.parametrize("method", ["dcls", "bloom", "partial"])
+def test_save_load_round_trip(tmp_path, method):
+    _, out = _trained_copy(method)
+    dc.save(out, str(tmp_path))
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["format"] == 1 and "dw" in recipe["layers"]
+    loaded = dc.load(str(tmp_path), Zoo().eval())
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out(x))
+    assert loaded.alias is loaded.dw
+    if method == "dcls":
+        assert loaded.twice.positions is not None
+
+
+def test_load_state_dict_into_freshly_converted_model():
+    _, out = _trained_copy("dcls")
+    fresh, _ = dc.convert(Zoo().eval(), "dcls", rules=dc.TargetRules(min_kernel=3, ndims=(1, 2)), share_positions="stage")
+    fresh.load_state_dict(out.state_dict(), strict=True)
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), out(x))
+
+
+def test_malformed_recipe_and_wrong_model(tmp_path):
+    _, out = _trained_copy("partial")
+    dc.save(out, str(tmp_path))
+    with pytest.raises(ValueError, match="has no module"):
+        dc.load(str(tmp_path), nn.Sequential(nn.Conv2d(3, 3, 3)))
+    (tmp_path / "recipe.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        dc.load(str(tmp_path), Zoo())
+    (tmp_path / "recipe.json").write_text(json.dumps({"format": 1, "layers": {"dw": {"class": "os.system", "config": {}}}}))
+    with pytest.raises(ValueError, match="unknown class"):
+        dc.load(str(tmp_path), Zoo())
+    with pytest.raises(FileNotFoundError, match="recipe.json"):
+        dc.load(str(tmp_path / "missing"), Zoo())
+
+
+def test_corrupt_weights_give_clear_error(tmp_path):
+    _, out = _trained_copy("dcls")
+    dc.save(out, str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="cannot read"):
+        dc.load(str(tmp_path), Zoo())
