@@ -50,6 +50,11 @@ def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bi
     groups=C); 1-D and 2-D, interpolation "bilinear" or "nearest"; zero padding (other modes pad first).
     """
     window, stride, padding = ([int(v) for v in seq] for seq in (window, stride, padding))
+    if torch.is_autocast_enabled(x.device.type):
+        # Autocast as F.convNd: input, weight and bias in the autocast dtype; positions stay float32.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
     if compiled_for("taps_conv", x.device.type):
         return torch.ops.dcls_convert.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
     return reference.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)

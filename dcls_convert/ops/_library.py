@@ -33,12 +33,17 @@ def has_compiled_ops() -> bool:
     return _load_error is None
 
 
+def _has_kernel(op: str, key: str) -> bool:
+    return _load_error is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dcls_convert::{op}", key)
+
+
+# Looked up once: a plain dict read is traceable by torch.compile, the dispatcher query is not.
+_KERNELS = {(op, dev): _has_kernel(op, key) for op in OPS for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+
+
 def compiled_for(op: str, device_type: str) -> bool:
     """True when the compiled `op` has a kernel for `device_type` ("cpu", "cuda")."""
-    if _load_error is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dcls_convert::{op}", key)
+    return _KERNELS.get((op, device_type), False)
 
 
 def backend_info() -> dict:

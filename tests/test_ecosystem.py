@@ -1,0 +1,134 @@
+"""A converted model behaves like any PyTorch model: torch.compile, torch.export, AMP, dtype/device moves,
+deepcopy/pickle, state_dict round trips, deterministic CPU backward."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dcls_convert as dc
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.dense = nn.Conv2d(8, 8, 3, padding=1)
+        self.seq = nn.Conv1d(8, 8, 5, padding=2, groups=8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.dw(x)) + self.dense(x)
+        s = self.seq(x.mean(2))
+        return self.head(s.mean(-1))
+
+
+def converted(method="dcls", **opts):
+    torch.manual_seed(0)
+    rules = dc.TargetRules(min_kernel=3)
+    model, _ = dc.convert(Net(), method, rules=rules, **opts)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("positions"):
+                p.add_(0.31)
+    return model
+
+
+@pytest.mark.parametrize("method", ["dcls", "partial", "bloom"])
+def test_compile_fullgraph_matches_eager(method):
+    model = converted(method)
+    x = torch.randn(2, 3, 16, 16)
+    eager = model(x)
+    eager.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_compile_inductor_dcls():
+    model = converted("dcls")
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_export_converted_and_densified():
+    model = converted("dcls").eval()
+    x = torch.randn(2, 3, 16, 16)
+    ep = torch.export.export(model, (x,))
+    torch.testing.assert_close(ep.module()(x), model(x))
+    dense = dc.densify(model)
+    torch.testing.assert_close(torch.export.export(dense, (x,)).module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dcls", "partial", "bloom"])
+def test_cpu_autocast_bfloat16(method):
+    model = converted(method)
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    # bf16 has 8 bits of mantissa; a few layers deep the stated tolerance is 5 % of the output scale
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+    if method == "dcls":
+        assert model.dw.positions.dtype == torch.float32 and model.dw.positions.grad.dtype == torch.float32
+
+
+def test_moves_copies_and_pickle():
+    model = converted("dcls")
+    x = torch.randn(1, 3, 12, 12)
+    model(x)
+    d = copy.deepcopy(model).double()
+    torch.testing.assert_close(d(x.double()).float(), model(x), rtol=1e-5, atol=1e-5)
+    buf = io.BytesIO()
+    pickle.dump(model, buf)
+    again = pickle.loads(buf.getvalue())
+    torch.testing.assert_close(again(x), model(x))
+    h = copy.deepcopy(model).to(torch.bfloat16)
+    assert h(x.bfloat16()).dtype == torch.bfloat16
+    if torch.cuda.is_available():
+        torch.testing.assert_close(copy.deepcopy(model).cuda()(x.cuda()).cpu(), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_state_dict_strict_round_trip():
+    a, b = converted("dcls"), converted("dcls")
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(1.0)
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.randn(1, 3, 12, 12)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_cpu_backward_is_bitwise_deterministic():
+    model = converted("dcls")
+    x = torch.randn(4, 3, 20, 20)
+    runs = []
+    for _ in range(2):
+        model.zero_grad()
+        model(x).square().sum().backward()
+        runs.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_bad_input_leaves_state_unchanged():
+    model = converted("dcls")
+    before = copy.deepcopy(model.state_dict())
+    for bad in (torch.randn(3, 16, 16), torch.randn(1, 4, 16, 16), torch.randn(1, 3, 16, 16, dtype=torch.float64)):
+        with pytest.raises((ValueError, RuntimeError)) as info:
+            model(bad)
+        assert "expected" in str(info.value) or "dtype" in str(info.value) or "type" in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    empty = model.dw(torch.randn(0, 8, 10, 10))
+    assert empty.shape == (0, 8, 10, 10)
