@@ -71,7 +71,7 @@ def main(argv=None):
     print(f"{'bloomed 7x7, default init (seed 000 set-up)':48} {accuracy(seed_style, xte, yte):8.4f}")
     print(f"{'bloomed 7x7, least squares from trained 3x3':48} {accuracy(from_trained, xte, yte):8.4f}"
           f"   (start {acc_start:.4f}, fit error {err:.2f})")
-    print(f"bloomed kernel: {tuple(from_trained.conv1.window)} window, {from_trained.conv1.weight[0].numel()} weights "
+    print(f"bloomed kernel: {tuple(from_trained.conv1.window)} window, {from_trained.conv1.weight[0, 0].numel()} weights "
           f"per (out, in) pair, forward path: {from_trained.conv1.engine_name()}")
 
 
