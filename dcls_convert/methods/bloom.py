@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from ..padding import pad_input
 from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
                    source_kernel)
@@ -76,6 +77,12 @@ def bloom_kernel(v: torch.Tensor, s: int, fade: bool) -> torch.Tensor:
     return out.reshape(*v.shape[:2], *out.shape[2:])
 
 
+def grid_offsets(window, dtype, device) -> torch.Tensor:
+    """(D, prod(window)) offsets from the centre of every window pixel, row-major (nearest taps)."""
+    axes = [torch.arange(L, dtype=dtype, device=device) - L // 2 for L in window]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(len(window), -1)
+
+
 class _BloomConvNd(ConvertedConv):
     method = "bloom"
 
@@ -105,16 +112,23 @@ class _BloomConvNd(ConvertedConv):
     def dense_kernel(self) -> torch.Tensor:
         return bloom_kernel(self.weight, self.factor, self.fade)
 
+    def uses_tap_engine(self) -> bool:
+        """Depthwise 1-D/2-D: the compiled tap engine with one nearest tap per window pixel beats PyTorch's
+        CPU depthwise conv (whose weight gradient is a slow generic path) and its dilated form."""
+        return self.is_depthwise and ops.compiled_for("taps_conv", self.weight.device.type)
+
     def uses_blur_path(self) -> bool:
         """Cost rule (multiply-adds per output pixel): blur (Cin x tent) + dilated compact conv vs the dense
         bloomed conv. The identity needs the fade (the cropped kernel is not a plain blur of a dilated one)."""
-        if not self.fade:
+        if not self.fade or self.uses_tap_engine():
             return False
         cin_g = self.in_channels // self.groups
         blur = self.in_channels * (2 * self.factor - 1) ** self.ndim / self.out_channels
         return blur + cin_g * math.prod(self.kernel_size) < cin_g * math.prod(self.window)
 
     def engine_name(self) -> str:
+        if self.uses_tap_engine():
+            return "taps(dense grid)"
         return "blur+dilated" if self.uses_blur_path() else "bloom+conv"
 
     def _extra_config(self) -> dict:
@@ -122,6 +136,12 @@ class _BloomConvNd(ConvertedConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if self.uses_tap_engine():
+            kernel = self.dense_kernel()
+            w = kernel.flatten(2)
+            pos = grid_offsets(self.window, w.dtype, w.device)[:, None, None, :].expand(self.ndim, *w.shape)
+            xp, sym = pad_input(x, self._pads(), self.padding_mode)
+            return ops.taps_conv(xp, w, pos, self.bias, self.window, self.stride, sym, "nearest")
         if not self.uses_blur_path():
             return super().forward(x)
         s, ndim = self.factor, self.ndim
