@@ -7,6 +7,9 @@
 
 namespace dcls_convert {
 
+// Largest gaussian window per axis that the separable backward handles with per-thread arrays.
+constexpr int64_t kMaxSeparable = 128;
+
 // Tensors are contiguous. weight (P, K), positions / sigma (D, P, K) in the accumulation type,
 // dense kernel (P, L0, L1, L2) with unused trailing window dims set to 1.
 template <typename scalar_t, typename acc_t>
@@ -73,7 +76,36 @@ DCLS_HD void construct_backward_thread(int64_t idx, const ConstructArgs<scalar_t
   for (int64_t d = 0; d < D; ++d) c[d] = grid_coord(a.pos[a.at(d, p, k)], a.L[d], a.interp);
   acc_t gw = 0, gu[3] = {0, 0, 0}, gs[3] = {0, 0, 0};
 
-  if (a.interp == kGaussian) {
+  if (a.interp == kGaussian && D <= 2 && a.L[0] <= kMaxSeparable && a.L[1] <= kMaxSeparable) {
+    // Separable contraction: v = G n1 and u = G^T n0, then every gradient is a dot product of length L
+    // (2 L0 L1 multiply-adds per tap and 3 (L0 + L1) exponentials, instead of exponentials per element).
+    Gauss<acc_t> g0 = gauss_axis(c[0].u, a.sigma[a.at(0, p, k)], a.sigma_min, a.L[0]);
+    Gauss<acc_t> g1 = g0;
+    if (D == 2) g1 = gauss_axis(c[1].u, a.sigma[a.at(1, p, k)], a.sigma_min, a.L[1]);
+    acc_t n0[kMaxSeparable], n1[kMaxSeparable], u[kMaxSeparable];
+    for (int64_t t = 0; t < a.L[0]; ++t) n0[t] = gauss_value(g0, t);
+    for (int64_t t = 0; t < a.L[1]; ++t) {
+      n1[t] = D == 2 ? gauss_value(g1, t) : acc_t(1);
+      u[t] = 0;
+    }
+    for (int64_t t0 = 0; t0 < a.L[0]; ++t0) {
+      acc_t v = 0;
+      for (int64_t t1 = 0; t1 < a.L[1]; ++t1) {
+        const acc_t gv = static_cast<acc_t>(G[t0 * a.L[1] + t1]);
+        v += gv * n1[t1];
+        u[t1] += gv * n0[t0];
+      }
+      gw += n0[t0] * v;
+      gu[0] += gauss_du(g0, t0, n0[t0]) * v;
+      gs[0] += gauss_ds(g0, t0, n0[t0]) * v;
+    }
+    if (D == 2) {
+      for (int64_t t1 = 0; t1 < a.L[1]; ++t1) {
+        gu[1] += gauss_du(g1, t1, n1[t1]) * u[t1];
+        gs[1] += gauss_ds(g1, t1, n1[t1]) * u[t1];
+      }
+    }
+  } else if (a.interp == kGaussian) {
     Gauss<acc_t> g[3];
     for (int64_t d = 0; d < D; ++d) g[d] = gauss_axis(c[d].u, a.sigma[a.at(d, p, k)], a.sigma_min, a.L[d]);
     const int64_t vol = a.volume();
