@@ -3,7 +3,6 @@ then swap them all. Nothing is swapped unless everything built."""
 from __future__ import annotations
 
 import copy
-import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .discovery import find_sites, swap
+from .methods.base import relative_error
 from .registry import get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
 from .targeting import ConvertConfig, TargetRules
@@ -205,12 +205,13 @@ def _share_positions(built) -> None:
     for members in groups.values():
         first = members[0]
         for other in members[1:]:
+            if torch.equal(other.positions, first.positions):  # the usual case: K >= prod(k), grid order
+                other.positions = first.positions
+                continue
             with torch.no_grad():
                 target = other.dense_kernel()
-            other.positions = first.positions
-            with torch.no_grad():
-                norm = target.double().norm()
-                other.init_error = float((other.dense_kernel().double() - target.double()).norm() / norm) if norm > 0 else 0.0
+                other.positions = first.positions
+                other.init_error = max(other.init_error or 0.0, relative_error(other.dense_kernel(), target))
 
 
 def _analyze(model, sites, example_inputs, report) -> dict[int, tuple[int | None, tuple | None]]:

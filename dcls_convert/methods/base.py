@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..padding import PADDING_MODES, normalize_padding, pad_input, side_pads
 
 __all__ = ["ConvertedConv", "CONV_CLASSES", "conv_forward", "source_kernel", "check_source_conv", "per_axis",
-           "grow_padding", "conv_kwargs", "copy_bias"]
+           "grow_padding", "conv_kwargs", "copy_bias", "relative_error"]
 
 CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -183,3 +183,9 @@ def copy_bias(module: ConvertedConv, conv: nn.Module) -> None:
     if conv.bias is not None:
         with torch.no_grad():
             module.bias.copy_(conv.bias)
+
+
+def relative_error(kernel: torch.Tensor, target: torch.Tensor) -> float:
+    """||kernel - target|| / ||target|| (Frobenius, accumulated in float64)."""
+    norm = torch.linalg.vector_norm(target, dtype=torch.float64)
+    return float(torch.linalg.vector_norm(kernel - target, dtype=torch.float64) / norm) if norm > 0 else 0.0

@@ -9,11 +9,12 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import ops
 from ..padding import pad_input
 from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
-                   source_kernel)
+                   relative_error, source_kernel)
 
 __all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window"]
 
@@ -168,15 +169,9 @@ class _DclsConvNd(ConvertedConv):
             _place_taps(module, conv.weight.detach(), tuple(conv.dilation), shift)
             copy_bias(module, conv)
             # Reported against the kernel the source conv really applies, placed in the new window.
-            placed = torch.zeros_like(module.dense_kernel())
-            placed[(slice(None), slice(None), *(slice(s, s + e) for s, e in zip(shift, extent)))] = target
-            module.init_error = _relative_error(module.dense_kernel(), placed)
+            pads = [v for s, e, L in reversed(list(zip(shift, extent, window))) for v in (s, L - e - s)]
+            module.init_error = relative_error(module.dense_kernel(), F.pad(target.to(module.weight.dtype), pads))
         return module
-
-
-def _relative_error(kernel: torch.Tensor, target: torch.Tensor) -> float:
-    norm = target.double().norm()
-    return float((kernel.double() - target.double()).norm() / norm) if norm > 0 else 0.0
 
 
 def _place_taps(module: _DclsConvNd, weight: torch.Tensor, dilation: tuple[int, ...], shift: tuple[int, ...]) -> None:
