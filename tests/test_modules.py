@@ -289,3 +289,25 @@ def test_reset_parameters_keeps_positions_in_window():
     assert m.positions[1].min() >= -2 and m.positions[1].max() <= 2
     bound = 1 / math.sqrt(1 * 50)  # kaiming_uniform(a=sqrt(5)) over the K taps, as nn.ConvNd over its k taps
     assert m.weight.abs().max() <= bound + 1e-7
+
+
+def test_learn_axes_freezes_positions_on_fixed_axes():
+    m = dc.DclsConv2d(4, 4, 6, (1, 21), groups=4, learn_axes=(False, True), dtype=torch.float64)
+    assert torch.equal(m.positions[0], m.positions[0].round())
+    x = torch.randn(2, 4, 5, 30, dtype=torch.float64)
+    check_oracle(m, x)
+    m(x).square().sum().backward()
+    assert not m.positions.grad[0].any() and m.positions.grad[1].any()
+    assert "learn_axes=(False, True)" in repr(m)
+
+
+def test_dtype_mismatch_names_the_module():
+    m = dc.DclsConv2d(4, 4, 3, 7, groups=4)
+    with pytest.raises(TypeError, match="DclsConv2d: input dtype torch.float64 does not match"):
+        m(torch.randn(1, 4, 10, 10, dtype=torch.float64))
+
+
+def test_huge_dense_kernel_is_refused_before_allocating():
+    with pytest.raises(MemoryError, match="DclsConv2d: a \\(1001, 1001\\) window"):
+        dc.DclsConv2d(2048, 2048, 9, 1001, device="meta")
+    dc.DclsConv2d(2048, 2048, 9, 1001, groups=2048, device="meta")  # depthwise: the tap engine needs no dense kernel

@@ -83,6 +83,10 @@ class ConvertedConv(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{name}: expected {self.in_channels} input channels, got {x.shape[1]}")
+        w = next(self.parameters(), None)
+        if w is not None and x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {w.dtype}; convert one of them "
+                            "(model.to(dtype) or x.to(dtype)) or run under torch.autocast")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

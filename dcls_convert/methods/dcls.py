@@ -4,6 +4,7 @@ engine (reads only the taps); the rest build the dense kernel (compiled construc
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -19,6 +20,8 @@ from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, 
 __all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window"]
 
 Engine = Literal["auto", "taps", "dense"]
+# Refuse layers whose dense kernel alone would exceed this (checked before anything is allocated).
+MAX_DENSE_KERNEL_BYTES = int(float(os.environ.get("DCLS_CONVERT_MAX_KERNEL_GIB", "8")) * 2**30)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class DclsOptions:
         interpolation: "bilinear" (exact start) or "gaussian" (sigma learned; the start is approximate).
         sigma_min: gaussian standard deviation floor.
         engine: "auto" (cost rule), "taps" (depthwise tap engine) or "dense" (construct + conv).
+        learn_axes: per axis, whether positions are learned there (e.g. (False, True): delays along time only);
+            default all axes. Fixed axes keep their start (integer grid) positions.
         share_positions: converter only: "stage" shares one positions tensor among same-shaped layers of a stage.
     """
 
@@ -40,6 +45,7 @@ class DclsOptions:
     interpolation: Literal["bilinear", "gaussian"] = "bilinear"
     sigma_min: float = 0.27
     engine: Engine = "auto"
+    learn_axes: tuple[bool, ...] | None = None
     share_positions: Literal["stage"] | None = None
 
     def __post_init__(self):
@@ -66,7 +72,7 @@ class _DclsConvNd(ConvertedConv):
     def __init__(self, in_channels: int, out_channels: int, kernel_count: int, dilated_kernel_size,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  interpolation: str = "bilinear", sigma_min: float = 0.27, device=None, dtype=None,
-                 engine: Engine = "auto"):
+                 engine: Engine = "auto", learn_axes: Sequence[bool] | None = None):
         super().__init__()
         name = type(self).__name__
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -80,6 +86,18 @@ class _DclsConvNd(ConvertedConv):
         if engine not in ("auto", "taps", "dense"):
             raise ValueError(f"{name}: engine must be 'auto', 'taps' or 'dense', got {engine!r}")
         self.dilated_kernel_size = per_axis(dilated_kernel_size, self.ndim, "dilated_kernel_size", name)
+        learn = tuple(bool(v) for v in learn_axes) if learn_axes is not None else (True,) * self.ndim
+        if len(learn) != self.ndim:
+            raise ValueError(f"{name}: learn_axes needs {self.ndim} booleans, got {learn_axes!r}")
+        self.learn_axes = learn
+        self.register_buffer("_learn_mask", torch.tensor(learn, device=device).view(-1, 1, 1, 1), persistent=False)
+        kernel_bytes = out_channels * (in_channels // groups) * math.prod(self.dilated_kernel_size) * 4
+        if kernel_bytes > MAX_DENSE_KERNEL_BYTES and not (engine != "dense" and groups == in_channels == out_channels
+                                                          and self.ndim <= 2):
+            raise MemoryError(f"{name}: a {self.dilated_kernel_size} window for {out_channels}x{in_channels // groups} "
+                              f"channel pairs needs a {kernel_bytes / 2**30:.1f} GiB dense kernel (limit "
+                              f"{MAX_DENSE_KERNEL_BYTES / 2**30:.0f} GiB, env DCLS_CONVERT_MAX_KERNEL_GIB); use a "
+                              "smaller window, or a depthwise layer (tap engine, no dense kernel)")
         self.kernel_count, self.interpolation, self.sigma_min, self.engine = kernel_count, interpolation, sigma_min, engine
         shape = (out_channels, in_channels // groups, kernel_count)
         self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
@@ -100,12 +118,20 @@ class _DclsConvNd(ConvertedConv):
         with torch.no_grad():
             for d, L in enumerate(self.window):
                 self.positions[d].uniform_(-(L // 2), L - 1 - L // 2)
+                if not self.learn_axes[d]:
+                    self.positions[d].round_()  # fixed axes sit on the integer grid
             if self.sigma is not None:
                 self.sigma.fill_(0.23)
         self.reset_bias(fan_in)
 
+    def _positions(self) -> torch.Tensor:
+        if all(self.learn_axes):
+            return self.positions
+        return torch.where(self._learn_mask, self.positions, self.positions.detach())  # no gradient on fixed axes
+
     def dense_kernel(self) -> torch.Tensor:
-        return ops.dcls_kernel(self.weight, self.positions, self.sigma, self.window, self.interpolation, self.sigma_min)
+        return ops.dcls_kernel(self.weight, self._positions(), self.sigma, self.window, self.interpolation,
+                               self.sigma_min)
 
     def uses_tap_engine(self) -> bool:
         """Cost rule: the tap engine reads 2^D corners per tap, the dense path prod(L) kernel entries."""
@@ -118,7 +144,8 @@ class _DclsConvNd(ConvertedConv):
 
     def _extra_config(self) -> dict:
         return dict(kernel_count=self.kernel_count, dilated_kernel_size=list(self.window),
-                    interpolation=self.interpolation, sigma_min=self.sigma_min, engine=self.engine)
+                    interpolation=self.interpolation, sigma_min=self.sigma_min, engine=self.engine,
+                    learn_axes=list(self.learn_axes))
 
     def _check_finite(self) -> None:
         # One fused reduction; runs only while training or when grads flow, where a NaN would spread silently.
@@ -132,7 +159,7 @@ class _DclsConvNd(ConvertedConv):
             self._check_finite()
         if self.uses_tap_engine():
             xp, sym = pad_input(x, self._pads(), self.padding_mode)
-            return ops.taps_conv(xp, self.weight, self.positions, self.bias, self.window, self.stride, sym, "bilinear")
+            return ops.taps_conv(xp, self.weight, self._positions(), self.bias, self.window, self.stride, sym, "bilinear")
         return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)
 
     def extra_repr(self) -> str:
@@ -142,6 +169,8 @@ class _DclsConvNd(ConvertedConv):
             s.append(f"interpolation={self.interpolation!r}, sigma_min={self.sigma_min}")
         if self.engine != "auto":
             s.append(f"engine={self.engine!r}")
+        if not all(self.learn_axes):
+            s.append(f"learn_axes={self.learn_axes}")
         return ", ".join(s)
 
     @classmethod
@@ -164,7 +193,7 @@ class _DclsConvNd(ConvertedConv):
         taps = math.prod(ksize)
         K = opts.kernel_count or taps
         module = cls(conv.in_channels, conv.out_channels, K, window, padding=padding, interpolation=opts.interpolation,
-                     sigma_min=opts.sigma_min, engine=opts.engine, **conv_kwargs(conv))
+                     sigma_min=opts.sigma_min, engine=opts.engine, learn_axes=opts.learn_axes, **conv_kwargs(conv))
         with torch.no_grad():
             _place_taps(module, conv.weight.detach(), tuple(conv.dilation), shift)
             copy_bias(module, conv)

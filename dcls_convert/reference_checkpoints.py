@@ -1,0 +1,50 @@
+"""Import checkpoints of the reference DCLS library (PyPI `dcls` 0.1.1: Dcls1d/2d/3d, versions v0, v1, gauss)
+into DclsConvNd. Its parameters are weight (Cout, Cin/g, K), P and SIG (ndim, Cout, Cin/g, K), bias; "v0" stores
+P as (row, col) like ours, "v1" and "gauss" as (col, row) (axis order reversed), which this import fixes."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .methods.dcls import _DclsConvNd
+
+__all__ = ["load_reference_state_dict", "REFERENCE_VERSIONS"]
+
+REFERENCE_VERSIONS = {"v0": "bilinear", "v1": "bilinear", "gauss": "gaussian"}
+
+
+def load_reference_state_dict(module: _DclsConvNd, state_dict: Mapping[str, torch.Tensor], version: str = "gauss",
+                              prefix: str = "") -> _DclsConvNd:
+    """Copies a reference `Dcls{1,2,3}d` state dict (keys weight, P, SIG, bias under `prefix`) into `module`.
+
+    The module must have the reference layer's channels, groups, kernel_count and window, and the interpolation
+    of its version (v0/v1: "bilinear", gauss: "gaussian"). Returns `module`.
+    """
+    name = type(module).__name__
+    if version not in REFERENCE_VERSIONS:
+        raise ValueError(f"{name}: reference version must be one of {sorted(REFERENCE_VERSIONS)}, got {version!r} "
+                         "('max' has no equivalent here)")
+    if module.interpolation != REFERENCE_VERSIONS[version]:
+        raise ValueError(f"{name}: a reference {version!r} checkpoint needs interpolation="
+                         f"{REFERENCE_VERSIONS[version]!r}, the module has {module.interpolation!r}")
+    get = lambda key: state_dict.get(prefix + key)  # noqa: E731
+    weight, P, SIG, bias = get("weight"), get("P"), get("SIG"), get("bias")
+    if weight is None or P is None:
+        raise ValueError(f"{name}: the state dict has no {prefix}weight / {prefix}P (is it a reference Dcls layer?)")
+    if tuple(weight.shape) != tuple(module.weight.shape) or tuple(P.shape) != tuple(module.positions.shape):
+        raise ValueError(f"{name}: shapes differ: reference weight {tuple(weight.shape)}, P {tuple(P.shape)}; module "
+                         f"weight {tuple(module.weight.shape)}, positions {tuple(module.positions.shape)}")
+    if (bias is None) != (module.bias is None):
+        raise ValueError(f"{name}: bias presence differs between the checkpoint and the module")
+    flip = version in ("v1", "gauss") and module.ndim > 1
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.positions.copy_(P.flip(0) if flip else P)
+        if module.sigma is not None:
+            if SIG is None:
+                raise ValueError(f"{name}: a gauss checkpoint needs {prefix}SIG")
+            module.sigma.copy_(SIG.flip(0) if flip else SIG)
+        if bias is not None:
+            module.bias.copy_(bias)
+    return module
