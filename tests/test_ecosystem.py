@@ -132,3 +132,15 @@ def test_bad_input_leaves_state_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     empty = model.dw(torch.randn(0, 8, 10, 10))
     assert empty.shape == (0, 8, 10, 10)
+
+
+def test_onnx_export_of_densified_model(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    dense = dc.densify(converted("dcls").eval())
+    x = torch.randn(2, 3, 16, 16)
+    path = str(tmp_path / "m.onnx")
+    torch.onnx.export(dense, (x,), path, dynamo=True)
+    sess = ort.InferenceSession(path)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), dense(x).detach(), rtol=1e-4, atol=1e-5)
