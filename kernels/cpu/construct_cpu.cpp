@@ -86,27 +86,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cpu(
     double sigma_min, std::array<bool, 3> mask) {
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
-  const auto adt = acc_dtype(weight.scalar_type());
-  const bool want_sigma = mask[2] && interp == kGaussian;
-  auto gw = mask[0] ? at::empty(weight.sizes(), weight.options().dtype(adt)) : at::empty({0}, weight.options());
-  auto gp = mask[1] ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
-  auto gs = want_sigma ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
+  ConstructGrads grads(weight, positions, interp, mask);
   const auto g = grad.to(weight.scalar_type()).contiguous();
   const ConstructInputs in(weight, positions, sigma, interp);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "dcls_construct_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.grad = g.data_ptr<scalar_t>();
-    a.grad_weight = mask[0] ? gw.data_ptr<acc_t>() : nullptr;
-    a.grad_pos = mask[1] ? gp.data_ptr<acc_t>() : nullptr;
-    a.grad_sigma = want_sigma ? gs.data_ptr<acc_t>() : nullptr;
+    grads.bind(a);
     at::parallel_for(0, a.P * a.K, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) construct_backward_thread(i, a);
     });
   });
-  if (mask[2] && !want_sigma) gs = at::zeros(positions.sizes(), positions.options());
-  return {mask[0] ? gw.to(weight.scalar_type()) : gw, mask[1] ? gp.to(positions.scalar_type()) : gp,
-          (mask[2] && sigma.has_value()) ? gs.to(sigma->scalar_type()) : gs};
+  return grads.finish(weight, positions, sigma);
 }
 
 }  // namespace

@@ -278,22 +278,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
   const auto w = weight.contiguous();
   const auto pos = positions.to(adt).contiguous();
   const auto g = grad_output.to(input.scalar_type()).contiguous();
-  const bool want_taps = mask[1] || mask[2];
-  auto gin = mask[0] ? at::zeros(input.sizes(), input.options()) : at::empty({0}, input.options());
-  auto gw = at::zeros(weight.sizes(), weight.options().dtype(adt));
-  auto gp = at::zeros(positions.sizes(), weight.options().dtype(adt));
+  TapsGrads grads(input, weight, positions, mask);
+  const bool want_taps = grads.want_taps();
   const int64_t N = input.size(0), C = weight.size(0);
   if (g.numel() > 0 && (mask[0] || want_taps)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "taps_conv_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
       a.grad_out = g.data_ptr<scalar_t>();
-      a.grad_weight = gw.data_ptr<acc_t>();
-      a.grad_pos_h = window.size() == 2 ? gp.data_ptr<acc_t>() : nullptr;
-      a.grad_pos_w = gp.data_ptr<acc_t>() + (window.size() == 2 ? C * a.K : 0);
+      grads.bind_taps(a, window.size() == 2);
       const auto entries = merge_all(a);
       if (mask[0]) {
-        scalar_t* gin_ptr = gin.data_ptr<scalar_t>();
+        scalar_t* gin_ptr = grads.gin.data_ptr<scalar_t>();
         const bool unit = a.sh == 1 && a.sw == 1;
         at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf;
@@ -324,10 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
       }
     });
   }
-  const std::vector<int64_t> sum_dims = window.size() == 2 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0, 2};
-  auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
-  return {gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
-          mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
+  return grads.finish(grad_output, weight, positions);
 }
 
 }  // namespace

@@ -44,25 +44,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cuda(
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
   c10::cuda::CUDAGuard guard(weight.device());
-  const auto adt = acc_dtype(weight.scalar_type());
-  const bool want_sigma = mask[2] && interp == kGaussian;
-  auto gw = mask[0] ? at::empty(weight.sizes(), weight.options().dtype(adt)) : at::empty({0}, weight.options());
-  auto gp = mask[1] ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
-  auto gs = want_sigma ? at::empty(positions.sizes(), weight.options().dtype(adt)) : at::empty({0}, positions.options());
+  ConstructGrads grads(weight, positions, interp, mask);
   const ConstructInputs in(weight, positions, sigma, interp);
   const auto g = grad.to(weight.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.grad = g.data_ptr<scalar_t>();
-    a.grad_weight = mask[0] ? gw.data_ptr<acc_t>() : nullptr;
-    a.grad_pos = mask[1] ? gp.data_ptr<acc_t>() : nullptr;
-    a.grad_sigma = want_sigma ? gs.data_ptr<acc_t>() : nullptr;
+    grads.bind(a);
     launch_grid_stride<BackwardFn<scalar_t, acc_t>>(a.P * a.K, a);
   });
-  if (mask[2] && !want_sigma) gs = at::zeros(positions.sizes(), positions.options());
-  return {mask[0] ? gw.to(weight.scalar_type()) : gw, mask[1] ? gp.to(positions.scalar_type()) : gp,
-          (mask[2] && sigma.has_value()) ? gs.to(sigma->scalar_type()) : gs};
+  return grads.finish(weight, positions, sigma);
 }
 
 }  // namespace

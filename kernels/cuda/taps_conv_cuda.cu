@@ -75,31 +75,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
   const auto x = input.contiguous(), w = weight.contiguous();
   const auto pos = positions.to(adt).contiguous();
   const auto g = grad_output.to(input.scalar_type()).contiguous();
-  auto gin = mask[0] ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
-  auto gw = at::zeros(weight.sizes(), weight.options().dtype(adt));
-  auto gp = at::zeros(positions.sizes(), weight.options().dtype(adt));
+  TapsGrads grads(input, weight, positions, mask);
   const bool two_d = window.size() == 2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
     a.grad_out = g.data_ptr<scalar_t>();
     if (mask[0]) {
-      a.grad_in = gin.data_ptr<scalar_t>();
-      launch_grid_stride<GradInputFn<scalar_t, acc_t>>(gin.numel(), a);
+      a.grad_in = grads.gin.data_ptr<scalar_t>();
+      launch_grid_stride<GradInputFn<scalar_t, acc_t>>(grads.gin.numel(), a);
     }
-    if ((mask[1] || mask[2]) && a.C * a.K > 0) {
-      a.grad_weight = gw.data_ptr<acc_t>();
-      a.grad_pos_h = two_d ? gp.data_ptr<acc_t>() : nullptr;
-      a.grad_pos_w = gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0);
+    if (grads.want_taps() && a.C * a.K > 0) {
+      grads.bind_taps(a, two_d);
       const int blocks = static_cast<int>(std::min<int64_t>(a.C * a.K, 65535 * 8));
       wgrad_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  const std::vector<int64_t> sum_dims = two_d ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0, 2};
-  auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
-  return {gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
-          mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
+  return grads.finish(grad_output, weight, positions);
 }
 
 }  // namespace
