@@ -1,5 +1,6 @@
 """Builds dcls_convert._C from kernels/: the CPU ops always, the CUDA ops when a CUDA-enabled torch and a
 CUDA toolkit are present. DCLS_CONVERT_CUDA=1 forces CUDA on (fail if impossible), =0 forces it off.
+DCLS_CONVERT_NATIVE=0 builds for a portable CPU baseline instead of this machine's CPU.
 Install with `pip install --no-build-isolation .` so the build uses the torch already installed."""
 import glob
 import os
@@ -47,7 +48,9 @@ def _extension():
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources = ["kernels/registration.cpp"] + sorted(glob.glob("kernels/cpu/*.cpp", root_dir=here))
-    cxx = ["-O3", "-fopenmp", "-march=native"]
+    # -march=native: the extension is built from source on the machine that runs it (AVX2/FMA for the tap
+    # engine's row kernels). DCLS_CONVERT_NATIVE=0 builds for the x86-64 baseline (portable, slower).
+    cxx = ["-O3", "-fopenmp"] + (["-march=native"] if os.environ.get("DCLS_CONVERT_NATIVE", "1") != "0" else [])
     debug = os.environ.get("DEBUG") == "1"
     if debug:
         cxx = ["-O0", "-g"]

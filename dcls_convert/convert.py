@@ -140,7 +140,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         if source is None:
             rec.reason = why
             continue
-        method_name, opts, reason = cfg.resolve(site.names, source, get_method(cfg.method).default_rules)
+        method_name, opts, reason = cfg.resolve(site.names, conv, source, lambda m: get_method(m).default_rules)
         if reason:
             rec.reason = reason
             continue
@@ -199,7 +199,7 @@ def _share_positions(built) -> None:
     for site, new, opts, rec in built:
         if getattr(opts, "share_positions", None) != "stage":
             continue
-        m = re.match(r"(.*?stages?[._]\d+)", site.name)
+        m = re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", site.name)
         stage = m.group(1) if m else site.name.rsplit(".", 1)[0]
         groups.setdefault((stage, tuple(new.positions.shape), new.window), []).append(new)
     for members in groups.values():

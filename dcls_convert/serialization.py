@@ -67,16 +67,17 @@ def read_recipe(directory: str) -> dict[str, Any]:
 
 def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict: bool = True) -> nn.Module:
     """Re-applies the saved conversion to `base_model` (a fresh copy of the original architecture) and loads
-    the saved weights. Raises ValueError on a malformed recipe or mismatched model, before changing anything."""
+    the saved weights. The work happens on a copy; with inplace=True the result is moved into `base_model` only
+    once everything loaded, so a malformed recipe, checkpoint or mismatched model leaves it unchanged."""
     recipe = read_recipe(directory)
     weights = os.path.join(directory, WEIGHTS_FILE)
-    try:  # header check before anything changes
+    try:  # header check before any work
         with safe_open(weights, framework="pt") as f:
             f.keys()
     except Exception as exc:
         raise ValueError(f"load: cannot read {weights}: {type(exc).__name__}: {exc}") from None
     classes = _module_classes()
-    target = base_model if inplace else copy.deepcopy(base_model)
+    target = copy.deepcopy(base_model)
     sites = {name: s for s in find_sites(target, lambda m: isinstance(m, nn.Module)) for name in s.names}
     built = []
     for name, entry in recipe["layers"].items():
@@ -101,11 +102,24 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
         swap(site, new)
         by_name[site.name] = new
     for group in recipe.get("shared_positions", []):
+        if not all(n in by_name for n in group):
+            raise ValueError(f"load: shared_positions names unknown layers {group}")
         first = by_name[group[0]]
         for other in group[1:]:
             by_name[other].positions = first.positions
-    missing, unexpected = load_model(target, weights, strict=False)
+    try:
+        missing, unexpected = load_model(target, weights, strict=False)
+    except Exception as exc:
+        raise ValueError(f"load: the weights do not fit the rebuilt model: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300]}") from None
     if strict and (missing or unexpected):
         raise ValueError(f"load: weights do not match the rebuilt model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
-    return target
+    if not inplace:
+        return target
+    # Commit: move the rebuilt modules into base_model, then copy every tensor of the loaded copy.
+    original = {name: s for s in find_sites(base_model, lambda m: isinstance(m, nn.Module)) for name in s.names}
+    for site, new in built:
+        swap(original[site.name], new)
+    base_model.load_state_dict(target.state_dict(), strict=False)
+    return base_model

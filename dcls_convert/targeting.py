@@ -67,8 +67,9 @@ class TargetRules:
         data.update(changes)
         return TargetRules(**data)
 
-    def skip_reason(self, name: str, conv: nn.Module) -> str | None:
-        """None when `conv` is a target, else a short reason naming the rule it fails."""
+    def skip_reason(self, name: str, conv: nn.Module, module: nn.Module | None = None) -> str | None:
+        """None when `conv` is a target, else a short reason naming the rule it fails (`module`: the object in
+        the model, given to filter_fn, when `conv` is a plain view of it)."""
         inc = compile_patterns(self.include, "include")
         if inc and not any(p.fullmatch(name) for p in inc):
             return f"name not in include={list(self.include)}"
@@ -100,7 +101,7 @@ class TargetRules:
             return f"groups={conv.groups} (rule groups={self.groups})"
         if self.padding_modes is not None and conv.padding_mode not in self.padding_modes:
             return f"padding_mode={conv.padding_mode!r} (rule padding_modes={list(self.padding_modes)})"
-        if self.filter_fn is not None and not self.filter_fn(name, conv):
+        if self.filter_fn is not None and not self.filter_fn(name, module if module is not None else conv):
             return "filter_fn returned False"
         return None
 
@@ -127,11 +128,13 @@ class ConvertConfig:
     def __post_init__(self):
         compile_patterns(list(self.by_regex), "ConvertConfig.by_regex")
 
-    def resolve(self, names: Sequence[str], conv: nn.Module, default_rules: TargetRules):
-        """(method, options, skip_reason) for a conv known under `names` (aliases)."""
+    def resolve(self, names: Sequence[str], module: nn.Module, view: nn.Module,
+                rules_for: Callable[[str], TargetRules]):
+        """(method, options, skip_reason) for a conv known under `names` (aliases). `module` is the conv in the
+        model (type overrides and filter_fn see it), `view` the plain nn.ConvNd it computes (geometry rules)."""
         layers: list[dict | None] = []
         for cls, ov in self.by_type.items():
-            if isinstance(conv, cls):
+            if isinstance(module, cls):
                 layers.append(ov)
         for pattern, ov in self.by_regex.items():
             if any(re.fullmatch(pattern, n) for n in names):
@@ -139,21 +142,25 @@ class ConvertConfig:
         named = [self.by_name[n] for n in names if n in self.by_name]
         layers.extend(named)
         merged: dict[str, Any] = dict(self.options)
-        method = self.method
-        for ov in layers:
+        method, excluded = self.method, False
+        for ov in layers:  # in precedence order: a later entry overrides an earlier one, None included
             if ov is None:
-                return method, merged, "excluded by an override of None"
+                excluded = True
+                continue
+            excluded = False
             ov = dict(ov)
             new_method = ov.pop("method", method)
             if new_method != method:  # options of the previous method do not carry over
                 method, merged = new_method, {}
             merged.update(ov)
+        if excluded:
+            return method, merged, "excluded by an override of None"
         if named:  # named explicitly: selected even where the predicates would not
             return method, merged, None
-        rules = self.rules if self.rules is not None else default_rules
+        rules = self.rules if self.rules is not None else rules_for(method)
         for n in names:  # an alias that is excluded excludes the module under every name
             for p in compile_patterns(rules.exclude, "exclude"):
                 if p.fullmatch(n):
                     return method, merged, f"name {n!r} matches exclude {p.pattern!r}"
-        reasons = [rules.skip_reason(n, conv) for n in names]
+        reasons = [rules.skip_reason(n, view, module) for n in names]
         return method, merged, (None if any(r is None for r in reasons) else reasons[0])

@@ -83,6 +83,12 @@ class ConvertedConv(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{name}: expected {self.in_channels} input channels, got {x.shape[1]}")
+        if self.padding_mode in ("reflect", "circular"):
+            for d, (before, after) in enumerate(self._pads()):
+                size = x.shape[2 + d]
+                if max(before, after) > size or (self.padding_mode == "reflect" and max(before, after) == size):
+                    raise ValueError(f"{name}: {self.padding_mode} padding {max(before, after)} (window {self.window}) "
+                                     f"needs a larger input than {size} along spatial axis {d}")
         w = next(self.parameters(), None)
         if w is not None and x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {w.dtype}; convert one of them "
@@ -164,8 +170,8 @@ def source_kernel(conv: nn.Module) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 
 def grow_padding(conv: nn.Module, extent: Sequence[int], window: Sequence[int], owner: str):
-    """Padding for a window L that keeps the source conv's output shape and alignment, and the shift
-    that maps a source kernel index g to the new window index g + shift."""
+    """Padding for a window L that keeps the source conv's output shape and alignment, and the shift that maps
+    a source kernel index g to the new window index g + shift (negative when L is smaller than the extent)."""
     pad = conv.padding
     if pad == "same":
         return "same", tuple((L - 1) // 2 - (e - 1) // 2 for e, L in zip(extent, window))
@@ -174,7 +180,11 @@ def grow_padding(conv: nn.Module, extent: Sequence[int], window: Sequence[int], 
                          "even on every axis to keep the output shape; pick a window of the same parity")
     shift = tuple((L - e) // 2 for e, L in zip(extent, window))
     base = (0,) * len(window) if pad == "valid" else tuple(pad)
-    return tuple(p + s for p, s in zip(base, shift)), shift
+    out = tuple(p + s for p, s in zip(base, shift))
+    if any(p < 0 for p in out):
+        raise ValueError(f"{owner}.from_conv: a {tuple(window)} window cannot keep the output shape of a "
+                         f"{tuple(extent)} kernel with padding {pad}")
+    return out, shift
 
 
 def conv_kwargs(conv: nn.Module) -> dict:

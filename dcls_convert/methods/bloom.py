@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..padding import pad_input
 from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
-                   source_kernel)
+                   relative_error, source_kernel)
 
 __all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "bloom_matrix", "bloom_kernel"]
 
@@ -179,46 +179,28 @@ class _BloomConvNd(ConvertedConv):
         else:  # bloomed size closest to the extent from below/above, at least one tap
             ksize = tuple(max(1, round((e + 1) / s - 1) if opts.fade else round((e - 1) / s + 1)) for e in extent)
         window = tuple(bloomed_size(k, s, opts.fade) for k in ksize)
-        big = tuple(max(L, e) for L, e in zip(window, extent))
-        padding, shift = grow_padding(conv, extent, window, name) if all(L >= e for L, e in zip(window, extent)) \
-            else _shrink_padding(conv, extent, window, name)
+        padding, shift = grow_padding(conv, extent, window, name)
         module = cls(conv.in_channels, conv.out_channels, ksize, factor=s, fade=opts.fade, padding=padding,
                      **conv_kwargs(conv))
         with torch.no_grad():
-            # Target on the union frame of both extents, least squares per axis against the embedded operator.
+            # One frame holding both the source kernel (at `shift` in window coordinates) and the window.
+            lo = [min(0, sh) for sh in shift]
+            big = [max(L, sh + e) - l for L, sh, e, l in zip(window, shift, extent, lo)]
             frame = target.new_zeros((*target.shape[:2], *big), dtype=torch.float64)
-            t_off = [(b - e) // 2 for b, e in zip(big, extent)]
-            frame[(slice(None), slice(None), *(slice(o, o + e) for o, e in zip(t_off, extent)))] = target.double()
-            v = frame
-            for d, (k, L, b) in enumerate(zip(ksize, window, big)):
+            frame[(slice(None), slice(None), *(slice(sh - l, sh - l + e) for sh, l, e in zip(shift, lo, extent)))] = \
+                target.double()
+            w_at = [slice(-l, -l + L) for l, L in zip(lo, window)]
+            v = frame  # least squares per axis against the bloom operator embedded in the frame
+            for d, (k, b) in enumerate(zip(ksize, big)):
                 A = target.new_zeros((b, k), dtype=torch.float64)
-                off = (b - L) // 2
-                A[off: off + L] = bloom_matrix(k, s, opts.fade, device=target.device)
+                A[w_at[d]] = bloom_matrix(k, s, opts.fade, device=target.device)
                 v = torch.movedim(torch.movedim(v, 2 + d, -1) @ torch.linalg.pinv(A).T, -1, 2 + d)
             module.weight.copy_(v.to(module.weight.dtype))
             copy_bias(module, conv)
-            fitted = bloom_kernel(v, s, opts.fade)
-            fitted_frame = frame.new_zeros(frame.shape)
-            w_off = [(b - L) // 2 for b, L in zip(big, window)]
-            fitted_frame[(slice(None), slice(None), *(slice(o, o + L) for o, L in zip(w_off, window)))] = fitted
-            norm = frame.norm()
-            module.init_error = float((fitted_frame - frame).norm() / norm) if norm > 0 else 0.0
+            fitted = frame.new_zeros(frame.shape)
+            fitted[(slice(None), slice(None), *w_at)] = bloom_kernel(v, s, opts.fade)
+            module.init_error = relative_error(fitted, frame)
         return module
-
-
-def _shrink_padding(conv, extent, window, owner):
-    """Padding when the bloomed window is smaller than the source extent (keep="size" rounding down)."""
-    if conv.padding == "same":
-        return "same", None
-    if any((e - L) % 2 for e, L in zip(extent, window)):
-        raise ValueError(f"{owner}.from_conv: bloomed window {tuple(window)} and source extent {tuple(extent)} differ "
-                         "by an odd amount; the output shape cannot be kept")
-    base = (0,) * len(window) if conv.padding == "valid" else tuple(conv.padding)
-    out = tuple(p - (e - L) // 2 for p, e, L in zip(base, extent, window))
-    if any(p < 0 for p in out):
-        raise ValueError(f"{owner}.from_conv: a {tuple(window)} bloomed window cannot keep the output shape of a "
-                         f"{tuple(extent)} kernel with padding {conv.padding}")
-    return out, None
 
 
 class BloomConv1d(_BloomConvNd):

@@ -110,6 +110,16 @@ class _DclsConvNd(ConvertedConv):
     def window(self) -> tuple[int, ...]:
         return self.dilated_kernel_size
 
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(torch.bfloat16) would leave positions a 1/16 px grid; they stay float32.
+        super()._apply(fn, recurse)
+        for p in (self.positions, self.sigma):
+            if p is not None and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+                if p.grad is not None:
+                    p.grad = p.grad.float()
+        return self
+
     def reset_parameters(self) -> None:
         """Kaiming-uniform weights over the K taps (as nn.ConvNd over its k taps), positions uniform over the
         window, sigma 0.23 (the reference library's start)."""
@@ -148,14 +158,15 @@ class _DclsConvNd(ConvertedConv):
                     learn_axes=list(self.learn_axes))
 
     def _check_finite(self) -> None:
-        # One fused reduction; runs only while training or when grads flow, where a NaN would spread silently.
+        # Training forwards only (a NaN there would spread silently into every weight); eval and inference
+        # skip it so they never wait on a device-to-host sync.
         if not torch.isfinite(self.positions).all() or (self.sigma is not None and not torch.isfinite(self.sigma).all()):
             raise FloatingPointError(f"{type(self).__name__}: positions or sigma contain NaN/Inf (a diverged "
                                      "optimizer step?); lower the position learning rate or reload a checkpoint")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if not torch.compiler.is_compiling():
+        if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self._check_finite()
         if self.uses_tap_engine():
             xp, sym = pad_input(x, self._pads(), self.padding_mode)

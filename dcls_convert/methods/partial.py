@@ -63,7 +63,8 @@ class _PartialDilatedConvNd(ConvertedConv):
             in_island &= grid[d].abs() <= m // 2
         # Island taps first (row-major, so island_weight reshapes to the dense island), then the wing taps.
         order = torch.cat([in_island.nonzero().flatten(), (~in_island).nonzero().flatten()])
-        self.register_buffer("tap_offsets", grid[:, order].to(dtype or torch.get_default_dtype()), persistent=False)
+        self.register_buffer("tap_offsets", grid[:, order].to(device=device, dtype=dtype or torch.get_default_dtype()),
+                             persistent=False)
         cin_g = in_channels // groups
         n_wing = grid.shape[1] - math.prod(self.island)
         self.island_weight = nn.Parameter(torch.empty((out_channels, cin_g, *self.island), **factory_kwargs))

@@ -36,7 +36,9 @@ def axis_factors(positions, sigma, window, interpolation, sigma_min):
             factors.append((t == torch.floor(u.detach() + 0.5)).to(acc))
         elif interpolation == "gaussian":
             s = sigma[d].abs().unsqueeze(-1) + sigma_min
-            g = torch.exp(-((t - u) ** 2) / (2 * s * s))
+            sq = (t - u) ** 2
+            # shift by the smallest squared distance (cancels in the normalisation; avoids 0/0 for narrow s)
+            g = torch.exp(-(sq - sq.detach().amin(-1, keepdim=True)) / (2 * s * s))
             factors.append(g / g.sum(-1, keepdim=True))
         else:
             raise ValueError(f"interpolation must be 'bilinear', 'gaussian' or 'nearest', got {interpolation!r}")

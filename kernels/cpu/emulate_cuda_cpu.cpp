@@ -17,7 +17,7 @@ at::Tensor emulate_construct(const at::Tensor& weight, const at::Tensor& positio
   shape.insert(shape.end(), window.begin(), window.end());
   auto out = at::empty(shape, weight.options());
   const ConstructInputs in(weight, positions, sigma, interp);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "emulate_construct", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "emulate_construct", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.out = out.data_ptr<scalar_t>();
@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
   auto gs = at::zeros(positions.sizes(), weight.options().dtype(adt));
   const ConstructInputs in(weight, positions, sigma, interp);
   const auto g = grad.to(weight.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "emulate_construct_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "emulate_construct_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.grad = g.data_ptr<scalar_t>();
@@ -59,7 +59,7 @@ at::Tensor emulate_taps_conv(const at::Tensor& input, const at::Tensor& weight, 
   const auto x = input.contiguous(), w = weight.contiguous();
   const auto pos = positions.to(acc_dtype(weight.scalar_type())).contiguous();
   const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "emulate_taps_conv", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_taps_conv", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
     a.bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
   auto gin = at::empty(input.sizes(), input.options());
   auto gw = at::zeros(weight.sizes(), weight.options().dtype(adt));
   auto gp = at::zeros(positions.sizes(), weight.options().dtype(adt));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "emulate_taps_conv_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_taps_conv_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
     a.grad_out = g.data_ptr<scalar_t>();

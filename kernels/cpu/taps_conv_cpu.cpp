@@ -253,7 +253,7 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
   const auto w = weight.contiguous();
   const auto pos = positions.to(acc_dtype(weight.scalar_type())).contiguous();
   const auto b = bias.has_value() ? bias->to(weight.scalar_type()).contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "taps_conv_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
     a.bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
@@ -282,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
   const bool want_taps = grads.want_taps();
   const int64_t N = input.size(0), C = weight.size(0);
   if (g.numel() > 0 && (mask[0] || want_taps)) {
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, input.scalar_type(), "taps_conv_backward_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
       a.grad_out = g.data_ptr<scalar_t>();

@@ -58,10 +58,13 @@ DCLS_HD int corner_sign(int b) { return b == 0 ? -1 : 1; }
 DCLS_HD int corners_per_axis(int interp) { return interp == kNearest ? 1 : 2; }
 
 // Gaussian along one axis: n(t) = g(t) / Z with g(t) = exp(-(t - u)^2 / (2 s^2)), s = |sigma| + sigma_min.
+// The exponent is shifted by the squared distance from u to the nearest grid point (it cancels in the
+// normalisation), so the largest term is exp(0) = 1 and narrow gaussians never underflow to 0/0.
 template <typename acc_t>
 struct Gauss {
   acc_t u, s, inv_z, mean_d, mean_d2;  // mean_d = sum n (t-u), mean_d2 = sum n (t-u)^2
   acc_t sign;                            // d s / d sigma
+  acc_t d2min;                           // min over t of (t - u)^2
 };
 
 template <typename acc_t>
@@ -71,10 +74,12 @@ DCLS_HD Gauss<acc_t> gauss_axis(acc_t u, acc_t sigma, acc_t sigma_min, int64_t L
   g.s = (sigma < acc_t(0) ? -sigma : sigma) + sigma_min;
   g.sign = sigma > acc_t(0) ? acc_t(1) : (sigma < acc_t(0) ? acc_t(-1) : acc_t(0));
   const acc_t inv2s2 = acc_t(0.5) / (g.s * g.s);
+  const acc_t near = u - ::floor(u + acc_t(0.5));
+  g.d2min = near * near;
   acc_t z = 0, m1 = 0, m2 = 0;
   for (int64_t t = 0; t < L; ++t) {
     const acc_t d = static_cast<acc_t>(t) - u;
-    const acc_t e = ::exp(-d * d * inv2s2);
+    const acc_t e = ::exp(-(d * d - g.d2min) * inv2s2);
     z += e;
     m1 += e * d;
     m2 += e * d * d;
@@ -88,7 +93,7 @@ DCLS_HD Gauss<acc_t> gauss_axis(acc_t u, acc_t sigma, acc_t sigma_min, int64_t L
 template <typename acc_t>
 DCLS_HD acc_t gauss_value(const Gauss<acc_t>& g, int64_t t) {
   const acc_t d = static_cast<acc_t>(t) - g.u;
-  return ::exp(-d * d * (acc_t(0.5) / (g.s * g.s))) * g.inv_z;
+  return ::exp(-(d * d - g.d2min) * (acc_t(0.5) / (g.s * g.s))) * g.inv_z;
 }
 // d n(t) / d u and d n(t) / d s, given n(t).
 template <typename acc_t>
