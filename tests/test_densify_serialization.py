@@ -89,3 +89,31 @@ def test_corrupt_weights_give_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="cannot read"):
         dc.load(str(tmp_path), Zoo())
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15)
+@given(method=st.sampled_from(["dcls", "bloom", "partial"]), k=st.sampled_from([3, 5]), dw=st.booleans(),
+       ndim=st.sampled_from([1, 2]), padding=st.sampled_from(["same", 0, 2]), seed=st.integers(0, 2**16))
+def test_property_save_load_and_densify_are_identities(method, k, dw, ndim, padding, seed):
+    import tempfile
+
+    torch.manual_seed(seed)
+    conv_cls = nn.Conv1d if ndim == 1 else nn.Conv2d
+    make = lambda: nn.Sequential(conv_cls(4, 4, k, padding=padding, groups=4 if dw else 1))  # noqa: E731
+    base = make()
+    out, _ = dc.convert(base, method, rules=dc.TargetRules(min_kernel=3))
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 4, *([11] * ndim))
+    with tempfile.TemporaryDirectory() as d:
+        dc.save(out, d)
+        loaded = dc.load(d, make())
+    with torch.no_grad():
+        ref = out(x)
+        torch.testing.assert_close(loaded(x), ref)
+        torch.testing.assert_close(dc.densify(out)(x), ref, rtol=1e-5, atol=1e-5)

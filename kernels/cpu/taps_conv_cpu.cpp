@@ -88,8 +88,30 @@ struct Lanes {
 template <typename acc_t>
 constexpr int64_t tile_of() { return Lanes<acc_t>::tile; }
 
+// Stride-1 tile of two output rows by NV vectors: 2 * NV independent accumulator chains in registers.
+template <int NV, typename acc_t>
+inline void tile_pair(const acc_t* row, const int64_t* off, const acc_t* coef, int64_t ne, int64_t row_step,
+                      acc_t base, acc_t* tmp0, acc_t* tmp1) {
+  using V = Lanes<acc_t>;
+  constexpr int64_t n = V::n;
+  typename V::vec a[NV], b[NV];
+  for (int v = 0; v < NV; ++v) a[v] = b[v] = V::splat(base);
+  for (int64_t i = 0; i < ne; ++i) {
+    const typename V::vec c = V::splat(coef[i]);
+    const acc_t* s = row + off[i];
+    const acc_t* t = s + row_step;
+    for (int v = 0; v < NV; ++v) {
+      a[v] += c * V::load(s + v * n);
+      b[v] += c * V::load(t + v * n);
+    }
+  }
+  std::memcpy(tmp0, a, sizeof(a));
+  std::memcpy(tmp1, b, sizeof(b));
+}
+
 // out[oy, ox] = base + sum_e coef[e] * buf[oy * sh + dy[e], ox * sw + dx[e]] for a plane of Ho x Wo;
-// buf must hold whole tiles (round_up(Wo, tile) columns readable).
+// buf must hold whole tiles (round_up(Wo, tile) columns readable). The last tile of a row uses only as many
+// vectors as it needs (a 7-wide plane costs one vector, not four).
 template <typename scalar_t, typename acc_t>
 void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& dy, const std::vector<int64_t>& dx,
                      const std::vector<acc_t>& coef, int64_t sh, int64_t sw, acc_t base, int64_t Ho, int64_t Wo,
@@ -98,8 +120,7 @@ void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& d
   constexpr int64_t T = V::tile, n = V::n;
   const int64_t ne = static_cast<int64_t>(coef.size());
   std::vector<int64_t> off(ne);
-  // Two output rows per pass (eight independent accumulator chains hide the FMA latency); the buffer
-  // holds one spare row of zeros so the second row of an odd tail is readable.
+  // Two output rows per pass; the buffer holds a spare row of zeros so an odd tail's second row is readable.
   const int64_t row_step = sh * Wp;
   for (int64_t oy = 0; oy < Ho; oy += 2) {
     for (int64_t i = 0; i < ne; ++i) off[i] = (oy * sh + dy[i]) * Wp + dx[i];
@@ -107,23 +128,13 @@ void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& d
     for (int64_t ox0 = 0; ox0 < Wo; ox0 += T) {
       acc_t tmp[2][T];
       if (sw == 1) {
-        typename V::vec a0 = V::splat(base), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         const acc_t* row = buf + ox0;
-        for (int64_t i = 0; i < ne; ++i) {
-          const typename V::vec c = V::splat(coef[i]);
-          const acc_t* s = row + off[i];
-          const acc_t* t = s + row_step;
-          a0 += c * V::load(s);
-          a1 += c * V::load(s + n);
-          a2 += c * V::load(s + 2 * n);
-          a3 += c * V::load(s + 3 * n);
-          b0 += c * V::load(t);
-          b1 += c * V::load(t + n);
-          b2 += c * V::load(t + 2 * n);
-          b3 += c * V::load(t + 3 * n);
+        switch (std::min<int64_t>(4, (Wo - ox0 + n - 1) / n)) {
+          case 1: tile_pair<1>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
+          case 2: tile_pair<2>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
+          case 3: tile_pair<3>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
+          default: tile_pair<4>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
         }
-        const typename V::vec all[8] = {a0, a1, a2, a3, b0, b1, b2, b3};
-        std::memcpy(tmp, all, sizeof(all));
       } else {
         for (int r = 0; r < 2; ++r) {
           for (int64_t j = 0; j < T; ++j) tmp[r][j] = base;
