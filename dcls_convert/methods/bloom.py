@@ -211,14 +211,3 @@ class BloomConv1d(_BloomConvNd):
 class BloomConv2d(_BloomConvNd):
     """Bloomed conv over (N, C, H, W); seed 000's bloom_2x is factor=2, fade=True (3x3 -> 7x7)."""
     ndim = 2
-
-
-def _register() -> None:
-    from ..registry import register_method
-    from ..targeting import TargetRules
-
-    register_method("bloom", {1: BloomConv1d, 2: BloomConv2d}, BloomOptions,
-                    TargetRules(min_kernel=3, odd_kernel=True, ndims=(1, 2)))
-
-
-_register()

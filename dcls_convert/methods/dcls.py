@@ -258,14 +258,3 @@ class DclsConv2d(_DclsConvNd):
 class DclsConv3d(_DclsConvNd):
     """DCLS over 3-D inputs (N, C, D, H, W); always construct + dense conv."""
     ndim = 3
-
-
-def _register() -> None:
-    from ..registry import register_method
-    from ..targeting import TargetRules
-
-    register_method("dcls", {1: DclsConv1d, 2: DclsConv2d, 3: DclsConv3d}, DclsOptions,
-                    TargetRules(depthwise=True, min_kernel=3, odd_kernel=True, stride=1))
-
-
-_register()

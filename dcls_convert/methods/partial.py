@@ -161,14 +161,3 @@ class PartialDilatedConv1d(_PartialDilatedConvNd):
 class PartialDilatedConv2d(_PartialDilatedConvNd):
     """Partially dilated conv over (N, C, H, W): dense m x m island, dilated grid outside it."""
     ndim = 2
-
-
-def _register() -> None:
-    from ..registry import register_method
-    from ..targeting import TargetRules
-
-    register_method("partial", {1: PartialDilatedConv1d, 2: PartialDilatedConv2d}, PartialOptions,
-                    TargetRules(min_kernel=3, odd_kernel=True, ndims=(1, 2)))
-
-
-_register()
