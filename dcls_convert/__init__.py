@@ -2,6 +2,7 @@
 (interpolated dilation) or partially dilated kernels, backed by compiled ops, and fine-tune it."""
 from .convert import convert as convert
 from .densify import densify as densify
+from .distributed import shard_groups as shard_groups
 from .kernel_dilation import dilate_kernel as dilate_kernel
 from .kernel_dilation import undilate_kernel as undilate_kernel
 from .methods import BloomConv1d as BloomConv1d
@@ -39,6 +40,6 @@ __all__ = [
     "PartialDilatedConv2d", "DclsOptions", "BloomOptions", "PartialOptions", "ConvertConfig", "TargetRules",
     "ConversionReport", "ConversionError", "NoTargetError", "register_method", "list_methods", "plot_kernels",
     "clamp_positions_", "keep_positions_in_range", "SigmaAnnealer", "freeze", "round_positions_",
-    "load_reference_state_dict",
+    "load_reference_state_dict", "shard_groups",
 ]
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
-"""DistributedDataParallel (gloo, 2 processes on loopback) reaches the same parameters as one process on the
-same global batch, with shared positions and unused-parameter detection. FSDP: see README (not supported yet)."""
+"""DistributedDataParallel and FSDP2 (gloo, 2 processes on loopback) reach the same parameters as one process on
+the same global batch, with shared positions (and unused-parameter detection for DDP)."""
 import os
 import socket
 
@@ -76,5 +76,39 @@ def test_ddp_matches_single_process(tmp_path):
     train(single, *data())
     got = torch.load(path, weights_only=True)
     assert single.stages[0][0].positions is single.stages[0][1].positions
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=1e-10, atol=1e-12, msg=k)
+
+
+def _fsdp_worker(rank, port, path):
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = build()
+        for group in dc.shard_groups(model):
+            fully_shard(group if len(group) > 1 else group[0])
+        fully_shard(model)
+        x, y = data()
+        half = slice(rank * 4, rank * 4 + 4)
+        train(model, x[half], y[half])
+        state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.state_dict().items()}
+        if rank == 0:
+            torch.save(state, path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_fsdp2_matches_single_process(tmp_path):
+    pytest.importorskip("torch.distributed.fsdp")
+    path = str(tmp_path / "fsdp.pt")
+    mp.spawn(_fsdp_worker, args=(_free_port(), path), nprocs=2, join=True)
+    single = build()
+    train(single, *data())
+    got = torch.load(path, weights_only=True)
+    groups = dc.shard_groups(build())
+    assert sorted(len(g) for g in groups) == [1, 2]  # the two stage convs share positions
     for k, v in single.state_dict().items():
         torch.testing.assert_close(got[k], v, rtol=1e-10, atol=1e-12, msg=k)
