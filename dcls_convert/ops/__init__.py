@@ -32,8 +32,9 @@ def dcls_kernel(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tens
         sigma: (D, Cout, Cin/g, K) for "gaussian" (standard deviation |sigma| + sigma_min), else None.
         window: the window size L_d per axis.
 
-    Example: a 2-D tap at positions[:, o, i, k] = (-1.0, 2.5) in a 5x5 window lands on row 1, columns 4 and 5
-    would be outside, so it is clamped to column 4 (L - 1).
+    Example: in a 5x5 window (centre 2), a tap at positions[:, o, i, k] = (-1.0, 0.5) sits at grid (1.0, 2.5):
+    row 1, half its weight in column 2 and half in column 3 (bilinear). At (-1.0, 2.5) it would sit at column
+    4.5, outside the window, so the op clamps it to column 4.
     """
     window = [int(L) for L in window]
     if compiled_for("dcls_construct", weight.device.type):
