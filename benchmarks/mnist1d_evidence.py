@@ -120,7 +120,7 @@ def main():
                   f"fine-tuned {results[name]['finetune'][-1]:.4f} ({ms:.1f} ms/step)", flush=True)
     print(f"\nMNIST-1D (4000 train / 1000 test), {args.steps} steps from scratch, pretrained {args.steps} + "
           f"{args.steps // 3} fine-tune steps, seeds {args.seeds}: mean +- std test accuracy")
-    print(f"| variant | params | from scratch | fine-tuned after conversion | ms/step |")
+    print("| variant | params | from scratch | fine-tuned after conversion | ms/step |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
         fmt = lambda v: f"{100 * statistics.mean(v):.1f} +- {100 * statistics.pstdev(v):.1f}"  # noqa: E731

@@ -1,7 +1,6 @@
 """plot_kernels: a PNG of learned kernels and DCLS tap positions (matplotlib, optional dependency)."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

@@ -3,7 +3,7 @@ own parameter group with a larger learning rate and no weight decay, kept inside
 optimizer step; gaussian sigma annealing; freezing policies; rounding positions for export."""
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn

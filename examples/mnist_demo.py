@@ -7,7 +7,6 @@ convert it with each method, check the converted logits, fine-tune each for the 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time

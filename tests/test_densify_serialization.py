@@ -1,6 +1,5 @@
 """densify -> plain convs with identical outputs; save -> load -> identical outputs; safe loading."""
 import json
-import os
 
 import pytest
 import torch

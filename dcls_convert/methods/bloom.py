@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..padding import pad_input
-from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
+from .base import (ConvertedConv, check_source_conv, conv_kwargs, copy_bias, grow_padding, per_axis,
                    relative_error, source_kernel)
 
 __all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "bloom_matrix", "bloom_kernel"]

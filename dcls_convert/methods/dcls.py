@@ -143,11 +143,18 @@ class _DclsConvNd(ConvertedConv):
         return ops.dcls_kernel(self.weight, self._positions(), self.sigma, self.window, self.interpolation,
                                self.sigma_min)
 
-    def uses_tap_engine(self) -> bool:
-        """Cost rule: the tap engine reads 2^D corners per tap, the dense path prod(L) kernel entries."""
+    def uses_tap_engine(self, device_type: str | None = None) -> bool:
+        """Cost rule. The tap engine touches min(4K, prod(L)) merged entries per output, the dense path prod(L).
+        On CPU it always wins (PyTorch's CPU depthwise backward is slow: 15x at K = 80 and K = 150, window 17,
+        benchmarks/RESULTS.md); elsewhere it is used while 4K <= prod(L)."""
         if self.engine == "dense" or not self.is_depthwise or self.ndim > 2 or self.interpolation != "bilinear":
             return False
-        return self.engine == "taps" or (2 ** self.ndim) * self.kernel_count <= math.prod(self.window)
+        if self.engine == "taps":
+            return True
+        device_type = device_type or self.weight.device.type
+        if device_type == "cpu" and ops.compiled_for("taps_conv", "cpu"):
+            return True
+        return (2 ** self.ndim) * self.kernel_count <= math.prod(self.window)
 
     def engine_name(self) -> str:
         return "taps" if self.uses_tap_engine() else "construct+conv"
@@ -168,7 +175,7 @@ class _DclsConvNd(ConvertedConv):
         self._check_input(x)
         if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self._check_finite()
-        if self.uses_tap_engine():
+        if self.uses_tap_engine(x.device.type):
             xp, sym = pad_input(x, self._pads(), self.padding_mode)
             return ops.taps_conv(xp, self.weight, self._positions(), self.bias, self.window, self.stride, sym, "bilinear")
         return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)

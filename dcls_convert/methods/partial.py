@@ -97,7 +97,8 @@ class _PartialDilatedConvNd(ConvertedConv):
         return ops.dcls_kernel(w, pos, None, self.window, "nearest")
 
     def uses_tap_engine(self) -> bool:
-        return self.is_depthwise and self.ndim <= 2 and self.kernel_count < math.prod(self.window)
+        # Nearest taps touch kernel_count <= prod(window) entries, so the engine is never costlier than dense.
+        return self.is_depthwise and self.ndim <= 2
 
     def engine_name(self) -> str:
         return "taps(nearest)" if self.uses_tap_engine() else "construct+conv"
