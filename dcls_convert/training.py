@@ -119,6 +119,5 @@ def freeze(model: nn.Module, policy: Literal["new", "all", "no_norms"] = "new") 
 @torch.no_grad()
 def round_positions_(model: nn.Module) -> None:
     """Rounds DCLS positions to the integer grid (for export to a dilated/sparse form)."""
-    for p in position_parameters(model):
-        if p is not None and any(p is getattr(m, "positions", None) for m in _converted(model)):
-            p.round_()
+    for p in {id(m.positions): m.positions for m in _converted(model) if hasattr(m, "positions")}.values():
+        p.round_()

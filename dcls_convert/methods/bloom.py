@@ -16,7 +16,7 @@ from ..padding import pad_input
 from .base import (ConvertedConv, check_source_conv, conv_kwargs, copy_bias, grow_padding, per_axis,
                    relative_error, source_kernel)
 
-__all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "bloom_matrix", "bloom_kernel"]
+__all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "tent_nd", "bloom_matrix", "bloom_kernel"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
@@ -63,15 +63,20 @@ def bloom_matrix(k: int, s: int, fade: bool, dtype=torch.float64, device=None) -
     return full if fade else full[s - 1: full.shape[0] - (s - 1)]
 
 
-def bloom_kernel(v: torch.Tensor, s: int, fade: bool) -> torch.Tensor:
-    """(Cout, Cin/g, *k) -> (Cout, Cin/g, *bloomed) as conv_transpose(v, tent x ... x tent, stride=s)."""
-    ndim = v.dim() - 2
-    t = tent(s, v.dtype, v.device)
+def tent_nd(s: int, ndim: int, dtype, device) -> torch.Tensor:
+    """The separable tent t_s x ... x t_s as a (1, 1, 2s-1, ...) conv kernel."""
+    t = tent(s, dtype, device)
     kern = t
     for _ in range(ndim - 1):
         kern = kern[..., None] * t
+    return kern.reshape(1, 1, *kern.shape)
+
+
+def bloom_kernel(v: torch.Tensor, s: int, fade: bool) -> torch.Tensor:
+    """(Cout, Cin/g, *k) -> (Cout, Cin/g, *bloomed) as conv_transpose(v, tent x ... x tent, stride=s)."""
+    ndim = v.dim() - 2
     flat = v.reshape(-1, 1, *v.shape[2:])
-    out = _CONV_T[ndim](flat, kern.reshape(1, 1, *kern.shape), stride=s)
+    out = _CONV_T[ndim](flat, tent_nd(s, ndim, v.dtype, v.device), stride=s)
     if not fade:
         out = out[(slice(None), slice(None), *(slice(s - 1, n - (s - 1)) for n in out.shape[2:]))]
     return out.reshape(*v.shape[:2], *out.shape[2:])
@@ -150,12 +155,8 @@ class _BloomConvNd(ConvertedConv):
         xp, sym = pad_input(x, pads, self.padding_mode)
         if any(sym):
             xp = F.pad(xp, [p for p in reversed(sym) for _ in range(2)])
-        t = tent(s, x.dtype, x.device)
-        kern = t
-        for _ in range(ndim - 1):
-            kern = kern[..., None] * t
-        blur = kern.reshape(1, 1, *kern.shape).expand(self.in_channels, 1, *kern.shape)
-        z = _CONV[ndim](xp, blur, groups=self.in_channels)
+        kern = tent_nd(s, ndim, x.dtype, x.device)
+        z = _CONV[ndim](xp, kern.expand(self.in_channels, *kern.shape[1:]), groups=self.in_channels)
         return _CONV[ndim](z, self.weight, self.bias, self.stride, 0, s, self.groups)
 
     def extra_repr(self) -> str:

@@ -59,9 +59,7 @@ at::Tensor construct_cpu(const at::Tensor& weight, const at::Tensor& positions, 
                          at::IntArrayRef window, c10::string_view interpolation, double sigma_min) {
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
-  std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
-  shape.insert(shape.end(), window.begin(), window.end());
-  auto out = at::empty(shape, weight.options());
+  auto out = at::empty(construct_output_size(weight, window), weight.options());
   if (out.numel() == 0) return out.zero_();
   const ConstructInputs in(weight, positions, sigma, interp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_cpu", [&] {

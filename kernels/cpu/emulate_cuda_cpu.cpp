@@ -13,9 +13,7 @@ at::Tensor emulate_construct(const at::Tensor& weight, const at::Tensor& positio
                              c10::string_view interpolation, double sigma_min) {
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
-  std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
-  shape.insert(shape.end(), window.begin(), window.end());
-  auto out = at::empty(shape, weight.options());
+  auto out = at::empty(construct_output_size(weight, window), weight.options());
   const ConstructInputs in(weight, positions, sigma, interp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "emulate_construct", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -56,13 +54,11 @@ at::Tensor emulate_taps_conv(const at::Tensor& input, const at::Tensor& weight, 
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
-  const auto x = input.contiguous(), w = weight.contiguous();
-  const auto pos = positions.to(acc_dtype(weight.scalar_type())).contiguous();
-  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const TapsInputs in(input, weight, positions, bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_taps_conv", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
-    a.bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
     a.out = out.data_ptr<scalar_t>();
     for (int64_t i = 0; i < out.numel(); ++i) taps_forward_thread(i, a);
   });
@@ -76,14 +72,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
   const auto adt = acc_dtype(weight.scalar_type());
-  const auto x = input.contiguous(), w = weight.contiguous(), g = grad_output.contiguous();
-  const auto pos = positions.to(adt).contiguous();
+  const TapsInputs in(input, weight, positions);
+  const auto g = grad_output.contiguous();
   auto gin = at::empty(input.sizes(), input.options());
   auto gw = at::zeros(weight.sizes(), weight.options().dtype(adt));
   auto gp = at::zeros(positions.sizes(), weight.options().dtype(adt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_taps_conv_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
+    auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.grad_out = g.data_ptr<scalar_t>();
     a.grad_in = gin.data_ptr<scalar_t>();
     a.grad_weight = gw.data_ptr<acc_t>();

@@ -260,14 +260,11 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
   check_taps_args(input, weight, positions, window, stride, padding, interp);
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
   if (out.numel() == 0) return out;
-  const auto x = input.contiguous();
-  const auto w = weight.contiguous();
-  const auto pos = positions.to(acc_dtype(weight.scalar_type())).contiguous();
-  const auto b = bias.has_value() ? bias->to(weight.scalar_type()).contiguous() : at::Tensor();
+  const TapsInputs in(input, weight, positions, bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
-    a.bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
     a.out = out.data_ptr<scalar_t>();
     const auto entries = merge_all(a);
     at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {
@@ -284,10 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
     std::array<bool, 4> mask) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
-  const auto adt = acc_dtype(weight.scalar_type());
-  const auto x = input.contiguous();
-  const auto w = weight.contiguous();
-  const auto pos = positions.to(adt).contiguous();
+  const TapsInputs in(input, weight, positions);
   const auto g = grad_output.to(input.scalar_type()).contiguous();
   TapsGrads grads(input, weight, positions, mask);
   const bool want_taps = grads.want_taps();
@@ -295,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
   if (g.numel() > 0 && (mask[0] || want_taps)) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
+      auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
       a.grad_out = g.data_ptr<scalar_t>();
       grads.bind_taps(a, window.size() == 2);
       const auto entries = merge_all(a);

@@ -24,9 +24,7 @@ at::Tensor construct_cuda(const at::Tensor& weight, const at::Tensor& positions,
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
   c10::cuda::CUDAGuard guard(weight.device());
-  std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
-  shape.insert(shape.end(), window.begin(), window.end());
-  auto out = at::empty(shape, weight.options());
+  auto out = at::empty(construct_output_size(weight, window), weight.options());
   const ConstructInputs in(weight, positions, sigma, interp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -51,13 +51,11 @@ at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, con
   check_taps_args(input, weight, positions, window, stride, padding, interp);
   c10::cuda::CUDAGuard guard(input.device());
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
-  const auto x = input.contiguous(), w = weight.contiguous();
-  const auto pos = positions.to(acc_dtype(weight.scalar_type())).contiguous();
-  const auto b = bias.has_value() ? bias->to(weight.scalar_type()).contiguous() : at::Tensor();
+  const TapsInputs in(input, weight, positions, bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
-    a.bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
     a.out = out.data_ptr<scalar_t>();
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(out.numel(), a);
   });
@@ -71,15 +69,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
   c10::cuda::CUDAGuard guard(input.device());
-  const auto adt = acc_dtype(weight.scalar_type());
-  const auto x = input.contiguous(), w = weight.contiguous();
-  const auto pos = positions.to(adt).contiguous();
+  const TapsInputs in(input, weight, positions);
   const auto g = grad_output.to(input.scalar_type()).contiguous();
   TapsGrads grads(input, weight, positions, mask);
   const bool two_d = window.size() == 2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = make_taps_args<scalar_t, acc_t>(x, w, pos, window, stride, padding, interp);
+    auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.grad_out = g.data_ptr<scalar_t>();
     if (mask[0]) {
       a.grad_in = grads.gin.data_ptr<scalar_t>();

@@ -42,6 +42,18 @@ struct ConstructInputs {
   }
 };
 
+// Contiguous inputs of the tap convolution; positions in the accumulation type, bias in the weight dtype.
+struct TapsInputs {
+  at::Tensor x, weight, pos, bias;
+  TapsInputs(const at::Tensor& input, const at::Tensor& weight_, const at::Tensor& positions,
+             const c10::optional<at::Tensor>& bias_ = c10::nullopt) {
+    x = input.contiguous();
+    weight = weight_.contiguous();
+    pos = positions.to(acc_dtype(weight_.scalar_type())).contiguous();
+    if (bias_.has_value()) bias = bias_->to(weight_.scalar_type()).contiguous();
+  }
+};
+
 // x, weight contiguous (N, C, [H,] W) and (C, 1, K); positions (D, C, 1, K) in the accumulation type.
 template <typename scalar_t, typename acc_t>
 TapsArgs<scalar_t, acc_t> make_taps_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& pos,

@@ -62,6 +62,12 @@ inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const
   }
 }
 
+inline std::vector<int64_t> construct_output_size(const at::Tensor& weight, at::IntArrayRef window) {
+  std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
+  shape.insert(shape.end(), window.begin(), window.end());
+  return shape;
+}
+
 inline std::vector<int64_t> taps_output_size(const at::Tensor& x, at::IntArrayRef window, at::IntArrayRef stride,
                                              at::IntArrayRef padding) {
   std::vector<int64_t> out = {x.size(0), x.size(1)};
