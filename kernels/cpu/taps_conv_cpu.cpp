@@ -1,8 +1,7 @@
 // Depthwise tap convolution on CPU. Each channel's taps are merged into a short list of window offsets
 // with their interpolation weight (at most 4K entries; the L x L kernel is never built). A plane is copied
-// once into a zero-padded buffer in the accumulation type, after which every output tile of one row by
-// kTile columns is a sum over entries of shifted buffer rows: no bounds checks in the inner loop, and the
-// tile's accumulators stay in vector registers.
+// once into a zero-padded buffer in the accumulation type, after which every register tile of output
+// (plane_kernels.h) is a sum over entries of shifted buffer rows: no bounds checks in the inner loop.
 // Input is read as contiguous NCHW (a channels_last input is copied first: the padded plane copy needs
 // unit-stride rows, and one pass over the data is small next to the K-tap work).
 #include <ATen/Parallel.h>
@@ -13,11 +12,10 @@
 #include <vector>
 
 #include "dcls_convert/args.h"
+#include "plane_kernels.h"
 
 namespace dcls_convert {
 namespace {
-
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 template <typename acc_t>
 struct ChannelEntries {
@@ -61,125 +59,35 @@ std::vector<ChannelEntries<acc_t>> merge_all(const TapsArgs<scalar_t, acc_t>& a)
   return all;
 }
 
-// A plane placed at (top, left) inside a zero buffer of Hp x Wp (top/left may be negative: cropping).
-template <typename scalar_t, typename acc_t>
-void pad_plane(const scalar_t* src, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Hp, int64_t Wp,
-               std::vector<acc_t>& buf) {
-  buf.assign(Hp * Wp, acc_t(0));
-  for (int64_t y = std::max<int64_t>(0, -top); y < H && y + top < Hp; ++y) {
-    const int64_t x0 = std::max<int64_t>(0, -left), x1 = std::min<int64_t>(W, Wp - left);
-    for (int64_t x = x0; x < x1; ++x) buf[(y + top) * Wp + x + left] = static_cast<acc_t>(src[y * W + x]);
-  }
-}
-
-// Four vector registers of accumulators per tile (GCC/Clang vector extensions: AVX with -march=native,
-// SSE otherwise). Keeping them in registers, not in a memory array, is what makes the loop fast: an
-// array round-trips through the store buffer on every entry.
-template <typename acc_t>
-struct Lanes {
-  typedef acc_t vec __attribute__((vector_size(32)));
-  typedef acc_t uvec __attribute__((vector_size(32), aligned(sizeof(acc_t))));  // unaligned loads
-  static constexpr int64_t n = 32 / sizeof(acc_t);
-  static constexpr int64_t tile = 4 * n;
-  static vec load(const acc_t* p) { return *reinterpret_cast<const uvec*>(p); }
-  static vec splat(acc_t v) { return vec{} + v; }
-};
-
-template <typename acc_t>
-constexpr int64_t tile_of() { return Lanes<acc_t>::tile; }
-
-// Stride-1 tile of two output rows by NV vectors: 2 * NV independent accumulator chains in registers.
-template <int NV, typename acc_t>
-inline void tile_pair(const acc_t* row, const int64_t* off, const acc_t* coef, int64_t ne, int64_t row_step,
-                      acc_t base, acc_t* tmp0, acc_t* tmp1) {
-  using V = Lanes<acc_t>;
-  constexpr int64_t n = V::n;
-  typename V::vec a[NV], b[NV];
-  for (int v = 0; v < NV; ++v) a[v] = b[v] = V::splat(base);
-  for (int64_t i = 0; i < ne; ++i) {
-    const typename V::vec c = V::splat(coef[i]);
-    const acc_t* s = row + off[i];
-    const acc_t* t = s + row_step;
-    for (int v = 0; v < NV; ++v) {
-      a[v] += c * V::load(s + v * n);
-      b[v] += c * V::load(t + v * n);
-    }
-  }
-  std::memcpy(tmp0, a, sizeof(a));
-  std::memcpy(tmp1, b, sizeof(b));
-}
-
-// out[oy, ox] = base + sum_e coef[e] * buf[oy * sh + dy[e], ox * sw + dx[e]] for a plane of Ho x Wo;
-// buf must hold whole tiles (round_up(Wo, tile) columns readable). The last tile of a row uses only as many
-// vectors as it needs (a 7-wide plane costs one vector, not four).
-template <typename scalar_t, typename acc_t>
-void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& dy, const std::vector<int64_t>& dx,
-                     const std::vector<acc_t>& coef, int64_t sh, int64_t sw, acc_t base, int64_t Ho, int64_t Wo,
-                     scalar_t* out) {
-  using V = Lanes<acc_t>;
-  constexpr int64_t T = V::tile, n = V::n;
-  const int64_t ne = static_cast<int64_t>(coef.size());
-  std::vector<int64_t> off(ne);
-  // Two output rows per pass; the buffer holds a spare row of zeros so an odd tail's second row is readable.
-  const int64_t row_step = sh * Wp;
-  for (int64_t oy = 0; oy < Ho; oy += 2) {
-    for (int64_t i = 0; i < ne; ++i) off[i] = (oy * sh + dy[i]) * Wp + dx[i];
-    const bool pair = oy + 1 < Ho;
-    for (int64_t ox0 = 0; ox0 < Wo; ox0 += T) {
-      acc_t tmp[2][T];
-      if (sw == 1) {
-        const acc_t* row = buf + ox0;
-        switch (std::min<int64_t>(4, (Wo - ox0 + n - 1) / n)) {
-          case 1: tile_pair<1>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
-          case 2: tile_pair<2>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
-          case 3: tile_pair<3>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
-          default: tile_pair<4>(row, off.data(), coef.data(), ne, row_step, base, tmp[0], tmp[1]); break;
-        }
-      } else {
-        for (int r = 0; r < 2; ++r) {
-          for (int64_t j = 0; j < T; ++j) tmp[r][j] = base;
-          for (int64_t i = 0; i < ne; ++i) {
-            const acc_t* s = buf + ox0 * sw + off[i] + r * row_step;
-            for (int64_t j = 0; j < T; ++j) tmp[r][j] += coef[i] * s[j * sw];
-          }
-        }
-      }
-      const int64_t m = std::min(T, Wo - ox0);
-      for (int r = 0; r < (pair ? 2 : 1); ++r)
-        for (int64_t j = 0; j < m; ++j) out[(oy + r) * Wo + ox0 + j] = static_cast<scalar_t>(tmp[r][j]);
-    }
-  }
-}
-
 // Padded-buffer geometry for reading the input at (oy * sh + oh, ox * sw + ow) over whole tiles.
 template <typename scalar_t, typename acc_t>
 void input_buffer_size(const TapsArgs<scalar_t, acc_t>& a, int64_t& Hp, int64_t& Wp) {
-  Hp = std::max(a.H + 2 * a.ph, a.Ho * a.sh + a.Lh);  // + one spare row for row pairs
-  Wp = std::max(a.W + 2 * a.pw, (round_up(a.Wo, tile_of<acc_t>()) - 1) * a.sw + a.Lw);
+  Hp = std::max(a.H + 2 * a.ph, plane_rows_needed(a.Ho, a.sh, a.Lh));
+  Wp = std::max(a.W + 2 * a.pw, plane_cols_needed<acc_t>(a.Wo, a.sw, a.Lw));
 }
 
 template <typename scalar_t, typename acc_t>
 void forward_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                   std::vector<acc_t>& buf) {
+                   PaddedPlane<acc_t>& xpad, std::vector<acc_t>& rows) {
   int64_t Hp, Wp;
   input_buffer_size(a, Hp, Wp);
-  pad_plane(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp, buf);
+  const acc_t* buf = xpad.fill(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp);
   const acc_t b = a.bias ? static_cast<acc_t>(a.bias[plane % a.C]) : acc_t(0);
-  correlate_plane(buf.data(), Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + plane * a.Ho * a.Wo);
+  correlate_plane(buf, Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + plane * a.Ho * a.Wo, rows);
 }
 
 // Input gradient for stride 1: a correlation of the padded output gradient with the flipped entries.
 template <typename scalar_t, typename acc_t>
 void grad_input_plane_stride1(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                              std::vector<acc_t>& buf, scalar_t* gin) {
+                              PaddedPlane<acc_t>& gpad, std::vector<acc_t>& rows, scalar_t* gin) {
   std::vector<int64_t> fy(e.oh.size()), fx(e.ow.size());
   for (size_t i = 0; i < fy.size(); ++i) {
     fy[i] = a.Lh - 1 - e.oh[i];
     fx[i] = a.Lw - 1 - e.ow[i];
   }
-  const int64_t Hp = a.H + a.Lh, Wp = round_up(a.W, tile_of<acc_t>()) + a.Lw - 1;
-  pad_plane(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, a.Lh - 1 - a.ph, a.Lw - 1 - a.pw, Hp, Wp, buf);
-  correlate_plane(buf.data(), Wp, fy, fx, e.coef, 1, 1, acc_t(0), a.H, a.W, gin + plane * a.H * a.W);
+  const int64_t Hp = plane_rows_needed(a.H, 1, a.Lh), Wp = plane_cols_needed<acc_t>(a.W, 1, a.Lw);
+  const acc_t* buf = gpad.fill(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, a.Lh - 1 - a.ph, a.Lw - 1 - a.pw, Hp, Wp);
+  correlate_plane(buf, Wp, fy, fx, e.coef, 1, 1, acc_t(0), a.H, a.W, gin + plane * a.H * a.W, rows);
 }
 
 // Input gradient for any stride: scatter of output-gradient rows (strided writes, accumulation buffer).
@@ -204,15 +112,15 @@ void grad_input_plane_strided(const TapsArgs<scalar_t, acc_t>& a, const ChannelE
 // gradients follow from the S of their corners.
 template <typename scalar_t, typename acc_t>
 void tap_sums_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                    std::vector<acc_t>& xbuf, std::vector<acc_t>& gbuf, acc_t* S) {
+                    PaddedPlane<acc_t>& xpad, PaddedPlane<acc_t>& gpad, acc_t* S) {
   int64_t Hp, Wp;
   input_buffer_size(a, Hp, Wp);
-  pad_plane(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp, xbuf);
+  const acc_t* xbuf = xpad.fill(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp);
   using V = Lanes<acc_t>;
   constexpr int64_t T = V::tile, n = V::n;
   static_assert(T % n == 0, "tiles are whole vectors");
   const int64_t Wo_t = round_up(a.Wo, n);  // the input buffer is readable up to round_up(Wo, T) columns
-  pad_plane(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, 0, 0, a.Ho, Wo_t, gbuf);  // zero tail columns
+  const acc_t* gbuf = gpad.fill(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, 0, 0, a.Ho, Wo_t);  // zero tail columns
   const int64_t ne = static_cast<int64_t>(e.coef.size());
   if (a.sw == 1) {
     // Eight entries per pass share each load of the output gradient (9 loads per 8 FMAs, not 16).
@@ -221,11 +129,11 @@ void tap_sums_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc
       const acc_t* src[G];
       for (int j = 0; j < G; ++j) {
         const int64_t i = std::min(i0 + j, ne - 1);
-        src[j] = xbuf.data() + e.oh[i] * Wp + e.ow[i];
+        src[j] = xbuf + e.oh[i] * Wp + e.ow[i];
       }
       typename V::vec acc[G] = {};
       for (int64_t oy = 0; oy < a.Ho; ++oy) {
-        const acc_t* g = gbuf.data() + oy * Wo_t;
+        const acc_t* g = gbuf + oy * Wo_t;
         const int64_t row = oy * a.sh * Wp;
         for (int64_t ox0 = 0; ox0 < Wo_t; ox0 += n) {
           const typename V::vec gv = V::load(g + ox0);
@@ -245,8 +153,8 @@ void tap_sums_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc
   for (int64_t i = 0; i < ne; ++i) {
     acc_t s = 0;
     for (int64_t oy = 0; oy < a.Ho; ++oy) {
-      const acc_t* g = gbuf.data() + oy * Wo_t;
-      const acc_t* src = xbuf.data() + (oy * a.sh + e.oh[i]) * Wp + e.ow[i];
+      const acc_t* g = gbuf + oy * Wo_t;
+      const acc_t* src = xbuf + (oy * a.sh + e.oh[i]) * Wp + e.ow[i];
       for (int64_t ox = 0; ox < a.Wo; ++ox) s += g[ox] * src[ox * a.sw];
     }
     S[i] += s;
@@ -268,8 +176,9 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
     a.out = out.data_ptr<scalar_t>();
     const auto entries = merge_all(a);
     at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buf;
-      for (int64_t plane = begin; plane < end; ++plane) forward_plane(a, entries[plane % a.C], plane, buf);
+      PaddedPlane<acc_t> xpad;
+      std::vector<acc_t> rows;
+      for (int64_t plane = begin; plane < end; ++plane) forward_plane(a, entries[plane % a.C], plane, xpad, rows);
     });
   });
   return out;
@@ -297,9 +206,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
         scalar_t* gin_ptr = grads.gin.data_ptr<scalar_t>();
         const bool unit = a.sh == 1 && a.sw == 1;
         at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+          PaddedPlane<acc_t> gpad;
           std::vector<acc_t> buf;
           for (int64_t plane = begin; plane < end; ++plane) {
-            if (unit) grad_input_plane_stride1(a, entries[plane % C], plane, buf, gin_ptr);
+            if (unit) grad_input_plane_stride1(a, entries[plane % C], plane, gpad, buf, gin_ptr);
             else grad_input_plane_strided(a, entries[plane % C], plane, buf, gin_ptr);
           }
         });
@@ -307,11 +217,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
       if (want_taps) {
         // Channels in parallel, batch inside: the per-channel sums need no reduction across threads.
         at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> xbuf, gbuf;
+          PaddedPlane<acc_t> xpad, gpad;
           for (int64_t c = begin; c < end; ++c) {
             const auto& e = entries[c];
             std::vector<acc_t> S(e.coef.size(), acc_t(0));
-            for (int64_t n = 0; n < N; ++n) tap_sums_plane(a, e, n * C + c, xbuf, gbuf, S.data());
+            for (int64_t n = 0; n < N; ++n) tap_sums_plane(a, e, n * C + c, xpad, gpad, S.data());
             for (int64_t k = 0; k < a.K; ++k) {
               acc_t s4[4] = {0, 0, 0, 0};
               for (int j = 0; j < 4; ++j) {
