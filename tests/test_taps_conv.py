@@ -22,7 +22,19 @@ def taps_cases(draw):
     return dict(D=D, window=window, stride=stride, padding=padding, size=size,
                 N=draw(st.sampled_from([0, 1, 2])), C=draw(st.integers(1, 4)), K=draw(st.sampled_from([1, 3, 8])),
                 interp=draw(st.sampled_from(["bilinear", "nearest"])), integer=draw(st.booleans()),
-                bias=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "channels_last", "strided"])))
+                bias=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "channels_last", "strided"])),
+                grad_layout=draw(st.sampled_from(["contiguous", "channels_last", "strided", "expanded"])))
+
+
+def _grad_like(y, layout):
+    """An output gradient in the given layout: the kernels read planes through strides, stride 0 included."""
+    if layout == "expanded":  # what .sum().backward() hands over
+        return torch.randn((), dtype=y.dtype).expand(y.shape)
+    if layout == "channels_last" and y.dim() == 4:
+        return torch.randn_like(y).contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        return torch.randn(*y.shape[:-1], 2 * y.shape[-1], dtype=y.dtype)[..., ::2]
+    return torch.randn_like(y, memory_format=torch.contiguous_format)
 
 
 def _inputs(c, dtype):
@@ -48,7 +60,11 @@ def test_taps_conv_matches_oracle_float64(c):
     want = reference.taps_conv(ref[0], ref[1], ref[2], ref[3] if b is not None else None, *args)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
-    g = torch.randn_like(want)
+    if got.numel() > 1 and got.dim() == 4 and min(got.shape[1:]) > 1:  # layouts are ambiguous otherwise
+        # channels_last in, channels_last out (as PyTorch's convolutions)
+        assert got.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(
+            memory_format=torch.channels_last)
+    g = _grad_like(want, c["grad_layout"])
     g_got = torch.autograd.grad(got, leaves, g, allow_unused=True)
     g_want = torch.autograd.grad(want, ref, g, allow_unused=True)
     for a, e in zip(g_got, g_want):
@@ -93,6 +109,23 @@ def test_opcheck_taps_conv(D, interp):
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     args = (x, w.requires_grad_(), p.requires_grad_(), b, window, [1] * D, [2] * D, interp)
     torch.library.opcheck(torch.ops.dcls_convert.taps_conv.default, args)
+
+
+def test_channels_last_stays_channels_last():
+    """Output and input gradient keep the input's memory format (fake kernels included, via opcheck)."""
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    w, p, _ = random_taps(2, 3, 1, 4, [5, 5])
+    args = (x, w.requires_grad_(), p.requires_grad_(), None, [5, 5], [1, 1], [2, 2], "bilinear")
+    torch.library.opcheck(torch.ops.dcls_convert.taps_conv.default, args)
+    y = torch.ops.dcls_convert.taps_conv(*args)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    gx, = torch.autograd.grad(y, x, torch.ones(()).double().expand(y.shape))
+    assert gx.is_contiguous(memory_format=torch.channels_last) and not gx.is_contiguous()
+    fake = torch._subclasses.fake_tensor.FakeTensorMode()
+    fx, fw, fp = (fake.from_tensor(t.detach()) for t in (x, w, p))
+    with fake:
+        fy = torch.ops.dcls_convert.taps_conv(fx, fw, fp, None, [5, 5], [1, 1], [2, 2], "bilinear")
+    assert fy.stride() == y.stride()
 
 
 @pytest.mark.parametrize("D", [1, 2])

@@ -40,13 +40,15 @@ struct Lanes {
   }
 };
 
-// A plane placed at (top, left) inside an Hp x Wp frame of zeros (top/left may be negative: cropping).
-// The frame is zeroed only when the geometry changes: every plane of one call writes the same interior.
+// A plane (H x W, element strides sH, sW: any layout, stride 0 included) placed at (top, left) inside an
+// Hp x Wp frame of zeros (top/left may be negative: cropping). The frame is zeroed only when the geometry
+// changes: every plane of one call writes the same interior.
 template <typename acc_t>
 class PaddedPlane {
  public:
   template <typename scalar_t>
-  const acc_t* fill(const scalar_t* src, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Hp, int64_t Wp) {
+  const acc_t* fill(const scalar_t* src, int64_t sH, int64_t sW, int64_t H, int64_t W, int64_t top, int64_t left,
+                    int64_t Hp, int64_t Wp) {
     const std::vector<int64_t> geometry{H, W, top, left, Hp, Wp};
     if (geometry != geometry_) {
       buf_.assign(Hp * Wp, acc_t(0));
@@ -54,9 +56,13 @@ class PaddedPlane {
     }
     const int64_t x0 = std::max<int64_t>(0, -left), x1 = std::min<int64_t>(W, Wp - left);
     for (int64_t y = std::max<int64_t>(0, -top); y < H && y + top < Hp; ++y) {
-      const scalar_t* s = src + y * W;
+      const scalar_t* s = src + y * sH;
       acc_t* d = buf_.data() + (y + top) * Wp + left;
-      for (int64_t x = x0; x < x1; ++x) d[x] = static_cast<acc_t>(s[x]);
+      if (sW == 1) {
+        for (int64_t x = x0; x < x1; ++x) d[x] = static_cast<acc_t>(s[x]);
+      } else {
+        for (int64_t x = x0; x < x1; ++x) d[x] = static_cast<acc_t>(s[x * sW]);
+      }
     }
     return buf_.data();
   }
@@ -101,12 +107,12 @@ int64_t plane_cols_needed(int64_t Wo, int64_t sw, int64_t Lw) {
   return (round_up(Wo, Lanes<acc_t>::tile) - 1) * sw + Lw;
 }
 
-// out (Ho x Wo) = init + sum_e coef[e] * buf[oy * sh + dy[e], ox * sw + dx[e]]; buf has Wp columns and
-// plane_rows_needed x plane_cols_needed readable. rows: per-thread scratch for one band of tiles.
+// out (Ho x Wo, element strides oH, oW) = init + sum_e coef[e] * buf[oy * sh + dy[e], ox * sw + dx[e]];
+// buf has Wp columns and plane_rows_needed x plane_cols_needed readable. rows: per-thread scratch.
 template <typename scalar_t, typename acc_t>
 void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& dy, const std::vector<int64_t>& dx,
                      const std::vector<acc_t>& coef, int64_t sh, int64_t sw, acc_t init, int64_t Ho, int64_t Wo,
-                     scalar_t* out, std::vector<acc_t>& rows) {
+                     scalar_t* out, int64_t oH, int64_t oW, std::vector<acc_t>& rows) {
   using V = Lanes<acc_t>;
   constexpr int64_t T = V::tile, n = V::n, R = kTileRows;
   const int64_t ne = static_cast<int64_t>(coef.size()), Wt = round_up(Wo, T), row_step = sh * Wp;
@@ -137,8 +143,12 @@ void correlate_plane(const acc_t* buf, int64_t Wp, const std::vector<int64_t>& d
     }
     for (int64_t r = 0; r < std::min(R, Ho - oy); ++r) {
       const acc_t* src = rows.data() + r * Wt;
-      scalar_t* dst = out + (oy + r) * Wo;
-      for (int64_t x = 0; x < Wo; ++x) dst[x] = static_cast<scalar_t>(src[x]);
+      scalar_t* dst = out + (oy + r) * oH;
+      if (oW == 1) {
+        for (int64_t x = 0; x < Wo; ++x) dst[x] = static_cast<scalar_t>(src[x]);
+      } else {
+        for (int64_t x = 0; x < Wo; ++x) dst[x * oW] = static_cast<scalar_t>(src[x]);
+      }
     }
   }
 }

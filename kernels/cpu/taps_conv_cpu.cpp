@@ -2,8 +2,8 @@
 // with their interpolation weight (at most 4K entries; the L x L kernel is never built). A plane is copied
 // once into a zero-padded buffer in the accumulation type, after which every register tile of output
 // (plane_kernels.h) is a sum over entries of shifted buffer rows: no bounds checks in the inner loop.
-// Input is read as contiguous NCHW (a channels_last input is copied first: the padded plane copy needs
-// unit-stride rows, and one pass over the data is small next to the K-tap work).
+// Planes are read and written through their strides (PlaneLayout): channels_last, sliced and expanded
+// tensors are never copied, and the output and input gradient keep the input's memory format.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -59,6 +59,16 @@ std::vector<ChannelEntries<acc_t>> merge_all(const TapsArgs<scalar_t, acc_t>& a)
   return all;
 }
 
+// Element strides of a (N, C, [H,] W) tensor. The CPU kernels read and write every plane through them, so
+// channels_last, sliced and expanded (stride 0: the gradient of a sum) tensors need no copy. Planes are
+// visited channel after channel, so a channels_last plane's cache lines are still in L2 for the next one.
+struct PlaneLayout {
+  int64_t n = 0, c = 0, h = 0, w = 1;
+  explicit PlaneLayout(const at::Tensor& t)
+      : n(t.stride(0)), c(t.stride(1)), h(t.dim() == 4 ? t.stride(2) : 0), w(t.stride(-1)) {}
+  int64_t at(int64_t plane, int64_t C) const { return plane / C * n + plane % C * c; }
+};
+
 // Padded-buffer geometry for reading the input at (oy * sh + oh, ox * sw + ow) over whole tiles.
 template <typename scalar_t, typename acc_t>
 void input_buffer_size(const TapsArgs<scalar_t, acc_t>& a, int64_t& Hp, int64_t& Wp) {
@@ -67,60 +77,63 @@ void input_buffer_size(const TapsArgs<scalar_t, acc_t>& a, int64_t& Hp, int64_t&
 }
 
 template <typename scalar_t, typename acc_t>
-void forward_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                   PaddedPlane<acc_t>& xpad, std::vector<acc_t>& rows) {
+void forward_plane(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lx, const PlaneLayout& lo,
+                   const ChannelEntries<acc_t>& e, int64_t plane, PaddedPlane<acc_t>& xpad, std::vector<acc_t>& rows) {
   int64_t Hp, Wp;
   input_buffer_size(a, Hp, Wp);
-  const acc_t* buf = xpad.fill(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp);
+  const acc_t* buf = xpad.fill(a.x + lx.at(plane, a.C), lx.h, lx.w, a.H, a.W, a.ph, a.pw, Hp, Wp);
   const acc_t b = a.bias ? static_cast<acc_t>(a.bias[plane % a.C]) : acc_t(0);
-  correlate_plane(buf, Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + plane * a.Ho * a.Wo, rows);
+  correlate_plane(buf, Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + lo.at(plane, a.C), lo.h, lo.w, rows);
 }
 
 // Input gradient for stride 1: a correlation of the padded output gradient with the flipped entries.
 template <typename scalar_t, typename acc_t>
-void grad_input_plane_stride1(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                              PaddedPlane<acc_t>& gpad, std::vector<acc_t>& rows, scalar_t* gin) {
+void grad_input_plane_stride1(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lg, const PlaneLayout& li,
+                              const ChannelEntries<acc_t>& e, int64_t plane, PaddedPlane<acc_t>& gpad,
+                              std::vector<acc_t>& rows, scalar_t* gin) {
   std::vector<int64_t> fy(e.oh.size()), fx(e.ow.size());
   for (size_t i = 0; i < fy.size(); ++i) {
     fy[i] = a.Lh - 1 - e.oh[i];
     fx[i] = a.Lw - 1 - e.ow[i];
   }
   const int64_t Hp = plane_rows_needed(a.H, 1, a.Lh), Wp = plane_cols_needed<acc_t>(a.W, 1, a.Lw);
-  const acc_t* buf = gpad.fill(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, a.Lh - 1 - a.ph, a.Lw - 1 - a.pw, Hp, Wp);
-  correlate_plane(buf, Wp, fy, fx, e.coef, 1, 1, acc_t(0), a.H, a.W, gin + plane * a.H * a.W, rows);
+  const acc_t* buf = gpad.fill(a.grad_out + lg.at(plane, a.C), lg.h, lg.w, a.Ho, a.Wo, a.Lh - 1 - a.ph,
+                               a.Lw - 1 - a.pw, Hp, Wp);
+  correlate_plane(buf, Wp, fy, fx, e.coef, 1, 1, acc_t(0), a.H, a.W, gin + li.at(plane, a.C), li.h, li.w, rows);
 }
 
 // Input gradient for any stride: scatter of output-gradient rows (strided writes, accumulation buffer).
 template <typename scalar_t, typename acc_t>
-void grad_input_plane_strided(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                              std::vector<acc_t>& buf, scalar_t* gin) {
+void grad_input_plane_strided(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lg, const PlaneLayout& li,
+                              const ChannelEntries<acc_t>& e, int64_t plane, std::vector<acc_t>& buf, scalar_t* gin) {
   int64_t Hp, Wp;
   input_buffer_size(a, Hp, Wp);
   buf.assign(Hp * Wp, acc_t(0));
-  const scalar_t* gp = a.grad_out + plane * a.Ho * a.Wo;
+  const scalar_t* gp = a.grad_out + lg.at(plane, a.C);
   for (int64_t oy = 0; oy < a.Ho; ++oy)
     for (size_t i = 0; i < e.coef.size(); ++i) {
       acc_t* dst = buf.data() + (oy * a.sh + e.oh[i]) * Wp + e.ow[i];
-      for (int64_t ox = 0; ox < a.Wo; ++ox) dst[ox * a.sw] += e.coef[i] * static_cast<acc_t>(gp[oy * a.Wo + ox]);
+      for (int64_t ox = 0; ox < a.Wo; ++ox) dst[ox * a.sw] += e.coef[i] * static_cast<acc_t>(gp[oy * lg.h + ox * lg.w]);
     }
-  scalar_t* out = gin + plane * a.H * a.W;
+  scalar_t* out = gin + li.at(plane, a.C);
   for (int64_t y = 0; y < a.H; ++y)
-    for (int64_t x = 0; x < a.W; ++x) out[y * a.W + x] = static_cast<scalar_t>(buf[(y + a.ph) * Wp + x + a.pw]);
+    for (int64_t x = 0; x < a.W; ++x) out[y * li.h + x * li.w] = static_cast<scalar_t>(buf[(y + a.ph) * Wp + x + a.pw]);
 }
 
 // S[e] += sum over the plane of grad_out * input shifted by entry e; the taps' weight and position
 // gradients follow from the S of their corners.
 template <typename scalar_t, typename acc_t>
-void tap_sums_plane(const TapsArgs<scalar_t, acc_t>& a, const ChannelEntries<acc_t>& e, int64_t plane,
-                    PaddedPlane<acc_t>& xpad, PaddedPlane<acc_t>& gpad, acc_t* S) {
+void tap_sums_plane(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lx, const PlaneLayout& lg,
+                    const ChannelEntries<acc_t>& e, int64_t plane, PaddedPlane<acc_t>& xpad, PaddedPlane<acc_t>& gpad,
+                    acc_t* S) {
   int64_t Hp, Wp;
   input_buffer_size(a, Hp, Wp);
-  const acc_t* xbuf = xpad.fill(a.x + plane * a.H * a.W, a.H, a.W, a.ph, a.pw, Hp, Wp);
+  const acc_t* xbuf = xpad.fill(a.x + lx.at(plane, a.C), lx.h, lx.w, a.H, a.W, a.ph, a.pw, Hp, Wp);
   using V = Lanes<acc_t>;
   constexpr int64_t T = V::tile, n = V::n;
   static_assert(T % n == 0, "tiles are whole vectors");
   const int64_t Wo_t = round_up(a.Wo, n);  // the input buffer is readable up to round_up(Wo, T) columns
-  const acc_t* gbuf = gpad.fill(a.grad_out + plane * a.Ho * a.Wo, a.Ho, a.Wo, 0, 0, a.Ho, Wo_t);  // zero tail columns
+  const acc_t* gbuf = gpad.fill(a.grad_out + lg.at(plane, a.C), lg.h, lg.w, a.Ho, a.Wo, 0, 0, a.Ho, Wo_t);  // zero tail
   const int64_t ne = static_cast<int64_t>(e.coef.size());
   if (a.sw == 1) {
     // Eight entries per pass share each load of the output gradient (9 loads per 8 FMAs, not 16).
@@ -166,9 +179,11 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
                          at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
-  auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
+  auto out = at::empty(taps_output_size(input, window, stride, padding),
+                       input.options().memory_format(taps_memory_format(input)));
   if (out.numel() == 0) return out;
-  const TapsInputs in(input, weight, positions, bias);
+  const TapsInputs in(input, weight, positions, bias, /*keep_input_layout=*/true);
+  const PlaneLayout lx(in.x), lo(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
@@ -178,7 +193,8 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
     at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {
       PaddedPlane<acc_t> xpad;
       std::vector<acc_t> rows;
-      for (int64_t plane = begin; plane < end; ++plane) forward_plane(a, entries[plane % a.C], plane, xpad, rows);
+      for (int64_t plane = begin; plane < end; ++plane)
+        forward_plane(a, lx, lo, entries[plane % a.C], plane, xpad, rows);
     });
   });
   return out;
@@ -190,9 +206,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
     std::array<bool, 4> mask) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
-  const TapsInputs in(input, weight, positions);
-  const auto g = grad_output.to(input.scalar_type()).contiguous();
-  TapsGrads grads(input, weight, positions, mask);
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  const auto g = grad_output.to(input.scalar_type());
+  TapsGrads grads(input, weight, positions, mask, /*strided_writes=*/true);
   const bool want_taps = grads.want_taps();
   const int64_t N = input.size(0), C = weight.size(0);
   if (g.numel() > 0 && (mask[0] || want_taps)) {
@@ -202,26 +218,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
       a.grad_out = g.data_ptr<scalar_t>();
       grads.bind_taps(a, window.size() == 2);
       const auto entries = merge_all(a);
+      const PlaneLayout lx(in.x), lg(g);
       if (mask[0]) {
+        const PlaneLayout li(grads.gin);
         scalar_t* gin_ptr = grads.gin.data_ptr<scalar_t>();
         const bool unit = a.sh == 1 && a.sw == 1;
         at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
           PaddedPlane<acc_t> gpad;
           std::vector<acc_t> buf;
           for (int64_t plane = begin; plane < end; ++plane) {
-            if (unit) grad_input_plane_stride1(a, entries[plane % C], plane, gpad, buf, gin_ptr);
-            else grad_input_plane_strided(a, entries[plane % C], plane, buf, gin_ptr);
+            if (unit) grad_input_plane_stride1(a, lg, li, entries[plane % C], plane, gpad, buf, gin_ptr);
+            else grad_input_plane_strided(a, lg, li, entries[plane % C], plane, buf, gin_ptr);
           }
         });
       }
       if (want_taps) {
-        // Channels in parallel, batch inside: the per-channel sums need no reduction across threads.
+        // Channels in parallel (the per-channel sums need no reduction across threads); inside a thread the
+        // batch is the outer loop, so consecutive planes are neighbouring channels of one image.
         at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
           PaddedPlane<acc_t> xpad, gpad;
+          std::vector<std::vector<acc_t>> sums(end - begin);
+          for (int64_t c = begin; c < end; ++c) sums[c - begin].assign(entries[c].coef.size(), acc_t(0));
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t c = begin; c < end; ++c)
+              tap_sums_plane(a, lx, lg, entries[c], n * C + c, xpad, gpad, sums[c - begin].data());
           for (int64_t c = begin; c < end; ++c) {
             const auto& e = entries[c];
-            std::vector<acc_t> S(e.coef.size(), acc_t(0));
-            for (int64_t n = 0; n < N; ++n) tap_sums_plane(a, e, n * C + c, xpad, gpad, S.data());
+            const auto& S = sums[c - begin];
             for (int64_t k = 0; k < a.K; ++k) {
               acc_t s4[4] = {0, 0, 0, 0};
               for (int j = 0; j < 4; ++j) {

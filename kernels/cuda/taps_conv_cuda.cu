@@ -59,7 +59,7 @@ at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, con
     a.out = out.data_ptr<scalar_t>();
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(out.numel(), a);
   });
-  return out;
+  return out.contiguous(taps_memory_format(input));  // the kernels index NCHW; keep the input's format
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cuda(

@@ -45,9 +45,10 @@ struct ConstructInputs {
 // Contiguous inputs of the tap convolution; positions in the accumulation type, bias in the weight dtype.
 struct TapsInputs {
   at::Tensor x, weight, pos, bias;
+  // keep_input_layout: the CPU kernels read planes through strides; the CUDA kernels index NCHW.
   TapsInputs(const at::Tensor& input, const at::Tensor& weight_, const at::Tensor& positions,
-             const c10::optional<at::Tensor>& bias_ = c10::nullopt) {
-    x = input.contiguous();
+             const c10::optional<at::Tensor>& bias_ = c10::nullopt, bool keep_input_layout = false) {
+    x = keep_input_layout ? input : input.contiguous();
     weight = weight_.contiguous();
     pos = positions.to(acc_dtype(weight_.scalar_type())).contiguous();
     if (bias_.has_value()) bias = bias_->to(weight_.scalar_type()).contiguous();
@@ -110,14 +111,20 @@ struct ConstructGrads {
   }
 };
 
-// Gradient buffers of the tap-convolution backward; the bias gradient is a plain reduction.
+// Gradient buffers of the tap-convolution backward; the bias gradient is a plain reduction. The input
+// gradient comes back in the input's memory format: written in place by kernels that take strides
+// (strided_writes), else computed NCHW and converted at the end.
 struct TapsGrads {
   at::Tensor gin, gw, gp;
   std::array<bool, 4> mask;
-  TapsGrads(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions, std::array<bool, 4> mask_)
-      : mask(mask_) {
+  at::MemoryFormat gin_format;
+  TapsGrads(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions, std::array<bool, 4> mask_,
+            bool strided_writes = false)
+      : mask(mask_), gin_format(taps_memory_format(input)) {
     const auto opts = weight.options().dtype(acc_dtype(weight.scalar_type()));
-    gin = mask[0] ? at::zeros(input.sizes(), input.options()) : at::empty({0}, input.options());
+    if (!mask[0]) gin = at::empty({0}, input.options());
+    else if (strided_writes) gin = at::empty(input.sizes(), input.options().memory_format(gin_format));
+    else gin = at::zeros(input.sizes(), input.options());
     gw = at::zeros(weight.sizes(), opts);
     gp = at::zeros(positions.sizes(), opts);
   }
@@ -135,7 +142,7 @@ struct TapsGrads {
     std::vector<int64_t> sum_dims = {0};
     for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
     auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
-    return {gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
+    return {mask[0] ? gin.contiguous(gin_format) : gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
             mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
   }
 };

@@ -68,6 +68,13 @@ inline std::vector<int64_t> construct_output_size(const at::Tensor& weight, at::
   return shape;
 }
 
+// Memory format of the tap convolution's output and input gradient: channels_last when the input is, as for
+// PyTorch's convolutions. ops/_fake.py applies the same rule.
+inline at::MemoryFormat taps_memory_format(const at::Tensor& x) {
+  const bool cl = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 inline std::vector<int64_t> taps_output_size(const at::Tensor& x, at::IntArrayRef window, at::IntArrayRef stride,
                                              at::IntArrayRef padding) {
   std::vector<int64_t> out = {x.size(0), x.size(1)};
