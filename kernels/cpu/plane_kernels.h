@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -49,7 +50,7 @@ class PaddedPlane {
   template <typename scalar_t>
   const acc_t* fill(const scalar_t* src, int64_t sH, int64_t sW, int64_t H, int64_t W, int64_t top, int64_t left,
                     int64_t Hp, int64_t Wp) {
-    const std::vector<int64_t> geometry{H, W, top, left, Hp, Wp};
+    const std::array<int64_t, 6> geometry{H, W, top, left, Hp, Wp};
     if (geometry != geometry_) {
       buf_.assign(Hp * Wp, acc_t(0));
       geometry_ = geometry;
@@ -69,7 +70,7 @@ class PaddedPlane {
 
  private:
   std::vector<acc_t> buf_;
-  std::vector<int64_t> geometry_;
+  std::array<int64_t, 6> geometry_{-1, -1, -1, -1, -1, -1};
 };
 
 // Rows per register tile: three rows of up to four vectors (12 accumulator chains hide the FMA latency).

@@ -86,20 +86,28 @@ void forward_plane(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lx, co
   correlate_plane(buf, Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + lo.at(plane, a.C), lo.h, lo.w, rows);
 }
 
+// Entries mirrored through the window centre: the input gradient at stride 1 correlates the output
+// gradient with them. Built once per channel, not once per plane.
+template <typename acc_t>
+ChannelEntries<acc_t> flipped(const ChannelEntries<acc_t>& e, int64_t Lh, int64_t Lw) {
+  ChannelEntries<acc_t> f = e;
+  for (size_t i = 0; i < f.oh.size(); ++i) {
+    f.oh[i] = Lh - 1 - e.oh[i];
+    f.ow[i] = Lw - 1 - e.ow[i];
+  }
+  return f;
+}
+
 // Input gradient for stride 1: a correlation of the padded output gradient with the flipped entries.
 template <typename scalar_t, typename acc_t>
 void grad_input_plane_stride1(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lg, const PlaneLayout& li,
-                              const ChannelEntries<acc_t>& e, int64_t plane, PaddedPlane<acc_t>& gpad,
+                              const ChannelEntries<acc_t>& flip, int64_t plane, PaddedPlane<acc_t>& gpad,
                               std::vector<acc_t>& rows, scalar_t* gin) {
-  std::vector<int64_t> fy(e.oh.size()), fx(e.ow.size());
-  for (size_t i = 0; i < fy.size(); ++i) {
-    fy[i] = a.Lh - 1 - e.oh[i];
-    fx[i] = a.Lw - 1 - e.ow[i];
-  }
   const int64_t Hp = plane_rows_needed(a.H, 1, a.Lh), Wp = plane_cols_needed<acc_t>(a.W, 1, a.Lw);
   const acc_t* buf = gpad.fill(a.grad_out + lg.at(plane, a.C), lg.h, lg.w, a.Ho, a.Wo, a.Lh - 1 - a.ph,
                                a.Lw - 1 - a.pw, Hp, Wp);
-  correlate_plane(buf, Wp, fy, fx, e.coef, 1, 1, acc_t(0), a.H, a.W, gin + li.at(plane, a.C), li.h, li.w, rows);
+  correlate_plane(buf, Wp, flip.oh, flip.ow, flip.coef, 1, 1, acc_t(0), a.H, a.W, gin + li.at(plane, a.C), li.h,
+                  li.w, rows);
 }
 
 // Input gradient for any stride: scatter of output-gradient rows (strided writes, accumulation buffer).
@@ -223,11 +231,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
         const PlaneLayout li(grads.gin);
         scalar_t* gin_ptr = grads.gin.data_ptr<scalar_t>();
         const bool unit = a.sh == 1 && a.sw == 1;
+        std::vector<ChannelEntries<acc_t>> flips;
+        if (unit)
+          for (const auto& e : entries) flips.push_back(flipped(e, a.Lh, a.Lw));
         at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
           PaddedPlane<acc_t> gpad;
           std::vector<acc_t> buf;
           for (int64_t plane = begin; plane < end; ++plane) {
-            if (unit) grad_input_plane_stride1(a, lg, li, entries[plane % C], plane, gpad, buf, gin_ptr);
+            if (unit) grad_input_plane_stride1(a, lg, li, flips[plane % C], plane, gpad, buf, gin_ptr);
             else grad_input_plane_strided(a, lg, li, entries[plane % C], plane, buf, gin_ptr);
           }
         });
