@@ -111,6 +111,8 @@ def bench_taps(repeats: int):
             fns.update(dense17_fwd=dense[17][0], dense17_fwdbwd=dense[17][1])
         if L == 17 and K == 34:  # channels_last input (read through strides, channels_last output)
             xclg = x_cl.clone().requires_grad_()
+            p_grid = p.detach().round()  # taps on the grid, as convert() places them: 3 of 4 corners weigh 0
+            fns["fwd_ongrid"] = lambda: ops.taps_conv(x, w.detach(), p_grid, None, [L, L], [1, 1], [L // 2, L // 2])
             fns["fwd_cl"] = lambda: ops.taps_conv(x_cl, w.detach(), p.detach(), None, [L, L], [1, 1], [L // 2, L // 2])
             fns["fwdbwd_cl"] = lambda: ops.taps_conv(xclg, w, p, None, [L, L], [1, 1], [L // 2, L // 2]).sum().backward()
         if available() and L == 17 and K == 34:
@@ -127,7 +129,7 @@ def bench_taps(repeats: int):
         if "dense17_fwdbwd" in ms:
             row.update(dense17_cl_fwdbwd_ms=ms["dense17_fwdbwd"], vs_dense17=ms["dense17_fwdbwd"] / ms["fwdbwd"])
         if "fwd_cl" in ms:
-            row.update(fwd_cl_ms=ms["fwd_cl"], fwdbwd_cl_ms=ms["fwdbwd_cl"])
+            row.update(fwd_cl_ms=ms["fwd_cl"], fwdbwd_cl_ms=ms["fwdbwd_cl"], fwd_ongrid_ms=ms["fwd_ongrid"])
         if "ref_fwdbwd" in ms:
             row.update(ref_fwdbwd_ms=ms["ref_fwdbwd"], vs_ref=ms["ref_fwdbwd"] / ms["fwdbwd"])
         rows.append(row)
@@ -148,7 +150,7 @@ def bench_taps(repeats: int):
                  "vs_dense17": ms["dense21_fwdbwd"] / ms["fwdbwd"]})
     print("\nDepthwise tap convolution (bilinear), float32 (median ms; ratios = other / ours, > 1 means ours is faster)")
     print("  dense7/dense17 columns: PyTorch's dense depthwise conv, channels_last; 1-D row: dense window-21 conv1d")
-    print_table(rows, ["shape", "window", "K", "fwd_ms", "fwdbwd_ms", "fwd_cl_ms", "fwdbwd_cl_ms", "ref_fwdbwd_ms", "vs_ref", "dense7_cl_fwdbwd_ms",
+    print_table(rows, ["shape", "window", "K", "fwd_ms", "fwdbwd_ms", "fwd_ongrid_ms", "fwd_cl_ms", "fwdbwd_cl_ms", "ref_fwdbwd_ms", "vs_ref", "dense7_cl_fwdbwd_ms",
                        "vs_dense7", "dense17_cl_fwdbwd_ms", "vs_dense17"])
     print("\nAgainst this machine's arithmetic floor (4K multiply-adds per output at the GEMM rate measured in the same"
           f" run; fwd+bwd floor = 3 passes). The issue's targets are {ANCHOR_FWD_TARGET_X_FLOOR:.2f}x (fwd) and"

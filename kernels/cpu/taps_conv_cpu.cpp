@@ -86,16 +86,25 @@ void forward_plane(const TapsArgs<scalar_t, acc_t>& a, const PlaneLayout& lx, co
   correlate_plane(buf, Wp, e.oh, e.ow, e.coef, a.sh, a.sw, b, a.Ho, a.Wo, a.out + lo.at(plane, a.C), lo.h, lo.w, rows);
 }
 
-// Entries mirrored through the window centre: the input gradient at stride 1 correlates the output
-// gradient with them. Built once per channel, not once per plane.
+// The entries that carry weight, optionally mirrored through the window centre (the input gradient at
+// stride 1 correlates the output gradient with the mirrored ones). A tap on the grid puts exactly zero
+// weight on its far corners (a freshly converted model: 3 of every 4 entries), and those add nothing to
+// the output or the input gradient; only the tap sums need them. Built once per channel, not per plane.
 template <typename acc_t>
-ChannelEntries<acc_t> flipped(const ChannelEntries<acc_t>& e, int64_t Lh, int64_t Lw) {
-  ChannelEntries<acc_t> f = e;
-  for (size_t i = 0; i < f.oh.size(); ++i) {
-    f.oh[i] = Lh - 1 - e.oh[i];
-    f.ow[i] = Lw - 1 - e.ow[i];
+std::vector<ChannelEntries<acc_t>> weighted(const std::vector<ChannelEntries<acc_t>>& all, bool flip, int64_t Lh,
+                                            int64_t Lw) {
+  std::vector<ChannelEntries<acc_t>> out(all.size());
+  for (size_t c = 0; c < all.size(); ++c) {
+    const ChannelEntries<acc_t>& e = all[c];
+    ChannelEntries<acc_t>& f = out[c];
+    for (size_t i = 0; i < e.coef.size(); ++i) {
+      if (e.coef[i] == acc_t(0)) continue;
+      f.oh.push_back(flip ? Lh - 1 - e.oh[i] : e.oh[i]);
+      f.ow.push_back(flip ? Lw - 1 - e.ow[i] : e.ow[i]);
+      f.coef.push_back(e.coef[i]);
+    }
   }
-  return f;
+  return out;
 }
 
 // Input gradient for stride 1: a correlation of the padded output gradient with the flipped entries.
@@ -197,7 +206,7 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
     a.out = out.data_ptr<scalar_t>();
-    const auto entries = merge_all(a);
+    const auto entries = weighted(merge_all(a), /*flip=*/false, a.Lh, a.Lw);
     at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {
       PaddedPlane<acc_t> xpad;
       std::vector<acc_t> rows;
@@ -231,15 +240,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
         const PlaneLayout li(grads.gin);
         scalar_t* gin_ptr = grads.gin.data_ptr<scalar_t>();
         const bool unit = a.sh == 1 && a.sw == 1;
-        std::vector<ChannelEntries<acc_t>> flips;
-        if (unit)
-          for (const auto& e : entries) flips.push_back(flipped(e, a.Lh, a.Lw));
+        const auto live = weighted(entries, /*flip=*/unit, a.Lh, a.Lw);
         at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
           PaddedPlane<acc_t> gpad;
           std::vector<acc_t> buf;
           for (int64_t plane = begin; plane < end; ++plane) {
-            if (unit) grad_input_plane_stride1(a, lg, li, flips[plane % C], plane, gpad, buf, gin_ptr);
-            else grad_input_plane_strided(a, lg, li, entries[plane % C], plane, buf, gin_ptr);
+            if (unit) grad_input_plane_stride1(a, lg, li, live[plane % C], plane, gpad, buf, gin_ptr);
+            else grad_input_plane_strided(a, lg, li, live[plane % C], plane, buf, gin_ptr);
           }
         });
       }
