@@ -44,6 +44,7 @@ def _extension():
     cuda_home = _find_cuda_home()
     if cuda_home:
         os.environ["CUDA_HOME"] = cuda_home  # read when cpp_extension is imported
+    import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -56,10 +57,12 @@ def _extension():
         cxx = ["-O0", "-g"]
     include_dirs = [os.path.join(here, "kernels", "include")]
     use_cuda = _want_cuda(cuda_home)
-    # No GPU is needed to build: pick Ampere and Hopper (+PTX) unless the user chose architectures.
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    # With a GPU visible, cpp_extension builds for it. Without one (CI, build hosts) pick Turing, Ampere and
+    # Hopper (+PTX for newer chips) unless the user chose architectures; sm_75 keeps T4s working.
+    if use_cuda and not torch.cuda.is_available():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0+PTX")
     print(f"dcls_convert build: cuda={use_cuda} CUDA_HOME={cuda_home} debug={debug} "
-          f"arch={os.environ['TORCH_CUDA_ARCH_LIST'] if use_cuda else '-'}")
+          f"arch={os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPU') if use_cuda else '-'}")
     if use_cuda:
         sources += sorted(glob.glob("kernels/cuda/*.cu", root_dir=here))
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]

@@ -1,10 +1,12 @@
 """Real CUDA kernels vs the CPU op and the reference (skipped only where no GPU is present)."""
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
 
 from dcls_convert import ops
 from dcls_convert.ops import reference
-from helpers import max_rel, random_taps
+from helpers import check_taps_against_oracle, max_rel, random_taps, taps_cases
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -56,3 +58,47 @@ def test_taps_conv_cuda_deterministic():
         ops.taps_conv(x, w1, p1, None, [17, 17], [1, 1], [8, 8]).square().sum().backward()
         grads.append((w1.grad.clone(), p1.grad.clone()))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=taps_cases())
+def test_taps_conv_cuda_matches_oracle_float64(c):
+    """The CPU property test on the device: 1-D/2-D, strides, paddings, nearest, on-grid taps, batch 0, bias or
+    none, channels_last/strided inputs and gradients, frozen arguments (partial backward masks)."""
+    check_taps_against_oracle(c, "cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("interp", ["bilinear", "gaussian"])
+def test_construct_cuda_low_precision(dtype, interp):
+    w, p, s = random_taps(2, 8, 4, 34, [17, 17], sigma=interp == "gaussian")
+    want = reference.dcls_construct(w, p, s, [17, 17], interp)
+    got = ops.dcls_kernel(w.to("cuda", dtype), p.cuda().float(), s.cuda().float() if s is not None else None,
+                          [17, 17], interp)
+    assert got.dtype == dtype
+    assert max_rel(got.double().cpu(), want) < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+
+
+def test_taps_conv_cuda_beyond_one_grid():
+    """144M outputs: more than the capped grid (524,280 blocks x 256 threads), so the grid-stride loops run a
+    second round. Checked against the dense oracle on the device (cuDNN with the constructed kernel)."""
+    x = torch.randn(1, 4, 6000, 6000, device="cuda", requires_grad=True)
+    w, p, _ = random_taps(2, 4, 1, 3, [5, 5], dtype=torch.float32, device="cuda")
+    w.requires_grad_(), p.requires_grad_()
+    y = ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2])
+    kernel = ops.dcls_kernel(w, p, None, [5, 5])
+    want = F.conv2d(x, kernel, padding=2, groups=4)
+    assert max_rel(y.detach(), want.detach()) < 1e-5
+    g = torch.randn_like(y)
+    for a, e in zip(torch.autograd.grad(y, (x, w, p), g), torch.autograd.grad(want, (x, w, p), g)):
+        assert max_rel(a, e) < 1e-3  # float32 sums over 36M terms per tap
+
+
+def test_taps_conv_cuda_one_pixel_channels_last_strides_match_fake():
+    x = torch.randn(2, 3, 5, 5, device="cuda").to(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, 3, 1, 4, [5, 5], dtype=torch.float32, device="cuda")
+    y = torch.ops.dcls_convert.taps_conv(x, w, p, None, [5, 5], [1, 1], [0, 0], "bilinear")  # 1 x 1 output
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fy = torch.ops.dcls_convert.taps_conv(*(mode.from_tensor(t) for t in (x, w, p)), None, [5, 5], [1, 1], [0, 0],
+                                              "bilinear")
+    assert fy.stride() == y.stride()

@@ -2,74 +2,18 @@
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from dcls_convert import ops
 from dcls_convert.ops import reference
-from helpers import max_rel, random_taps
+from helpers import check_taps_against_oracle, max_rel, random_taps, taps_cases
 from conftest import requires_compiled
 
 pytestmark = requires_compiled
 
 
-@st.composite
-def taps_cases(draw):
-    D = draw(st.integers(1, 2))
-    window = draw(st.lists(st.integers(1, 51 if D == 1 else 21), min_size=D, max_size=D))
-    stride = draw(st.lists(st.integers(1, 3), min_size=D, max_size=D))
-    padding = [draw(st.integers(0, L)) for L in window]
-    size = [draw(st.integers(max(1, L - 2 * p), max(1, L - 2 * p) + 12)) for L, p in zip(window, padding)]
-    return dict(D=D, window=window, stride=stride, padding=padding, size=size,
-                N=draw(st.sampled_from([0, 1, 2])), C=draw(st.integers(1, 4)), K=draw(st.sampled_from([1, 3, 8])),
-                interp=draw(st.sampled_from(["bilinear", "nearest"])), integer=draw(st.booleans()),
-                bias=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "channels_last", "strided"])),
-                grad_layout=draw(st.sampled_from(["contiguous", "channels_last", "strided", "expanded"])))
-
-
-def _grad_like(y, layout):
-    """An output gradient in the given layout: the kernels read planes through strides, stride 0 included."""
-    if layout == "expanded":  # what .sum().backward() hands over
-        return torch.randn((), dtype=y.dtype).expand(y.shape)
-    if layout == "channels_last" and y.dim() == 4:
-        return torch.randn_like(y).contiguous(memory_format=torch.channels_last)
-    if layout == "strided":
-        return torch.randn(*y.shape[:-1], 2 * y.shape[-1], dtype=y.dtype)[..., ::2]
-    return torch.randn_like(y, memory_format=torch.contiguous_format)
-
-
-def _inputs(c, dtype):
-    x = torch.randn(c["N"], c["C"], *c["size"], dtype=dtype)
-    if c["layout"] == "channels_last" and c["D"] == 2:
-        x = x.to(memory_format=torch.channels_last)
-    elif c["layout"] == "strided":
-        x = torch.randn(c["N"], c["C"], *c["size"][:-1], 2 * c["size"][-1], dtype=dtype)[..., ::2]
-    w, p, _ = random_taps(c["D"], c["C"], 1, c["K"], c["window"], dtype=dtype, spread=1.3)
-    if c["integer"]:
-        p = p.round()
-    b = torch.randn(c["C"], dtype=dtype) if c["bias"] else None
-    return x, w, p, b
-
-
 @given(c=taps_cases())
 def test_taps_conv_matches_oracle_float64(c):
-    x, w, p, b = _inputs(c, torch.float64)
-    args = (c["window"], c["stride"], c["padding"], c["interp"])
-    leaves = [t.clone().requires_grad_() for t in (x, w, p)] + ([b.clone().requires_grad_()] if b is not None else [])
-    ref = [t.clone().detach().requires_grad_() for t in leaves]
-    got = ops.taps_conv(leaves[0], leaves[1], leaves[2], leaves[3] if b is not None else None, *args)
-    want = reference.taps_conv(ref[0], ref[1], ref[2], ref[3] if b is not None else None, *args)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
-    if got.numel() > 1 and got.dim() == 4 and min(got.shape[1:]) > 1:  # layouts are ambiguous otherwise
-        # channels_last in, channels_last out (as PyTorch's convolutions)
-        assert got.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(
-            memory_format=torch.channels_last)
-    g = _grad_like(want, c["grad_layout"])
-    g_got = torch.autograd.grad(got, leaves, g, allow_unused=True)
-    g_want = torch.autograd.grad(want, ref, g, allow_unused=True)
-    for a, e in zip(g_got, g_want):
-        e = torch.zeros_like(a) if e is None else e
-        torch.testing.assert_close(a, e, rtol=0, atol=1e-10)
+    check_taps_against_oracle(c, "cpu")
 
 
 @pytest.mark.parametrize("window,K", [([17, 17], 34), ([31, 31], 26), ([51, 51], 49), ([21], 13)])
@@ -145,3 +89,45 @@ def test_large_shape_launch_sizes_are_safe_on_cpu():
     w, p, _ = random_taps(2, 768, 1, 4, [5, 5], dtype=torch.float32)
     got = ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2])
     assert max_rel(got.double(), reference.taps_conv(x.double(), w.double(), p.double(), None, [5, 5], [1, 1], [2, 2])) < 1e-5
+
+
+def test_bad_bias_and_gradient_shapes_are_rejected():
+    """The op boundary checks what autograd normally guarantees: a wrong bias or gradient would be read out of
+    bounds (and on a GPU a host pointer would poison the CUDA context)."""
+    x = torch.randn(2, 3, 8, 8)
+    w, p, _ = random_taps(2, 3, 1, 4, [5, 5], dtype=torch.float32)
+    args = ([5, 5], [1, 1], [2, 2], "bilinear")
+    with pytest.raises(RuntimeError, match="bias must be"):
+        torch.ops.dcls_convert.taps_conv(x, w, p, torch.randn(4), *args)
+    with pytest.raises(RuntimeError, match="gradient must be"):
+        torch.ops.dcls_convert.taps_conv_backward(torch.randn(2, 3, 7, 8), x, w, p, *args, [True, True, True, False])
+    with pytest.raises(RuntimeError, match="gradient must be"):
+        torch.ops.dcls_convert.dcls_construct_backward(torch.randn(3, 1, 5, 4), w, p, None, [5, 5], "bilinear", 0.27,
+                                                       [True, True, False])
+
+
+def test_on_grid_taps_match_the_oracle_with_zero_weight_corners_skipped():
+    """Taps on the grid (as convert() places them) and zero-weight extras: the kernels skip entries whose
+    weight is exactly zero in the forward and input-gradient passes, yet every gradient stays exact."""
+    x = torch.randn(2, 3, 15, 15, dtype=torch.float64, requires_grad=True)
+    w, p, _ = random_taps(2, 3, 1, 12, [9, 9])
+    w[:, :, 8:] = 0  # zero-weight extras still learn: their weight and position gradients are needed
+    p = p.round().requires_grad_()
+    w.requires_grad_()
+    args = ([9, 9], [1, 1], [4, 4], "bilinear")
+    got = ops.taps_conv(x, w, p, None, *args)
+    ref = [t.detach().clone().requires_grad_() for t in (x, w, p)]
+    want = reference.taps_conv(*ref, None, *args)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    g = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(got, (x, w, p), g), torch.autograd.grad(want, ref, g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-10)
+
+
+def test_autocast_leaves_float64_alone():
+    """As autocast does for F.conv2d: float32 arguments run in the autocast dtype, float64 ones stay float64."""
+    w, p, _ = random_taps(2, 3, 1, 4, [5, 5])
+    args = ([5, 5], [1, 1], [2, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.taps_conv(torch.randn(1, 3, 8, 8, dtype=torch.float64), w, p, None, *args).dtype == torch.float64
+        assert ops.taps_conv(torch.randn(1, 3, 8, 8), w.float(), p.float(), None, *args).dtype == torch.bfloat16

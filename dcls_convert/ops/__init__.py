@@ -52,10 +52,10 @@ def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bi
     """
     window, stride, padding = ([int(v) for v in seq] for seq in (window, stride, padding))
     if torch.is_autocast_enabled(x.device.type):
-        # Autocast as F.convNd: input, weight and bias in the autocast dtype; positions stay float32.
+        # Autocast as F.convNd: input, weight and bias in the autocast dtype (float64 is left alone, as
+        # autocast does); positions stay in their own dtype.
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+        x, weight, bias = (t.to(dtype) if t is not None and t.dtype != torch.float64 else t for t in (x, weight, bias))
     if compiled_for("taps_conv", x.device.type):
         return torch.ops.dcls_convert.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
     return reference.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)

@@ -3,6 +3,8 @@
 // Private ops (leading underscore), small shapes only, single-threaded on purpose.
 #include <torch/library.h>
 
+#include <vector>
+
 #include "dcls_convert/args.h"
 
 namespace dcls_convert {
@@ -30,6 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
     double sigma_min) {
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
+  check_grad("dcls_construct_backward", grad, construct_output_size(weight, window), weight.device());
   const auto adt = acc_dtype(weight.scalar_type());
   auto gw = at::empty(weight.sizes(), weight.options().dtype(adt));
   auto gp = at::empty(positions.sizes(), weight.options().dtype(adt));
@@ -53,6 +56,7 @@ at::Tensor emulate_taps_conv(const at::Tensor& input, const at::Tensor& weight, 
                              at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
+  check_taps_bias(bias, input);
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
   const TapsInputs in(input, weight, positions, bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_taps_conv", [&] {
@@ -71,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
+  check_grad("taps_conv_backward", grad_output, taps_output_size(input, window, stride, padding), input.device());
   const auto adt = acc_dtype(weight.scalar_type());
   const TapsInputs in(input, weight, positions);
   const auto g = grad_output.contiguous();
@@ -87,14 +92,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
     a.grad_pos_h = two_d ? gp.data_ptr<acc_t>() : nullptr;
     a.grad_pos_w = gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0);
     for (int64_t i = 0; i < gin.numel(); ++i) taps_grad_input_thread(i, a);
-    // One CUDA block per tap (c, k); its threads stride over the N * Ho * Wo output elements.
+    // One CUDA block per tap (c, k), phase by phase as wgrad_kernel runs them: every thread's strided
+    // partial sums, then the halving steps of the block reduction, then the finish step.
     const int64_t elems = a.N * a.Ho * a.Wo;
+    std::vector<acc_t> block(4 * kWgradThreads);
+    auto sums = reinterpret_cast<acc_t (*)[kWgradThreads]>(block.data());
     for (int64_t ck = 0; ck < a.C * a.K; ++ck) {
       const int64_t c = ck / a.K, k = ck % a.K;
       const TapCorners<acc_t> t = tap_corners(a, c, k);
-      acc_t S[4] = {0, 0, 0, 0};
-      for (int64_t e = 0; e < elems; ++e) taps_wgrad_partial(c, t, e, a, S);
-      taps_wgrad_finish(c, k, t, S, a);
+      for (int tid = 0; tid < kWgradThreads; ++tid) {
+        acc_t S[4] = {0, 0, 0, 0};
+        for (int64_t e = tid; e < elems; e += kWgradThreads) taps_wgrad_partial(c, t, e, a, S);
+        for (int j = 0; j < 4; ++j) sums[j][tid] = S[j];
+      }
+      for (int half = kWgradThreads / 2; half > 0; half /= 2)
+        for (int tid = 0; tid < kWgradThreads; ++tid) wgrad_reduce_step(sums, tid, half);
+      const acc_t total[4] = {sums[0][0], sums[1][0], sums[2][0], sums[3][0]};
+      taps_wgrad_finish(c, k, t, total, a);
     }
   });
   return {gin, gw, gp};

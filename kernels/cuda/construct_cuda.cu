@@ -41,6 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cuda(
     double sigma_min, std::array<bool, 3> mask) {
   const int interp = parse_interp(std::string(interpolation));
   check_construct_args(weight, positions, sigma, window, interp);
+  check_grad("dcls_construct_backward", grad, construct_output_size(weight, window), weight.device());
   c10::cuda::CUDAGuard guard(weight.device());
   ConstructGrads grads(weight, positions, interp, mask);
   const ConstructInputs in(weight, positions, sigma, interp);

@@ -21,26 +21,26 @@ struct GradInputFn {
 };
 
 template <typename scalar_t, typename acc_t>
-__global__ void wgrad_kernel(TapsArgs<scalar_t, acc_t> a) {
-  __shared__ acc_t smem[4][kThreads];
+__global__ void __launch_bounds__(kWgradThreads) wgrad_kernel(TapsArgs<scalar_t, acc_t> a) {
+  __shared__ acc_t sums[4][kWgradThreads];
+  const int tid = threadIdx.x;
   const int64_t elems = a.N * a.Ho * a.Wo;
   for (int64_t ck = blockIdx.x; ck < a.C * a.K; ck += gridDim.x) {
     const int64_t c = ck / a.K, k = ck % a.K;
     const TapCorners<acc_t> t = tap_corners(a, c, k);
     acc_t S[4] = {0, 0, 0, 0};
-    for (int64_t e = threadIdx.x; e < elems; e += blockDim.x) taps_wgrad_partial(c, t, e, a, S);
-    for (int j = 0; j < 4; ++j) smem[j][threadIdx.x] = S[j];
+    for (int64_t e = tid; e < elems; e += kWgradThreads) taps_wgrad_partial(c, t, e, a, S);
+    for (int j = 0; j < 4; ++j) sums[j][tid] = S[j];
     __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-      if (threadIdx.x < half)
-        for (int j = 0; j < 4; ++j) smem[j][threadIdx.x] += smem[j][threadIdx.x + half];
+    for (int half = kWgradThreads / 2; half > 0; half /= 2) {
+      wgrad_reduce_step(sums, tid, half);
       __syncthreads();
     }
-    if (threadIdx.x == 0) {
-      const acc_t total[4] = {smem[0][0], smem[1][0], smem[2][0], smem[3][0]};
+    if (tid == 0) {
+      const acc_t total[4] = {sums[0][0], sums[1][0], sums[2][0], sums[3][0]};
       taps_wgrad_finish(c, k, t, total, a);
     }
-    __syncthreads();
+    __syncthreads();  // sums is rewritten by the next tap
   }
 }
 
@@ -49,6 +49,7 @@ at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, con
                           at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
+  check_taps_bias(bias, input);
   c10::cuda::CUDAGuard guard(input.device());
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
   const TapsInputs in(input, weight, positions, bias);
@@ -59,7 +60,7 @@ at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, con
     a.out = out.data_ptr<scalar_t>();
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(out.numel(), a);
   });
-  return out.contiguous(taps_memory_format(input));  // the kernels index NCHW; keep the input's format
+  return in_memory_format(out, taps_memory_format(input));  // the kernels index NCHW; keep the input's format
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cuda(
@@ -68,6 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
     std::array<bool, 4> mask) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp);
+  check_grad("taps_conv_backward", grad_output, taps_output_size(input, window, stride, padding), input.device());
   c10::cuda::CUDAGuard guard(input.device());
   const TapsInputs in(input, weight, positions);
   const auto g = grad_output.to(input.scalar_type()).contiguous();
@@ -84,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
     if (grads.want_taps() && a.C * a.K > 0) {
       grads.bind_taps(a, two_d);
       const int blocks = static_cast<int>(std::min<int64_t>(a.C * a.K, 65535 * 8));
-      wgrad_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
+      wgrad_kernel<scalar_t, acc_t><<<blocks, kWgradThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

@@ -62,6 +62,20 @@ inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const
   }
 }
 
+inline void check_taps_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& x) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "taps_conv: bias must be (C,) with C = ", x.size(1),
+              ", got ", bias->sizes());
+  TORCH_CHECK(bias->device() == x.device(), "taps_conv: bias on ", bias->device(), ", input on ", x.device());
+}
+
+// Autograd hands the backward ops a gradient of the right shape; direct torch.ops calls may not, and a
+// wrong one would be read out of bounds.
+inline void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef expected, const at::Device& device) {
+  TORCH_CHECK(grad.sizes() == expected, op, ": gradient must be ", expected, ", got ", grad.sizes());
+  TORCH_CHECK(grad.device() == device, op, ": gradient on ", grad.device(), ", inputs on ", device);
+}
+
 inline std::vector<int64_t> construct_output_size(const at::Tensor& weight, at::IntArrayRef window) {
   std::vector<int64_t> shape = {weight.size(0), weight.size(1)};
   shape.insert(shape.end(), window.begin(), window.end());
@@ -73,6 +87,13 @@ inline std::vector<int64_t> construct_output_size(const at::Tensor& weight, at::
 inline at::MemoryFormat taps_memory_format(const at::Tensor& x) {
   const bool cl = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// An NCHW result in the memory format `fmt`, with exactly the strides at::empty gives that format (what the
+// fake kernels predict; Tensor::contiguous(fmt) would keep NCHW strides on a tensor with 1 x 1 planes).
+inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (fmt == at::MemoryFormat::Contiguous) return t.contiguous();
+  return at::empty(t.sizes(), t.options().memory_format(fmt)).copy_(t);
 }
 
 inline std::vector<int64_t> taps_output_size(const at::Tensor& x, at::IntArrayRef window, at::IntArrayRef stride,

@@ -66,12 +66,24 @@ DCLS_HD void taps_forward_thread(int64_t idx, const TapsArgs<scalar_t, acc_t>& a
       const acc_t wh = w * axis_coef(t.h, bh, a.interp);
       for (int bw = 0; bw < t.n_w; ++bw) {
         const int64_t ix = ox * a.sw + t.w.cell + bw - a.pw;
-        if (ix < 0 || ix >= a.W) continue;
-        acc += wh * axis_coef(t.w, bw, a.interp) * static_cast<acc_t>(xp[iy * a.W + ix]);
+        const acc_t coef = wh * axis_coef(t.w, bw, a.interp);
+        if (ix < 0 || ix >= a.W || coef == acc_t(0)) continue;  // zero: far corners of an on-grid tap
+        acc += coef * static_cast<acc_t>(xp[iy * a.W + ix]);
       }
     }
   }
   a.out[idx] = static_cast<scalar_t>(acc);
+}
+
+// The output index o with o * s == v, or -1 when there is none in [0, n). 64-bit division is slow on a
+// GPU, so stride 1 (the common case, uniform across a warp) skips it.
+DCLS_HD int64_t strided_index(int64_t v, int64_t s, int64_t n) {
+  if (v < 0) return -1;
+  if (s != 1) {
+    if (v % s != 0) return -1;
+    v /= s;
+  }
+  return v < n ? v : -1;
 }
 
 // One thread per input element (n, c, iy, ix): gathers the output gradients that read it.
@@ -84,13 +96,14 @@ DCLS_HD void taps_grad_input_thread(int64_t idx, const TapsArgs<scalar_t, acc_t>
     const TapCorners<acc_t> t = tap_corners(a, c, k);
     const acc_t w = static_cast<acc_t>(a.weight[c * a.K + k]);
     for (int bh = 0; bh < t.n_h; ++bh) {
-      const int64_t ny = iy + a.ph - t.h.cell - bh;  // = oy * sh
-      if (ny < 0 || ny % a.sh != 0 || ny / a.sh >= a.Ho) continue;
+      const int64_t oy = strided_index(iy + a.ph - t.h.cell - bh, a.sh, a.Ho);
+      if (oy < 0) continue;
       const acc_t wh = w * axis_coef(t.h, bh, a.interp);
       for (int bw = 0; bw < t.n_w; ++bw) {
-        const int64_t nx = ix + a.pw - t.w.cell - bw;
-        if (nx < 0 || nx % a.sw != 0 || nx / a.sw >= a.Wo) continue;
-        acc += wh * axis_coef(t.w, bw, a.interp) * static_cast<acc_t>(gp[(ny / a.sh) * a.Wo + nx / a.sw]);
+        const int64_t ox = strided_index(ix + a.pw - t.w.cell - bw, a.sw, a.Wo);
+        const acc_t coef = wh * axis_coef(t.w, bw, a.interp);
+        if (ox < 0 || coef == acc_t(0)) continue;
+        acc += coef * static_cast<acc_t>(gp[oy * a.Wo + ox]);
       }
     }
   }
@@ -98,7 +111,18 @@ DCLS_HD void taps_grad_input_thread(int64_t idx, const TapsArgs<scalar_t, acc_t>
 }
 
 // Weight and position gradients of tap (c, k): S[b] = sum over (n, oy, ox) of grad_out times the input
-// under corner b. A CUDA block reduces the partial sums of its threads, then calls the finish step.
+// under corner b. One CUDA block of kWgradThreads per tap: thread t sums outputs t, t + kWgradThreads, ...
+// (taps_wgrad_partial), the block reduces the partial sums by halving steps (wgrad_reduce_step, between
+// barriers), then calls the finish step. The CPU emulation runs the same phases, so it reproduces the
+// kernel's summation order.
+constexpr int kWgradThreads = 256;
+
+template <typename acc_t>
+DCLS_HD void wgrad_reduce_step(acc_t (*sums)[kWgradThreads], int tid, int half) {
+  if (tid < half)
+    for (int j = 0; j < 4; ++j) sums[j][tid] += sums[j][tid + half];
+}
+
 template <typename scalar_t, typename acc_t>
 DCLS_HD void taps_wgrad_partial(int64_t c, const TapCorners<acc_t>& t, int64_t e,
                                 const TapsArgs<scalar_t, acc_t>& a, acc_t S[4]) {
