@@ -82,22 +82,24 @@ DCLS_HD void construct_backward_thread(int64_t idx, const ConstructArgs<scalar_t
     Gauss<acc_t> g0 = gauss_axis(c[0].u, a.sigma[a.at(0, p, k)], a.sigma_min, a.L[0]);
     Gauss<acc_t> g1 = g0;
     if (D == 2) g1 = gauss_axis(c[1].u, a.sigma[a.at(1, p, k)], a.sigma_min, a.L[1]);
-    acc_t n0[kMaxSeparable], n1[kMaxSeparable], u[kMaxSeparable];
-    for (int64_t t = 0; t < a.L[0]; ++t) n0[t] = gauss_value(g0, t);
+    // Two per-thread arrays, not three (n0 is used once per row): the stack frame sets the local memory a
+    // GPU reserves for every resident thread.
+    acc_t n1[kMaxSeparable], u[kMaxSeparable];
     for (int64_t t = 0; t < a.L[1]; ++t) {
       n1[t] = D == 2 ? gauss_value(g1, t) : acc_t(1);
       u[t] = 0;
     }
     for (int64_t t0 = 0; t0 < a.L[0]; ++t0) {
+      const acc_t n0 = gauss_value(g0, t0);
       acc_t v = 0;
       for (int64_t t1 = 0; t1 < a.L[1]; ++t1) {
         const acc_t gv = static_cast<acc_t>(G[t0 * a.L[1] + t1]);
         v += gv * n1[t1];
-        u[t1] += gv * n0[t0];
+        u[t1] += gv * n0;
       }
-      gw += n0[t0] * v;
-      gu[0] += gauss_du(g0, t0, n0[t0]) * v;
-      gs[0] += gauss_ds(g0, t0, n0[t0]) * v;
+      gw += n0 * v;
+      gu[0] += gauss_du(g0, t0, n0) * v;
+      gs[0] += gauss_ds(g0, t0, n0) * v;
     }
     if (D == 2) {
       for (int64_t t1 = 0; t1 < a.L[1]; ++t1) {
