@@ -31,8 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
     const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, c10::string_view interpolation,
     double sigma_min) {
   const int interp = parse_interp(std::string(interpolation));
-  check_construct_args(weight, positions, sigma, window, interp);
-  check_grad("dcls_construct_backward", grad, construct_output_size(weight, window), weight.device());
+  check_construct_backward_args(grad, weight, positions, sigma, window, interp);
   const auto adt = acc_dtype(weight.scalar_type());
   auto gw = at::empty(weight.sizes(), weight.options().dtype(adt));
   auto gp = at::empty(positions.sizes(), weight.options().dtype(adt));
@@ -55,8 +54,7 @@ at::Tensor emulate_taps_conv(const at::Tensor& input, const at::Tensor& weight, 
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
                              at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp);
-  check_taps_bias(bias, input);
+  check_taps_args(input, weight, positions, window, stride, padding, interp, bias);
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
   const TapsInputs in(input, weight, positions, bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_taps_conv", [&] {
@@ -74,8 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp);
-  check_grad("taps_conv_backward", grad_output, taps_output_size(input, window, stride, padding), input.device());
+  check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
   const auto adt = acc_dtype(weight.scalar_type());
   const TapsInputs in(input, weight, positions);
   const auto g = grad_output.contiguous();

@@ -195,8 +195,7 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
                          const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
                          at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp);
-  check_taps_bias(bias, input);
+  check_taps_args(input, weight, positions, window, stride, padding, interp, bias);
   auto out = at::empty(taps_output_size(input, window, stride, padding),
                        input.options().memory_format(taps_memory_format(input)));
   if (out.numel() == 0) return out;
@@ -223,8 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
     std::array<bool, 4> mask) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp);
-  check_grad("taps_conv_backward", grad_output, taps_output_size(input, window, stride, padding), input.device());
+  check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
   const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
   const auto g = grad_output.to(input.scalar_type());
   TapsGrads grads(input, weight, positions, mask, /*strided_writes=*/true);

@@ -40,8 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cuda(
     const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, c10::string_view interpolation,
     double sigma_min, std::array<bool, 3> mask) {
   const int interp = parse_interp(std::string(interpolation));
-  check_construct_args(weight, positions, sigma, window, interp);
-  check_grad("dcls_construct_backward", grad, construct_output_size(weight, window), weight.device());
+  check_construct_backward_args(grad, weight, positions, sigma, window, interp);
   c10::cuda::CUDAGuard guard(weight.device());
   ConstructGrads grads(weight, positions, interp, mask);
   const ConstructInputs in(weight, positions, sigma, interp);

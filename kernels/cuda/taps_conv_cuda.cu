@@ -48,8 +48,7 @@ at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, con
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
                           at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp);
-  check_taps_bias(bias, input);
+  check_taps_args(input, weight, positions, window, stride, padding, interp, bias);
   c10::cuda::CUDAGuard guard(input.device());
   auto out = at::empty(taps_output_size(input, window, stride, padding), input.options());
   const TapsInputs in(input, weight, positions, bias);
@@ -68,8 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
     std::array<bool, 4> mask) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp);
-  check_grad("taps_conv_backward", grad_output, taps_output_size(input, window, stride, padding), input.device());
+  check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
   c10::cuda::CUDAGuard guard(input.device());
   const TapsInputs in(input, weight, positions);
   const auto g = grad_output.to(input.scalar_type()).contiguous();

@@ -118,13 +118,12 @@ struct TapsGrads {
   at::Tensor gin, gw, gp;
   std::array<bool, 4> mask;
   at::MemoryFormat gin_format;
-  bool strided_writes;  // gin already allocated in gin_format and written through its strides
   TapsGrads(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions, std::array<bool, 4> mask_,
-            bool strided_writes_ = false)
-      : mask(mask_), gin_format(taps_memory_format(input)), strided_writes(strided_writes_) {
+            bool strided_writes = false)
+      : mask(mask_), gin_format(taps_memory_format(input)) {
     const auto opts = weight.options().dtype(acc_dtype(weight.scalar_type()));
     if (!mask[0]) gin = at::empty({0}, input.options());
-    else if (strided_writes_) gin = at::empty(input.sizes(), input.options().memory_format(gin_format));
+    else if (strided_writes) gin = at::empty(input.sizes(), input.options().memory_format(gin_format));
     else gin = at::zeros(input.sizes(), input.options());
     gw = at::zeros(weight.sizes(), opts);
     gp = at::zeros(positions.sizes(), opts);
@@ -143,7 +142,7 @@ struct TapsGrads {
     std::vector<int64_t> sum_dims = {0};
     for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
     auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
-    return {mask[0] ? (strided_writes ? gin : in_memory_format(gin, gin_format)) : gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
+    return {mask[0] ? in_memory_format(gin, gin_format) : gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
             mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
   }
 };

@@ -40,7 +40,8 @@ inline void check_construct_args(const at::Tensor& weight, const at::Tensor& pos
 }
 
 inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& positions,
-                            at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, int interp) {
+                            at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, int interp,
+                            const c10::optional<at::Tensor>& bias = c10::nullopt) {
   const int64_t D = static_cast<int64_t>(window.size());
   TORCH_CHECK(D == 1 || D == 2, "taps_conv: 1-D or 2-D windows only, got ", D, " dims");
   TORCH_CHECK(interp != kGaussian, "taps_conv: gaussian runs through construct + dense conv");
@@ -60,20 +61,11 @@ inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const
     TORCH_CHECK(stride[d] >= 1 && padding[d] >= 0 && window[d] >= 1, "taps_conv: bad stride/padding/window");
     TORCH_CHECK(x.size(2 + d) + 2 * padding[d] >= window[d], "taps_conv: padded input smaller than the window");
   }
-}
-
-inline void check_taps_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& x) {
-  if (!bias.has_value()) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "taps_conv: bias must be (C,) with C = ", x.size(1),
-              ", got ", bias->sizes());
-  TORCH_CHECK(bias->device() == x.device(), "taps_conv: bias on ", bias->device(), ", input on ", x.device());
-}
-
-// Autograd hands the backward ops a gradient of the right shape; direct torch.ops calls may not, and a
-// wrong one would be read out of bounds.
-inline void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef expected, const at::Device& device) {
-  TORCH_CHECK(grad.sizes() == expected, op, ": gradient must be ", expected, ", got ", grad.sizes());
-  TORCH_CHECK(grad.device() == device, op, ": gradient on ", grad.device(), ", inputs on ", device);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "taps_conv: bias must be (C,) with C = ", x.size(1),
+                ", got ", bias->sizes());
+    TORCH_CHECK(bias->device() == x.device(), "taps_conv: bias on ", bias->device(), ", input on ", x.device());
+  }
 }
 
 inline std::vector<int64_t> construct_output_size(const at::Tensor& weight, at::IntArrayRef window) {
@@ -89,10 +81,11 @@ inline at::MemoryFormat taps_memory_format(const at::Tensor& x) {
   return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// An NCHW result in the memory format `fmt`, with exactly the strides at::empty gives that format (what the
-// fake kernels predict; Tensor::contiguous(fmt) would keep NCHW strides on a tensor with 1 x 1 planes).
+// `t` in the memory format `fmt` (contiguous or 2-D channels_last), with exactly the strides at::empty gives
+// that format, as the fake kernels predict (Tensor::contiguous(fmt) keeps NCHW strides on 1 x 1 planes).
 inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat fmt) {
   if (fmt == at::MemoryFormat::Contiguous) return t.contiguous();
+  if (t.strides() == at::IntArrayRef(c10::get_channels_last_strides_2d(t.sizes()))) return t;
   return at::empty(t.sizes(), t.options().memory_format(fmt)).copy_(t);
 }
 
@@ -102,6 +95,26 @@ inline std::vector<int64_t> taps_output_size(const at::Tensor& x, at::IntArrayRe
   for (size_t d = 0; d < window.size(); ++d)
     out.push_back((x.size(2 + d) + 2 * padding[d] - window[d]) / stride[d] + 1);
   return out;
+}
+
+// Autograd hands the backward ops a gradient of the right shape; direct torch.ops calls may not, and a
+// wrong one would be read out of bounds.
+inline void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef expected, const at::Device& device) {
+  TORCH_CHECK(grad.sizes() == expected, op, ": gradient must be ", expected, ", got ", grad.sizes());
+  TORCH_CHECK(grad.device() == device, op, ": gradient on ", grad.device(), ", inputs on ", device);
+}
+
+inline void check_construct_backward_args(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& positions,
+                                          const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, int interp) {
+  check_construct_args(weight, positions, sigma, window, interp);
+  check_grad("dcls_construct_backward", grad, construct_output_size(weight, window), weight.device());
+}
+
+inline void check_taps_backward_args(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& positions, at::IntArrayRef window, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, int interp) {
+  check_taps_args(x, weight, positions, window, stride, padding, interp);
+  check_grad("taps_conv_backward", grad_output, taps_output_size(x, window, stride, padding), x.device());
 }
 
 }  // namespace dcls_convert
