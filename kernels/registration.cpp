@@ -30,5 +30,5 @@ TORCH_LIBRARY(dcls_convert, m) {
   m.def("_emulate_cuda_taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, "
         "int[] stride, int[] padding, str interpolation) -> Tensor");
   m.def("_emulate_cuda_taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, "
-        "int[] window, int[] stride, int[] padding, str interpolation) -> (Tensor, Tensor, Tensor)");
+        "int[] window, int[] stride, int[] padding, str interpolation, int[] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -38,8 +38,9 @@ def test_taps_conv_cuda(dtype, case):
     w, p, _ = random_taps(D, 8, 1, 20, window)
     b = torch.randn(8, dtype=torch.float64)
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]
-    leaves = [x.to("cuda", dtype).requires_grad_(), w.to("cuda", dtype).requires_grad_(), p.cuda().float().requires_grad_(),
-              b.to("cuda", dtype).requires_grad_()]
+    pos_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # positions in the accumulation type
+    leaves = [x.to("cuda", dtype).requires_grad_(), w.to("cuda", dtype).requires_grad_(),
+              p.to("cuda", pos_dtype).requires_grad_(), b.to("cuda", dtype).requires_grad_()]
     out = ops.taps_conv(*leaves, window, stride, padding)
     ref = [t.clone().requires_grad_() for t in (x, w, p, b)]
     want = reference.taps_conv(*ref, window, stride, padding)
@@ -49,15 +50,104 @@ def test_taps_conv_cuda(dtype, case):
         assert max_rel(a.double().cpu(), e) < 10 * tol
 
 
-def test_taps_conv_cuda_deterministic():
-    x = torch.randn(4, 16, 40, 40, device="cuda", requires_grad=True)
-    w, p, _ = random_taps(2, 16, 1, 34, [17, 17], dtype=torch.float32, device="cuda")
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
+def test_taps_conv_cuda_deterministic(dtype, channels_last):
+    """ConvNeXt-T stage 1 (64x96x56x56, window 17, K=34): two backward passes are bitwise equal."""
+    x = torch.randn(64, 96, 56, 56, device="cuda", dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, 96, 1, 34, [17, 17], dtype=torch.float32, device="cuda")
+    w = w.to(dtype)
     grads = []
     for _ in range(2):
-        w1, p1 = w.clone().requires_grad_(), p.clone().requires_grad_()
-        ops.taps_conv(x, w1, p1, None, [17, 17], [1, 1], [8, 8]).square().sum().backward()
-        grads.append((w1.grad.clone(), p1.grad.clone()))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+        x1, w1, p1 = x.clone().requires_grad_(), w.clone().requires_grad_(), p.clone().requires_grad_()
+        ops.taps_conv(x1, w1, p1, None, [17, 17], [1, 1], [8, 8]).float().square().sum().backward()
+        grads.append((x1.grad, w1.grad, p1.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def _dense_oracle(x, w, p, window, stride, padding):
+    kernel = ops.dcls_kernel(w.double(), p.double(), None, window)
+    conv = F.conv2d if len(window) == 2 else F.conv1d
+    return conv(x.double(), kernel, stride=stride, padding=padding, groups=x.shape[1])
+
+
+@pytest.mark.parametrize("shape,window", [((4, 96, 56, 56), 17), ((4, 96, 56, 56), 51), ((4, 192, 28, 28), 17),
+                                          ((4, 384, 14, 14), 17), ((8, 768, 7, 7), 17), ((2, 16, 1, 300), 31)])
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True), (torch.float16, False)])
+@pytest.mark.parametrize("on_grid", [False, True])
+def test_taps_conv_cuda_stage_shapes(shape, window, dtype, channels_last, on_grid):
+    """The tiled engine at the ConvNeXt stage shapes and large windows, every gradient, against the dense oracle
+    (float64 convolution of the constructed kernel on the device)."""
+    N, C, H, W = shape
+    Lh = 1 if H == 1 else window
+    win, pad = [Lh, window], [Lh // 2, window // 2]
+    x = torch.randn(N, C, H, W, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 34, win, dtype=torch.float32, device="cuda")
+    if on_grid:
+        p = p.round()
+    leaves = [x.requires_grad_(), w.to(dtype).requires_grad_(), p.requires_grad_()]
+    y = ops.taps_conv(*leaves, None, win, [1, 1], pad)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    want = _dense_oracle(*ref, win, [1, 1], pad)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    assert max_rel(y.double(), want) < tol
+    g = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(y, leaves, g.to(dtype)), torch.autograd.grad(want, ref, g)):
+        assert max_rel(a.double(), e) < 10 * tol
+
+
+def test_taps_conv_cuda_tiled_matches_gather(monkeypatch):
+    """The tiled engine and the gather kernels it replaced agree (float64, strided and padded)."""
+    x = torch.randn(3, 12, 37, 45, device="cuda", dtype=torch.float64)
+    w, p, _ = random_taps(2, 12, 1, 9, [9, 11], device="cuda")
+    args = (x, w, p, None, [9, 11], [1, 1], [3, 6])
+    outs = []
+    for engine in ("", "gather"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_TAPS", engine)
+        leaves = [t.clone().requires_grad_() for t in args[:3]]
+        y = ops.taps_conv(*leaves, *args[3:])
+        outs.append([y] + list(torch.autograd.grad(y.square().sum(), leaves)))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_taps_conv_cuda_window_beyond_tiles():
+    """A window whose tile does not fit in shared memory runs the gather kernels, still exact."""
+    x = torch.randn(1, 2, 160, 170, device="cuda", dtype=torch.float64)
+    w, p, _ = random_taps(2, 2, 1, 6, [151, 151], device="cuda")
+    check = [t.clone().requires_grad_() for t in (x, w, p)]
+    y = ops.taps_conv(*check, None, [151, 151], [1, 1], [75, 75])
+    ref = [t.clone().requires_grad_() for t in (x, w, p)]
+    want = _dense_oracle(*ref, [151, 151], [1, 1], [75, 75])
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-9)
+    g = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(y, check, g), torch.autograd.grad(want, ref, g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-8)
+
+
+def test_taps_conv_cuda_shared_positions():
+    """Positions shared by two layers (stage sharing): their gradient is the sum over both layers."""
+    x = torch.randn(2, 8, 30, 30, device="cuda", dtype=torch.float64)
+    w1, p, _ = random_taps(2, 8, 1, 10, [17, 17], device="cuda")
+    w2 = torch.randn_like(w1)
+
+    def two_layers(x, w1, w2, p):
+        y = ops.taps_conv(x, w1, p, None, [17, 17], [1, 1], [8, 8])
+        return ops.taps_conv(torch.tanh(y), w2, p, None, [17, 17], [1, 1], [8, 8])
+
+    leaves = [t.clone().requires_grad_() for t in (x, w1, w2, p)]
+    got = torch.autograd.grad(two_layers(*leaves).square().sum(), leaves)
+    ref = [t.detach().cpu().clone().requires_grad_() for t in (x, w1, w2, p)]
+    y = reference.taps_conv(ref[0], ref[1], ref[3], None, [17, 17], [1, 1], [8, 8], "bilinear")
+    out = reference.taps_conv(torch.tanh(y), ref[2], ref[3], None, [17, 17], [1, 1], [8, 8], "bilinear")
+    want = torch.autograd.grad(out.square().sum(), ref)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.cpu(), e, rtol=1e-9, atol=1e-9)
 
 
 @settings(max_examples=60, deadline=None)

@@ -31,26 +31,84 @@ def test_construct_threads(interp, window, integer):
         torch.testing.assert_close(gs, want[2], rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("interp", ["bilinear", "nearest"])
-@pytest.mark.parametrize("case", [
+TAPS_CASES = [
     dict(size=[11, 12], window=[7, 6], stride=[1, 1], padding=[3, 2]),
     dict(size=[9, 10], window=[5, 5], stride=[2, 3], padding=[0, 5]),
     dict(size=[17], window=[9], stride=[2], padding=[4]),
     dict(size=[6, 7], window=[1, 3], stride=[1, 2], padding=[0, 1]),
-])
-def test_taps_threads(interp, case):
+    # tile shapes of the tiled engine: 32-wide tiles over two tile rows/columns, 16- and 8-wide planes
+    # grouped in a block, one-row tiles (RY = 1), a 1-D sequence over several tiles, a window wider than the plane
+    dict(size=[70, 40], window=[17, 17], stride=[1, 1], padding=[8, 8]),
+    dict(size=[14, 14], window=[17, 17], stride=[1, 1], padding=[8, 8]),
+    dict(size=[7, 7], window=[17, 17], stride=[1, 1], padding=[8, 8]),
+    dict(size=[3, 40], window=[3, 9], stride=[1, 1], padding=[1, 4]),
+    dict(size=[90], window=[31], stride=[1], padding=[15]),
+    dict(size=[5, 6], window=[11, 13], stride=[1, 1], padding=[7, 9]),
+    dict(size=[19, 21], window=[6, 4], stride=[3, 2], padding=[1, 3]),
+]
+
+
+def _taps_case_inputs(case, layout, integer, C=3, K=5):
     D = len(case["window"])
-    x = torch.randn(2, 3, *case["size"], dtype=torch.float64)
-    w, p, _ = random_taps(D, 3, 1, 5, case["window"], spread=1.4)
-    b = torch.randn(3, dtype=torch.float64)
+    x = torch.randn(2, C, *case["size"], dtype=torch.float64)
+    if layout == "channels_last" and D == 2:
+        x = x.to(memory_format=torch.channels_last)
+    w, p, _ = random_taps(D, C, 1, K, case["window"], spread=1.4)
+    if integer:
+        p = p.round()
+    return x, w, p
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "nearest"])
+@pytest.mark.parametrize("case", TAPS_CASES)
+@pytest.mark.parametrize("layout,integer", [("contiguous", False), ("channels_last", True)])
+def test_taps_threads(interp, case, layout, integer):
+    """The tiled engine (and the gather kernels where it does not apply), block by block, against the oracle."""
+    x, w, p = _taps_case_inputs(case, layout, integer, C=10 if layout == "channels_last" else 3)
+    b = torch.randn(x.shape[1], dtype=torch.float64)
     args = (case["window"], case["stride"], case["padding"], interp)
     want = reference.taps_conv(x, w, p, b, *args)
-    torch.testing.assert_close(E._emulate_cuda_taps_conv(x, w, p, b, *args), want, rtol=0, atol=1e-12)
+    got = E._emulate_cuda_taps_conv(x, w, p, b, *args)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    if x.dim() == 4 and min(got.shape[1:]) > 1:
+        assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
     leaves = [t.clone().requires_grad_() for t in (x, w, p)]
     out = reference.taps_conv(*leaves, None, *args)
     g = torch.randn_like(out)
     want_g = torch.autograd.grad(out, leaves, g, allow_unused=True)
-    gx, gw, gp = E._emulate_cuda_taps_conv_backward(g, x, w, p, *args)
+    gx, gw, gp = E._emulate_cuda_taps_conv_backward(g, x, w, p, *args, [1, 1, 1])
     torch.testing.assert_close(gx, want_g[0], rtol=0, atol=1e-11)
     torch.testing.assert_close(gw, want_g[1], rtol=0, atol=1e-11)
     torch.testing.assert_close(gp, want_g[2] if want_g[2] is not None else torch.zeros_like(p), rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", TAPS_CASES[:1] + TAPS_CASES[4:6])
+@pytest.mark.parametrize("integer", [False, True])
+def test_taps_threads_weight_only(case, integer):
+    """Positions frozen: the correlation skips corners of zero interpolation weight, the weight gradient is exact."""
+    x, w, p = _taps_case_inputs(case, "contiguous", integer)
+    args = (case["window"], case["stride"], case["padding"], "bilinear")
+    wl = w.clone().requires_grad_()
+    out = reference.taps_conv(x, wl, p, None, *args)
+    g = torch.randn_like(out)
+    (want,) = torch.autograd.grad(out, [wl], g)
+    _, gw, gp = E._emulate_cuda_taps_conv_backward(g, x, w, p, *args, [0, 1, 0])
+    torch.testing.assert_close(gw, want, rtol=0, atol=1e-11)
+    assert not gp.any()
+
+
+def test_taps_threads_merged_and_expanded_gradient():
+    """Coincident taps (merged entries), zero-weight taps (dropped) and an expanded output gradient (stride 0)."""
+    x = torch.randn(2, 4, 20, 23, dtype=torch.float64)
+    w, p, _ = random_taps(2, 4, 1, 6, [9, 9], spread=1.0)
+    p[:, :, :, 3] = p[:, :, :, 2]  # two taps at one position
+    w[:, :, 5] = 0                 # a zero-weight extra
+    args = ([9, 9], [1, 1], [4, 4], "bilinear")
+    torch.testing.assert_close(E._emulate_cuda_taps_conv(x, w, p, None, *args),
+                               reference.taps_conv(x, w, p, None, *args), rtol=0, atol=1e-12)
+    leaves = [t.clone().requires_grad_() for t in (x, w, p)]
+    out = reference.taps_conv(*leaves, None, *args)
+    g = torch.randn((), dtype=torch.float64).expand(out.shape)
+    want = torch.autograd.grad(out, leaves, g)
+    for a, e in zip(E._emulate_cuda_taps_conv_backward(g, x, w, p, *args, [1, 1, 1]), want):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)

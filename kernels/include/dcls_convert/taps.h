@@ -14,6 +14,13 @@
 #define DCLS_HD inline
 #endif
 
+// Loop unrolling for the device compiler (host compilers warn on the pragma).
+#if defined(__CUDACC__)
+#define DCLS_UNROLL _Pragma("unroll")
+#else
+#define DCLS_UNROLL
+#endif
+
 namespace dcls_convert {
 
 enum Interp : int { kBilinear = 0, kGaussian = 1, kNearest = 2 };

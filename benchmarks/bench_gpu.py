@@ -1,0 +1,216 @@
+"""GPU benchmark of the depthwise tap convolution, side by side with cuDNN, and the card's floors.
+
+Per ConvNeXt-T stage shape at batch 64, float32 NCHW and bfloat16 channels_last, window 17 with K = 34 bilinear
+taps at random off-grid positions (the trained case, 4K = 136 corners per output) and on grid (a freshly
+converted layer: K entries), and windows 31 / 51 at stage 1: forward, forward+backward and each backward part
+(input gradient; weight+position gradient) of the tap engine, of its gather fallback (the kernels before the
+tiled engine), of cuDNN's dense 7x7 and 17x17 depthwise convolutions and of construct + cuDNN 17x17 (the
+reference library's approach). Floors measured in the same run: a device copy (bytes read + written) and
+float32 / bfloat16 matrix products. Timing: CUDA events, warm-up, interleaved repeats, medians.
+
+    python benchmarks/bench_gpu.py [--quick] [--model]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table  # noqa: E402
+
+from dcls_convert import ops  # noqa: E402
+
+STAGES = [(64, 96, 56, 56), (64, 192, 28, 28), (64, 384, 14, 14), (64, 768, 7, 7)]
+
+
+def cuda_time(fns: dict, repeats: int = 15, warmup: int = 3) -> dict[str, float]:
+    """Median ms per callable (CUDA events), callables interleaved so clock changes hit all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            samples[k].append(a.elapsed_time(b))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def floors() -> dict[str, float]:
+    """Device copy bandwidth (bytes read + written per s) and matrix-product rates (flop/s)."""
+    src = torch.empty(512 * 2**20 // 4, device="cuda")
+    dst = torch.empty_like(src)
+    a32, b32 = torch.randn(8192, 8192, device="cuda"), torch.randn(8192, 8192, device="cuda")
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t = cuda_time({"copy": lambda: dst.copy_(src), "f32": lambda: a32 @ b32, "bf16": lambda: a16 @ b16}, repeats=7)
+    torch.backends.cuda.matmul.allow_tf32 = prev
+    return {"copy": 2 * src.numel() * 4 / (t["copy"] * 1e-3), "f32": 2 * 8192**3 / (t["f32"] * 1e-3),
+            "bf16": 2 * 8192**3 / (t["bf16"] * 1e-3)}
+
+
+def layer_inputs(shape, dtype, channels_last, window, K, on_grid, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    N, C, H, W = shape
+    x = torch.randn(N, C, H, W, generator=g).to("cuda", dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, 1, K, generator=g) * 0.1).to("cuda", dtype)
+    if on_grid:  # K distinct integer offsets, as convert() places a dense kernel's taps
+        L = window
+        cells = torch.stack([torch.randperm(L * L, generator=g)[:K] for _ in range(C)])
+        p = torch.stack([cells // L - L // 2, cells % L - L // 2]).float().unsqueeze(2)
+    else:
+        p = (torch.rand(2, C, 1, K, generator=g) - 0.5) * (window - 1)
+    return x, w, p.cuda()
+
+
+def tap_fns(x, w, p, window, prefix=""):
+    L = [window, window]
+    pad = [window // 2, window // 2]
+    xg, wg, pg = (t.detach().clone().requires_grad_() for t in (x, w, p))
+    y = ops.taps_conv(x, w, p, None, L, [1, 1], pad)
+    gy = torch.randn_like(y)
+    back = torch.ops.dcls_convert.taps_conv_backward
+    args = (L, [1, 1], pad, "bilinear")
+    return {
+        prefix + "fwd": lambda: ops.taps_conv(x, w, p, None, L, [1, 1], pad),
+        prefix + "fwd+bwd": lambda: torch.autograd.backward(ops.taps_conv(xg, wg, pg, None, L, [1, 1], pad), gy),
+        prefix + "dgrad": lambda: back(gy, x, w, p, *args, [True, False, False, False]),
+        prefix + "wgrad": lambda: back(gy, x, w, p, *args, [False, True, True, False]),
+    }
+
+
+def dense_fns(x, k, prefix):
+    C = x.shape[1]
+    wd = (torch.randn(C, 1, k, k, device="cuda") * 0.05).to(x.dtype)
+    xg, wg = x.detach().clone().requires_grad_(), wd.clone().requires_grad_()
+    gy = torch.randn_like(F.conv2d(x, wd, padding=k // 2, groups=C))
+    return {prefix + "fwd": lambda: F.conv2d(x, wd, padding=k // 2, groups=C),
+            prefix + "fwd+bwd": lambda: torch.autograd.backward(F.conv2d(xg, wg, padding=k // 2, groups=C), gy)}
+
+
+def construct_fns(x, w, p, window):
+    C = x.shape[1]
+    xg, wg, pg = (t.detach().clone().requires_grad_() for t in (x, w, p))
+
+    def step():
+        kern = ops.dcls_kernel(wg, pg, None, [window, window]).to(x.dtype)
+        y = F.conv2d(xg, kern, padding=window // 2, groups=C)
+        y.backward(torch.ones_like(y))
+    return {"construct+cudnn fwd+bwd": step}
+
+
+def run_layers(quick: bool, fl: dict) -> None:
+    rows = []
+    cases = [(s, 17) for s in STAGES] + ([] if quick else [(STAGES[0], 31), (STAGES[0], 51)])
+    for shape, window in cases:
+        for dtype, cl in [(torch.float32, False), (torch.bfloat16, True)]:
+            K = 34
+            x, w, p = layer_inputs(shape, dtype, cl, window, K, on_grid=False)
+            xo, wo, po = layer_inputs(shape, dtype, cl, window, K, on_grid=True)
+            fns = tap_fns(x, w, p, window)
+            fns["on-grid fwd"] = tap_fns(xo, wo, po, window)["fwd"]
+            fns.update(construct_fns(x, w, p, window))
+            fns.update(dense_fns(x, 7, "cudnn7 "))
+            if window == 17:
+                fns.update(dense_fns(x, 17, "cudnn17 "))
+            t = cuda_time(fns)
+            os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
+            try:
+                t.update(cuda_time({"gather " + k: v for k, v in tap_fns(x, w, p, window).items()}, repeats=5))
+            finally:
+                del os.environ["DCLS_CONVERT_CUDA_TAPS"]
+            N, C, H, W = shape
+            outs = N * C * H * W
+            mem_ms = 2 * outs * x.element_size() / fl["copy"] * 1e3
+            ari_ms = 2 * 4 * K * outs / fl["f32"] * 1e3  # the engine multiplies in float32 (no tensor cores)
+            floor = max(mem_ms, ari_ms)
+            rows.append({
+                "shape": "x".join(map(str, shape)), "L": window,
+                "dtype": "fp32 NCHW" if dtype == torch.float32 else "bf16 CL",
+                "fwd": t["fwd"], "fwd/floor": t["fwd"] / floor, "on-grid fwd": t["on-grid fwd"],
+                "dgrad": t["dgrad"], "wgrad": t["wgrad"], "wgrad/floor": t["wgrad"] / ari_ms,
+                "fwd+bwd": t["fwd+bwd"],
+                "gather fwd+dgrad": t["gather fwd"] + t["gather dgrad"],
+                "speedup fwd+dgrad": (t["gather fwd"] + t["gather dgrad"]) / (t["fwd"] + t["dgrad"]),
+                "gather fwd+bwd": t["gather fwd+bwd"],
+                "cudnn7 fwd": t["cudnn7 fwd"], "cudnn7 fwd+bwd": t["cudnn7 fwd+bwd"],
+                "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
+                "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd"),
+                "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"],
+                "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
+            })
+            print(f"  measured {rows[-1]['shape']} L={window} {rows[-1]['dtype']}", flush=True)
+    print("\nPer layer, ms (medians of CUDA-event timings); K = 34 bilinear taps, random off-grid positions unless "
+          "'on-grid'; floor = max(memory, arithmetic at the float32 GEMM rate) for the forward; wgrad/floor uses "
+          "the arithmetic floor (one correlation per corner).")
+    cols = ["shape", "L", "dtype", "fwd", "fwd/floor", "on-grid fwd", "dgrad", "wgrad", "wgrad/floor", "fwd+bwd",
+            "gather fwd+dgrad", "speedup fwd+dgrad", "gather fwd+bwd", "cudnn7 fwd", "cudnn7 fwd+bwd",
+            "fwd+bwd / cudnn7", "cudnn17 fwd+bwd", "construct+cudnn fwd+bwd", "floor mem/arith"]
+    print_table(rows, cols)
+
+
+def run_model() -> None:
+    """convnext_tiny, batch 64, 224x224, channels_last, one SGD step: original vs converted (dcls, K=34, w17,
+    positions shared per stage), AMP bfloat16 and float32."""
+    import timm
+
+    import dcls_convert as dc
+
+    rows = []
+    x = torch.randn(64, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 1000, (64,), device="cuda")
+    models = {"original": timm.create_model("convnext_tiny")}
+    models["dcls K=34 w17 shared"] = dc.convert(timm.create_model("convnext_tiny"), "dcls", kernel_count=34,
+                                                share_positions="stage")[0]
+    for name, m in models.items():
+        m = m.cuda().to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+        for amp in (True, False):
+            def step():
+                with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                    loss = F.cross_entropy(m(x), target)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            rows.append({"model": name, "precision": "AMP bf16" if amp else "fp32",
+                         "ms/step": cuda_time({"s": step}, repeats=7, warmup=3)["s"]})
+    base = {r["precision"]: r["ms/step"] for r in rows if r["model"] == "original"}
+    for r in rows:
+        r["x original"] = r["ms/step"] / base[r["precision"]]
+    print("\nconvnext_tiny training step, batch 64, 224x224, channels_last")
+    print_table(rows, ["model", "precision", "ms/step", "x original"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="window 17 only")
+    ap.add_argument("--model", action="store_true", help="also time a convnext_tiny training step")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_gpu.py needs a CUDA device")
+    torch.backends.cudnn.benchmark = True
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"backend {ops.backend_info()['ops']['taps_conv']['cuda']}")
+    fl = floors()
+    print(f"floors: copy {fl['copy'] / 1e12:.2f} TB/s (read + written), float32 GEMM {fl['f32'] / 1e12:.1f} TFLOP/s, "
+          f"bfloat16 GEMM {fl['bf16'] / 1e12:.0f} TFLOP/s")
+    run_layers(args.quick, fl)
+    if args.model:
+        run_model()
+
+
+if __name__ == "__main__":
+    main()

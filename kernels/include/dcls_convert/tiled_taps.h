@@ -1,0 +1,474 @@
+// The GPU tap engine's block algorithms, written once for the CUDA kernels and for the CPU emulation that
+// runs them block by block and phase by phase in tests.
+//
+// Per channel, the taps become a short table of entries (tap_tables): an entry is a window column dx and two
+// vertically adjacent window rows dy, dy + 1 with their merged weights c0, c1 (c1 = 0: one row). Bilinear taps
+// give two such entries each (their two columns), on-grid taps one single-row entry; coincident entries merge
+// and zero entries are dropped.
+//
+// Forward (tiled_forward_*): a block stages its planes' input tile plus halo in shared memory once, then each
+// thread computes RY vertically adjacent outputs of one column in registers: per entry RY + 1 shared loads
+// (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the tile pitch is
+// padded so that a warp's loads hit distinct banks. The input gradient at stride 1 is the same forward run on
+// the output gradient with the mirrored table.
+//
+// Weight and position gradients (tiled_corr_*): S[c, e, r] = sum over (n, oy, ox) of grad_out times the input
+// under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
+// multiplies its RY output gradients with the staged input, 16 entries (32 sums) at a time, then the warp
+// transposes and reduces those 32 sums in 31 exchanges (lane l ends with sum l), added to the warp's row of
+// a shared array. Blocks write their sums (warps added in order) to a workspace that a second kernel sums
+// over slabs in a fixed order: no atomics anywhere, results are identical run to run.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "dcls_convert/taps_threads.h"
+
+namespace dcls_convert {
+
+template <typename acc_t>
+struct TapEntry {
+  int dy, dx;
+  acc_t c0, c1;
+};
+
+enum TableKind : int { kForwardTable = 0, kMirroredTable = 1, kCornerTable = 2 };
+
+// Entries per channel at most: two per tap (bilinear's two columns).
+DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
+
+// Builds channel c's table. kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same,
+// flipped in both axes (the input gradient at stride 1). kCornerTable: every window cell whose correlation
+// with the output gradient is needed (need_pos: all in-window corners, else those with a nonzero
+// interpolation weight); c0 / c1 unused.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void build_table_thread(int64_t c, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
+                                TapEntry<acc_t>* table, int* count) {
+  TapEntry<acc_t>* t = table + c * table_capacity(a.K);
+  int n = 0;
+  for (int64_t k = 0; k < a.K; ++k) {
+    const TapCorners<acc_t> tc = tap_corners(a, c, k);
+    const acc_t w = static_cast<acc_t>(a.weight[c * a.K + k]);
+    const acc_t h0 = axis_coef(tc.h, 0, a.interp), h1 = tc.n_h == 2 ? axis_coef(tc.h, 1, a.interp) : acc_t(0);
+    for (int bw = 0; bw < tc.n_w; ++bw) {
+      const acc_t cw = axis_coef(tc.w, bw, a.interp);
+      int dy = static_cast<int>(tc.h.cell);
+      const int dx = static_cast<int>(tc.w.cell) + bw;
+      acc_t c0 = w * h0 * cw, c1 = w * h1 * cw;
+      if (kind == kCornerTable) {
+        if (!need_pos && cw == acc_t(0)) continue;
+        c0 = c1 = acc_t(0);
+      } else {
+        if (c0 == acc_t(0) && c1 == acc_t(0)) continue;
+        if (c0 == acc_t(0)) {  // only the lower row carries weight
+          dy += 1;
+          c0 = c1;
+          c1 = acc_t(0);
+        }
+      }
+      int i = 0;
+      while (i < n && (t[i].dy != dy || t[i].dx != dx)) ++i;
+      if (i == n) {
+        t[n].dy = dy;
+        t[n].dx = dx;
+        t[n].c0 = c0;
+        t[n].c1 = c1;
+        ++n;
+      } else {
+        t[i].c0 += c0;
+        t[i].c1 += c1;
+      }
+    }
+  }
+  if (kind == kMirroredTable) {
+    for (int i = 0; i < n; ++i) {
+      const bool two = t[i].c1 != acc_t(0);
+      t[i].dy = static_cast<int>(a.Lh) - (two ? 2 : 1) - t[i].dy;
+      t[i].dx = static_cast<int>(a.Lw) - 1 - t[i].dx;
+      if (two) {
+        const acc_t tmp = t[i].c0;
+        t[i].c0 = t[i].c1;
+        t[i].c1 = tmp;
+      }
+    }
+  }
+  count[c] = n;
+}
+
+// Launch geometry shared by the CUDA launchers and the emulation. A block holds `groups` groups of
+// tw x thread_rows threads; a group computes one plane tile of (thread_rows * RY) x tw outputs. `planes`
+// planes are staged per block (a multiple of groups; more than groups for channels_last inputs, so that
+// staging reads neighbouring channels together).
+struct TileConfig {
+  bool ok = false;
+  int ry = 8, tw = 32, thread_rows = 1, groups = 1, planes = 1, threads = 32;
+  int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;  // staged region per plane, in elements
+  int64_t tiles_y = 1, tiles_x = 1;
+  DCLS_HD int th() const { return thread_rows * ry; }
+};
+
+constexpr int kTileThreads = 256;
+constexpr int kCorrGroup = 16;                    // entries per warp reduction (32 sums)
+constexpr int64_t kMaxTileSmemBytes = 96 * 1024;  // keeps two blocks per SM on current GPUs
+
+// Bank-conflict-aware padding: the first warp's base addresses (thread (group, row, lane) at
+// group * plane_stride + row * ry * sh * pitch + lane * sw) should fall in distinct banks.
+inline int bank_spread(const TileConfig& t, int64_t sh, int64_t sw) {
+  bool used[32] = {};
+  int distinct = 0;
+  for (int lane = 0; lane < 32 && lane < t.threads; ++lane) {
+    const int per_plane = t.tw * t.thread_rows;
+    const int g = lane / per_plane, r = (lane % per_plane) / t.tw, x = lane % t.tw;
+    const int64_t addr = g * t.plane_stride + r * t.ry * sh * t.pitch + x * sw;
+    const int bank = static_cast<int>(addr % 32);
+    if (!used[bank]) ++distinct;
+    used[bank] = true;
+  }
+  return distinct;
+}
+
+// out_h x out_w outputs per plane from a window Lh x Lw at stride (sh, sw); extra_row: one more staged row
+// (the correlation reads row dy + 1 of every entry). min_planes: planes to stage together (channels_last).
+inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
+                                   bool extra_row, int min_planes, int64_t elem_bytes) {
+  TileConfig t;
+  t.ry = out_h >= 6 ? 8 : 1;
+  t.tw = out_w <= 8 ? 8 : (out_w <= 16 ? 16 : 32);
+  const int64_t rows_needed = (out_h + t.ry - 1) / t.ry;
+  t.thread_rows = static_cast<int>(std::min<int64_t>(rows_needed, kTileThreads / t.tw));
+  for (; t.thread_rows >= 1; t.thread_rows = t.thread_rows > 1 ? t.thread_rows / 2 : 0) {
+    // Whole warps only (the correlation's warp reduction needs all 32 lanes): a plane of 32 threads or more
+    // gets its rows rounded up to whole warps, smaller planes are grouped in multiples of a warp.
+    const int warp_rows = 32 / t.tw;
+    if (t.tw * t.thread_rows >= 32) t.thread_rows = (t.thread_rows + warp_rows - 1) / warp_rows * warp_rows;
+    const int per_plane = t.tw * t.thread_rows;
+    t.groups = kTileThreads / per_plane;
+    while ((t.groups * per_plane) % 32 != 0) --t.groups;
+    t.threads = t.groups * per_plane;
+    const int64_t in_h = (t.th() - 1) * sh + Lh + (extra_row ? 1 : 0), in_w = (t.tw - 1) * sw + Lw;
+    if (in_h * in_w > (int64_t(1) << 24)) continue;
+    t.in_h = static_cast<int>(in_h);
+    t.in_w = static_cast<int>(in_w);
+    int planes = t.groups;
+    while (planes < min_planes) planes += t.groups;
+    // Smallest padding (up to one bank row each) that spreads the first warp over the most banks.
+    int best = -1;
+    for (int dp = 0; dp < 32 && best < 32; ++dp) {
+      for (int ds = 0; ds < 32 && best < 32; ++ds) {
+        TileConfig c = t;
+        c.pitch = t.in_w + dp;
+        c.plane_stride = t.in_h * c.pitch + ds;
+        const int spread = bank_spread(c, sh, sw);
+        if (spread > best) {
+          best = spread;
+          t.pitch = c.pitch;
+          t.plane_stride = c.plane_stride;
+        }
+      }
+    }
+    for (; planes >= t.groups; planes -= t.groups) {
+      if (int64_t(planes) * t.plane_stride * elem_bytes <= kMaxTileSmemBytes) break;
+    }
+    if (planes < t.groups) continue;
+    t.planes = planes;
+    t.tiles_y = (out_h + t.th() - 1) / t.th();
+    t.tiles_x = (out_w + t.tw - 1) / t.tw;
+    t.ok = true;
+    return t;
+  }
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward: out[n, c, oy, ox] = bias[c] + sum over entries of c0 in[oy*sh + dy - ph, ox*sw + dx - pw] + c1 (row + 1).
+
+template <typename scalar_t, typename acc_t>
+struct TiledConv {
+  const scalar_t* in = nullptr;
+  scalar_t* out = nullptr;
+  const scalar_t* bias = nullptr;
+  const TapEntry<acc_t>* table = nullptr;
+  const int* count = nullptr;
+  int cap = 0;
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1;
+  int64_t is[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};  // element strides (n, c, y, x) of in and out
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0;
+  TileConfig cfg;
+  DCLS_HD int64_t channel_groups() const { return (C + cfg.planes - 1) / cfg.planes; }
+  DCLS_HD int64_t blocks() const { return N * channel_groups() * cfg.tiles_y * cfg.tiles_x; }
+};
+
+struct ForwardJob {
+  int64_t n, c0, ty, tx;  // image, first channel, tile row, tile column
+};
+
+// Channel groups vary fastest, so blocks running together read neighbouring channels of one region.
+template <typename scalar_t, typename acc_t>
+DCLS_HD ForwardJob forward_job(const TiledConv<scalar_t, acc_t>& a, int64_t bid) {
+  ForwardJob j;
+  const int64_t cg = a.channel_groups();
+  j.c0 = (bid % cg) * a.cfg.planes;
+  bid /= cg;
+  j.tx = bid % a.cfg.tiles_x;
+  bid /= a.cfg.tiles_x;
+  j.ty = bid % a.cfg.tiles_y;
+  j.n = bid / a.cfg.tiles_y;
+  return j;
+}
+
+// Phase 1: thread tid stages its share of the block's planes (zero outside the input). Consecutive threads
+// read consecutive addresses: along x for NCHW, across channels for channels_last.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid) {
+  const TileConfig& t = a.cfg;
+  const int total = t.planes * t.in_h * t.in_w;
+  const bool channel_fastest = a.is[1] == 1 && t.planes > 1;
+  const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
+  for (int i = tid; i < total; i += t.threads) {
+    int p, r, q;
+    if (channel_fastest) {
+      p = i % t.planes;
+      q = (i / t.planes) % t.in_w;
+      r = i / (t.planes * t.in_w);
+    } else {
+      q = i % t.in_w;
+      r = (i / t.in_w) % t.in_h;
+      p = i / (t.in_w * t.in_h);
+    }
+    const int64_t c = j.c0 + p, iy = y0 + r, ix = x0 + q;
+    acc_t v = acc_t(0);
+    if (c < a.C && iy >= 0 && iy < a.H && ix >= 0 && ix < a.W)
+      v = static_cast<acc_t>(a.in[j.n * a.is[0] + c * a.is[1] + iy * a.is[2] + ix * a.is[3]]);
+    smem[p * t.plane_stride + r * t.pitch + q] = v;
+  }
+}
+
+// Phase 2: thread tid computes RY outputs of one column for each plane of its group.
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
+                                   int tid) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
+  const int64_t row = a.sh * t.pitch;  // staged elements between two output rows
+  for (int p = group; p < t.planes; p += t.groups) {
+    const int64_t c = j.c0 + p;
+    if (c >= a.C) break;
+    const acc_t* s = smem + p * t.plane_stride + ly * RY * row + lx * a.sw;
+    const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
+    acc_t acc[RY];
+    for (int i = 0; i < RY; ++i) acc[i] = b;
+    const TapEntry<acc_t>* e = a.table + c * a.cap;
+    const int ne = a.count[c];
+    for (int m = 0; m < ne; ++m) {
+      const TapEntry<acc_t> en = e[m];
+      const acc_t* q = s + en.dy * t.pitch + en.dx;
+      if (en.c1 == acc_t(0)) {
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
+      } else if (a.sh == 1) {  // rows i and i + 1 of the staged tile serve outputs i - 1 and i
+        acc_t prev = q[0];
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) {
+          const acc_t next = q[(i + 1) * t.pitch];
+          acc[i] += en.c0 * prev + en.c1 * next;
+          prev = next;
+        }
+      } else {
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row] + en.c1 * q[i * row + t.pitch];
+      }
+    }
+    if (ox < a.Wo) {
+      scalar_t* o = a.out + j.n * a.os[0] + c * a.os[1] + ox * a.os[3];
+      for (int i = 0; i < RY; ++i)
+        if (oy0 + i < a.Ho) o[(oy0 + i) * a.os[2]] = static_cast<scalar_t>(acc[i]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Correlations for the weight and position gradients.
+
+template <typename scalar_t, typename acc_t>
+struct TiledCorr {
+  const scalar_t* x = nullptr;
+  const scalar_t* g = nullptr;
+  const TapEntry<acc_t>* table = nullptr;  // kCornerTable
+  const int* count = nullptr;
+  int cap = 0;
+  acc_t* work = nullptr;  // (C, slabs, values)
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1;
+  int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0;
+  int64_t slabs = 1;
+  TileConfig cfg;  // planes == groups: each group's plane is one (image, tile) job of the block's channel
+  DCLS_HD int values() const { return 2 * kCorrGroup * ((cap + kCorrGroup - 1) / kCorrGroup); }
+  DCLS_HD int warps() const { return (cfg.threads + 31) / 32; }
+  DCLS_HD int64_t jobs() const { return N * cfg.tiles_y * cfg.tiles_x; }  // per channel
+  DCLS_HD int64_t blocks() const { return C * slabs; }
+  DCLS_HD int64_t smem_elems() const { return int64_t(cfg.planes) * cfg.plane_stride + int64_t(warps()) * values(); }
+};
+
+// Slabs per channel: enough blocks to fill the GPU, never more than the channel has rounds of jobs.
+inline int64_t corr_slabs(int64_t C, int64_t jobs, int groups, int64_t target_blocks) {
+  const int64_t rounds = std::max<int64_t>(1, (jobs + groups - 1) / groups);
+  return std::max<int64_t>(1, std::min<int64_t>(rounds, (target_blocks + C - 1) / std::max<int64_t>(C, 1)));
+}
+
+struct CorrJob {
+  int64_t c, slab, begin, end;  // channel, slab, its (image, tile) jobs [begin, end)
+};
+
+template <typename scalar_t, typename acc_t>
+DCLS_HD CorrJob corr_job(const TiledCorr<scalar_t, acc_t>& a, int64_t bid) {
+  CorrJob j;
+  j.c = bid % a.C;
+  j.slab = bid / a.C;
+  const int64_t J = a.jobs();
+  j.begin = j.slab * J / a.slabs;
+  j.end = (j.slab + 1) * J / a.slabs;
+  return j;
+}
+
+// Phase 0 (once per block job): zero the warps' sums.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_clear(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid) {
+  acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
+  for (int i = tid; i < a.warps() * a.values(); i += a.cfg.threads) red[i] = acc_t(0);
+}
+
+// Phase 1 (per round): group p stages the input region of job first + p.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_stage(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, int64_t first, acc_t* smem,
+                              int tid) {
+  const TileConfig& t = a.cfg;
+  const int total = t.planes * t.in_h * t.in_w;
+  const int64_t tiles = t.tiles_y * t.tiles_x;
+  for (int i = tid; i < total; i += t.threads) {
+    const int q = i % t.in_w, r = (i / t.in_w) % t.in_h, p = i / (t.in_w * t.in_h);
+    const int64_t job = first + p, n = job / tiles, tile = job % tiles;
+    const int64_t iy = (tile / t.tiles_x) * t.th() * a.sh - a.ph + r, ix = (tile % t.tiles_x) * t.tw * a.sw - a.pw + q;
+    acc_t v = acc_t(0);
+    if (job < j.end && iy >= 0 && iy < a.H && ix >= 0 && ix < a.W)
+      v = static_cast<acc_t>(a.x[n * a.xs[0] + j.c * a.xs[1] + iy * a.xs[2] + ix * a.xs[3]]);
+    smem[p * t.plane_stride + r * t.pitch + q] = v;
+  }
+}
+
+// The output gradients a thread multiplies in a round (zero outside the plane or past the slab's jobs).
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_load_grad(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, int64_t first, int tid,
+                                  acc_t gv[RY]) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int64_t job = first + group, tiles = t.tiles_y * t.tiles_x;
+  const int64_t n = job / tiles, tile = job % tiles;
+  const int64_t ox = (tile % t.tiles_x) * t.tw + lx, oy0 = (tile / t.tiles_x) * t.th() + ly * RY;
+  for (int i = 0; i < RY; ++i) {
+    const int64_t oy = oy0 + i;
+    gv[i] = (job < j.end && ox < a.Wo && oy < a.Ho)
+                ? static_cast<acc_t>(a.g[n * a.gs[0] + j.c * a.gs[1] + oy * a.gs[2] + ox * a.gs[3]])
+                : acc_t(0);
+  }
+}
+
+// Phase 2 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
+// base + m, rows r = 0, 1.
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
+                                 const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int64_t row = a.sh * t.pitch;
+  const acc_t* s = smem + group * t.plane_stride + ly * RY * row + lx * a.sw;
+  const TapEntry<acc_t>* e = a.table + j.c * a.cap;
+  const int ne = a.count[j.c];
+DCLS_UNROLL
+  for (int m = 0; m < kCorrGroup; ++m) {
+    acc_t s0 = acc_t(0), s1 = acc_t(0);
+    if (base + m < ne) {
+      const TapEntry<acc_t> en = e[base + m];
+      const acc_t* q = s + en.dy * t.pitch + en.dx;
+      if (a.sh == 1) {
+        acc_t prev = q[0];
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) {
+          const acc_t next = q[(i + 1) * t.pitch];
+          s0 += gv[i] * prev;
+          s1 += gv[i] * next;
+          prev = next;
+        }
+      } else {
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) {
+          s0 += gv[i] * q[i * row];
+          s1 += gv[i] * q[i * row + t.pitch];
+        }
+      }
+    }
+    v[2 * m] = s0;
+    v[2 * m + 1] = s1;
+  }
+}
+
+// One step of the warp's transpose-reduction of 32 values (width 16, 8, 4, 2, 1): a lane keeps the half of
+// its values selected by bit `width` of its lane index and sends the other half to lane ^ width, which adds
+// it. After the five steps lane l holds, in v[0], the warp's total of value l.
+template <typename acc_t>
+DCLS_HD acc_t transpose_send(const acc_t* v, int lane, int width, int i) {
+  return (lane & width) ? v[i] : v[i + width];
+}
+template <typename acc_t>
+DCLS_HD void transpose_keep(acc_t* v, int lane, int width, int i, acc_t received) {
+  v[i] = ((lane & width) ? v[i + width] : v[i]) + received;
+}
+
+// Phase 3 (after each reduction): the lane's total joins the warp's row of sums.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid, int base, acc_t total) {
+  acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
+  red[(tid / 32) * a.values() + 2 * base + (tid % 32)] += total;
+}
+
+// Phase 4 (end of the block job): warps' sums added in warp order, written to the workspace.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_write(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid) {
+  const acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
+  const int V = a.values();
+  for (int i = tid; i < V; i += a.cfg.threads) {
+    acc_t s = acc_t(0);
+    for (int w = 0; w < a.warps(); ++w) s += red[w * V + i];
+    a.work[(j.c * a.slabs + j.slab) * V + i] = s;
+  }
+}
+
+// Second kernel, one thread per tap (c, k): each corner's correlation summed over slabs in order, then mapped to
+// the weight and position gradients (taps_wgrad_finish).
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_finish_thread(int64_t ck, const TiledCorr<scalar_t, acc_t>& w,
+                                      const TapsArgs<scalar_t, acc_t>& a) {
+  const int64_t c = ck / a.K, k = ck % a.K;
+  const TapCorners<acc_t> t = tap_corners(a, c, k);
+  const TapEntry<acc_t>* e = w.table + c * w.cap;
+  const int ne = w.count[c], V = w.values();
+  acc_t S[4] = {0, 0, 0, 0};
+  for (int bw = 0; bw < t.n_w; ++bw) {
+    const int dy = static_cast<int>(t.h.cell), dx = static_cast<int>(t.w.cell) + bw;
+    int i = 0;
+    while (i < ne && (e[i].dy != dy || e[i].dx != dx)) ++i;
+    if (i == ne) continue;  // a corner of zero weight whose position is frozen: not needed
+    for (int bh = 0; bh < t.n_h; ++bh) {
+      acc_t s = acc_t(0);
+      for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + 2 * i + bh];
+      S[bh * 2 + bw] = s;
+    }
+  }
+  taps_wgrad_finish(c, k, t, S, a);
+}
+
+}  // namespace dcls_convert

@@ -1,0 +1,88 @@
+// Host-side planning of the tiled tap engine (tiled_taps.h): tile configurations, strides and buffers from
+// tensors. Shared by the CUDA launchers and the CPU emulation, so both run the same plan.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "dcls_convert/tiled_taps.h"
+
+namespace dcls_convert {
+
+// Element strides (n, c, y, x) of a 1-D or 2-D activation; 1-D tensors have a single row.
+inline void plane_strides(const at::Tensor& t, int64_t s[4]) {
+  s[0] = t.stride(0);
+  s[1] = t.stride(1);
+  s[2] = t.dim() == 4 ? t.stride(2) : 0;
+  s[3] = t.stride(-1);
+}
+
+// channels_last inputs stage a 32-byte run of channels per read.
+inline int staged_planes(const at::Tensor& x) {
+  return taps_memory_format(x) == at::MemoryFormat::ChannelsLast ? static_cast<int>(32 / x.element_size()) : 1;
+}
+
+// A channel's tap table on the device of `like`: (C, capacity) entries and their counts.
+template <typename acc_t>
+struct TableBuffers {
+  at::Tensor bytes, count;
+  TableBuffers(const at::Tensor& like, int64_t C, int64_t K) {
+    bytes = at::empty({std::max<int64_t>(1, C * table_capacity(K) * int64_t(sizeof(TapEntry<acc_t>)))},
+                      like.options().dtype(at::kByte));
+    count = at::empty({std::max<int64_t>(1, C)}, like.options().dtype(at::kInt));
+  }
+  TapEntry<acc_t>* table() { return reinterpret_cast<TapEntry<acc_t>*>(bytes.data_ptr<uint8_t>()); }
+  int* counts() { return count.data_ptr<int>(); }
+};
+
+// Forward of the tap convolution described by `a` (its x may have any strides) into `out`.
+template <typename scalar_t, typename acc_t>
+TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a) {
+  TiledConv<scalar_t, acc_t> c;
+  c.in = x.data_ptr<scalar_t>();
+  c.out = out.data_ptr<scalar_t>();
+  c.bias = a.bias;
+  c.cap = table_capacity(a.K);
+  c.N = a.N, c.C = a.C, c.H = a.H, c.W = a.W, c.Ho = a.Ho, c.Wo = a.Wo;
+  plane_strides(x, c.is);
+  plane_strides(out, c.os);
+  c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
+  c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, false, staged_planes(x), sizeof(acc_t));
+  return c;
+}
+
+// Input gradient at stride 1: the forward of the output gradient with the mirrored table, padding L - 1 - p.
+template <typename scalar_t, typename acc_t>
+TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor& gin, const TapsArgs<scalar_t, acc_t>& a) {
+  TiledConv<scalar_t, acc_t> c;
+  if (a.sh != 1 || a.sw != 1) return c;  // cfg.ok == false: strided layers take the gather kernel
+  c.in = g.data_ptr<scalar_t>();
+  c.out = gin.data_ptr<scalar_t>();
+  c.cap = table_capacity(a.K);
+  c.N = a.N, c.C = a.C, c.H = a.Ho, c.W = a.Wo, c.Ho = a.H, c.Wo = a.W;
+  plane_strides(g, c.is);
+  plane_strides(gin, c.os);
+  c.ph = a.Lh - 1 - a.ph;
+  c.pw = a.Lw - 1 - a.pw;
+  c.cfg = make_tile_config(a.H, a.W, a.Lh, a.Lw, 1, 1, false, staged_planes(g), sizeof(acc_t));
+  return c;
+}
+
+// Weight and position gradients: correlations of g with x over tiles; the workspace is allocated by the caller.
+template <typename scalar_t, typename acc_t>
+TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
+                                     int64_t target_blocks) {
+  TiledCorr<scalar_t, acc_t> c;
+  c.x = x.data_ptr<scalar_t>();
+  c.g = g.data_ptr<scalar_t>();
+  c.cap = table_capacity(a.K);
+  c.N = a.N, c.C = a.C, c.H = a.H, c.W = a.W, c.Ho = a.Ho, c.Wo = a.Wo;
+  plane_strides(x, c.xs);
+  plane_strides(g, c.gs);
+  c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
+  c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t));
+  if (c.cfg.ok && c.smem_elems() * int64_t(sizeof(acc_t)) > 2 * kMaxTileSmemBytes) c.cfg.ok = false;
+  if (c.cfg.ok) c.slabs = corr_slabs(a.C, c.jobs(), c.cfg.groups, target_blocks);
+  return c;
+}
+
+}  // namespace dcls_convert
