@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# One GPU session: build the extension for the card, run the CUDA tests, then the GPU benchmark.
-# Logs go to $OUT (default ./gpu_logs). Usage: bash benchmarks/run_gpu.sh [--model]
+# One GPU session: build the extension for the card, run the CUDA tests, the GPU benchmark and (--profile) an
+# Nsight Compute profile of the tap kernels. Logs go to $OUT (default ./gpu_logs).
+# Usage: bash benchmarks/run_gpu.sh [--profile] [bench_gpu.py options]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}
 mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+profile=0
+if [ "${1:-}" = "--profile" ]; then profile=1; shift; fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 start=$(date +%s)
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 DCLS_CONVERT_CUDA=1 \
@@ -12,6 +16,15 @@ TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 DCLS_CONVERT_CUDA=
 echo "build: $(( $(date +%s) - start )) s"
 timeout 240 python3 -m pytest tests/test_cuda.py tests/test_emulated_cuda.py -q -x -n 4 -p no:cacheprovider \
   > "$OUT/test_cuda.log" 2>&1
-echo "tests rc=$? after $(( $(date +%s) - start )) s"; tail -5 "$OUT/test_cuda.log"
+echo "tests rc=$? after $(( $(date +%s) - start )) s"; tail -3 "$OUT/test_cuda.log"
 timeout 300 python3 benchmarks/bench_gpu.py "$@" > "$OUT/bench_gpu.log" 2>&1
 echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
+if [ $profile = 1 ]; then
+  for cfg in "--stage 1 --dtype float32" "--stage 1 --dtype bfloat16 --channels-last" "--stage 4 --dtype float32"; do
+    timeout 120 ncu --kernel-name regex:"tiled|build_tables" --launch-skip 6 --launch-count 6 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_taps.py $cfg \
+      > "$OUT/ncu_$(echo $cfg | tr -d ' -').log" 2>&1
+  done
+  echo "profiles done after $(( $(date +%s) - start )) s"
+fi

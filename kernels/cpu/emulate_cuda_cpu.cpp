@@ -55,7 +55,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
 // next phase starts (the barriers of the CUDA kernels); warps exchange values as the shuffles do.
 template <typename scalar_t, typename acc_t>
 void emulate_tables(const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos, TableBuffers<acc_t>& tb) {
-  for (int64_t c = 0; c < a.C; ++c) build_table_thread(c, a, kind, need_pos, tb.table(), tb.counts());
+  const int n = table_capacity(a.K);
+  std::vector<TapEntry<acc_t>> cand(n), merged(n);
+  std::vector<unsigned char> valid(n), keep(n);
+  for (int64_t c = 0; c < a.C; ++c) {
+    for (int64_t k = 0; k < a.K; ++k) table_candidates(c, k, a, kind, need_pos, cand.data(), valid.data());
+    for (int i = 0; i < n; ++i) table_merge(i, n, kind, cand.data(), valid.data(), merged.data(), keep.data());
+    table_compact(c, n, kind, a.Lh, a.Lw, merged.data(), keep.data(), tb.table(), tb.counts());
+  }
 }
 
 template <int RY, typename scalar_t, typename acc_t>
@@ -68,6 +75,7 @@ void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t
   std::vector<acc_t> smem(int64_t(c.cfg.planes) * c.cfg.plane_stride);
   for (int64_t bid = 0; bid < c.blocks(); ++bid) {
     const ForwardJob j = forward_job(c, bid);
+    for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_clear(c, smem.data(), tid);
     for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
     for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_compute<RY>(c, j, smem.data(), tid);
   }
@@ -89,6 +97,7 @@ void emulate_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, a
     const CorrJob j = corr_job(w, bid);
     for (int tid = 0; tid < T; ++tid) tiled_corr_clear(w, smem.data(), tid);
     for (int64_t first = j.begin; first < j.end; first += w.cfg.groups) {
+      for (int tid = 0; tid < T; ++tid) tiled_corr_clear_tiles(w, smem.data(), tid);
       for (int tid = 0; tid < T; ++tid) tiled_corr_stage(w, j, first, smem.data(), tid);
       for (int tid = 0; tid < T; ++tid) tiled_corr_load_grad<RY>(w, j, first, tid, &gv[tid * RY]);
       for (int base = 0; base < w.count[j.c]; base += kCorrGroup) {

@@ -65,11 +65,26 @@ __global__ void __launch_bounds__(kWgradThreads) wgrad_kernel(TapsArgs<scalar_t,
 
 extern __shared__ __align__(16) unsigned char tile_smem[];
 
+// One block per channel, the three phases of the table build (tiled_taps.h) in shared memory.
+constexpr int kTableThreads = 128;
+
 template <typename scalar_t, typename acc_t>
-__global__ void build_tables_kernel(TapsArgs<scalar_t, acc_t> a, int kind, bool need_pos, TapEntry<acc_t>* table,
-                                    int* count) {
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < a.C; c += int64_t(blockDim.x) * gridDim.x)
-    build_table_thread(c, a, kind, need_pos, table, count);
+__global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<scalar_t, acc_t> a, int kind,
+                                                                      bool need_pos, TapEntry<acc_t>* table,
+                                                                      int* count) {
+  const int n = table_capacity(a.K);
+  auto* cand = reinterpret_cast<TapEntry<acc_t>*>(tile_smem);
+  TapEntry<acc_t>* merged = cand + n;
+  auto* valid = reinterpret_cast<unsigned char*>(merged + n);
+  unsigned char* keep = valid + n;
+  for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
+    for (int64_t k = threadIdx.x; k < a.K; k += blockDim.x) table_candidates(c, k, a, kind, need_pos, cand, valid);
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) table_merge(i, n, kind, cand, valid, merged, keep);
+    __syncthreads();
+    if (threadIdx.x == 0) table_compact(c, n, kind, a.Lh, a.Lw, merged, keep, table, count);
+    __syncthreads();
+  }
 }
 
 template <int RY, typename scalar_t, typename acc_t>
@@ -78,6 +93,8 @@ __global__ void __launch_bounds__(kTileThreads) tiled_forward_kernel(TiledConv<s
   const int64_t blocks = a.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     const ForwardJob j = forward_job(a, bid);
+    tiled_forward_clear(a, smem, threadIdx.x);
+    __syncthreads();
     tiled_forward_stage(a, j, smem, threadIdx.x);
     __syncthreads();
     tiled_forward_compute<RY>(a, j, smem, threadIdx.x);
@@ -106,6 +123,8 @@ __global__ void __launch_bounds__(kTileThreads) tiled_corr_kernel(TiledCorr<scal
     tiled_corr_clear(a, smem, tid);
     for (int64_t first = j.begin; first < j.end; first += a.cfg.groups) {
       __syncthreads();  // the previous round's tile (and the cleared sums) are done with
+      tiled_corr_clear_tiles(a, smem, tid);
+      __syncthreads();
       tiled_corr_stage(a, j, first, smem, tid);
       acc_t gv[RY];
       tiled_corr_load_grad<RY>(a, j, first, tid, gv);
@@ -159,7 +178,9 @@ void allow_smem(Kernel kernel, int64_t bytes) {
 template <typename scalar_t, typename acc_t>
 void build_tables(const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos, TableBuffers<acc_t>& tb) {
   if (a.C == 0) return;
-  build_tables_kernel<scalar_t, acc_t><<<grid_blocks((a.C + 127) / 128), 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const int64_t bytes = table_scratch_bytes<acc_t>(a.K);
+  allow_smem(build_tables_kernel<scalar_t, acc_t>, bytes);
+  build_tables_kernel<scalar_t, acc_t><<<grid_blocks(a.C), kTableThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
       a, kind, need_pos, tb.table(), tb.counts());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -185,11 +206,18 @@ void run_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t
   build_tables(a, kCornerTable, need_pos, tb);
   w.table = tb.table();
   w.count = tb.counts();
-  auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  w.work = static_cast<acc_t*>(work.data_ptr());
   const int64_t bytes = w.smem_elems() * sizeof(acc_t);
   auto kernel = w.cfg.ry == 8 ? tiled_corr_kernel<8, scalar_t, acc_t> : tiled_corr_kernel<1, scalar_t, acc_t>;
   allow_smem(kernel, bytes);
+  // About four waves of resident blocks: enough to balance the SMs, few enough to keep each block's rounds long.
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, w.cfg.threads, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    per_sm = 1;
+  }
+  w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, 4 * int64_t(std::max(per_sm, 1)) * sm_count(like.get_device()));
+  auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  w.work = static_cast<acc_t*>(work.data_ptr());
   kernel<<<grid_blocks(w.blocks()), w.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});

@@ -38,62 +38,91 @@ enum TableKind : int { kForwardTable = 0, kMirroredTable = 1, kCornerTable = 2 }
 // Entries per channel at most: two per tap (bilinear's two columns).
 DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 
-// Builds channel c's table. kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same,
-// flipped in both axes (the input gradient at stride 1). kCornerTable: every window cell whose correlation
-// with the output gradient is needed (need_pos: all in-window corners, else those with a nonzero
-// interpolation weight); c0 / c1 unused.
+// Channel c's table is built by one block in three phases (barriers between them), all in shared memory:
+// candidates (one thread per tap: its two columns), merge (one thread per candidate: the first candidate of
+// each cell sums that cell's candidates in index order), compaction (one thread: kept entries in candidate
+// order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same, flipped in both axes
+// (the input gradient at stride 1). kCornerTable: every window cell whose correlation with the output gradient
+// is needed (need_pos: all in-window corners, else those with a nonzero interpolation weight); c0 / c1 unused.
+constexpr int64_t kMaxTiledTaps = 1024;  // beyond, the gather kernels run (tables and sums outgrow shared memory)
+
 template <typename scalar_t, typename acc_t>
-DCLS_HD void build_table_thread(int64_t c, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
-                                TapEntry<acc_t>* table, int* count) {
-  TapEntry<acc_t>* t = table + c * table_capacity(a.K);
-  int n = 0;
-  for (int64_t k = 0; k < a.K; ++k) {
-    const TapCorners<acc_t> tc = tap_corners(a, c, k);
-    const acc_t w = static_cast<acc_t>(a.weight[c * a.K + k]);
-    const acc_t h0 = axis_coef(tc.h, 0, a.interp), h1 = tc.n_h == 2 ? axis_coef(tc.h, 1, a.interp) : acc_t(0);
-    for (int bw = 0; bw < tc.n_w; ++bw) {
-      const acc_t cw = axis_coef(tc.w, bw, a.interp);
-      int dy = static_cast<int>(tc.h.cell);
-      const int dx = static_cast<int>(tc.w.cell) + bw;
-      acc_t c0 = w * h0 * cw, c1 = w * h1 * cw;
-      if (kind == kCornerTable) {
-        if (!need_pos && cw == acc_t(0)) continue;
-        c0 = c1 = acc_t(0);
-      } else {
-        if (c0 == acc_t(0) && c1 == acc_t(0)) continue;
-        if (c0 == acc_t(0)) {  // only the lower row carries weight
-          dy += 1;
-          c0 = c1;
-          c1 = acc_t(0);
-        }
-      }
-      int i = 0;
-      while (i < n && (t[i].dy != dy || t[i].dx != dx)) ++i;
-      if (i == n) {
-        t[n].dy = dy;
-        t[n].dx = dx;
-        t[n].c0 = c0;
-        t[n].c1 = c1;
-        ++n;
-      } else {
-        t[i].c0 += c0;
-        t[i].c1 += c1;
-      }
+DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
+                              TapEntry<acc_t>* cand, unsigned char* valid) {
+  const TapCorners<acc_t> tc = tap_corners(a, c, k);
+  const acc_t w = static_cast<acc_t>(a.weight[c * a.K + k]);
+  const acc_t h0 = axis_coef(tc.h, 0, a.interp), h1 = tc.n_h == 2 ? axis_coef(tc.h, 1, a.interp) : acc_t(0);
+  for (int bw = 0; bw < 2; ++bw) {
+    TapEntry<acc_t>& e = cand[2 * k + bw];
+    unsigned char& v = valid[2 * k + bw];
+    v = 0;
+    if (bw >= tc.n_w) continue;
+    const acc_t cw = axis_coef(tc.w, bw, a.interp);
+    e.dy = static_cast<int>(tc.h.cell);
+    e.dx = static_cast<int>(tc.w.cell) + bw;
+    e.c0 = w * h0 * cw;
+    e.c1 = w * h1 * cw;
+    if (kind == kCornerTable) {
+      e.c0 = e.c1 = acc_t(0);
+      v = (need_pos || cw != acc_t(0)) ? 1 : 0;
+      continue;
+    }
+    if (e.c0 == acc_t(0) && e.c1 == acc_t(0)) continue;
+    if (e.c0 == acc_t(0)) {  // only the lower row carries weight
+      e.dy += 1;
+      e.c0 = e.c1;
+      e.c1 = acc_t(0);
+    }
+    v = 1;
+  }
+}
+
+template <typename acc_t>
+DCLS_HD void table_merge(int i, int n, int kind, const TapEntry<acc_t>* cand, const unsigned char* valid,
+                         TapEntry<acc_t>* merged, unsigned char* keep) {
+  keep[i] = 0;
+  if (!valid[i]) return;
+  const int dy = cand[i].dy, dx = cand[i].dx;
+  for (int j = 0; j < i; ++j)
+    if (valid[j] && cand[j].dy == dy && cand[j].dx == dx) return;  // not the first of its cell
+  TapEntry<acc_t> m = cand[i];
+  for (int j = i + 1; j < n; ++j) {
+    if (valid[j] && cand[j].dy == dy && cand[j].dx == dx) {
+      m.c0 += cand[j].c0;
+      m.c1 += cand[j].c1;
     }
   }
-  if (kind == kMirroredTable) {
-    for (int i = 0; i < n; ++i) {
-      const bool two = t[i].c1 != acc_t(0);
-      t[i].dy = static_cast<int>(a.Lh) - (two ? 2 : 1) - t[i].dy;
-      t[i].dx = static_cast<int>(a.Lw) - 1 - t[i].dx;
+  merged[i] = m;
+  keep[i] = (kind == kCornerTable || m.c0 != acc_t(0) || m.c1 != acc_t(0)) ? 1 : 0;
+}
+
+template <typename acc_t>
+DCLS_HD void table_compact(int64_t c, int n, int kind, int64_t Lh, int64_t Lw, const TapEntry<acc_t>* merged,
+                           const unsigned char* keep, TapEntry<acc_t>* table, int* count) {
+  TapEntry<acc_t>* t = table + c * n;
+  int m = 0;
+  for (int i = 0; i < n; ++i) {
+    if (!keep[i]) continue;
+    TapEntry<acc_t> e = merged[i];
+    if (kind == kMirroredTable) {
+      const bool two = e.c1 != acc_t(0);
+      e.dy = static_cast<int>(Lh) - (two ? 2 : 1) - e.dy;
+      e.dx = static_cast<int>(Lw) - 1 - e.dx;
       if (two) {
-        const acc_t tmp = t[i].c0;
-        t[i].c0 = t[i].c1;
-        t[i].c1 = tmp;
+        const acc_t tmp = e.c0;
+        e.c0 = e.c1;
+        e.c1 = tmp;
       }
     }
+    t[m++] = e;
   }
-  count[c] = n;
+  count[c] = m;
+}
+
+// Shared memory of the table build: candidates, merged entries, flags.
+template <typename acc_t>
+DCLS_HD int64_t table_scratch_bytes(int64_t K) {
+  return 2 * 2 * K * int64_t(sizeof(TapEntry<acc_t>)) + 2 * 2 * K;
 }
 
 // Launch geometry shared by the CUDA launchers and the emulation. A block holds `groups` groups of
@@ -180,6 +209,59 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
   return t;
 }
 
+// Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the
+// input), then load the part of each plane that lies inside the input.
+template <typename acc_t>
+DCLS_HD void stage_clear(acc_t* smem, int64_t n, int tid, int threads) {
+  for (int64_t i = tid; i < n; i += threads) smem[i] = acc_t(0);
+}
+
+// Rows [r0, r1) and columns [q0, q1) of a staged plane with origin (y0, x0) that lie inside an H x W input.
+struct StageRect {
+  int r0, r1, q0, q1;
+};
+DCLS_HD int clamp_int(int64_t v, int lo, int hi) { return static_cast<int>(v < lo ? lo : (v > hi ? hi : v)); }
+DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t H, int64_t W) {
+  StageRect r;
+  r.r0 = clamp_int(-y0, 0, in_h);
+  r.r1 = clamp_int(H - y0, r.r0, in_h);
+  r.q0 = clamp_int(-x0, 0, in_w);
+  r.q1 = clamp_int(W - x0, r.q0, in_w);
+  return r;
+}
+
+// Thread tid of `threads` loads its share of rectangle R of `planes` planes: element (p, r, q) comes from
+// src[p * cs + (y0 + r) * ys + (x0 + q) * xs]. The fastest index runs across threads (channels for channels_last,
+// so a warp reads a run of neighbouring channels; else columns), the others advance without divisions.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs, int64_t ys,
+                          int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
+                          int threads) {
+  const int rows = R.r1 - R.r0, cols = R.q1 - R.q0;
+  if (rows <= 0 || cols <= 0 || planes <= 0) return;
+  const int nf = channel_fastest ? planes : cols;
+  const int lanes = nf < threads ? nf : threads, per = threads / lanes;
+  if (tid >= lanes * per) return;
+  const int n_mid = channel_fastest ? cols : rows, n_slow = channel_fastest ? rows : planes;
+  int mid = tid / lanes, slow = 0;
+  while (mid >= n_mid) {
+    mid -= n_mid;
+    ++slow;
+  }
+  while (slow < n_slow) {
+    for (int f = tid % lanes; f < nf; f += lanes) {
+      const int p = channel_fastest ? f : slow;
+      const int r = R.r0 + (channel_fastest ? slow : mid), q = R.q0 + (channel_fastest ? mid : f);
+      smem[p * plane_stride + r * pitch + q] = static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]);
+    }
+    mid += per;
+    while (mid >= n_mid) {
+      mid -= n_mid;
+      ++slow;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Forward: out[n, c, oy, ox] = bias[c] + sum over entries of c0 in[oy*sh + dy - ph, ox*sw + dx - pw] + c1 (row + 1).
 
@@ -217,34 +299,23 @@ DCLS_HD ForwardJob forward_job(const TiledConv<scalar_t, acc_t>& a, int64_t bid)
   return j;
 }
 
-// Phase 1: thread tid stages its share of the block's planes (zero outside the input). Consecutive threads
-// read consecutive addresses: along x for NCHW, across channels for channels_last.
+// Phase 1: zero the block's planes.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_clear(const TiledConv<scalar_t, acc_t>& a, acc_t* smem, int tid) {
+  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
+}
+
+// Phase 2: load the planes' input tiles and halos (the parts inside the input).
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid) {
   const TileConfig& t = a.cfg;
-  const int total = t.planes * t.in_h * t.in_w;
-  const bool channel_fastest = a.is[1] == 1 && t.planes > 1;
   const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
-  for (int i = tid; i < total; i += t.threads) {
-    int p, r, q;
-    if (channel_fastest) {
-      p = i % t.planes;
-      q = (i / t.planes) % t.in_w;
-      r = i / (t.planes * t.in_w);
-    } else {
-      q = i % t.in_w;
-      r = (i / t.in_w) % t.in_h;
-      p = i / (t.in_w * t.in_h);
-    }
-    const int64_t c = j.c0 + p, iy = y0 + r, ix = x0 + q;
-    acc_t v = acc_t(0);
-    if (c < a.C && iy >= 0 && iy < a.H && ix >= 0 && ix < a.W)
-      v = static_cast<acc_t>(a.in[j.n * a.is[0] + c * a.is[1] + iy * a.is[2] + ix * a.is[3]]);
-    smem[p * t.plane_stride + r * t.pitch + q] = v;
-  }
+  const int planes = static_cast<int>(a.C - j.c0 < t.planes ? a.C - j.c0 : t.planes);
+  stage_planes(smem, t.pitch, t.plane_stride, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0,
+               planes, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
 }
 
-// Phase 2: thread tid computes RY outputs of one column for each plane of its group.
+// Phase 3: thread tid computes RY outputs of one column for each plane of its group.
 template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
                                    int tid) {
@@ -262,8 +333,10 @@ DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const Fo
     for (int i = 0; i < RY; ++i) acc[i] = b;
     const TapEntry<acc_t>* e = a.table + c * a.cap;
     const int ne = a.count[c];
+    TapEntry<acc_t> next_entry = ne > 0 ? e[0] : TapEntry<acc_t>{};
     for (int m = 0; m < ne; ++m) {
-      const TapEntry<acc_t> en = e[m];
+      const TapEntry<acc_t> en = next_entry;
+      if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
       const acc_t* q = s + en.dy * t.pitch + en.dx;
       if (en.c1 == acc_t(0)) {
 DCLS_UNROLL
@@ -340,22 +413,25 @@ DCLS_HD void tiled_corr_clear(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, 
   for (int i = tid; i < a.warps() * a.values(); i += a.cfg.threads) red[i] = acc_t(0);
 }
 
-// Phase 1 (per round): group p stages the input region of job first + p.
+// Phase 1 (per round): zero the staged planes.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_clear_tiles(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid) {
+  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
+}
+
+// Phase 2 (per round): each group's threads load the input region of its job, first + group.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_stage(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, int64_t first, acc_t* smem,
                               int tid) {
   const TileConfig& t = a.cfg;
-  const int total = t.planes * t.in_h * t.in_w;
-  const int64_t tiles = t.tiles_y * t.tiles_x;
-  for (int i = tid; i < total; i += t.threads) {
-    const int q = i % t.in_w, r = (i / t.in_w) % t.in_h, p = i / (t.in_w * t.in_h);
-    const int64_t job = first + p, n = job / tiles, tile = job % tiles;
-    const int64_t iy = (tile / t.tiles_x) * t.th() * a.sh - a.ph + r, ix = (tile % t.tiles_x) * t.tw * a.sw - a.pw + q;
-    acc_t v = acc_t(0);
-    if (job < j.end && iy >= 0 && iy < a.H && ix >= 0 && ix < a.W)
-      v = static_cast<acc_t>(a.x[n * a.xs[0] + j.c * a.xs[1] + iy * a.xs[2] + ix * a.xs[3]]);
-    smem[p * t.plane_stride + r * t.pitch + q] = v;
-  }
+  const int per_plane = t.tw * t.thread_rows, group = tid / per_plane;
+  const int64_t job = first + group, tiles = t.tiles_y * t.tiles_x;
+  if (group >= t.groups || job >= j.end) return;
+  const int64_t n = job / tiles, tile = job % tiles;
+  const int64_t y0 = (tile / t.tiles_x) * t.th() * a.sh - a.ph, x0 = (tile % t.tiles_x) * t.tw * a.sw - a.pw;
+  stage_planes(smem + group * t.plane_stride, t.pitch, t.plane_stride, a.x + n * a.xs[0] + j.c * a.xs[1], a.xs[1],
+               a.xs[2], a.xs[3], y0, x0, 1, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), false, tid % per_plane,
+               per_plane);
 }
 
 // The output gradients a thread multiplies in a round (zero outside the plane or past the slab's jobs).
@@ -376,7 +452,7 @@ DCLS_HD void tiled_corr_load_grad(const TiledCorr<scalar_t, acc_t>& a, const Cor
   }
 }
 
-// Phase 2 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
+// Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
 // base + m, rows r = 0, 1.
 template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
@@ -428,14 +504,14 @@ DCLS_HD void transpose_keep(acc_t* v, int lane, int width, int i, acc_t received
   v[i] = ((lane & width) ? v[i + width] : v[i]) + received;
 }
 
-// Phase 3 (after each reduction): the lane's total joins the warp's row of sums.
+// Phase 4 (after each reduction): the lane's total joins the warp's row of sums.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid, int base, acc_t total) {
   acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
   red[(tid / 32) * a.values() + 2 * base + (tid % 32)] += total;
 }
 
-// Phase 4 (end of the block job): warps' sums added in warp order, written to the workspace.
+// Phase 5 (end of the block job): warps' sums added in warp order, written to the workspace.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_write(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid) {
   const acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;

@@ -47,6 +47,7 @@ TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& o
   plane_strides(out, c.os);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
   c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, false, staged_planes(x), sizeof(acc_t));
+  c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
 
@@ -64,6 +65,7 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   c.ph = a.Lh - 1 - a.ph;
   c.pw = a.Lw - 1 - a.pw;
   c.cfg = make_tile_config(a.H, a.W, a.Lh, a.Lw, 1, 1, false, staged_planes(g), sizeof(acc_t));
+  c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
 
@@ -80,6 +82,7 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   plane_strides(g, c.gs);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
   c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t));
+  c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   if (c.cfg.ok && c.smem_elems() * int64_t(sizeof(acc_t)) > 2 * kMaxTileSmemBytes) c.cfg.ok = false;
   if (c.cfg.ok) c.slabs = corr_slabs(a.C, c.jobs(), c.cfg.groups, target_blocks);
   return c;
