@@ -56,12 +56,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
 template <typename scalar_t, typename acc_t>
 void emulate_tables(const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos, TableBuffers<acc_t>& tb) {
   const int n = table_capacity(a.K);
+  const bool use_map = table_uses_map(a.Lh, a.Lw);
+  const int cells = use_map ? static_cast<int>(a.Lh * a.Lw) : 0;
   std::vector<TapEntry<acc_t>> cand(n), merged(n);
-  std::vector<unsigned char> valid(n), keep(n);
+  std::vector<unsigned char> valid(n), keep(n), dup(n);
+  std::vector<int> slot(std::max(cells, 1)), offset(kTableThreads + 1);
   for (int64_t c = 0; c < a.C; ++c) {
     for (int64_t k = 0; k < a.K; ++k) table_candidates(c, k, a, kind, need_pos, cand.data(), valid.data());
-    for (int i = 0; i < n; ++i) table_merge(i, n, kind, cand.data(), valid.data(), merged.data(), keep.data());
-    table_compact(c, n, kind, a.Lh, a.Lw, merged.data(), keep.data(), tb.table(), tb.counts());
+    for (int i = 0; i < std::max(cells, n); ++i) table_clear(i, cells, n, slot.data(), dup.data());
+    if (use_map) {
+      for (int i = 0; i < n; ++i)  // the device's atomic minimum
+        if (valid[i]) slot[table_cell(cand[i], a.Lw)] = std::min(slot[table_cell(cand[i], a.Lw)], i);
+      for (int i = 0; i < n; ++i) table_flag(i, a.Lw, cand.data(), valid.data(), slot.data(), dup.data());
+    }
+    for (int i = 0; i < n; ++i)
+      table_merge(i, n, kind, a.Lw, cand.data(), valid.data(), use_map ? slot.data() : nullptr, dup.data(),
+                  merged.data(), keep.data());
+    offset[0] = 0;
+    for (int t = 0; t < kTableThreads; ++t) offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data());
+    for (int t = 0; t < kTableThreads; ++t)
+      table_write_kept(c, t, n, kTableThreads, offset[t], kind, a.Lh, a.Lw, merged.data(), keep.data(), tb.table());
+    tb.counts()[c] = offset[kTableThreads];
   }
 }
 

@@ -65,24 +65,48 @@ __global__ void __launch_bounds__(kWgradThreads) wgrad_kernel(TapsArgs<scalar_t,
 
 extern __shared__ __align__(16) unsigned char tile_smem[];
 
-// One block per channel, the three phases of the table build (tiled_taps.h) in shared memory.
-constexpr int kTableThreads = 128;
-
+// One block per channel, the phases of the table build (tiled_taps.h) in shared memory.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<scalar_t, acc_t> a, int kind,
                                                                       bool need_pos, TapEntry<acc_t>* table,
                                                                       int* count) {
-  const int n = table_capacity(a.K);
+  __shared__ int warp_total[kTableThreads / 32];
+  const int n = table_capacity(a.K), tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const bool use_map = table_uses_map(a.Lh, a.Lw);
+  const int cells = use_map ? static_cast<int>(a.Lh * a.Lw) : 0, span = cells > n ? cells : n;
   auto* cand = reinterpret_cast<TapEntry<acc_t>*>(tile_smem);
   TapEntry<acc_t>* merged = cand + n;
   auto* valid = reinterpret_cast<unsigned char*>(merged + n);
   unsigned char* keep = valid + n;
+  unsigned char* dup = keep + n;
+  int* slot = reinterpret_cast<int*>(tile_smem + 2 * n * sizeof(TapEntry<acc_t>) + (3 * n + 3) / 4 * 4);
   for (int64_t c = blockIdx.x; c < a.C; c += gridDim.x) {
-    for (int64_t k = threadIdx.x; k < a.K; k += blockDim.x) table_candidates(c, k, a, kind, need_pos, cand, valid);
+    for (int64_t k = tid; k < a.K; k += kTableThreads) table_candidates(c, k, a, kind, need_pos, cand, valid);
+    for (int i = tid; i < span; i += kTableThreads) table_clear(i, cells, n, slot, dup);
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += blockDim.x) table_merge(i, n, kind, cand, valid, merged, keep);
+    if (use_map) {
+      for (int i = tid; i < n; i += kTableThreads)
+        if (valid[i]) atomicMin(&slot[table_cell(cand[i], a.Lw)], i);
+      __syncthreads();
+      for (int i = tid; i < n; i += kTableThreads) table_flag(i, a.Lw, cand, valid, slot, dup);
+      __syncthreads();
+    }
+    for (int i = tid; i < n; i += kTableThreads)
+      table_merge(i, n, kind, a.Lw, cand, valid, use_map ? slot : nullptr, dup, merged, keep);
     __syncthreads();
-    if (threadIdx.x == 0) table_compact(c, n, kind, a.Lh, a.Lw, merged, keep, table, count);
+    // Exclusive scan of the threads' kept counts: within warps by shuffles, then over the warp totals.
+    const int kept = table_count_kept(tid, n, kTableThreads, keep);
+    int inclusive = kept;
+    for (int o = 1; o < 32; o *= 2) {
+      const int v = __shfl_up_sync(0xffffffffu, inclusive, o);
+      if (lane >= o) inclusive += v;
+    }
+    if (lane == 31) warp_total[warp] = inclusive;
+    __syncthreads();
+    int before = 0;
+    for (int w = 0; w < warp; ++w) before += warp_total[w];
+    table_write_kept(c, tid, n, kTableThreads, before + inclusive - kept, kind, a.Lh, a.Lw, merged, keep, table);
+    if (tid == kTableThreads - 1) count[c] = before + inclusive;
     __syncthreads();
   }
 }
@@ -178,7 +202,7 @@ void allow_smem(Kernel kernel, int64_t bytes) {
 template <typename scalar_t, typename acc_t>
 void build_tables(const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos, TableBuffers<acc_t>& tb) {
   if (a.C == 0) return;
-  const int64_t bytes = table_scratch_bytes<acc_t>(a.K);
+  const int64_t bytes = table_scratch_bytes<acc_t>(a.K, a.Lh, a.Lw);
   allow_smem(build_tables_kernel<scalar_t, acc_t>, bytes);
   build_tables_kernel<scalar_t, acc_t><<<grid_blocks(a.C), kTableThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
       a, kind, need_pos, tb.table(), tb.counts());

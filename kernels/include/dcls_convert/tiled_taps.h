@@ -44,7 +44,8 @@ DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 // order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same, flipped in both axes
 // (the input gradient at stride 1). kCornerTable: every window cell whose correlation with the output gradient
 // is needed (need_pos: all in-window corners, else those with a nonzero interpolation weight); c0 / c1 unused.
-constexpr int64_t kMaxTiledTaps = 1024;  // beyond, the gather kernels run (tables and sums outgrow shared memory)
+constexpr int64_t kMaxTiledTaps = 1024;
+constexpr int kTableThreads = 128;  // threads of the table-building block  // beyond, the gather kernels run (tables and sums outgrow shared memory)
 
 template <typename scalar_t, typename acc_t>
 DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
@@ -77,16 +78,50 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
   }
 }
 
+// Merge, for windows of up to kTableMapCells cells: a cell map in shared memory names each cell's first
+// candidate (the smallest index, by an atomic minimum: the same whatever the order), other candidates flag
+// that owner, and only flagged owners walk the list to add their cell's candidates in index order.
+constexpr int64_t kTableMapCells = 8192;
+constexpr int kNoOwner = 0x7fffffff;
+
+DCLS_HD bool table_uses_map(int64_t Lh, int64_t Lw) { return Lh * Lw <= kTableMapCells; }
+
 template <typename acc_t>
-DCLS_HD void table_merge(int i, int n, int kind, const TapEntry<acc_t>* cand, const unsigned char* valid,
-                         TapEntry<acc_t>* merged, unsigned char* keep) {
+DCLS_HD int table_cell(const TapEntry<acc_t>& e, int64_t Lw) { return e.dy * static_cast<int>(Lw) + e.dx; }
+
+// Phase 2 (one thread per cell and per candidate): empty map, no flags.
+DCLS_HD void table_clear(int i, int cells, int n, int* slot, unsigned char* dup) {
+  if (i < cells) slot[i] = kNoOwner;
+  if (i < n) dup[i] = 0;
+}
+
+// Phase 4 (per candidate, after the claims): flag the owner of a cell that has more than one candidate.
+template <typename acc_t>
+DCLS_HD void table_flag(int i, int64_t Lw, const TapEntry<acc_t>* cand, const unsigned char* valid, const int* slot,
+                        unsigned char* dup) {
+  if (!valid[i]) return;
+  const int owner = slot[table_cell(cand[i], Lw)];
+  if (owner != i) dup[owner] = 1;
+}
+
+// Phase 5 (per candidate): the owner's merged entry and whether the table keeps it. slot == nullptr: no map
+// (large windows), the first-of-its-cell test walks the candidates instead.
+template <typename acc_t>
+DCLS_HD void table_merge(int i, int n, int kind, int64_t Lw, const TapEntry<acc_t>* cand, const unsigned char* valid,
+                         const int* slot, const unsigned char* dup, TapEntry<acc_t>* merged, unsigned char* keep) {
   keep[i] = 0;
   if (!valid[i]) return;
   const int dy = cand[i].dy, dx = cand[i].dx;
-  for (int j = 0; j < i; ++j)
-    if (valid[j] && cand[j].dy == dy && cand[j].dx == dx) return;  // not the first of its cell
+  bool others = true;
+  if (slot != nullptr) {
+    if (slot[table_cell(cand[i], Lw)] != i) return;
+    others = dup[i] != 0;
+  } else {
+    for (int j = 0; j < i; ++j)
+      if (valid[j] && cand[j].dy == dy && cand[j].dx == dx) return;  // not the first of its cell
+  }
   TapEntry<acc_t> m = cand[i];
-  for (int j = i + 1; j < n; ++j) {
+  for (int j = i + 1; others && j < n; ++j) {
     if (valid[j] && cand[j].dy == dy && cand[j].dx == dx) {
       m.c0 += cand[j].c0;
       m.c1 += cand[j].c1;
@@ -96,12 +131,24 @@ DCLS_HD void table_merge(int i, int n, int kind, const TapEntry<acc_t>* cand, co
   keep[i] = (kind == kCornerTable || m.c0 != acc_t(0) || m.c1 != acc_t(0)) ? 1 : 0;
 }
 
+// Phase 6, compaction: thread t owns candidates [t * chunk, (t + 1) * chunk); it counts its kept entries, the
+// block scans the counts (exact integers: any order gives the same offsets), then each thread writes its kept
+// entries from its offset, in candidate order, mirrored for kMirroredTable.
+DCLS_HD int table_chunk(int n, int threads) { return (n + threads - 1) / threads; }
+
+DCLS_HD int table_count_kept(int t, int n, int threads, const unsigned char* keep) {
+  const int chunk = table_chunk(n, threads);
+  int kept = 0;
+  for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) kept += keep[i];
+  return kept;
+}
+
 template <typename acc_t>
-DCLS_HD void table_compact(int64_t c, int n, int kind, int64_t Lh, int64_t Lw, const TapEntry<acc_t>* merged,
-                           const unsigned char* keep, TapEntry<acc_t>* table, int* count) {
-  TapEntry<acc_t>* t = table + c * n;
-  int m = 0;
-  for (int i = 0; i < n; ++i) {
+DCLS_HD void table_write_kept(int64_t c, int t, int n, int threads, int offset, int kind, int64_t Lh, int64_t Lw,
+                              const TapEntry<acc_t>* merged, const unsigned char* keep, TapEntry<acc_t>* table) {
+  const int chunk = table_chunk(n, threads);
+  TapEntry<acc_t>* out = table + c * n + offset;
+  for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) {
     if (!keep[i]) continue;
     TapEntry<acc_t> e = merged[i];
     if (kind == kMirroredTable) {
@@ -114,15 +161,16 @@ DCLS_HD void table_compact(int64_t c, int n, int kind, int64_t Lh, int64_t Lw, c
         e.c1 = tmp;
       }
     }
-    t[m++] = e;
+    *out++ = e;
   }
-  count[c] = m;
 }
 
-// Shared memory of the table build: candidates, merged entries, flags.
+// Shared memory of the table build: candidates, merged entries, flags, and the cell map.
 template <typename acc_t>
-DCLS_HD int64_t table_scratch_bytes(int64_t K) {
-  return 2 * 2 * K * int64_t(sizeof(TapEntry<acc_t>)) + 2 * 2 * K;
+DCLS_HD int64_t table_scratch_bytes(int64_t K, int64_t Lh, int64_t Lw) {
+  const int64_t n = 2 * K;
+  const int64_t entries = 2 * n * int64_t(sizeof(TapEntry<acc_t>)), flags = (3 * n + 3) / 4 * 4;
+  return entries + flags + (table_uses_map(Lh, Lw) ? Lh * Lw * 4 : 0);
 }
 
 // Launch geometry shared by the CUDA launchers and the emulation. A block holds `groups` groups of
@@ -323,11 +371,12 @@ DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const Fo
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
   const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
-  const int64_t row = a.sh * t.pitch;  // staged elements between two output rows
+  // 32-bit shared-memory offsets: the loads below then need one integer add each.
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
   for (int p = group; p < t.planes; p += t.groups) {
     const int64_t c = j.c0 + p;
     if (c >= a.C) break;
-    const acc_t* s = smem + p * t.plane_stride + ly * RY * row + lx * a.sw;
+    const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
     const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
     acc_t acc[RY];
     for (int i = 0; i < RY; ++i) acc[i] = b;
@@ -337,21 +386,25 @@ DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const Fo
     for (int m = 0; m < ne; ++m) {
       const TapEntry<acc_t> en = next_entry;
       if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
-      const acc_t* q = s + en.dy * t.pitch + en.dx;
+      const acc_t* q = s + (en.dy * pitch + en.dx);
       if (en.c1 == acc_t(0)) {
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
-      } else if (a.sh == 1) {  // rows i and i + 1 of the staged tile serve outputs i - 1 and i
+      } else if (row == pitch) {  // stride 1: rows i and i + 1 of the staged tile serve outputs i - 1 and i
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[(i + 1) * t.pitch];
-          acc[i] += en.c0 * prev + en.c1 * next;
+          const acc_t next = q[(i + 1) * pitch];
+          acc[i] += en.c0 * prev;
+          acc[i] += en.c1 * next;
           prev = next;
         }
       } else {
 DCLS_UNROLL
-        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row] + en.c1 * q[i * row + t.pitch];
+        for (int i = 0; i < RY; ++i) {
+          acc[i] += en.c0 * q[i * row];
+          acc[i] += en.c1 * q[i * row + pitch];
+        }
       }
     }
     if (ox < a.Wo) {
@@ -460,8 +513,8 @@ DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const Corr
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int64_t row = a.sh * t.pitch;
-  const acc_t* s = smem + group * t.plane_stride + ly * RY * row + lx * a.sw;
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
+  const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
   const TapEntry<acc_t>* e = a.table + j.c * a.cap;
   const int ne = a.count[j.c];
 DCLS_UNROLL
@@ -469,12 +522,12 @@ DCLS_UNROLL
     acc_t s0 = acc_t(0), s1 = acc_t(0);
     if (base + m < ne) {
       const TapEntry<acc_t> en = e[base + m];
-      const acc_t* q = s + en.dy * t.pitch + en.dx;
-      if (a.sh == 1) {
+      const acc_t* q = s + (en.dy * pitch + en.dx);
+      if (row == pitch) {
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[(i + 1) * t.pitch];
+          const acc_t next = q[(i + 1) * pitch];
           s0 += gv[i] * prev;
           s1 += gv[i] * next;
           prev = next;
@@ -483,7 +536,7 @@ DCLS_UNROLL
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
           s0 += gv[i] * q[i * row];
-          s1 += gv[i] * q[i * row + t.pitch];
+          s1 += gv[i] * q[i * row + pitch];
         }
       }
     }
