@@ -17,9 +17,12 @@ def normalize_padding(padding, ndim: int, owner: str = "module") -> str | tuple[
         if padding not in ("same", "valid"):
             raise ValueError(f"{owner}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
         return padding
-    vals = (padding,) * ndim if isinstance(padding, int) else tuple(padding)
-    if len(vals) != ndim or any(not isinstance(v, int) or v < 0 for v in vals):
-        raise ValueError(f"{owner}: padding must be a non-negative int or {ndim} of them, got {padding!r}")
+    try:
+        vals = (padding,) * ndim if isinstance(padding, int) else tuple(padding)
+    except TypeError:
+        vals = ()
+    if len(vals) != ndim or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**24 for v in vals):
+        raise ValueError(f"{owner}: padding must be an int in [0, 2**24] or {ndim} of them, got {padding!r}")
     return tuple(vals)
 
 

@@ -82,6 +82,35 @@ def test_malformed_recipe_and_wrong_model(tmp_path):
         dc.load(str(tmp_path / "missing"), Zoo())
 
 
+@pytest.mark.parametrize("key,value", [("dilated_kernel_size", [2**32, 2**32]), ("stride", [2**32 - 1, 69273666]),
+                                       ("padding", [2**61, 2**61]), ("dilated_kernel_size", [2**13, 2**13])])
+def test_recipe_with_absurd_geometry_is_refused(tmp_path, key, value):
+    """An edited recipe cannot crash the process: load refuses the geometry with a ValueError naming it (the
+    first forward used to kill the process). Runs in its own interpreter so that a crash fails only this test."""
+    import subprocess
+    import sys
+
+    model, _ = dc.convert(nn.Sequential(nn.Conv2d(4, 4, 7, padding=3, groups=4)), "dcls")
+    dc.save(model, str(tmp_path))
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    (entry,) = recipe["layers"].values()
+    assert key in entry["config"]
+    entry["config"][key] = value
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    code = f"""
+import torch, torch.nn as nn, dcls_convert as dc
+try:
+    m = dc.load({str(tmp_path)!r}, nn.Sequential(nn.Conv2d(4, 4, 7, padding=3, groups=4)))
+    m(torch.randn(1, 4, 8, 8))
+    print("LOADED")
+except ValueError as e:
+    print("REFUSED", e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"process died ({r.returncode}): {r.stderr[-500:]}"
+    assert "REFUSED" in r.stdout and key.split("_")[-1] in r.stdout.replace("cells", "size"), r.stdout
+
+
 def test_corrupt_weights_give_clear_error(tmp_path):
     _, out = _trained_copy("dcls")
     dc.save(out, str(tmp_path))

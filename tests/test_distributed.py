@@ -58,6 +58,7 @@ def _worker(rank, port, path):
         train(ddp, x[half], y[half])
         if rank == 0:
             torch.save(model.state_dict(), path)
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -96,6 +97,7 @@ def _fsdp_worker(rank, port, path):
         state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.state_dict().items()}
         if rank == 0:
             torch.save(state, path)
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -131,3 +131,52 @@ def test_autocast_leaves_float64_alone():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ops.taps_conv(torch.randn(1, 3, 8, 8, dtype=torch.float64), w, p, None, *args).dtype == torch.float64
         assert ops.taps_conv(torch.randn(1, 3, 8, 8), w.float(), p.float(), None, *args).dtype == torch.bfloat16
+
+
+# Absurd geometry (from arguments or an edited recipe) must end in a Python exception, never kill the process:
+# each case runs in its own interpreter, so a crash fails the test instead of the whole run.
+ABSURD_GEOMETRY = [
+    ("window", "[2**32, 2**32]", "[1, 1]", "[2**31, 2**31]"),   # window area wrapped to 0
+    ("stride", "[5, 5]", "[2**32 - 1, 69273666]", "[2, 2]"),      # padded-buffer size wrapped to 0
+    ("OK (1, 2, 1, 1)", "[3, 3]", "[10**6, 10**6]", "[1, 1]"),    # a buffer sized by the stride: now one output
+    ("stride", "[5, 5]", "[2**62, 2**62]", "[2**61, 2**61]"),     # silent overflow of the output geometry
+    ("padding", "[3, 3]", "[1, 1]", "[10**6, 10**6]"),            # a terabyte padded plane
+]
+
+
+@pytest.mark.parametrize("what,window,stride,padding", ABSURD_GEOMETRY)
+def test_absurd_geometry_raises_instead_of_crashing(what, window, stride, padding):
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+import dcls_convert  # registers the ops
+x = torch.randn(1, 2, 4, 4)
+w = torch.randn(2, 1, 3)
+p = torch.zeros(2, 2, 1, 3)
+try:
+    y = torch.ops.dcls_convert.taps_conv(x, w, p, None, {window}, {stride}, {padding}, "bilinear")
+    print("OK", tuple(y.shape))
+except RuntimeError as e:
+    print("RAISED", e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"process died ({r.returncode}): {r.stderr[-500:]}"
+    assert what in r.stdout and ("RAISED" in r.stdout) != what.startswith("OK"), r.stdout
+
+
+def test_one_output_ignores_the_stride():
+    """A stride larger than the input gives one output per axis, equal to the oracle (the engines then run at
+    stride 1 along that axis)."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    w, p, _ = random_taps(2, 3, 1, 4, [5, 5])
+    w.requires_grad_(), p.requires_grad_()
+    args = ([5, 5], [1000, 7], [1, 0], "bilinear")
+    got = ops.taps_conv(x, w, p, None, *args[:3])
+    want = reference.taps_conv(x, w, p, None, *args)
+    assert got.shape[2] == 1
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    g = torch.randn_like(got)
+    for a, e in zip(torch.autograd.grad(got, (x, w, p), g), torch.autograd.grad(want, (x, w, p), g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)

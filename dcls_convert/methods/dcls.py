@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..padding import pad_input
-from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
+from .base import (MAX_GEOMETRY, ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
                    relative_error, source_kernel)
 
 __all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window"]
@@ -86,6 +86,8 @@ class _DclsConvNd(ConvertedConv):
         if engine not in ("auto", "taps", "dense"):
             raise ValueError(f"{name}: engine must be 'auto', 'taps' or 'dense', got {engine!r}")
         self.dilated_kernel_size = per_axis(dilated_kernel_size, self.ndim, "dilated_kernel_size", name)
+        if math.prod(self.dilated_kernel_size) > MAX_GEOMETRY:
+            raise ValueError(f"{name}: window {self.dilated_kernel_size} has more than 2**24 cells")
         learn = tuple(bool(v) for v in learn_axes) if learn_axes is not None else (True,) * self.ndim
         if len(learn) != self.ndim:
             raise ValueError(f"{name}: learn_axes needs {self.ndim} booleans, got {learn_axes!r}")

@@ -80,6 +80,10 @@ TapsArgs<scalar_t, acc_t> make_taps_args(const at::Tensor& x, const at::Tensor& 
   a.pw = padding.back();
   a.Ho = (a.H + 2 * a.ph - a.Lh) / a.sh + 1;
   a.Wo = (a.W + 2 * a.pw - a.Lw) / a.sw + 1;
+  // One output along an axis reads the same input whatever the stride: stride 1 keeps every engine's
+  // geometry (buffers sized by Ho * stride) bounded by the input.
+  if (a.Ho == 1) a.sh = 1;
+  if (a.Wo == 1) a.sw = 1;
   a.interp = interp;
   return a;
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <algorithm>
 #include <string>
 
 #include "dcls_convert/taps.h"
@@ -20,11 +21,47 @@ inline int parse_interp(const std::string& name) {
 // Positions and sigma run in the accumulation type (float32 for 16-bit weights) for precision.
 inline at::ScalarType acc_dtype(at::ScalarType t) { return at::toOpMathType(t); }
 
+// Geometry limits, checked before any size is derived from them: every product the engines form then fits
+// in int64, and no argument (or recipe file) can make an op allocate without bound. The Python modules enforce
+// the same per-axis limit (methods/base.py, MAX_GEOMETRY).
+constexpr int64_t kMaxGeometry = int64_t(1) << 24;     // window, stride and padding, per axis
+constexpr int64_t kMaxWindowCells = int64_t(1) << 24;  // window cells, all axes
+constexpr int64_t kMaxPaddedPlane = int64_t(1) << 26;  // padded-plane elements allowed beyond 4x the input plane
+
+inline void check_window(const char* op, at::IntArrayRef window) {
+  int64_t cells = 1;
+  for (size_t d = 0; d < window.size(); ++d) {
+    TORCH_CHECK(window[d] >= 1 && window[d] <= kMaxGeometry, op, ": window[", d, "] must be in [1, 2^24], got ",
+                window[d]);
+    cells *= window[d];
+    TORCH_CHECK(cells <= kMaxWindowCells, op, ": window ", window, " has more than 2^24 cells");
+  }
+}
+
+inline void check_taps_geometry(const at::Tensor& x, at::IntArrayRef window, at::IntArrayRef stride,
+                                at::IntArrayRef padding) {
+  check_window("taps_conv", window);
+  long double padded = 1, plane = 1;  // products of tensor sizes may exceed int64
+  for (size_t d = 0; d < window.size(); ++d) {
+    TORCH_CHECK(stride[d] >= 1 && stride[d] <= kMaxGeometry, "taps_conv: stride[", d, "] must be in [1, 2^24], got ",
+                stride[d]);
+    TORCH_CHECK(padding[d] >= 0 && padding[d] <= kMaxGeometry, "taps_conv: padding[", d,
+                "] must be in [0, 2^24], got ", padding[d]);
+    TORCH_CHECK(x.size(2 + d) + 2 * padding[d] >= window[d], "taps_conv: padded input (", x.size(2 + d), " + 2 x ",
+                padding[d], ") smaller than the window ", window[d], " on axis ", d);
+    padded *= static_cast<long double>(x.size(2 + d) + 2 * padding[d]);
+    plane *= static_cast<long double>(x.size(2 + d));
+  }
+  TORCH_CHECK(padded <= std::max<long double>(kMaxPaddedPlane, 4 * plane), "taps_conv: padding ", padding,
+              " makes a padded plane of ", static_cast<double>(padded), " elements from a plane of ",
+              static_cast<double>(plane), " (at most max(2^26, 4x) is allowed)");
+}
+
 inline void check_construct_args(const at::Tensor& weight, const at::Tensor& positions,
                                  const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, int interp) {
   const int64_t D = static_cast<int64_t>(window.size());
   TORCH_CHECK(D >= 1 && D <= 3, "dcls_construct: window must have 1 to 3 dims, got ", D);
-  for (auto L : window) TORCH_CHECK(L >= 1, "dcls_construct: window sizes must be >= 1, got ", window);
+  check_window("dcls_construct", window);
   TORCH_CHECK(weight.dim() == 3, "dcls_construct: weight must be (Cout, Cin/groups, K), got ", weight.sizes());
   TORCH_CHECK(positions.dim() == 4 && positions.size(0) == D && positions.size(1) == weight.size(0) &&
                   positions.size(2) == weight.size(1) && positions.size(3) == weight.size(2),
@@ -57,10 +94,7 @@ inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const
               " does not match weight dtype ", weight.scalar_type());
   TORCH_CHECK(x.device() == weight.device() && positions.device() == weight.device(),
               "taps_conv: input, weight and positions must be on one device");
-  for (int64_t d = 0; d < D; ++d) {
-    TORCH_CHECK(stride[d] >= 1 && padding[d] >= 0 && window[d] >= 1, "taps_conv: bad stride/padding/window");
-    TORCH_CHECK(x.size(2 + d) + 2 * padding[d] >= window[d], "taps_conv: padded input smaller than the window");
-  }
+  check_taps_geometry(x, window, stride, padding);
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "taps_conv: bias must be (C,) with C = ", x.size(1),
                 ", got ", bias->sizes());
