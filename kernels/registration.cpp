@@ -1,4 +1,5 @@
-// Every op schema of dcls_convert in one block. Implementations: cpu/*_cpu.cpp, cuda/*_cuda.cu;
+// Every op schema of dcls_convert in one block. Implementations: cpu/*_cpu.cpp, cuda/*_cuda.cu (the CPU
+// emulation of the CUDA kernels, emulation/, is built by the tests only);
 // fake kernels and autograd: dcls_convert/ops/_fake.py and _autograd.py.
 #include <Python.h>
 #include <torch/library.h>
@@ -22,13 +23,4 @@ TORCH_LIBRARY(dcls_convert, m) {
         "int[] padding, str interpolation) -> Tensor");
   m.def("taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, int[] window, "
         "int[] stride, int[] padding, str interpolation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  // CPU emulation of the CUDA launch grids (tests only).
-  m.def("_emulate_cuda_dcls_construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
-        "str interpolation, float sigma_min) -> Tensor");
-  m.def("_emulate_cuda_dcls_construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, "
-        "int[] window, str interpolation, float sigma_min) -> (Tensor, Tensor, Tensor)");
-  m.def("_emulate_cuda_taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, "
-        "int[] stride, int[] padding, str interpolation) -> Tensor");
-  m.def("_emulate_cuda_taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, "
-        "int[] window, int[] stride, int[] padding, str interpolation, int[] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -3,11 +3,10 @@ import pytest
 import torch
 
 from dcls_convert.ops import reference
+from emulation import emulation_ops
 from helpers import random_taps
-from conftest import requires_compiled
 
-pytestmark = requires_compiled
-E = torch.ops.dcls_convert
+E = emulation_ops()
 
 
 @pytest.mark.parametrize("interp", ["bilinear", "gaussian", "nearest"])
@@ -18,13 +17,13 @@ def test_construct_threads(interp, window, integer):
     w, p, s = random_taps(D, 3, 2, 7, window, spread=1.4, sigma=interp == "gaussian")
     if integer:
         p = p.round()
-    torch.testing.assert_close(E._emulate_cuda_dcls_construct(w, p, s, window, interp, 0.27),
+    torch.testing.assert_close(E.dcls_construct(w, p, s, window, interp, 0.27),
                                reference.dcls_construct(w, p, s, window, interp), rtol=0, atol=1e-12)
     leaves = [w.clone().requires_grad_(), p.clone().requires_grad_()] + ([s.clone().requires_grad_()] if s is not None else [])
     out = reference.dcls_construct(leaves[0], leaves[1], leaves[2] if s is not None else None, window, interp)
     g = torch.randn_like(out)
     want = torch.autograd.grad(out, leaves, g, allow_unused=True)
-    gw, gp, gs = E._emulate_cuda_dcls_construct_backward(g, w, p, s, window, interp, 0.27)
+    gw, gp, gs = E.dcls_construct_backward(g, w, p, s, window, interp, 0.27)
     torch.testing.assert_close(gw, want[0], rtol=0, atol=1e-11)
     torch.testing.assert_close(gp, want[1] if want[1] is not None else torch.zeros_like(p), rtol=0, atol=1e-11)
     if s is not None:
@@ -68,7 +67,7 @@ def test_taps_threads(interp, case, layout, integer):
     b = torch.randn(x.shape[1], dtype=torch.float64)
     args = (case["window"], case["stride"], case["padding"], interp)
     want = reference.taps_conv(x, w, p, b, *args)
-    got = E._emulate_cuda_taps_conv(x, w, p, b, *args)
+    got = E.taps_conv(x, w, p, b, *args)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     if x.dim() == 4 and min(got.shape[1:]) > 1:
         assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
@@ -76,7 +75,7 @@ def test_taps_threads(interp, case, layout, integer):
     out = reference.taps_conv(*leaves, None, *args)
     g = torch.randn_like(out)
     want_g = torch.autograd.grad(out, leaves, g, allow_unused=True)
-    gx, gw, gp = E._emulate_cuda_taps_conv_backward(g, x, w, p, *args, [1, 1, 1])
+    gx, gw, gp = E.taps_conv_backward(g, x, w, p, *args, [1, 1, 1])
     torch.testing.assert_close(gx, want_g[0], rtol=0, atol=1e-11)
     torch.testing.assert_close(gw, want_g[1], rtol=0, atol=1e-11)
     torch.testing.assert_close(gp, want_g[2] if want_g[2] is not None else torch.zeros_like(p), rtol=0, atol=1e-11)
@@ -92,7 +91,7 @@ def test_taps_threads_weight_only(case, integer):
     out = reference.taps_conv(x, wl, p, None, *args)
     g = torch.randn_like(out)
     (want,) = torch.autograd.grad(out, [wl], g)
-    _, gw, gp = E._emulate_cuda_taps_conv_backward(g, x, w, p, *args, [0, 1, 0])
+    _, gw, gp = E.taps_conv_backward(g, x, w, p, *args, [0, 1, 0])
     torch.testing.assert_close(gw, want, rtol=0, atol=1e-11)
     assert not gp.any()
 
@@ -106,11 +105,11 @@ def test_taps_threads_merged_and_expanded_gradient(window):
     p[:, :, :, 4] = p[:, :, :, 2].round() + 0.5  # sharing a cell column with it
     w[:, :, 5] = 0                 # a zero-weight extra
     args = (window, [1, 1], [L // 2 for L in window], "bilinear")
-    torch.testing.assert_close(E._emulate_cuda_taps_conv(x, w, p, None, *args),
+    torch.testing.assert_close(E.taps_conv(x, w, p, None, *args),
                                reference.taps_conv(x, w, p, None, *args), rtol=0, atol=1e-12)
     leaves = [t.clone().requires_grad_() for t in (x, w, p)]
     out = reference.taps_conv(*leaves, None, *args)
     g = torch.randn((), dtype=torch.float64).expand(out.shape)
     want = torch.autograd.grad(out, leaves, g)
-    for a, e in zip(E._emulate_cuda_taps_conv_backward(g, x, w, p, *args, [1, 1, 1]), want):
+    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [1, 1, 1]), want):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-11)

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "dcls_convert/checks.h"
-#include "dcls_convert/args.h"
+#include "dcls_convert/grad_buffers.h"
 
 namespace dcls_convert {
 namespace {

@@ -11,7 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#include "dcls_convert/args.h"
+#include "dcls_convert/grad_buffers.h"
 #include "plane_kernels.h"
 
 namespace dcls_convert {

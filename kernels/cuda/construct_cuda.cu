@@ -4,7 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "dcls_convert/args.h"
+#include "dcls_convert/grad_buffers.h"
 #include "launch.cuh"
 
 namespace dcls_convert {

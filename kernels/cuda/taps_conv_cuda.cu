@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "dcls_convert/args.h"
+#include "dcls_convert/grad_buffers.h"
 #include "dcls_convert/tiled_taps_host.h"
 #include "launch.cuh"
 

@@ -3,7 +3,7 @@
 // check the device code path on machines without a GPU.
 #pragma once
 
-#include "dcls_convert/taps.h"
+#include "dcls_convert/interpolation.h"
 
 namespace dcls_convert {
 

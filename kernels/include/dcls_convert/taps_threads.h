@@ -2,7 +2,7 @@
 // The CUDA kernels call these; the CPU emulation ops drive them over the whole launch grid in tests.
 #pragma once
 
-#include "dcls_convert/taps.h"
+#include "dcls_convert/interpolation.h"
 
 namespace dcls_convert {
 

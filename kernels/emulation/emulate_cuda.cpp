@@ -1,6 +1,7 @@
-// CPU emulation of the CUDA launch grids: runs the same per-thread functions the CUDA kernels run,
-// one index at a time over the full grid, so tests check the device code on machines without a GPU.
-// Private ops (leading underscore), small shapes only, single-threaded on purpose.
+// CPU emulation of the CUDA launch grids: runs the same per-thread and per-block functions the CUDA kernels
+// run, over the full grid, so tests check the device code on machines without a GPU. Built by the tests only
+// (tests/emulation.py compiles it with torch.utils.cpp_extension), never shipped in dcls_convert._C. Its ops live
+// in their own namespace, dcls_convert_emulation; small shapes only, single-threaded on purpose.
 #include <torch/library.h>
 
 #include <vector>
@@ -232,11 +233,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcls_convert, CPU, m) {
-  m.impl("_emulate_cuda_dcls_construct", &emulate_construct);
-  m.impl("_emulate_cuda_dcls_construct_backward", &emulate_construct_backward);
-  m.impl("_emulate_cuda_taps_conv", &emulate_taps_conv);
-  m.impl("_emulate_cuda_taps_conv_backward", &emulate_taps_conv_backward);
+TORCH_LIBRARY(dcls_convert_emulation, m) {
+  m.def("dcls_construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, str interpolation, "
+        "float sigma_min) -> Tensor");
+  m.def("dcls_construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
+        "str interpolation, float sigma_min) -> (Tensor, Tensor, Tensor)");
+  m.def("taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, int[] stride, "
+        "int[] padding, str interpolation) -> Tensor");
+  m.def("taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, int[] window, "
+        "int[] stride, int[] padding, str interpolation, int[] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
+  m.impl("dcls_construct", &emulate_construct);
+  m.impl("dcls_construct_backward", &emulate_construct_backward);
+  m.impl("taps_conv", &emulate_taps_conv);
+  m.impl("taps_conv_backward", &emulate_taps_conv_backward);
 }
 
 }  // namespace dcls_convert

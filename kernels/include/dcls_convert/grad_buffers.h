@@ -1,0 +1,78 @@
+// Gradient buffers of the backward ops (accumulation type, allocated only where requested) and their
+// conversion back to the parameters' dtypes; shared by the CPU and CUDA backward ops.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "dcls_convert/args.h"
+
+namespace dcls_convert {
+
+// Gradient buffers of the construct backward (accumulation type), allocated only where requested, and the
+// conversion back to the parameters' dtypes; shared by the CPU and CUDA backward ops.
+struct ConstructGrads {
+  at::Tensor gw, gp, gs;
+  std::array<bool, 3> mask;
+  bool want_sigma;
+  ConstructGrads(const at::Tensor& weight, const at::Tensor& positions, int interp, std::array<bool, 3> mask_)
+      : mask(mask_), want_sigma(mask_[2] && interp == kGaussian) {
+    const auto opts = weight.options().dtype(acc_dtype(weight.scalar_type()));
+    gw = mask[0] ? at::empty(weight.sizes(), opts) : at::empty({0}, weight.options());
+    gp = mask[1] ? at::empty(positions.sizes(), opts) : at::empty({0}, positions.options());
+    gs = want_sigma ? at::empty(positions.sizes(), opts) : at::empty({0}, positions.options());
+  }
+  template <typename scalar_t, typename acc_t>
+  void bind(ConstructArgs<scalar_t, acc_t>& a) {
+    a.grad_weight = mask[0] ? gw.data_ptr<acc_t>() : nullptr;
+    a.grad_pos = mask[1] ? gp.data_ptr<acc_t>() : nullptr;
+    a.grad_sigma = want_sigma ? gs.data_ptr<acc_t>() : nullptr;
+  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& weight, const at::Tensor& positions,
+                                                        const c10::optional<at::Tensor>& sigma) {
+    if (mask[2] && !want_sigma) gs = at::zeros(positions.sizes(), positions.options());
+    return {mask[0] ? gw.to(weight.scalar_type()) : gw, mask[1] ? gp.to(positions.scalar_type()) : gp,
+            (mask[2] && sigma.has_value()) ? gs.to(sigma->scalar_type()) : gs};
+  }
+};
+
+// Gradient buffers of the tap-convolution backward; the bias gradient is a plain reduction. The input
+// gradient comes back in the input's memory format: written in place by kernels that take strides
+// (strided_writes), else computed NCHW and converted at the end.
+struct TapsGrads {
+  at::Tensor gin, gw, gp;
+  std::array<bool, 4> mask;
+  at::MemoryFormat gin_format;
+  TapsGrads(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions, std::array<bool, 4> mask_,
+            bool strided_writes = false)
+      : mask(mask_), gin_format(taps_memory_format(input)) {
+    const auto opts = weight.options().dtype(acc_dtype(weight.scalar_type()));
+    if (!mask[0]) gin = at::empty({0}, input.options());
+    else if (strided_writes) gin = at::empty(input.sizes(), input.options().memory_format(gin_format));
+    else gin = at::zeros(input.sizes(), input.options());
+    gw = at::zeros(weight.sizes(), opts);
+    gp = at::zeros(positions.sizes(), opts);
+  }
+  bool want_taps() const { return mask[1] || mask[2]; }
+  template <typename scalar_t, typename acc_t>
+  void bind_taps(TapsArgs<scalar_t, acc_t>& a, bool two_d) {
+    a.grad_weight = gw.data_ptr<acc_t>();
+    a.grad_pos_h = two_d ? gp.data_ptr<acc_t>() : nullptr;
+    a.grad_pos_w = gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0);
+  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& grad_output,
+                                                                    const at::Tensor& weight,
+                                                                    const at::Tensor& positions) {
+    const auto adt = acc_dtype(weight.scalar_type());
+    std::vector<int64_t> sum_dims = {0};
+    for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
+    auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
+    return {mask[0] ? in_memory_format(gin, gin_format) : gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
+            mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
+  }
+};
+
+}  // namespace dcls_convert
