@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from .discovery import find_sites, swap
-from .methods.base import relative_error
 from .registry import get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
 from .targeting import ConvertConfig, TargetRules
@@ -172,10 +171,10 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         new.train(site.module.training)
         if not any(p.requires_grad for p in site.module.parameters()):
             new.requires_grad_(False)
-        built.append((site, new, opts, rec))
+        built.append((site, new, opts, rec, source))
 
     _share_positions(built)
-    for site, new, opts, rec in built:
+    for site, new, opts, rec, _ in built:
         swap(site, new)
         rec.status, rec.method, rec.module = "converted", new.method, type(new).__name__
         rec.receptive_field = tuple(new.receptive_field)
@@ -194,24 +193,20 @@ def _progress(items, enabled):
 
 
 def _share_positions(built) -> None:
-    """DCLS recipe (ConvNeXt-dcls): one positions tensor per stage for layers of the same shape."""
+    """DCLS recipe (ConvNeXt-dcls): one positions tensor per stage for layers of the same shape; the method
+    chooses the shared positions (methods/dcls.py, share_positions)."""
+    from .methods.dcls import placed_source_kernel, share_positions
+
     groups: dict[tuple, list] = {}
-    for site, new, opts, rec in built:
+    for site, new, opts, rec, source in built:
         if getattr(opts, "share_positions", None) != "stage":
             continue
         m = re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", site.name)
         stage = m.group(1) if m else site.name.rsplit(".", 1)[0]
-        groups.setdefault((stage, tuple(new.positions.shape), new.window), []).append(new)
+        groups.setdefault((stage, tuple(new.positions.shape), new.window), []).append(
+            (new, placed_source_kernel(new, source)))
     for members in groups.values():
-        first = members[0]
-        for other in members[1:]:
-            if torch.equal(other.positions, first.positions):  # the usual case: K >= prod(k), grid order
-                other.positions = first.positions
-                continue
-            with torch.no_grad():
-                target = other.dense_kernel()
-                other.positions = first.positions
-                other.init_error = max(other.init_error or 0.0, relative_error(other.dense_kernel(), target))
+        share_positions(members)
 
 
 def _analyze(model, sites, example_inputs, report) -> dict[int, tuple[int | None, tuple | None]]:

@@ -179,3 +179,41 @@ def test_timm_conv2d_same_handled_and_std_conv_skipped():
     x = torch.randn(1, 4, 13, 13)
     with torch.no_grad():
         assert _same(out(x), model(x))
+
+
+def test_shared_positions_refit_keeps_each_layers_kernel():
+    """share_positions="stage" with K < prod(k): the stage's layers share one positions tensor chosen for all of
+    them, each layer keeps its own source weights at those cells (its dense kernel is its source kernel masked to
+    them), and the choice keeps at least as much of the stage's kernels as reusing one layer's best cells."""
+    from dcls_convert.methods.dcls import placed_source_kernel
+
+    torch.manual_seed(0)
+
+    class Staged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Sequential(*[nn.Conv2d(6, 6, 7, padding=3, groups=6) for _ in range(3)])])
+
+        def forward(self, x):
+            return self.stages[0](x)
+
+    base = Staged()
+    model, report = dc.convert(base, "dcls", kernel_count=16, share_positions="stage")
+    layers = list(model.stages[0])
+    assert layers[0].positions is layers[1].positions is layers[2].positions
+    targets = [placed_source_kernel(m, c) for m, c in zip(layers, base.stages[0])]
+    mask = layers[0].dense_kernel().ne(0)
+    for m, t, rec in zip(layers, targets, report.layers):
+        assert int(mask.flatten(2).sum(-1).max()) == 16
+        torch.testing.assert_close(m.dense_kernel(), t * mask, rtol=0, atol=1e-6)
+        assert rec.init_error == pytest.approx(float((m.dense_kernel() - t).norm() / t.norm()), rel=1e-5)
+
+    def kept_energy(cells_mask):
+        return sum(float(((t * cells_mask).flatten(2).square().sum(-1) / t.flatten(2).square().sum(-1)).sum())
+                   for t in targets)
+
+    joint = kept_energy(mask)
+    for t in targets:  # any single layer's own 16 largest cells per channel
+        top = t.abs().flatten(2).topk(16, dim=-1).indices
+        own = torch.zeros_like(t.flatten(2)).scatter_(-1, top, 1.0).view_as(t).bool()
+        assert joint >= kept_energy(own) - 1e-9

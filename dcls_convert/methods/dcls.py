@@ -17,7 +17,8 @@ from ..padding import pad_input
 from .base import (MAX_GEOMETRY, ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
                    relative_error, source_kernel)
 
-__all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window"]
+__all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window", "placed_source_kernel",
+           "share_positions"]
 
 Engine = Literal["auto", "taps", "dense"]
 # Refuse layers whose dense kernel alone would exceed this (checked before anything is allocated).
@@ -218,9 +219,49 @@ class _DclsConvNd(ConvertedConv):
             _place_taps(module, conv.weight.detach(), tuple(conv.dilation), shift)
             copy_bias(module, conv)
             # Reported against the kernel the source conv really applies, placed in the new window.
-            pads = [v for s, e, L in reversed(list(zip(shift, extent, window))) for v in (s, L - e - s)]
-            module.init_error = relative_error(module.dense_kernel(), F.pad(target.to(module.weight.dtype), pads))
+            module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
         return module
+
+
+def placed_source_kernel(module: _DclsConvNd, conv: nn.Module) -> torch.Tensor:
+    """The kernel `conv` applies (dilation folded in), placed where from_conv puts it in the module's window."""
+    target, extent = source_kernel(conv)
+    _, shift = grow_padding(conv, extent, module.window, type(module).__name__)
+    pads = [v for s, e, L in reversed(list(zip(shift, extent, module.window))) for v in (s, L - e - s)]
+    return F.pad(target.to(module.weight.dtype), pads)
+
+
+def share_positions(members: Sequence[tuple[_DclsConvNd, torch.Tensor]]) -> None:
+    """Ties the positions of layers of one shape to a single Parameter (the DCLS papers share them per stage)
+    while keeping what each layer learned. `members`: (module, its source kernel placed in its window).
+
+    When the layers' positions already agree (K >= prod(k): every tap on its grid cell), the first layer's tensor
+    is shared as is. Otherwise, per (out, in) pair, the K window cells that carry the most of the layers' kernels
+    (each layer's kernel scaled to unit energy, so every layer counts alike) become the shared positions, and every
+    layer takes its own source weights at those cells; `init_error` is measured again against its source kernel.
+    """
+    first = members[0][0]
+    if all(torch.equal(m.positions, first.positions) for m, _ in members[1:]):
+        for m, _ in members[1:]:
+            m.positions = first.positions
+        return
+    window = first.window
+    with torch.no_grad():
+        flat = [t.detach().to(torch.float64).flatten(2) for _, t in members]  # (Cout, Cin/g, cells)
+        score = sum(f.square() / f.square().sum(-1, keepdim=True).clamp_min(1e-300) for f in flat)
+        keep = min(first.kernel_count, score.shape[-1])
+        order = score.argsort(dim=-1, descending=True, stable=True)[..., :keep]
+        shared = first.positions.detach().clone()  # extras beyond the window's cells keep the first layer's spots
+        cell = order.clone()
+        for d in reversed(range(len(window))):  # row-major cell index -> offset from the window centre per axis
+            shared[d, ..., :keep] = (cell % window[d] - window[d] // 2).to(shared.dtype)
+            cell = cell // window[d]
+        positions = nn.Parameter(shared, requires_grad=first.positions.requires_grad)
+        for (m, target), f in zip(members, flat):
+            m.weight[..., :keep] = f.gather(-1, order).to(m.weight.dtype)
+            m.weight[..., keep:] = 0
+            m.positions = positions
+            m.init_error = relative_error(m.dense_kernel(), target)
 
 
 def _place_taps(module: _DclsConvNd, weight: torch.Tensor, dilation: tuple[int, ...], shift: tuple[int, ...]) -> None:
