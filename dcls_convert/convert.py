@@ -169,8 +169,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
             raise ConversionError(f"convert: building {cls.__name__} for {site.name!r} failed, model left untouched: "
                                   f"{exc}") from exc
         new.train(site.module.training)
-        if not any(p.requires_grad for p in site.module.parameters()):
-            new.requires_grad_(False)
+        _keep_requires_grad(new, source)
         built.append((site, new, opts, rec, source))
 
     _share_positions(built)
@@ -190,6 +189,15 @@ def _progress(items, enabled):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc="dcls_convert", unit="conv")
+
+
+def _keep_requires_grad(new: nn.Module, source: nn.Module) -> None:
+    """Per parameter, as the source conv had it: the bias follows the source bias, everything that makes the
+    kernel (weights, positions, sigma) follows the source weight. A frozen kernel with a trainable bias stays so."""
+    weight_flag = source.weight.requires_grad
+    bias_flag = source.bias.requires_grad if getattr(source, "bias", None) is not None else weight_flag
+    for name, p in new.named_parameters():
+        p.requires_grad_(bias_flag if name == "bias" else weight_flag)
 
 
 def _share_positions(built) -> None:

@@ -151,6 +151,23 @@ def test_mode_dtype_requires_grad_preserved():
     assert not out.dw.weight.requires_grad and out.twice.weight.requires_grad
 
 
+@pytest.mark.parametrize("method", ["dcls", "bloom", "partial"])
+def test_requires_grad_kept_per_parameter(method):
+    """A frozen kernel with a trainable bias stays so: weights, positions and sigma follow the source weight,
+    the bias follows the source bias (and back through densify)."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    model[0].weight.requires_grad_(False)
+    model[1].bias.requires_grad_(False)
+    out, _ = dc.convert(model, method, rules=dc.TargetRules(min_kernel=3))
+    flags = {n: p.requires_grad for n, p in out.named_parameters()}
+    assert flags["0.bias"] and not flags["1.bias"]
+    assert not any(f for n, f in flags.items() if n.startswith("0.") and n != "0.bias")
+    assert all(f for n, f in flags.items() if n.startswith("1.") and n != "1.bias")
+    dense = dc.densify(out)
+    assert not dense[0].weight.requires_grad and dense[0].bias.requires_grad
+    assert dense[1].weight.requires_grad and not dense[1].bias.requires_grad
+
+
 def test_example_inputs_record_calls_and_shapes():
     out, report = dc.convert(Zoo(), "dcls", example_inputs=torch.randn(1, 3, 16, 16))
     rec = {r.name: r for r in report.layers}

@@ -35,6 +35,18 @@ def test_densify_is_exact_and_plain(method):
     torch.testing.assert_close(traced(x), b)
 
 
+def test_densify_inplace_failure_changes_nothing():
+    """densify(inplace=True) that fails on a later layer leaves every layer as it was (build all, then swap)."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    out, _ = dc.convert(model, "dcls")
+    with torch.no_grad():
+        out[1].weight[0, 0, 0] = float("nan")
+    first = out[0]
+    with pytest.raises(ValueError, match="non-finite"):
+        dc.densify(out, inplace=True)
+    assert out[0] is first and type(out[1]).__name__ == "DclsConv2d"
+
+
 def test_densify_exports():
     _, out = _trained_copy("dcls")
     dense = dc.densify(out)

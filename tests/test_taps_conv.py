@@ -180,3 +180,19 @@ def test_one_output_ignores_the_stride():
     g = torch.randn_like(got)
     for a, e in zip(torch.autograd.grad(got, (x, w, p), g), torch.autograd.grad(want, (x, w, p), g)):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+
+
+def test_double_backward_is_refused_not_silently_zero():
+    """create_graph=True (a gradient penalty) through the compiled ops raises a clear error instead of returning
+    second-order gradients of zero; a first-order backward is unaffected."""
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    w, p, _ = random_taps(2, 3, 1, 4, [5, 5], dtype=torch.float32)
+    w.requires_grad_()
+    y = ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2])
+    with pytest.raises(RuntimeError, match="gradients of gradients"):
+        torch.autograd.grad(y.square().sum(), w, create_graph=True)
+    kernel = ops.dcls_kernel(w, p, None, [5, 5])
+    with pytest.raises(RuntimeError, match="gradients of gradients"):
+        torch.autograd.grad(kernel.square().sum(), w, create_graph=True)
+    (gw,) = torch.autograd.grad(ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2]).square().sum(), w)
+    assert gw.abs().sum() > 0

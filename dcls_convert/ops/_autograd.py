@@ -7,6 +7,16 @@ import torch
 __all__ = ["register_autograd"]
 
 
+def _refuse_double_backward(op: str) -> None:
+    """The backward ops have no derivative of their own: with create_graph=True autograd would silently treat
+    them as constants (zero second-order gradients), so refuse with the way out instead."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"dcls_convert.{op}: gradients of gradients (create_graph=True, e.g. a gradient penalty) are not "
+            "implemented by the compiled ops. Set DCLS_CONVERT_FORCE_REFERENCE=1 before importing dcls_convert "
+            "to run the pure-PyTorch reference ops, which are differentiable twice.")
+
+
 def _construct_setup(ctx, inputs, output):
     weight, positions, sigma, window, interpolation, sigma_min = inputs
     ctx.save_for_backward(weight, positions, sigma)
@@ -14,6 +24,7 @@ def _construct_setup(ctx, inputs, output):
 
 
 def _construct_backward(ctx, grad):
+    _refuse_double_backward("dcls_construct")
     weight, positions, sigma = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
     gw, gp, gs = torch.ops.dcls_convert.dcls_construct_backward(grad, weight, positions, sigma, *ctx.args, mask)
@@ -28,6 +39,7 @@ def _taps_setup(ctx, inputs, output):
 
 
 def _taps_backward(ctx, grad):
+    _refuse_double_backward("taps_conv")
     x, weight, positions = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [need[0], need[1], need[2], ctx.has_bias and need[3]]
