@@ -1,7 +1,7 @@
 """Compiled ops vs the reference DCLS library vs PyTorch's dense depthwise conv, side by side, as ratios.
 
-    python benchmarks/bench_ops.py construct     # issue 2: kernel construction fwd+bwd and saved memory
-    python benchmarks/bench_ops.py taps          # issue 3: depthwise tap convolution fwd and fwd+bwd
+    python benchmarks/bench_ops.py construct     # kernel construction fwd+bwd and saved memory
+    python benchmarks/bench_ops.py taps          # depthwise tap convolution fwd and fwd+bwd
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def bench_construct(repeats: int):
                        "ours_saved_MiB", "ref_saved_MiB", "memory_ratio"])
 
 
-# ANCHORS.md: arithmetic floor at bilinear K = 34 (136 multiply-adds per output) 2.85 ms forward on a machine
+# Arithmetic floor at bilinear K = 34 (136 multiply-adds per output) 2.85 ms forward on a machine
 # doing 230 GFLOP/s; the issue's targets are 6 ms forward (2.1x that floor) and 20 ms forward + backward
 # (2.34x a floor of three such passes). This machine's rate is measured in the same run (a float32 GEMM, the
 # best arithmetic PyTorch reaches here), so the same ratios can be judged on any machine.

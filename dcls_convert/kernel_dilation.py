@@ -1,4 +1,4 @@
-"""Seed 003: a dense kernel <-> the dilated kernel with zero holes, for any number of spatial dims."""
+"""A dense kernel <-> the dilated kernel with zero holes (the PyTorch-forums thread "Expand dense kernel into a dilated one with zero holes"), for any number of spatial dims."""
 from __future__ import annotations
 
 from typing import Sequence

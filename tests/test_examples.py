@@ -16,14 +16,14 @@ def run(script, *args, cwd):
     return r.stdout
 
 
-def test_seed001(tmp_path):
-    out = run("seed001_partial_conv1d.py", cwd=tmp_path)
+def test_partial_conv1d_example(tmp_path):
+    out = run("partial_conv1d.py", cwd=tmp_path)
     assert "101010101111101010101" in out and "converted output == original output: True" in out
 
 
-def test_seed000(tmp_path):
+def test_bloom_tutorial_example(tmp_path):
     pytest.importorskip("mlxtend")
-    out = run("seed000_bloom_tutorial_net.py", "--epochs", "1", "--samples", "400", cwd=tmp_path)
+    out = run("bloom_tutorial_net.py", "--epochs", "1", "--samples", "400", cwd=tmp_path)
     assert "least squares from trained 3x3" in out and "(7, 7) window, 9 weights" in out
 
 

@@ -92,11 +92,11 @@ def test_partial_matches_oracle(c, m_, n, r):
     check_oracle(mod, _input(c, 15))
 
 
-def test_seed000_bloom_kernels():
+def test_bloom_kernels_match_the_forum_recipe():
     v = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
     big = bloom_kernel(v, 2, True)
     assert big.shape[-2:] == (7, 7)
-    # seed 000: conv_transpose2d with [[.25,.5,.25],[.5,1,.5],[.25,.5,.25]], stride 2
+    # the forum post: conv_transpose2d with [[.25,.5,.25],[.5,1,.5],[.25,.5,.25]], stride 2
     tent = torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]], dtype=torch.float64)
     torch.testing.assert_close(big, F.conv_transpose2d(v, tent[None, None], stride=2))
     small = bloom_kernel(v, 2, False)
@@ -105,7 +105,7 @@ def test_seed000_bloom_kernels():
     assert small[0, 0, 0, 0] == 1 and small[0, 0, 0, 1] == 1.5 and small[0, 0, 2, 2] == 5
 
 
-def test_seed001_partial_pattern():
+def test_partial_pattern_of_the_forum_thread():
     m = dc.PartialDilatedConv1d(4, 4, island=5, wing_taps=4, wing_spacing=2, groups=4)
     assert m.pattern() == "101010101111101010101"
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Bloom (seed 000, interpolated dilation): a compact kernel v of k taps per axis spread onto a grid
+"""Bloom (interpolated dilation, after the PyTorch-forums question "Is interpolated-dilation convolution a thing?"): a compact kernel v of k taps per axis spread onto a grid
 `factor` times finer by linear interpolation, optionally fading out past the edge taps. Same parameter count
 as the compact kernel; the forward uses conv(x, bloom(v)) == conv(tent_blur(x), v dilated by s) when cheaper."""
 from __future__ import annotations
@@ -210,5 +210,5 @@ class BloomConv1d(_BloomConvNd):
 
 
 class BloomConv2d(_BloomConvNd):
-    """Bloomed conv over (N, C, H, W); seed 000's bloom_2x is factor=2, fade=True (3x3 -> 7x7)."""
+    """Bloomed conv over (N, C, H, W); the forum post's 3x3 -> 7x7 with the off-edge fade is factor=2, fade=True."""
     ndim = 2

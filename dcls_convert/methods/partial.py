@@ -1,4 +1,4 @@
-"""Partially dilated kernels (seed 001): per axis a dense island of m taps in the middle and n taps on each
+"""Partially dilated kernels (the PyTorch-forums thread "Partially dilated convolution"): per axis a dense island of m taps in the middle and n taps on each
 side at spacing r beyond it (m=5, n=4, r=2: 101010101111101010101); in 2-D the support is the outer product
 of the axis patterns. The kernel is assembled by the compiled construct op with nearest taps at fixed
 integer positions; depthwise 1-D/2-D layers run the tap engine on those taps instead."""
@@ -115,7 +115,7 @@ class _PartialDilatedConvNd(ConvertedConv):
         return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)
 
     def pattern(self) -> str:
-        """The support along the last axis as 0/1 (seed 001 notation)."""
+        """The support along the last axis as 0/1 (the notation of the forum thread: 101010101111101010101)."""
         m, n, r = self.island[-1], self.wing_taps[-1], self.wing_spacing[-1]
         offs = set(axis_pattern(m, n, r))
         L = self.window[-1]

@@ -1,7 +1,7 @@
 // Interpolation math of both ops (kernel construction and the tap convolution), written once for host and
 // device: grid coordinates of a position, bilinear corners, normalised gaussians.
 //
-// Conventions (DESIGN.md section 4): a window of size L has centre c = L / 2; a position p is an
+// Conventions (README, "Semantics"): a window of size L has centre c = L / 2; a position p is an
 // offset from the centre, its grid coordinate is u = p + c, clamped to [0, L - 1] inside the op.
 // The gradient passes the clamp only where the unclamped u lies inside [0, L - 1] (as torch.clamp).
 #pragma once

@@ -1,10 +1,10 @@
-"""Seed 001: a depthwise Conv1d with a dense island and dilated wings, 101010101111101010101.
+"""The partially dilated depthwise Conv1d of the PyTorch-forums thread "Partially dilated convolution": a depthwise Conv1d with a dense island and dilated wings, 101010101111101010101.
 
 Builds the seed's layer (m=5 island, n=4 wing taps at spacing 2), shows its pattern, converts the seed's
 original dense depthwise conv (WING * 2 + 1 taps) into it exactly, and compares it with the "two convs
 summed" workaround suggested in the thread.
 
-    python examples/seed001_partial_conv1d.py
+    python examples/partial_conv1d.py
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Seed 000: the CIFAR-10 tutorial network with its first conv bloomed (3x3 -> 7x7, fade, 9 weights).
+"""Interpolated dilation (the PyTorch-forums question "Is interpolated-dilation convolution a thing?"): the CIFAR-10 tutorial network with its first conv bloomed (3x3 -> 7x7, fade, 9 weights).
 
 The seed's author saw a worse plateau with bloom_2x applied to a default-initialised weight. Here the same
 network is trained on the MNIST digits (resized to 32x32 RGB, the tutorial's input) three ways: plain, bloomed
 from the default initialisation (the seed's set-up), and bloomed by least squares from a trained plain conv.
 
-    python examples/seed000_bloom_tutorial_net.py --epochs 2
+    python examples/bloom_tutorial_net.py --epochs 2
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def main(argv=None):
     fit(from_trained, (xtr, ytr), args.epochs, lr=5e-4)
     print(f"{'variant':48} {'test acc':>8}")
     print(f"{'plain 3x3':48} {accuracy(plain, xte, yte):8.4f}")
-    print(f"{'bloomed 7x7, default init (seed 000 set-up)':48} {accuracy(seed_style, xte, yte):8.4f}")
+    print(f"{'bloomed 7x7, default init (the forum post set-up)':48} {accuracy(seed_style, xte, yte):8.4f}")
     print(f"{'bloomed 7x7, least squares from trained 3x3':48} {accuracy(from_trained, xte, yte):8.4f}"
           f"   (start {acc_start:.4f}, fit error {err:.2f})")
     print(f"bloomed kernel: {tuple(from_trained.conv1.window)} window, {from_trained.conv1.weight[0, 0].numel()} weights "
