@@ -311,3 +311,27 @@ def test_huge_dense_kernel_is_refused_before_allocating():
     with pytest.raises(MemoryError, match="DclsConv2d: a \\(1001, 1001\\) window"):
         dc.DclsConv2d(2048, 2048, 9, 1001, device="meta")
     dc.DclsConv2d(2048, 2048, 9, 1001, groups=2048, device="meta")  # depthwise: the tap engine needs no dense kernel
+
+
+@pytest.mark.parametrize("ndim,k,factor,padding,stride,mode", [
+    (2, 7, 2, 7, 1, "zeros"), (2, 3, 3, "same", 1, "zeros"), (2, 3, 2, 1, 2, "zeros"), (1, 5, 2, 5, 1, "zeros"),
+    (2, 3, 2, 3, 1, "reflect"), (1, 3, 2, 0, 1, "zeros")])
+def test_depthwise_bloom_blur_identity_matches_the_dense_kernel(ndim, k, factor, padding, stride, mode):
+    """Depthwise bloom with the fade runs as a fixed tent blur then the compact kernel dilated by the factor
+    (both on the tap engine): equal to the convolution with the bloomed kernel, gradients included."""
+    from dcls_convert.methods.bloom import BloomConv1d, BloomConv2d
+    from dcls_convert.padding import pad_input
+
+    if not dc.ops.compiled_for("taps_conv", "cpu"):
+        pytest.skip("compiled library not built")
+    cls, conv = (BloomConv2d, F.conv2d) if ndim == 2 else (BloomConv1d, F.conv1d)
+    m = cls(5, 5, k, factor=factor, fade=True, padding=padding, stride=stride, groups=5, padding_mode=mode).double()
+    assert m.engine_name() == "taps(blur+dilated)"
+    x = torch.randn(2, 5, *([17] * ndim), dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    xp, sym = pad_input(x, m._pads(), m.padding_mode)
+    want = conv(xp, m.dense_kernel(), m.bias, m.stride, sym, 1, m.groups)
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-12)
+    g = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(y, (x, m.weight, m.bias), g), torch.autograd.grad(want, (x, m.weight, m.bias), g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
