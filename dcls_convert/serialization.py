@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any
 
+import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
@@ -115,6 +116,11 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
     if strict and (missing or unexpected):
         raise ValueError(f"load: weights do not match the rebuilt model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
+    for name, new in by_name.items():  # NaN positions would make every output of the layer NaN
+        for pname in new.position_param_names:
+            p = getattr(new, pname, None)
+            if p is not None and not torch.isfinite(p).all():
+                raise ValueError(f"load: {name}.{pname} in {weights} contains NaN/Inf")
     if not inplace:
         return target
     # Commit: move the rebuilt modules into base_model, then copy every tensor of the loaded copy.

@@ -157,3 +157,30 @@ def test_property_save_load_and_densify_are_identities(method, k, dw, ndim, padd
         ref = out(x)
         torch.testing.assert_close(loaded(x), ref)
         torch.testing.assert_close(dc.densify(out)(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_positions_one_rule(tmp_path):
+    """NaN positions: the ops give NaN outputs where the reference does (eval too), densify refuses the
+    non-finite kernel, load refuses the checkpoint, and a training forward stops early."""
+    from dcls_convert.ops import reference
+
+    model, _ = dc.convert(nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4)), "dcls", kernel_count=9)
+    dc.save(model, str(tmp_path))
+    with torch.no_grad():
+        model[0].positions[0, 1, 0, 3] = float("nan")
+    x = torch.randn(2, 4, 11, 11)
+    m = model[0].eval()
+    with torch.no_grad():
+        y = model(x)
+        want = reference.taps_conv(x, m.weight, m.positions, m.bias, m.window, m.stride, [L // 2 for L in m.window],
+                                   "bilinear")
+    assert y[:, 1].isnan().all() and not y[:, [0, 2, 3]].isnan().any()
+    assert torch.equal(y.isnan(), want.isnan())
+    with pytest.raises(ValueError, match="non-finite"):
+        dc.densify(model)
+    dc.save(model, str(tmp_path))
+    with pytest.raises(ValueError, match="positions .*NaN"):
+        dc.load(str(tmp_path), nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4)))
+    model.train()
+    with pytest.raises(FloatingPointError, match="NaN"):
+        model(x).sum().backward()

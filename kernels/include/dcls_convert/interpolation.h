@@ -34,10 +34,19 @@ struct Coord {
   acc_t pass;    // 1 where the gradient passes the clamp, else 0
 };
 
-// NaN positions clamp to 0 here; the modules reject non-finite positions before calling an op.
+// A NaN position gives a valid cell and NaN interpolation weights (bilinear, gaussian): outputs and gradients
+// become NaN, as the reference implementation and any PyTorch op with NaN parameters give. +-Inf clamp to the
+// window's edges (as torch.clamp). Nearest taps (fixed integer patterns) have no NaN path.
 template <typename acc_t>
 DCLS_HD Coord<acc_t> grid_coord(acc_t p, int64_t L, int interp) {
   Coord<acc_t> r;
+  if (p != p) {
+    r.u = p;
+    r.cell = 0;
+    r.frac = p;
+    r.pass = acc_t(1);
+    return r;
+  }
   const acc_t hi = static_cast<acc_t>(L - 1);
   acc_t u = p + static_cast<acc_t>(L / 2);
   r.pass = (u >= acc_t(0) && u <= hi) ? acc_t(1) : acc_t(0);
