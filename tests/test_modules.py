@@ -335,3 +335,19 @@ def test_depthwise_bloom_blur_identity_matches_the_dense_kernel(ndim, k, factor,
     g = torch.randn_like(want)
     for a, e in zip(torch.autograd.grad(y, (x, m.weight, m.bias), g), torch.autograd.grad(want, (x, m.weight, m.bias), g)):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("k,padding", [(2, 0), (4, 1), (4, "same"), (6, 0)])
+def test_even_kernels_convert(k, padding):
+    """Even kernels: dcls picks a default window of the kernel's parity (exact start, same output shape); bloom
+    needs an odd factor unless the source pads 'same', and says so."""
+    conv = nn.Conv2d(4, 4, k, padding=padding)
+    x = torch.randn(2, 4, 13, 13)
+    m = dc.DclsConv2d.from_conv(conv)
+    assert (m.window[0] - k) % 2 == 0 and m.init_error == 0
+    torch.testing.assert_close(m(x), conv(x), rtol=1e-5, atol=1e-5)
+    b = dc.BloomConv2d.from_conv(conv, factor=3)
+    assert b(x).shape == conv(x).shape
+    if padding != "same":
+        with pytest.raises(ValueError, match="odd factor"):
+            dc.BloomConv2d.from_conv(conv, factor=2)

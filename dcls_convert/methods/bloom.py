@@ -200,6 +200,11 @@ class _BloomConvNd(ConvertedConv):
         else:  # bloomed size closest to the extent from below/above, at least one tap
             ksize = tuple(max(1, round((e + 1) / s - 1) if opts.fade else round((e - 1) / s + 1)) for e in extent)
         window = tuple(bloomed_size(k, s, opts.fade) for k in ksize)
+        if conv.padding != "same" and any((L - e) % 2 for L, e in zip(window, extent)):
+            raise ValueError(f"{name}.from_conv: factor {s} blooms the {tuple(extent)} kernel to {window}, whose "
+                             "size differs from the kernel's by an odd number, so no symmetric padding keeps the "
+                             "output shape; use an odd factor (factor=3 blooms a 2x2 to 8x8) or a padding='same' "
+                             "source conv")
         padding, shift = grow_padding(conv, extent, window, name)
         module = cls(conv.in_channels, conv.out_channels, ksize, factor=s, fade=opts.fade, padding=padding,
                      **conv_kwargs(conv))

@@ -64,7 +64,13 @@ class DclsOptions:
 
 
 def default_window(kernel_size: Sequence[int], extent: Sequence[int]) -> tuple[int, ...]:
-    return tuple(1 if k == 1 else max(e, 2 * k + 3) for k, e in zip(kernel_size, extent))
+    """max(extent, 2k + 3) per axis, of the extent's parity (so the output shape and alignment are kept with a
+    symmetric padding: 17 for a 7x7, 8 for a 2x2, 12 for a 4x4); size-1 axes stay 1."""
+    out = []
+    for k, e in zip(kernel_size, extent):
+        L = 1 if k == 1 else max(e, 2 * k + 3)
+        out.append(L + (L - e) % 2)
+    return tuple(out)
 
 
 class _DclsConvNd(ConvertedConv):
