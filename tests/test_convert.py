@@ -234,3 +234,15 @@ def test_shared_positions_refit_keeps_each_layers_kernel():
         top = t.abs().flatten(2).topk(16, dim=-1).indices
         own = torch.zeros_like(t.flatten(2)).scatter_(-1, top, 1.0).view_as(t).bool()
         assert joint >= kept_energy(own) - 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_positions_stay_float32_in_16_bit_models(dtype):
+    """One rule for 16-bit models: positions are float32 whether the model was 16-bit before converting or cast
+    after; weights and outputs take the model's dtype."""
+    before, _ = dc.convert(nn.Sequential(nn.Conv2d(4, 4, 7, padding=3, groups=4)).to(dtype), "dcls")
+    after, _ = dc.convert(nn.Sequential(nn.Conv2d(4, 4, 7, padding=3, groups=4)), "dcls")
+    after = after.to(dtype)
+    for m in (before, after):
+        assert m[0].weight.dtype == dtype and m[0].positions.dtype == torch.float32
+        assert m(torch.randn(1, 4, 10, 10, dtype=dtype)).dtype == dtype

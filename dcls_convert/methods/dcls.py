@@ -63,6 +63,10 @@ class DclsOptions:
             raise ValueError(f"DclsOptions: share_positions must be None or 'stage', got {self.share_positions!r}")
 
 
+def _position_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def default_window(kernel_size: Sequence[int], extent: Sequence[int]) -> tuple[int, ...]:
     """max(extent, 2k + 3) per axis, of the extent's parity (so the output shape and alignment are kept with a
     symmetric padding: 17 for a 7x7, 8 for a 2x2, 12 for a 4x4); size-1 axes stay 1."""
@@ -111,8 +115,11 @@ class _DclsConvNd(ConvertedConv):
         self.kernel_count, self.interpolation, self.sigma_min, self.engine = kernel_count, interpolation, sigma_min, engine
         shape = (out_channels, in_channels // groups, kernel_count)
         self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
-        self.positions = nn.Parameter(torch.empty((self.ndim, *shape), **factory_kwargs))
-        self.sigma = nn.Parameter(torch.empty((self.ndim, *shape), **factory_kwargs)) if interpolation == "gaussian" else None
+        # Positions (and sigma) are float32 at least, whatever the module's dtype: a 16-bit position lives on a
+        # 1/16 px grid at window 17 and cannot learn small steps (as after model.half(), see _apply).
+        pos_kwargs = dict(factory_kwargs, dtype=_position_dtype(dtype))
+        self.positions = nn.Parameter(torch.empty((self.ndim, *shape), **pos_kwargs))
+        self.sigma = nn.Parameter(torch.empty((self.ndim, *shape), **pos_kwargs)) if interpolation == "gaussian" else None
         self.init_error: float | None = None
         self.reset_parameters()
 
