@@ -156,3 +156,22 @@ def test_unbuilt_library_is_named_as_such(tmp_path):
     (tmp_path / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
     msg = describe_load_error(OSError("undefined symbol: _ZN3c10"), str(tmp_path))
     assert "failed to load" in msg and "undefined symbol" in msg
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(C=5), "depthwise weight"), (dict(stride=[0, 1]), "stride"), (dict(padding=[-1, 0]), "padding"),
+    (dict(window=[2**25, 1]), "window"), (dict(interp="gaussian"), "interpolation")])
+def test_fake_kernels_check_what_the_ops_check(bad, match):
+    """Under FakeTensorMode (torch.compile, meta tracing) the ops refuse what the compiled ops refuse, with their
+    words, instead of tracing a wrong shape or dividing by zero."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    C = bad.get("C", 3)
+    args = dict(window=[5, 5], stride=[1, 1], padding=[2, 2], interp="bilinear")
+    args.update({k: v for k, v in bad.items() if k != "C"})
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 9, 9)
+        w, p = torch.empty(C, 1, 4), torch.empty(2, C, 1, 4)
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.dcls_convert.taps_conv(x, w, p, None, args["window"], args["stride"], args["padding"],
+                                             args["interp"])

@@ -7,8 +7,46 @@ import torch
 __all__ = ["register_fakes"]
 
 
+MAX_GEOMETRY = 2**24  # the compiled ops' limit per axis (kernels/include/dcls_convert/checks.h)
+
+
 def _out_size(size, window, stride, padding):
     return [(s + 2 * p - L) // st + 1 for s, L, st, p in zip(size, window, stride, padding)]
+
+
+def _check_window(op, window):
+    cells = 1
+    for d, L in enumerate(window):
+        torch._check(1 <= L <= MAX_GEOMETRY, lambda: f"{op}: window[{d}] must be in [1, 2^24], got {L}")
+        cells *= L
+    torch._check(cells <= MAX_GEOMETRY, lambda: f"{op}: window {list(window)} has more than 2^24 cells")
+
+
+def _check_taps(x, weight, positions, window, stride, padding, interpolation, bias=None):
+    """The checks of check_taps_args (checks.h), so tracing fails where the compiled op would, with its words."""
+    D = len(window)
+    torch._check(D in (1, 2), lambda: f"taps_conv: 1-D or 2-D windows only, got {D} dims")
+    torch._check(interpolation in ("bilinear", "nearest"),
+                 lambda: f"taps_conv: interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+    torch._check(x.dim() == D + 2, lambda: f"taps_conv: input must be (N, C, spatial...) with {D} spatial dims, "
+                                           f"got {tuple(x.shape)}")
+    torch._check(len(stride) == D and len(padding) == D, lambda: f"taps_conv: stride and padding need {D} values")
+    torch._check(weight.dim() == 3 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1,
+                 lambda: f"taps_conv: depthwise weight must be (C, 1, K) with C = {x.shape[1]}, got {tuple(weight.shape)}")
+    torch._check(positions.dim() == 4 and tuple(positions.shape) == (D, weight.shape[0], 1, weight.shape[2]),
+                 lambda: f"taps_conv: positions must be ({D}, C, 1, K), got {tuple(positions.shape)}")
+    torch._check(x.dtype == weight.dtype, lambda: f"taps_conv: input dtype {x.dtype} does not match weight dtype "
+                                                  f"{weight.dtype}")
+    _check_window("taps_conv", window)
+    for d in range(D):
+        torch._check(1 <= stride[d] <= MAX_GEOMETRY, lambda: f"taps_conv: stride[{d}] must be in [1, 2^24], got {stride[d]}")
+        torch._check(0 <= padding[d] <= MAX_GEOMETRY,
+                     lambda: f"taps_conv: padding[{d}] must be in [0, 2^24], got {padding[d]}")
+        torch._check(x.shape[2 + d] + 2 * padding[d] >= window[d],
+                     lambda: f"taps_conv: padded input smaller than the window {window[d]} on axis {d}")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == x.shape[1],
+                     lambda: f"taps_conv: bias must be (C,) with C = {x.shape[1]}, got {tuple(bias.shape)}")
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -23,6 +61,12 @@ def register_fakes() -> None:
 
     @torch.library.register_fake(lib + "dcls_construct")
     def _construct(weight, positions, sigma, window, interpolation, sigma_min):
+        D = len(window)
+        torch._check(1 <= D <= 3, lambda: f"dcls_construct: window must have 1 to 3 dims, got {D}")
+        _check_window("dcls_construct", window)
+        torch._check(weight.dim() == 3, lambda: f"dcls_construct: weight must be (Cout, Cin/g, K), got {tuple(weight.shape)}")
+        torch._check(tuple(positions.shape) == (D, *weight.shape),
+                     lambda: f"dcls_construct: positions must be ({D}, {tuple(weight.shape)}), got {tuple(positions.shape)}")
         return weight.new_empty((weight.shape[0], weight.shape[1], *window))
 
     @torch.library.register_fake(lib + "dcls_construct_backward")
@@ -37,11 +81,13 @@ def register_fakes() -> None:
 
     @torch.library.register_fake(lib + "taps_conv")
     def _taps(input, weight, positions, bias, window, stride, padding, interpolation):
+        _check_taps(input, weight, positions, window, stride, padding, interpolation, bias)
         shape = (input.shape[0], input.shape[1], *_out_size(input.shape[2:], window, stride, padding))
         return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=_memory_format(input))
 
     @torch.library.register_fake(lib + "taps_conv_backward")
     def _taps_backward(grad_output, input, weight, positions, window, stride, padding, interpolation, output_mask):
+        _check_taps(input, weight, positions, window, stride, padding, interpolation)
         return (
             torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=_memory_format(input))
             if output_mask[0] else input.new_empty((0,)),
