@@ -246,3 +246,24 @@ def test_positions_stay_float32_in_16_bit_models(dtype):
     for m in (before, after):
         assert m[0].weight.dtype == dtype and m[0].positions.dtype == torch.float32
         assert m(torch.randn(1, 4, 10, 10, dtype=dtype)).dtype == dtype
+
+
+@pytest.mark.parametrize("method,options", [("dcls", {}), ("dcls", {"kernel_count": 16, "share_positions": "stage"}),
+                                            ("bloom", {}), ("partial", {})])
+def test_convert_on_meta_then_load(method, options):
+    """Big models are built on the meta device and get their weights later: convert works there (init errors
+    unknown: None), then to_empty + load_state_dict gives the model a CPU conversion gives."""
+    def make():
+        return nn.Sequential(nn.Conv2d(4, 4, 7, padding=3, groups=4), nn.Conv2d(4, 4, 7, padding=3, groups=4))
+
+    with torch.device("meta"):
+        meta_model = make()
+    converted, report = dc.convert(meta_model, method, **options)
+    assert all(r.init_error is None or (method == "partial" and r.init_error == 0) for r in report.converted)
+    assert all(p.is_meta for p in converted.parameters())
+    real, _ = dc.convert(make(), method, **options)
+    converted = converted.to_empty(device="cpu")
+    converted.load_state_dict(real.state_dict())
+    x = torch.randn(1, 4, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), real(x))

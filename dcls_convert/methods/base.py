@@ -65,6 +65,22 @@ class ConvertedConv(nn.Module):
         self.padding_mode = padding_mode
         self.bias = nn.Parameter(torch.empty(out_channels, **factory_kwargs)) if bias else None
 
+    def _derived_buffers(self) -> dict[str, torch.Tensor]:
+        """Non-persistent buffers computed from the configuration, by name (rebuilt when the module leaves the
+        meta device: to_empty gives them no values and state_dict does not carry them)."""
+        return {}
+
+    def _apply(self, fn, recurse=True):
+        was_meta = {name for name, b in self.named_buffers(recurse=False) if b.is_meta}
+        super()._apply(fn, recurse)
+        if was_meta:
+            with torch.no_grad():
+                for name, value in self._derived_buffers().items():
+                    buf = getattr(self, name)
+                    if name in was_meta and not buf.is_meta:
+                        buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
+        return self
+
     # --- the contract -------------------------------------------------------------------------------
     @property
     def window(self) -> tuple[int, ...]:
@@ -163,6 +179,8 @@ def check_source_conv(conv: nn.Module, ndim_allowed: Sequence[int], owner: str) 
     ndim = conv.weight.dim() - 2
     if ndim not in ndim_allowed:
         raise ValueError(f"{owner}.from_conv: {ndim}-D convolutions are not supported (supports {list(ndim_allowed)})")
+    if conv.weight.is_meta:
+        return ndim  # no values to check yet
     if not torch.isfinite(conv.weight).all() or (conv.bias is not None and not torch.isfinite(conv.bias).all()):
         raise ValueError(f"{owner}.from_conv: the source conv has non-finite weights (NaN or Inf)")
     return ndim
@@ -208,7 +226,10 @@ def copy_bias(module: ConvertedConv, conv: nn.Module) -> None:
             module.bias.copy_(conv.bias)
 
 
-def relative_error(kernel: torch.Tensor, target: torch.Tensor) -> float:
-    """||kernel - target|| / ||target|| (Frobenius, accumulated in float64)."""
+def relative_error(kernel: torch.Tensor, target: torch.Tensor) -> float | None:
+    """||kernel - target|| / ||target|| (Frobenius, accumulated in float64); None on the meta device (no values
+    yet: a model built on meta gets its weights later)."""
+    if kernel.is_meta or target.is_meta:
+        return None
     norm = torch.linalg.vector_norm(target, dtype=torch.float64)
     return float(torch.linalg.vector_norm(kernel - target, dtype=torch.float64) / norm) if norm > 0 else 0.0

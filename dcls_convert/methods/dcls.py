@@ -127,6 +127,9 @@ class _DclsConvNd(ConvertedConv):
     def window(self) -> tuple[int, ...]:
         return self.dilated_kernel_size
 
+    def _derived_buffers(self) -> dict[str, torch.Tensor]:
+        return {"_learn_mask": torch.tensor(self.learn_axes).view(-1, 1, 1, 1)}
+
     def _apply(self, fn, recurse=True):
         # model.half() / .to(torch.bfloat16) would leave positions a 1/16 px grid; they stay float32.
         super()._apply(fn, recurse)

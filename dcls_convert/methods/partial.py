@@ -55,22 +55,30 @@ class _PartialDilatedConvNd(ConvertedConv):
             raise ValueError(f"{name}: island must be odd on every axis (it is centred), got {self.island}")
         self.wing_taps = per_axis(wing_taps, self.ndim, "wing_taps", name, minimum=0)
         self.wing_spacing = per_axis(wing_spacing, self.ndim, "wing_spacing", name)
+        offsets = self._tap_offsets_value()
+        self.register_buffer("tap_offsets", offsets.to(device=device, dtype=dtype or torch.get_default_dtype()),
+                             persistent=False)
+        cin_g = in_channels // groups
+        n_wing = offsets.shape[1] - math.prod(self.island)
+        self.island_weight = nn.Parameter(torch.empty((out_channels, cin_g, *self.island), **factory_kwargs))
+        self.wing_weight = nn.Parameter(torch.empty((out_channels, cin_g, n_wing), **factory_kwargs))
+        self.init_error: float | None = None
+        self.reset_parameters()
+
+    def _tap_offsets_value(self) -> torch.Tensor:
+        """(D, taps) offsets from the centre: island taps first (row-major, so island_weight reshapes to the dense
+        island), then the wing taps."""
         patterns = [axis_pattern(m, n, r) for m, n, r in zip(self.island, self.wing_taps, self.wing_spacing)]
         grid = torch.stack(torch.meshgrid(*[torch.tensor(p, dtype=torch.float64) for p in patterns], indexing="ij"))
         grid = grid.reshape(self.ndim, -1)
         in_island = torch.ones(grid.shape[1], dtype=torch.bool)
         for d, m in enumerate(self.island):
             in_island &= grid[d].abs() <= m // 2
-        # Island taps first (row-major, so island_weight reshapes to the dense island), then the wing taps.
         order = torch.cat([in_island.nonzero().flatten(), (~in_island).nonzero().flatten()])
-        self.register_buffer("tap_offsets", grid[:, order].to(device=device, dtype=dtype or torch.get_default_dtype()),
-                             persistent=False)
-        cin_g = in_channels // groups
-        n_wing = grid.shape[1] - math.prod(self.island)
-        self.island_weight = nn.Parameter(torch.empty((out_channels, cin_g, *self.island), **factory_kwargs))
-        self.wing_weight = nn.Parameter(torch.empty((out_channels, cin_g, n_wing), **factory_kwargs))
-        self.init_error: float | None = None
-        self.reset_parameters()
+        return grid[:, order]
+
+    def _derived_buffers(self) -> dict[str, torch.Tensor]:
+        return {"tap_offsets": self._tap_offsets_value()}
 
     @property
     def window(self) -> tuple[int, ...]:
