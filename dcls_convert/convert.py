@@ -34,8 +34,25 @@ def describe_conv(conv: nn.Module) -> str:
     return s + ")"
 
 
+def _weight_reparametrization(conv: nn.Module) -> str:
+    """How the conv's weight is recomputed before each forward, if it is ('' when it is a plain parameter)."""
+    for hook in conv._forward_pre_hooks.values():
+        kind = type(hook).__name__
+        if kind in ("WeightNorm", "SpectralNorm"):
+            return f"torch.nn.utils.{'weight_norm' if kind == 'WeightNorm' else 'spectral_norm'}"
+    if torch.nn.utils.parametrize.is_parametrized(conv):
+        return "torch.nn.utils.parametrize (" + ", ".join(sorted(conv.parametrizations.keys())) + ")"
+    return ""
+
+
 def source_conv_view(conv: nn.Module) -> tuple[nn.Module | None, str]:
     """The plain nn.ConvNd a conv computes, or (None, reason) when its semantics differ from one."""
+    reparam = _weight_reparametrization(conv)
+    if reparam:
+        remove = ("torch.nn.utils.parametrize.remove_parametrizations(conv, 'weight')" if "parametrize" in reparam
+                  else "torch.nn.utils.remove_" + reparam.rsplit(".", 1)[1] + "(conv)")
+        return None, (f"its weight is recomputed each forward by {reparam}; converting would drop that: call "
+                      f"{remove} first to convert from the current weight")
     if type(conv) in _CONV_TYPES:
         return conv, ""
     cls_name = type(conv).__name__
@@ -120,7 +137,14 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
     """
     _refuse_wrappers(model)
     cfg = _make_config(method, options, rules, include, exclude, by_type, by_regex, by_name)
-    target = model if inplace else copy.deepcopy(model)
+    try:
+        target = model if inplace else copy.deepcopy(model)
+    except RuntimeError as exc:  # old-style weight_norm / spectral_norm keep a computed (non-leaf) weight
+        hooked = [n or "the model" for n, m in model.named_modules() if _weight_reparametrization(m)]
+        raise ValueError(f"convert: the model cannot be copied ({str(exc).splitlines()[0][:120]}); "
+                         f"{', '.join(hooked[:5]) or 'a module'} use(s) torch.nn.utils.weight_norm / spectral_norm: "
+                         "remove them (torch.nn.utils.remove_weight_norm / remove_spectral_norm), use "
+                         "torch.nn.utils.parametrizations, or pass inplace=True") from None
     report = ConversionReport(method=cfg.method)
     if isinstance(target, _CONV_TYPES):
         raise TypeError("convert: pass the model that contains the conv; for a lone conv use "

@@ -267,3 +267,31 @@ def test_convert_on_meta_then_load(method, options):
     x = torch.randn(1, 4, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), real(x))
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm", "parametrizations.weight_norm"])
+def test_reparametrized_weights_are_skipped_with_the_way_out(wrap):
+    """A conv whose weight is recomputed before each forward (old-style weight_norm / spectral_norm hooks,
+    parametrizations) is not converted from a stale or partial weight: it is skipped, and the reason says how
+    to convert it; the other convs convert and the model's output is unchanged for them."""
+    import warnings
+
+    fn = torch.nn.utils
+    for part in wrap.split("."):
+        fn = getattr(fn, part)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nn.Sequential(fn(nn.Conv2d(4, 4, 5, padding=2, groups=4)), nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    x = torch.randn(1, 4, 9, 9)
+    want = model.eval()(x)
+    if not wrap.startswith("parametrizations"):  # the old-style hooks keep a computed weight: no deepcopy
+        with pytest.raises(ValueError, match="remove_weight_norm / remove_spectral_norm"):
+            dc.convert(model, "dcls")
+        out, report = dc.convert(model, "dcls", inplace=True)
+    else:
+        out, report = dc.convert(model, "dcls")
+    skipped, converted = report.layers
+    assert skipped.status == "skipped" and "recomputed each forward" in skipped.reason and "first" in skipped.reason
+    assert converted.status == "converted"
+    with torch.no_grad():
+        torch.testing.assert_close(out.eval()(x), want.detach(), rtol=1e-5, atol=1e-5)
