@@ -37,13 +37,22 @@ def load_reference_state_dict(module: _DclsConvNd, state_dict: Mapping[str, torc
                          f"weight {tuple(module.weight.shape)}, positions {tuple(module.positions.shape)}")
     if (bias is None) != (module.bias is None):
         raise ValueError(f"{name}: bias presence differs between the checkpoint and the module")
+    if module.sigma is not None and SIG is None:
+        raise ValueError(f"{name}: a gauss checkpoint needs {prefix}SIG")
+    # Every shape checked before the first copy: an error leaves the module as it was, and copy_ never broadcasts.
+    checks = [("SIG", SIG, module.sigma), ("bias", bias, module.bias)]
+    for key, got, param in checks:
+        if got is not None and param is not None and tuple(got.shape) != tuple(param.shape):
+            raise ValueError(f"{name}: reference {prefix}{key} has shape {tuple(got.shape)}, the module needs "
+                             f"{tuple(param.shape)}")
+    for key, got in (("weight", weight), ("P", P), ("SIG", SIG), ("bias", bias)):
+        if got is not None and not torch.is_floating_point(got):
+            raise ValueError(f"{name}: reference {prefix}{key} must be floating point, got {got.dtype}")
     flip = version in ("v1", "gauss") and module.ndim > 1
     with torch.no_grad():
         module.weight.copy_(weight)
         module.positions.copy_(P.flip(0) if flip else P)
         if module.sigma is not None:
-            if SIG is None:
-                raise ValueError(f"{name}: a gauss checkpoint needs {prefix}SIG")
             module.sigma.copy_(SIG.flip(0) if flip else SIG)
         if bias is not None:
             module.bias.copy_(bias)

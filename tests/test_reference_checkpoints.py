@@ -28,6 +28,20 @@ def test_errors_name_the_problem():
         load_reference_state_dict(m, {"weight": torch.randn(4, 1, 5), "P": torch.randn(2, 4, 1, 5), "bias": torch.randn(4)}, "v0")
 
 
+@pytest.mark.parametrize("bad", ["SIG", "bias"])
+def test_wrong_shapes_change_nothing(bad):
+    """A wrongly shaped SIG or bias is refused before anything is copied (no partial overwrite, no broadcast)."""
+    ref = {"weight": torch.randn(4, 1, 3), "P": torch.randn(2, 4, 1, 3), "SIG": torch.rand(2, 4, 1, 3),
+           "bias": torch.randn(4)}
+    ref[bad] = torch.randn(1) if bad == "bias" else torch.rand(2, 1, 1, 1)  # would broadcast
+    m = dc.DclsConv2d(4, 4, 3, 7, groups=4, interpolation="gaussian")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=bad):
+        load_reference_state_dict(m, ref, "gauss")
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 @pytest.mark.parametrize("version", ["v0", "v1", "gauss"])
 @pytest.mark.parametrize("ndim", [1, 2])
 def test_against_the_reference_library(version, ndim):
