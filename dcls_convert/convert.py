@@ -194,6 +194,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
                                   f"{exc}") from exc
         new.train(site.module.training)
         _keep_requires_grad(new, source)
+        _carry_hooks(site.module, new)
         built.append((site, new, opts, rec, source))
 
     _share_positions(built)
@@ -213,6 +214,20 @@ def _progress(items, enabled):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc="dcls_convert", unit="conv")
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Forward, pre-forward and backward hooks registered on the conv keep firing on its replacement: the new
+    module shares the conv's hook dictionaries, so the handles the user holds still remove them."""
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr) and hasattr(new, attr):
+            setattr(new, attr, getattr(old, attr))
+    if getattr(old, "_is_full_backward_hook", None) is not None:
+        new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def _keep_requires_grad(new: nn.Module, source: nn.Module) -> None:

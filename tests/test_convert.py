@@ -295,3 +295,23 @@ def test_reparametrized_weights_are_skipped_with_the_way_out(wrap):
     assert converted.status == "converted"
     with torch.no_grad():
         torch.testing.assert_close(out.eval()(x), want.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_follow_the_converted_conv():
+    """Hooks registered on a conv fire on its replacement (with the replacement as their module), and the
+    handles the user holds still remove them."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    seen = []
+    h1 = model[0].register_forward_hook(lambda m, i, o: seen.append(("fwd", type(m).__name__, o.shape)))
+    h2 = model[0].register_forward_pre_hook(lambda m, i: seen.append(("pre", type(m).__name__)))
+    h3 = model[0].register_full_backward_hook(lambda m, gi, go: seen.append(("bwd", type(m).__name__)))
+    out, _ = dc.convert(model, "dcls", inplace=True)
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    out(x).sum().backward()
+    assert ("pre", "DclsConv2d") in seen and ("bwd", "DclsConv2d") in seen
+    assert ("fwd", "DclsConv2d", torch.Size([1, 4, 8, 8])) in seen
+    for h in (h1, h2, h3):
+        h.remove()
+    seen.clear()
+    out(x).sum().backward()
+    assert seen == []
