@@ -45,6 +45,12 @@ def _weight_reparametrization(conv: nn.Module) -> str:
     return ""
 
 
+def _plain_conv_subclass(conv: nn.Module) -> bool:
+    """A subclass of nn.Conv1d/2d/3d that computes what its base computes (forward and _conv_forward inherited)."""
+    base = next((b for b in _CONV_TYPES if isinstance(conv, b)), None)
+    return base is not None and all(getattr(type(conv), f) is getattr(base, f) for f in ("forward", "_conv_forward"))
+
+
 def source_conv_view(conv: nn.Module) -> tuple[nn.Module | None, str]:
     """The plain nn.ConvNd a conv computes, or (None, reason) when its semantics differ from one."""
     reparam = _weight_reparametrization(conv)
@@ -53,7 +59,7 @@ def source_conv_view(conv: nn.Module) -> tuple[nn.Module | None, str]:
                   else "torch.nn.utils.remove_" + reparam.rsplit(".", 1)[1] + "(conv)")
         return None, (f"its weight is recomputed each forward by {reparam}; converting would drop that: call "
                       f"{remove} first to convert from the current weight")
-    if type(conv) in _CONV_TYPES:
+    if type(conv) in _CONV_TYPES or _plain_conv_subclass(conv):
         return conv, ""
     cls_name = type(conv).__name__
     if cls_name.startswith("Conv2dSame"):  # timm: TF-style dynamic "same" padding == "same" at stride 1
@@ -150,6 +156,11 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         raise TypeError("convert: pass the model that contains the conv; for a lone conv use "
                         "DclsConv2d.from_conv(conv) (or the Bloom/Partial equivalents)")
     sites = find_sites(target, _is_conv)
+    known = {n for site in sites for n in site.names}
+    unknown = [n for n in cfg.by_name if n not in known]
+    if unknown:  # an exact name that matches no conv is a typo, not a choice
+        raise ValueError(f"convert: by_name names no conv in the model: {unknown[:5]}; convs are named like "
+                         f"{sorted(known)[:5]}")
     facts = _analyze(target, sites, example_inputs, report) if (analyze or example_inputs is not None) else {}
 
     plan = []

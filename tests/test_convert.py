@@ -315,3 +315,35 @@ def test_hooks_follow_the_converted_conv():
     seen.clear()
     out(x).sum().backward()
     assert seen == []
+
+
+def test_small_option_mistakes_are_named():
+    """A by_name key that matches no conv, fade='no', an infinite sigma_min: each a ValueError that names it."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    with pytest.raises(ValueError, match="by_name names no conv.*'1'"):
+        dc.convert(model, "dcls", by_name={"1": {"window": 9}})
+    with pytest.raises(ValueError, match="fade must be True or False"):
+        dc.convert(model, "bloom", fade="no")
+    with pytest.raises(ValueError, match="sigma_min must be a finite number"):
+        dc.convert(model, "dcls", interpolation="gaussian", sigma_min=float("inf"))
+    with pytest.raises(dc.ConversionError, match="window must be an int"):  # was "'float' object is not iterable"
+        dc.convert(model, "dcls", window=17.0)
+
+
+def test_conv_subclass_without_its_own_forward_converts():
+    """An nn.Conv2d subclass that only adds attributes computes what nn.Conv2d computes: it converts; one that
+    overrides forward is skipped with the reason."""
+    class Tagged(nn.Conv2d):
+        tag = "mine"
+
+    class Doubled(nn.Conv2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(Tagged(4, 4, 5, padding=2, groups=4), Doubled(4, 4, 5, padding=2, groups=4))
+    x = torch.randn(1, 4, 9, 9)
+    out, report = dc.convert(model, "dcls")
+    assert [r.status for r in report.layers] == ["converted", "skipped"]
+    assert "overrides" in report.layers[1].reason
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)

@@ -40,6 +40,8 @@ class BloomOptions:
     def __post_init__(self):
         if not isinstance(self.factor, int) or self.factor < 2:
             raise ValueError(f"BloomOptions: factor must be an int >= 2, got {self.factor!r}")
+        if not isinstance(self.fade, bool):
+            raise ValueError(f"BloomOptions: fade must be True or False, got {self.fade!r}")
         if self.keep not in ("kernel", "size"):
             raise ValueError(f"BloomOptions: keep must be 'kernel' or 'size', got {self.keep!r}")
 
@@ -102,7 +104,9 @@ class _BloomConvNd(ConvertedConv):
         if not isinstance(factor, int) or factor < 2:
             raise ValueError(f"{name}: factor must be an int >= 2 (1 would be the plain conv), got {factor!r}")
         self.kernel_size = per_axis(kernel_size, self.ndim, "kernel_size", name)
-        self.factor, self.fade = factor, bool(fade)
+        if not isinstance(fade, bool):
+            raise ValueError(f"{name}: fade must be True or False, got {fade!r}")
+        self.factor, self.fade = factor, fade
         self.weight = nn.Parameter(torch.empty((out_channels, in_channels // groups, *self.kernel_size), **factory_kwargs))
         self.init_error: float | None = None
         self.reset_parameters()

@@ -55,8 +55,8 @@ class DclsOptions:
             raise ValueError(f"DclsOptions: kernel_count must be a positive int, got {self.kernel_count!r}")
         if self.interpolation not in ("bilinear", "gaussian"):
             raise ValueError(f"DclsOptions: interpolation must be 'bilinear' or 'gaussian', got {self.interpolation!r}")
-        if not self.sigma_min > 0:
-            raise ValueError(f"DclsOptions: sigma_min must be > 0, got {self.sigma_min!r}")
+        if not (isinstance(self.sigma_min, (int, float)) and 0 < self.sigma_min < math.inf):
+            raise ValueError(f"DclsOptions: sigma_min must be a finite number > 0, got {self.sigma_min!r}")
         if self.engine not in ("auto", "taps", "dense"):
             raise ValueError(f"DclsOptions: engine must be 'auto', 'taps' or 'dense', got {self.engine!r}")
         if self.share_positions not in (None, "stage"):
@@ -93,8 +93,8 @@ class _DclsConvNd(ConvertedConv):
             raise ValueError(f"{name}: kernel_count must be a positive int, got {kernel_count!r}")
         if interpolation not in ("bilinear", "gaussian"):
             raise ValueError(f"{name}: interpolation must be 'bilinear' or 'gaussian', got {interpolation!r}")
-        if not sigma_min > 0:
-            raise ValueError(f"{name}: sigma_min must be > 0, got {sigma_min!r}")
+        if not (isinstance(sigma_min, (int, float)) and 0 < sigma_min < math.inf):
+            raise ValueError(f"{name}: sigma_min must be a finite number > 0, got {sigma_min!r}")
         if engine not in ("auto", "taps", "dense"):
             raise ValueError(f"{name}: engine must be 'auto', 'taps' or 'dense', got {engine!r}")
         self.dilated_kernel_size = per_axis(dilated_kernel_size, self.ndim, "dilated_kernel_size", name)
