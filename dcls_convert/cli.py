@@ -34,8 +34,9 @@ def _build_model(name: str, checkpoint: str | None, num_classes: int | None):
         raise SystemExit(f"dcls-convert: checkpoint {checkpoint!r} not found")
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
-    except RuntimeError as exc:
-        raise SystemExit(f"dcls-convert: cannot create timm model {name!r}: {exc}") from None
+    except Exception as exc:  # unknown names raise RuntimeError, malformed arguments TypeError/ValueError
+        raise SystemExit(f"dcls-convert: cannot create timm model {name!r}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]}") from None
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     return model
@@ -52,17 +53,51 @@ def _load_weights(model, path: str) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+    except Exception as exc:
+        raise SystemExit(f"dcls-convert: cannot read {path!r} as a .safetensors or torch weights file "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SystemExit(f"dcls-convert: {path!r} holds no state dict of tensors")
+    try:
         model.load_state_dict(state)
     except Exception as exc:
-        raise SystemExit(f"dcls-convert: cannot load {path!r} into the model: {type(exc).__name__}: "
+        raise SystemExit(f"dcls-convert: the weights in {path!r} do not fit the model: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _check_outputs(args) -> None:
+    """Output paths checked before any long work: a conversion never runs only to fail at the write."""
+    out = getattr(args, "out", None)
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"dcls-convert: --out {out!r} is an existing file, not a directory")
+    json_path = getattr(args, "json", None)
+    if json_path:
+        parent = os.path.dirname(os.path.abspath(json_path))
+        if not os.path.isdir(parent):
+            raise SystemExit(f"dcls-convert: --json {json_path!r}: the folder {parent!r} does not exist")
+        if os.path.isdir(json_path):
+            raise SystemExit(f"dcls-convert: --json {json_path!r} is a directory")
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"dcls-convert: --option needs KEY=VALUE (e.g. --option window=21), got {pair!r}")
+        options[key.replace("-", "_")] = _parse_value(value)
+    return options
 
 
 def _convert(args, dry_run: bool) -> int:
     import dcls_convert
 
+    _check_outputs(args)
+    options = _parse_options(args.option)
+    if args.checkpoint is None:
+        print(f"dcls-convert: no --checkpoint: converting {args.model} with random (untrained) weights",
+              file=sys.stderr)
     model = _build_model(args.model, args.checkpoint, args.num_classes)
-    options = {k: _parse_value(v) for k, v in (o.split("=", 1) for o in args.option)}
     for key in ("window", "kernel_count", "interpolation", "factor", "island", "wing_taps", "wing_spacing"):
         val = getattr(args, key, None)
         if val is not None:
@@ -85,7 +120,7 @@ def _convert(args, dry_run: bool) -> int:
         if args.num_classes is not None:
             base["num_classes"] = args.num_classes
         dcls_convert.save(converted, args.out, base=base)
-        print(f"wrote {args.out}/model.safetensors and {args.out}/recipe.json")
+        print(f"wrote {os.path.join(args.out, 'model.safetensors')} and {os.path.join(args.out, 'recipe.json')}")
     return 0
 
 
@@ -99,11 +134,17 @@ def _densify(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"dcls-convert: {exc}", file=sys.stderr)
         return 2
-    name = args.model or recipe.get("base", {}).get("timm")
-    if not name:
-        print("dcls-convert: the recipe names no timm model; pass --model", file=sys.stderr)
+    _check_outputs(args)
+    base_info = recipe.get("base") if isinstance(recipe.get("base"), dict) else {}
+    name = args.model or base_info.get("timm")
+    if not isinstance(name, str) or not name:
+        print("dcls-convert: the recipe names no timm model (base.timm); pass --model", file=sys.stderr)
         return 2
-    base = _build_model(name, None, recipe.get("base", {}).get("num_classes"))
+    num_classes = base_info.get("num_classes")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        print(f"dcls-convert: the recipe's base.num_classes must be a positive int, got {num_classes!r}", file=sys.stderr)
+        return 2
+    base = _build_model(name, None, num_classes)
     try:
         model = dcls_convert.load(args.directory, base)
     except ValueError as exc:
@@ -112,14 +153,24 @@ def _densify(args) -> int:
     dense = dcls_convert.densify(model)
     os.makedirs(args.out, exist_ok=True)
     save_model(dense, os.path.join(args.out, "model.safetensors"))
-    print(f"wrote {args.out}/model.safetensors: plain {name} with {sum(1 for _ in dense.modules())} modules; "
+    print(f"wrote {os.path.join(args.out, 'model.safetensors')}: plain {name} with {sum(1 for _ in dense.modules())} modules; "
           f"load it with timm.create_model({name!r}, pretrained_cfg_overlay=dict(file=...)) after adjusting "
           "kernel sizes, or with dcls_convert.load for the converted form")
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dcls-convert")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcls-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     for cmd, help_text in (("convert", "convert and save"), ("report", "dry run: print what would be converted")):
         c = sub.add_parser(cmd, help=help_text)

@@ -73,6 +73,48 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
     assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     r = _cli("convert", "convnext_atto", "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert r.returncode != 0 and "cannot load" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "cannot read" in r.stderr and "Traceback" not in r.stderr
     r = _cli("report", "resnet18", "--method", "dcls", cwd=tmp_path)
     assert r.returncode == 2 and "no conv matched" in r.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["convert", "resnet18", "--option", "window", "--out", "{tmp}/o"], "KEY=VALUE"),
+    (["report", "resnet18", "--json", "{tmp}/missing/r.json"], "does not exist"),
+    (["convert", "resnet18", "--out", "{tmp}/afile"], "existing file"),
+    (["convert", "resnet18", "--checkpoint", "{tmp}/notes.txt", "--out", "{tmp}/o"], "cannot read"),
+    (["densify", "{tmp}/bad_name", "--out", "{tmp}/d"], "cannot create timm model"),
+    (["densify", "{tmp}/no_name", "--out", "{tmp}/d"], "names no timm model"),
+])
+def test_cli_mistakes_end_in_one_line(tmp_path, capsys, argv, message):
+    """Each mistake ends with one clear line and a non-zero exit, before any conversion runs, never a traceback."""
+    import torch.nn as nn
+
+    import dcls_convert as dc
+    from dcls_convert.cli import main
+
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "afile").write_text("")
+    converted, _ = dc.convert(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3)), "dcls")
+    dc.save(converted, str(tmp_path / "bad_name"), base={"timm": "no_such_model_xyz"})
+    dc.save(converted, str(tmp_path / "no_name"), base={"timm": 123})
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    text = f"{code} {out.err}"
+    assert code not in (0, None) and message in text, text
+    assert "Traceback" not in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_version_and_random_weights_warning(capsys, tmp_path):
+    from dcls_convert.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and "dcls-convert" in capsys.readouterr().out
+    assert main(["report", "resnet18", "--method", "bloom", "--json", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err
+    assert "no --checkpoint" in err and "random" in err and (tmp_path / "r.json").exists()
