@@ -89,10 +89,16 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
             raise ValueError(f"load: the base model has no module {name!r}; is it the architecture that was converted?")
         src = sites[name].module
         cls = classes[entry["class"]]
+        config = entry["config"]
+        for key in ("in_channels", "out_channels", "groups"):  # sizes come from the model, not from the file
+            if hasattr(src, key) and key in config and config[key] != getattr(src, key):
+                raise ValueError(f"load: recipe entry {name!r} has {key}={config[key]!r}, the base model's module "
+                                 f"has {getattr(src, key)!r}")
         try:
-            new = cls(**entry["config"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"load: cannot rebuild {name!r} as {cls.__name__}: {exc}") from None
+            new = cls(**config)
+        except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as exc:
+            raise ValueError(f"load: cannot rebuild {name!r} as {cls.__name__}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300]}") from None
         ref = next(iter(src.parameters()), None)
         if ref is not None:
             new = new.to(device=ref.device, dtype=ref.dtype)
@@ -102,17 +108,24 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
     for site, new in built:
         swap(site, new)
         by_name[site.name] = new
-    for group in recipe.get("shared_positions", []):
-        if not all(n in by_name for n in group):
+    groups = recipe.get("shared_positions", [])
+    if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
+        raise ValueError(f"load: shared_positions must be a list of non-empty lists of layer names, got {groups!r}"[:300])
+    for group in groups:
+        if not all(isinstance(n, str) and n in by_name for n in group):
             raise ValueError(f"load: shared_positions names unknown layers {group}")
+        if not all(hasattr(by_name[n], "positions") and by_name[n].positions.shape == by_name[group[0]].positions.shape
+                   for n in group):
+            raise ValueError(f"load: shared_positions groups layers without positions of one shape: {group}")
         first = by_name[group[0]]
         for other in group[1:]:
             by_name[other].positions = first.positions
     try:
         missing, unexpected = load_model(target, weights, strict=False)
-    except Exception as exc:
-        raise ValueError(f"load: the weights do not fit the rebuilt model: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:300]}") from None
+    except Exception as exc:  # keep the lines that name the offending keys, not only PyTorch's header line
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[:4])
+        raise ValueError(f"load: the weights do not fit the rebuilt model: {type(exc).__name__}: {detail[:600]}") from None
     if strict and (missing or unexpected):
         raise ValueError(f"load: weights do not match the rebuilt model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")

@@ -123,6 +123,28 @@ except ValueError as e:
     assert "REFUSED" in r.stdout and key.split("_")[-1] in r.stdout.replace("cells", "size"), r.stdout
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r.__setitem__("shared_positions", [[]]), "shared_positions must be a list"),
+    (lambda r: r.__setitem__("shared_positions", [["0", 5]]), "unknown layers"),
+    (lambda r: r["layers"]["0"]["config"].__setitem__("kernel_count", 10**12), "kernel_count"),
+    (lambda r: r["layers"]["0"]["config"].__setitem__("in_channels", 10**9), "in_channels"),
+    (lambda r: r["layers"]["0"]["config"].__setitem__("kernel_count", 20), "size mismatch for 0.weight"),
+])
+def test_malformed_recipe_fields_are_value_errors(tmp_path, edit, message):
+    """Recipe fields that do not fit: a ValueError that names the field (and, for weights, the offending key),
+    before any allocation the file could size."""
+    def make():
+        return nn.Sequential(nn.Conv2d(4, 4, 7, padding=3, groups=4), nn.Conv2d(4, 4, 7, padding=3, groups=4))
+
+    model, _ = dc.convert(make(), "dcls", kernel_count=16)
+    dc.save(model, str(tmp_path))
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    edit(recipe)
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match=message):
+        dc.load(str(tmp_path), make())
+
+
 def test_corrupt_weights_give_clear_error(tmp_path):
     _, out = _trained_copy("dcls")
     dc.save(out, str(tmp_path))

@@ -100,6 +100,9 @@ class _DclsConvNd(ConvertedConv):
         self.dilated_kernel_size = per_axis(dilated_kernel_size, self.ndim, "dilated_kernel_size", name)
         if math.prod(self.dilated_kernel_size) > MAX_GEOMETRY:
             raise ValueError(f"{name}: window {self.dilated_kernel_size} has more than 2**24 cells")
+        if kernel_count > max(4 * math.prod(self.dilated_kernel_size), 4096):  # bounds what a recipe can allocate
+            raise ValueError(f"{name}: kernel_count={kernel_count} exceeds max(4096, 4x the cells of the "
+                             f"{self.dilated_kernel_size} window)")
         learn = tuple(bool(v) for v in learn_axes) if learn_axes is not None else (True,) * self.ndim
         if len(learn) != self.ndim:
             raise ValueError(f"{name}: learn_axes needs {self.ndim} booleans, got {learn_axes!r}")
