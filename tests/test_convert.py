@@ -347,3 +347,31 @@ def test_conv_subclass_without_its_own_forward_converts():
     assert "overrides" in report.layers[1].reason
     with torch.no_grad():
         torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ODD_VALUES = st.sampled_from([0, -1, 1, 2, 3, 17, 2**24 + 1, 10**12, 2.5, float("nan"), float("inf"), "17", None,
+                               (3,), (3, 3, 3), [17, 17], True])
+
+
+@settings(max_examples=60, deadline=None)
+@given(method=st.sampled_from(["dcls", "bloom", "partial", "nope"]),
+       options=st.dictionaries(st.sampled_from(["window", "kernel_count", "interpolation", "sigma_min", "factor",
+                                                "fade", "keep", "island", "wing_taps", "wing_spacing", "engine",
+                                                "share_positions", "learn_axes", "bogus"]), _ODD_VALUES, max_size=3))
+def test_fuzz_convert_converts_or_raises_and_never_half_changes(method, options):
+    """Random, partly absurd options: convert returns a converted model or raises ValueError / TypeError /
+    RuntimeError, and the model passed in is never changed."""
+    model = Zoo()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    try:
+        out, _ = dc.convert(model, method, inplace=bool(options.get("fade")), **options)
+    except (ValueError, TypeError, RuntimeError):
+        assert [type(m) for m in model.modules()] == types
+        after = model.state_dict()
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+        return
+    assert any(isinstance(m, ConvertedConv) for m in out.modules())

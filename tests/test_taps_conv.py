@@ -196,3 +196,29 @@ def test_double_backward_is_refused_not_silently_zero():
         torch.autograd.grad(kernel.square().sum(), w, create_graph=True)
     (gw,) = torch.autograd.grad(ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2]).square().sum(), w)
     assert gw.abs().sum() > 0
+
+
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ABSURD_INT = st.one_of(st.integers(-3, 40), st.sampled_from([0, 2**24, 2**24 + 1, 2**31, 2**32 - 1, 2**40, 2**62]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(D=st.integers(0, 3), size=st.lists(st.integers(0, 9), min_size=3, max_size=3), C=st.integers(0, 3),
+       K=st.integers(0, 4), window=st.lists(_ABSURD_INT, min_size=0, max_size=3),
+       stride=st.lists(_ABSURD_INT, min_size=0, max_size=3), padding=st.lists(_ABSURD_INT, min_size=0, max_size=3),
+       interp=st.sampled_from(["bilinear", "nearest", "gaussian", "cubic"]), pos_scale=st.sampled_from([1.0, 1e30]))
+def test_fuzz_taps_conv_returns_or_raises(D, size, C, K, window, stride, padding, interp, pos_scale):
+    """Random, partly absurd arguments: the op returns a tensor of the predicted shape or raises RuntimeError
+    naming the op; it never crashes the process or hangs."""
+    x = torch.randn(1, C, *size[:D]) if D else torch.randn(1, C)
+    w = torch.randn(C, 1, K)
+    p = torch.randn(max(D, 1), C, 1, K) * pos_scale
+    try:
+        y = torch.ops.dcls_convert.taps_conv(x, w, p, None, window, stride, padding, interp)
+    except RuntimeError as exc:
+        assert "taps_conv" in str(exc) or "interpolation" in str(exc)
+        return
+    assert y.shape[:2] == x.shape[:2] and y.dim() == x.dim()
+    y.sum()  # readable
