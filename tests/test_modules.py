@@ -351,3 +351,16 @@ def test_even_kernels_convert(k, padding):
     if padding != "same":
         with pytest.raises(ValueError, match="odd factor"):
             dc.BloomConv2d.from_conv(conv, factor=2)
+
+
+@pytest.mark.parametrize("K", [49, 20, 5])
+def test_init_error_without_the_dense_kernel(monkeypatch, K):
+    """When the dense kernel would be too large to build (a depthwise layer with a huge window), the bilinear
+    init error comes from the dropped taps alone and equals the dense computation."""
+    import dcls_convert.methods.dcls as dcls_module
+
+    conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    dense = dc.DclsConv2d.from_conv(conv, kernel_count=K).init_error
+    monkeypatch.setattr(dcls_module, "MAX_DENSE_KERNEL_BYTES", 10)
+    sparse = dc.DclsConv2d.from_conv(conv, kernel_count=K).init_error
+    assert sparse == pytest.approx(dense, abs=1e-12)

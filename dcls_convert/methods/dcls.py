@@ -238,8 +238,20 @@ class _DclsConvNd(ConvertedConv):
         with torch.no_grad():
             _place_taps(module, conv.weight.detach(), tuple(conv.dilation), shift)
             copy_bias(module, conv)
-            # Reported against the kernel the source conv really applies, placed in the new window.
-            module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
+            # Reported against the kernel the source conv really applies, placed in the new window. Too large a
+            # dense kernel (a depthwise layer on the tap engine never builds one): bilinear taps sit on their
+            # cells, so the error is the energy of the dropped taps (gaussian: unknown, None).
+            dense_bytes = module.weight.shape[0] * module.weight.shape[1] * math.prod(window) * 8
+            if dense_bytes <= MAX_DENSE_KERNEL_BYTES:
+                module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
+            elif opts.interpolation == "bilinear" and not conv.weight.is_meta:
+                flat = conv.weight.detach().double().flatten(2)
+                kept = flat.abs().topk(min(K, flat.shape[-1]), dim=-1).values
+                total = flat.square().sum()
+                module.init_error = float((total - kept.square().sum()).clamp_min(0).sqrt() / total.sqrt()) \
+                    if total > 0 else 0.0
+            else:
+                module.init_error = None
         return module
 
 
