@@ -246,10 +246,10 @@ class _DclsConvNd(ConvertedConv):
                 module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
             elif opts.interpolation == "bilinear" and not conv.weight.is_meta:
                 flat = conv.weight.detach().double().flatten(2)
-                kept = flat.abs().topk(min(K, flat.shape[-1]), dim=-1).values
+                dropped = max(flat.shape[-1] - K, 0)  # the smallest taps of each pair, summed directly
+                lost = flat.abs().sort(dim=-1).values[..., :dropped].square().sum()
                 total = flat.square().sum()
-                module.init_error = float((total - kept.square().sum()).clamp_min(0).sqrt() / total.sqrt()) \
-                    if total > 0 else 0.0
+                module.init_error = float((lost / total).sqrt()) if total > 0 else 0.0
             else:
                 module.init_error = None
         return module
