@@ -150,12 +150,16 @@ def _densify(args) -> int:
     except ValueError as exc:
         print(f"dcls-convert: {exc}", file=sys.stderr)
         return 2
+    from dcls_convert.serialization import RECIPE_FILE, WEIGHTS_FILE, dense_recipe_of
+
     dense = dcls_convert.densify(model)
     os.makedirs(args.out, exist_ok=True)
-    save_model(dense, os.path.join(args.out, "model.safetensors"))
-    print(f"wrote {os.path.join(args.out, 'model.safetensors')}: plain {name} with {sum(1 for _ in dense.modules())} modules; "
-          f"load it with timm.create_model({name!r}, pretrained_cfg_overlay=dict(file=...)) after adjusting "
-          "kernel sizes, or with dcls_convert.load for the converted form")
+    save_model(dense, os.path.join(args.out, WEIGHTS_FILE))
+    with open(os.path.join(args.out, RECIPE_FILE), "w") as f:
+        json.dump(dense_recipe_of(model, recipe.get("base")), f, indent=2)
+    print(f"wrote {os.path.join(args.out, WEIGHTS_FILE)} and {os.path.join(args.out, RECIPE_FILE)}: {name} with plain "
+          f"convs (the converted ones with their larger kernels). Load it with\n"
+          f"  dcls_convert.load({args.out!r}, timm.create_model({name!r}))")
     return 0
 
 

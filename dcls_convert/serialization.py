@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any
 
@@ -17,19 +18,47 @@ from .discovery import find_sites, swap
 from .methods.base import ConvertedConv
 from .registry import list_methods, get_method
 
-__all__ = ["save", "load", "recipe_of", "RECIPE_FILE", "WEIGHTS_FILE"]
+__all__ = ["save", "load", "recipe_of", "dense_recipe_of", "RECIPE_FILE", "WEIGHTS_FILE"]
 
 RECIPE_FILE = "recipe.json"
 WEIGHTS_FILE = "model.safetensors"
 _FORMAT = 1
 
 
+_PLAIN_CONVS = {"Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d}
+
+
 def _module_classes() -> dict[str, type]:
-    out = {}
+    """The classes a recipe may name: the converted modules, and plain convs (densified recipes)."""
+    out = dict(_PLAIN_CONVS)
     for name in list_methods():
         for cls in get_method(name).modules.values():
             out[cls.__name__] = cls
     return out
+
+
+def dense_recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe of `densify(model)`: each converted module as the plain conv it folds into (its window as the
+    kernel size), so `load(directory, base_model)` rebuilds the densified model on a fresh base model."""
+    layers = {}
+    for site in find_sites(model, lambda m: isinstance(m, ConvertedConv)):
+        m = site.module
+        padding = m.padding if isinstance(m.padding, str) else list(m.padding)
+        layers[site.name] = {"class": f"Conv{m.ndim}d", "aliases": site.names[1:], "config": dict(
+            in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.window),
+            stride=list(m.stride), padding=padding, groups=m.groups, bias=m.bias is not None,
+            padding_mode=m.padding_mode)}
+    return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
+            "shared_positions": []}
+
+
+def _check_plain_conv_config(name: str, config: dict) -> None:
+    size = config.get("kernel_size")
+    sizes = [size] if isinstance(size, int) else size
+    if not isinstance(sizes, list) or not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 2**24
+                                              for k in sizes) or math.prod(sizes) > 2**24:
+        raise ValueError(f"load: recipe entry {name!r} has kernel_size {size!r}: ints in [1, 2**24], at most 2**24 "
+                         "cells")
 
 
 def recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -94,6 +123,8 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
             if hasattr(src, key) and key in config and config[key] != getattr(src, key):
                 raise ValueError(f"load: recipe entry {name!r} has {key}={config[key]!r}, the base model's module "
                                  f"has {getattr(src, key)!r}")
+        if cls in _PLAIN_CONVS.values():
+            _check_plain_conv_config(name, config)
         try:
             new = cls(**config)
         except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as exc:
@@ -130,7 +161,7 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
         raise ValueError(f"load: weights do not match the rebuilt model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
     for name, new in by_name.items():  # NaN positions would make every output of the layer NaN
-        for pname in new.position_param_names:
+        for pname in getattr(new, "position_param_names", ()):
             p = getattr(new, pname, None)
             if p is not None and not torch.isfinite(p).all():
                 raise ValueError(f"load: {name}.{pname} in {weights} contains NaN/Inf")

@@ -42,6 +42,14 @@ class SmallCNN(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+_START = time.perf_counter()
+
+
+def phase(message: str) -> None:
+    """One line per phase with the elapsed time, flushed: visible in logs and CI, not only on a terminal."""
+    print(f"[{time.perf_counter() - _START:6.1f} s] {message}", flush=True)
+
+
 def train(model, data, epochs, lr, desc, seed=0, use_groups=True):
     x, y = data
     groups = dc.param_groups(model, lr=lr, weight_decay=1e-4) if use_groups else model.parameters()
@@ -63,6 +71,8 @@ def train(model, data, epochs, lr, desc, seed=0, use_groups=True):
                 times.append(time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update()
+            if not sys.stderr.isatty():  # no progress bar: one line per epoch instead
+                phase(f"{desc}: epoch {epoch + 1}/{epochs} done, last loss {loss.item():.3f}")
     times.sort()
     return 1e3 * times[len(times) // 2]
 
@@ -105,6 +115,7 @@ def main(argv=None):
         base.load_state_dict(load_file(ckpt))
         print(f"loaded the baseline checkpoint {ckpt}")
     else:
+        phase(f"pre-training the baseline CNN, {base_epochs} epoch(s) (about {15 * base_epochs} s on 2 cores)")
         train(base, (xtr, ytr), base_epochs, 5e-3, "baseline", use_groups=False)
         save_file(base.state_dict(), ckpt)
         print(f"trained the baseline ({base_epochs} epochs) and saved it as the 'pretrained checkpoint' {ckpt}")
@@ -116,6 +127,8 @@ def main(argv=None):
         model = SmallCNN()
         model.load_state_dict(load_file(ckpt))  # every variant starts from the same checkpoint
         model.eval()
+        phase(f"{name}: " + ("fine-tuning the original" if options is None else "converting, then fine-tuning") +
+              f" for {ft_epochs} epoch(s)")
         if options is not None:
             rules = dc.TargetRules(min_kernel=3, odd_kernel=True) if name != "dcls" else None
             model, report = dc.convert(model, name, rules=rules, **options)
