@@ -7,6 +7,7 @@ convert it with each method, check the converted logits, fine-tune each for the 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -137,13 +138,14 @@ def main(argv=None):
                 ref, got = base.eval()(xte[:256]), model(xte[:256])
             rel = float((got - ref).abs().max() / ref.abs().max())
             print(f"{name}: converted logits vs original, max relative difference {rel:.1e}")
+            at_conversion = copy.deepcopy(model)  # the kernel plot shows where taps moved from here
         acc_before = accuracy(model, xte, yte)
         ms = train(model, (xtr, ytr), ft_epochs, 1e-3, f"fine-tune {name}")
         acc_after = accuracy(model, xte, yte)
         rows.append(dict(method=name, params=sum(p.numel() for p in model.parameters()), rf=receptive_field(model),
                          before=acc_before, after=acc_after, ms=ms))
         if name == "dcls":
-            path = dc.plot_kernels(model, os.path.join(args.out, "dcls_kernels.png"))
+            path = dc.plot_kernels(model, os.path.join(args.out, "dcls_kernels.png"), start=at_conversion)
             print(f"kernel plot: {path}")
             dc.save(model, os.path.join(args.out, "dcls_model"))
 

@@ -75,3 +75,36 @@ def test_plot_kernels(tmp_path):
     pytest.importorskip("matplotlib")
     path = dc.plot_kernels(_model(), str(tmp_path / "k.png"))
     assert (tmp_path / "k.png").stat().st_size > 1000 and path.endswith("k.png")
+
+
+def test_plot_kernels_shows_tap_moves(tmp_path):
+    """With the model as converted, the plot links every tap to its start (one line per tap moved), has a colour
+    bar per layer and a legend."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    model = _model()
+    start = copy.deepcopy(model)
+    with torch.no_grad():
+        model[2].positions.add_(0.7)
+    drawn = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        drawn["fig"] = fig
+        return real_savefig(fig, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = spy
+    try:
+        dc.plot_kernels(model, str(tmp_path / "moves.png"), start=start, channels=2)
+    finally:
+        matplotlib.figure.Figure.savefig = real_savefig
+    fig = drawn["fig"]
+    K = model[2].kernel_count
+    kernel_axes = [ax for ax in fig.axes if ax.images]
+    assert sum(len(ax.lines) for ax in kernel_axes) >= 2 * K  # a line per tap in each of the 2 channels
+    assert fig.legends and "tap at conversion" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(fig.axes) > len(kernel_axes)  # colour bars
+    plt.close("all")
