@@ -364,3 +364,24 @@ def test_init_error_without_the_dense_kernel(monkeypatch, K):
     monkeypatch.setattr(dcls_module, "MAX_DENSE_KERNEL_BYTES", 10)
     sparse = dc.DclsConv2d.from_conv(conv, kernel_count=K).init_error
     assert sparse == pytest.approx(dense, abs=1e-12)
+
+
+@pytest.mark.parametrize("groups", [4, 1])
+def test_factorised_kernels_stay_factorised(groups):
+    """A (7, 1) kernel: bloom spreads only the axis with taps ((15, 1), not (15, 3)); dcls keeps a window of 1 on
+    the other axis and its positions there get no gradient (they cannot change the kernel). Outputs keep the
+    source's shape and match the dense oracle."""
+    from dcls_convert.padding import pad_input
+
+    conv = nn.Conv2d(4, 4, (7, 1), padding=(3, 0), groups=groups)
+    x = torch.randn(2, 4, 12, 9)
+    b = dc.BloomConv2d.from_conv(conv)
+    assert b.window == (15, 1) and b.factors == (2, 1)
+    xp, sym = pad_input(x, b._pads(), b.padding_mode)
+    torch.testing.assert_close(b(x), F.conv2d(xp, b.dense_kernel(), b.bias, b.stride, sym, 1, b.groups),
+                               rtol=1e-5, atol=1e-5)
+    d = dc.DclsConv2d.from_conv(conv)
+    assert d.window == (17, 1) and d.init_error == 0
+    torch.testing.assert_close(d(x), conv(x), rtol=1e-5, atol=1e-5)
+    d(x).square().sum().backward()
+    assert not d.positions.grad[1].any() and d.positions.grad[0].abs().sum() > 0

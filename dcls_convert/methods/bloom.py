@@ -65,29 +65,37 @@ def bloom_matrix(k: int, s: int, fade: bool, dtype=torch.float64, device=None) -
     return full if fade else full[s - 1: full.shape[0] - (s - 1)]
 
 
-def tent_nd(s: int, ndim: int, dtype, device) -> torch.Tensor:
-    """The separable tent t_s x ... x t_s as a (1, 1, 2s-1, ...) conv kernel."""
-    t = tent(s, dtype, device)
-    kern = t
-    for _ in range(ndim - 1):
-        kern = kern[..., None] * t
+def per_axis_factors(s, ndim: int) -> tuple[int, ...]:
+    return (s,) * ndim if isinstance(s, int) else tuple(s)
+
+
+def tent_nd(s, ndim: int, dtype, device) -> torch.Tensor:
+    """The separable tent t_s0 x ... x t_s(D-1) as a (1, 1, 2s0-1, ...) conv kernel (s: int or one per axis;
+    a factor of 1 is the identity [1] on that axis)."""
+    factors = per_axis_factors(s, ndim)
+    kern = tent(factors[0], dtype, device)
+    for f in factors[1:]:
+        kern = kern[..., None] * tent(f, dtype, device)
     return kern.reshape(1, 1, *kern.shape)
 
 
-def bloom_kernel(v: torch.Tensor, s: int, fade: bool) -> torch.Tensor:
-    """(Cout, Cin/g, *k) -> (Cout, Cin/g, *bloomed) as conv_transpose(v, tent x ... x tent, stride=s)."""
+def bloom_kernel(v: torch.Tensor, s, fade: bool) -> torch.Tensor:
+    """(Cout, Cin/g, *k) -> (Cout, Cin/g, *bloomed) as conv_transpose(v, tent x ... x tent, stride=s); s is an int
+    or one factor per axis."""
     ndim = v.dim() - 2
+    factors = per_axis_factors(s, ndim)
     flat = v.reshape(-1, 1, *v.shape[2:])
-    out = _CONV_T[ndim](flat, tent_nd(s, ndim, v.dtype, v.device), stride=s)
+    out = _CONV_T[ndim](flat, tent_nd(factors, ndim, v.dtype, v.device), stride=factors)
     if not fade:
-        out = out[(slice(None), slice(None), *(slice(s - 1, n - (s - 1)) for n in out.shape[2:]))]
+        out = out[(slice(None), slice(None), *(slice(f - 1, n - (f - 1)) for f, n in zip(factors, out.shape[2:])))]
     return out.reshape(*v.shape[:2], *out.shape[2:])
 
 
-def grid_offsets(window, dtype, device, spacing: int = 1) -> torch.Tensor:
-    """(D, prod(window)) offsets from the centre of every window pixel, row-major (nearest taps); with spacing s,
-    the pixels of a kernel of `window` taps dilated by s, in a window of s (window - 1) + 1."""
-    axes = [torch.arange(L, dtype=dtype, device=device) * spacing - (spacing * (L - 1) + 1) // 2 for L in window]
+def grid_offsets(window, dtype, device, spacing=1) -> torch.Tensor:
+    """(D, prod(window)) offsets from the centre of every window pixel, row-major (nearest taps); with spacing s
+    (int or per axis), the pixels of a kernel of `window` taps dilated by s, in a window of s (window - 1) + 1."""
+    spacings = per_axis_factors(spacing, len(window))
+    axes = [torch.arange(L, dtype=dtype, device=device) * sp - (sp * (L - 1) + 1) // 2 for L, sp in zip(window, spacings)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(len(window), -1)
 
 
@@ -112,15 +120,20 @@ class _BloomConvNd(ConvertedConv):
         self.reset_parameters()
 
     @property
+    def factors(self) -> tuple[int, ...]:
+        """The factor per axis: 1 on axes of one tap (a (7, 1) kernel blooms to (15, 1), factorised stays so)."""
+        return tuple(1 if k == 1 else self.factor for k in self.kernel_size)
+
+    @property
     def window(self) -> tuple[int, ...]:
-        return tuple(bloomed_size(k, self.factor, self.fade) for k in self.kernel_size)
+        return tuple(bloomed_size(k, f, self.fade) for k, f in zip(self.kernel_size, self.factors))
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.reset_bias((self.in_channels // self.groups) * math.prod(self.kernel_size))
 
     def dense_kernel(self) -> torch.Tensor:
-        return bloom_kernel(self.weight, self.factor, self.fade)
+        return bloom_kernel(self.weight, self.factors, self.fade)
 
     def uses_tap_engine(self) -> bool:
         """Depthwise 1-D/2-D: the compiled tap engine with one nearest tap per window pixel beats PyTorch's
@@ -133,7 +146,7 @@ class _BloomConvNd(ConvertedConv):
         if not self.fade or self.uses_tap_engine():
             return False
         cin_g = self.in_channels // self.groups
-        blur = self.in_channels * (2 * self.factor - 1) ** self.ndim / self.out_channels
+        blur = self.in_channels * math.prod(2 * f - 1 for f in self.factors) / self.out_channels
         return blur + cin_g * math.prod(self.kernel_size) < cin_g * math.prod(self.window)
 
     def engine_name(self) -> str:
@@ -156,7 +169,7 @@ class _BloomConvNd(ConvertedConv):
             return ops.taps_conv(xp, w, pos, self.bias, self.window, self.stride, sym, "nearest")
         if not self.uses_blur_path():
             return super().forward(x)
-        s, ndim = self.factor, self.ndim
+        s, ndim = self.factors, self.ndim
         # Pad as the bloomed conv would, blur with the fixed tent (valid), then the compact kernel dilated by s.
         pads = self._pads()
         xp, sym = pad_input(x, pads, self.padding_mode)
@@ -170,16 +183,16 @@ class _BloomConvNd(ConvertedConv):
         """Depthwise, with the fade: conv(x, bloom(v)) == conv(tent_blur(x), v dilated by s), both on the tap
         engine with on-grid nearest taps: (2s-1)^D fixed blur taps + prod(k) taps instead of prod(window)
         (9 + 49 instead of 225 for 7x7 -> 15x15)."""
-        s, C = self.factor, self.in_channels
+        s, C = self.factors, self.in_channels
         xp, sym = pad_input(x, self._pads(), self.padding_mode)
-        blur_window = [2 * s - 1] * self.ndim
+        blur_window = [2 * f - 1 for f in s]
         # Positions and tent in float32 at least (16-bit inputs: the op accumulates in float32 anyway).
         pdt = torch.promote_types(self.weight.dtype, torch.float32)
         tent_w = tent_nd(s, self.ndim, xp.dtype, xp.device).flatten(1).expand(C, 1, -1)
         tent_pos = grid_offsets(blur_window, pdt, xp.device)[:, None, None, :].expand(self.ndim, C, 1, -1)
         z = ops.taps_conv(xp, tent_w, tent_pos, None, blur_window, [1] * self.ndim, sym, "nearest")  # valid blur
         w = self.weight.flatten(2)
-        dilated = [s * (k - 1) + 1 for k in self.kernel_size]
+        dilated = [f * (k - 1) + 1 for f, k in zip(s, self.kernel_size)]
         pos = grid_offsets(self.kernel_size, pdt, w.device, spacing=s)[:, None, None, :].expand(self.ndim, *w.shape)
         return ops.taps_conv(z, w, pos, self.bias, dilated, self.stride, [0] * self.ndim, "nearest")
 
@@ -202,8 +215,10 @@ class _BloomConvNd(ConvertedConv):
         if opts.keep == "kernel":
             ksize = tuple(conv.kernel_size)
         else:  # bloomed size closest to the extent from below/above, at least one tap
-            ksize = tuple(max(1, round((e + 1) / s - 1) if opts.fade else round((e - 1) / s + 1)) for e in extent)
-        window = tuple(bloomed_size(k, s, opts.fade) for k in ksize)
+            ksize = tuple(1 if e == 1 else max(1, round((e + 1) / s - 1) if opts.fade else round((e - 1) / s + 1))
+                          for e in extent)
+        factors = tuple(1 if k == 1 else s for k in ksize)
+        window = tuple(bloomed_size(k, f, opts.fade) for k, f in zip(ksize, factors))
         if conv.padding != "same" and any((L - e) % 2 for L, e in zip(window, extent)):
             raise ValueError(f"{name}.from_conv: factor {s} blooms the {tuple(extent)} kernel to {window}, whose "
                              "size differs from the kernel's by an odd number, so no symmetric padding keeps the "
@@ -223,12 +238,12 @@ class _BloomConvNd(ConvertedConv):
             v = frame  # least squares per axis against the bloom operator embedded in the frame
             for d, (k, b) in enumerate(zip(ksize, big)):
                 A = target.new_zeros((b, k), dtype=torch.float64)
-                A[w_at[d]] = bloom_matrix(k, s, opts.fade, device=target.device)
+                A[w_at[d]] = bloom_matrix(k, factors[d], opts.fade, device=target.device)
                 v = torch.movedim(torch.movedim(v, 2 + d, -1) @ torch.linalg.pinv(A).T, -1, 2 + d)
             module.weight.copy_(v.to(module.weight.dtype))
             copy_bias(module, conv)
             fitted = frame.new_zeros(frame.shape)
-            fitted[(slice(None), slice(None), *w_at)] = bloom_kernel(v, s, opts.fade)
+            fitted[(slice(None), slice(None), *w_at)] = bloom_kernel(v, factors, opts.fade)
             module.init_error = relative_error(fitted, frame)
         return module
 

@@ -107,7 +107,11 @@ class _DclsConvNd(ConvertedConv):
         if len(learn) != self.ndim:
             raise ValueError(f"{name}: learn_axes needs {self.ndim} booleans, got {learn_axes!r}")
         self.learn_axes = learn
-        self.register_buffer("_learn_mask", torch.tensor(learn, device=device).view(-1, 1, 1, 1), persistent=False)
+        # Positions move only where asked and where the window has room: on a window-1 axis (a (k, 1) kernel) a
+        # position cannot change the kernel, so it gets no gradient either.
+        self._moving_axes = tuple(l and L > 1 for l, L in zip(learn, self.dilated_kernel_size))
+        self.register_buffer("_learn_mask", torch.tensor(self._moving_axes, device=device).view(-1, 1, 1, 1),
+                             persistent=False)
         kernel_bytes = out_channels * (in_channels // groups) * math.prod(self.dilated_kernel_size) * 4
         if kernel_bytes > MAX_DENSE_KERNEL_BYTES and not (engine != "dense" and groups == in_channels == out_channels
                                                           and self.ndim <= 2):
@@ -131,7 +135,7 @@ class _DclsConvNd(ConvertedConv):
         return self.dilated_kernel_size
 
     def _derived_buffers(self) -> dict[str, torch.Tensor]:
-        return {"_learn_mask": torch.tensor(self.learn_axes).view(-1, 1, 1, 1)}
+        return {"_learn_mask": torch.tensor(self._moving_axes).view(-1, 1, 1, 1)}
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(torch.bfloat16) would leave positions a 1/16 px grid; they stay float32.
@@ -158,7 +162,7 @@ class _DclsConvNd(ConvertedConv):
         self.reset_bias(fan_in)
 
     def _positions(self) -> torch.Tensor:
-        if all(self.learn_axes):
+        if all(self._moving_axes):
             return self.positions
         return torch.where(self._learn_mask, self.positions, self.positions.detach())  # no gradient on fixed axes
 
