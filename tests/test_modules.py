@@ -16,11 +16,26 @@ from dcls_convert.padding import side_pads
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def oracle_kernel(m):
+    """The module's dense kernel built independently of the code its forward runs: the pure-PyTorch reference
+    construct for dcls and partial (nearest taps), per-axis bloom matrices for bloom."""
+    from dcls_convert.ops import reference
+
+    if isinstance(m, dc.methods.bloom._BloomConvNd):
+        A = [bloom_matrix(k, f, m.fade, dtype=m.weight.dtype) for k, f in zip(m.kernel_size, m.factors)]
+        eq = {1: "oik,ak->oia", 2: "oikl,ak,bl->oiab"}[m.ndim]
+        return torch.einsum(eq, m.weight, *A)
+    if isinstance(m, dc.methods.partial._PartialDilatedConvNd):
+        w, pos = m._taps()
+        return reference.dcls_construct(w, pos, None, list(m.window), "nearest")
+    return reference.dcls_construct(m.weight, m._positions(), m.sigma, list(m.window), m.interpolation, m.sigma_min)
+
+
 def oracle(m, x):
     pads = side_pads(m.padding, m.window)
     flat = [v for b, a in reversed(pads) for v in (b, a)]
     xp = F.pad(x, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
-    return CONV_FN[m.ndim](xp, m.dense_kernel(), m.bias, m.stride, 0, 1, m.groups)
+    return CONV_FN[m.ndim](xp, oracle_kernel(m), m.bias, m.stride, 0, 1, m.groups)
 
 
 def check_oracle(m, x, atol=1e-10):
