@@ -3,6 +3,7 @@ then swap them all. Nothing is swapped unless everything built."""
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from typing import Any, Mapping, Sequence
 
@@ -129,7 +130,8 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         inplace: swap inside `model` itself instead of a deep copy.
         rules / include / exclude: targeting (see TargetRules); default: the method's rules.
         by_type / by_regex / by_name: per-target option overrides ({...} or None to exclude).
-        example_inputs: optional input (or tuple) run once to record call counts and input shapes.
+        example_inputs: optional input (or tuple) run once to record call counts and input shapes; methods with
+            a data-aware start (bloom) also fit each layer to what it sees there (output space, not kernel space).
         analyze: run the FX pass that reports functional F.conv* call sites (never fails a conversion).
         progress: show a progress bar while building replacements.
         **options: method options (DclsOptions, BloomOptions, PartialOptions fields).
@@ -168,7 +170,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         conv = site.module
         rec = LayerRecord(name=site.name, aliases=site.names[1:], conv=describe_conv(conv), status="skipped",
                           kernel_size=tuple(conv.kernel_size), params_before=sum(p.numel() for p in conv.parameters()))
-        rec.calls, rec.input_shape = facts.get(id(conv), (None, None))
+        rec.calls, rec.input_shape, _ = facts.get(id(conv), (None, None, None))
         report.layers.append(rec)
         source, why = source_conv_view(conv)
         if source is None:
@@ -198,8 +200,12 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
     built = []
     for site, source, spec, opts, rec in _progress(plan, progress):
         cls = spec.modules[source.weight.dim() - 2]
+        kwargs = {k: v for k, v in vars(opts).items() if k != "share_positions"}
+        seen = facts.get(id(site.module), (None, None, None))[2]
+        if seen is not None and "inputs" in inspect.signature(cls.from_conv).parameters:
+            kwargs["inputs"] = seen  # a data-aware start where the method has one
         try:
-            new = cls.from_conv(source, **{k: v for k, v in vars(opts).items() if k != "share_positions"})
+            new = cls.from_conv(source, **kwargs)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise ConversionError(f"convert: building {cls.__name__} for {site.name!r} failed, model left untouched: "
                                   f"{exc}") from exc
@@ -272,7 +278,7 @@ def _analyze(model, sites, example_inputs, report) -> dict[int, tuple[int | None
 
     facts = {}
     if example_inputs is not None:
-        facts = record_calls(model, [s.module for s in sites], example_inputs)
+        facts = record_calls(model, [s.module for s in sites], example_inputs, keep_inputs=True)
     found, error = functional_conv_sites(model)
     report.functional_convs, report.trace_error = found, error
     return facts

@@ -132,7 +132,8 @@ def main(argv=None):
               f" for {ft_epochs} epoch(s)")
         if options is not None:
             rules = dc.TargetRules(min_kernel=3, odd_kernel=True) if name != "dcls" else None
-            model, report = dc.convert(model, name, rules=rules, **options)
+            # example inputs: each layer's start is fitted to what it sees (bloom's data-aware start)
+            model, report = dc.convert(model, name, rules=rules, example_inputs=xtr[:256], **options)
             print(f"\n{report}")
             with torch.no_grad():
                 ref, got = base.eval()(xte[:256]), model(xte[:256])

@@ -204,9 +204,12 @@ class _BloomConvNd(ConvertedConv):
         return ", ".join(s)
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, **options) -> "_BloomConvNd":
-        """Least-squares start: v minimises ||bloom(v) - W||_F with W the source kernel centred in the
-        bloomed window (separable, so a pseudo-inverse per axis). `init_error` = relative residual."""
+    def from_conv(cls, conv: nn.Module, *, inputs: torch.Tensor | None = None, **options) -> "_BloomConvNd":
+        """Least-squares start. Without `inputs`: v minimises ||bloom(v) - W||_F with W the source kernel centred
+        in the bloomed window (separable, a pseudo-inverse per axis); `init_error` = that relative residual.
+        With `inputs` (example inputs of this conv, N x Cin x ...; convert passes them when given
+        example_inputs): v minimises the output error on those inputs' patches instead (output_fit.py), which keeps
+        far more of a trained kernel; `init_error` = the relative output error there."""
         opts = options if isinstance(options, BloomOptions) else BloomOptions(**options)
         name = cls.__name__
         check_source_conv(conv, (cls.ndim,), name)
@@ -227,6 +230,10 @@ class _BloomConvNd(ConvertedConv):
         padding, shift = grow_padding(conv, extent, window, name)
         module = cls(conv.in_channels, conv.out_channels, ksize, factor=s, fade=opts.fade, padding=padding,
                      **conv_kwargs(conv))
+        if inputs is not None and all(sh >= 0 for sh in shift) and _fit_to_inputs(module, target, shift, factors,
+                                                                                     inputs):
+            copy_bias(module, conv)
+            return module
         with torch.no_grad():
             # One frame holding both the source kernel (at `shift` in window coordinates) and the window.
             lo = [min(0, sh) for sh in shift]
@@ -246,6 +253,26 @@ class _BloomConvNd(ConvertedConv):
             fitted[(slice(None), slice(None), *w_at)] = bloom_kernel(v, factors, opts.fade)
             module.init_error = relative_error(fitted, frame)
         return module
+
+
+def _fit_to_inputs(module: _BloomConvNd, target: torch.Tensor, shift, factors, inputs: torch.Tensor) -> bool:
+    """The output-space start (output_fit.py); False when the patches are too large, leaving the kernel fit."""
+    from ..output_fit import fit_in_output_space, patch_moments
+
+    moments = patch_moments(inputs, module, module.groups)
+    if moments is None:
+        return False
+    placed = target.new_zeros((*target.shape[:2], *module.window), dtype=torch.float64)
+    placed[(slice(None), slice(None), *(slice(sh, sh + e) for sh, e in zip(shift, target.shape[2:])))] = target.double()
+    A = None
+    for k, f in zip(module.kernel_size, factors):  # row-major cells x row-major taps: kron over axes
+        a = bloom_matrix(k, f, module.fade, device=target.device)
+        A = a if A is None else torch.kron(A, a)
+    v, err = fit_in_output_space(placed.flatten(2), A, moments.to(target.device), module.groups)
+    with torch.no_grad():
+        module.weight.copy_(v.reshape(module.weight.shape).to(module.weight.dtype))
+    module.init_error = err
+    return True
 
 
 class BloomConv1d(_BloomConvNd):
