@@ -439,3 +439,24 @@ def test_convert_passes_example_inputs_to_bloom():
     _, aware = dc.convert(model, "bloom", rules=dc.TargetRules(min_kernel=3), example_inputs=x)
     assert [r.init_error for r in aware.converted] != [r.init_error for r in blind.converted]
     assert all(a < b for a, b in zip([r.init_error for r in aware.converted], [r.init_error for r in blind.converted]))
+
+
+@pytest.mark.parametrize("K", [16, 34])
+def test_dcls_fewer_taps_refit_to_inputs(K):
+    """DCLS with K < k*k and example inputs: the kept taps sit where they did, their weights minimise the output
+    error on the inputs, which beats the kept source values on held-out inputs of the same kind."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 7, padding=3, groups=6).double()
+
+    def inputs(n):
+        return F.avg_pool2d(torch.randn(n, 6, 20, 20, dtype=torch.float64), 3, 1, 1) * 3
+
+    x, held_out = inputs(32), inputs(32)
+    plain = dc.DclsConv2d.from_conv(conv, kernel_count=K)
+    refit = dc.DclsConv2d.from_conv(conv, kernel_count=K, inputs=x)
+    assert torch.equal(plain.positions, refit.positions)
+    with torch.no_grad():
+        ref = conv(held_out)
+        err = lambda m: float((m(held_out) - ref).norm() / ref.norm())  # noqa: E731
+        assert err(refit) < 0.8 * err(plain)
+        assert refit.init_error == pytest.approx(float((refit(x) - conv(x)).norm() / conv(x).norm()), rel=0.05)

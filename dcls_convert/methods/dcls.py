@@ -222,12 +222,14 @@ class _DclsConvNd(ConvertedConv):
         return ", ".join(s)
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, **options) -> "_DclsConvNd":
+    def from_conv(cls, conv: nn.Module, *, inputs: torch.Tensor | None = None, **options) -> "_DclsConvNd":
         """A DCLS layer that starts as `conv`: every kept tap at its integer position.
 
         `init_error` on the result is the relative Frobenius error of the start kernel (0 when K >= prod(k)
         with bilinear interpolation). The output shape is kept (a 7x7 conv with padding 3 becomes a 17x17
-        window with padding 8).
+        window with padding 8). With K < prod(k) and `inputs` (example inputs of this conv; convert passes them
+        when given example_inputs), a depthwise layer's kept taps get the weights that minimise the output error
+        on those inputs (output_fit.py), and `init_error` is that relative output error.
         """
         opts = options if isinstance(options, DclsOptions) else DclsOptions(**options)
         name = cls.__name__
@@ -249,7 +251,9 @@ class _DclsConvNd(ConvertedConv):
             # dense kernel (a depthwise layer on the tap engine never builds one): bilinear taps sit on their
             # cells, so the error is the energy of the dropped taps (gaussian: unknown, None).
             dense_bytes = module.weight.shape[0] * module.weight.shape[1] * math.prod(window) * 8
-            if dense_bytes <= MAX_DENSE_KERNEL_BYTES:
+            if inputs is not None and K < math.prod(ksize) and _refit_to_inputs(module, conv, inputs):
+                pass  # init_error set there (output space)
+            elif dense_bytes <= MAX_DENSE_KERNEL_BYTES:
                 module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
             elif opts.interpolation == "bilinear" and not conv.weight.is_meta:
                 flat = conv.weight.detach().double().flatten(2)
@@ -260,6 +264,41 @@ class _DclsConvNd(ConvertedConv):
             else:
                 module.init_error = None
         return module
+
+
+def _refit_to_inputs(module: _DclsConvNd, conv: nn.Module, inputs: torch.Tensor) -> bool:
+    """Depthwise, bilinear, on-grid taps: per channel, the kept taps' weights minimising the output error on the
+    inputs' patches, w = S[kept, kept]^-1 (S t)[kept]. False (kernel-space start kept) where it does not apply."""
+    from ..output_fit import patch_moments
+
+    if not (module.is_depthwise and module.interpolation == "bilinear") or conv.weight.is_meta:
+        return False
+    S = patch_moments(inputs, module, module.groups)  # (C, cells, cells)
+    if S is None:
+        return False
+    S = S.to(module.weight.device)
+    target = placed_source_kernel(module, conv).double().flatten(2)[:, 0]  # (C, cells)
+    cells = torch.zeros_like(module.positions[0, :, 0], dtype=torch.long)  # (C, K) row-major cell of each tap
+    for d, L in enumerate(module.window):
+        cells = cells * L + (module.positions[d, :, 0].round().long() + L // 2)
+    keep = module.weight[:, 0].ne(0) | torch.arange(module.kernel_count, device=cells.device).lt(
+        min(module.kernel_count, math.prod(conv.kernel_size)))  # the placed source taps (extras have weight 0)
+    St = torch.einsum("cij,cj->ci", S, target).gather(1, cells)  # (C, K)
+    Skk = S.gather(1, cells[:, :, None].expand(-1, -1, S.shape[-1])).gather(2, cells[:, None, :].expand(
+        -1, cells.shape[1], -1))  # (C, K, K)
+    mask = keep.double()
+    Skk = Skk * mask[:, :, None] * mask[:, None, :] + torch.diag_embed(1 - mask)  # unkept taps stay at 0
+    ridge = 1e-9 * Skk.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
+    w = torch.linalg.solve(Skk + ridge[:, None, None] * torch.eye(Skk.shape[-1], dtype=Skk.dtype, device=Skk.device),
+                           (St * mask).unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        module.weight[:, 0] = w.to(module.weight.dtype)
+        fitted = module.dense_kernel().double().flatten(2)[:, 0]
+    diff = fitted - target
+    err = torch.einsum("ci,cij,cj->", diff, S, diff)
+    ref = torch.einsum("ci,cij,cj->", target, S, target)
+    module.init_error = float((err / ref).clamp_min(0).sqrt()) if ref > 0 else 0.0
+    return True
 
 
 def placed_source_kernel(module: _DclsConvNd, conv: nn.Module) -> torch.Tensor:
