@@ -146,7 +146,7 @@ class _BloomConvNd(ConvertedConv):
         if not self.fade or self.uses_tap_engine():
             return False
         cin_g = self.in_channels // self.groups
-        blur = self.in_channels * math.prod(2 * f - 1 for f in self.factors) / self.out_channels
+        blur = self.in_channels * math.prod([2 * f - 1 for f in self.factors]) / self.out_channels  # a list: dynamo
         return blur + cin_g * math.prod(self.kernel_size) < cin_g * math.prod(self.window)
 
     def engine_name(self) -> str:
