@@ -1,5 +1,6 @@
 """Methods by name: the converter knows a method only through its MethodSpec (torchao/PEFT style); adding
-one is a single `register_method` call."""
+one is a single `register_method` call. The built-in methods register themselves when dcls_convert.methods is
+imported (the package imports it), so this module imports none of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -35,14 +36,10 @@ def register_method(name: str, modules: dict[int, type], options: type, default_
 
 
 def get_method(name: str) -> MethodSpec:
-    from . import methods  # noqa: F401  (registers the built-in methods)
-
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
 
 
 def list_methods() -> list[str]:
-    from . import methods  # noqa: F401
-
     return sorted(_REGISTRY)

@@ -12,7 +12,6 @@ settings.register_profile("ci", derandomize=True, deadline=None, max_examples=40
 settings.register_profile("thorough", deadline=None, max_examples=400)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def pytest_report_header(config):
@@ -26,12 +25,3 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    return request.param
-
-
-requires_compiled = pytest.mark.skipif(
-    not __import__("dcls_convert").ops.has_compiled_ops(), reason="compiled library not built")

@@ -1,4 +1,5 @@
 """Shared test helpers: random DCLS op arguments, the tap-op property cases and the dense-oracle comparison."""
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -81,3 +82,6 @@ def check_taps_against_oracle(c, device):
     for a, e in zip(g_got, g_want):
         a = a.cpu()
         torch.testing.assert_close(a, torch.zeros_like(a) if e is None else e, rtol=0, atol=1e-10)
+
+
+requires_compiled = pytest.mark.skipif(not ops.has_compiled_ops(), reason="compiled library not built")

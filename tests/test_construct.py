@@ -6,8 +6,7 @@ from hypothesis import strategies as st
 
 from dcls_convert import ops
 from dcls_convert.ops import reference
-from helpers import max_rel, random_taps
-from conftest import requires_compiled
+from helpers import requires_compiled, max_rel, random_taps
 
 pytestmark = requires_compiled
 

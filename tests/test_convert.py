@@ -375,3 +375,35 @@ def test_fuzz_convert_converts_or_raises_and_never_half_changes(method, options)
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         return
     assert any(isinstance(m, ConvertedConv) for m in out.modules())
+
+
+def test_higher_precedence_override_beats_lower_none():
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    out, _ = dc.convert(net, "dcls", by_type={nn.Conv2d: None}, by_name={"0": {"kernel_count": 4}})
+    assert isinstance(out[0], dc.DclsConv2d) and out[0].kernel_count == 4 and isinstance(out[1], nn.Conv2d)
+
+
+def test_method_switch_uses_the_new_methods_rules():
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 8, 3, padding=1))
+    out, _ = dc.convert(net, "dcls", by_regex={"1": {"method": "bloom"}})
+    assert isinstance(out[0], dc.DclsConv2d) and isinstance(out[1], dc.BloomConv2d)
+
+
+def test_type_overrides_see_the_real_module():
+    layers = pytest.importorskip("timm.layers")
+    net = nn.Sequential(layers.Conv2dSame(4, 4, 3, groups=4), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    out, report = dc.convert(net, "dcls", by_type={layers.Conv2dSame: None})
+    assert not isinstance(out[0], dc.DclsConv2d) and isinstance(out[1], dc.DclsConv2d)
+
+
+def test_stage_sharing_recognises_layer_and_stage_names():
+    class R(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+
+        def forward(self, x):
+            return self.layer1(x)
+
+    out, _ = dc.convert(R(), "dcls", share_positions="stage")
+    assert out.layer1[0].positions is out.layer1[1].positions

@@ -1,4 +1,5 @@
 """densify -> plain convs with identical outputs; save -> load -> identical outputs; safe loading."""
+import copy
 import json
 
 import pytest
@@ -206,3 +207,18 @@ def test_nan_positions_one_rule(tmp_path):
     model.train()
     with pytest.raises(FloatingPointError, match="NaN"):
         model(x).sum().backward()
+
+
+def test_load_inplace_leaves_model_untouched_on_error(tmp_path):
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    conv, _ = dc.convert(net, "dcls")
+    dc.save(conv, str(tmp_path))
+    bigger = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Linear(4, 4))
+    before = copy.deepcopy(bigger.state_dict())
+    with pytest.raises(ValueError, match="missing"):
+        dc.load(str(tmp_path), bigger, inplace=True)
+    assert type(bigger[0]) is nn.Conv2d and all(torch.equal(v, bigger.state_dict()[k]) for k, v in before.items())
+    fresh = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    assert dc.load(str(tmp_path), fresh, inplace=True) is fresh and isinstance(fresh[0], dc.DclsConv2d)
+    x = torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(fresh(x), conv(x))

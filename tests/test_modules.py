@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dcls_convert as dc
+from dcls_convert import ops
 from dcls_convert.methods.bloom import bloom_kernel, bloom_matrix
+from dcls_convert.ops import reference
 from dcls_convert.padding import side_pads
 
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -406,8 +408,6 @@ def test_bloom_data_aware_start_fits_the_outputs():
     """With example inputs, bloom's start minimises the output error on them (not the kernel error): exact when
     the source kernel is itself a bloom, better than the kernel-space fit on held-out inputs of the same kind, and
     init_error is the relative output error on the inputs it saw."""
-    from dcls_convert.padding import pad_input
-
     torch.manual_seed(0)
 
     def inputs(n):  # spatially correlated, like activations of a trained network
@@ -460,3 +460,57 @@ def test_dcls_fewer_taps_refit_to_inputs(K):
         err = lambda m: float((m(held_out) - ref).norm() / ref.norm())  # noqa: E731
         assert err(refit) < 0.8 * err(plain)
         assert refit.init_error == pytest.approx(float((refit(x) - conv(x)).norm() / conv(x).norm()), rel=0.05)
+
+
+def test_partial_buffers_follow_the_device():
+    m = dc.PartialDilatedConv2d(4, 4, 3, 1, 2, groups=4, device="meta")
+    assert m.tap_offsets.device.type == "meta" and m.island_weight.device.type == "meta"
+
+
+@pytest.mark.parametrize("method", ["dcls", "partial", "bloom"])
+def test_float16_on_cpu(method):
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    model = nn.Sequential(conv).half()
+    out, _ = dc.convert(model, method)
+    x = torch.randn(1, 4, 12, 12)
+    got = out(x.half())
+    want = conv.float()(x)
+    assert got.dtype == torch.float16
+    if method != "bloom":
+        assert (got.float() - want).abs().max() < 1e-2
+
+
+def test_half_cast_keeps_positions_float32():
+    m = dc.DclsConv2d(4, 4, 5, 9, groups=4).half()
+    assert m.weight.dtype == torch.float16 and m.positions.dtype == torch.float32
+    m2 = dc.DclsConv2d(4, 4, 5, 9, groups=4).to(torch.bfloat16)
+    assert m2.positions.dtype == torch.float32 and m2(torch.randn(1, 4, 10, 10, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert dc.DclsConv2d(4, 4, 5, 9, groups=4).double().positions.dtype == torch.float64
+
+
+def test_bloom_same_padding_even_window_is_aligned():
+    src = dc.BloomConv1d(2, 2, 2, factor=3, dtype=torch.float64)  # window 3 * (2 + 1) - 1 = 8 (even)
+    conv = nn.Conv1d(2, 2, 8, padding="same", dtype=torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_(src.dense_kernel())
+    m = dc.BloomConv1d.from_conv(conv, factor=3, keep="size")
+    x = torch.randn(2, 2, 20, dtype=torch.float64)
+    assert m.init_error < 1e-10
+    torch.testing.assert_close(m(x), conv(x))
+
+
+@pytest.mark.parametrize("sigma_min", [0.02, 0.005])
+def test_narrow_gaussian_has_no_nan(sigma_min):
+    w = torch.ones(1, 1, 1, dtype=torch.float64)
+    p = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
+    s = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+    for k in (ops.dcls_kernel(w, p, s, [5], "gaussian", sigma_min), reference.dcls_construct(w, p, s, [5], "gaussian", sigma_min)):
+        assert torch.isfinite(k).all() and k.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(ops.dcls_kernel(w, p, s, [5], "gaussian", sigma_min),
+                               reference.dcls_construct(w, p, s, [5], "gaussian", sigma_min))
+
+
+def test_reflect_padding_on_a_small_input_names_the_module():
+    m = dc.DclsConv2d.from_conv(nn.Conv2d(4, 4, 7, padding=3, padding_mode="reflect", groups=4))
+    with pytest.raises(ValueError, match="DclsConv2d: reflect padding 8"):
+        m(torch.randn(1, 4, 7, 7))

@@ -5,8 +5,7 @@ from hypothesis import given
 
 from dcls_convert import ops
 from dcls_convert.ops import reference
-from helpers import check_taps_against_oracle, max_rel, random_taps, taps_cases
-from conftest import requires_compiled
+from helpers import requires_compiled, check_taps_against_oracle, max_rel, random_taps, taps_cases
 
 pytestmark = requires_compiled
 
