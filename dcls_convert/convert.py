@@ -214,7 +214,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         _carry_hooks(site.module, new)
         built.append((site, new, opts, rec, source))
 
-    _share_positions(built)
+    _share_positions(built, facts)
     for site, new, opts, rec, _ in built:
         swap(site, new)
         rec.status, rec.method, rec.module = "converted", new.method, type(new).__name__
@@ -256,9 +256,10 @@ def _keep_requires_grad(new: nn.Module, source: nn.Module) -> None:
         p.requires_grad_(bias_flag if name == "bias" else weight_flag)
 
 
-def _share_positions(built) -> None:
+def _share_positions(built, facts) -> None:
     """DCLS recipe (ConvNeXt-dcls): one positions tensor per stage for layers of the same shape; the method
-    chooses the shared positions (methods/dcls.py, share_positions)."""
+    chooses the shared positions (methods/dcls.py, share_positions), refitting each layer on its recorded inputs
+    when there are some."""
     from .methods.dcls import placed_source_kernel, share_positions
 
     groups: dict[tuple, list] = {}
@@ -267,10 +268,11 @@ def _share_positions(built) -> None:
             continue
         m = re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", site.name)
         stage = m.group(1) if m else site.name.rsplit(".", 1)[0]
+        seen = facts.get(id(site.module), (None, None, None))[2]
         groups.setdefault((stage, tuple(new.positions.shape), new.window), []).append(
-            (new, placed_source_kernel(new, source)))
-    for members in groups.values():
-        share_positions(members)
+            ((new, placed_source_kernel(new, source)), seen))
+    for entries in groups.values():
+        share_positions([e[0] for e in entries], [e[1] for e in entries])
 
 
 def _analyze(model, sites, example_inputs, report) -> dict[int, tuple[int | None, tuple | None]]:

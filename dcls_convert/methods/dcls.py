@@ -251,7 +251,8 @@ class _DclsConvNd(ConvertedConv):
             # dense kernel (a depthwise layer on the tap engine never builds one): bilinear taps sit on their
             # cells, so the error is the energy of the dropped taps (gaussian: unknown, None).
             dense_bytes = module.weight.shape[0] * module.weight.shape[1] * math.prod(window) * 8
-            if inputs is not None and K < math.prod(ksize) and _refit_to_inputs(module, conv, inputs):
+            if inputs is not None and K < math.prod(ksize) and _refit_to_inputs(
+                    module, placed_source_kernel(module, conv), inputs):
                 pass  # init_error set there (output space)
             elif dense_bytes <= MAX_DENSE_KERNEL_BYTES:
                 module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
@@ -266,31 +267,29 @@ class _DclsConvNd(ConvertedConv):
         return module
 
 
-def _refit_to_inputs(module: _DclsConvNd, conv: nn.Module, inputs: torch.Tensor) -> bool:
-    """Depthwise, bilinear, on-grid taps: per channel, the kept taps' weights minimising the output error on the
-    inputs' patches, w = S[kept, kept]^-1 (S t)[kept]. False (kernel-space start kept) where it does not apply."""
+def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Tensor) -> bool:
+    """Depthwise, bilinear, every tap on its integer cell (K <= k*k: all placed source taps, or a stage's shared
+    cells): per channel, the taps' weights minimising the output error on the inputs' patches,
+    w = S[taps, taps]^-1 (S t)[taps], t the source kernel `placed` in the window. False (kernel-space start kept)
+    where it does not apply."""
     from ..output_fit import patch_moments
 
-    if not (module.is_depthwise and module.interpolation == "bilinear") or conv.weight.is_meta:
+    if not (module.is_depthwise and module.interpolation == "bilinear") or placed.is_meta:
         return False
     S = patch_moments(inputs, module, module.groups)  # (C, cells, cells)
     if S is None:
         return False
     S = S.to(module.weight.device)
-    target = placed_source_kernel(module, conv).double().flatten(2)[:, 0]  # (C, cells)
+    target = placed.double().flatten(2)[:, 0]  # (C, cells)
     cells = torch.zeros_like(module.positions[0, :, 0], dtype=torch.long)  # (C, K) row-major cell of each tap
     for d, L in enumerate(module.window):
         cells = cells * L + (module.positions[d, :, 0].round().long() + L // 2)
-    keep = module.weight[:, 0].ne(0) | torch.arange(module.kernel_count, device=cells.device).lt(
-        min(module.kernel_count, math.prod(conv.kernel_size)))  # the placed source taps (extras have weight 0)
     St = torch.einsum("cij,cj->ci", S, target).gather(1, cells)  # (C, K)
     Skk = S.gather(1, cells[:, :, None].expand(-1, -1, S.shape[-1])).gather(2, cells[:, None, :].expand(
         -1, cells.shape[1], -1))  # (C, K, K)
-    mask = keep.double()
-    Skk = Skk * mask[:, :, None] * mask[:, None, :] + torch.diag_embed(1 - mask)  # unkept taps stay at 0
     ridge = 1e-9 * Skk.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
     w = torch.linalg.solve(Skk + ridge[:, None, None] * torch.eye(Skk.shape[-1], dtype=Skk.dtype, device=Skk.device),
-                           (St * mask).unsqueeze(-1)).squeeze(-1)
+                           St.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         module.weight[:, 0] = w.to(module.weight.dtype)
         fitted = module.dense_kernel().double().flatten(2)[:, 0]
@@ -309,9 +308,12 @@ def placed_source_kernel(module: _DclsConvNd, conv: nn.Module) -> torch.Tensor:
     return F.pad(target.to(module.weight.dtype), pads)
 
 
-def share_positions(members: Sequence[tuple[_DclsConvNd, torch.Tensor]]) -> None:
+def share_positions(members: Sequence[tuple[_DclsConvNd, torch.Tensor]],
+                    inputs: Sequence[torch.Tensor | None] | None = None) -> None:
     """Ties the positions of layers of one shape to a single Parameter (the DCLS papers share them per stage)
-    while keeping what each layer learned. `members`: (module, its source kernel placed in its window).
+    while keeping what each layer learned. `members`: (module, its source kernel placed in its window);
+    `inputs`: each member's example inputs or None (then its weights at the shared cells are refitted in output
+    space, as from_conv does).
 
     When the layers' positions already agree (K >= prod(k): every tap on its grid cell), the first layer's tensor
     is shared as is. Otherwise, per (out, in) pair, the K window cells that carry the most of the layers' kernels
@@ -335,11 +337,14 @@ def share_positions(members: Sequence[tuple[_DclsConvNd, torch.Tensor]]) -> None
             shared[d, ..., :keep] = (cell % window[d] - window[d] // 2).to(shared.dtype)
             cell = cell // window[d]
         positions = nn.Parameter(shared, requires_grad=first.positions.requires_grad)
-        for (m, target), f in zip(members, flat):
+        for i, ((m, target), f) in enumerate(zip(members, flat)):
             m.weight[..., :keep] = f.gather(-1, order).to(m.weight.dtype)
             m.weight[..., keep:] = 0
             m.positions = positions
             m.init_error = relative_error(m.dense_kernel(), target)
+            seen = inputs[i] if inputs is not None else None
+            if seen is not None and keep == m.kernel_count:
+                _refit_to_inputs(m, target, seen)  # sets init_error in output space
 
 
 def _place_taps(module: _DclsConvNd, weight: torch.Tensor, dilation: tuple[int, ...], shift: tuple[int, ...]) -> None:
