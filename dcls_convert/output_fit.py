@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .padding import pad_input, side_pads
 
-__all__ = ["patch_moments", "fit_in_output_space"]
+__all__ = ["patch_moments", "fit_in_output_space", "relative_output_error"]
 
 MAX_PATCH_DIM = 4096  # Cin/g x window cells; beyond, the moments matrix is too large to be worth it
 MAX_PATCHES = 4096
@@ -43,6 +43,15 @@ def patch_moments(x: torch.Tensor, module, groups: int) -> torch.Tensor | None:
     return u.transpose(1, 2) @ u / max(cols.shape[0], 1)
 
 
+def relative_output_error(fitted: torch.Tensor, target: torch.Tensor, moments: torch.Tensor) -> float:
+    """sqrt(sum (f - t)^T S (f - t) / sum t^T S t): the relative output error of a kernel on the patches whose
+    moments are S. fitted / target: (groups, outputs per group, dim); moments: (groups, dim, dim)."""
+    diff = fitted - target
+    err = torch.einsum("goi,gij,goj->", diff, moments, diff)
+    ref = torch.einsum("goi,gij,goj->", target, moments, target)
+    return float((err / ref).clamp_min(0).sqrt()) if ref > 0 else 0.0
+
+
 def fit_in_output_space(target: torch.Tensor, operator: torch.Tensor, moments: torch.Tensor,
                         groups: int) -> tuple[torch.Tensor, float]:
     """v minimising sum_o (B v_o - w_o)^T S_g (B v_o - w_o), B = I_(Cin/g) (x) A.
@@ -62,9 +71,6 @@ def fit_in_output_space(target: torch.Tensor, operator: torch.Tensor, moments: t
     M = M + ridge[:, None, None] * torch.eye(cin_g * taps, dtype=M.dtype, device=M.device)
     v = torch.linalg.solve(M, rhs.transpose(1, 2)).transpose(1, 2)  # (groups, Cout/g, Cin/g * taps)
     v = v.reshape(groups, cout // groups, cin_g, taps)
-    diff = torch.einsum("ia,goca->goci", A, v) - W
+    fitted = torch.einsum("ia,goca->goci", A, v)
     flat = lambda t: t.reshape(groups, cout // groups, cin_g * cells)  # noqa: E731
-    Sg = moments
-    err = torch.einsum("goi,gij,goj->", flat(diff), Sg, flat(diff))
-    ref = torch.einsum("goi,gij,goj->", flat(W), Sg, flat(W))
-    return v.reshape(cout, cin_g, taps), float((err / ref).clamp_min(0).sqrt()) if ref > 0 else 0.0
+    return v.reshape(cout, cin_g, taps), relative_output_error(flat(fitted), flat(W), moments)

@@ -198,6 +198,17 @@ def test_timm_conv2d_same_handled_and_std_conv_skipped():
         assert _same(out(x), model(x))
 
 
+class _Staged(nn.Module):
+    """One stage of three depthwise 7x7 convs (positions shared per stage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Sequential(*[nn.Conv2d(6, 6, 7, padding=3, groups=6) for _ in range(3)])])
+
+    def forward(self, x):
+        return self.stages[0](x)
+
+
 def test_shared_positions_refit_keeps_each_layers_kernel():
     """share_positions="stage" with K < prod(k): the stage's layers share one positions tensor chosen for all of
     them, each layer keeps its own source weights at those cells (its dense kernel is its source kernel masked to
@@ -206,15 +217,7 @@ def test_shared_positions_refit_keeps_each_layers_kernel():
 
     torch.manual_seed(0)
 
-    class Staged(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stages = nn.ModuleList([nn.Sequential(*[nn.Conv2d(6, 6, 7, padding=3, groups=6) for _ in range(3)])])
-
-        def forward(self, x):
-            return self.stages[0](x)
-
-    base = Staged()
+    base = _Staged()
     model, report = dc.convert(base, "dcls", kernel_count=16, share_positions="stage")
     layers = list(model.stages[0])
     assert layers[0].positions is layers[1].positions is layers[2].positions
@@ -416,18 +419,10 @@ def test_shared_positions_refit_with_example_inputs():
 
     torch.manual_seed(0)
 
-    class Staged(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stages = nn.ModuleList([nn.Sequential(*[nn.Conv2d(6, 6, 7, padding=3, groups=6) for _ in range(3)])])
-
-        def forward(self, x):
-            return self.stages[0](x)
-
     def inputs(n):
         return F.avg_pool2d(torch.randn(n, 6, 20, 20, dtype=torch.float64), 3, 1, 1) * 3
 
-    net = Staged().double()
+    net = _Staged().double()
     x, held_out = inputs(32), inputs(32)
     blind, _ = dc.convert(net, "dcls", kernel_count=16, share_positions="stage")
     aware, report = dc.convert(net, "dcls", kernel_count=16, share_positions="stage", example_inputs=x)

@@ -272,7 +272,7 @@ def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Te
     cells): per channel, the taps' weights minimising the output error on the inputs' patches,
     w = S[taps, taps]^-1 (S t)[taps], t the source kernel `placed` in the window. False (kernel-space start kept)
     where it does not apply."""
-    from ..output_fit import patch_moments
+    from ..output_fit import patch_moments, relative_output_error
 
     if not (module.is_depthwise and module.interpolation == "bilinear") or placed.is_meta:
         return False
@@ -293,10 +293,7 @@ def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Te
     with torch.no_grad():
         module.weight[:, 0] = w.to(module.weight.dtype)
         fitted = module.dense_kernel().double().flatten(2)[:, 0]
-    diff = fitted - target
-    err = torch.einsum("ci,cij,cj->", diff, S, diff)
-    ref = torch.einsum("ci,cij,cj->", target, S, target)
-    module.init_error = float((err / ref).clamp_min(0).sqrt()) if ref > 0 else 0.0
+    module.init_error = relative_output_error(fitted[:, None], target[:, None], S)  # a group per channel
     return True
 
 

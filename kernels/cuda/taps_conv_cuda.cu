@@ -214,8 +214,7 @@ void run_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t, ac
                        const at::Tensor& like) {
   TableBuffers<acc_t> tb(like, a.C, a.K);
   build_tables(a, kind, false, tb);
-  c.table = tb.table();
-  c.count = tb.counts();
+  tb.bind(c);
   const int64_t bytes = int64_t(c.cfg.planes) * c.cfg.plane_stride * sizeof(acc_t);
   auto kernel = c.cfg.ry == 8 ? tiled_forward_kernel<8, scalar_t, acc_t> : tiled_forward_kernel<1, scalar_t, acc_t>;
   allow_smem(kernel, bytes);
@@ -228,8 +227,7 @@ void run_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t
                     const at::Tensor& like) {
   TableBuffers<acc_t> tb(like, a.C, a.K);
   build_tables(a, kCornerTable, need_pos, tb);
-  w.table = tb.table();
-  w.count = tb.counts();
+  tb.bind(w);
   const int64_t bytes = w.smem_elems() * sizeof(acc_t);
   auto kernel = w.cfg.ry == 8 ? tiled_corr_kernel<8, scalar_t, acc_t> : tiled_corr_kernel<1, scalar_t, acc_t>;
   allow_smem(kernel, bytes);
@@ -310,7 +308,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
       grads.bind_taps(a, two_d);
       if (!mask[1]) a.grad_weight = nullptr;
       if (!mask[2]) a.grad_pos_h = a.grad_pos_w = nullptr;
-      const auto plan = empty ? TiledCorr<scalar_t, acc_t>() : corr_plan<scalar_t, acc_t>(in.x, g, a, 4 * sm_count(input.get_device()));
+      const auto plan = empty ? TiledCorr<scalar_t, acc_t>() : corr_plan<scalar_t, acc_t>(in.x, g, a);
       if (empty) {
         // no outputs: every correlation is zero (the buffers start at zero)
       } else if (plan.cfg.ok && !gather_forced()) {

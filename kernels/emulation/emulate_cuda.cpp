@@ -86,8 +86,7 @@ void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t
                            const at::Tensor& like) {
   TableBuffers<acc_t> tb(like, a.C, a.K);
   emulate_tables(a, kind, false, tb);
-  c.table = tb.table();
-  c.count = tb.counts();
+  tb.bind(c);
   std::vector<acc_t> smem(int64_t(c.cfg.planes) * c.cfg.plane_stride);
   for (int64_t bid = 0; bid < c.blocks(); ++bid) {
     const ForwardJob j = forward_job(c, bid);
@@ -97,13 +96,16 @@ void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t
   }
 }
 
+// Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
+constexpr int64_t kEmulatedBlocks = 16;
+
 template <int RY, typename scalar_t, typename acc_t>
 void emulate_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, bool need_pos,
                         const at::Tensor& like) {
   TableBuffers<acc_t> tb(like, a.C, a.K);
   emulate_tables(a, kCornerTable, need_pos, tb);
-  w.table = tb.table();
-  w.count = tb.counts();
+  tb.bind(w);
+  w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, kEmulatedBlocks);
   std::vector<acc_t> work(w.C * w.slabs * w.values());
   w.work = work.data();
   std::vector<acc_t> smem(w.smem_elems());
@@ -133,9 +135,6 @@ void emulate_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, a
   }
   for (int64_t ck = 0; ck < a.C * a.K; ++ck) tiled_corr_finish_thread(ck, w, a);
 }
-
-// Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
-constexpr int64_t kEmulatedBlocks = 16;
 
 at::Tensor emulate_taps_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
@@ -202,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
       a.grad_pos_h = (two_d && output_mask[2]) ? gp.data_ptr<acc_t>() : nullptr;
       a.grad_pos_w = output_mask[2] ? gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0) : nullptr;
       const bool need_pos = output_mask[2] && interp == kBilinear;
-      const auto plan = corr_plan<scalar_t, acc_t>(in.x, grad_output, a, kEmulatedBlocks);
+      const auto plan = corr_plan<scalar_t, acc_t>(in.x, grad_output, a);
       if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_corr<8>(plan, a, need_pos, input);
       else if (plan.cfg.ok) emulate_tiled_corr<1>(plan, a, need_pos, input);
       else {  // the per-tap block reduction (wgrad_kernel), phase by phase

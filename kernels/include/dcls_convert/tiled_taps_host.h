@@ -32,6 +32,12 @@ struct TableBuffers {
   }
   TapEntry<acc_t>* table() { return reinterpret_cast<TapEntry<acc_t>*>(bytes.data_ptr<uint8_t>()); }
   int* counts() { return count.data_ptr<int>(); }
+  // Points a plan (TiledConv or TiledCorr) at these tables.
+  template <typename Plan>
+  void bind(Plan& plan) {
+    plan.table = table();
+    plan.count = counts();
+  }
 };
 
 // Forward of the tap convolution described by `a` (its x may have any strides) into `out`.
@@ -69,10 +75,10 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   return c;
 }
 
-// Weight and position gradients: correlations of g with x over tiles; the workspace is allocated by the caller.
+// Weight and position gradients: correlations of g with x over tiles. The executor sets the slab count (it knows
+// how many blocks the device holds) and allocates the workspace.
 template <typename scalar_t, typename acc_t>
-TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
-                                     int64_t target_blocks) {
+TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a) {
   TiledCorr<scalar_t, acc_t> c;
   c.x = x.data_ptr<scalar_t>();
   c.g = g.data_ptr<scalar_t>();
@@ -84,7 +90,6 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t));
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   if (c.cfg.ok && c.smem_elems() * int64_t(sizeof(acc_t)) > 2 * kMaxTileSmemBytes) c.cfg.ok = false;
-  if (c.cfg.ok) c.slabs = corr_slabs(a.C, c.jobs(), c.cfg.groups, target_blocks);
   return c;
 }
 
