@@ -1,15 +1,11 @@
-"""Optional analysis: call counts and input shapes from one example forward (hooks), and functional
-F.conv* call sites from an FX trace (with timm's leaf modules when timm is present). Never raises."""
+"""Call counts, input shapes and (a few samples of) the inputs of each conv, from one example forward (hooks).
+Functional conv call sites are found by dcls_convert.functional."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["record_calls", "functional_conv_sites"]
-
-_FUNCTIONAL = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
-
+__all__ = ["record_calls"]
 
 MAX_KEPT_INPUTS = 64  # example inputs kept per conv for data-aware starts (its first call's first 64 samples)
 
@@ -40,36 +36,3 @@ def record_calls(model: nn.Module, convs: list[nn.Module], example_inputs,
         for h in handles:
             h.remove()
     return {k: (v[0], v[1], v[2]) for k, v in facts.items()}
-
-
-def _tracer():
-    import torch.fx as fx
-
-    leaf_types: tuple = ()
-    try:  # timm's registry of modules that do not trace
-        from timm.models._features_fx import _leaf_modules
-
-        leaf_types = tuple(_leaf_modules)
-    except Exception:
-        pass
-
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m, qualname):
-            return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
-
-    return Tracer()
-
-
-def functional_conv_sites(model: nn.Module) -> tuple[list[str], str | None]:
-    """Names of the FX nodes that call F.conv* directly (outside any module), or ([], reason)."""
-    try:
-        graph = _tracer().trace(model)
-    except Exception as exc:  # tracing is best effort: data-dependent control flow etc.
-        return [], f"FX trace failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    found = []
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target in _FUNCTIONAL:
-            stack = node.meta.get("nn_module_stack") or {}
-            where = list(stack)[-1] if stack else ""
-            found.append(f"{where}:{node.name}" if where else node.name)
-    return found, None

@@ -107,7 +107,7 @@ def _convert(args, dry_run: bool) -> int:
         rules = dcls_convert.TargetRules(min_kernel=3)
     try:
         converted, report = dcls_convert.convert(model, args.method, rules=rules, include=args.include,
-                                                 exclude=args.exclude, **options)
+                                                 exclude=args.exclude, functional=args.functional, **options)
     except (ValueError, TypeError, RuntimeError) as exc:
         print(f"dcls-convert: {exc}", file=sys.stderr)
         return 2
@@ -186,6 +186,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--include", nargs="*", default=None, help="module-name regexes to convert")
         c.add_argument("--exclude", nargs="*", default=None, help="module-name regexes to leave alone")
         c.add_argument("--all-convs", action="store_true", help="any conv with kernel >= 3, not the method defaults")
+        c.add_argument("--functional", action="store_true",
+                       help="also convert conv calls in forward code (StdConv2d, F.conv2d(x, self.weight)) from the "
+                            "weight each computes now")
         c.add_argument("--window", type=int, default=None, help="dcls: window size L (default max(extent, 2k+3): 17 for 7x7)")
         c.add_argument("--kernel-count", dest="kernel_count", type=int, default=None,
                        help="dcls: taps per kernel K (default k*k: exact start; fewer keeps the largest)")

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .discovery import find_sites, swap
+from .functional import Rewrite, rewrite_owner, scan
 from .registry import get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
 from .targeting import ConvertConfig, TargetRules
@@ -52,14 +53,30 @@ def _plain_conv_subclass(conv: nn.Module) -> bool:
     return base is not None and all(getattr(type(conv), f) is getattr(base, f) for f in ("forward", "_conv_forward"))
 
 
-def source_conv_view(conv: nn.Module) -> tuple[nn.Module | None, str]:
-    """The plain nn.ConvNd a conv computes, or (None, reason) when its semantics differ from one."""
+def _effective_view(conv: nn.Module, trainable: bool) -> nn.Module:
+    """A plain conv of the same geometry holding the weight the conv computes now (its reparametrization applied)."""
+    base = next(c for c in _CONV_TYPES if isinstance(conv, c))
+    view = base(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+        conv.bias is not None, conv.padding_mode, device="meta")
+    view.weight = nn.Parameter(conv.weight.detach().clone(), trainable)
+    bias = conv.bias
+    view.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias.detach().clone(), trainable)
+    return view
+
+
+def source_conv_view(conv: nn.Module, effective: bool = False) -> tuple[nn.Module | None, str]:
+    """The plain nn.ConvNd a conv computes, or (None, reason) when its semantics differ from one. effective: a conv
+    whose weight is reparametrized (weight_norm, spectral_norm, parametrize) is seen through the weight it computes
+    now (function-preserving at conversion time; the reparametrization is dropped)."""
     reparam = _weight_reparametrization(conv)
+    if reparam and effective:
+        trainable = any(p.requires_grad for n, p in conv.named_parameters() if n != "bias")
+        return _effective_view(conv, trainable), ""
     if reparam:
         remove = ("torch.nn.utils.parametrize.remove_parametrizations(conv, 'weight')" if "parametrize" in reparam
                   else "torch.nn.utils.remove_" + reparam.rsplit(".", 1)[1] + "(conv)")
-        return None, (f"its weight is recomputed each forward by {reparam}; converting would drop that: call "
-                      f"{remove} first to convert from the current weight")
+        return None, (f"its weight is recomputed each forward by {reparam}; converting would drop that: pass "
+                      f"functional=True (or call {remove} first) to convert from the current weight")
     if type(conv) in _CONV_TYPES or _plain_conv_subclass(conv):
         return conv, ""
     cls_name = type(conv).__name__
@@ -71,10 +88,12 @@ def source_conv_view(conv: nn.Module) -> tuple[nn.Module | None, str]:
         view.weight, view.bias = conv.weight, conv.bias
         return view, ""
     if "StdConv" in cls_name or "ScaledStd" in cls_name:
-        return None, f"{cls_name} standardises its weight in forward; converting would drop that"
+        return None, (f"{cls_name} standardises its weight in forward; pass functional=True to convert from the "
+                      "standardised weight")
     if getattr(conv, "transposed", False):
         return None, "transposed convolution"
-    return None, f"{cls_name} overrides nn.ConvNd's forward; its semantics are unknown"
+    return None, (f"{cls_name} overrides nn.ConvNd's forward; its semantics are unknown (functional=True converts the "
+                  "conv calls in its forward)")
 
 
 def _refuse_wrappers(model: nn.Module) -> None:
@@ -120,7 +139,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
             rules: TargetRules | None = None, include: str | Sequence[str] | None = None,
             exclude: str | Sequence[str] | None = None, by_type: Mapping[type, dict | None] | None = None,
             by_regex: Mapping[str, dict | None] | None = None, by_name: Mapping[str, dict | None] | None = None,
-            example_inputs: Any = None, analyze: bool = True, progress: bool = False,
+            example_inputs: Any = None, functional: bool = False, analyze: bool = True, progress: bool = False,
             **options) -> tuple[nn.Module, ConversionReport]:
     """Replace a model's convs by DCLS, bloomed or partially dilated modules, initialised from their weights.
 
@@ -132,7 +151,12 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         by_type / by_regex / by_name: per-target option overrides ({...} or None to exclude).
         example_inputs: optional input (or tuple) run once to record call counts and input shapes; methods with
             a data-aware start (bloom) also fit each layer to what it sees there (output space, not kernel space).
-        analyze: run the FX pass that reports functional F.conv* call sites (never fails a conversion).
+        functional: also convert conv calls written in a module's forward (F.conv2d(x, self.weight, ...), timm's
+            StdConv2d / ScaledStdConv2d, convs behind weight_norm / parametrize): each from the weight the call
+            computes at conversion time (function-preserving then; a weight transform is not applied afterwards).
+            The module making the call becomes the torch.fx GraphModule of its forward; the root keeps its class.
+        analyze: trace each module's own forward with torch.fx to report functional conv call sites (never fails
+            a conversion; implied by functional=True).
         progress: show a progress bar while building replacements.
         **options: method options (DclsOptions, BloomOptions, PartialOptions fields).
 
@@ -157,26 +181,76 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
     if isinstance(target, _CONV_TYPES):
         raise TypeError("convert: pass the model that contains the conv; for a lone conv use "
                         "DclsConv2d.from_conv(conv) (or the Bloom/Partial equivalents)")
+    traces = scan(target) if (functional or analyze) else []
+    report.trace_error = "; ".join(f"{t.site.name or type(t.site.module).__name__}: {t.error}"
+                                   for t in traces if t.error) or None
+    rewrite = Rewrite()
+    try:  # every change to `target` below is undone on error (it is the user's model with inplace=True)
+        if functional:
+            origins = _rewrite_calls(traces, cfg, report, rewrite)
+        else:
+            origins = {}
+            report.functional_convs = [f"{c.names[0]}: {c.describe()}" for t in traces for c in t.calls]
+        _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, analyze, progress)
+    except BaseException:
+        rewrite.undo()
+        raise
+    return target, report
+
+
+def _rewrite_calls(traces, cfg: ConvertConfig, report: ConversionReport, rewrite: Rewrite) -> dict[int, tuple]:
+    """Functional conv calls chosen by the rules become plain convs in their module's rewritten forward.
+    Returns {id(conv): (call site, the module type overrides and filter_fn see)}."""
+    origins = {}
+    for trace in traces:  # deepest first: a rewritten child is in place before its parent is rebuilt
+        chosen = []
+        for call in trace.calls:
+            reason, seen_as = call.reason, trace.site.module if not call.attr else call.conv
+            if not reason:
+                method_name, _, reason = cfg.resolve(call.names, seen_as, call.conv,
+                                                     lambda m: get_method(m).default_rules)
+                if not reason and call.conv.weight.dim() - 2 not in get_method(method_name).modules:
+                    reason = f"method {method_name!r} has no {call.conv.weight.dim() - 2}-D module"
+            if reason:
+                report.layers.append(LayerRecord(name=call.names[0], aliases=call.names[1:], conv=call.describe(),
+                                                 status="skipped", reason=reason, origin=call.origin()))
+            else:
+                chosen.append(call)
+                origins[id(call.conv)] = (call, seen_as)
+        if chosen:
+            rewrite.apply(trace.site, rewrite_owner(trace, chosen))
+    return origins
+
+
+def _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, analyze, progress) -> None:
     sites = find_sites(target, _is_conv)
-    known = {n for site in sites for n in site.names}
+    # conv subclasses whose forward was traced for its calls are reported through those calls
+    call_owners = {id(t.site.module) for t in traces if t.calls} if functional else set()
+    untraced = {id(t.site.module): t.error for t in traces if t.error} if functional else {}
+    sites = [s for s in sites if id(s.module) not in call_owners]
+    known = {n for site in sites for n in site.names} | {r.name for r in report.layers}
     unknown = [n for n in cfg.by_name if n not in known]
     if unknown:  # an exact name that matches no conv is a typo, not a choice
+        calls = {n for t in traces for c in t.calls for n in c.names}
+        hint = "; functional call sites are converted with functional=True" if set(unknown) & calls else ""
         raise ValueError(f"convert: by_name names no conv in the model: {unknown[:5]}; convs are named like "
-                         f"{sorted(known)[:5]}")
-    facts = _analyze(target, sites, example_inputs, report) if (analyze or example_inputs is not None) else {}
+                         f"{sorted(known)[:5]}{hint}")
+    facts = _record_calls(target, sites, example_inputs) if example_inputs is not None else {}
 
     plan = []
     for site in sites:
         conv = site.module
-        rec = LayerRecord(name=site.name, aliases=site.names[1:], conv=describe_conv(conv), status="skipped",
-                          kernel_size=tuple(conv.kernel_size), params_before=sum(p.numel() for p in conv.parameters()))
+        call, seen_as = origins.get(id(conv), (None, conv))
+        rec = LayerRecord(name=site.name, aliases=site.names[1:], conv=call.describe() if call else describe_conv(conv),
+                          status="skipped", kernel_size=tuple(conv.kernel_size), origin=call.origin() if call else "",
+                          params_before=sum(p.numel() for p in (seen_as if call else conv).parameters()))
         rec.calls, rec.input_shape, _ = facts.get(id(conv), (None, None, None))
         report.layers.append(rec)
-        source, why = source_conv_view(conv)
+        source, why = (conv, "") if call else source_conv_view(conv, effective=functional)
         if source is None:
-            rec.reason = why
+            rec.reason = why + (f"; its forward could not be traced: {untraced[id(conv)]}" if id(conv) in untraced else "")
             continue
-        method_name, opts, reason = cfg.resolve(site.names, conv, source, lambda m: get_method(m).default_rules)
+        method_name, opts, reason = cfg.resolve(site.names, seen_as, source, lambda m: get_method(m).default_rules)
         if reason:
             rec.reason = reason
             continue
@@ -185,7 +259,7 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         if ndim not in spec.modules:
             rec.reason = f"method {method_name!r} has no {ndim}-D module"
             continue
-        if rec.calls == 0:
+        if rec.calls == 0 and call is None:  # a rewritten call is converted: its module already changed
             rec.reason = "never called in the example forward"
             continue
         plan.append((site, source, spec, spec.make_options(opts, f"convert ({site.name})"), rec))
@@ -222,7 +296,6 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         rec.params_after = sum(p.numel() for p in new.parameters())
         rec.init_error = new.init_error
         rec.engine = new.engine_name()
-    return target, report
 
 
 def _progress(items, enabled):
@@ -275,12 +348,7 @@ def _share_positions(built, facts) -> None:
         share_positions([e[0] for e in entries], [e[1] for e in entries])
 
 
-def _analyze(model, sites, example_inputs, report) -> dict[int, tuple[int | None, tuple | None]]:
-    from .analysis import functional_conv_sites, record_calls
+def _record_calls(model, sites, example_inputs) -> dict[int, tuple[int | None, tuple | None, Any]]:
+    from .analysis import record_calls
 
-    facts = {}
-    if example_inputs is not None:
-        facts = record_calls(model, [s.module for s in sites], example_inputs, keep_inputs=True)
-    found, error = functional_conv_sites(model)
-    report.functional_convs, report.trace_error = found, error
-    return facts
+    return record_calls(model, [s.module for s in sites], example_inputs, keep_inputs=True)

@@ -35,14 +35,15 @@ class LayerRecord:
     engine: str = ""
     calls: int | None = None
     input_shape: tuple[int, ...] | None = None
+    origin: str = ""                 # for a functional conv call: where it is and how its weight was taken
 
 
 @dataclass
 class ConversionReport:
     method: str
     layers: list[LayerRecord] = field(default_factory=list)
-    functional_convs: list[str] = field(default_factory=list)  # F.conv* call sites (not converted)
-    trace_error: str | None = None
+    functional_convs: list[str] = field(default_factory=list)  # F.conv* call sites left alone (functional=False)
+    trace_error: str | None = None   # modules whose forward names a conv call but could not be traced
 
     @property
     def converted(self) -> list[LayerRecord]:
@@ -86,16 +87,24 @@ class ConversionReport:
             else:
                 table.add_row(r.name, r.conv, "[yellow]skipped", "", "", "", r.reason)
         t = self.totals()
+        conv = self.converted
         err = f"{t['max_init_error']:.1e}" if t["max_init_error"] is not None else "-"
         buf = io.StringIO()
         console = Console(file=buf, width=140, force_terminal=False, color_system=None)
         console.print(table)
         console.print(f"converted {t['converted']}, skipped {t['skipped']}; parameters of converted convs "
                       f"{t['params_before']} -> {t['params_after']}; max init error {err}")
+        calls = [r for r in conv if r.origin]
+        if calls:
+            owners = {r.name.rsplit(".", 1)[0] for r in calls if " call in " in r.origin}
+            console.print(f"{len(calls)} conv(s) converted from the weight their forward computed at conversion time "
+                          "(outputs preserved then; a weight transform such as standardisation is not applied "
+                          f"afterwards); {len(owners)} module(s) rewritten as the torch.fx GraphModule of their forward")
         if self.functional_convs:
-            console.print(f"functional conv call sites (not converted): {', '.join(self.functional_convs)}")
+            console.print(f"functional conv call sites (not converted; functional=True converts them): "
+                          f"{'; '.join(self.functional_convs)}")
         if self.trace_error:
-            console.print(f"analysis pass skipped: {self.trace_error}")
+            console.print(f"not traced: {self.trace_error}")
         return buf.getvalue().rstrip()
 
     def __repr__(self) -> str:

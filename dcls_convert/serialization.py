@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from .discovery import find_sites, swap
+from .functional import functional_entries, owner_trace, rewrite_owner
 from .methods.base import ConvertedConv
 from .registry import list_methods, get_method
 
@@ -49,7 +50,7 @@ def dense_recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dic
             stride=list(m.stride), padding=padding, groups=m.groups, bias=m.bias is not None,
             padding_mode=m.padding_mode)}
     return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
-            "shared_positions": []}
+            "shared_positions": [], "functional": functional_entries(model)}
 
 
 def _check_plain_conv_config(name: str, config: dict) -> None:
@@ -70,7 +71,8 @@ def recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str,
         if pos is not None:
             shared.setdefault(id(pos), []).append(site.name)
     return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
-            "shared_positions": [names for names in shared.values() if len(names) > 1]}
+            "shared_positions": [names for names in shared.values() if len(names) > 1],
+            "functional": functional_entries(model)}
 
 
 def save(model: nn.Module, directory: str, *, base: dict[str, Any] | None = None) -> None:
@@ -95,6 +97,42 @@ def read_recipe(directory: str) -> dict[str, Any]:
     return recipe
 
 
+def _rewrite_functional(target: nn.Module, entries: Any) -> list[str]:
+    """Rewrites the modules whose functional conv calls the recipe lists (deepest first, as convert did) so that
+    the recipe's layers exist; returns their names."""
+    if not isinstance(entries, list):
+        raise ValueError("load: the recipe's functional entry must be a list")
+    done = []
+    for entry in entries:
+        ok = (isinstance(entry, dict) and isinstance(entry.get("module"), str) and entry["module"]
+              and isinstance(entry.get("calls"), list) and entry["calls"]
+              and all(isinstance(c, dict) and isinstance(c.get("node"), str) and isinstance(c.get("attr"), str)
+                      and c["attr"].isidentifier() for c in entry["calls"]))
+        if not ok:
+            raise ValueError(f"load: malformed functional entry {str(entry)[:200]}")
+        name = entry["module"]
+        site = next((s for s in find_sites(target, lambda m: True) if name in s.names), None)
+        if site is None:
+            raise ValueError(f"load: the base model has no module {name!r} (a module whose conv calls were converted)")
+        trace = owner_trace(site)
+        found = {c.node: c for c in trace.calls}
+        calls = []
+        for c in entry["calls"]:
+            call = found.get(c["node"])
+            if call is None or call.conv is None:
+                why = trace.error or (call.reason if call else f"its forward has no conv call {c['node']!r}")
+                raise ValueError(f"load: cannot rewrite {name!r} ({type(site.module).__name__}) as saved: {why}; is "
+                                 "it the code that was converted?")
+            if hasattr(site.module, c["attr"]):
+                raise ValueError(f"load: functional entry of {name!r} names attribute {c['attr']!r}, which the module "
+                                 "already has")
+            call.attr = c["attr"]
+            calls.append(call)
+        swap(site, rewrite_owner(trace, calls))
+        done.append(name)
+    return done
+
+
 def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict: bool = True) -> nn.Module:
     """Re-applies the saved conversion to `base_model` (a fresh copy of the original architecture) and loads
     the saved weights. The work happens on a copy; with inplace=True the result is moved into `base_model` only
@@ -108,6 +146,7 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
         raise ValueError(f"load: cannot read {weights}: {type(exc).__name__}: {exc}") from None
     classes = _module_classes()
     target = copy.deepcopy(base_model)
+    functional = _rewrite_functional(target, recipe.get("functional", []))
     sites = {name: s for s in find_sites(target, lambda m: isinstance(m, nn.Module)) for name in s.names}
     built = []
     for name, entry in recipe["layers"].items():
@@ -167,7 +206,10 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
                 raise ValueError(f"load: {name}.{pname} in {weights} contains NaN/Inf")
     if not inplace:
         return target
-    # Commit: move the rebuilt modules into base_model, then copy every tensor of the loaded copy.
+    # Commit: move the rewritten and rebuilt modules into base_model, then copy every tensor of the loaded copy.
+    for name in reversed(functional):  # outermost first: an inner one then already sits in its rewritten parent
+        site = next(s for s in find_sites(base_model, lambda m: True) if name in s.names)
+        swap(site, target.get_submodule(name))
     original = {name: s for s in find_sites(base_model, lambda m: isinstance(m, nn.Module)) for name in s.names}
     for site, new in built:
         swap(original[site.name], new)
