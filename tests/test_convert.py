@@ -196,6 +196,17 @@ def test_timm_conv2d_same_handled_and_std_conv_skipped():
     x = torch.randn(1, 4, 13, 13)
     with torch.no_grad():
         assert _same(out(x), model(x))
+    # functional=True: the standardised conv converts from its standardised weight; Conv2dSame at stride 2 pads by
+    # input size, which no fixed padding reproduces and FX cannot trace: skipped, saying both
+    model.append(timm_layers.Conv2dSame(4, 4, 3, stride=2, groups=4)).eval()
+    out, report = dc.convert(model, "dcls", functional=True)
+    rec = {r.name: r for r in report.layers}
+    assert rec["1"].status == "converted" and rec["1"].origin.startswith("ScaledStdConv2d: its forward is one F.conv2d")
+    assert rec["2"].status == "skipped" and "pads by input size" in rec["2"].reason and "traced" in rec["2"].reason
+    with torch.no_grad():
+        assert _same(out(x), model(x))
+    _, report = dc.convert(model, "dcls", functional=True, by_type={timm_layers.ScaledStdConv2d: None})
+    assert {r.name: r for r in report.layers}["1"].reason == "excluded by an override of None"
 
 
 class _Staged(nn.Module):
