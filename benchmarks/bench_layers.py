@@ -13,7 +13,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_ops import saved_bytes  # noqa: E402
 from common import machine_line, print_table, time_interleaved  # noqa: E402
-from reference_dcls import available, reference_layer  # noqa: E402
+from dcls_package import available, dcls_package_layer  # noqa: E402
 
 import dcls_convert as dc  # noqa: E402
 
@@ -67,7 +67,7 @@ def dcls_dense_rows(repeats):
     fns = {"ours": fwd_bwd(ours, x)}
     row = {"case": "dcls dense 64->64, window 7, K=9, 8x64x56x56", "ours_ms": None}
     if available():
-        ref = reference_layer(64, 64, 9, 7, 1, 3, "v0")
+        ref = dcls_package_layer(64, 64, 9, 7, 1, 3, "v0")
         fns["ref"] = fwd_bwd(ref, x)
     ms = time_interleaved(fns, repeats=repeats)
     row["ours_ms"] = ms["ours"]

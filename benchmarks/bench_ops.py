@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_line, print_table, time_interleaved  # noqa: E402
-from reference_dcls import available, reference_layer  # noqa: E402
+from dcls_package import available, dcls_package_layer  # noqa: E402
 
 from dcls_convert import ops  # noqa: E402
 
@@ -41,12 +41,12 @@ def bench_construct(repeats: int):
             s = torch.full((2, C, 1, K), 0.23, requires_grad=True) if interp == "gaussian" else None
 
             def ours():
-                ops.dcls_kernel(w, p, s, [L, L], interp).sum().backward()
+                ops.construct(w, p, s, [L, L], interp).sum().backward()
 
             fns = {"ours": ours}
             row = {"interp": interp, "window": L}
             if available():
-                ref = reference_layer(C, C, K, L, C, L // 2, version)
+                ref = dcls_package_layer(C, C, K, L, C, L // 2, version)
                 sig = getattr(ref, "SIG", None)
 
                 def ref_eager():
@@ -61,7 +61,7 @@ def bench_construct(repeats: int):
                 row["ref_saved_MiB"] = saved_bytes(lambda: ref.DCK(ref.weight, ref.P, sig)) / 2**20
             ms = time_interleaved(fns, repeats=repeats)
             row["ours_ms"] = ms["ours"]
-            row["ours_saved_MiB"] = saved_bytes(lambda: ops.dcls_kernel(w, p, s, [L, L], interp)) / 2**20
+            row["ours_saved_MiB"] = saved_bytes(lambda: ops.construct(w, p, s, [L, L], interp)) / 2**20
             if "ref" in ms:
                 row.update(ref_ms=ms["ref"], ref_compiled_ms=ms["ref_compiled"], speedup=ms["ref"] / ms["ours"],
                            speedup_vs_compiled=ms["ref_compiled"] / ms["ours"],
@@ -116,7 +116,7 @@ def bench_taps(repeats: int):
             fns["fwd_cl"] = lambda: ops.taps_conv(x_cl, w.detach(), p.detach(), None, [L, L], [1, 1], [L // 2, L // 2])
             fns["fwdbwd_cl"] = lambda: ops.taps_conv(xclg, w, p, None, [L, L], [1, 1], [L // 2, L // 2]).sum().backward()
         if available() and L == 17 and K == 34:
-            ref = reference_layer(96, 96, K, L, 96, L // 2, "v0")
+            ref = dcls_package_layer(96, 96, K, L, 96, L // 2, "v0")
             xr = x.clone().requires_grad_()
             fns["ref_fwdbwd"] = lambda: ref(xr).sum().backward()
         ms = time_interleaved(fns, repeats=repeats)

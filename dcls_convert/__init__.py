@@ -17,7 +17,7 @@ from .methods import PartialDilatedConv2d as PartialDilatedConv2d
 from .methods import PartialOptions as PartialOptions
 from .ops import backend_info as backend_info
 from .plot import plot_kernels as plot_kernels
-from .reference_checkpoints import load_reference_state_dict as load_reference_state_dict
+from .dcls_package import load_dcls_package_state_dict as load_dcls_package_state_dict
 from .registry import list_methods as list_methods
 from .registry import register_method as register_method
 from .report import ConversionError as ConversionError
@@ -40,6 +40,6 @@ __all__ = [
     "PartialDilatedConv2d", "DclsOptions", "BloomOptions", "PartialOptions", "ConvertConfig", "TargetRules",
     "ConversionReport", "ConversionError", "NoTargetError", "register_method", "list_methods", "plot_kernels",
     "clamp_positions_", "keep_positions_in_range", "SigmaAnnealer", "freeze", "round_positions_",
-    "load_reference_state_dict", "shard_groups",
+    "load_dcls_package_state_dict", "shard_groups",
 ]
 __version__ = "0.1.0"

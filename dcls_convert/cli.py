@@ -192,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--window", type=int, default=None, help="dcls: window size L (default max(extent, 2k+3): 17 for 7x7)")
         c.add_argument("--kernel-count", dest="kernel_count", type=int, default=None,
                        help="dcls: taps per kernel K (default k*k: exact start; fewer keeps the largest)")
-        c.add_argument("--interpolation", default=None, choices=["bilinear", "gaussian"], help="dcls: tap interpolation")
+        c.add_argument("--interpolation", default=None, help="dcls: tap interpolation (bilinear or gaussian)")
         c.add_argument("--factor", type=int, default=None, help="bloom: spreading factor s >= 2 (odd for even kernels)")
         c.add_argument("--island", type=int, default=None, help="partial: dense island size (odd; default the kernel size)")
         c.add_argument("--wing-taps", dest="wing_taps", type=int, default=None, help="partial: dilated taps on each side")

@@ -5,6 +5,7 @@ Precedence, lowest to highest (torch.ao style): the method's default options < p
 where the predicates would not; an override of None excludes the target."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
@@ -14,17 +15,26 @@ import torch.nn as nn
 __all__ = ["TargetRules", "ConvertConfig", "compile_patterns"]
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern | str:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+
+
 def compile_patterns(patterns: Sequence[str] | str | None, what: str) -> list[re.Pattern]:
+    """The patterns compiled once per process (every conv of every conversion matches against them)."""
     if patterns is None:
         return []
     if isinstance(patterns, str):
         patterns = [patterns]
     out = []
     for p in patterns:
-        try:
-            out.append(re.compile(p))
-        except re.error as exc:
-            raise ValueError(f"{what}: bad regular expression {p!r}: {exc}") from None
+        compiled = _compiled(p) if isinstance(p, str) else f"not a string: {type(p).__name__}"
+        if isinstance(compiled, str):
+            raise ValueError(f"{what}: bad regular expression {p!r}: {compiled}") from None
+        out.append(compiled)
     return out
 
 
@@ -137,7 +147,7 @@ class ConvertConfig:
             if isinstance(module, cls):
                 layers.append(ov)
         for pattern, ov in self.by_regex.items():
-            if any(re.fullmatch(pattern, n) for n in names):
+            if any(_compiled(pattern).fullmatch(n) for n in names):
                 layers.append(ov)
         named = [self.by_name[n] for n in names if n in self.by_name]
         layers.extend(named)

@@ -14,9 +14,9 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(dcls_convert, m) {
   // Dense kernel (Cout, Cin/g, *window) from taps: weight (Cout, Cin/g, K), positions (D, Cout, Cin/g, K).
-  m.def("dcls_construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, str interpolation, "
+  m.def("construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, str interpolation, "
         "float sigma_min) -> Tensor");
-  m.def("dcls_construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
+  m.def("construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
         "str interpolation, float sigma_min, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // Depthwise convolution that reads only the taps: input (N, C, [H,] W), weight (C, 1, K), positions (D, C, 1, K).
   m.def("taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, int[] stride, "

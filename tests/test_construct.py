@@ -25,8 +25,8 @@ def test_construct_matches_reference_float64(D, data, interp, K, integer, spread
     window = data.draw(st.lists(st.integers(1, 12 if D < 3 else 6), min_size=D, max_size=D))
     shape = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
     w, p, s = _construct_case(D, window, shape, K, interp, torch.float64, spread, integer)
-    got = ops.dcls_kernel(w, p, s, window, interp)
-    want = reference.dcls_construct(w, p, s, window, interp)
+    got = ops.construct(w, p, s, window, interp)
+    want = reference.construct(w, p, s, window, interp)
     assert got.shape == (*shape, *window)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
@@ -36,9 +36,9 @@ def test_construct_matches_reference_float64(D, data, interp, K, integer, spread
 def test_construct_float32_and_bfloat16(interp, window):
     D = len(window)
     w, p, s = random_taps(D, 4, 2, 34, window, dtype=torch.float32, sigma=interp == "gaussian")
-    want = reference.dcls_construct(w.double(), p.double(), None if s is None else s.double(), window, interp)
-    assert max_rel(ops.dcls_kernel(w, p, s, window, interp).double(), want) < 1e-5
-    got16 = ops.dcls_kernel(w.bfloat16(), p, s, window, interp)  # positions stay float32
+    want = reference.construct(w.double(), p.double(), None if s is None else s.double(), window, interp)
+    assert max_rel(ops.construct(w, p, s, window, interp).double(), want) < 1e-5
+    got16 = ops.construct(w.bfloat16(), p, s, window, interp)  # positions stay float32
     assert got16.dtype == torch.bfloat16
     assert max_rel(got16.double(), want) < 2e-2
 
@@ -49,7 +49,7 @@ def test_bilinear_integer_positions_scatter_weights_exactly():
     rows = torch.tensor([-3, 0, 2, 3], dtype=torch.float64)
     cols = torch.tensor([-2, 1, 0, 2], dtype=torch.float64)
     p = torch.stack([rows.expand(3, 2, 4), cols.expand(3, 2, 4)])
-    k = ops.dcls_kernel(w, p, None, window, "bilinear")
+    k = ops.construct(w, p, None, window, "bilinear")
     expect = torch.zeros(3, 2, 7, 5, dtype=torch.float64)
     for j in range(4):
         expect[:, :, int(rows[j]) + 3, int(cols[j]) + 2] += w[:, :, j]
@@ -59,7 +59,7 @@ def test_bilinear_integer_positions_scatter_weights_exactly():
 def test_positions_outside_window_are_clamped_without_losing_mass():
     w = torch.ones(1, 1, 3, dtype=torch.float64)
     p = torch.tensor([[[[-50.0, 50.0, 2.4]]]], dtype=torch.float64)
-    k = ops.dcls_kernel(w, p, None, [5], "bilinear")
+    k = ops.construct(w, p, None, [5], "bilinear")
     # -50 -> first cell, +50 and 2.4 (u = 4.4) -> last cell: all three units of mass stay in the window.
     assert torch.equal(k[0, 0], torch.tensor([1.0, 0, 0, 0, 2.0], dtype=torch.float64))
 
@@ -68,7 +68,7 @@ def test_positions_outside_window_are_clamped_without_losing_mass():
 def test_gaussian_sums_to_weight_per_tap(window):
     D = len(window)
     w, p, s = random_taps(D, 2, 3, 1, window, sigma=True)
-    k = ops.dcls_kernel(w, p, s, window, "gaussian")
+    k = ops.construct(w, p, s, window, "gaussian")
     torch.testing.assert_close(k.flatten(2).sum(-1), w[..., 0], rtol=1e-12, atol=1e-12)
 
 
@@ -84,7 +84,7 @@ def test_saved_memory_is_weights_and_positions_only():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        ops.dcls_kernel(w, p, None, [17, 17], "bilinear")
+        ops.construct(w, p, None, [17, 17], "bilinear")
     assert sum(saved) <= (w.numel() + p.numel()) * 4
     assert sum(saved) < 14.5 * 2**20 / 100
 
@@ -95,7 +95,7 @@ def test_opcheck_construct(interp, window):
     D = len(window)
     w, p, s = random_taps(D, 2, 2, 3, window, sigma=interp == "gaussian")
     args = (w.requires_grad_(), p.requires_grad_(), None if s is None else s.requires_grad_(), window, interp, 0.27)
-    torch.library.opcheck(torch.ops.dcls_convert.dcls_construct.default, args)
+    torch.library.opcheck(torch.ops.dcls_convert.construct.default, args)
 
 
 @pytest.mark.parametrize("interp", ["bilinear", "gaussian"])
@@ -107,7 +107,7 @@ def test_gradcheck_construct(interp, window):
     inputs = [w.requires_grad_(), p.requires_grad_()] + ([s.requires_grad_()] if s is not None else [])
 
     def fn(*xs):
-        return ops.dcls_kernel(xs[0], xs[1], xs[2] if len(xs) > 2 else None, window, interp)
+        return ops.construct(xs[0], xs[1], xs[2] if len(xs) > 2 else None, window, interp)
 
     assert torch.autograd.gradcheck(fn, inputs)
 
@@ -115,7 +115,7 @@ def test_gradcheck_construct(interp, window):
 def test_gradcheck_construct_nearest_weight():
     w, p, _ = random_taps(2, 2, 2, 3, [5, 5])
     w.requires_grad_()
-    assert torch.autograd.gradcheck(lambda w: ops.dcls_kernel(w, p.round(), None, [5, 5], "nearest"), [w])
+    assert torch.autograd.gradcheck(lambda w: ops.construct(w, p.round(), None, [5, 5], "nearest"), [w])
 
 
 def test_bilinear_gradient_is_one_sided_at_integers():
@@ -123,7 +123,7 @@ def test_bilinear_gradient_is_one_sided_at_integers():
     w = torch.ones(1, 1, 1, dtype=torch.float64)
     p = torch.zeros(1, 1, 1, 1, dtype=torch.float64, requires_grad=True)
     g = torch.tensor([[[1.0, 2.0, 7.0, 3.0, 0.0]]], dtype=torch.float64)
-    (ops.dcls_kernel(w, p, None, [5], "bilinear") * g).sum().backward()
+    (ops.construct(w, p, None, [5], "bilinear") * g).sum().backward()
     assert p.grad.item() == pytest.approx(3.0 - 7.0)
 
 
@@ -132,4 +132,4 @@ def test_backend_reported():
 
     info = dcls_convert.backend_info()
     assert info["compiled_library"] is True
-    assert info["ops"]["dcls_construct"]["cpu"] == "compiled"
+    assert info["ops"]["construct"]["cpu"] == "compiled"

@@ -17,9 +17,9 @@ def test_construct_cuda(interp, window):
     D = len(window)
     w, p, s = random_taps(D, 8, 2, 34, window, sigma=interp == "gaussian")
     leaves = [t.cuda().requires_grad_() for t in (w, p)] + ([s.cuda().requires_grad_()] if s is not None else [])
-    out = ops.dcls_kernel(leaves[0], leaves[1], leaves[2] if s is not None else None, window, interp)
+    out = ops.construct(leaves[0], leaves[1], leaves[2] if s is not None else None, window, interp)
     ref_leaves = [t.clone().requires_grad_() for t in (w, p)] + ([s.clone().requires_grad_()] if s is not None else [])
-    want = reference.dcls_construct(ref_leaves[0], ref_leaves[1], ref_leaves[2] if s is not None else None, window, interp)
+    want = reference.construct(ref_leaves[0], ref_leaves[1], ref_leaves[2] if s is not None else None, window, interp)
     torch.testing.assert_close(out.cpu(), want, rtol=0, atol=1e-10)
     g = torch.randn_like(want)
     got_g = torch.autograd.grad(out, leaves, g.cuda(), allow_unused=True)
@@ -68,7 +68,7 @@ def test_taps_conv_cuda_deterministic(dtype, channels_last):
 
 
 def _dense_oracle(x, w, p, window, stride, padding):
-    kernel = ops.dcls_kernel(w.double(), p.double(), None, window)
+    kernel = ops.construct(w.double(), p.double(), None, window)
     conv = F.conv2d if len(window) == 2 else F.conv1d
     return conv(x.double(), kernel, stride=stride, padding=padding, groups=x.shape[1])
 
@@ -162,8 +162,8 @@ def test_taps_conv_cuda_matches_oracle_float64(c):
 @pytest.mark.parametrize("interp", ["bilinear", "gaussian"])
 def test_construct_cuda_low_precision(dtype, interp):
     w, p, s = random_taps(2, 8, 4, 34, [17, 17], sigma=interp == "gaussian")
-    want = reference.dcls_construct(w, p, s, [17, 17], interp)
-    got = ops.dcls_kernel(w.to("cuda", dtype), p.cuda().float(), s.cuda().float() if s is not None else None,
+    want = reference.construct(w, p, s, [17, 17], interp)
+    got = ops.construct(w.to("cuda", dtype), p.cuda().float(), s.cuda().float() if s is not None else None,
                           [17, 17], interp)
     assert got.dtype == dtype
     assert max_rel(got.double().cpu(), want) < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
@@ -176,7 +176,7 @@ def test_taps_conv_cuda_beyond_one_grid():
     w, p, _ = random_taps(2, 4, 1, 3, [5, 5], dtype=torch.float32, device="cuda")
     w.requires_grad_(), p.requires_grad_()
     y = ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2])
-    kernel = ops.dcls_kernel(w, p, None, [5, 5])
+    kernel = ops.construct(w, p, None, [5, 5])
     want = F.conv2d(x, kernel, padding=2, groups=4)
     assert max_rel(y.detach(), want.detach()) < 1e-5
     g = torch.randn_like(y)

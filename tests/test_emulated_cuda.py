@@ -17,13 +17,13 @@ def test_construct_threads(interp, window, integer):
     w, p, s = random_taps(D, 3, 2, 7, window, spread=1.4, sigma=interp == "gaussian")
     if integer:
         p = p.round()
-    torch.testing.assert_close(E.dcls_construct(w, p, s, window, interp, 0.27),
-                               reference.dcls_construct(w, p, s, window, interp), rtol=0, atol=1e-12)
+    torch.testing.assert_close(E.construct(w, p, s, window, interp, 0.27),
+                               reference.construct(w, p, s, window, interp), rtol=0, atol=1e-12)
     leaves = [w.clone().requires_grad_(), p.clone().requires_grad_()] + ([s.clone().requires_grad_()] if s is not None else [])
-    out = reference.dcls_construct(leaves[0], leaves[1], leaves[2] if s is not None else None, window, interp)
+    out = reference.construct(leaves[0], leaves[1], leaves[2] if s is not None else None, window, interp)
     g = torch.randn_like(out)
     want = torch.autograd.grad(out, leaves, g, allow_unused=True)
-    gw, gp, gs = E.dcls_construct_backward(g, w, p, s, window, interp, 0.27)
+    gw, gp, gs = E.construct_backward(g, w, p, s, window, interp, 0.27)
     torch.testing.assert_close(gw, want[0], rtol=0, atol=1e-11)
     torch.testing.assert_close(gp, want[1] if want[1] is not None else torch.zeros_like(p), rtol=0, atol=1e-11)
     if s is not None:

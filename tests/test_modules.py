@@ -29,8 +29,8 @@ def oracle_kernel(m):
         return torch.einsum(eq, m.weight, *A)
     if isinstance(m, dc.methods.partial._PartialDilatedConvNd):
         w, pos = m._taps()
-        return reference.dcls_construct(w, pos, None, list(m.window), "nearest")
-    return reference.dcls_construct(m.weight, m._positions(), m.sigma, list(m.window), m.interpolation, m.sigma_min)
+        return reference.construct(w, pos, None, list(m.window), "nearest")
+    return reference.construct(m.weight, m._positions(), m.sigma, list(m.window), m.interpolation, m.sigma_min)
 
 
 def oracle(m, x):
@@ -504,10 +504,10 @@ def test_narrow_gaussian_has_no_nan(sigma_min):
     w = torch.ones(1, 1, 1, dtype=torch.float64)
     p = torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64)
     s = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
-    for k in (ops.dcls_kernel(w, p, s, [5], "gaussian", sigma_min), reference.dcls_construct(w, p, s, [5], "gaussian", sigma_min)):
+    for k in (ops.construct(w, p, s, [5], "gaussian", sigma_min), reference.construct(w, p, s, [5], "gaussian", sigma_min)):
         assert torch.isfinite(k).all() and k.sum().item() == pytest.approx(1.0)
-    torch.testing.assert_close(ops.dcls_kernel(w, p, s, [5], "gaussian", sigma_min),
-                               reference.dcls_construct(w, p, s, [5], "gaussian", sigma_min))
+    torch.testing.assert_close(ops.construct(w, p, s, [5], "gaussian", sigma_min),
+                               reference.construct(w, p, s, [5], "gaussian", sigma_min))
 
 
 def test_reflect_padding_on_a_small_input_names_the_module():

@@ -101,7 +101,7 @@ def test_bad_bias_and_gradient_shapes_are_rejected():
     with pytest.raises(RuntimeError, match="gradient must be"):
         torch.ops.dcls_convert.taps_conv_backward(torch.randn(2, 3, 7, 8), x, w, p, *args, [True, True, True, False])
     with pytest.raises(RuntimeError, match="gradient must be"):
-        torch.ops.dcls_convert.dcls_construct_backward(torch.randn(3, 1, 5, 4), w, p, None, [5, 5], "bilinear", 0.27,
+        torch.ops.dcls_convert.construct_backward(torch.randn(3, 1, 5, 4), w, p, None, [5, 5], "bilinear", 0.27,
                                                        [True, True, False])
 
 
@@ -190,7 +190,7 @@ def test_double_backward_is_refused_not_silently_zero():
     y = ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2])
     with pytest.raises(RuntimeError, match="gradients of gradients"):
         torch.autograd.grad(y.square().sum(), w, create_graph=True)
-    kernel = ops.dcls_kernel(w, p, None, [5, 5])
+    kernel = ops.construct(w, p, None, [5, 5])
     with pytest.raises(RuntimeError, match="gradients of gradients"):
         torch.autograd.grad(kernel.square().sum(), w, create_graph=True)
     (gw,) = torch.autograd.grad(ops.taps_conv(x, w, p, None, [5, 5], [1, 1], [2, 2]).square().sum(), w)

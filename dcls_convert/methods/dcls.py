@@ -51,16 +51,26 @@ class DclsOptions:
     share_positions: Literal["stage"] | None = None
 
     def __post_init__(self):
-        if self.kernel_count is not None and (not isinstance(self.kernel_count, int) or self.kernel_count <= 0):
-            raise ValueError(f"DclsOptions: kernel_count must be a positive int, got {self.kernel_count!r}")
-        if self.interpolation not in ("bilinear", "gaussian"):
-            raise ValueError(f"DclsOptions: interpolation must be 'bilinear' or 'gaussian', got {self.interpolation!r}")
-        if not (isinstance(self.sigma_min, (int, float)) and 0 < self.sigma_min < math.inf):
-            raise ValueError(f"DclsOptions: sigma_min must be a finite number > 0, got {self.sigma_min!r}")
-        if self.engine not in ("auto", "taps", "dense"):
-            raise ValueError(f"DclsOptions: engine must be 'auto', 'taps' or 'dense', got {self.engine!r}")
+        check_options("DclsOptions", self.kernel_count, self.interpolation, self.sigma_min, self.engine)
         if self.share_positions not in (None, "stage"):
             raise ValueError(f"DclsOptions: share_positions must be None or 'stage', got {self.share_positions!r}")
+
+
+INTERPOLATIONS = ("bilinear", "gaussian")
+ENGINES = ("auto", "taps", "dense")
+
+
+def check_options(owner: str, kernel_count, interpolation, sigma_min, engine) -> None:
+    """The checks options and modules share (kernel_count None = the default, prod(k))."""
+    if kernel_count is not None and (isinstance(kernel_count, bool) or not isinstance(kernel_count, int)
+                                     or kernel_count <= 0):
+        raise ValueError(f"{owner}: kernel_count must be a positive int, got {kernel_count!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"{owner}: interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    if not (isinstance(sigma_min, (int, float)) and 0 < sigma_min < math.inf):
+        raise ValueError(f"{owner}: sigma_min must be a finite number > 0, got {sigma_min!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"{owner}: engine must be one of {ENGINES}, got {engine!r}")
 
 
 def _position_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
@@ -89,14 +99,9 @@ class _DclsConvNd(ConvertedConv):
         name = type(self).__name__
         factory_kwargs = {"device": device, "dtype": dtype}
         self._init_conv_args(in_channels, out_channels, stride, padding, groups, bias, padding_mode, factory_kwargs)
-        if not isinstance(kernel_count, int) or kernel_count <= 0:
-            raise ValueError(f"{name}: kernel_count must be a positive int, got {kernel_count!r}")
-        if interpolation not in ("bilinear", "gaussian"):
-            raise ValueError(f"{name}: interpolation must be 'bilinear' or 'gaussian', got {interpolation!r}")
-        if not (isinstance(sigma_min, (int, float)) and 0 < sigma_min < math.inf):
-            raise ValueError(f"{name}: sigma_min must be a finite number > 0, got {sigma_min!r}")
-        if engine not in ("auto", "taps", "dense"):
-            raise ValueError(f"{name}: engine must be 'auto', 'taps' or 'dense', got {engine!r}")
+        if kernel_count is None:
+            raise ValueError(f"{name}: kernel_count must be a positive int, got None")
+        check_options(name, kernel_count, interpolation, sigma_min, engine)
         self.dilated_kernel_size = per_axis(dilated_kernel_size, self.ndim, "dilated_kernel_size", name)
         if math.prod(self.dilated_kernel_size) > MAX_GEOMETRY:
             raise ValueError(f"{name}: window {self.dilated_kernel_size} has more than 2**24 cells")
@@ -167,7 +172,7 @@ class _DclsConvNd(ConvertedConv):
         return torch.where(self._learn_mask, self.positions, self.positions.detach())  # no gradient on fixed axes
 
     def dense_kernel(self) -> torch.Tensor:
-        return ops.dcls_kernel(self.weight, self._positions(), self.sigma, self.window, self.interpolation,
+        return ops.construct(self.weight, self._positions(), self.sigma, self.window, self.interpolation,
                                self.sigma_min)
 
     def uses_tap_engine(self, device_type: str | None = None) -> bool:

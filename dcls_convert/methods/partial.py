@@ -102,7 +102,7 @@ class _PartialDilatedConvNd(ConvertedConv):
 
     def dense_kernel(self) -> torch.Tensor:
         w, pos = self._taps()
-        return ops.dcls_kernel(w, pos, None, self.window, "nearest")
+        return ops.construct(w, pos, None, self.window, "nearest")
 
     def uses_tap_engine(self) -> bool:
         # Nearest taps touch kernel_count <= prod(window) entries, so the engine is never costlier than dense.

@@ -7,11 +7,10 @@ from typing import Sequence
 import torch
 
 from . import reference
+from ._autocast import cast_like_conv
 from ._library import backend_info, compiled_for, has_compiled_ops
 
-__all__ = ["dcls_kernel", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for", "INTERPOLATIONS"]
-
-INTERPOLATIONS = ("bilinear", "gaussian", "nearest")
+__all__ = ["construct", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for"]
 
 if has_compiled_ops():
     from ._autograd import register_autograd
@@ -21,7 +20,7 @@ if has_compiled_ops():
     register_autograd()
 
 
-def dcls_kernel(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None,
+def construct(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None,
                 window: Sequence[int], interpolation: str = "bilinear", sigma_min: float = 0.27) -> torch.Tensor:
     """Dense kernel (Cout, Cin/g, *window) from K taps per (out, in) pair.
 
@@ -37,9 +36,9 @@ def dcls_kernel(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tens
     4.5, outside the window, so the op clamps it to column 4.
     """
     window = [int(L) for L in window]
-    if compiled_for("dcls_construct", weight.device.type):
-        return torch.ops.dcls_convert.dcls_construct(weight, positions, sigma, window, interpolation, float(sigma_min))
-    return reference.dcls_construct(weight, positions, sigma, window, interpolation, sigma_min)
+    if compiled_for("construct", weight.device.type):
+        return torch.ops.dcls_convert.construct(weight, positions, sigma, window, interpolation, float(sigma_min))
+    return reference.construct(weight, positions, sigma, window, interpolation, sigma_min)
 
 
 def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None,
@@ -47,15 +46,11 @@ def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bi
               interpolation: str = "bilinear") -> torch.Tensor:
     """Depthwise convolution (groups = C) with a K-tap kernel that never builds the dense kernel.
 
-    Equal to F.convNd(x, dcls_kernel(weight, positions, None, window, interpolation), bias, stride, padding,
+    Equal to F.convNd(x, construct(weight, positions, None, window, interpolation), bias, stride, padding,
     groups=C); 1-D and 2-D, interpolation "bilinear" or "nearest"; zero padding (other modes pad first).
     """
     window, stride, padding = ([int(v) for v in seq] for seq in (window, stride, padding))
-    if torch.is_autocast_enabled(x.device.type):
-        # Autocast as F.convNd: input, weight and bias in the autocast dtype (float64 is left alone, as
-        # autocast does); positions stay in their own dtype.
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = (t.to(dtype) if t is not None and t.dtype != torch.float64 else t for t in (x, weight, bias))
+    x, weight, bias = cast_like_conv(x, weight, bias)
     if compiled_for("taps_conv", x.device.type):
         return torch.ops.dcls_convert.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
     return reference.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)

@@ -24,10 +24,10 @@ def _construct_setup(ctx, inputs, output):
 
 
 def _construct_backward(ctx, grad):
-    _refuse_double_backward("dcls_construct")
+    _refuse_double_backward("construct")
     weight, positions, sigma = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-    gw, gp, gs = torch.ops.dcls_convert.dcls_construct_backward(grad, weight, positions, sigma, *ctx.args, mask)
+    gw, gp, gs = torch.ops.dcls_convert.construct_backward(grad, weight, positions, sigma, *ctx.args, mask)
     return gw if mask[0] else None, gp if mask[1] else None, gs if mask[2] else None, None, None, None
 
 
@@ -49,5 +49,5 @@ def _taps_backward(ctx, grad):
 
 
 def register_autograd() -> None:
-    torch.library.register_autograd("dcls_convert::dcls_construct", _construct_backward, setup_context=_construct_setup)
+    torch.library.register_autograd("dcls_convert::construct", _construct_backward, setup_context=_construct_setup)
     torch.library.register_autograd("dcls_convert::taps_conv", _taps_backward, setup_context=_taps_setup)

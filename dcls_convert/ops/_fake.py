@@ -59,17 +59,17 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 def register_fakes() -> None:
     lib = "dcls_convert::"
 
-    @torch.library.register_fake(lib + "dcls_construct")
+    @torch.library.register_fake(lib + "construct")
     def _construct(weight, positions, sigma, window, interpolation, sigma_min):
         D = len(window)
-        torch._check(1 <= D <= 3, lambda: f"dcls_construct: window must have 1 to 3 dims, got {D}")
-        _check_window("dcls_construct", window)
-        torch._check(weight.dim() == 3, lambda: f"dcls_construct: weight must be (Cout, Cin/g, K), got {tuple(weight.shape)}")
+        torch._check(1 <= D <= 3, lambda: f"construct: window must have 1 to 3 dims, got {D}")
+        _check_window("construct", window)
+        torch._check(weight.dim() == 3, lambda: f"construct: weight must be (Cout, Cin/g, K), got {tuple(weight.shape)}")
         torch._check(tuple(positions.shape) == (D, *weight.shape),
-                     lambda: f"dcls_construct: positions must be ({D}, {tuple(weight.shape)}), got {tuple(positions.shape)}")
+                     lambda: f"construct: positions must be ({D}, {tuple(weight.shape)}), got {tuple(positions.shape)}")
         return weight.new_empty((weight.shape[0], weight.shape[1], *window))
 
-    @torch.library.register_fake(lib + "dcls_construct_backward")
+    @torch.library.register_fake(lib + "construct_backward")
     def _construct_backward(grad, weight, positions, sigma, window, interpolation, sigma_min, output_mask):
         gw = weight.new_empty(weight.shape if output_mask[0] else (0,))
         gp = positions.new_empty(positions.shape if output_mask[1] else (0,))

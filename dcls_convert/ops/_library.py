@@ -9,7 +9,7 @@ import torch
 
 __all__ = ["has_compiled_ops", "compiled_for", "backend_info", "OPS"]
 
-OPS = ("dcls_construct", "taps_conv")
+OPS = ("construct", "taps_conv")
 
 def describe_load_error(exc: BaseException, package_dir: str) -> str:
     """Why the compiled library is unavailable, in the words a user needs: not built at all, or built but not

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dcls_construct", "taps_conv", "axis_factors"]
+__all__ = ["construct", "taps_conv", "axis_factors"]
 
 _EINSUM = {1: "oik,oika->oia", 2: "oik,oika,oikb->oiab", 3: "oik,oika,oikb,oikc->oiabc"}
 
@@ -45,7 +45,7 @@ def axis_factors(positions, sigma, window, interpolation, sigma_min):
     return factors
 
 
-def dcls_construct(weight, positions, sigma, window: Sequence[int], interpolation: str = "bilinear",
+def construct(weight, positions, sigma, window: Sequence[int], interpolation: str = "bilinear",
                    sigma_min: float = 0.27):
     acc = _acc_dtype(weight.dtype)
     sig = sigma.to(acc) if sigma is not None else None
@@ -55,7 +55,7 @@ def dcls_construct(weight, positions, sigma, window: Sequence[int], interpolatio
 
 
 def taps_conv(x, weight, positions, bias, window, stride, padding, interpolation: str = "bilinear"):
-    """The dense oracle: F.convNd(x, dcls_construct(...), groups=C)."""
-    kernel = dcls_construct(weight, positions, None, window, interpolation)
+    """The dense oracle: F.convNd(x, construct(...), groups=C)."""
+    kernel = construct(weight, positions, None, window, interpolation)
     conv = {1: F.conv1d, 2: F.conv2d}[len(window)]
     return conv(x, kernel, bias, tuple(stride), tuple(padding), 1, x.shape[1])

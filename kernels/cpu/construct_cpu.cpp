@@ -62,7 +62,7 @@ at::Tensor construct_cpu(const at::Tensor& weight, const at::Tensor& positions, 
   auto out = at::empty(construct_output_size(weight, window), weight.options());
   if (out.numel() == 0) return out.zero_();
   const ConstructInputs in(weight, positions, sigma, interp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "construct_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cpu(
   ConstructGrads grads(weight, positions, interp, mask);
   const auto g = grad.to(weight.scalar_type()).contiguous();
   const ConstructInputs in(weight, positions, sigma, interp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "construct_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.grad = g.data_ptr<scalar_t>();
@@ -102,8 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dcls_convert, CPU, m) {
-  m.impl("dcls_construct", &construct_cpu);
-  m.impl("dcls_construct_backward", &construct_backward_cpu);
+  m.impl("construct", &construct_cpu);
+  m.impl("construct_backward", &construct_backward_cpu);
 }
 
 }  // namespace dcls_convert

@@ -26,7 +26,7 @@ at::Tensor construct_cuda(const at::Tensor& weight, const at::Tensor& positions,
   c10::cuda::CUDAGuard guard(weight.device());
   auto out = at::empty(construct_output_size(weight, window), weight.options());
   const ConstructInputs in(weight, positions, sigma, interp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "construct_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.out = out.data_ptr<scalar_t>();
@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cuda(
   ConstructGrads grads(weight, positions, interp, mask);
   const ConstructInputs in(weight, positions, sigma, interp);
   const auto g = grad.to(weight.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "dcls_construct_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "construct_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.grad = g.data_ptr<scalar_t>();
@@ -58,8 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> construct_backward_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dcls_convert, CUDA, m) {
-  m.impl("dcls_construct", &construct_cuda);
-  m.impl("dcls_construct_backward", &construct_backward_cuda);
+  m.impl("construct", &construct_cuda);
+  m.impl("construct_backward", &construct_backward_cuda);
 }
 
 }  // namespace dcls_convert

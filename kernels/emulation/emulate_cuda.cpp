@@ -233,9 +233,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
 }  // namespace
 
 TORCH_LIBRARY(dcls_convert_emulation, m) {
-  m.def("dcls_construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, str interpolation, "
+  m.def("construct(Tensor weight, Tensor positions, Tensor? sigma, int[] window, str interpolation, "
         "float sigma_min) -> Tensor");
-  m.def("dcls_construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
+  m.def("construct_backward(Tensor grad, Tensor weight, Tensor positions, Tensor? sigma, int[] window, "
         "str interpolation, float sigma_min) -> (Tensor, Tensor, Tensor)");
   m.def("taps_conv(Tensor input, Tensor weight, Tensor positions, Tensor? bias, int[] window, int[] stride, "
         "int[] padding, str interpolation) -> Tensor");
@@ -244,8 +244,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
 }
 
 TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
-  m.impl("dcls_construct", &emulate_construct);
-  m.impl("dcls_construct_backward", &emulate_construct_backward);
+  m.impl("construct", &emulate_construct);
+  m.impl("construct_backward", &emulate_construct_backward);
   m.impl("taps_conv", &emulate_taps_conv);
   m.impl("taps_conv_backward", &emulate_taps_conv_backward);
 }

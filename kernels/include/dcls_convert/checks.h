@@ -50,19 +50,19 @@ inline void check_taps_geometry(const at::Tensor& x, at::IntArrayRef window, at:
 inline void check_construct_args(const at::Tensor& weight, const at::Tensor& positions,
                                  const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, int interp) {
   const int64_t D = static_cast<int64_t>(window.size());
-  TORCH_CHECK(D >= 1 && D <= 3, "dcls_construct: window must have 1 to 3 dims, got ", D);
-  check_window("dcls_construct", window);
-  TORCH_CHECK(weight.dim() == 3, "dcls_construct: weight must be (Cout, Cin/groups, K), got ", weight.sizes());
+  TORCH_CHECK(D >= 1 && D <= 3, "construct: window must have 1 to 3 dims, got ", D);
+  check_window("construct", window);
+  TORCH_CHECK(weight.dim() == 3, "construct: weight must be (Cout, Cin/groups, K), got ", weight.sizes());
   TORCH_CHECK(positions.dim() == 4 && positions.size(0) == D && positions.size(1) == weight.size(0) &&
                   positions.size(2) == weight.size(1) && positions.size(3) == weight.size(2),
-              "dcls_construct: positions must be (", D, ", ", weight.sizes(), "), got ", positions.sizes());
-  TORCH_CHECK(positions.device() == weight.device(), "dcls_construct: positions and weight on different devices");
+              "construct: positions must be (", D, ", ", weight.sizes(), "), got ", positions.sizes());
+  TORCH_CHECK(positions.device() == weight.device(), "construct: positions and weight on different devices");
   TORCH_CHECK(at::isFloatingType(weight.scalar_type()) && at::isFloatingType(positions.scalar_type()),
-              "dcls_construct: weight and positions must be floating point");
+              "construct: weight and positions must be floating point");
   if (interp == kGaussian) {
     TORCH_CHECK(sigma.has_value() && sigma->sizes() == positions.sizes(),
-                "dcls_construct: gaussian interpolation needs sigma shaped like positions");
-    TORCH_CHECK(sigma->device() == weight.device(), "dcls_construct: sigma and weight on different devices");
+                "construct: gaussian interpolation needs sigma shaped like positions");
+    TORCH_CHECK(sigma->device() == weight.device(), "construct: sigma and weight on different devices");
   }
 }
 
@@ -102,7 +102,7 @@ inline void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef e
 inline void check_construct_backward_args(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& positions,
                                           const c10::optional<at::Tensor>& sigma, at::IntArrayRef window, int interp) {
   check_construct_args(weight, positions, sigma, window, interp);
-  check_grad("dcls_construct_backward", grad, construct_output_size(weight, window), weight.device());
+  check_grad("construct_backward", grad, construct_output_size(weight, window), weight.device());
 }
 
 inline void check_taps_backward_args(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight,

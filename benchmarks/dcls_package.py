@@ -1,9 +1,9 @@
-"""The reference DCLS library (`pip install dcls==0.1.1`), used only by the benchmarks when importable."""
+"""The DCLS paper's own package (`pip install dcls==0.1.1`), used only by the benchmarks when importable."""
 from __future__ import annotations
 
 import warnings
 
-__all__ = ["reference_layer", "available"]
+__all__ = ["dcls_package_layer", "available"]
 
 
 def available() -> bool:
@@ -14,7 +14,7 @@ def available() -> bool:
         return False
 
 
-def reference_layer(cin, cout, K, window, groups, padding, version="v0", ndim=2):
+def dcls_package_layer(cin, cout, K, window, groups, padding, version="v0", ndim=2):
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # it warns on the root logger, three times per layer
