@@ -72,9 +72,27 @@ def test_round_positions():
 
 
 def test_plot_kernels(tmp_path):
+    """The PNG is a real image, and the first panel shows channel 0's dense kernel (input channel 0)."""
     pytest.importorskip("matplotlib")
-    path = dc.plot_kernels(_model(), str(tmp_path / "k.png"))
-    assert (tmp_path / "k.png").stat().st_size > 1000 and path.endswith("k.png")
+    import matplotlib.axes
+    import matplotlib.image
+
+    model = _model()
+    drawn = {}
+    real = matplotlib.axes.Axes.imshow
+
+    def spy(ax, data, *args, **kwargs):
+        drawn.setdefault("first", data)
+        return real(ax, data, *args, **kwargs)
+
+    matplotlib.axes.Axes.imshow = spy
+    try:
+        path = dc.plot_kernels(model, str(tmp_path / "k.png"))
+    finally:
+        matplotlib.axes.Axes.imshow = real
+    assert path.endswith("k.png") and matplotlib.image.imread(path).ndim == 3
+    want = model[2].dense_kernel()[0, 0].detach().float().numpy()
+    assert drawn["first"].shape == want.shape and abs(drawn["first"] - want).max() < 1e-6
 
 
 def test_plot_kernels_shows_tap_moves(tmp_path):
