@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -12,7 +11,7 @@ import torch.nn as nn
 
 from .discovery import find_sites, swap
 from .functional import Rewrite, rewrite_owner, scan
-from .registry import get_method
+from .registry import BuiltLayer, get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
 from .targeting import ConvertConfig, TargetRules
 
@@ -288,7 +287,12 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         _carry_hooks(site.module, new)
         built.append((site, new, opts, rec, source))
 
-    _share_positions(built, facts)
+    layers = [BuiltLayer(site.name, new, opts, source, facts.get(id(site.module), (None, None, None))[2])
+              for site, new, opts, rec, source in built]
+    for name in dict.fromkeys(new.method for _, new, *_ in built):  # each method's hook, once, in build order
+        hook = get_method(name).after_build
+        if hook is not None:
+            hook([layer for layer in layers if layer.module.method == name])
     for site, new, opts, rec, _ in built:
         swap(site, new)
         rec.status, rec.method, rec.module = "converted", new.method, type(new).__name__
@@ -327,25 +331,6 @@ def _keep_requires_grad(new: nn.Module, source: nn.Module) -> None:
     bias_flag = source.bias.requires_grad if getattr(source, "bias", None) is not None else weight_flag
     for name, p in new.named_parameters():
         p.requires_grad_(bias_flag if name == "bias" else weight_flag)
-
-
-def _share_positions(built, facts) -> None:
-    """DCLS recipe (ConvNeXt-dcls): one positions tensor per stage for layers of the same shape; the method
-    chooses the shared positions (methods/dcls.py, share_positions), refitting each layer on its recorded inputs
-    when there are some."""
-    from .methods.dcls import placed_source_kernel, share_positions
-
-    groups: dict[tuple, list] = {}
-    for site, new, opts, rec, source in built:
-        if getattr(opts, "share_positions", None) != "stage":
-            continue
-        m = re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", site.name)
-        stage = m.group(1) if m else site.name.rsplit(".", 1)[0]
-        seen = facts.get(id(site.module), (None, None, None))[2]
-        groups.setdefault((stage, tuple(new.positions.shape), new.window), []).append(
-            ((new, placed_source_kernel(new, source)), seen))
-    for entries in groups.values():
-        share_positions([e[0] for e in entries], [e[1] for e in entries])
 
 
 def _record_calls(model, sites, example_inputs) -> dict[int, tuple[int | None, tuple | None, Any]]:

@@ -4,11 +4,25 @@ imported (the package imports it), so this module imports none of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
 
 from .targeting import TargetRules
 
-__all__ = ["MethodSpec", "register_method", "get_method", "list_methods"]
+__all__ = ["MethodSpec", "BuiltLayer", "register_method", "get_method", "list_methods"]
+
+
+@dataclass
+class BuiltLayer:
+    """A replacement built by convert, before it is swapped in (what a method's after_build hook sees)."""
+
+    name: str                    # the conv's module path
+    module: nn.Module            # the new module
+    options: Any                 # its method options
+    source: nn.Module            # the plain conv it was built from
+    inputs: torch.Tensor | None  # example inputs the conv saw (convert's example_inputs), else None
 
 
 @dataclass(frozen=True)
@@ -17,6 +31,9 @@ class MethodSpec:
     modules: dict[int, type]  # spatial dims -> module class with from_conv / to_conv
     options: type             # frozen dataclass of the method's options
     default_rules: TargetRules
+    # Called once per conversion with every layer of this method, after all are built and before any swap:
+    # where a method ties layers together (dcls: positions shared per stage). An error leaves the model untouched.
+    after_build: Callable[[list[BuiltLayer]], None] | None = None
 
     def make_options(self, values: dict[str, Any], where: str = "convert"):
         valid = [f.name for f in fields(self.options)]
@@ -29,8 +46,9 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, modules: dict[int, type], options: type, default_rules: TargetRules) -> MethodSpec:
-    spec = MethodSpec(name, dict(modules), options, default_rules)
+def register_method(name: str, modules: dict[int, type], options: type, default_rules: TargetRules,
+                    after_build: Callable[[list[BuiltLayer]], None] | None = None) -> MethodSpec:
+    spec = MethodSpec(name, dict(modules), options, default_rules, after_build)
     _REGISTRY[name] = spec
     return spec
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -308,6 +309,22 @@ def placed_source_kernel(module: _DclsConvNd, conv: nn.Module) -> torch.Tensor:
     _, shift = grow_padding(conv, extent, module.window, type(module).__name__)
     pads = [v for s, e, L in reversed(list(zip(shift, extent, module.window))) for v in (s, L - e - s)]
     return F.pad(target.to(module.weight.dtype), pads)
+
+
+def share_stage_positions(layers) -> None:
+    """The converter's hook (share_positions="stage", the ConvNeXt-dcls recipe): one positions tensor per stage for
+    layers of the same shape. A stage is the name up to "stage(s)N" / "layer(s)N", else the parent module."""
+    groups: dict[tuple, list] = {}
+    for layer in layers:
+        if getattr(layer.options, "share_positions", None) != "stage":
+            continue
+        m = re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", layer.name)
+        stage = m.group(1) if m else layer.name.rsplit(".", 1)[0]
+        key = (stage, tuple(layer.module.positions.shape), layer.module.window)
+        groups.setdefault(key, []).append(layer)
+    for members in groups.values():
+        share_positions([(lay.module, placed_source_kernel(lay.module, lay.source)) for lay in members],
+                        [lay.inputs for lay in members])
 
 
 def share_positions(members: Sequence[tuple[_DclsConvNd, torch.Tensor]],
