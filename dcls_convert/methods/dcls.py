@@ -1,5 +1,6 @@
-"""DCLS (Hassani, Pellegrini & Masquelier, "Dilated Convolution with Learnable Spacings", arXiv:2112.03740;
-reference library github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch): K taps per (out, in) pair at learned real-valued positions inside a window L,
+"""DCLS (Khalfaoui Hassani, Pellegrini & Masquelier, "Dilated Convolution with Learnable Spacings", ICLR 2023,
+arXiv:2112.03740; the authors' package: github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch):
+K taps per (out, in) pair at learned real-valued positions inside a window L,
 spread onto the grid by bilinear or gaussian interpolation. Depthwise 1-D/2-D layers run the compiled tap
 engine (reads only the taps); the rest build the dense kernel (compiled construct op) and convolve."""
 from __future__ import annotations
