@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from ..padding import PADDING_MODES, normalize_padding, pad_input, side_pads
 
 __all__ = ["ConvertedConv", "CONV_CLASSES", "MAX_GEOMETRY", "conv_forward", "source_kernel", "check_source_conv", "per_axis",
@@ -100,6 +101,12 @@ class ConvertedConv(nn.Module):
 
     def _pads(self) -> list[tuple[int, int]]:
         return side_pads(self.padding, self.window)
+
+    def _taps_forward(self, x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor,
+                      interpolation: str) -> torch.Tensor:
+        """The layer through the tap engine (depthwise): pad as the module pads, then ops.taps_conv."""
+        xp, sym = pad_input(x, self._pads(), self.padding_mode)
+        return ops.taps_conv(xp, weight, positions, self.bias, self.window, self.stride, sym, interpolation)
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = type(self).__name__

@@ -165,8 +165,7 @@ class _BloomConvNd(ConvertedConv):
             kernel = self.dense_kernel()
             w = kernel.flatten(2)
             pos = grid_offsets(self.window, w.dtype, w.device)[:, None, None, :].expand(self.ndim, *w.shape)
-            xp, sym = pad_input(x, self._pads(), self.padding_mode)
-            return ops.taps_conv(xp, w, pos, self.bias, self.window, self.stride, sym, "nearest")
+            return self._taps_forward(x, w, pos, "nearest")
         if not self.uses_blur_path():
             return super().forward(x)
         s, ndim = self.factors, self.ndim

@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..padding import pad_input
 from .base import (MAX_GEOMETRY, ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
                    relative_error, source_kernel)
 
@@ -213,8 +212,7 @@ class _DclsConvNd(ConvertedConv):
         if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self._check_finite()
         if self.uses_tap_engine(x.device.type):
-            xp, sym = pad_input(x, self._pads(), self.padding_mode)
-            return ops.taps_conv(xp, self.weight, self._positions(), self.bias, self.window, self.stride, sym, "bilinear")
+            return self._taps_forward(x, self.weight, self._positions(), "bilinear")
         return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..padding import pad_input
 from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
                    source_kernel)
 
@@ -117,9 +116,7 @@ class _PartialDilatedConvNd(ConvertedConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self.uses_tap_engine():
-            w, pos = self._taps()
-            xp, sym = pad_input(x, self._pads(), self.padding_mode)
-            return ops.taps_conv(xp, w, pos, self.bias, self.window, self.stride, sym, "nearest")
+            return self._taps_forward(x, *self._taps(), "nearest")
         return conv_forward(x, self.dense_kernel(), self.bias, self.stride, self._pads(), self.padding_mode, self.groups)
 
     def pattern(self) -> str:
