@@ -34,24 +34,8 @@ void scatter_plane(const ConstructArgs<scalar_t, acc_t>& a, int64_t p, acc_t* bu
           for (int64_t t2 = 0; t2 < a.L[2]; ++t2, ++f) buf[f] += w * n[0][t0] * n[1][t1] * n[2][t2];
       continue;
     }
-    const int per_axis = corners_per_axis(a.interp);
-    int ncorners = 1;
-    for (int64_t d = 0; d < D; ++d) ncorners *= per_axis;
-    for (int b = 0; b < ncorners; ++b) {
-      int64_t f = 0;
-      bool inside = true;
-      acc_t coef = w;
-      for (int64_t d = 0; d < D; ++d) {
-        const int bit = (b >> d) & 1;
-        const int64_t t = c[d].cell + bit;
-        inside = inside && t < a.L[d];
-        coef *= a.interp == kNearest ? acc_t(1) : corner_weight(c[d], bit);
-        f = f * a.L[d] + t;
-      }
-      if (!inside) continue;
-      for (int64_t d = D; d < 3; ++d) f *= a.L[d];
-      buf[f] += coef;
-    }
+    for_each_corner(c, D, a.L, a.interp,
+                    [&](int64_t f, const acc_t* cw, int) { buf[f] += w * cw[0] * cw[1] * cw[2]; });
   }
 }
 

@@ -31,6 +31,31 @@ struct ConstructArgs {
   DCLS_HD int64_t at(int64_t d, int64_t p, int64_t k) const { return (d * P + p) * K + k; }
 };
 
+// Visits the in-window grid corners of one tap (2^D for bilinear, 1 for nearest): fn(f, cw, b) with f the flat
+// index in the (L0, L1, L2) window, cw[d] the corner weight along axis d (1 for nearest and on axes >= D) and b
+// the corner's bits (bit d set: the upper cell along axis d). The CPU scatter and the backward share it.
+template <typename acc_t, typename Fn>
+DCLS_HD void for_each_corner(const Coord<acc_t>* c, int64_t D, const int64_t* L, int interp, Fn&& fn) {
+  const int per_axis = corners_per_axis(interp);
+  int ncorners = 1;
+  for (int64_t d = 0; d < D; ++d) ncorners *= per_axis;
+  for (int b = 0; b < ncorners; ++b) {
+    int64_t f = 0;
+    bool inside = true;
+    acc_t cw[3] = {1, 1, 1};
+    for (int64_t d = 0; d < D; ++d) {
+      const int bit = (b >> d) & 1;
+      const int64_t t = c[d].cell + bit;
+      inside = inside && t < L[d];
+      cw[d] = interp == kNearest ? acc_t(1) : corner_weight(c[d], bit);
+      f = f * L[d] + t;
+    }
+    if (!inside) continue;
+    for (int64_t d = D; d < 3; ++d) f *= L[d];
+    fn(f, cw, b);
+  }
+}
+
 // Interpolation weight of tap (p, k) at grid index t along axis d.
 template <typename scalar_t, typename acc_t>
 DCLS_HD acc_t axis_weight(const ConstructArgs<scalar_t, acc_t>& a, int64_t d, int64_t p, int64_t k, int64_t t) {
@@ -124,22 +149,7 @@ DCLS_HD void construct_backward_thread(int64_t idx, const ConstructArgs<scalar_t
       }
     }
   } else {
-    const int per_axis = corners_per_axis(a.interp);
-    int ncorners = 1;
-    for (int64_t d = 0; d < D; ++d) ncorners *= per_axis;
-    for (int b = 0; b < ncorners; ++b) {
-      int64_t f = 0;
-      bool inside = true;
-      acc_t cw[3] = {1, 1, 1};
-      for (int64_t d = 0; d < D; ++d) {
-        const int bit = (b >> d) & 1;
-        const int64_t t = c[d].cell + bit;
-        inside = inside && t < a.L[d];
-        cw[d] = a.interp == kNearest ? acc_t(1) : corner_weight(c[d], bit);
-        f = f * a.L[d] + t;
-      }
-      if (!inside) continue;
-      for (int64_t d = D; d < 3; ++d) f *= a.L[d];
+    for_each_corner(c, D, a.L, a.interp, [&](int64_t f, const acc_t* cw, int b) {
       const acc_t gv = static_cast<acc_t>(G[f]);
       gw += gv * cw[0] * cw[1] * cw[2];
       if (a.interp == kBilinear) {
@@ -148,7 +158,7 @@ DCLS_HD void construct_backward_thread(int64_t idx, const ConstructArgs<scalar_t
           gu[d] += rest * static_cast<acc_t>(corner_sign((b >> d) & 1));
         }
       }
-    }
+    });
   }
   if (a.grad_weight) a.grad_weight[idx] = gw;
   for (int64_t d = 0; d < D; ++d) {
