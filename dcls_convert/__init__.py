@@ -1,39 +1,25 @@
 """dcls-convert: convert the convolutions of a PyTorch model to DCLS (learnable spacings), bloomed
-(interpolated dilation) or partially dilated kernels, backed by compiled ops, and fine-tune it."""
-from .convert import convert as convert
-from .densify import densify as densify
-from .distributed import shard_groups as shard_groups
-from .kernel_dilation import dilate_kernel as dilate_kernel
-from .kernel_dilation import undilate_kernel as undilate_kernel
-from .methods import BloomConv1d as BloomConv1d
-from .methods import BloomConv2d as BloomConv2d
-from .methods import BloomOptions as BloomOptions
-from .methods import DclsConv1d as DclsConv1d
-from .methods import DclsConv2d as DclsConv2d
-from .methods import DclsConv3d as DclsConv3d
-from .methods import DclsOptions as DclsOptions
-from .methods import PartialDilatedConv1d as PartialDilatedConv1d
-from .methods import PartialDilatedConv2d as PartialDilatedConv2d
-from .methods import PartialOptions as PartialOptions
-from .ops import backend_info as backend_info
-from .plot import plot_kernels as plot_kernels
-from .dcls_package import load_dcls_package_state_dict as load_dcls_package_state_dict
-from .registry import list_methods as list_methods
-from .registry import register_method as register_method
-from .report import ConversionError as ConversionError
-from .report import ConversionReport as ConversionReport
-from .report import NoTargetError as NoTargetError
-from .serialization import load as load
-from .serialization import save as save
-from .targeting import ConvertConfig as ConvertConfig
-from .targeting import TargetRules as TargetRules
-from .training import SigmaAnnealer as SigmaAnnealer
-from .training import clamp_positions_ as clamp_positions_
-from .training import freeze as freeze
-from .training import keep_positions_in_range as keep_positions_in_range
-from .training import param_groups as param_groups
-from .training import round_positions_ as round_positions_
+(interpolated dilation) or partially dilated kernels, backed by compiled ops, and fine-tune it.
 
+The names below load on first use (PEP 562), so `import dcls_convert` and the CLI's --help do not import torch."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "convert": "convert", "densify": "densify", "shard_groups": "distributed", "dilate_kernel": "kernel_dilation",
+    "undilate_kernel": "kernel_dilation", "backend_info": "ops", "plot_kernels": "plot",
+    "load_dcls_package_state_dict": "dcls_package", "list_methods": "registry", "register_method": "registry",
+    "ConversionError": "report", "ConversionReport": "report", "NoTargetError": "report", "load": "serialization",
+    "save": "serialization", "ConvertConfig": "targeting", "TargetRules": "targeting", "SigmaAnnealer": "training",
+    "clamp_positions_": "training", "freeze": "training", "keep_positions_in_range": "training",
+    "param_groups": "training", "round_positions_": "training",
+    **{name: "methods" for name in ("BloomConv1d", "BloomConv2d", "BloomOptions", "DclsConv1d", "DclsConv2d",
+                                     "DclsConv3d", "DclsOptions", "PartialDilatedConv1d", "PartialDilatedConv2d",
+                                     "PartialOptions")},
+}
 __all__ = [
     "convert", "densify", "save", "load", "param_groups", "dilate_kernel", "undilate_kernel", "backend_info",
     "DclsConv1d", "DclsConv2d", "DclsConv3d", "BloomConv1d", "BloomConv2d", "PartialDilatedConv1d",
@@ -43,3 +29,39 @@ __all__ = [
     "load_dcls_package_state_dict", "shard_groups",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:  # a submodule (dcls_convert.ops, dcls_convert.serialization, ...)
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what static tools see
+    from .convert import convert
+    from .densify import densify
+    from .distributed import shard_groups
+    from .dcls_package import load_dcls_package_state_dict
+    from .kernel_dilation import dilate_kernel, undilate_kernel
+    from .methods import (BloomConv1d, BloomConv2d, BloomOptions, DclsConv1d, DclsConv2d, DclsConv3d, DclsOptions,
+                          PartialDilatedConv1d, PartialDilatedConv2d, PartialOptions)
+    from .ops import backend_info
+    from .plot import plot_kernels
+    from .registry import list_methods, register_method
+    from .report import ConversionError, ConversionReport, NoTargetError
+    from .serialization import load, save
+    from .targeting import ConvertConfig, TargetRules
+    from .training import (SigmaAnnealer, clamp_positions_, freeze, keep_positions_in_range, param_groups,
+                           round_positions_)

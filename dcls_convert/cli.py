@@ -13,8 +13,6 @@ import os
 import sys
 from typing import Any
 
-import torch
-
 __all__ = ["main"]
 
 
@@ -27,7 +25,7 @@ def _parse_value(text: str) -> Any:
 
 def _build_model(name: str, checkpoint: str | None, num_classes: int | None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import timm
+    import timm  # here, not at the top: `--help` and `--version` stay instant
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if checkpoint is not None and not os.path.isfile(checkpoint):
@@ -44,6 +42,8 @@ def _build_model(name: str, checkpoint: str | None, num_classes: int | None):
 
 def _load_weights(model, path: str) -> None:
     """safetensors or a weights-only torch file: no code from the checkpoint runs."""
+    import torch
+
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

@@ -1,6 +1,6 @@
 """Methods by name: the converter knows a method only through its MethodSpec (torchao/PEFT style); adding
 one is a single `register_method` call. The built-in methods register themselves when dcls_convert.methods is
-imported (the package imports it), so this module imports none of them."""
+imported, which the first lookup does (this module does not import them at load time: they import it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -53,11 +53,17 @@ def register_method(name: str, modules: dict[int, type], options: type, default_
     return spec
 
 
+def _load_builtin_methods() -> None:
+    from . import methods  # noqa: F401  (registers dcls, bloom, partial on first import)
+
+
 def get_method(name: str) -> MethodSpec:
+    _load_builtin_methods()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
 
 
 def list_methods() -> list[str]:
+    _load_builtin_methods()
     return sorted(_REGISTRY)

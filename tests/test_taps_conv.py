@@ -150,7 +150,7 @@ def test_absurd_geometry_raises_instead_of_crashing(what, window, stride, paddin
 
     code = f"""
 import torch
-import dcls_convert  # registers the ops
+import dcls_convert.ops  # registers the ops
 x = torch.randn(1, 2, 4, 4)
 w = torch.randn(2, 1, 3)
 p = torch.zeros(2, 2, 1, 3)
