@@ -15,6 +15,7 @@ import functools
 import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -84,12 +85,14 @@ class _OwnForwardTracer(fx.Tracer):
     """Traces one module's own forward: every child stays a call_module leaf."""
 
     def __init__(self):
-        try:  # functions timm marks as not traceable stay calls
-            from timm.models._features_fx import get_notrace_functions
+        wrap = ()
+        if "timm" in sys.modules:  # a timm model is loaded: functions timm marks as not traceable stay calls
+            try:
+                from timm.models._features_fx import get_notrace_functions
 
-            wrap = tuple(get_notrace_functions())
-        except Exception:
-            wrap = ()
+                wrap = tuple(get_notrace_functions())
+            except Exception:  # another timm version: trace them
+                pass
         super().__init__(autowrap_functions=wrap, param_shapes_constant=True)
         self.record_stack_traces = True
 

@@ -514,3 +514,25 @@ def test_reflect_padding_on_a_small_input_names_the_module():
     m = dc.DclsConv2d.from_conv(nn.Conv2d(4, 4, 7, padding=3, padding_mode="reflect", groups=4))
     with pytest.raises(ValueError, match="DclsConv2d: reflect padding 8"):
         m(torch.randn(1, 4, 7, 7))
+
+
+def test_kernel_longer_than_its_input_trains():
+    """A (130, 1) window on a 95-row input with padding 33 (a widened (64, 1) conv in a late layer): PyTorch 2.14's
+    CPU weight gradient hangs or crashes with implicit padding; the dense path pads explicitly. In a subprocess, so
+    a regression fails on the timeout instead of hanging or killing the test run."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, torch.nn.functional as F
+import dcls_convert as dc
+m = dc.DclsConv2d(16, 16, kernel_count=8, dilated_kernel_size=(130, 1), padding=(33, 0), engine="dense")
+x = torch.randn(8, 16, 95, 1)
+y = m(x)
+y.square().sum().backward()
+want = F.conv2d(F.pad(x, (0, 0, 33, 33)), m.dense_kernel(), m.bias)
+assert torch.allclose(y, want, atol=1e-5) and m.positions.grad is not None and m.weight.grad.abs().sum() > 0
+print("trained")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "trained" in r.stdout, r.stderr[-800:]

@@ -37,6 +37,11 @@ def per_axis(value, ndim: int, name: str, owner: str, minimum: int = 1) -> tuple
 
 def conv_forward(x, kernel, bias, stride, pads, padding_mode, groups):
     x, sym = pad_input(x, pads, padding_mode)
+    if any(sym) and any(k > n for k, n in zip(kernel.shape[2:], x.shape[2:])):
+        # A kernel longer than its input with implicit padding sends PyTorch 2.14's CPU (oneDNN) weight gradient
+        # into a hang or a crash; padding explicitly avoids it (wide windows in late layers do this).
+        x = F.pad(x, [p for p in reversed(sym) for _ in range(2)])
+        sym = [0] * len(sym)
     return _CONV_FN[kernel.dim() - 2](x, kernel, bias, stride, sym, 1, groups)
 
 
