@@ -15,7 +15,7 @@ _EXPORTS = {
     "ConversionError": "report", "ConversionReport": "report", "NoTargetError": "report", "load": "serialization",
     "save": "serialization", "ConvertConfig": "targeting", "TargetRules": "targeting", "SigmaAnnealer": "training",
     "clamp_positions_": "training", "freeze": "training", "keep_positions_in_range": "training",
-    "param_groups": "training", "round_positions_": "training",
+    "param_groups": "training", "round_positions_": "training", "Distiller": "distill",
     **{name: "methods" for name in ("BloomConv1d", "BloomConv2d", "BloomOptions", "DclsConv1d", "DclsConv2d",
                                      "DclsConv3d", "DclsOptions", "PartialDilatedConv1d", "PartialDilatedConv2d",
                                      "PartialOptions")},
@@ -26,7 +26,7 @@ __all__ = [
     "PartialDilatedConv2d", "DclsOptions", "BloomOptions", "PartialOptions", "ConvertConfig", "TargetRules",
     "ConversionReport", "ConversionError", "NoTargetError", "register_method", "list_methods", "plot_kernels",
     "clamp_positions_", "keep_positions_in_range", "SigmaAnnealer", "freeze", "round_positions_",
-    "load_dcls_package_state_dict", "shard_groups",
+    "load_dcls_package_state_dict", "shard_groups", "Distiller",
 ]
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static tools see
     from .convert import convert
     from .densify import densify
+    from .distill import Distiller
     from .distributed import shard_groups
     from .dcls_package import load_dcls_package_state_dict
     from .kernel_dilation import dilate_kernel, undilate_kernel

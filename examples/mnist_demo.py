@@ -51,8 +51,10 @@ def phase(message: str) -> None:
     print(f"[{time.perf_counter() - _START:6.1f} s] {message}", flush=True)
 
 
-def train(model, data, epochs, lr, desc, seed=0, use_groups=True):
+def train(model, data, epochs, lr, desc, seed=0, use_groups=True, teacher=None):
+    """teacher: the original network; the loss is then half labels, half distillation from it (dc.Distiller)."""
     x, y = data
+    distill = dc.Distiller(teacher, model, alpha=0.5, temperature=2.0) if teacher is not None else None
     groups = dc.param_groups(model, lr=lr, weight_decay=1e-4) if use_groups else model.parameters()
     opt = torch.optim.AdamW(groups, lr=lr)
     dc.keep_positions_in_range(opt, model)
@@ -64,7 +66,7 @@ def train(model, data, epochs, lr, desc, seed=0, use_groups=True):
             model.train()
             for xb, yb in batches(x, y, 64, seed + epoch):
                 t0 = time.perf_counter()
-                loss = F.cross_entropy(model(xb), yb)
+                loss = distill(xb, yb)[0] if distill is not None else F.cross_entropy(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -123,17 +125,20 @@ def main(argv=None):
     base_acc = accuracy(base, xte, yte)
 
     rows = []
-    variants = {"baseline (fine-tuned on)": None, "dcls": {}, "partial": {}, "bloom": {}}
-    for name, options in variants.items():
+    # name: (method, options, fine-tune with the original as teacher)
+    variants = {"baseline (fine-tuned on)": (None, None, False), "dcls": ("dcls", {}, False),
+                "partial": ("partial", {}, False), "bloom": ("bloom", {}, False),
+                "bloom, distilled": ("bloom", {}, True)}
+    for name, (method, options, distilled) in variants.items():
         model = SmallCNN()
         model.load_state_dict(load_file(ckpt))  # every variant starts from the same checkpoint
         model.eval()
         phase(f"{name}: " + ("fine-tuning the original" if options is None else "converting, then fine-tuning") +
               f" for {ft_epochs} epoch(s)")
         if options is not None:
-            rules = dc.TargetRules(min_kernel=3, odd_kernel=True) if name != "dcls" else None
+            rules = dc.TargetRules(min_kernel=3, odd_kernel=True) if method != "dcls" else None
             # example inputs: each layer's start is fitted to what it sees (bloom's data-aware start)
-            model, report = dc.convert(model, name, rules=rules, example_inputs=xtr[:256], **options)
+            model, report = dc.convert(model, method, rules=rules, example_inputs=xtr[:256], **options)
             print(f"\n{report}")
             with torch.no_grad():
                 ref, got = base.eval()(xte[:256]), model(xte[:256])
@@ -141,7 +146,7 @@ def main(argv=None):
             print(f"{name}: converted logits vs original, max relative difference {rel:.1e}")
             at_conversion = copy.deepcopy(model)  # the kernel plot shows where taps moved from here
         acc_before = accuracy(model, xte, yte)
-        ms = train(model, (xtr, ytr), ft_epochs, 1e-3, f"fine-tune {name}")
+        ms = train(model, (xtr, ytr), ft_epochs, 1e-3, f"fine-tune {name}", teacher=base if distilled else None)
         acc_after = accuracy(model, xte, yte)
         rows.append(dict(method=name, params=sum(p.numel() for p in model.parameters()), rf=receptive_field(model),
                          before=acc_before, after=acc_after, ms=ms))
