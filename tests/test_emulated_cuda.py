@@ -9,6 +9,15 @@ from helpers import random_taps
 E = emulation_ops()
 
 
+@pytest.mark.parametrize("window, K", [([11, 9], 7), ([17], 34), ([9, 9], 400)])
+def test_gaussian_construct_by_plane(window, K):
+    """The CUDA gaussian forward's block algorithm (profiles in shared memory, more elements than threads), and
+    the per-element gather it falls back to when the profiles exceed shared memory (K=400 on 9x9 in float64)."""
+    w, p, s = random_taps(len(window), 3, 2, K, window, spread=1.4, sigma=True)
+    torch.testing.assert_close(E.construct(w, p, s, window, "gaussian", 0.27),
+                               reference.construct(w, p, s, window, "gaussian"), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("interp", ["bilinear", "gaussian", "nearest"])
 @pytest.mark.parametrize("window", [[9], [6, 5], [3, 4, 5]])
 @pytest.mark.parametrize("integer", [False, True])

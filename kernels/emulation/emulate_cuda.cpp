@@ -23,7 +23,16 @@ at::Tensor emulate_construct(const at::Tensor& weight, const at::Tensor& positio
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_construct_args<scalar_t, acc_t>(in.weight, in.pos, in.sigma, window, interp, sigma_min);
     a.out = out.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < out.numel(); ++i) construct_forward_thread(i, a);
+    if (gauss_profiles_fit(a)) {  // the CUDA block algorithm: phase by phase over a block of 64 threads
+      constexpr int64_t kBlock = 64;
+      std::vector<acc_t> prof(gauss_profile_count(a));
+      for (int64_t p = 0; p < a.P; ++p) {
+        for (int64_t tid = 0; tid < kBlock; ++tid) gauss_profiles_phase(p, tid, kBlock, a, prof.data());
+        for (int64_t tid = 0; tid < kBlock; ++tid) gauss_gather_phase(p, tid, kBlock, a, prof.data());
+      }
+    } else {
+      for (int64_t i = 0; i < out.numel(); ++i) construct_forward_thread(i, a);
+    }
   });
   return out;
 }

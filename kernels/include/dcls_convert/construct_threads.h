@@ -89,6 +89,56 @@ DCLS_HD void construct_forward_thread(int64_t idx, const ConstructArgs<scalar_t,
   a.out[idx] = static_cast<scalar_t>(acc);
 }
 
+// Gaussian forward, one block per plane p (the CUDA kernel; the emulation runs the same phases). Phase 1: the
+// block computes the K x D normalised 1-D profiles once into shared memory; phase 2: every dense element is a sum
+// over taps of products of profile values. K * sum(L) exponentials per plane instead of vol * K * D * (L + 1) in
+// the per-element gather, with the same arithmetic, so the result is bitwise the gather's.
+// Shared layout: axis d's profiles at offset K * (L_0 + ... + L_{d-1}), tap k's row at + k * L_d.
+constexpr int64_t kGaussProfileBytes = 48 * 1024;  // the default shared memory of a block
+
+template <typename scalar_t, typename acc_t>
+DCLS_HD int64_t gauss_profile_count(const ConstructArgs<scalar_t, acc_t>& a) {
+  int64_t n = 0;
+  for (int64_t d = 0; d < a.D; ++d) n += a.L[d];
+  return a.K * n;
+}
+
+template <typename scalar_t, typename acc_t>
+DCLS_HD bool gauss_profiles_fit(const ConstructArgs<scalar_t, acc_t>& a) {
+  return a.interp == kGaussian && gauss_profile_count(a) * static_cast<int64_t>(sizeof(acc_t)) <= kGaussProfileBytes;
+}
+
+template <typename scalar_t, typename acc_t>
+DCLS_HD void gauss_profiles_phase(int64_t p, int64_t tid, int64_t nthreads, const ConstructArgs<scalar_t, acc_t>& a,
+                                  acc_t* prof) {
+  for (int64_t i = tid; i < a.K * a.D; i += nthreads) {
+    const int64_t d = i / a.K, k = i % a.K;
+    int64_t off = 0;
+    for (int64_t e = 0; e < d; ++e) off += a.K * a.L[e];
+    acc_t* row = prof + off + k * a.L[d];
+    const Coord<acc_t> c = grid_coord(a.pos[a.at(d, p, k)], a.L[d], a.interp);
+    const Gauss<acc_t> g = gauss_axis(c.u, a.sigma[a.at(d, p, k)], a.sigma_min, a.L[d]);
+    for (int64_t t = 0; t < a.L[d]; ++t) row[t] = gauss_value(g, t);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+DCLS_HD void gauss_gather_phase(int64_t p, int64_t tid, int64_t nthreads, const ConstructArgs<scalar_t, acc_t>& a,
+                                const acc_t* prof) {
+  const int64_t vol = a.volume();
+  const int64_t off[3] = {0, a.K * a.L[0], a.K * (a.L[0] + a.L[1])};
+  for (int64_t f = tid; f < vol; f += nthreads) {
+    const int64_t t[3] = {f / (a.L[1] * a.L[2]), (f / a.L[2]) % a.L[1], f % a.L[2]};
+    acc_t acc = 0;
+    for (int64_t k = 0; k < a.K; ++k) {
+      acc_t coef = static_cast<acc_t>(a.weight[p * a.K + k]);
+      for (int64_t d = 0; d < a.D && coef != acc_t(0); ++d) coef *= prof[off[d] + k * a.L[d] + t[d]];
+      acc += coef;
+    }
+    a.out[p * vol + f] = static_cast<scalar_t>(acc);
+  }
+}
+
 // One thread per tap (p, k): reads the dense gradient on the tap's footprint and writes the
 // gradients of its weight, position and sigma (no atomics, deterministic).
 template <typename scalar_t, typename acc_t>
