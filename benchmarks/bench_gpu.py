@@ -162,6 +162,27 @@ def run_layers(quick: bool, fl: dict) -> None:
     print_table(rows, cols)
 
 
+def run_construct() -> None:
+    """The construct op alone (the dense path of DCLS layers): bilinear vs gaussian forward and backward."""
+    rows = []
+    for P, L in [(768, 17), (96 * 96, 17), (768, 51)]:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        w = torch.randn(P, 1, 34, device="cuda", generator=g)
+        p = (torch.rand(2, P, 1, 34, device="cuda", generator=g) - 0.5) * L * 1.3
+        s = torch.rand(2, P, 1, 34, device="cuda", generator=g) * 2 - 0.5
+        fns = {}
+        for interp in ("bilinear", "gaussian"):
+            sig = s if interp == "gaussian" else None
+            wg, pg = w.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
+            fns[interp + " fwd"] = lambda sig=sig, interp=interp: ops.construct(w, p, sig, [L, L], interp)
+            fns[interp + " fwd+bwd"] = lambda sig=sig, interp=interp, wg=wg, pg=pg: \
+                ops.construct(wg, pg, sig, [L, L], interp).sum().backward()
+        t = cuda_time(fns)
+        rows.append({"planes x K": f"{P} x 34", "L": L, **{k: t[k] for k in fns}})
+    print("\nconstruct alone, ms (float32, K = 34 random taps)")
+    print_table(rows, list(rows[0]))
+
+
 def run_model() -> None:
     """convnext_tiny, batch 64, 224x224, channels_last, one SGD step: original vs converted (dcls, K=34, w17,
     positions shared per stage), AMP bfloat16 and float32."""
@@ -208,6 +229,7 @@ def main() -> None:
     print(f"floors: copy {fl['copy'] / 1e12:.2f} TB/s (read + written), float32 GEMM {fl['f32'] / 1e12:.1f} TFLOP/s, "
           f"bfloat16 GEMM {fl['bf16'] / 1e12:.0f} TFLOP/s")
     run_layers(args.quick, fl)
+    run_construct()
     if args.model:
         run_model()
 
