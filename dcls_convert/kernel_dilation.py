@@ -5,14 +5,9 @@ from typing import Sequence
 
 import torch
 
+from .geometry import per_axis
+
 __all__ = ["dilate_kernel", "undilate_kernel", "dilated_extent"]
-
-
-def _per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
-    vals = (value,) * ndim if isinstance(value, int) else tuple(value)
-    if len(vals) != ndim or any(int(v) < 1 for v in vals):
-        raise ValueError(f"{name} must be a positive int or {ndim} positive ints, got {value!r}")
-    return tuple(int(v) for v in vals)
 
 
 def dilated_extent(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
@@ -30,7 +25,7 @@ def dilate_kernel(weight: torch.Tensor, dilation: int | Sequence[int]) -> torch.
         tensor([[[1., 0., 1., 0., 1.]]])
     """
     ndim = weight.dim() - 2
-    dil = _per_axis(dilation, ndim, "dilation")
+    dil = per_axis(dilation, ndim, "dilation", "dilate_kernel")
     out = weight.new_zeros((*weight.shape[:2], *dilated_extent(weight.shape[2:], dil)))
     out[(slice(None), slice(None), *(slice(None, None, d) for d in dil))] = weight
     return out
@@ -39,7 +34,7 @@ def dilate_kernel(weight: torch.Tensor, dilation: int | Sequence[int]) -> torch.
 def undilate_kernel(weight: torch.Tensor, dilation: int | Sequence[int]) -> torch.Tensor:
     """Inverse of `dilate_kernel`: keeps every `dilation`-th tap (the holes are dropped, not checked)."""
     ndim = weight.dim() - 2
-    dil = _per_axis(dilation, ndim, "dilation")
+    dil = per_axis(dilation, ndim, "dilation", "undilate_kernel")
     for L, d in zip(weight.shape[2:], dil):
         if (L - 1) % d:
             raise ValueError(f"a dilated extent of {L} is not k + (k-1)(d-1) for dilation {d}")

@@ -10,29 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..geometry import per_axis
 from ..padding import PADDING_MODES, normalize_padding, pad_input, side_pads
 
-__all__ = ["ConvertedConv", "CONV_CLASSES", "MAX_GEOMETRY", "conv_forward", "source_kernel", "check_source_conv", "per_axis",
+__all__ = ["ConvertedConv", "CONV_CLASSES", "conv_forward", "source_kernel", "check_source_conv",
            "grow_padding", "conv_kwargs", "copy_bias", "relative_error"]
 
 CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-# Largest window, stride or padding per axis, as the compiled ops check it (kernels/include/dcls_convert/checks.h):
-# every size derived from them then fits in int64, so no argument or recipe file can crash the process.
-MAX_GEOMETRY = 2**24
-
-
-def per_axis(value, ndim: int, name: str, owner: str, minimum: int = 1) -> tuple[int, ...]:
-    try:
-        vals = (value,) * ndim if isinstance(value, int) else tuple(value)
-    except TypeError:
-        vals = ()
-    if len(vals) != ndim or any(isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= MAX_GEOMETRY
-                                for v in vals):
-        raise ValueError(f"{owner}: {name} must be an int in [{minimum}, 2**24] or {ndim} of them, got {value!r}")
-    return tuple(vals)
 
 
 def conv_forward(x, kernel, bias, stride, pads, padding_mode, groups):

@@ -12,9 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..geometry import per_axis
 from ..padding import pad_input
-from .base import (ConvertedConv, check_source_conv, conv_kwargs, copy_bias, grow_padding, per_axis,
-                   relative_error, source_kernel)
+from .base import (ConvertedConv, check_source_conv, conv_kwargs, copy_bias, grow_padding, relative_error,
+                   source_kernel)
 
 __all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "tent_nd", "bloom_matrix", "bloom_kernel"]
 

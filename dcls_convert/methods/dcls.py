@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from .base import (MAX_GEOMETRY, ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
+from ..geometry import MAX_GEOMETRY, per_axis
+from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding,
                    relative_error, source_kernel)
 
 __all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window", "placed_source_kernel",

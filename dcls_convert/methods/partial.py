@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding, per_axis,
+from ..geometry import per_axis
+from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding,
                    source_kernel)
 
 __all__ = ["PartialOptions", "PartialDilatedConv1d", "PartialDilatedConv2d", "axis_pattern"]

@@ -7,7 +7,7 @@ import torch
 __all__ = ["register_fakes"]
 
 
-MAX_GEOMETRY = 2**24  # the compiled ops' limit per axis (kernels/include/dcls_convert/checks.h)
+from ..geometry import MAX_GEOMETRY  # the compiled ops' limit per axis (kernels/include/dcls_convert/checks.h)
 
 
 def _out_size(size, window, stride, padding):
