@@ -234,7 +234,7 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         hint = "; functional call sites are converted with functional=True" if set(unknown) & calls else ""
         raise ValueError(f"convert: by_name names no conv in the model: {unknown[:5]}; convs are named like "
                          f"{sorted(known)[:5]}{hint}")
-    facts = _record_calls(target, sites, example_inputs) if example_inputs is not None else {}
+    facts, reference_output = _record_calls(target, sites, example_inputs) if example_inputs is not None else ({}, None)
 
     plan = []
     for site in sites:
@@ -300,6 +300,10 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         rec.params_after = sum(p.numel() for p in new.parameters())
         rec.init_error = new.init_error
         rec.engine = new.engine_name()
+    if reference_output is not None:  # the whole model on the example inputs, before vs after
+        from .analysis import relative_output_error, run_eval
+
+        report.output_error = relative_output_error(run_eval(target, example_inputs), reference_output)
 
 
 def _progress(items, enabled):
@@ -333,7 +337,7 @@ def _keep_requires_grad(new: nn.Module, source: nn.Module) -> None:
         p.requires_grad_(bias_flag if name == "bias" else weight_flag)
 
 
-def _record_calls(model, sites, example_inputs) -> dict[int, tuple[int | None, tuple | None, Any]]:
+def _record_calls(model, sites, example_inputs) -> tuple[dict[int, tuple[int | None, tuple | None, Any]], Any]:
     from .analysis import record_calls
 
     return record_calls(model, [s.module for s in sites], example_inputs, keep_inputs=True)

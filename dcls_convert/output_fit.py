@@ -30,12 +30,10 @@ def patch_moments(x: torch.Tensor, module, groups: int) -> torch.Tensor | None:
     xp, sym = pad_input(x, side_pads(module.padding, window), module.padding_mode)
     if any(sym):
         xp = F.pad(xp, [p for p in reversed(sym) for _ in range(2)])
-    if ndim == 1:
-        xp, window, stride = xp.unsqueeze(2), (1, window[0]), (1, module.stride[0])
-    else:
-        stride = tuple(module.stride)
-    cols = F.unfold(xp, window, stride=stride)  # (N, Cin * cells, P)
-    cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N * P, Cin * cells)
+    for d in range(ndim):  # (N, Cin, *outputs, *window): every patch as a view, any number of dims
+        xp = xp.unfold(2 + d, window[d], module.stride[d])
+    order = [0, *range(2, 2 + ndim), 1, *range(2 + ndim, 2 + 2 * ndim)]
+    cols = xp.permute(order).reshape(-1, groups * dim)  # (N * outputs, Cin * cells)
     if cols.shape[0] > MAX_PATCHES:  # a fixed subsample: the same start every run
         idx = torch.randperm(cols.shape[0], generator=torch.Generator().manual_seed(0))[:MAX_PATCHES]
         cols = cols[idx.to(cols.device)]

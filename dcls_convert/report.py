@@ -44,6 +44,7 @@ class ConversionReport:
     layers: list[LayerRecord] = field(default_factory=list)
     functional_convs: list[str] = field(default_factory=list)  # F.conv* call sites left alone (functional=False)
     trace_error: str | None = None   # modules whose forward names a conv call but could not be traced
+    output_error: float | None = None  # the model's relative output error on convert's example_inputs
 
     @property
     def converted(self) -> list[LayerRecord]:
@@ -66,7 +67,8 @@ class ConversionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "totals": self.totals(), "layers": [asdict(r) for r in self.layers],
-                "functional_convs": list(self.functional_convs), "trace_error": self.trace_error}
+                "functional_convs": list(self.functional_convs), "trace_error": self.trace_error,
+                "output_error": self.output_error}
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -94,6 +96,9 @@ class ConversionReport:
         console.print(table)
         console.print(f"converted {t['converted']}, skipped {t['skipped']}; parameters of converted convs "
                       f"{t['params_before']} -> {t['params_after']}; max init error {err}")
+        if self.output_error is not None:
+            console.print(f"model output on the example inputs: relative error {self.output_error:.1e} (converted vs "
+                          "original, eval mode)")
         calls = [r for r in conv if r.origin]
         if calls:
             owners = {r.name.rsplit(".", 1)[0] for r in calls if " call in " in r.origin}

@@ -174,6 +174,19 @@ def test_example_inputs_record_calls_and_shapes():
     assert rec["twice"].calls == 2 and rec["dw"].calls == 2 and rec["seq1d"].input_shape == (1, 8, 64)
 
 
+def test_report_gives_the_models_output_error_on_the_example_inputs():
+    torch.manual_seed(0)
+    model, x = Zoo().eval(), torch.randn(4, 3, 16, 16)
+    exact, report = dc.convert(model, "dcls", example_inputs=x)
+    assert report.output_error is not None and report.output_error < 1e-6  # K = k*k: exact
+    lossy, report = dc.convert(model, "dcls", kernel_count=4, example_inputs=x)
+    with torch.no_grad():
+        want = float((lossy(x) - model(x)).norm() / model(x).norm())
+    assert report.output_error == pytest.approx(want, rel=1e-4) and report.output_error > 1e-3
+    assert "model output on the example inputs: relative error" in str(report)
+    assert dc.convert(model, "dcls")[1].output_error is None  # no inputs, no claim
+
+
 def test_report_table_and_dict():
     _, report = dc.convert(Zoo(), "dcls")
     text = str(report)
