@@ -79,6 +79,7 @@ class OwnerTrace:
     graph: fx.Graph | None
     calls: list[CallSite] = field(default_factory=list)
     error: str = ""
+    constants: dict = field(default_factory=dict)  # tensors the forward creates, which the graph reads by name
 
 
 class _OwnForwardTracer(fx.Tracer):
@@ -116,17 +117,22 @@ def _mentions_conv(m: nn.Module) -> bool:
     return re.search(r"conv[123]d|_conv_forward", src) is not None
 
 
-def trace_owner(module: nn.Module) -> fx.Graph:
-    """The graph of `module`'s own forward. The tracer may store tensor constants on the module: removed."""
+def trace_owner(module: nn.Module) -> tuple[fx.Graph, dict]:
+    """The graph of `module`'s own forward, and the tensor constants it reads by name (the tracer stores those on
+    the module: they are taken off it again, the module is left as it was)."""
     before = set(vars(module))
+    constants = {}
     try:
-        return _OwnForwardTracer().trace(module)
+        return _OwnForwardTracer().trace(module), constants
     finally:
         for key in set(vars(module)) - before:
+            constants[key] = vars(module)[key]
             delattr(module, key)
 
 
-def _fetch(owner: nn.Module, target: str):
+def _fetch(owner: nn.Module, target: str, constants: dict | None = None):
+    if constants and target in constants:
+        return constants[target]
     return functools.reduce(getattr, target.split("."), owner)
 
 
@@ -144,7 +150,7 @@ class _NotConvertible(Exception):
     pass
 
 
-def _evaluate(node, owner: nn.Module, memo: dict, params: list, ops: list):
+def _evaluate(node, owner: nn.Module, memo: dict, params: list, ops: list, constants: dict):
     """The value `node` has now, when it depends only on the owner's attributes (no inputs, no submodule calls)."""
     if not isinstance(node, fx.Node):
         return node
@@ -155,15 +161,15 @@ def _evaluate(node, owner: nn.Module, memo: dict, params: list, ops: list):
     if node.op == "call_module":
         raise _NotConvertible(f"its weight comes out of a submodule call ({node.target})")
     if node.op == "get_attr":
-        value = _fetch(owner, node.target)
+        value = _fetch(owner, node.target, constants)
         if isinstance(value, nn.Parameter):
             params.append(value)
     elif node.op in ("call_function", "call_method"):
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         if _RANDOM.search(name) or name.endswith("_") and not name.startswith("__"):
             raise _NotConvertible(f"its weight goes through {name}, which is random or in place")
-        args = fx.node.map_arg(node.args, lambda n: _evaluate(n, owner, memo, params, ops))
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: _evaluate(n, owner, memo, params, ops))
+        args = fx.node.map_arg(node.args, lambda n: _evaluate(n, owner, memo, params, ops, constants))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: _evaluate(n, owner, memo, params, ops, constants))
         with torch.no_grad():
             value = getattr(args[0], node.target)(*args[1:], **kwargs) if node.op == "call_method" \
                 else node.target(*args, **kwargs)
@@ -174,7 +180,7 @@ def _evaluate(node, owner: nn.Module, memo: dict, params: list, ops: list):
     return value
 
 
-def _call_site(owner: Site, node: fx.Node, attr: str) -> CallSite:
+def _call_site(owner: Site, node: fx.Node, attr: str, constants: dict) -> CallSite:
     ndim = CONV_FUNCTIONS[node.target]
     site = CallSite(owner, node.name, attr, f"conv{ndim}d", _where(node))
     args = dict(zip(_ARG_NAMES, node.args))
@@ -192,11 +198,11 @@ def _call_site(owner: Site, node: fx.Node, attr: str) -> CallSite:
                for v in geometry.values()):
             raise _NotConvertible("its stride, padding, dilation or groups are computed at run time")
         memo, params, ops = {}, [], []
-        weight = _evaluate(args.get("weight"), module, memo, params, ops)
+        weight = _evaluate(args.get("weight"), module, memo, params, ops, constants)
         if not params:
             raise _NotConvertible("its weight is a buffer or constant, not a parameter of the model")
         weight_params, weight_ops = list(params), list(ops)
-        bias = _evaluate(args.get("bias"), module, memo, params, ops)
+        bias = _evaluate(args.get("bias"), module, memo, params, ops, constants)
         if not isinstance(weight, torch.Tensor) or weight.dim() != ndim + 2 or weight.is_complex():
             raise _NotConvertible(f"its weight is not a real {ndim + 2}-D tensor")
         if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != weight.shape[:1]):
@@ -237,14 +243,14 @@ def _free_attr(module: nn.Module, graph: fx.Graph, base: str, taken: set[str]) -
 def owner_trace(site: Site) -> OwnerTrace:
     """The conv calls in one module's own forward (empty when there are none)."""
     try:
-        graph = trace_owner(site.module)
+        graph, constants = trace_owner(site.module)
     except Exception as exc:
         return OwnerTrace(site, None, error=f"FX trace failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
-    trace = OwnerTrace(site, graph)
+    trace = OwnerTrace(site, graph, constants=constants)
     taken: set[str] = set()
     for node in graph.nodes:
         if node.op == "call_function" and node.target in CONV_FUNCTIONS:
-            trace.calls.append(_call_site(site, node, _free_attr(site.module, graph, node.name, taken)))
+            trace.calls.append(_call_site(site, node, _free_attr(site.module, graph, node.name, taken), constants))
     if len(trace.calls) == 1 and trace.calls[0].conv is not None and isinstance(site.module, _CONV_TYPES):
         graph = _replaced(trace, trace.calls)
         nodes = list(graph.nodes)
@@ -300,7 +306,7 @@ def rewrite_owner(trace: OwnerTrace, calls: list[CallSite]) -> nn.Module:
     graph = _replaced(trace, calls)
     before = {n.target for n in trace.graph.nodes if n.op in ("get_attr", "call_module")}
     convs = {c.attr: c.conv for c in calls}
-    root = {n.target: convs[n.target] if n.target in convs else _fetch(owner, n.target)
+    root = {n.target: convs[n.target] if n.target in convs else _fetch(owner, n.target, trace.constants)
             for n in graph.nodes if n.op in ("get_attr", "call_module")}
     gm = fx.GraphModule(root, graph, class_name=type(owner).__name__)
     consumed = before - set(root)

@@ -187,3 +187,22 @@ def test_timm_scaled_std_conv_network_converts():
     assert not any(isinstance(m, timm.layers.ScaledStdConv2d) and m.kernel_size != (1, 1) for m in out.modules())
     with torch.no_grad():
         assert _close(out(x), model(x))
+
+
+def test_tensors_created_in_forward_stay_with_the_rewritten_module():
+    """torch.tensor(...) in forward: FX reads it by name; the rewritten module keeps it, the original gets none."""
+    class WithConstants(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 1, 5, 5))
+
+        def forward(self, x):
+            return nn.functional.conv2d(x, self.weight * torch.tensor(0.5), padding=2, groups=8) + torch.tensor(1.0)
+
+    model = nn.Sequential(WithConstants()).eval()
+    x = torch.randn(1, 8, 9, 9)
+    out, report = dc.convert(model, "dcls", functional=True)
+    assert report.converted[0].origin.endswith("through mul as computed at conversion time")
+    assert not any(k.startswith("_tensor_constant") for k in vars(model[0]))
+    with torch.no_grad():
+        assert _close(out(x), model(x))
