@@ -1,4 +1,6 @@
-"""Time of convert() on timm models (median of several runs, model built outside the timing).
+"""Time of convert() on timm models (median of several runs, model built outside the timing): with and without
+the FX pass that finds conv calls in forward code (analyze), and converting those calls (functional=True, timm's
+ScaledStdConv2d / StdConv2d networks).
 
     python benchmarks/bench_convert.py
 """
@@ -20,16 +22,21 @@ import dcls_convert as dc  # noqa: E402
 
 def main():
     print(machine_line())
+    all_convs = dc.TargetRules(min_kernel=3)
     for name, kwargs in (("convnext_tiny", {}), ("convnext_tiny", {"kernel_count": 34, "share_positions": "stage"}),
-                         ("resnet50", {"rules": dc.TargetRules(min_kernel=3, stride=1)})):
+                         ("convnext_tiny", {"analyze": False}),
+                         ("resnet50", {"rules": dc.TargetRules(min_kernel=3, stride=1)}),
+                         ("nf_regnet_b0", {"rules": all_convs, "functional": True}),
+                         ("resnetv2_50x1_bit", {"rules": all_convs, "functional": True})):
         model = timm.create_model(name)
         times = []
         for _ in range(5):
             t0 = time.perf_counter()
-            _, report = dc.convert(model, "dcls", **kwargs)
+            _, report = dc.convert(model, "partial" if kwargs.get("functional") else "dcls", **kwargs)
             times.append(time.perf_counter() - t0)
         opts = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "rules") or "defaults"
-        print(f"convert({name}, 'dcls', {opts}): {len(report.converted)} convs converted, median "
+        method = "partial" if kwargs.get("functional") else "dcls"
+        print(f"convert({name}, {method!r}, {opts}): {len(report.converted)} convs converted, median "
               f"{statistics.median(times) * 1e3:.0f} ms (min {min(times) * 1e3:.0f} ms)")
 
 

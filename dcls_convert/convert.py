@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .discovery import find_sites, swap
+from .discovery import carry_hooks, find_sites, swap
 from .functional import Rewrite, rewrite_owner, scan
 from .registry import BuiltLayer, get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
@@ -217,8 +217,23 @@ def _rewrite_calls(traces, cfg: ConvertConfig, report: ConversionReport, rewrite
                 chosen.append(call)
                 origins[id(call.conv)] = (call, seen_as)
         if chosen:
-            rewrite.apply(trace.site, rewrite_owner(trace, chosen))
+            new = rewrite_owner(trace, chosen)
+            rewrite.apply(trace.site, new)
+            trace.reads = _reads_after(trace, new)
+    uses: dict[int, int] = {}
+    for call, _ in origins.values():
+        for p in call.weight_params:
+            uses[id(p)] = uses.get(id(p), 0) + 1
+    for call, _ in origins.values():  # say where a tie between calls is cut
+        call.shared = any(uses[id(p)] > 1 for p in call.weight_params)
     return origins
+
+
+def _reads_after(trace, new: nn.Module) -> dict[str, str]:
+    """What the rewritten module still reads of its submodules' tensors (a replaced call's reads are gone)."""
+    from .functional import reads_of
+
+    return reads_of(trace.site.names, new.graph) if isinstance(new, torch.fx.GraphModule) else {}
 
 
 def _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, analyze, progress) -> None:
@@ -226,6 +241,7 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
     # conv subclasses whose forward was traced for its calls are reported through those calls
     call_owners = {id(t.site.module) for t in traces if t.calls} if functional else set()
     untraced = {id(t.site.module): t.error for t in traces if t.error} if functional else {}
+    read_by = {name: reader for t in traces for name, reader in t.reads.items()}
     sites = [s for s in sites if id(s.module) not in call_owners]
     known = {n for site in sites for n in site.names} | {r.name for r in report.layers}
     unknown = [n for n in cfg.by_name if n not in known]
@@ -246,6 +262,10 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         rec.calls, rec.input_shape, _ = facts.get(id(conv), (None, None, None))
         report.layers.append(rec)
         source, why = (conv, "") if call else source_conv_view(conv, effective=functional)
+        reader = next((read_by[n] for n in site.names if n in read_by), None)
+        if reader is not None:
+            source, why = None, (f"{reader}'s forward reads its tensors directly (e.g. self.conv.weight); converting it "
+                                 "would break that")
         if source is None:
             rec.reason = why + (f"; its forward could not be traced: {untraced[id(conv)]}" if id(conv) in untraced else "")
             continue
@@ -284,7 +304,7 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
                                   f"{exc}") from exc
         new.train(site.module.training)
         _keep_requires_grad(new, source)
-        _carry_hooks(site.module, new)
+        carry_hooks(site.module, new)
         built.append((site, new, opts, rec, source))
 
     layers = [BuiltLayer(site.name, new, opts, source, facts.get(id(site.module), (None, None, None))[2])
@@ -312,20 +332,6 @@ def _progress(items, enabled):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc="dcls_convert", unit="conv")
-
-
-_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
-
-
-def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
-    """Forward, pre-forward and backward hooks registered on the conv keep firing on its replacement: the new
-    module shares the conv's hook dictionaries, so the handles the user holds still remove them."""
-    for attr in _HOOK_DICTS:
-        if hasattr(old, attr) and hasattr(new, attr):
-            setattr(new, attr, getattr(old, attr))
-    if getattr(old, "_is_full_backward_hook", None) is not None:
-        new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def _keep_requires_grad(new: nn.Module, source: nn.Module) -> None:

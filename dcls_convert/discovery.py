@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-__all__ = ["Site", "find_sites", "swap"]
+__all__ = ["Site", "find_sites", "swap", "carry_hooks"]
 
 
 @dataclass
@@ -42,3 +42,17 @@ def find_sites(model: nn.Module, predicate: Callable[[nn.Module], bool]) -> list
 def swap(site: Site, new: nn.Module) -> None:
     for parent, attr in site.slots:
         setattr(parent, attr, new)
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Forward, pre-forward and backward hooks registered on the conv keep firing on its replacement: the new
+    module shares the conv's hook dictionaries, so the handles the user holds still remove them."""
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr) and hasattr(new, attr):
+            setattr(new, attr, getattr(old, attr))
+    if getattr(old, "_is_full_backward_hook", None) is not None:
+        new._is_full_backward_hook = old._is_full_backward_hook

@@ -22,9 +22,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .discovery import Site, find_sites, swap
+from .discovery import Site, carry_hooks, find_sites, swap
 
-__all__ = ["CallSite", "OwnerTrace", "scan", "owner_trace", "rewrite_owner", "Rewrite", "functional_entries"]
+__all__ = ["CallSite", "OwnerTrace", "scan", "owner_trace", "rewrite_owner", "reads_of", "Rewrite", "functional_entries"]
 
 CONV_FUNCTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}  # F.convNd is torch.convNd
 _CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -32,6 +32,7 @@ _CONV_TYPES = tuple(_CONV_CLASSES.values())
 _ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _RANDOM = re.compile(r"rand|dropout|bernoulli|normal_|uniform_|multinomial")
 META_KEY = "dcls_convert"  # GraphModule.meta entry of a rewritten module: which calls became which convs
+_PRESERVED = getattr(fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class CallSite:
     conv: nn.Module | None = None  # plain nn.ConvNd with the weight as the call computes it (None: not convertible)
     reason: str = ""            # why it is not convertible
     transform: str = ""         # ops between the parameter and the call ("" = the parameter itself)
+    weight_params: list = field(default_factory=list)  # the parameters the weight is computed from
+    shared: bool = False        # another converted call computes its weight from one of those too
 
     @property
     def names(self) -> list[str]:
@@ -66,6 +69,8 @@ class CallSite:
         """How the conv was obtained, for the report."""
         where = f" ({self.where})" if self.where else ""
         how = f"its weight through {self.transform}" if self.transform else "its weight parameter"
+        if self.shared:
+            how += " (a parameter another converted call also used: each conv now has its own copy)"
         if not self.attr:
             return (f"{type(self.owner.module).__name__}: its forward is one F.{self.fn} call{where}; converted from "
                     f"{how} as computed at conversion time")
@@ -80,6 +85,7 @@ class OwnerTrace:
     calls: list[CallSite] = field(default_factory=list)
     error: str = ""
     constants: dict = field(default_factory=dict)  # tensors the forward creates, which the graph reads by name
+    reads: dict = field(default_factory=dict)      # {submodule name: reader}: tensors read directly (self.conv.weight)
 
 
 class _OwnForwardTracer(fx.Tracer):
@@ -117,17 +123,65 @@ def _mentions_conv(m: nn.Module) -> bool:
     return re.search(r"conv[123]d|_conv_forward", src) is not None
 
 
-def trace_owner(module: nn.Module) -> tuple[fx.Graph, dict]:
-    """The graph of `module`'s own forward, and the tensor constants it reads by name (the tracer stores those on
-    the module: they are taken off it again, the module is left as it was)."""
-    before = set(vars(module))
+def trace_owner(module: nn.Module, concrete_args: dict | None = None) -> tuple[fx.Graph, dict]:
+    """The graph of `module`'s own forward, and the tensor constants it reads by name. Tracing runs the forward's
+    Python code: whatever it stores on the module (the tracer's constants, a cached activation, a counter) is put
+    back as it was, so the module is left unchanged."""
+    state = dict(vars(module))
+    registries = {k: dict(state[k]) for k in ("_parameters", "_buffers", "_modules") if k in state}
     constants = {}
     try:
-        return _OwnForwardTracer().trace(module), constants
+        return _OwnForwardTracer().trace(module, concrete_args=concrete_args), constants
     finally:
-        for key in set(vars(module)) - before:
-            constants[key] = vars(module)[key]
-            delattr(module, key)
+        now = vars(module)
+        for key in list(now):
+            if key not in state:
+                value = now.pop(key)
+                if key.startswith("_tensor_constant"):
+                    constants[key] = value
+            elif now[key] is not state[key]:
+                now[key] = state[key]
+        for key, saved in registries.items():
+            now[key].clear()
+            now[key].update(saved)
+
+
+def _code(graph: fx.Graph) -> str:
+    return graph.python_code("self").src
+
+
+def _ops(graph: fx.Graph) -> list[tuple[str, str]]:
+    return [(n.op, str(n.target)) for n in graph.nodes if n.op not in ("placeholder", "output")
+            and getattr(n.target, "__name__", "") != "_assert_is_none"]
+
+
+def _trace_depends_on(module: nn.Module, graph: fx.Graph) -> str:
+    """Why one trace of `module` does not stand for its forward in general ("" when it does): the forward reads
+    self.training (the trace would fix the mode) or branches on an optional argument left at None."""
+    was = module.training
+    module.training = not was  # this module only: its children are leaves, their mode is not traced
+    try:
+        other, _ = trace_owner(module)
+    except Exception:
+        other = None
+    finally:
+        module.training = was
+    if other is None or _code(other) != _code(graph):
+        return ("its forward depends on self.training (dropout, batch statistics...): a traced rewrite would fix "
+                "the mode")
+    try:
+        optional = [name for name, p in list(inspect.signature(module.forward).parameters.items())[1:]
+                    if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        optional = []
+    if optional:
+        try:
+            specialised, _ = trace_owner(module, {name: None for name in optional})
+        except Exception:  # the forward needs them: a trace with them given stands for it
+            return ""
+        if _ops(specialised) != _ops(graph):
+            return f"its forward branches on the optional argument(s) {optional}: a traced rewrite would fix that"
+    return ""
 
 
 def _fetch(owner: nn.Module, target: str, constants: dict | None = None):
@@ -223,6 +277,7 @@ def _call_site(owner: Site, node: fx.Node, attr: str, constants: dict) -> CallSi
             conv.bias = nn.Parameter(bias.detach().clone().to(weight.dtype), flag)
         conv.train(module.training)
         site.conv, site.transform = conv, " -> ".join(dict.fromkeys(weight_ops))
+        site.weight_params = weight_params
     except _NotConvertible as exc:
         site.reason = str(exc)
     except Exception as exc:  # a transform that fails on its own values: report, never fail the conversion
@@ -240,17 +295,34 @@ def _free_attr(module: nn.Module, graph: fx.Graph, base: str, taken: set[str]) -
     return name
 
 
+def reads_of(owner_names: list[str], graph: fx.Graph) -> dict[str, str]:
+    """{module name: reader} for the submodules whose tensors this forward reads directly (self.conv.weight)."""
+    out = {}
+    for node in graph.nodes:
+        if node.op == "get_attr" and "." in node.target:
+            child = node.target.rsplit(".", 1)[0]
+            for name in owner_names:
+                out[f"{name}.{child}" if name else child] = f"{owner_names[0] or 'the root module'}"
+    return out
+
+
 def owner_trace(site: Site) -> OwnerTrace:
     """The conv calls in one module's own forward (empty when there are none)."""
     try:
         graph, constants = trace_owner(site.module)
     except Exception as exc:
         return OwnerTrace(site, None, error=f"FX trace failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
-    trace = OwnerTrace(site, graph, constants=constants)
+    trace = OwnerTrace(site, graph, constants=constants, reads=reads_of(site.names, graph))
+    nodes = [n for n in graph.nodes if n.op == "call_function" and n.target in CONV_FUNCTIONS]
+    if not nodes:
+        return trace
+    depends = _trace_depends_on(site.module, graph)
     taken: set[str] = set()
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target in CONV_FUNCTIONS:
-            trace.calls.append(_call_site(site, node, _free_attr(site.module, graph, node.name, taken), constants))
+    for node in nodes:
+        call = _call_site(site, node, _free_attr(site.module, graph, node.name, taken), constants)
+        if depends and call.conv is not None:
+            call.conv, call.reason = None, depends
+        trace.calls.append(call)
     if len(trace.calls) == 1 and trace.calls[0].conv is not None and isinstance(site.module, _CONV_TYPES):
         graph = _replaced(trace, trace.calls)
         nodes = list(graph.nodes)
@@ -260,39 +332,59 @@ def owner_trace(site: Site) -> OwnerTrace:
     return trace
 
 
+def _depth(site: Site) -> int:
+    """How deep the module sits under its deepest name (the root: 0)."""
+    return max(n.count(".") + 1 if n else 0 for n in site.names)
+
+
 def scan(model: nn.Module) -> list[OwnerTrace]:
-    """Every module (root included) whose own forward calls a conv function, or that could not be traced although
-    its forward's source names one. Deepest modules first, so a rewrite never hides a module still to rewrite."""
+    """Every module (root included) whose own forward calls a conv function or reads a submodule's tensors, or
+    that could not be traced although its forward's source names a conv. Deepest first (by the deepest name a
+    module has), so a module is rewritten before any parent that holds it."""
     user = {id(m) for m in model.modules() if _user_forward(m)}
     sites = [Site(model, [""], [])] if id(model) in user else []
     sites += find_sites(model, lambda m: id(m) in user)
     out = []
     for site in sites:
         trace = owner_trace(site)
-        if trace.calls or (trace.error and _mentions_conv(site.module)):
+        if trace.calls or trace.reads or (trace.error and _mentions_conv(site.module)):
             out.append(trace)
-    return sorted(out, key=lambda t: -t.site.name.count(".") - bool(t.site.name))
+    return sorted(out, key=lambda t: -_depth(t.site))
 
 
-def _drop_unused(graph: fx.Graph) -> None:
-    """Dead-code elimination over attribute reads and pure calls (the weight's transform once its call is gone);
-    module calls stay (their purity is unknown without the owner)."""
+def _drop_unused(graph: fx.Graph, candidates: set[str]) -> None:
+    """Removes the replaced calls' weight and bias computations once nothing else uses them; every other node
+    stays (in-place ops and side effects included)."""
     for node in reversed(list(graph.nodes)):
-        if node.op in ("get_attr", "call_function", "call_method") and not node.users and not node.is_impure():
+        if node.name in candidates and not node.users:
             graph.erase_node(node)
+
+
+def _weight_path(node: fx.Node) -> set[str]:
+    """Names of the nodes that compute a conv call's weight and bias (attribute reads and pure calls only)."""
+    out, todo = set(), [a for a in list(node.args[1:3]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]
+                        if isinstance(a, fx.Node)]
+    while todo:
+        n = todo.pop()
+        if n.name not in out and n.op in ("get_attr", "call_function", "call_method"):
+            out.add(n.name)
+            todo.extend(n.all_input_nodes)
+    return out
 
 
 def _replaced(trace: OwnerTrace, calls: list[CallSite]) -> fx.Graph:
     graph = copy.deepcopy(trace.graph)
     nodes = {n.name: n for n in graph.nodes}
+    candidates: set[str] = set()
     for call in calls:
         node = nodes[call.node]
+        candidates |= _weight_path(node)
         x = node.args[0] if node.args else node.kwargs["input"]
         with graph.inserting_before(node):
             new = graph.call_module(call.attr or "_", (x,))
         node.replace_all_uses_with(new)
         graph.erase_node(node)
-    _drop_unused(graph)
+    _drop_unused(graph, candidates)
     graph.lint()
     return graph
 
@@ -302,6 +394,7 @@ def rewrite_owner(trace: OwnerTrace, calls: list[CallSite]) -> nn.Module:
     the owner is a conv subclass whose forward is only that call. Builds new objects; the owner is not modified."""
     owner = trace.site.module
     if len(calls) == 1 and not calls[0].attr:
+        carry_hooks(owner, calls[0].conv)  # and on to the converted module, as for any conv
         return calls[0].conv
     graph = _replaced(trace, calls)
     before = {n.target for n in trace.graph.nodes if n.op in ("get_attr", "call_module")}
@@ -318,6 +411,13 @@ def rewrite_owner(trace: OwnerTrace, calls: list[CallSite]) -> nn.Module:
     for name, b in owner.named_buffers(recurse=False):
         if name not in consumed and not hasattr(gm, name):
             gm.register_buffer(name, b, persistent=name not in owner._non_persistent_buffers_set)
+    plain = {k: v for k, v in vars(owner).items()  # ints, floats, strings... the rest of the model may read them
+             if not k.startswith("_") and k != "training" and not isinstance(v, (nn.Module, torch.Tensor))
+             and not hasattr(gm, k)}
+    for k, v in plain.items():
+        setattr(gm, k, v)
+    gm.meta[_PRESERVED] = dict(plain)  # GraphModule's deepcopy restores these
+    carry_hooks(owner, gm)
     gm.train(owner.training)
     gm.meta[META_KEY] = {"class": f"{type(owner).__module__}.{type(owner).__qualname__}",
                          "calls": [{"node": c.node, "attr": c.attr} for c in calls]}
@@ -344,7 +444,9 @@ def functional_entries(model: nn.Module) -> list[dict]:
     """Recipe entries of the rewritten modules in `model`: {"module", "class", "calls": [{"node", "attr"}]},
     deepest first (the order `load` rebuilds them in)."""
     out = []
-    for site in find_sites(model, lambda m: isinstance(m, fx.GraphModule) and META_KEY in getattr(m, "meta", {})):
+    for site in sorted(find_sites(model, lambda m: isinstance(m, fx.GraphModule) and META_KEY in getattr(m, "meta", {})),
+                       key=lambda site: -_depth(site)):
         meta = site.module.meta[META_KEY]
-        out.append({"module": site.name, "class": meta["class"], "calls": [dict(c) for c in meta["calls"]]})
-    return sorted(out, key=lambda e: -e["module"].count("."))
+        deepest = max(site.names, key=lambda n: n.count("."))
+        out.append({"module": deepest, "class": meta["class"], "calls": [dict(c) for c in meta["calls"]]})
+    return out

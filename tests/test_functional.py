@@ -206,3 +206,129 @@ def test_tensors_created_in_forward_stay_with_the_rewritten_module():
     assert not any(k.startswith("_tensor_constant") for k in vars(model[0]))
     with torch.no_grad():
         assert _close(out(x), model(x))
+
+
+class _Dropping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return nn.functional.dropout(nn.functional.conv2d(x, self.weight, padding=1), 0.5, self.training)
+
+
+class _Optional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+
+    def forward(self, x, scale=None):
+        y = nn.functional.conv2d(x, self.weight, padding=1)
+        if scale is not None:
+            y = y * scale
+        return y
+
+
+def test_forwards_a_trace_cannot_stand_for_are_skipped():
+    """A forward that reads self.training or branches on an optional argument would be frozen by the rewrite."""
+    model = nn.Sequential(_Dropping(), _Optional(), nn.Conv2d(8, 8, 3, padding=1))
+    out, report = dc.convert(model, "partial", functional=True, rules=ALL)
+    rec = {r.name: r for r in report.layers}
+    assert "depends on self.training" in rec["0.conv2d"].reason
+    assert "optional argument(s) ['scale']" in rec["1.conv2d"].reason
+    assert type(out[0]) is _Dropping and type(out[1]) is _Optional
+
+
+def test_in_place_ops_and_side_effects_survive_the_rewrite():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+            self.register_buffer("seen", torch.zeros(8))
+
+        def forward(self, x):
+            y = nn.functional.conv2d(x, self.weight, padding=1)
+            self.seen.add_(y.detach().mean((0, 2, 3)))
+            y.add_(x)
+            y.relu_()
+            return y
+
+    class RelU(nn.Conv2d):  # not "only the call": kept as a module, not replaced outright
+        def forward(self, x):
+            y = nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            y.relu_()
+            return y
+
+    model = nn.Sequential(InPlace(), RelU(8, 8, 3, padding=1))
+    x = torch.randn(2, 8, 9, 9)
+    out, _ = dc.convert(model, "partial", functional=True, rules=ALL)
+    with torch.no_grad():
+        want, got = model(x), out(x)
+    assert _close(got, want) and torch.equal(out[0].seen, model[0].seen) and out[0].seen.abs().sum() > 0
+    assert isinstance(out[1], fx.GraphModule)
+
+
+def test_tracing_leaves_modules_as_they_were():
+    class Caching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.calls, self.last = 0, None
+
+        def forward(self, x):
+            self.calls += 1
+            self.last = self.lin(x.mean((2, 3)))
+            return x * self.last[:, :, None, None]
+
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), Caching())
+    out, _ = dc.convert(model, "partial", rules=ALL)  # the analysis pass traces every user forward
+    assert out[1].calls == 0 and out[1].last is None and model[1].calls == 0
+
+
+def test_a_module_under_two_names_is_rewritten_once_in_place():
+    class Parent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = FunctionalMixer()
+            self.weight = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+
+        def forward(self, x):
+            return nn.functional.conv2d(self.mix(x), self.weight, padding=1)
+
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = Parent()
+            self.inner = self.b.mix  # the nested module again, shallower
+
+        def forward(self, x):
+            return self.b(x)
+
+    model = Root().eval()
+    x = torch.randn(2, 8, 16, 16)
+    out, _ = dc.convert(model, "partial", functional=True, rules=ALL)
+    assert out.b.mix is out.inner and isinstance(out.inner.conv2d, ConvertedConv)
+    with torch.no_grad():
+        assert _close(out(x), model(x))
+
+
+def test_hooks_and_plain_attributes_carry_over_and_direct_readers_keep_their_conv():
+    model = FunctionalNet().eval()
+    fired = []
+    for name in ("mixer", "std"):
+        getattr(model, name).register_forward_hook(lambda m, a, o, name=name: fired.append(name))
+    out, _ = dc.convert(model, "partial", functional=True, rules=ALL)
+    out(torch.randn(1, 3, 16, 16))
+    assert fired == ["mixer", "std"] and out.mixer.c == 8 and copy.deepcopy(out).mixer.c == 8
+
+    class Reader(nn.Module):  # reads its child conv's weight itself: converting that conv would break it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) + nn.functional.conv2d(x, self.conv.weight.flip(-1), padding=1)
+
+    out, report = dc.convert(nn.Sequential(Reader(), nn.Conv2d(8, 8, 3, padding=1)), "partial", rules=ALL)
+    rec = {r.name: r for r in report.layers}
+    assert "0's forward reads its tensors directly" in rec["0.conv"].reason and isinstance(out[0].conv, nn.Conv2d)
