@@ -183,42 +183,88 @@ def run_construct() -> None:
     print_table(rows, list(rows[0]))
 
 
-def run_model() -> None:
-    """convnext_tiny, batch 64, 224x224, channels_last, one SGD step: original vs converted (dcls, K=34, w17,
-    positions shared per stage), AMP bfloat16 and float32."""
+def _swap_in_dcls_package(model):
+    """Every converted DclsConv2d replaced by the DCLS paper's package layer of the same shape (v0, bilinear)."""
+    import dcls_convert as dc
+    from dcls_package import dcls_package_layer
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, dc.DclsConv2d):
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            layer = dcls_package_layer(m.in_channels, m.out_channels, m.kernel_count, m.window[0], m.groups,
+                                       m.window[0] // 2)
+            setattr(parent, name.rsplit(".", 1)[-1], layer)
+    return model
+
+
+def _variants(name):
+    """model name -> {variant: builder}: the original, each method with its default options, dcls on the dense
+    engine, and the DCLS paper's package swapped in."""
     import timm
 
     import dcls_convert as dc
+    from dcls_package import available
 
+    dense_rules = dc.TargetRules(min_kernel=3, stride=1) if name == "resnet50" else None
+
+    def convert(method, **options):
+        return lambda: dc.convert(timm.create_model(name), method, rules=dense_rules, **options)[0]
+
+    dcls_options = {"kernel_count": 34, "share_positions": "stage"} if name.startswith("convnext") else {}
+    out = {"original": lambda: timm.create_model(name),
+           "dcls" + (" K=34 w17 shared" if dcls_options else ""): convert("dcls", **dcls_options),
+           "dcls engine=dense": convert("dcls", engine="dense", **dcls_options),
+           "partial": convert("partial"), "bloom": convert("bloom")}
+    if available() and name.startswith("convnext"):
+        out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
+    return out
+
+
+def run_model() -> None:
+    """One SGD training step, batch 64, 224x224, channels_last: convnext_tiny (depthwise 7x7) and resnet50 (dense
+    3x3), original vs each method vs the DCLS paper's package, AMP bfloat16 and float32; ms/step (median of CUDA
+    events), images/s, peak memory, ratios to the original in the same run."""
     rows = []
     x = torch.randn(64, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 1000, (64,), device="cuda")
-    models = {"original": timm.create_model("convnext_tiny")}
-    models["dcls K=34 w17 shared"] = dc.convert(timm.create_model("convnext_tiny"), "dcls", kernel_count=34,
-                                                share_positions="stage")[0]
-    for name, m in models.items():
-        m = m.cuda().to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-        for amp in (True, False):
-            def step():
-                with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(m(x), target)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            rows.append({"model": name, "precision": "AMP bf16" if amp else "fp32",
-                         "ms/step": cuda_time({"s": step}, repeats=7, warmup=3)["s"]})
-    base = {r["precision"]: r["ms/step"] for r in rows if r["model"] == "original"}
+    for model_name in ("convnext_tiny", "resnet50"):
+        for variant, build in _variants(model_name).items():
+            try:
+                m = build().cuda().to(memory_format=torch.channels_last)
+            except Exception as exc:  # a row that cannot run says why; the table goes on
+                rows.append({"model": model_name, "variant": variant, "precision": "-",
+                             "ms/step": float("nan"), "note": f"{type(exc).__name__}: {str(exc)[:60]}"})
+                continue
+            opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+            for amp in (True, False):
+                def step(m=m, opt=opt, amp=amp):
+                    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                        loss = F.cross_entropy(m(x), target)
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                torch.cuda.reset_peak_memory_stats()
+                ms = cuda_time({"s": step}, repeats=7, warmup=3)["s"]
+                rows.append({"model": model_name, "variant": variant, "precision": "AMP bf16" if amp else "fp32",
+                             "ms/step": ms, "images/s": 64e3 / ms,
+                             "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
+            del m, opt
+            torch.cuda.empty_cache()
+    base = {(r["model"], r["precision"]): r for r in rows if r["variant"] == "original"}
     for r in rows:
-        r["x original"] = r["ms/step"] / base[r["precision"]]
-    print("\nconvnext_tiny training step, batch 64, 224x224, channels_last")
-    print_table(rows, ["model", "precision", "ms/step", "x original"])
+        b = base.get((r["model"], r["precision"]))
+        r["x original time"] = r["ms/step"] / b["ms/step"] if b else float("nan")
+        r["x original memory"] = r["peak GiB"] / b["peak GiB"] if b and "peak GiB" in r else float("nan")
+    print("\nTraining step, batch 64, 224x224, channels_last, SGD (medians of CUDA-event timings)")
+    print_table(rows, ["model", "variant", "precision", "ms/step", "images/s", "peak GiB", "x original time",
+                       "x original memory", "note"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="window 17 only")
-    ap.add_argument("--model", action="store_true", help="also time a convnext_tiny training step")
+    ap.add_argument("--model", action="store_true",
+                    help="also time training steps of convnext_tiny and resnet50, original vs each method")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA device")
