@@ -121,6 +121,21 @@ def test_cli_version_and_random_weights_warning(capsys, tmp_path):
     assert "no --checkpoint" in err and "random" in err and (tmp_path / "r.json").exists()
 
 
+def test_cli_functional_converts_standardised_convs(capsys, tmp_path):
+    """--functional: nf_regnet_b0's ScaledStdConv2d layers (their forward standardises the weight) convert;
+    without it they are skipped with the hint."""
+    pytest.importorskip("timm")
+    from dcls_convert.cli import main
+
+    assert main(["report", "nf_regnet_b0", "--method", "partial", "--all-convs", "--json", str(tmp_path / "f.json"),
+                 "--functional"]) == 0
+    report = json.loads((tmp_path / "f.json").read_text())
+    converted = [r for r in report["layers"] if r["status"] == "converted"]
+    assert len(converted) == 17 and all(r["origin"].startswith("ScaledStdConv2d: ") for r in converted)
+    assert main(["report", "nf_regnet_b0", "--method", "partial", "--all-convs", "--json", str(tmp_path / "p.json")]) != 0
+    assert "functional=True" in capsys.readouterr().err
+
+
 def test_cli_convert_densify_load_round_trip(tmp_path):
     """convert -> densify on the command line, then one call rebuilds the densified model on a fresh timm model:
     its outputs equal the converted model's."""
