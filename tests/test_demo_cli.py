@@ -19,13 +19,14 @@ def test_mnist_demo_quick(tmp_path):
     finally:
         sys.path.pop(0)
     rows = mnist_demo.main(["--quick", "--out", str(tmp_path)])
-    assert [r["method"] for r in rows] == ["baseline (fine-tuned on)", "dcls", "partial", "bloom", "bloom, distilled"]
+    assert [r["method"] for r in rows] == ["baseline (fine-tuned on)", "dcls", "dcls K=12 of 25", "partial", "bloom",
+                                           "bloom, distilled"]
     base = rows[0]
     for r in rows[1:]:
         assert r["rf"] > base["rf"]
     # dcls and partial start exactly where the baseline is
-    assert rows[1]["before"] == base["before"] and rows[2]["before"] == base["before"]
-    assert rows[4]["before"] == rows[3]["before"]  # the same bloom start, then fine-tuned with the teacher
+    assert rows[1]["before"] == base["before"] and rows[3]["before"] == base["before"]
+    assert rows[5]["before"] == rows[4]["before"]  # the same bloom start, then fine-tuned with the teacher
     assert (tmp_path / "dcls_kernels.png").exists() and (tmp_path / "dcls_model" / "recipe.json").exists()
 
 
