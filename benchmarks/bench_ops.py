@@ -1,4 +1,4 @@
-"""Compiled ops vs the reference DCLS library vs PyTorch's dense depthwise conv, side by side, as ratios.
+"""Compiled ops vs the DCLS paper's package (`dcls` 0.1.1) vs PyTorch's dense depthwise conv, side by side, as ratios.
 
     python benchmarks/bench_ops.py construct     # kernel construction fwd+bwd and saved memory
     python benchmarks/bench_ops.py taps          # depthwise tap convolution fwd and fwd+bwd
@@ -165,7 +165,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     print(machine_line())
-    print(f"backends: {ops.backend_info()['ops']}; reference dcls library: {'yes' if available() else 'not installed'}")
+    print(f"backends: {ops.backend_info()['ops']}; DCLS package: {'yes' if available() else 'not installed'}")
     if args.what in ("construct", "all"):
         bench_construct(args.repeats)
     if args.what in ("taps", "all"):

@@ -1,15 +1,18 @@
 """dcls-convert: convert the convolutions of a PyTorch model to DCLS (learnable spacings), bloomed
 (interpolated dilation) or partially dilated kernels, backed by compiled ops, and fine-tune it.
 
-The names below load on first use (PEP 562), so `import dcls_convert` and the CLI's --help do not import torch."""
+The names below load on first use (PEP 562), so the CLI's --help does not import torch. The compiled ops
+(torch.ops.dcls_convert.*) are registered by `import dcls_convert` when torch is already imported, else by
+`import dcls_convert.ops` or the first use of anything that needs them."""
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "convert": "convert", "densify": "densify", "shard_groups": "distributed", "dilate_kernel": "kernel_dilation",
+    "convert": "converter", "densify": "converter", "shard_groups": "distributed", "dilate_kernel": "kernel_dilation",
     "undilate_kernel": "kernel_dilation", "backend_info": "ops", "plot_kernels": "plot",
     "load_dcls_package_state_dict": "dcls_package", "list_methods": "registry", "register_method": "registry",
     "ConversionError": "report", "ConversionReport": "report", "NoTargetError": "report", "load": "serialization",
@@ -49,9 +52,12 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
+if "torch" in sys.modules:  # torch is loaded already (any training script): register the ops now, as before, so
+    from . import ops  # noqa: E402,F401  (torch.export.load / AOTInductor find torch.ops.dcls_convert.*)
+
+
 if TYPE_CHECKING:  # what static tools see
-    from .convert import convert
-    from .densify import densify
+    from .converter import convert, densify
     from .distill import Distiller
     from .distributed import shard_groups
     from .dcls_package import load_dcls_package_state_dict

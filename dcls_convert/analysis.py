@@ -47,7 +47,8 @@ def run_eval(model: nn.Module, example_inputs):
 
 def relative_output_error(got, want) -> float | None:
     """||got - want|| / ||want|| over every floating tensor of two outputs of one structure (tensors, tuples,
-    dicts), None when they hold none or differ in structure."""
+    dicts), over their finite entries (an inf or NaN both have at one place agrees; one only one has makes the
+    error inf); None when they hold no tensors or differ in structure."""
     from torch.utils._pytree import tree_leaves
 
     pairs = [(g, w) for g, w in zip(tree_leaves(got), tree_leaves(want))
@@ -55,6 +56,13 @@ def relative_output_error(got, want) -> float | None:
              and g.shape == w.shape]
     if not pairs or len(tree_leaves(got)) != len(tree_leaves(want)):
         return None
-    num = sum(float((g.double() - w.double()).square().sum()) for g, w in pairs)
-    den = sum(float(w.double().square().sum()) for _, w in pairs)
-    return (num / den) ** 0.5 if den > 0 else None
+    num = den = 0.0
+    for g, w in pairs:
+        g, w = g.double(), w.double()
+        finite = torch.isfinite(w)
+        sign = lambda t: t[~finite].nan_to_num(0.0, posinf=1.0, neginf=-1.0)  # noqa: E731
+        if not torch.equal(finite, torch.isfinite(g)) or not torch.equal(sign(w), sign(g)):
+            return float("inf")  # an inf or NaN that one output has and the other does not: no finite error
+        num += float((g[finite] - w[finite]).square().sum())
+        den += float(w[finite].square().sum())
+    return (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))

@@ -61,7 +61,7 @@ class CallSite:
         where = f" at {self.where}" if self.where else ""
         if self.conv is None:
             return f"F.{self.fn}(...){where}"
-        from .convert import describe_conv
+        from .converter import describe_conv
 
         return f"F.{self.fn}{describe_conv(self.conv)[len(type(self.conv).__name__):]}{where}"
 

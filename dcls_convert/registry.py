@@ -48,6 +48,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 def register_method(name: str, modules: dict[int, type], options: type, default_rules: TargetRules,
                     after_build: Callable[[list[BuiltLayer]], None] | None = None) -> MethodSpec:
+    _load_builtin_methods()  # first, so a user's registration under a built-in name replaces the built-in
     spec = MethodSpec(name, dict(modules), options, default_rules, after_build)
     _REGISTRY[name] = spec
     return spec

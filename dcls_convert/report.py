@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,7 +69,8 @@ class ConversionReport:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "totals": self.totals(), "layers": [asdict(r) for r in self.layers],
                 "functional_convs": list(self.functional_convs), "trace_error": self.trace_error,
-                "output_error": self.output_error}
+                "output_error": self.output_error if self.output_error is None or math.isfinite(self.output_error)
+                else None}  # JSON has no inf
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)

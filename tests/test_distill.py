@@ -51,6 +51,35 @@ def test_task_loss_mixes_in_with_labels():
         distill(x)
 
 
+class Pair(nn.Module):
+    """A model returning (logits, something else)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), x.mean()
+
+
+def test_outputs_devices_and_wrappers():
+    """Tuple outputs with a logits picker (and a clear error without one), a float64 teacher for a float32 student,
+    feature names of a wrapped student, and models that stay picklable (hooks exist only during a call)."""
+    import io
+
+    teacher = Pair(_net()).double()
+    student = nn.DataParallel(Pair(copy.deepcopy(teacher.net).float()))
+    x, y = torch.randn(4, 3, 12, 12), torch.randint(0, 5, (4,))
+    with pytest.raises(ValueError, match="returned a tuple, not a logits tensor; pass logits="):
+        dc.Distiller(teacher, student)(x, y)
+    distill = dc.Distiller(teacher, student, features=["net.2"], logits=lambda out: out[0])
+    loss, logits = distill(x, y)
+    assert logits.shape == (4, 5) and logits.dtype == torch.float32 and distill.last["features"] < 1e-10
+    loss.backward()
+    torch.save(student, io.BytesIO())  # no hook left behind
+    assert not any(m._forward_hooks for m in list(teacher.modules()) + list(student.modules()))
+
+
 def test_bad_arguments_are_named():
     teacher = _net()
     with pytest.raises(ValueError, match="no module 'stages.9'"):

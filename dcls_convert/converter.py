@@ -1,5 +1,7 @@
-"""convert(model, method, ...): discover the convs, plan which to convert and how, build every replacement,
-then swap them all. Nothing is swapped unless everything built."""
+"""The converter: convert(model, method, ...) discovers the convs, plans which to convert and how, builds every
+replacement, then swaps them all (nothing is swapped unless everything built); densify(model) folds every
+converted module back into its plain conv. (Not named convert.py: the package exports the functions under
+those names, and a submodule of the same name would shadow them.)"""
 from __future__ import annotations
 
 import copy
@@ -11,11 +13,12 @@ import torch.nn as nn
 
 from .discovery import carry_hooks, find_sites, swap
 from .functional import Rewrite, rewrite_owner, scan
+from .methods.base import ConvertedConv
 from .registry import BuiltLayer, get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
 from .targeting import ConvertConfig, TargetRules
 
-__all__ = ["convert", "source_conv_view", "describe_conv"]
+__all__ = ["convert", "densify", "source_conv_view", "describe_conv"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -347,3 +350,26 @@ def _record_calls(model, sites, example_inputs) -> tuple[dict[int, tuple[int | N
     from .analysis import record_calls
 
     return record_calls(model, [s.module for s in sites], example_inputs, keep_inputs=True)
+
+
+def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Replace every DCLS/bloom/partial module by `module.to_conv()`; outputs are unchanged (to float
+    rounding), no dcls_convert module remains, and the result traces/exports like any plain model."""
+    target = model if inplace else copy.deepcopy(model)
+    if isinstance(target, ConvertedConv):
+        return target.to_conv()
+    built = []  # every conv is built before the first swap: an error leaves the model untouched
+    for site in find_sites(target, lambda m: isinstance(m, ConvertedConv)):
+        conv = site.module.to_conv()
+        if not torch.isfinite(conv.weight).all():
+            raise ValueError(f"densify: {site.name} has a non-finite kernel (NaN/Inf weights or positions)")
+        conv.train(site.module.training)
+        # the kernel trains if any kernel parameter did; the bias keeps its own flag
+        kernel_params = [p for n, p in site.module.named_parameters() if n != "bias"]
+        conv.weight.requires_grad_(any(p.requires_grad for p in kernel_params))
+        if conv.bias is not None and site.module.bias is not None:
+            conv.bias.requires_grad_(site.module.bias.requires_grad)
+        built.append((site, conv))
+    for site, conv in built:
+        swap(site, conv)
+    return target
