@@ -50,7 +50,7 @@ def dense_recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dic
             stride=list(m.stride), padding=padding, groups=m.groups, bias=m.bias is not None,
             padding_mode=m.padding_mode)}
     return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
-            "shared_positions": [], "functional": functional_entries(model)}
+            "shared_parameters": [], "functional": functional_entries(model)}
 
 
 def _check_plain_conv_config(name: str, config: dict) -> None:
@@ -67,11 +67,11 @@ def recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str,
     for site in find_sites(model, lambda m: isinstance(m, ConvertedConv)):
         m = site.module
         layers[site.name] = {"class": type(m).__name__, "config": m.config(), "aliases": site.names[1:]}
-        pos = getattr(m, "positions", None)
-        if pos is not None:
-            shared.setdefault(id(pos), []).append(site.name)
+        for pname, p in m.named_parameters(recurse=False):  # one tensor held by several layers (dcls: positions)
+            shared.setdefault(id(p), (pname, []))[1].append(site.name)
     return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
-            "shared_positions": [names for names in shared.values() if len(names) > 1],
+            "shared_parameters": [{"parameter": pname, "layers": names} for pname, names in shared.values()
+                                  if len(names) > 1],
             "functional": functional_entries(model)}
 
 
@@ -133,6 +133,29 @@ def _rewrite_functional(target: nn.Module, entries: Any) -> list[str]:
     return done
 
 
+def _tie_shared(by_name: dict[str, nn.Module], recipe: dict) -> None:
+    """Makes the layers the recipe lists hold one tensor again (dcls positions shared per stage); recipes written
+    before "shared_parameters" existed list positions groups under "shared_positions"."""
+    legacy = recipe.get("shared_positions", [])
+    if not isinstance(legacy, list) or not all(isinstance(g, list) and g for g in legacy):
+        raise ValueError(f"load: shared_positions must be a list of non-empty lists of layer names, got {legacy!r}"[:300])
+    entries = recipe.get("shared_parameters", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"load: shared_parameters must be a list of {{parameter, layers}}, got {entries!r}"[:300])
+    groups = [("positions", g) for g in legacy] + [(e.get("parameter"), e.get("layers")) for e in entries]
+    for pname, group in groups:
+        if not isinstance(group, list) or not group or not all(isinstance(n, str) and n in by_name for n in group):
+            raise ValueError(f"load: a shared-parameter group names unknown layers {group}"[:300])
+        first = by_name[group[0]]
+        params = dict(first.named_parameters(recurse=False))
+        if not isinstance(pname, str) or pname not in params or not all(
+                isinstance(dict(by_name[n].named_parameters(recurse=False)).get(pname), nn.Parameter)
+                and getattr(by_name[n], pname).shape == params[pname].shape for n in group):
+            raise ValueError(f"load: layers {group} do not all have a parameter {pname!r} of one shape")
+        for other in group[1:]:
+            setattr(by_name[other], pname, params[pname])
+
+
 def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict: bool = True) -> nn.Module:
     """Re-applies the saved conversion to `base_model` (a fresh copy of the original architecture) and loads
     the saved weights. The work happens on a copy; with inplace=True the result is moved into `base_model` only
@@ -178,18 +201,7 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
     for site, new in built:
         swap(site, new)
         by_name[site.name] = new
-    groups = recipe.get("shared_positions", [])
-    if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
-        raise ValueError(f"load: shared_positions must be a list of non-empty lists of layer names, got {groups!r}"[:300])
-    for group in groups:
-        if not all(isinstance(n, str) and n in by_name for n in group):
-            raise ValueError(f"load: shared_positions names unknown layers {group}")
-        if not all(hasattr(by_name[n], "positions") and by_name[n].positions.shape == by_name[group[0]].positions.shape
-                   for n in group):
-            raise ValueError(f"load: shared_positions groups layers without positions of one shape: {group}")
-        first = by_name[group[0]]
-        for other in group[1:]:
-            by_name[other].positions = first.positions
+    _tie_shared(by_name, recipe)
     try:
         missing, unexpected = load_model(target, weights, strict=False)
     except Exception as exc:  # keep the lines that name the offending keys, not only PyTorch's header line

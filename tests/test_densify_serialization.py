@@ -71,6 +71,26 @@ def test_save_load_round_trip(tmp_path, method):
         assert loaded.twice.positions is not None
 
 
+def test_shared_positions_survive_save_and_load_in_new_and_old_recipes(tmp_path):
+    def make():
+        return nn.Sequential(nn.Sequential(*[nn.Conv2d(6, 6, 7, padding=3, groups=6) for _ in range(3)])).eval()
+
+    out, _ = dc.convert(make(), "dcls", kernel_count=16, share_positions="stage")
+    assert out[0][0].positions is out[0][2].positions
+    dc.save(out, str(tmp_path))
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["shared_parameters"] == [{"parameter": "positions", "layers": ["0.0", "0.1", "0.2"]}]
+    x = torch.randn(1, 6, 11, 11)
+    for form in ("new", "old"):  # recipes written before "shared_parameters" list positions groups
+        if form == "old":
+            recipe["shared_positions"] = [recipe.pop("shared_parameters")[0]["layers"]]
+            (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+        loaded = dc.load(str(tmp_path), make())
+        assert loaded[0][0].positions is loaded[0][1].positions is loaded[0][2].positions
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), out(x))
+
+
 def test_load_state_dict_into_freshly_converted_model():
     _, out = _trained_copy("dcls")
     fresh, _ = dc.convert(Zoo().eval(), "dcls", rules=dc.TargetRules(min_kernel=3, ndims=(1, 2)), share_positions="stage")
@@ -127,6 +147,8 @@ except ValueError as e:
 @pytest.mark.parametrize("edit,message", [
     (lambda r: r.__setitem__("shared_positions", [[]]), "shared_positions must be a list"),
     (lambda r: r.__setitem__("shared_positions", [["0", 5]]), "unknown layers"),
+    (lambda r: r.__setitem__("shared_parameters", [{"parameter": "nope", "layers": ["0", "1"]}]),
+     "do not all have a parameter 'nope'"),
     (lambda r: r["layers"]["0"]["config"].__setitem__("kernel_count", 10**12), "kernel_count"),
     (lambda r: r["layers"]["0"]["config"].__setitem__("in_channels", 10**9), "in_channels"),
     (lambda r: r["layers"]["0"]["config"].__setitem__("kernel_count", 20), "size mismatch for 0.weight"),
