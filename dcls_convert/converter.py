@@ -364,6 +364,7 @@ def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         if not torch.isfinite(conv.weight).all():
             raise ValueError(f"densify: {site.name} has a non-finite kernel (NaN/Inf weights or positions)")
         conv.train(site.module.training)
+        conv._dcls_convert_densified = True  # save() records it in the recipe: load rebuilds it with this kernel size
         # the kernel trains if any kernel parameter did; the bias keeps its own flag
         kernel_params = [p for n, p in site.module.named_parameters() if n != "bias"]
         conv.weight.requires_grad_(any(p.requires_grad for p in kernel_params))

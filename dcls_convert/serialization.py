@@ -64,6 +64,12 @@ def _check_plain_conv_config(name: str, config: dict) -> None:
 
 def recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
     layers, shared = {}, {}
+    for site in find_sites(model, lambda m: getattr(m, "_dcls_convert_densified", False)):  # save(densify(model))
+        m = site.module
+        layers[site.name] = {"class": type(m).__name__, "aliases": site.names[1:], "config": dict(
+            in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+            stride=list(m.stride), padding=m.padding if isinstance(m.padding, str) else list(m.padding),
+            groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)}
     for site in find_sites(model, lambda m: isinstance(m, ConvertedConv)):
         m = site.module
         layers[site.name] = {"class": type(m).__name__, "config": m.config(), "aliases": site.names[1:]}
@@ -192,6 +198,8 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
         except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as exc:
             raise ValueError(f"load: cannot rebuild {name!r} as {cls.__name__}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:300]}") from None
+        if cls in _PLAIN_CONVS.values():
+            new._dcls_convert_densified = True  # saved again, it is recorded again
         ref = next(iter(src.parameters()), None)
         if ref is not None:
             new = new.to(device=ref.device, dtype=ref.dtype)

@@ -91,6 +91,22 @@ def test_shared_positions_survive_save_and_load_in_new_and_old_recipes(tmp_path)
             torch.testing.assert_close(loaded(x), out(x))
 
 
+@pytest.mark.parametrize("method", ["dcls", "bloom", "partial"])
+def test_save_of_a_densified_model_loads(tmp_path, method):
+    """save(densify(model)) records the densified convs (their larger kernels), so load rebuilds them."""
+    _, out = _trained_copy(method)
+    dense = dc.densify(out)
+    dc.save(dense, str(tmp_path))
+    loaded = dc.load(str(tmp_path), Zoo().eval())
+    assert not any(isinstance(m, ConvertedConv) for m in loaded.modules())
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), dense(x))
+    dc.save(loaded, str(tmp_path / "again"))  # and again
+    with torch.no_grad():
+        torch.testing.assert_close(dc.load(str(tmp_path / "again"), Zoo().eval())(x), dense(x))
+
+
 def test_load_state_dict_into_freshly_converted_model():
     _, out = _trained_copy("dcls")
     fresh, _ = dc.convert(Zoo().eval(), "dcls", rules=dc.TargetRules(min_kernel=3, ndims=(1, 2)), share_positions="stage")
