@@ -2,26 +2,29 @@
 Functional conv call sites are found by dcls_convert.functional."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 
-__all__ = ["record_calls", "run_eval", "relative_output_error"]
+__all__ = ["record_calls", "input_of", "run_eval", "relative_output_error"]
 
 MAX_KEPT_INPUTS = 64  # example inputs kept per conv for data-aware starts (its first call's first 64 samples)
 
 
 def record_calls(model: nn.Module, convs: list[nn.Module], example_inputs,
-                 keep_inputs: bool = False) -> tuple[dict[int, tuple[int, tuple, torch.Tensor | None]], object]:
-    """({id(conv): (calls, first input shape, first input or None)}, the model's output) from one no-grad eval
-    forward; the model's mode is restored. keep_inputs: keep (up to MAX_KEPT_INPUTS samples of) each conv's first
-    input."""
-    facts = {id(c): [0, None, None] for c in convs}
+                 keep_inputs: bool = False) -> tuple[dict[int, tuple], object]:
+    """({id(conv): (calls, first input shape, first input or None, rank of its first call)}, the model's output) from
+    one no-grad eval forward; the model's mode is restored. keep_inputs: keep (up to MAX_KEPT_INPUTS samples of)
+    each conv's first input."""
+    facts = {id(c): [0, None, None, None] for c in convs}
+    order = itertools.count()
 
     def hook(mod, args):
         entry = facts[id(mod)]
         entry[0] += 1
         if entry[1] is None and args and isinstance(args[0], torch.Tensor):
-            entry[1] = tuple(args[0].shape)
+            entry[1], entry[3] = tuple(args[0].shape), next(order)
             if keep_inputs:
                 entry[2] = args[0][:MAX_KEPT_INPUTS].detach().clone()
 
@@ -31,7 +34,23 @@ def record_calls(model: nn.Module, convs: list[nn.Module], example_inputs,
     finally:
         for h in handles:
             h.remove()
-    return {k: (v[0], v[1], v[2]) for k, v in facts.items()}, output
+    return {k: tuple(v) for k, v in facts.items()}, output
+
+
+def input_of(model: nn.Module, module: nn.Module, example_inputs) -> torch.Tensor | None:
+    """The first input `module` receives in one eval forward of `model` (its first MAX_KEPT_INPUTS samples)."""
+    got = []
+
+    def hook(mod, args):
+        if not got and args and isinstance(args[0], torch.Tensor):
+            got.append(args[0][:MAX_KEPT_INPUTS].detach().clone())
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        run_eval(model, example_inputs)
+    finally:
+        handle.remove()
+    return got[0] if got else None
 
 
 def run_eval(model: nn.Module, example_inputs):

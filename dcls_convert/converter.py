@@ -141,7 +141,8 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
             rules: TargetRules | None = None, include: str | Sequence[str] | None = None,
             exclude: str | Sequence[str] | None = None, by_type: Mapping[type, dict | None] | None = None,
             by_regex: Mapping[str, dict | None] | None = None, by_name: Mapping[str, dict | None] | None = None,
-            example_inputs: Any = None, functional: bool = False, analyze: bool = True, progress: bool = False,
+            example_inputs: Any = None, sequential: bool = False, functional: bool = False, analyze: bool = True,
+            progress: bool = False,
             **options) -> tuple[nn.Module, ConversionReport]:
     """Replace a model's convs by DCLS, bloomed or partially dilated modules, initialised from their weights.
 
@@ -153,6 +154,10 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         by_type / by_regex / by_name: per-target option overrides ({...} or None to exclude).
         example_inputs: optional input (or tuple) run once to record call counts and input shapes; methods with
             a data-aware start (bloom) also fit each layer to what it sees there (output space, not kernel space).
+        sequential: with example_inputs, fit the lossy layers (bloom, dcls with fewer taps than kernel cells) one
+            by one in call order, each on what it sees with the converted layers before it in place, to reproduce
+            what the original layer computed on the original inputs (one forward per layer; errors do not
+            accumulate down the network as they do when every layer is fitted on the original's inputs).
         functional: also convert conv calls written in a module's forward (F.conv2d(x, self.weight, ...), timm's
             StdConv2d / ScaledStdConv2d, convs behind weight_norm / parametrize): each from the weight the call
             computes at conversion time (function-preserving then; a weight transform is not applied afterwards).
@@ -170,6 +175,8 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         >>> print(report)
     """
     _refuse_wrappers(model)
+    if sequential and example_inputs is None:
+        raise ValueError("convert: sequential=True fits each layer on example inputs: pass example_inputs")
     cfg = _make_config(method, options, rules, include, exclude, by_type, by_regex, by_name)
     try:
         target = model if inplace else copy.deepcopy(model)
@@ -193,7 +200,8 @@ def convert(model: nn.Module, method: str | ConvertConfig = "dcls", *, inplace: 
         else:
             origins = {}
             report.functional_convs = [f"{c.names[0]}: {c.describe()}" for t in traces for c in t.calls]
-        _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, analyze, progress)
+        _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, progress, sequential,
+                         rewrite)
     except BaseException:
         rewrite.undo()
         raise
@@ -239,7 +247,8 @@ def _reads_after(trace, new: nn.Module) -> dict[str, str]:
     return reads_of(trace.site.names, new.graph) if isinstance(new, torch.fx.GraphModule) else {}
 
 
-def _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, analyze, progress) -> None:
+def _convert_modules(target, cfg, report, origins, traces, functional, example_inputs, progress, sequential,
+                     rewrite) -> None:
     sites = find_sites(target, _is_conv)
     # conv subclasses whose forward was traced for its calls are reported through those calls
     call_owners = {id(t.site.module) for t in traces if t.calls} if functional else set()
@@ -262,7 +271,7 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         rec = LayerRecord(name=site.name, aliases=site.names[1:], conv=call.describe() if call else describe_conv(conv),
                           status="skipped", kernel_size=tuple(conv.kernel_size), origin=call.origin() if call else "",
                           params_before=sum(p.numel() for p in (seen_as if call else conv).parameters()))
-        rec.calls, rec.input_shape, _ = facts.get(id(conv), (None, None, None))
+        rec.calls, rec.input_shape = facts.get(id(conv), (None, None))[:2]
         report.layers.append(rec)
         source, why = (conv, "") if call else source_conv_view(conv, effective=functional)
         reader = next((read_by[n] for n in site.names if n in read_by), None)
@@ -293,13 +302,22 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
                             f"overrides by_name={list(cfg.by_name)}, by_regex={list(cfg.by_regex)}; "
                             f"{len(report.layers)} conv(s) seen, skip reasons: {reasons or ['no convs in the model']}")
 
+    if sequential:  # in call order: each layer is fitted with the ones before it in place
+        plan.sort(key=lambda item: _fact(facts, item[0].module, 3) if _fact(facts, item[0].module, 3) is not None
+                  else float("inf"))
     built = []
     for site, source, spec, opts, rec in _progress(plan, progress):
         cls = spec.modules[source.weight.dim() - 2]
         kwargs = {k: v for k, v in vars(opts).items() if k != "share_positions"}
-        seen = facts.get(id(site.module), (None, None, None))[2]
+        seen = _fact(facts, site.module, 2)
         if seen is not None and "inputs" in inspect.signature(cls.from_conv).parameters:
             kwargs["inputs"] = seen  # a data-aware start where the method has one
+            if sequential and getattr(opts, "share_positions", None) is None:
+                from .analysis import input_of
+
+                now = input_of(target, site.module, example_inputs)  # with the converted upstream in place
+                if now is not None and now.shape == seen.shape:
+                    kwargs["inputs"] = (now, seen)  # fit what it sees now to what the original computed
         try:
             new = cls.from_conv(source, **kwargs)
         except (ValueError, TypeError, RuntimeError) as exc:
@@ -309,8 +327,10 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         _keep_requires_grad(new, source)
         carry_hooks(site.module, new)
         built.append((site, new, opts, rec, source))
+        if sequential:
+            rewrite.apply(site, new)  # in place for the layers after it (undone with the rest on any error)
 
-    layers = [BuiltLayer(site.name, new, opts, source, facts.get(id(site.module), (None, None, None))[2])
+    layers = [BuiltLayer(site.name, new, opts, source, _fact(facts, site.module, 2))
               for site, new, opts, rec, source in built]
     for name in dict.fromkeys(new.method for _, new, *_ in built):  # each method's hook, once, in build order
         hook = get_method(name).after_build
@@ -327,6 +347,12 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         from .analysis import relative_output_error, run_eval
 
         report.output_error = relative_output_error(run_eval(target, example_inputs), reference_output)
+
+
+def _fact(facts, module, i):
+    """Item i of what the example forward recorded for `module` (calls, input shape, inputs, call rank), or None."""
+    entry = facts.get(id(module))
+    return entry[i] if entry is not None else None
 
 
 def _progress(items, enabled):

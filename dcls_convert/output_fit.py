@@ -7,25 +7,40 @@ the bloom operator), the best v is a weighted least-squares solution, one small 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .padding import pad_input, side_pads
 
-__all__ = ["patch_moments", "fit_in_output_space", "relative_output_error"]
+__all__ = ["Moments", "patch_moments", "fit_in_output_space", "relative_output_error"]
 
 MAX_PATCH_DIM = 4096  # Cin/g x window cells; beyond, the moments matrix is too large to be worth it
 MAX_PATCHES = 4096
 
 
-def patch_moments(x: torch.Tensor, module, groups: int) -> torch.Tensor | None:
-    """S per group, (groups, Cin/g * cells, Cin/g * cells) in float64, from the patches the module's window sees
-    in `x` (its padding, padding mode and stride); None when the patches are too large to be worth it."""
+@dataclass
+class Moments:
+    """Second moments of a layer's input patches, per group (groups, dim, dim), float64. `qq`: of the patches the
+    converted layer sees, `qo`: their cross moments with the patches the original layer saw, `oo`: of those. When
+    both see the same inputs (each layer fitted on the original network's inputs) the three are one matrix; when
+    the converted upstream is in place (sequential calibration) they differ, and the fit maps what the converted
+    layer sees onto what the original layer computed."""
+
+    qq: torch.Tensor
+    qo: torch.Tensor
+    oo: torch.Tensor
+
+    def to(self, device) -> "Moments":
+        return Moments(self.qq.to(device), self.qo.to(device), self.oo.to(device))
+
+
+def _patches(x: torch.Tensor, module, groups: int) -> torch.Tensor:
+    """(groups, M, Cin/g * cells): the patches the module's window sees in x (its padding, mode and stride), a fixed
+    subsample of at most MAX_PATCHES (the same positions for inputs of one shape)."""
     window, ndim = tuple(module.window), module.ndim
-    cin = x.shape[1]
-    dim = cin // groups * int(torch.tensor(window).prod())
-    if dim > MAX_PATCH_DIM or x.dim() != ndim + 2:
-        return None
+    dim = x.shape[1] // groups * int(torch.tensor(window).prod())
     x = x.detach().to(torch.float64)
     xp, sym = pad_input(x, side_pads(module.padding, window), module.padding_mode)
     if any(sym):
@@ -37,34 +52,55 @@ def patch_moments(x: torch.Tensor, module, groups: int) -> torch.Tensor | None:
     if cols.shape[0] > MAX_PATCHES:  # a fixed subsample: the same start every run
         idx = torch.randperm(cols.shape[0], generator=torch.Generator().manual_seed(0))[:MAX_PATCHES]
         cols = cols[idx.to(cols.device)]
-    u = cols.reshape(cols.shape[0], groups, dim).transpose(0, 1)  # (groups, M, dim)
-    return u.transpose(1, 2) @ u / max(cols.shape[0], 1)
+    return cols.reshape(cols.shape[0], groups, dim).transpose(0, 1)
 
 
-def relative_output_error(fitted: torch.Tensor, target: torch.Tensor, moments: torch.Tensor) -> float:
-    """sqrt(sum (f - t)^T S (f - t) / sum t^T S t): the relative output error of a kernel on the patches whose
-    moments are S. fitted / target: (groups, outputs per group, dim); moments: (groups, dim, dim)."""
-    diff = fitted - target
-    err = torch.einsum("goi,gij,goj->", diff, moments, diff)
-    ref = torch.einsum("goi,gij,goj->", target, moments, target)
+def patch_moments(inputs, module, groups: int) -> Moments | None:
+    """Moments of the patches in `inputs`: a tensor (N x Cin x ...: what the layer sees, converted or not), or a
+    pair (what the converted layer sees, what the original layer saw), of one shape. None when the patches are too
+    large to be worth it or the inputs do not fit the module."""
+    seen, original = inputs if isinstance(inputs, tuple) else (inputs, None)
+    cin = seen.shape[1]
+    dim = cin // groups * int(torch.tensor(tuple(module.window)).prod())
+    if dim > MAX_PATCH_DIM or seen.dim() != module.ndim + 2:
+        return None
+    if original is not None and original.shape != seen.shape:
+        return None
+    q = _patches(seen, module, groups)
+    m = max(q.shape[1], 1)
+    qq = q.transpose(1, 2) @ q / m
+    if original is None:
+        return Moments(qq, qq, qq)
+    o = _patches(original, module, groups)
+    return Moments(qq, q.transpose(1, 2) @ o / m, o.transpose(1, 2) @ o / m)
+
+
+def relative_output_error(fitted: torch.Tensor, target: torch.Tensor, moments: Moments) -> float:
+    """sqrt(E((f . q - t . o)^2) / E((t . o)^2)): the relative output error of kernel f on what the converted
+    layer sees against target t on what the original saw. fitted / target: (groups, outputs per group, dim)."""
+    err = (torch.einsum("goi,gij,goj->", fitted, moments.qq, fitted)
+           - 2 * torch.einsum("goi,gij,goj->", fitted, moments.qo, target)
+           + torch.einsum("goi,gij,goj->", target, moments.oo, target))
+    ref = torch.einsum("goi,gij,goj->", target, moments.oo, target)
     return float((err / ref).clamp_min(0).sqrt()) if ref > 0 else 0.0
 
 
-def fit_in_output_space(target: torch.Tensor, operator: torch.Tensor, moments: torch.Tensor,
+def fit_in_output_space(target: torch.Tensor, operator: torch.Tensor, moments: Moments,
                         groups: int) -> tuple[torch.Tensor, float]:
-    """v minimising sum_o (B v_o - w_o)^T S_g (B v_o - w_o), B = I_(Cin/g) (x) A.
+    """v minimising E((B v_o . q - w_o . o)^2) summed over outputs o, B = I_(Cin/g) (x) A: the normal equations
+    (B^T S_qq B) v = B^T S_qo w, one system per group.
 
-    target: (Cout, Cin/g, cells) the source kernel in the window; operator: A, (cells, taps); moments: S per group
-    (groups, Cin/g * cells, Cin/g * cells). Returns v (Cout, Cin/g, taps) and the relative output error
-    sqrt(sum (Bv - w)^T S (Bv - w) / sum w^T S w) on those patches.
+    target: (Cout, Cin/g, cells) the source kernel in the window; operator: A, (cells, taps); moments per group of
+    dim Cin/g * cells. Returns v (Cout, Cin/g, taps) and the relative output error (relative_output_error).
     """
     cout, cin_g, cells = target.shape
     taps = operator.shape[1]
     A = operator.to(torch.float64)
-    S = moments.reshape(groups, cin_g, cells, cin_g, cells)
+    shape = (groups, cin_g, cells, cin_g, cells)
+    Sqq, Sqo = moments.qq.reshape(shape), moments.qo.reshape(shape)
     W = target.to(torch.float64).reshape(groups, cout // groups, cin_g, cells)
-    M = torch.einsum("ia,gcidj,jb->gcadb", A, S, A).reshape(groups, cin_g * taps, cin_g * taps)
-    rhs = torch.einsum("ia,gcidj,godj->goca", A, S, W).reshape(groups, cout // groups, cin_g * taps)
+    M = torch.einsum("ia,gcidj,jb->gcadb", A, Sqq, A).reshape(groups, cin_g * taps, cin_g * taps)
+    rhs = torch.einsum("ia,gcidj,godj->goca", A, Sqo, W).reshape(groups, cout // groups, cin_g * taps)
     ridge = 1e-9 * M.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # keeps unseen directions solvable
     M = M + ridge[:, None, None] * torch.eye(cin_g * taps, dtype=M.dtype, device=M.device)
     v = torch.linalg.solve(M, rhs.transpose(1, 2)).transpose(1, 2)  # (groups, Cout/g, Cin/g * taps)

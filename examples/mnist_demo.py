@@ -140,8 +140,12 @@ def main(argv=None):
             rules = dc.TargetRules(min_kernel=3, odd_kernel=True) if method != "dcls" else None
             # without example inputs: each kernel fitted in kernel space (what a lossy start keeps without data)
             kernel_fit = accuracy(dc.convert(model, method, rules=rules, **options)[0], xte, yte)
-            # example inputs: each layer's start is fitted to what it sees (the data-aware start)
-            model, report = dc.convert(model, method, rules=rules, example_inputs=xtr[:256], **options)
+            # example inputs: each layer fitted to the outputs it gives for them, on the original network's inputs
+            layer_fit = accuracy(dc.convert(model, method, rules=rules, example_inputs=xtr[:256], **options)[0],
+                                 xte, yte)
+            # ... and layer by layer with the converted layers before it in place (where fine-tuning starts)
+            model, report = dc.convert(model, method, rules=rules, example_inputs=xtr[:256], sequential=True,
+                                       **options)
             print(f"\n{report}")
             with torch.no_grad():
                 ref, got = base.eval()(xte[:256]), model(xte[:256])
@@ -149,24 +153,26 @@ def main(argv=None):
             print(f"{name}: converted logits vs original, max relative difference {rel:.1e}")
             at_conversion = copy.deepcopy(model)  # the kernel plot shows where taps moved from here
         acc_before = accuracy(model, xte, yte)
-        kernel_fit = kernel_fit if options is not None else acc_before
+        if options is None:
+            kernel_fit = layer_fit = acc_before
         ms = train(model, (xtr, ytr), ft_epochs, 1e-3, f"fine-tune {name}", teacher=base if distilled else None)
         acc_after = accuracy(model, xte, yte)
         rows.append(dict(method=name, params=sum(p.numel() for p in model.parameters()), rf=receptive_field(model),
-                         kernel_fit=kernel_fit, before=acc_before, after=acc_after, ms=ms))
+                         kernel_fit=kernel_fit, layer_fit=layer_fit, before=acc_before, after=acc_after, ms=ms))
         if name == "dcls":
             path = dc.plot_kernels(model, os.path.join(args.out, "dcls_kernels.png"), start=at_conversion)
             print(f"kernel plot: {path}")
             dc.save(model, os.path.join(args.out, "dcls_model"))
 
     print(f"\nbaseline test accuracy after pre-training: {base_acc:.4f}; fine-tuning budget: {ft_epochs} epoch(s) each\n")
-    print("acc at start: right after conversion, each layer fitted in kernel space / on the outputs it gives for 256 "
-          "training digits (example_inputs); the second is where fine-tuning starts\n")
-    print(f"{'method':26} {'params':>8} {'RF px':>6} {'start: kernel fit':>18} {'start: data fit':>16} "
+    print("accuracy right after conversion, each layer fitted: to its kernel / to its outputs on 256 training digits "
+          "(example_inputs) / the same, layer by layer with the converted layers before it in place "
+          "(sequential=True: where fine-tuning starts)\n")
+    print(f"{'method':26} {'params':>8} {'RF px':>6} {'kernel fit':>11} {'output fit':>11} {'sequential':>11} "
           f"{'acc after':>10} {'ms/step':>8}")
     for r in rows:
-        print(f"{r['method']:26} {r['params']:8d} {r['rf']:6d} {r['kernel_fit']:18.4f} {r['before']:16.4f} "
-              f"{r['after']:10.4f} {r['ms']:8.1f}")
+        print(f"{r['method']:26} {r['params']:8d} {r['rf']:6d} {r['kernel_fit']:11.4f} {r['layer_fit']:11.4f} "
+              f"{r['before']:11.4f} {r['after']:10.4f} {r['ms']:8.1f}")
     return rows
 
 

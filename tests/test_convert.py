@@ -457,3 +457,49 @@ def test_shared_positions_refit_with_example_inputs():
         ref = net(held_out)
         err = lambda m: float((m(held_out) - ref).norm() / ref.norm())  # noqa: E731
         assert err(aware) < 0.8 * err(blind)
+
+
+def _trained_toy():
+    """A small CNN fitted for a few steps to a fixed random teacher, so its kernels are not smooth."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 4))
+    x = torch.randn(64, 3, 16, 16)
+    teacher = copy.deepcopy(net)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.5)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        (net(x) - teacher(x).detach()).square().mean().backward()
+        opt.step()
+    return net.eval(), x
+
+
+@pytest.mark.parametrize("method,options", [("bloom", {}), ("dcls", {"kernel_count": 6})])
+def test_sequential_fit_keeps_more_of_the_network(method, options):
+    """Each lossy layer fitted with the converted layers before it in place, to what the original computed: the
+    model's output error on the inputs is lower than with every layer fitted on the original's inputs."""
+    net, x = _trained_toy()
+    rules = dc.TargetRules(min_kernel=3, ndims=(2,))
+    _, parallel = dc.convert(net, method, rules=rules, example_inputs=x, **options)
+    out, sequential = dc.convert(net, method, rules=rules, example_inputs=x, sequential=True, **options)
+    assert sequential.output_error < 0.9 * parallel.output_error, (sequential.output_error, parallel.output_error)
+    with torch.no_grad():
+        want = float((out(x) - net(x)).norm() / net(x).norm())
+    assert sequential.output_error == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match="pass example_inputs"):
+        dc.convert(net, method, sequential=True)
+
+
+def test_sequential_fit_is_all_or_nothing_inplace():
+    """Layers are swapped in one by one while fitting; a failure on a later one puts every slot back."""
+    net, x = _trained_toy()
+    state = copy.deepcopy(net.state_dict())
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    with pytest.raises(dc.ConversionError):
+        dc.convert(net, "dcls", rules=dc.TargetRules(min_kernel=3), example_inputs=x, sequential=True, inplace=True,
+                   kernel_count=6, by_name={"4": {"window": 4}})  # the last conv cannot take an even window
+    assert [m for m in net if isinstance(m, nn.Conv2d)] == convs
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())

@@ -276,13 +276,14 @@ class _DclsConvNd(ConvertedConv):
 def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Tensor) -> bool:
     """Depthwise, bilinear, every tap on its integer cell (K <= k*k: all placed source taps, or a stage's shared
     cells): per channel, the taps' weights minimising the output error on the inputs' patches,
-    w = S[taps, taps]^-1 (S t)[taps], t the source kernel `placed` in the window. False (kernel-space start kept)
-    where it does not apply."""
+    w = S_qq[taps, taps]^-1 (S_qo t)[taps], t the source kernel `placed` in the window (output_fit.Moments: q what
+    this layer sees, o what the original saw; one matrix unless the converted upstream is in place). False
+    (kernel-space start kept) where it does not apply."""
     from ..output_fit import patch_moments, relative_output_error
 
     if not (module.is_depthwise and module.interpolation == "bilinear") or placed.is_meta:
         return False
-    S = patch_moments(inputs, module, module.groups)  # (C, cells, cells)
+    S = patch_moments(inputs, module, module.groups)  # (C, cells, cells) each
     if S is None:
         return False
     S = S.to(module.weight.device)
@@ -290,8 +291,8 @@ def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Te
     cells = torch.zeros_like(module.positions[0, :, 0], dtype=torch.long)  # (C, K) row-major cell of each tap
     for d, L in enumerate(module.window):
         cells = cells * L + (module.positions[d, :, 0].round().long() + L // 2)
-    St = torch.einsum("cij,cj->ci", S, target).gather(1, cells)  # (C, K)
-    Skk = S.gather(1, cells[:, :, None].expand(-1, -1, S.shape[-1])).gather(2, cells[:, None, :].expand(
+    St = torch.einsum("cij,cj->ci", S.qo, target).gather(1, cells)  # (C, K)
+    Skk = S.qq.gather(1, cells[:, :, None].expand(-1, -1, S.qq.shape[-1])).gather(2, cells[:, None, :].expand(
         -1, cells.shape[1], -1))  # (C, K, K)
     ridge = 1e-9 * Skk.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
     w = torch.linalg.solve(Skk + ridge[:, None, None] * torch.eye(Skk.shape[-1], dtype=Skk.dtype, device=Skk.device),
