@@ -503,3 +503,27 @@ def test_sequential_fit_is_all_or_nothing_inplace():
                    kernel_count=6, by_name={"4": {"window": 4}})  # the last conv cannot take an even window
     assert [m for m in net if isinstance(m, nn.Conv2d)] == convs
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+
+
+def test_dcls_taps_chosen_by_their_effect_on_the_outputs():
+    """With example inputs and K < k*k, each channel's taps are the better of a greedy output-space selection and
+    the largest-magnitude taps: never a larger layer output error than the largest taps refitted, smaller at
+    strong compression; positions on distinct source cells."""
+    from dcls_convert.methods.dcls import _refit_to_inputs, placed_source_kernel
+
+    net, x = _trained_toy()
+    seen = {}
+    handle = net[2].register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    net(x)
+    handle.remove()
+    for K, strictly in ((3, True), (12, False)):
+        chosen = dc.DclsConv2d.from_conv(net[2], kernel_count=K, inputs=seen["x"])
+        largest = dc.DclsConv2d.from_conv(net[2], kernel_count=K)
+        assert _refit_to_inputs(largest, placed_source_kernel(largest, net[2]), seen["x"])
+        assert chosen.init_error <= largest.init_error + 1e-9
+        if strictly:
+            assert chosen.init_error < 0.97 * largest.init_error, (chosen.init_error, largest.init_error)
+        pos = chosen.positions.detach()
+        assert torch.equal(pos, pos.round()) and pos.abs().max() <= 2  # on the 5x5 source cells
+        cells = (pos[0, :, 0] + 2) * 5 + pos[1, :, 0] + 2
+        assert all(len(set(row.tolist())) == K for row in cells)

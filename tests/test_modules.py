@@ -443,8 +443,9 @@ def test_convert_passes_example_inputs_to_bloom():
 
 @pytest.mark.parametrize("K", [16, 34])
 def test_dcls_fewer_taps_refit_to_inputs(K):
-    """DCLS with K < k*k and example inputs: the kept taps sit where they did, their weights minimise the output
-    error on the inputs, which beats the kept source values on held-out inputs of the same kind."""
+    """DCLS with K < k*k and example inputs: the taps sit on source cells (chosen by their effect on the outputs)
+    with weights minimising the output error on the inputs, which beats the largest source taps on held-out
+    inputs of the same kind."""
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 6, 7, padding=3, groups=6).double()
 
@@ -454,7 +455,8 @@ def test_dcls_fewer_taps_refit_to_inputs(K):
     x, held_out = inputs(32), inputs(32)
     plain = dc.DclsConv2d.from_conv(conv, kernel_count=K)
     refit = dc.DclsConv2d.from_conv(conv, kernel_count=K, inputs=x)
-    assert torch.equal(plain.positions, refit.positions)
+    pos = refit.positions.detach()
+    assert torch.equal(pos, pos.round()) and pos.abs().max() <= 3  # on the 7x7 source cells
     with torch.no_grad():
         ref = conv(held_out)
         err = lambda m: float((m(held_out) - ref).norm() / ref.norm())  # noqa: E731

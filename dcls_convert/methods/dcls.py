@@ -234,8 +234,9 @@ class _DclsConvNd(ConvertedConv):
         `init_error` on the result is the relative Frobenius error of the start kernel (0 when K >= prod(k)
         with bilinear interpolation). The output shape is kept (a 7x7 conv with padding 3 becomes a 17x17
         window with padding 8). With K < prod(k) and `inputs` (example inputs of this conv; convert passes them
-        when given example_inputs), a depthwise layer's kept taps get the weights that minimise the output error
-        on those inputs (output_fit.py), and `init_error` is that relative output error.
+        when given example_inputs), a depthwise layer's K taps sit on the source cells chosen greedily by their
+        effect on the outputs, with the weights that minimise the output error on those inputs (output_fit.py),
+        and `init_error` is that relative output error.
         """
         opts = options if isinstance(options, DclsOptions) else DclsOptions(**options)
         name = cls.__name__
@@ -258,7 +259,7 @@ class _DclsConvNd(ConvertedConv):
             # cells, so the error is the energy of the dropped taps (gaussian: unknown, None).
             dense_bytes = module.weight.shape[0] * module.weight.shape[1] * math.prod(window) * 8
             if inputs is not None and K < math.prod(ksize) and _refit_to_inputs(
-                    module, placed_source_kernel(module, conv), inputs):
+                    module, placed_source_kernel(module, conv), inputs, choose=True):
                 pass  # init_error set there (output space)
             elif dense_bytes <= MAX_DENSE_KERNEL_BYTES:
                 module.init_error = relative_error(module.dense_kernel(), placed_source_kernel(module, conv))
@@ -273,12 +274,43 @@ class _DclsConvNd(ConvertedConv):
         return module
 
 
-def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Tensor) -> bool:
+def _choose_cells(qq: torch.Tensor, b: torch.Tensor, candidates: torch.Tensor, K: int) -> torch.Tensor:
+    """Per channel, K of the candidate cells chosen greedily by their effect on the outputs (forward selection):
+    each step adds the cell that most increases b_S^T (S_qq)_S^-1 b_S, the output energy the fitted taps explain
+    (b = S_qo t). qq: (C, n, n), b: (C, n), candidates: (m,) cell indices. Returns (C, K) cells, in choice order."""
+    C = qq.shape[0]
+    A = qq[:, candidates][:, :, candidates]  # (C, m, m)
+    r = b[:, candidates]  # (C, m)
+    scale = A.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).clamp_min(1e-30)
+    chosen = torch.empty(C, 0, dtype=torch.long, device=qq.device)
+    taken = torch.zeros_like(r, dtype=torch.bool)
+    rows = torch.arange(C, device=qq.device)
+    for _ in range(K):
+        if chosen.shape[1]:
+            As = A.gather(1, chosen[:, :, None].expand(-1, -1, A.shape[2]))  # (C, s, m)
+            Ass = As.gather(2, chosen[:, None, :].expand(-1, chosen.shape[1], -1))  # (C, s, s)
+            eye = torch.eye(chosen.shape[1], dtype=A.dtype, device=A.device)
+            w = torch.linalg.solve(Ass + 1e-9 * scale[:, :, None] * eye, As)  # (C, s, m): (A_SS)^-1 A_Sj
+            denom = A.diagonal(dim1=1, dim2=2) - (As * w).sum(1)
+            numer = r - (w * r.gather(1, chosen)[:, :, None]).sum(1)
+        else:
+            denom, numer = A.diagonal(dim1=1, dim2=2), r
+        gain = numer.square() / denom.clamp_min(1e-12 * scale)
+        gain = gain.masked_fill(taken, -1.0)
+        pick = gain.argmax(dim=1)
+        taken[rows, pick] = True
+        chosen = torch.cat([chosen, pick[:, None]], dim=1)
+    return candidates[chosen]
+
+
+def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Tensor, choose: bool = False) -> bool:
     """Depthwise, bilinear, every tap on its integer cell (K <= k*k: all placed source taps, or a stage's shared
     cells): per channel, the taps' weights minimising the output error on the inputs' patches,
     w = S_qq[taps, taps]^-1 (S_qo t)[taps], t the source kernel `placed` in the window (output_fit.Moments: q what
-    this layer sees, o what the original saw; one matrix unless the converted upstream is in place). False
-    (kernel-space start kept) where it does not apply."""
+    this layer sees, o what the original saw; one matrix unless the converted upstream is in place). choose: also
+    pick which source cells the K taps sit on, per channel the better of greedy selection by their effect on the
+    outputs (_choose_cells) and the largest-magnitude taps. False (kernel-space start kept) where it does not
+    apply."""
     from ..output_fit import patch_moments, relative_output_error
 
     if not (module.is_depthwise and module.interpolation == "bilinear") or placed.is_meta:
@@ -288,20 +320,43 @@ def _refit_to_inputs(module: _DclsConvNd, placed: torch.Tensor, inputs: torch.Te
         return False
     S = S.to(module.weight.device)
     target = placed.double().flatten(2)[:, 0]  # (C, cells)
+    b = torch.einsum("cij,cj->ci", S.qo, target)  # (C, cells)
     cells = torch.zeros_like(module.positions[0, :, 0], dtype=torch.long)  # (C, K) row-major cell of each tap
     for d, L in enumerate(module.window):
         cells = cells * L + (module.positions[d, :, 0].round().long() + L // 2)
-    St = torch.einsum("cij,cj->ci", S.qo, target).gather(1, cells)  # (C, K)
-    Skk = S.qq.gather(1, cells[:, :, None].expand(-1, -1, S.qq.shape[-1])).gather(2, cells[:, None, :].expand(
-        -1, cells.shape[1], -1))  # (C, K, K)
-    ridge = 1e-9 * Skk.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
-    w = torch.linalg.solve(Skk + ridge[:, None, None] * torch.eye(Skk.shape[-1], dtype=Skk.dtype, device=Skk.device),
-                           St.unsqueeze(-1)).squeeze(-1)
+    w, err = _fit_cells(S, b, target, cells)
+    candidates = target.ne(0).any(0).nonzero().flatten()  # the source kernel's cells in the window
+    if choose and module.kernel_count < candidates.numel():
+        # per channel, the better of the cells chosen by their effect on the outputs and the largest taps
+        greedy = _choose_cells(S.qq, b, candidates, module.kernel_count)
+        w2, err2 = _fit_cells(S, b, target, greedy)
+        better = err2 < err
+        cells, w = torch.where(better[:, None], greedy, cells), torch.where(better[:, None], w2, w)
+        with torch.no_grad():
+            rest = cells
+            for d in reversed(range(len(module.window))):  # row-major cell -> offset from the window centre per axis
+                L = module.window[d]
+                module.positions[d, :, 0] = (rest % L - L // 2).to(module.positions.dtype)
+                rest = rest // L
     with torch.no_grad():
         module.weight[:, 0] = w.to(module.weight.dtype)
         fitted = module.dense_kernel().double().flatten(2)[:, 0]
     module.init_error = relative_output_error(fitted[:, None], target[:, None], S)  # a group per channel
     return True
+
+
+def _fit_cells(S, b: torch.Tensor, target: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel, the weights of taps on `cells` (C, K) minimising the output error, and that squared error."""
+    Skk = S.qq.gather(1, cells[:, :, None].expand(-1, -1, S.qq.shape[-1])).gather(2, cells[:, None, :].expand(
+        -1, cells.shape[1], -1))  # (C, K, K)
+    ridge = 1e-9 * Skk.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
+    eye = torch.eye(Skk.shape[-1], dtype=Skk.dtype, device=Skk.device)
+    bk = b.gather(1, cells)
+    w = torch.linalg.solve(Skk + ridge[:, None, None] * eye, bk.unsqueeze(-1)).squeeze(-1)
+    # E(f.q - t.o)^2 = w^T S_kk w - 2 w^T b_k + t^T S_oo t, per channel
+    err = (torch.einsum("ck,ckl,cl->c", w, Skk, w) - 2 * (w * bk).sum(-1)
+           + torch.einsum("ci,cij,cj->c", target, S.oo, target))
+    return w, err
 
 
 def placed_source_kernel(module: _DclsConvNd, conv: nn.Module) -> torch.Tensor:
