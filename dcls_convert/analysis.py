@@ -54,14 +54,16 @@ def input_of(model: nn.Module, module: nn.Module, example_inputs) -> torch.Tenso
 
 
 def run_eval(model: nn.Module, example_inputs):
-    """model(*example_inputs) in eval mode without gradients; the model's mode is restored."""
-    was_training = model.training
+    """model(*example_inputs) in eval mode without gradients; every module's own mode is restored (a frozen
+    BatchNorm inside a training model stays in eval)."""
+    modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with torch.no_grad():
             return model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def relative_output_error(got, want) -> float | None:

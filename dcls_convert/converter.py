@@ -330,14 +330,14 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         if sequential:
             rewrite.apply(site, new)  # in place for the layers after it (undone with the rest on any error)
 
-    layers = [BuiltLayer(site.name, new, opts, source, _fact(facts, site.module, 2))
+    layers = [BuiltLayer(site.name, new, opts, source, _fact(facts, site.module, 2), list(site.names))
               for site, new, opts, rec, source in built]
     for name in dict.fromkeys(new.method for _, new, *_ in built):  # each method's hook, once, in build order
         hook = get_method(name).after_build
         if hook is not None:
             hook([layer for layer in layers if layer.module.method == name])
     for site, new, opts, rec, _ in built:
-        swap(site, new)
+        rewrite.apply(site, new)  # recorded: an error in what follows (the output check) still restores the model
         rec.status, rec.method, rec.module = "converted", new.method, type(new).__name__
         rec.receptive_field = tuple(new.receptive_field)
         rec.params_after = sum(p.numel() for p in new.parameters())

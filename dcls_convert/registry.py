@@ -3,7 +3,7 @@ one is a single `register_method` call. The built-in methods register themselves
 imported, which the first lookup does (this module does not import them at load time: they import it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -23,6 +23,7 @@ class BuiltLayer:
     options: Any                 # its method options
     source: nn.Module            # the plain conv it was built from
     inputs: torch.Tensor | None  # example inputs the conv saw (convert's example_inputs), else None
+    names: list[str] = field(default_factory=list)  # every name the conv is reachable under (name first)
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,8 @@ def load(directory: str, base_model: nn.Module, *, inplace: bool = False, strict
     by_name = {}
     for site, new in built:
         swap(site, new)
-        by_name[site.name] = new
+        for alias in site.names:  # a recipe may name a layer by any of its names
+            by_name[alias] = new
     _tie_shared(by_name, recipe)
     try:
         missing, unexpected = load_model(target, weights, strict=False)

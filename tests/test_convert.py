@@ -527,3 +527,41 @@ def test_dcls_taps_chosen_by_their_effect_on_the_outputs():
         assert torch.equal(pos, pos.round()) and pos.abs().max() <= 2  # on the 5x5 source cells
         cells = (pos[0, :, 0] + 2) * 5 + pos[1, :, 0] + 2
         assert all(len(set(row.tolist())) == K for row in cells)
+
+
+class _ChecksItsConv(nn.Module):
+    """A forward that fails once its first conv is converted (so the output check after the swap fails)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 5, padding=2, groups=4)
+        self.b = nn.Conv2d(4, 4, 5, padding=2, groups=4)
+
+    def forward(self, x):
+        y = self.a(x)
+        if not isinstance(self.a, nn.Conv2d):
+            raise AttributeError("needs a plain conv")
+        return self.b(y)
+
+
+def test_example_inputs_keep_all_or_nothing_and_every_modules_mode():
+    net = _ChecksItsConv().eval()
+    x = torch.randn(8, 4, 12, 12)
+    with pytest.raises(AttributeError, match="needs a plain conv"):
+        dc.convert(net, "bloom", example_inputs=x, inplace=True)
+    assert type(net.a) is nn.Conv2d and type(net.b) is nn.Conv2d
+    frozen = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.BatchNorm2d(4), nn.ReLU(),
+                           nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.BatchNorm2d(4))
+    frozen.train()
+    frozen[4].eval()  # a frozen BatchNorm in a model being trained
+    for sequential in (False, True):
+        out, _ = dc.convert(frozen, "bloom", example_inputs=x, sequential=sequential)
+        assert out.training and out[1].training and not out[4].training
+
+
+def test_stage_sharing_finds_the_stage_under_any_name():
+    net = nn.Sequential()
+    net.stage1 = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4), nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    net.alias = net.stage1[0]  # a shallower second name for the first conv
+    out, _ = dc.convert(net, "dcls", kernel_count=6, share_positions="stage")
+    assert out.stage1[0].positions is out.stage1[2].positions and out.alias is out.stage1[0]

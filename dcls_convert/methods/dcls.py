@@ -374,7 +374,8 @@ def share_stage_positions(layers) -> None:
     for layer in layers:
         if getattr(layer.options, "share_positions", None) != "stage":
             continue
-        m = re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", layer.name)
+        names = layer.names or [layer.name]  # a conv under several names: the first that names a stage decides
+        m = next((m for m in (re.match(r"(.*?(?:stages?|layers?)[._]?\d+)", n) for n in names) if m), None)
         stage = m.group(1) if m else layer.name.rsplit(".", 1)[0]
         key = (stage, tuple(layer.module.positions.shape), layer.module.window)
         groups.setdefault(key, []).append(layer)
