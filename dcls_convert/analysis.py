@@ -7,7 +7,7 @@ import itertools
 import torch
 import torch.nn as nn
 
-__all__ = ["record_calls", "input_of", "run_eval", "relative_output_error"]
+__all__ = ["record_calls", "input_of", "run_eval", "model_output_error"]
 
 MAX_KEPT_INPUTS = 64  # example inputs kept per conv for data-aware starts (its first call's first 64 samples)
 
@@ -66,7 +66,7 @@ def run_eval(model: nn.Module, example_inputs):
             m.training = mode
 
 
-def relative_output_error(got, want) -> float | None:
+def model_output_error(got, want) -> float | None:
     """||got - want|| / ||want|| over every floating tensor of two outputs of one structure (tensors, tuples,
     dicts), over their finite entries (an inf or NaN both have at one place agrees; one only one has makes the
     error inf); None when they hold no tensors or differ in structure."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .discovery import carry_hooks, find_sites, swap
-from .functional import Rewrite, rewrite_owner, scan
+from .functional import Rewrite, reads_of, rewrite_owner, scan
 from .methods.base import ConvertedConv
 from .registry import BuiltLayer, get_method
 from .report import ConversionError, ConversionReport, LayerRecord, NoTargetError
@@ -58,8 +58,8 @@ def _plain_conv_subclass(conv: nn.Module) -> bool:
 def _effective_view(conv: nn.Module, trainable: bool) -> nn.Module:
     """A plain conv of the same geometry holding the weight the conv computes now (its reparametrization applied)."""
     base = next(c for c in _CONV_TYPES if isinstance(conv, c))
-    view = base(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-        conv.bias is not None, conv.padding_mode, device="meta")
+    view = base(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
     view.weight = nn.Parameter(conv.weight.detach().clone(), trainable)
     bias = conv.bias
     view.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias.detach().clone(), trainable)
@@ -242,8 +242,6 @@ def _rewrite_calls(traces, cfg: ConvertConfig, report: ConversionReport, rewrite
 
 def _reads_after(trace, new: nn.Module) -> dict[str, str]:
     """What the rewritten module still reads of its submodules' tensors (a replaced call's reads are gone)."""
-    from .functional import reads_of
-
     return reads_of(trace.site.names, new.graph) if isinstance(new, torch.fx.GraphModule) else {}
 
 
@@ -270,6 +268,7 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         call, seen_as = origins.get(id(conv), (None, conv))
         rec = LayerRecord(name=site.name, aliases=site.names[1:], conv=call.describe() if call else describe_conv(conv),
                           status="skipped", kernel_size=tuple(conv.kernel_size), origin=call.origin() if call else "",
+                          rewrote=call.owner.name if call is not None and call.attr else "",
                           params_before=sum(p.numel() for p in (seen_as if call else conv).parameters()))
         rec.calls, rec.input_shape = facts.get(id(conv), (None, None))[:2]
         report.layers.append(rec)
@@ -344,9 +343,9 @@ def _convert_modules(target, cfg, report, origins, traces, functional, example_i
         rec.init_error = new.init_error
         rec.engine = new.engine_name()
     if reference_output is not None:  # the whole model on the example inputs, before vs after
-        from .analysis import relative_output_error, run_eval
+        from .analysis import model_output_error, run_eval
 
-        report.output_error = relative_output_error(run_eval(target, example_inputs), reference_output)
+        report.output_error = model_output_error(run_eval(target, example_inputs), reference_output)
 
 
 def _fact(facts, module, i):

@@ -37,6 +37,7 @@ class LayerRecord:
     calls: int | None = None
     input_shape: tuple[int, ...] | None = None
     origin: str = ""                 # for a functional conv call: where it is and how its weight was taken
+    rewrote: str = ""                # the module rewritten as the GraphModule of its forward to convert this call
 
 
 @dataclass
@@ -103,7 +104,7 @@ class ConversionReport:
                           "original, eval mode)")
         calls = [r for r in conv if r.origin]
         if calls:
-            owners = {r.name.rsplit(".", 1)[0] for r in calls if " call in " in r.origin}
+            owners = {r.rewrote for r in calls if r.rewrote}
             console.print(f"{len(calls)} conv(s) converted from the weight their forward computed at conversion time "
                           "(outputs preserved then; a weight transform such as standardisation is not applied "
                           f"afterwards); {len(owners)} module(s) rewritten as the torch.fx GraphModule of their forward")

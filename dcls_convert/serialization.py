@@ -38,17 +38,20 @@ def _module_classes() -> dict[str, type]:
     return out
 
 
+def _plain_conv_entry(site, kernel_size, ndim: int) -> dict[str, Any]:
+    """The recipe entry of the plain nn.ConvNd with this module's geometry and `kernel_size`."""
+    m = site.module
+    return {"class": f"Conv{ndim}d", "aliases": site.names[1:], "config": dict(
+        in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(kernel_size), stride=list(m.stride),
+        padding=m.padding if isinstance(m.padding, str) else list(m.padding), groups=m.groups,
+        bias=m.bias is not None, padding_mode=m.padding_mode)}
+
+
 def dense_recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recipe of `densify(model)`: each converted module as the plain conv it folds into (its window as the
     kernel size), so `load(directory, base_model)` rebuilds the densified model on a fresh base model."""
-    layers = {}
-    for site in find_sites(model, lambda m: isinstance(m, ConvertedConv)):
-        m = site.module
-        padding = m.padding if isinstance(m.padding, str) else list(m.padding)
-        layers[site.name] = {"class": f"Conv{m.ndim}d", "aliases": site.names[1:], "config": dict(
-            in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.window),
-            stride=list(m.stride), padding=padding, groups=m.groups, bias=m.bias is not None,
-            padding_mode=m.padding_mode)}
+    layers = {site.name: _plain_conv_entry(site, site.module.window, site.module.ndim)
+              for site in find_sites(model, lambda m: isinstance(m, ConvertedConv))}
     return {"format": _FORMAT, "library": "dcls_convert", "base": base or {}, "layers": layers,
             "shared_parameters": [], "functional": functional_entries(model)}
 
@@ -65,11 +68,7 @@ def _check_plain_conv_config(name: str, config: dict) -> None:
 def recipe_of(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
     layers, shared = {}, {}
     for site in find_sites(model, lambda m: getattr(m, "_dcls_convert_densified", False)):  # save(densify(model))
-        m = site.module
-        layers[site.name] = {"class": type(m).__name__, "aliases": site.names[1:], "config": dict(
-            in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-            stride=list(m.stride), padding=m.padding if isinstance(m.padding, str) else list(m.padding),
-            groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)}
+        layers[site.name] = _plain_conv_entry(site, site.module.kernel_size, len(site.module.kernel_size))
     for site in find_sites(model, lambda m: isinstance(m, ConvertedConv)):
         m = site.module
         layers[site.name] = {"class": type(m).__name__, "config": m.config(), "aliases": site.names[1:]}
