@@ -220,7 +220,22 @@ def _variants(name):
     return out
 
 
-def run_model() -> None:
+def kernel_breakdown(step, top: int = 8) -> str:
+    """The `top` GPU kernels of two profiled steps by their own device time, with their share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    events.sort(key=lambda e: -e.self_device_time_total)
+    return "\n".join(f"    {e.self_device_time_total / total:6.1%} {e.self_device_time_total / 2e3:8.3f} ms/step "
+                     f"x{e.count // 2:<4d} {e.key[:110]}" for e in events[:top])
+
+
+def run_model(breakdown: bool = False) -> None:
     """One SGD training step, batch 64, 224x224, channels_last: convnext_tiny (depthwise 7x7) and resnet50 (dense
     3x3), original vs each method vs the DCLS paper's package, AMP bfloat16 and float32; ms/step (median of CUDA
     events), images/s, peak memory, ratios to the original in the same run."""
@@ -245,6 +260,9 @@ def run_model() -> None:
                     opt.zero_grad(set_to_none=True)
                 torch.cuda.reset_peak_memory_stats()
                 ms = cuda_time({"s": step}, repeats=7, warmup=3)["s"]
+                if breakdown and amp:
+                    print(f"\n{model_name} / {variant} / AMP bf16: {ms:.1f} ms/step; top kernels", flush=True)
+                    print(kernel_breakdown(step), flush=True)
                 rows.append({"model": model_name, "variant": variant, "precision": "AMP bf16" if amp else "fp32",
                              "ms/step": ms, "images/s": 64e3 / ms,
                              "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
@@ -265,6 +283,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="window 17 only")
     ap.add_argument("--model", action="store_true",
                     help="also time training steps of convnext_tiny and resnet50, original vs each method")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="with --model: each variant's top GPU kernels (AMP bfloat16) from the profiler")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA device")
@@ -277,7 +297,7 @@ def main() -> None:
     run_layers(args.quick, fl)
     run_construct()
     if args.model:
-        run_model()
+        run_model(args.breakdown)
 
 
 if __name__ == "__main__":
