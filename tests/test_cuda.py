@@ -269,3 +269,22 @@ def test_timm_example_runs_on_cuda(tmp_path):
                         "--amp", "--samples", "256", "--size", "32", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert r.returncode == 0 and "test accuracy" in r.stdout, r.stderr[-1000:]
+
+
+def test_nan_positions_reported_without_a_sync_cuda():
+    """On CUDA the finite check never reads the device in the forward: a NaN position is reported by a later
+    training forward of the same layer, once the flag copied at the first one has landed."""
+    import dcls_convert as dc
+
+    m = dc.DclsConv2d(4, 4, 3, 7, padding=3, groups=4).cuda().train()
+    x = torch.randn(2, 4, 12, 12, device="cuda")
+    m(x)  # finite: nothing to report
+    torch.cuda.synchronize()
+    m(x)  # reads the first flag (finite), issues a second check
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        m.positions[0, 0, 0, 0] = float("nan")
+    m(x)  # issues the check that finds the NaN
+    torch.cuda.synchronize()
+    with pytest.raises(FloatingPointError, match="positions"):
+        m(x)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..finite_check import check_finite
 from ..geometry import MAX_GEOMETRY, per_axis
 from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding,
                    relative_error, source_kernel)
@@ -203,10 +204,11 @@ class _DclsConvNd(ConvertedConv):
 
     def _check_finite(self) -> None:
         # Training forwards only (a NaN there would spread silently into every weight); eval and inference
-        # skip it so they never wait on a device-to-host sync.
-        if not torch.isfinite(self.positions).all() or (self.sigma is not None and not torch.isfinite(self.sigma).all()):
-            raise FloatingPointError(f"{type(self).__name__}: positions or sigma contain NaN/Inf (a diverged "
-                                     "optimizer step?); lower the position learning rate or reload a checkpoint")
+        # skip it. On CUDA the check never waits for the device (finite_check.py): it reports one forward late.
+        tensors = [self.positions] + ([self.sigma] if self.sigma is not None else [])
+        check_finite(self, tensors, lambda: FloatingPointError(
+            f"{type(self).__name__}: positions or sigma contain NaN/Inf (a diverged optimizer step?); lower the "
+            "position learning rate or reload a checkpoint"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
