@@ -8,9 +8,11 @@
 //
 // Forward (tiled_forward_*): a block stages its planes' input tile plus halo in shared memory once, then each
 // thread computes RY vertically adjacent outputs of one column in registers: per entry RY + 1 shared loads
-// (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the tile pitch is
-// padded so that a warp's loads hit distinct banks. The input gradient at stride 1 is the same forward run on
-// the output gradient with the mirrored table.
+// (RY for a single row) and 2 RY multiply-adds. Staged planes are column-major (a column's rows are adjacent),
+// so at stride 1 a thread's RY + 1 loads of an entry sit at fixed offsets from one address: no address
+// arithmetic per row (on an H200 the row-major tile spent an integer multiply-add per row). Lanes of a warp own
+// neighbouring columns, and the column pitch is padded so that a warp's loads hit distinct banks. The input
+// gradient at stride 1 is the same forward run on the output gradient with the mirrored table.
 //
 // Weight and position gradients (tiled_corr_*): S[c, e, r] = sum over (n, oy, ox) of grad_out times the input
 // under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
@@ -27,8 +29,9 @@
 
 namespace dcls_convert {
 
+// 16-byte aligned for float accumulation, so that a thread fetches an entry with one vector load.
 template <typename acc_t>
-struct TapEntry {
+struct alignas(sizeof(acc_t) == 4 ? 16 : alignof(acc_t)) TapEntry {
   int dy, dx;
   acc_t c0, c1;
 };
@@ -180,7 +183,8 @@ DCLS_HD int64_t table_scratch_bytes(int64_t K, int64_t Lh, int64_t Lw) {
 struct TileConfig {
   bool ok = false;
   int ry = 8, tw = 32, thread_rows = 1, groups = 1, planes = 1, threads = 32;
-  int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;  // staged region per plane, in elements
+  // Staged region per plane, column-major: element (row r, column q) at q * pitch + r (pitch >= in_h).
+  int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;
   int64_t tiles_y = 1, tiles_x = 1;
   DCLS_HD int th() const { return thread_rows * ry; }
 };
@@ -193,14 +197,14 @@ constexpr int64_t kMaxTileSmemBytes = 96 * 1024;  // keeps two blocks per SM on 
 constexpr int64_t kExtraPlanesSmemBytes = 56 * 1024;
 
 // Bank-conflict-aware padding: the first warp's base addresses (thread (group, row, lane) at
-// group * plane_stride + row * ry * sh * pitch + lane * sw) should fall in distinct banks.
+// group * plane_stride + lane * sw * pitch + row * ry * sh) should fall in distinct banks.
 inline int bank_spread(const TileConfig& t, int64_t sh, int64_t sw) {
   bool used[32] = {};
   int distinct = 0;
   for (int lane = 0; lane < 32 && lane < t.threads; ++lane) {
     const int per_plane = t.tw * t.thread_rows;
     const int g = lane / per_plane, r = (lane % per_plane) / t.tw, x = lane % t.tw;
-    const int64_t addr = g * t.plane_stride + r * t.ry * sh * t.pitch + x * sw;
+    const int64_t addr = g * t.plane_stride + x * sw * t.pitch + r * t.ry * sh;
     const int bank = static_cast<int>(addr % 32);
     if (!used[bank]) ++distinct;
     used[bank] = true;
@@ -238,8 +242,8 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
     for (int dp = 0; dp < 32 && best < 32; ++dp) {
       for (int ds = 0; ds < 32 && best < 32; ++ds) {
         TileConfig c = t;
-        c.pitch = t.in_w + dp;
-        c.plane_stride = t.in_h * c.pitch + ds;
+        c.pitch = t.in_h + dp;
+        c.plane_stride = t.in_w * c.pitch + ds;
         const int spread = bank_spread(c, sh, sw);
         if (spread > best) {
           best = spread;
@@ -262,16 +266,10 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
   return t;
 }
 
-// Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the
-// input), then load the part of each plane that lies inside the input.
-template <typename acc_t>
-DCLS_HD void stage_clear(acc_t* smem, int64_t n, int tid, int threads) {
-  for (int64_t i = tid; i < n; i += threads) smem[i] = acc_t(0);
-}
-
 // Rows [r0, r1) and columns [q0, q1) of a staged plane with origin (y0, x0) that lie inside an H x W input.
 struct StageRect {
   int r0, r1, q0, q1;
+  DCLS_HD bool inside(int r, int q) const { return r >= r0 && r < r1 && q >= q0 && q < q1; }
 };
 DCLS_HD int clamp_int(int64_t v, int lo, int hi) { return static_cast<int>(v < lo ? lo : (v > hi ? hi : v)); }
 DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t H, int64_t W) {
@@ -282,16 +280,19 @@ DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t
   r.q1 = clamp_int(W - x0, r.q0, in_w);
   return r;
 }
+constexpr StageRect kNothingInside = {0, 0, 0, 0};
 
-// Thread tid of `threads` loads its share of rectangle R of `planes` planes: element (p, r, q) comes from
-// src[p * cs + (y0 + r) * ys + (x0 + q) * xs]. The fastest index runs across threads (channels for channels_last,
-// so a warp reads a run of neighbouring channels; else columns), the others advance without divisions.
+// Staging in one pass: thread tid of `threads` writes its share of the in_h x in_w region of `planes` planes,
+// element (p, r, q) = src[p * cs + (y0 + r) * ys + (x0 + q) * xs] inside rectangle R and zero (padding) outside
+// it, so no separate clearing pass and barrier. The fastest index runs across threads (channels for
+// channels_last, so a warp reads a run of neighbouring channels; else columns), the others advance without
+// divisions.
 template <typename scalar_t, typename acc_t>
-DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs, int64_t ys,
-                          int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
+DCLS_HD void stage_planes(acc_t* smem, const TileConfig& t, const scalar_t* src, int64_t cs, int64_t ys, int64_t xs,
+                          int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
                           int threads) {
-  const int rows = R.r1 - R.r0, cols = R.q1 - R.q0;
-  if (rows <= 0 || cols <= 0 || planes <= 0) return;
+  const int rows = t.in_h, cols = t.in_w;
+  if (planes <= 0) return;
   const int nf = channel_fastest ? planes : cols;
   const int lanes = nf < threads ? nf : threads, per = threads / lanes;
   if (tid >= lanes * per) return;
@@ -304,8 +305,9 @@ DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar
   while (slow < n_slow) {
     for (int f = tid % lanes; f < nf; f += lanes) {
       const int p = channel_fastest ? f : slow;
-      const int r = R.r0 + (channel_fastest ? slow : mid), q = R.q0 + (channel_fastest ? mid : f);
-      smem[p * plane_stride + r * pitch + q] = static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]);
+      const int r = channel_fastest ? slow : mid, q = channel_fastest ? mid : f;
+      smem[p * t.plane_stride + q * t.pitch + r] =
+          R.inside(r, q) ? static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]) : acc_t(0);
     }
     mid += per;
     while (mid >= n_mid) {
@@ -352,54 +354,48 @@ DCLS_HD ForwardJob forward_job(const TiledConv<scalar_t, acc_t>& a, int64_t bid)
   return j;
 }
 
-// Phase 1: zero the block's planes.
-template <typename scalar_t, typename acc_t>
-DCLS_HD void tiled_forward_clear(const TiledConv<scalar_t, acc_t>& a, acc_t* smem, int tid) {
-  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
-}
-
-// Phase 2: load the planes' input tiles and halos (the parts inside the input).
+// Phase 1: stage the planes' input tiles and halos (zero outside the input).
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid) {
   const TileConfig& t = a.cfg;
   const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
   const int planes = static_cast<int>(a.C - j.c0 < t.planes ? a.C - j.c0 : t.planes);
-  stage_planes(smem, t.pitch, t.plane_stride, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0,
-               planes, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
+  stage_planes(smem, t, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0, planes,
+               stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
 }
 
-// Phase 3: thread tid computes RY outputs of one column for each plane of its group.
-template <int RY, typename scalar_t, typename acc_t>
+// Phase 2: thread tid computes RY outputs of one column for each plane of its group. SH: the row stride when
+// known at compile time (1), else 0 (read from the plan); with SH = 1 every load of an entry is at a constant
+// offset from the entry's address.
+template <int RY, int SH, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
                                    int tid) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
   const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
-  // 32-bit shared-memory offsets: the loads below then need one integer add each.
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
+  // 32-bit shared-memory offsets: one integer multiply-add per entry, none per row.
+  const int sh = SH > 0 ? SH : static_cast<int>(a.sh), pitch = t.pitch;
   for (int p = group; p < t.planes; p += t.groups) {
     const int64_t c = j.c0 + p;
     if (c >= a.C) break;
-    const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
+    const acc_t* s = smem + (p * t.plane_stride + lx * static_cast<int>(a.sw) * pitch + ly * RY * sh);
     const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
     acc_t acc[RY];
     for (int i = 0; i < RY; ++i) acc[i] = b;
     const TapEntry<acc_t>* e = a.table + c * a.cap;
-    const int ne = a.count[c];
-    TapEntry<acc_t> next_entry = ne > 0 ? e[0] : TapEntry<acc_t>{};
-    for (int m = 0; m < ne; ++m) {
-      const TapEntry<acc_t> en = next_entry;
-      if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
-      const acc_t* q = s + (en.dy * pitch + en.dx);
+    const TapEntry<acc_t>* const end = e + a.count[c];
+    for (; e < end; ++e) {  // a pointer walk: no 64-bit index arithmetic per entry
+      const TapEntry<acc_t> en = *e;
+      const acc_t* q = s + (en.dx * pitch + en.dy);
       if (en.c1 == acc_t(0)) {
 DCLS_UNROLL
-        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
-      } else if (row == pitch) {  // stride 1: rows i and i + 1 of the staged tile serve outputs i - 1 and i
+        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * sh];
+      } else if (sh == 1) {  // rows i and i + 1 of the staged column serve outputs i - 1 and i
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[(i + 1) * pitch];
+          const acc_t next = q[i + 1];
           acc[i] += en.c0 * prev;
           acc[i] += en.c1 * next;
           prev = next;
@@ -407,8 +403,8 @@ DCLS_UNROLL
       } else {
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          acc[i] += en.c0 * q[i * row];
-          acc[i] += en.c1 * q[i * row + pitch];
+          acc[i] += en.c0 * q[i * sh];
+          acc[i] += en.c1 * q[i * sh + 1];
         }
       }
     }
@@ -471,25 +467,21 @@ DCLS_HD void tiled_corr_clear(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, 
   for (int i = tid; i < a.warps() * a.values(); i += a.cfg.threads) red[i] = acc_t(0);
 }
 
-// Phase 1 (per round): zero the staged planes.
-template <typename scalar_t, typename acc_t>
-DCLS_HD void tiled_corr_clear_tiles(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid) {
-  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
-}
-
-// Phase 2 (per round): each group's threads load the input region of its job, first + group.
+// Phase 1 (per round): each group's threads stage the input region of its job, first + group (zeros for a
+// group past the slab's jobs, whose output gradients are zero too).
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_stage(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, int64_t first, acc_t* smem,
                               int tid) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows, group = tid / per_plane;
   const int64_t job = first + group, tiles = t.tiles_y * t.tiles_x;
-  if (group >= t.groups || job >= j.end) return;
-  const int64_t n = job / tiles, tile = job % tiles;
+  if (group >= t.groups) return;
+  const bool has_job = job < j.end;
+  const int64_t n = has_job ? job / tiles : 0, tile = has_job ? job % tiles : 0;
   const int64_t y0 = (tile / t.tiles_x) * t.th() * a.sh - a.ph, x0 = (tile % t.tiles_x) * t.tw * a.sw - a.pw;
-  stage_planes(smem + group * t.plane_stride, t.pitch, t.plane_stride, a.x + n * a.xs[0] + j.c * a.xs[1], a.xs[1],
-               a.xs[2], a.xs[3], y0, x0, 1, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), false, tid % per_plane,
-               per_plane);
+  stage_planes(smem + group * t.plane_stride, t, a.x + n * a.xs[0] + j.c * a.xs[1], a.xs[1], a.xs[2], a.xs[3], y0,
+               x0, 1, has_job ? stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W) : kNothingInside, false,
+               tid % per_plane, per_plane);
 }
 
 // The output gradients a thread multiplies in a round (zero outside the plane or past the slab's jobs).
@@ -510,29 +502,29 @@ DCLS_HD void tiled_corr_load_grad(const TiledCorr<scalar_t, acc_t>& a, const Cor
   }
 }
 
-// Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
+// Phase 2 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
 // base + m, rows r = 0, 1.
-template <int RY, typename scalar_t, typename acc_t>
+template <int RY, int SH, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
                                  const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
-  const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
-  const TapEntry<acc_t>* e = a.table + j.c * a.cap;
-  const int ne = a.count[j.c];
+  const int sh = SH > 0 ? SH : static_cast<int>(a.sh), pitch = t.pitch;  // as in the forward
+  const acc_t* s = smem + (group * t.plane_stride + lx * static_cast<int>(a.sw) * pitch + ly * RY * sh);
+  const TapEntry<acc_t>* e = a.table + j.c * a.cap + base;  // e[m]: a constant offset once unrolled
+  const int ne = a.count[j.c] - base;
 DCLS_UNROLL
   for (int m = 0; m < kCorrGroup; ++m) {
     acc_t s0 = acc_t(0), s1 = acc_t(0);
-    if (base + m < ne) {
-      const TapEntry<acc_t> en = e[base + m];
-      const acc_t* q = s + (en.dy * pitch + en.dx);
-      if (row == pitch) {
+    if (m < ne) {
+      const TapEntry<acc_t> en = e[m];
+      const acc_t* q = s + (en.dx * pitch + en.dy);
+      if (sh == 1) {
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[(i + 1) * pitch];
+          const acc_t next = q[i + 1];
           s0 += gv[i] * prev;
           s1 += gv[i] * next;
           prev = next;
@@ -540,8 +532,8 @@ DCLS_UNROLL
       } else {
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          s0 += gv[i] * q[i * row];
-          s1 += gv[i] * q[i * row + pitch];
+          s0 += gv[i] * q[i * sh];
+          s1 += gv[i] * q[i * sh + 1];
         }
       }
     }
@@ -562,14 +554,14 @@ DCLS_HD void transpose_keep(acc_t* v, int lane, int width, int i, acc_t received
   v[i] = ((lane & width) ? v[i + width] : v[i]) + received;
 }
 
-// Phase 4 (after each reduction): the lane's total joins the warp's row of sums.
+// Phase 3 (after each reduction): the lane's total joins the warp's row of sums.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid, int base, acc_t total) {
   acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
   red[(tid / 32) * a.values() + 2 * base + (tid % 32)] += total;
 }
 
-// Phase 5 (end of the block job): warps' sums added in warp order, written to the workspace.
+// Phase 4 (end of the block job): warps' sums added in warp order, written to the workspace.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_write(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid) {
   const acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
