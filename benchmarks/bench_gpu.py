@@ -8,7 +8,7 @@ tiled engine), of cuDNN's dense 7x7 and 17x17 depthwise convolutions and of cons
 reference library's approach). Floors measured in the same run: a device copy (bytes read + written) and
 float32 / bfloat16 matrix products. Timing: CUDA events, warm-up, interleaved repeats, medians.
 
-    python benchmarks/bench_gpu.py [--quick] [--model]
+    python benchmarks/bench_gpu.py [--quick] [--methods] [--model [--breakdown]]
 """
 from __future__ import annotations
 
@@ -183,6 +183,50 @@ def run_construct() -> None:
     print_table(rows, list(rows[0]))
 
 
+def run_methods() -> None:
+    """Each method's depthwise layer as convert() builds it from a 7x7 depthwise conv (freshly converted: dcls
+    taps on grid), per engine, at the ConvNeXt-T stage shapes: forward and forward+backward (float32 NCHW, and
+    AMP bfloat16 channels_last as timm trains); the engine rule per method and device comes from this table."""
+    import torch.nn as nn
+
+    import dcls_convert as dc
+
+    rows = []
+    for shape in STAGES:
+        N, C, H, W = shape
+        conv = nn.Conv2d(C, C, 7, padding=3, groups=C).cuda()
+        layers = {"cudnn 7x7 (original)": conv,
+                  "dcls K=34 w17 taps": dc.DclsConv2d.from_conv(conv, kernel_count=34),
+                  "partial taps": dc.PartialDilatedConv2d.from_conv(conv),
+                  "bloom taps": dc.BloomConv2d.from_conv(conv, engine="taps"),
+                  "bloom dense (cudnn blur + dilated)": dc.BloomConv2d.from_conv(conv, engine="dense")}
+        for amp in (False, True):
+            x = torch.randn(shape, device="cuda")
+            if amp:
+                x = x.contiguous(memory_format=torch.channels_last)
+            fns = {}
+            for name, layer in layers.items():
+                layer = layer.cuda()
+                xg = x.detach().clone().requires_grad_()
+
+                def fwd(layer=layer):
+                    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                        return layer(x)
+
+                def fwd_bwd(layer=layer, xg=xg):
+                    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                        y = layer(xg)
+                    y.backward(torch.ones_like(y))
+                fns[name + " fwd"], fns[name + " fwd+bwd"] = fwd, fwd_bwd
+            t = cuda_time(fns)
+            for name in layers:
+                rows.append({"shape": "x".join(map(str, shape)), "precision": "AMP bf16 CL" if amp else "fp32 NCHW",
+                             "layer": name, "fwd": t[name + " fwd"], "fwd+bwd": t[name + " fwd+bwd"],
+                             "x cudnn7 fwd+bwd": t[name + " fwd+bwd"] / t["cudnn 7x7 (original) fwd+bwd"]})
+    print("\nEach method's layer from a 7x7 depthwise conv (convert's defaults), per engine, ms")
+    print_table(rows, list(rows[0]))
+
+
 def _swap_in_dcls_package(model):
     """Every converted DclsConv2d replaced by the DCLS paper's package layer of the same shape (v0, bilinear)."""
     import dcls_convert as dc
@@ -211,10 +255,23 @@ def _variants(name):
         return lambda: dc.convert(timm.create_model(name), method, rules=dense_rules, **options)[0]
 
     dcls_options = {"kernel_count": 34, "share_positions": "stage"} if name.startswith("convnext") else {}
+    def off_grid(build):
+        """Positions moved off the integer grid, as after fine-tuning: every bilinear tap has four corners."""
+        def run():
+            model = build()
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, dc.DclsConv2d):
+                        m.positions.add_(0.37)
+            return model
+        return run
+
     out = {"original": lambda: timm.create_model(name),
            "dcls" + (" K=34 w17 shared" if dcls_options else ""): convert("dcls", **dcls_options),
+           "dcls, positions off grid": off_grid(convert("dcls", **dcls_options)),
            "dcls engine=dense": convert("dcls", engine="dense", **dcls_options),
-           "partial": convert("partial"), "bloom": convert("bloom")}
+           "partial": convert("partial"), "bloom": convert("bloom"),
+           "bloom engine=dense": convert("bloom", engine="dense")}
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
     return out
@@ -284,6 +341,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="window 17 only")
     ap.add_argument("--model", action="store_true",
                     help="also time training steps of convnext_tiny and resnet50, original vs each method")
+    ap.add_argument("--methods", action="store_true",
+                    help="also time each method's layer per engine at the stage shapes")
     ap.add_argument("--breakdown", action="store_true",
                     help="with --model: each variant's top GPU kernels (AMP bfloat16) from the profiler")
     args = ap.parse_args()
@@ -297,6 +356,8 @@ def main() -> None:
           f"bfloat16 GEMM {fl['bf16'] / 1e12:.0f} TFLOP/s")
     run_layers(args.quick, fl)
     run_construct()
+    if args.methods:
+        run_methods()
     if args.model:
         run_model(args.breakdown)
 

@@ -354,6 +354,37 @@ def test_depthwise_bloom_blur_identity_matches_the_dense_kernel(ndim, k, factor,
         torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("method", ["bloom", "partial"])
+def test_bloom_and_partial_engines_agree(method, tmp_path):
+    """engine="taps" / "dense" / "auto" give the same layer (outputs and gradients), the choice survives
+    save/load and shows in the repr; a bad engine is refused by name."""
+    conv = nn.Conv2d(6, 6, 5, padding=2, groups=6, dtype=torch.float64)
+    x = torch.randn(2, 6, 15, 15, dtype=torch.float64)
+    outs = {}
+    for engine in ("taps", "dense", "auto"):
+        model = nn.Sequential(conv)
+        converted, _ = dc.convert(model, method, engine=engine)
+        layer = converted[0]
+        with torch.no_grad():  # the same nonzero parameters everywhere (the partial start has zero wings)
+            for i, p in enumerate(layer.parameters()):
+                p.copy_(torch.linspace(-1, 1, p.numel(), dtype=torch.float64).reshape(p.shape) * (i + 1))
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        y.backward(torch.ones_like(y))
+        outs[engine] = (y.detach(), xg.grad, [p.grad for p in layer.parameters()])
+        assert (engine != "auto") == (f"engine={engine!r}" in repr(layer))
+        if engine == "dense":
+            dc.save(converted, str(tmp_path / engine))
+            assert dc.load(str(tmp_path / engine), nn.Sequential(conv))[0].engine == "dense"
+    for engine in ("dense", "auto"):
+        torch.testing.assert_close(outs[engine][0], outs["taps"][0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(outs[engine][1], outs["taps"][1], rtol=1e-10, atol=1e-10)
+        for a, b in zip(outs[engine][2], outs["taps"][2]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        dc.convert(nn.Sequential(conv), method, engine="cudnn")
+
+
 @pytest.mark.parametrize("k,padding", [(2, 0), (4, 1), (4, "same"), (6, 0)])
 def test_even_kernels_convert(k, padding):
     """Even kernels: dcls picks a default window of the kernel's parity (exact start, same output shape); bloom

@@ -30,6 +30,16 @@ def conv_forward(x, kernel, bias, stride, pads, padding_mode, groups):
     return _CONV_FN[kernel.dim() - 2](x, kernel, bias, stride, sym, 1, groups)
 
 
+ENGINES = ("auto", "taps", "dense")
+
+
+def check_engine(owner: str, engine) -> None:
+    """engine: "auto" (the method's cost rule for the device), "taps" (the depthwise tap engine) or "dense"
+    (PyTorch convolutions)."""
+    if engine not in ENGINES:
+        raise ValueError(f"{owner}: engine must be one of {ENGINES}, got {engine!r}")
+
+
 class ConvertedConv(nn.Module):
     """Base of the three module kinds. Subclasses set `method`, `ndim`, build their parameters and
     implement `dense_kernel()` and `window`; `forward` may take a faster path that equals the oracle."""

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from .. import ops
 from ..geometry import per_axis
 from ..padding import pad_input
-from .base import (ConvertedConv, check_source_conv, conv_kwargs, copy_bias, grow_padding, relative_error,
-                   source_kernel)
+from .base import (ConvertedConv, check_engine, check_source_conv, conv_kwargs, copy_bias, grow_padding,
+                   relative_error, source_kernel)
 
 __all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "tent_nd", "bloom_matrix", "bloom_kernel"]
 
@@ -32,11 +32,14 @@ class BloomOptions:
         fade: bloom past the edge taps (3 -> 7 for s=2) or crop there (3 -> 5).
         keep: "kernel" keeps the source kernel size as the compact size (larger receptive field, same
             parameters); "size" picks the compact size whose bloom is the source size (fewer parameters).
+        engine: "auto" (cost rule per device), "taps" (depthwise tap engine) or "dense" (PyTorch convolutions:
+            the tent blur then the compact kernel dilated, or the bloomed kernel).
     """
 
     factor: int = 2
     fade: bool = True
     keep: Literal["kernel", "size"] = "kernel"
+    engine: Literal["auto", "taps", "dense"] = "auto"
 
     def __post_init__(self):
         if not isinstance(self.factor, int) or self.factor < 2:
@@ -45,6 +48,12 @@ class BloomOptions:
             raise ValueError(f"BloomOptions: fade must be True or False, got {self.fade!r}")
         if self.keep not in ("kernel", "size"):
             raise ValueError(f"BloomOptions: keep must be 'kernel' or 'size', got {self.keep!r}")
+        check_engine("BloomOptions", self.engine)
+
+
+# Depthwise bloom on CUDA: the tap engine (blur taps + dilated taps) when True, else cuDNN's depthwise
+# convolutions (tent blur, then the compact kernel dilated). Set from benchmarks/bench_gpu.py (RESULTS.md).
+TAPS_ON_CUDA = True
 
 
 def tent(s: int, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -105,11 +114,13 @@ class _BloomConvNd(ConvertedConv):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, factor: int = 2, fade: bool = True,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None):
+                 engine: str = "auto", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
         factory_kwargs = {"device": device, "dtype": dtype}
         self._init_conv_args(in_channels, out_channels, stride, padding, groups, bias, padding_mode, factory_kwargs)
+        check_engine(name, engine)
+        self.engine = engine
         if not isinstance(factor, int) or factor < 2:
             raise ValueError(f"{name}: factor must be an int >= 2 (1 would be the plain conv), got {factor!r}")
         self.kernel_size = per_axis(kernel_size, self.ndim, "kernel_size", name)
@@ -136,15 +147,20 @@ class _BloomConvNd(ConvertedConv):
     def dense_kernel(self) -> torch.Tensor:
         return bloom_kernel(self.weight, self.factors, self.fade)
 
-    def uses_tap_engine(self) -> bool:
-        """Depthwise 1-D/2-D: the compiled tap engine with one nearest tap per window pixel beats PyTorch's
-        CPU depthwise conv (whose weight gradient is a slow generic path) and its dilated form."""
-        return self.is_depthwise and ops.compiled_for("taps_conv", self.weight.device.type)
+    def uses_tap_engine(self, device_type: str | None = None) -> bool:
+        """Depthwise 1-D/2-D layers, cost rule measured per device (benchmarks/RESULTS.md): on CPU the compiled
+        tap engine beats PyTorch's depthwise conv (whose weight gradient is a slow generic path) and its dilated
+        form; on CUDA see TAPS_ON_CUDA."""
+        if self.engine == "dense" or not self.is_depthwise or self.ndim > 2:
+            return False
+        device_type = device_type or self.weight.device.type
+        return self.engine == "taps" or (ops.compiled_for("taps_conv", device_type)
+                                          and (device_type != "cuda" or TAPS_ON_CUDA))
 
-    def uses_blur_path(self) -> bool:
+    def uses_blur_path(self, device_type: str | None = None) -> bool:
         """Cost rule (multiply-adds per output pixel): blur (Cin x tent) + dilated compact conv vs the dense
         bloomed conv. The identity needs the fade (the cropped kernel is not a plain blur of a dilated one)."""
-        if not self.fade or self.uses_tap_engine():
+        if not self.fade or self.uses_tap_engine(device_type):
             return False
         cin_g = self.in_channels // self.groups
         blur = self.in_channels * math.prod([2 * f - 1 for f in self.factors]) / self.out_channels  # a list: dynamo
@@ -156,18 +172,19 @@ class _BloomConvNd(ConvertedConv):
         return "blur+dilated" if self.uses_blur_path() else "bloom+conv"
 
     def _extra_config(self) -> dict:
-        return dict(kernel_size=list(self.kernel_size), factor=self.factor, fade=self.fade)
+        return dict(kernel_size=list(self.kernel_size), factor=self.factor, fade=self.fade, engine=self.engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self.uses_tap_engine() and self.fade:
+        taps = self.uses_tap_engine(x.device.type)
+        if taps and self.fade:
             return self._blur_taps_forward(x)
-        if self.uses_tap_engine():
+        if taps:
             kernel = self.dense_kernel()
             w = kernel.flatten(2)
             pos = grid_offsets(self.window, w.dtype, w.device)[:, None, None, :].expand(self.ndim, *w.shape)
             return self._taps_forward(x, w, pos, "nearest")
-        if not self.uses_blur_path():
+        if not self.uses_blur_path(x.device.type):
             return super().forward(x)
         s, ndim = self.factors, self.ndim
         # Pad as the bloomed conv would, blur with the fixed tent (valid), then the compact kernel dilated by s.
@@ -201,6 +218,8 @@ class _BloomConvNd(ConvertedConv):
         s.insert(1, f"kernel_size={self.kernel_size}, factor={self.factor}, window={self.window}")
         if not self.fade:
             s.append("fade=False")
+        if self.engine != "auto":
+            s.append(f"engine={self.engine!r}")
         return ", ".join(s)
 
     @classmethod
@@ -229,7 +248,7 @@ class _BloomConvNd(ConvertedConv):
                              "source conv")
         padding, shift = grow_padding(conv, extent, window, name)
         module = cls(conv.in_channels, conv.out_channels, ksize, factor=s, fade=opts.fade, padding=padding,
-                     **conv_kwargs(conv))
+                     engine=opts.engine, **conv_kwargs(conv))
         if inputs is not None and all(sh >= 0 for sh in shift) and _fit_to_inputs(module, target, shift, factors,
                                                                                      inputs):
             copy_bias(module, conv)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from .. import ops
 from ..finite_check import check_finite
 from ..geometry import MAX_GEOMETRY, per_axis
-from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding,
-                   relative_error, source_kernel)
+from .base import (ConvertedConv, check_engine, check_source_conv, conv_forward, conv_kwargs, copy_bias,
+                   grow_padding, relative_error, source_kernel)
 
 __all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window", "placed_source_kernel",
            "share_positions"]
@@ -60,7 +60,6 @@ class DclsOptions:
 
 
 INTERPOLATIONS = ("bilinear", "gaussian")
-ENGINES = ("auto", "taps", "dense")
 
 
 def check_options(owner: str, kernel_count, interpolation, sigma_min, engine) -> None:
@@ -72,8 +71,7 @@ def check_options(owner: str, kernel_count, interpolation, sigma_min, engine) ->
         raise ValueError(f"{owner}: interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     if not (isinstance(sigma_min, (int, float)) and 0 < sigma_min < math.inf):
         raise ValueError(f"{owner}: sigma_min must be a finite number > 0, got {sigma_min!r}")
-    if engine not in ENGINES:
-        raise ValueError(f"{owner}: engine must be one of {ENGINES}, got {engine!r}")
+    check_engine(owner, engine)
 
 
 def _position_dtype(dtype: torch.dtype | None) -> torch.dtype | None:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from .. import ops
 from ..geometry import per_axis
-from .base import (ConvertedConv, check_source_conv, conv_forward, conv_kwargs, copy_bias, grow_padding,
-                   source_kernel)
+from .base import (ConvertedConv, check_engine, check_source_conv, conv_forward, conv_kwargs, copy_bias,
+                   grow_padding, source_kernel)
 
 __all__ = ["PartialOptions", "PartialDilatedConv1d", "PartialDilatedConv2d", "axis_pattern"]
 
@@ -26,11 +27,16 @@ class PartialOptions:
         island: dense island size m per axis (odd, >= the source extent); default the source extent.
         wing_taps: n taps per wing; default max(1, extent // 2).
         wing_spacing: spacing r of the wing taps (>= 1).
+        engine: "auto" (depthwise 1-D/2-D layers on the tap engine), "taps" or "dense" (construct + conv).
     """
 
     island: int | tuple[int, ...] | None = None
     wing_taps: int | tuple[int, ...] | None = None
     wing_spacing: int | tuple[int, ...] = 2
+    engine: Literal["auto", "taps", "dense"] = "auto"
+
+    def __post_init__(self):
+        check_engine("PartialOptions", self.engine)
 
 
 def axis_pattern(m: int, n: int, r: int) -> list[int]:
@@ -45,11 +51,13 @@ class _PartialDilatedConvNd(ConvertedConv):
 
     def __init__(self, in_channels: int, out_channels: int, island, wing_taps, wing_spacing,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None):
+                 engine: str = "auto", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
         factory_kwargs = {"device": device, "dtype": dtype}
         self._init_conv_args(in_channels, out_channels, stride, padding, groups, bias, padding_mode, factory_kwargs)
+        check_engine(name, engine)
+        self.engine = engine
         self.island = per_axis(island, self.ndim, "island", name)
         if any(m % 2 == 0 for m in self.island):
             raise ValueError(f"{name}: island must be odd on every axis (it is centred), got {self.island}")
@@ -105,14 +113,16 @@ class _PartialDilatedConvNd(ConvertedConv):
         return ops.construct(w, pos, None, self.window, "nearest")
 
     def uses_tap_engine(self) -> bool:
-        # Nearest taps touch kernel_count <= prod(window) entries, so the engine is never costlier than dense.
-        return self.is_depthwise and self.ndim <= 2
+        # Nearest taps touch kernel_count <= prod(window) entries, so the engine is never costlier than dense
+        # (on an H200, cuDNN's 17x17 depthwise bfloat16 channels_last runs 10x slower than its 7x7).
+        return self.engine != "dense" and self.is_depthwise and self.ndim <= 2
 
     def engine_name(self) -> str:
         return "taps(nearest)" if self.uses_tap_engine() else "construct+conv"
 
     def _extra_config(self) -> dict:
-        return dict(island=list(self.island), wing_taps=list(self.wing_taps), wing_spacing=list(self.wing_spacing))
+        return dict(island=list(self.island), wing_taps=list(self.wing_taps), wing_spacing=list(self.wing_spacing),
+                    engine=self.engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -131,6 +141,8 @@ class _PartialDilatedConvNd(ConvertedConv):
         s = self._conv_repr()
         s.insert(1, f"island={self.island}, wing_taps={self.wing_taps}, wing_spacing={self.wing_spacing}, "
                     f"window={self.window}")
+        if self.engine != "auto":
+            s.append(f"engine={self.engine!r}")
         return ", ".join(s)
 
     @classmethod
@@ -147,7 +159,7 @@ class _PartialDilatedConvNd(ConvertedConv):
             raise ValueError(f"{name}.from_conv: island {island} is smaller than the source kernel extent {extent}")
         wing_taps = opts.wing_taps if opts.wing_taps is not None else tuple(max(1, e // 2) for e in extent)
         module = cls(conv.in_channels, conv.out_channels, island, wing_taps, opts.wing_spacing, **conv_kwargs(conv),
-                     padding=0)
+                     padding=0, engine=opts.engine)
         padding, _ = grow_padding(conv, extent, module.window, name)
         module.padding = padding
         with torch.no_grad():
