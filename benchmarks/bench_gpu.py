@@ -8,7 +8,7 @@ tiled engine), of cuDNN's dense 7x7 and 17x17 depthwise convolutions and of cons
 reference library's approach). Floors measured in the same run: a device copy (bytes read + written) and
 float32 / bfloat16 matrix products. Timing: CUDA events, warm-up, interleaved repeats, medians.
 
-    python benchmarks/bench_gpu.py [--quick] [--methods] [--model [--breakdown]]
+    python benchmarks/bench_gpu.py [--quick] [--methods] [--model [--breakdown]]  (--help: the rest)
 """
 from __future__ import annotations
 
@@ -112,7 +112,9 @@ def construct_fns(x, w, p, window):
     return {"construct+cudnn fwd+bwd": step}
 
 
-def run_layers(quick: bool, fl: dict) -> None:
+def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = True) -> list[dict]:
+    """The tap engine per stage shape against cuDNN and the floors; taps_only: the engine's own columns (to compare
+    builds of it), gather: also its fallback kernels."""
     rows = []
     cases = [(s, 17) for s in STAGES] + ([] if quick else [(STAGES[0], 31), (STAGES[0], 51)])
     for shape, window in cases:
@@ -122,44 +124,51 @@ def run_layers(quick: bool, fl: dict) -> None:
             xo, wo, po = layer_inputs(shape, dtype, cl, window, K, on_grid=True)
             fns = tap_fns(x, w, p, window)
             fns["on-grid fwd"] = tap_fns(xo, wo, po, window)["fwd"]
-            fns.update(construct_fns(x, w, p, window))
-            fns.update(dense_fns(x, 7, "cudnn7 "))
-            if window == 17:
-                fns.update(dense_fns(x, 17, "cudnn17 "))
+            if not taps_only:
+                fns.update(construct_fns(x, w, p, window))
+                fns.update(dense_fns(x, 7, "cudnn7 "))
+                if window == 17:
+                    fns.update(dense_fns(x, 17, "cudnn17 "))
             t = cuda_time(fns)
-            os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
-            try:
-                t.update(cuda_time({"gather " + k: v for k, v in tap_fns(x, w, p, window).items()}, repeats=5))
-            finally:
-                del os.environ["DCLS_CONVERT_CUDA_TAPS"]
+            if gather and not taps_only:
+                os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
+                try:
+                    t.update(cuda_time({"gather " + k: v for k, v in tap_fns(x, w, p, window).items()}, repeats=5))
+                finally:
+                    del os.environ["DCLS_CONVERT_CUDA_TAPS"]
             N, C, H, W = shape
             outs = N * C * H * W
             mem_ms = 2 * outs * x.element_size() / fl["copy"] * 1e3
             ari_ms = 2 * 4 * K * outs / fl["f32"] * 1e3  # the engine multiplies in float32 (no tensor cores)
             floor = max(mem_ms, ari_ms)
-            rows.append({
+            nan = float("nan")
+            row = {
                 "shape": "x".join(map(str, shape)), "L": window,
                 "dtype": "fp32 NCHW" if dtype == torch.float32 else "bf16 CL",
                 "fwd": t["fwd"], "fwd/floor": t["fwd"] / floor, "on-grid fwd": t["on-grid fwd"],
                 "dgrad": t["dgrad"], "wgrad": t["wgrad"], "wgrad/floor": t["wgrad"] / ari_ms,
                 "fwd+bwd": t["fwd+bwd"],
-                "gather fwd+dgrad": t["gather fwd"] + t["gather dgrad"],
-                "speedup fwd+dgrad": (t["gather fwd"] + t["gather dgrad"]) / (t["fwd"] + t["dgrad"]),
-                "gather fwd+bwd": t["gather fwd+bwd"],
-                "cudnn7 fwd": t["cudnn7 fwd"], "cudnn7 fwd+bwd": t["cudnn7 fwd+bwd"],
-                "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
-                "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd"),
-                "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"],
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
-            })
-            print(f"  measured {rows[-1]['shape']} L={window} {rows[-1]['dtype']}", flush=True)
+            }
+            if "gather fwd" in t:
+                row.update({"gather fwd+dgrad": t["gather fwd"] + t["gather dgrad"],
+                            "speedup fwd+dgrad": (t["gather fwd"] + t["gather dgrad"]) / (t["fwd"] + t["dgrad"]),
+                            "gather fwd+bwd": t["gather fwd+bwd"]})
+            if not taps_only:
+                row.update({"cudnn7 fwd": t["cudnn7 fwd"], "cudnn7 fwd+bwd": t["cudnn7 fwd+bwd"],
+                            "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
+                            "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
+                            "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
+            rows.append(row)
+            print(f"  measured {row['shape']} L={window} {row['dtype']}", flush=True)
     print("\nPer layer, ms (medians of CUDA-event timings); K = 34 bilinear taps, random off-grid positions unless "
           "'on-grid'; floor = max(memory, arithmetic at the float32 GEMM rate) for the forward; wgrad/floor uses "
           "the arithmetic floor (one correlation per corner).")
-    cols = ["shape", "L", "dtype", "fwd", "fwd/floor", "on-grid fwd", "dgrad", "wgrad", "wgrad/floor", "fwd+bwd",
-            "gather fwd+dgrad", "speedup fwd+dgrad", "gather fwd+bwd", "cudnn7 fwd", "cudnn7 fwd+bwd",
-            "fwd+bwd / cudnn7", "cudnn17 fwd+bwd", "construct+cudnn fwd+bwd", "floor mem/arith"]
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
     print_table(rows, cols)
+    return rows
 
 
 def run_construct() -> None:
@@ -293,15 +302,38 @@ def kernel_breakdown(step, top: int = 8) -> str:
                      f"x{e.count // 2:<4d} {e.key[:110]}" for e in events[:top])
 
 
-def run_model(breakdown: bool = False) -> None:
+def host_breakdown(step, top: int = 8) -> str:
+    """Host time of a step (queued without waiting for the GPU) and the ops that spend it: when it exceeds the
+    GPU's busy time, the GPU idles."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        step()
+    host_ms = (time.perf_counter() - t0) / 3 * 1e3
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return f"    host {host_ms:.1f} ms/step to queue; top host ops (self CPU, profiled step):\n" + "\n".join(
+        f"    {e.self_cpu_time_total / 1e3:8.3f} ms x{e.count:<5d} {e.key[:100]}" for e in events)
+
+
+def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), only=None) -> None:
     """One SGD training step, batch 64, 224x224, channels_last: convnext_tiny (depthwise 7x7) and resnet50 (dense
     3x3), original vs each method vs the DCLS paper's package, AMP bfloat16 and float32; ms/step (median of CUDA
     events), images/s, peak memory, ratios to the original in the same run."""
     rows = []
     x = torch.randn(64, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 1000, (64,), device="cuda")
-    for model_name in ("convnext_tiny", "resnet50"):
+    for model_name in models:
         for variant, build in _variants(model_name).items():
+            if only and not any(variant == o or (o.endswith("*") and variant.startswith(o[:-1])) for o in only):
+                continue
             try:
                 m = build().cuda().to(memory_format=torch.channels_last)
             except Exception as exc:  # a row that cannot run says why; the table goes on
@@ -321,6 +353,7 @@ def run_model(breakdown: bool = False) -> None:
                 if breakdown and amp:
                     print(f"\n{model_name} / {variant} / AMP bf16: {ms:.1f} ms/step; top kernels", flush=True)
                     print(kernel_breakdown(step), flush=True)
+                    print(host_breakdown(step), flush=True)
                 rows.append({"model": model_name, "variant": variant, "precision": "AMP bf16" if amp else "fp32",
                              "ms/step": ms, "images/s": 64e3 / ms,
                              "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
@@ -344,7 +377,14 @@ def main() -> None:
     ap.add_argument("--methods", action="store_true",
                     help="also time each method's layer per engine at the stage shapes")
     ap.add_argument("--breakdown", action="store_true",
-                    help="with --model: each variant's top GPU kernels (AMP bfloat16) from the profiler")
+                    help="with --model: each variant's top GPU kernels and host ops (AMP bfloat16) from the profiler")
+    ap.add_argument("--models", default="convnext_tiny,resnet50", help="with --model: which models")
+    ap.add_argument("--variants", default="",
+                    help="with --model: only these variants (';' between names, 'prefix*' for a family)")
+    ap.add_argument("--layers-only", action="store_true", help="the per-layer table alone")
+    ap.add_argument("--taps-only", action="store_true", help="per layer, the tap engine's own columns")
+    ap.add_argument("--no-gather", action="store_true", help="per layer, skip the gather fallback")
+    ap.add_argument("--json", default=None, help="write the per-layer rows to this file")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA device")
@@ -354,12 +394,19 @@ def main() -> None:
     fl = floors()
     print(f"floors: copy {fl['copy'] / 1e12:.2f} TB/s (read + written), float32 GEMM {fl['f32'] / 1e12:.1f} TFLOP/s, "
           f"bfloat16 GEMM {fl['bf16'] / 1e12:.0f} TFLOP/s")
-    run_layers(args.quick, fl)
+    rows = run_layers(args.quick, fl, taps_only=args.taps_only, gather=not args.no_gather)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(rows, f)
+    if args.layers_only:
+        return
     run_construct()
     if args.methods:
         run_methods()
     if args.model:
-        run_model(args.breakdown)
+        run_model(args.breakdown, args.models.split(","), [v for v in args.variants.split(";") if v])
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   }
 }
 
-template <int RY, int SH, typename scalar_t, typename acc_t>
+template <int RY, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kTileThreads) tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
   const int64_t blocks = a.blocks();
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kTileThreads) tiled_forward_kernel(TiledConv<s
     const ForwardJob j = forward_job(a, bid);
     tiled_forward_stage(a, j, smem, threadIdx.x);
     __syncthreads();
-    tiled_forward_compute<RY, SH>(a, j, smem, threadIdx.x);
+    tiled_forward_compute<RY>(a, j, smem, threadIdx.x);
     __syncthreads();
   }
 }
@@ -134,7 +134,7 @@ __device__ __forceinline__ void transpose_step(acc_t* v, int lane) {
   }
 }
 
-template <int RY, int SH, typename scalar_t, typename acc_t>
+template <int RY, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kTileThreads) tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
   const int tid = threadIdx.x, lane = tid % 32;
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kTileThreads) tiled_corr_kernel(TiledCorr<scal
       __syncthreads();
       for (int base = 0; base < ne; base += kCorrGroup) {
         acc_t v[2 * kCorrGroup];
-        tiled_corr_products<RY, SH>(a, j, smem, tid, gv, base, v);
+        tiled_corr_products<RY>(a, j, smem, tid, gv, base, v);
         __syncwarp();  // converged here (the entry count is the block's): lets the shuffles below run plain
         transpose_step<16>(v, lane);
         transpose_step<8>(v, lane);
@@ -213,10 +213,7 @@ void run_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t, ac
   build_tables(a, kind, false, tb);
   tb.bind(c);
   const int64_t bytes = int64_t(c.cfg.planes) * c.cfg.plane_stride * sizeof(acc_t);
-  // RY = 8 rows per thread (unit row stride compiled in where it holds), or one row (planes under 6 rows).
-  auto kernel = c.cfg.ry != 8 ? tiled_forward_kernel<1, 0, scalar_t, acc_t>
-                : c.sh == 1   ? tiled_forward_kernel<8, 1, scalar_t, acc_t>
-                              : tiled_forward_kernel<8, 0, scalar_t, acc_t>;
+  auto kernel = c.cfg.ry == 8 ? tiled_forward_kernel<8, scalar_t, acc_t> : tiled_forward_kernel<1, scalar_t, acc_t>;
   allow_smem(kernel, bytes);
   kernel<<<grid_blocks(c.blocks()), c.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -229,9 +226,7 @@ void run_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t
   build_tables(a, kCornerTable, need_pos, tb);
   tb.bind(w);
   const int64_t bytes = w.smem_elems() * sizeof(acc_t);
-  auto kernel = w.cfg.ry != 8 ? tiled_corr_kernel<1, 0, scalar_t, acc_t>
-                : w.sh == 1   ? tiled_corr_kernel<8, 1, scalar_t, acc_t>
-                              : tiled_corr_kernel<8, 0, scalar_t, acc_t>;
+  auto kernel = w.cfg.ry == 8 ? tiled_corr_kernel<8, scalar_t, acc_t> : tiled_corr_kernel<1, scalar_t, acc_t>;
   allow_smem(kernel, bytes);
   // About four waves of resident blocks: enough to balance the SMs, few enough to keep each block's rounds long.
   int per_sm = 0;

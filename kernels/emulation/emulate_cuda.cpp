@@ -98,7 +98,7 @@ void poison(acc_t* smem, int64_t n) {
   std::fill(smem, smem + n, std::numeric_limits<acc_t>::quiet_NaN());
 }
 
-template <int RY, int SH, typename scalar_t, typename acc_t>
+template <int RY, typename scalar_t, typename acc_t>
 void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t, acc_t>& a, int kind,
                            const at::Tensor& like) {
   TableBuffers<acc_t> tb(like, a.C, a.K);
@@ -109,14 +109,14 @@ void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t
     const ForwardJob j = forward_job(c, bid);
     poison(smem.data(), smem.size());
     for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
-    for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_compute<RY, SH>(c, j, smem.data(), tid);
+    for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_compute<RY>(c, j, smem.data(), tid);
   }
 }
 
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;
 
-template <int RY, int SH, typename scalar_t, typename acc_t>
+template <int RY, typename scalar_t, typename acc_t>
 void emulate_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, bool need_pos,
                         const at::Tensor& like) {
   TableBuffers<acc_t> tb(like, a.C, a.K);
@@ -137,7 +137,7 @@ void emulate_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, a
       for (int tid = 0; tid < T; ++tid) tiled_corr_load_grad<RY>(w, j, first, tid, &gv[tid * RY]);
       for (int base = 0; base < w.count[j.c]; base += kCorrGroup) {
         for (int tid = 0; tid < T; ++tid)
-          tiled_corr_products<RY, SH>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
+          tiled_corr_products<RY>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
         for (int width = kCorrGroup; width >= 1; width /= 2) {
           for (int i = 0; i < width; ++i) {
             for (int tid = 0; tid < T; ++tid) sent[tid] = transpose_send(&v[tid * 2 * kCorrGroup], tid % 32, width, i);
@@ -167,9 +167,8 @@ at::Tensor emulate_taps_conv(const at::Tensor& input, const at::Tensor& weight, 
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
     const auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
-    if (plan.cfg.ok && plan.cfg.ry == 8 && plan.sh == 1) emulate_tiled_forward<8, 1>(plan, a, kForwardTable, input);
-    else if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_forward<8, 0>(plan, a, kForwardTable, input);
-    else if (plan.cfg.ok) emulate_tiled_forward<1, 0>(plan, a, kForwardTable, input);
+    if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_forward<8>(plan, a, kForwardTable, input);
+    else if (plan.cfg.ok) emulate_tiled_forward<1>(plan, a, kForwardTable, input);
     else {  // the gather kernel (NCHW)
       const auto x = in.x.contiguous();
       auto o = at::empty(out.sizes(), out.options().memory_format(at::MemoryFormat::Contiguous));
@@ -202,9 +201,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     if (output_mask[0]) {
       const auto plan = grad_input_plan<scalar_t, acc_t>(grad_output, gin, a);
-      if (plan.cfg.ok && plan.cfg.ry == 8 && plan.sh == 1) emulate_tiled_forward<8, 1>(plan, a, kMirroredTable, input);
-      else if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_forward<8, 0>(plan, a, kMirroredTable, input);
-      else if (plan.cfg.ok) emulate_tiled_forward<1, 0>(plan, a, kMirroredTable, input);
+      if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_forward<8>(plan, a, kMirroredTable, input);
+      else if (plan.cfg.ok) emulate_tiled_forward<1>(plan, a, kMirroredTable, input);
       else {
         const auto g = grad_output.contiguous();
         auto gi = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
@@ -221,9 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_backward(
       a.grad_pos_w = output_mask[2] ? gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0) : nullptr;
       const bool need_pos = output_mask[2] && interp == kBilinear;
       const auto plan = corr_plan<scalar_t, acc_t>(in.x, grad_output, a);
-      if (plan.cfg.ok && plan.cfg.ry == 8 && plan.sh == 1) emulate_tiled_corr<8, 1>(plan, a, need_pos, input);
-      else if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_corr<8, 0>(plan, a, need_pos, input);
-      else if (plan.cfg.ok) emulate_tiled_corr<1, 0>(plan, a, need_pos, input);
+      if (plan.cfg.ok && plan.cfg.ry == 8) emulate_tiled_corr<8>(plan, a, need_pos, input);
+      else if (plan.cfg.ok) emulate_tiled_corr<1>(plan, a, need_pos, input);
       else {  // the per-tap block reduction (wgrad_kernel), phase by phase
         const auto x = in.x.contiguous(), g = grad_output.contiguous();
         a.x = x.data_ptr<scalar_t>();

@@ -8,11 +8,11 @@
 //
 // Forward (tiled_forward_*): a block stages its planes' input tile plus halo in shared memory once, then each
 // thread computes RY vertically adjacent outputs of one column in registers: per entry RY + 1 shared loads
-// (RY for a single row) and 2 RY multiply-adds. Staged planes are column-major (a column's rows are adjacent),
-// so at stride 1 a thread's RY + 1 loads of an entry sit at fixed offsets from one address: no address
-// arithmetic per row (on an H200 the row-major tile spent an integer multiply-add per row). Lanes of a warp own
-// neighbouring columns, and the column pitch is padded so that a warp's loads hit distinct banks. The input
-// gradient at stride 1 is the same forward run on the output gradient with the mirrored table.
+// (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the row pitch is
+// padded so that a warp's loads hit distinct banks (a column-major tile was tried and measured on an H200: it
+// saved an integer add per row but left no conflict-free pitch where a warp spans several thread rows, and ran
+// 2.6x slower on 14x14 planes). The input gradient at stride 1 is the same forward run on the output gradient
+// with the mirrored table.
 //
 // Weight and position gradients (tiled_corr_*): S[c, e, r] = sum over (n, oy, ox) of grad_out times the input
 // under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
@@ -183,7 +183,7 @@ DCLS_HD int64_t table_scratch_bytes(int64_t K, int64_t Lh, int64_t Lw) {
 struct TileConfig {
   bool ok = false;
   int ry = 8, tw = 32, thread_rows = 1, groups = 1, planes = 1, threads = 32;
-  // Staged region per plane, column-major: element (row r, column q) at q * pitch + r (pitch >= in_h).
+  // Staged region per plane, row-major: element (row r, column q) at r * pitch + q (pitch >= in_w).
   int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;
   int64_t tiles_y = 1, tiles_x = 1;
   DCLS_HD int th() const { return thread_rows * ry; }
@@ -197,14 +197,14 @@ constexpr int64_t kMaxTileSmemBytes = 96 * 1024;  // keeps two blocks per SM on 
 constexpr int64_t kExtraPlanesSmemBytes = 56 * 1024;
 
 // Bank-conflict-aware padding: the first warp's base addresses (thread (group, row, lane) at
-// group * plane_stride + lane * sw * pitch + row * ry * sh) should fall in distinct banks.
+// group * plane_stride + row * ry * sh * pitch + lane * sw) should fall in distinct banks.
 inline int bank_spread(const TileConfig& t, int64_t sh, int64_t sw) {
   bool used[32] = {};
   int distinct = 0;
   for (int lane = 0; lane < 32 && lane < t.threads; ++lane) {
     const int per_plane = t.tw * t.thread_rows;
     const int g = lane / per_plane, r = (lane % per_plane) / t.tw, x = lane % t.tw;
-    const int64_t addr = g * t.plane_stride + x * sw * t.pitch + r * t.ry * sh;
+    const int64_t addr = g * t.plane_stride + r * t.ry * sh * t.pitch + x * sw;
     const int bank = static_cast<int>(addr % 32);
     if (!used[bank]) ++distinct;
     used[bank] = true;
@@ -242,8 +242,8 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
     for (int dp = 0; dp < 32 && best < 32; ++dp) {
       for (int ds = 0; ds < 32 && best < 32; ++ds) {
         TileConfig c = t;
-        c.pitch = t.in_h + dp;
-        c.plane_stride = t.in_w * c.pitch + ds;
+        c.pitch = t.in_w + dp;
+        c.plane_stride = t.in_h * c.pitch + ds;
         const int spread = bank_spread(c, sh, sw);
         if (spread > best) {
           best = spread;
@@ -284,35 +284,65 @@ constexpr StageRect kNothingInside = {0, 0, 0, 0};
 
 // Staging in one pass: thread tid of `threads` writes its share of the in_h x in_w region of `planes` planes,
 // element (p, r, q) = src[p * cs + (y0 + r) * ys + (x0 + q) * xs] inside rectangle R and zero (padding) outside
-// it, so no separate clearing pass and barrier. The fastest index runs across threads (channels for
-// channels_last, so a warp reads a run of neighbouring channels; else columns), the others advance without
-// divisions.
+// it, so no separate clearing pass and barrier. The fastest index runs across threads: columns for NCHW
+// inputs, channels for channels_last ones (a warp reads a run of neighbouring channels). Each thread issues
+// kStageBatch loads before it stores any, so their latencies overlap instead of adding up (a 72 x 48 tile is 15
+// elements per thread of a 224-thread block), and walks its elements with pointer steps, not index products.
+constexpr int kStageBatch = 4;
+
 template <typename scalar_t, typename acc_t>
 DCLS_HD void stage_planes(acc_t* smem, const TileConfig& t, const scalar_t* src, int64_t cs, int64_t ys, int64_t xs,
                           int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
                           int threads) {
   const int rows = t.in_h, cols = t.in_w;
   if (planes <= 0) return;
-  const int nf = channel_fastest ? planes : cols;
-  const int lanes = nf < threads ? nf : threads, per = threads / lanes;
-  if (tid >= lanes * per) return;
-  const int n_mid = channel_fastest ? cols : rows, n_slow = channel_fastest ? rows : planes;
-  int mid = tid / lanes, slow = 0;
-  while (mid >= n_mid) {
-    mid -= n_mid;
-    ++slow;
-  }
-  while (slow < n_slow) {
-    for (int f = tid % lanes; f < nf; f += lanes) {
-      const int p = channel_fastest ? f : slow;
-      const int r = channel_fastest ? slow : mid, q = channel_fastest ? mid : f;
-      smem[p * t.plane_stride + q * t.pitch + r] =
-          R.inside(r, q) ? static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]) : acc_t(0);
+  if (!channel_fastest) {  // threads across columns, then rows; one plane after another
+    const int lanes = cols < threads ? cols : threads, per = threads / lanes;
+    if (tid >= lanes * per) return;
+    for (int p = 0; p < planes; ++p) {
+      acc_t* dst = smem + p * t.plane_stride;
+      for (int q = tid % lanes; q < cols; q += lanes) {
+        const bool col_in = q >= R.q0 && q < R.q1;
+        const scalar_t* col = src + p * cs + (x0 + q) * xs;  // dereferenced only inside R
+        for (int r = tid / lanes; r < rows; r += kStageBatch * per) {
+          acc_t v[kStageBatch];
+DCLS_UNROLL
+          for (int u = 0; u < kStageBatch; ++u) {
+            const int ru = r + u * per;
+            v[u] = col_in && ru >= R.r0 && ru < R.r1 ? static_cast<acc_t>(col[(y0 + ru) * ys]) : acc_t(0);
+          }
+DCLS_UNROLL
+          for (int u = 0; u < kStageBatch; ++u)
+            if (r + u * per < rows) dst[(r + u * per) * t.pitch + q] = v[u];
+        }
+      }
     }
-    mid += per;
-    while (mid >= n_mid) {
-      mid -= n_mid;
-      ++slow;
+    return;
+  }
+  // channels_last: threads across planes, then (row, column) pairs in row-major order
+  const int lanes = planes < threads ? planes : threads, per = threads / lanes;
+  if (tid >= lanes * per) return;
+  const int cells = rows * cols;
+  for (int p = tid % lanes; p < planes; p += lanes) {
+    const scalar_t* plane = src + p * cs;
+    acc_t* dst = smem + p * t.plane_stride;
+    int m = tid / lanes, r = m / cols, q = m % cols;  // one division per plane; steps of `per` after that
+    for (; m < cells; m += kStageBatch * per) {
+      acc_t v[kStageBatch];
+      int at[kStageBatch];
+DCLS_UNROLL
+      for (int u = 0; u < kStageBatch; ++u) {
+        at[u] = m + u * per < cells ? r * t.pitch + q : -1;
+        v[u] = at[u] >= 0 && R.inside(r, q) ? static_cast<acc_t>(plane[(y0 + r) * ys + (x0 + q) * xs]) : acc_t(0);
+        q += per;
+        while (q >= cols) {
+          q -= cols;
+          ++r;
+        }
+      }
+DCLS_UNROLL
+      for (int u = 0; u < kStageBatch; ++u)
+        if (at[u] >= 0) dst[at[u]] = v[u];
     }
   }
 }
@@ -364,22 +394,20 @@ DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const Forw
                stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
 }
 
-// Phase 2: thread tid computes RY outputs of one column for each plane of its group. SH: the row stride when
-// known at compile time (1), else 0 (read from the plan); with SH = 1 every load of an entry is at a constant
-// offset from the entry's address.
-template <int RY, int SH, typename scalar_t, typename acc_t>
+// Phase 2: thread tid computes RY outputs of one column for each plane of its group.
+template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
                                    int tid) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
   const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
-  // 32-bit shared-memory offsets: one integer multiply-add per entry, none per row.
-  const int sh = SH > 0 ? SH : static_cast<int>(a.sh), pitch = t.pitch;
+  // 32-bit shared-memory offsets: the loads below then need one integer add each.
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
   for (int p = group; p < t.planes; p += t.groups) {
     const int64_t c = j.c0 + p;
     if (c >= a.C) break;
-    const acc_t* s = smem + (p * t.plane_stride + lx * static_cast<int>(a.sw) * pitch + ly * RY * sh);
+    const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
     const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
     acc_t acc[RY];
     for (int i = 0; i < RY; ++i) acc[i] = b;
@@ -387,15 +415,15 @@ DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const Fo
     const TapEntry<acc_t>* const end = e + a.count[c];
     for (; e < end; ++e) {  // a pointer walk: no 64-bit index arithmetic per entry
       const TapEntry<acc_t> en = *e;
-      const acc_t* q = s + (en.dx * pitch + en.dy);
+      const acc_t* q = s + (en.dy * pitch + en.dx);
       if (en.c1 == acc_t(0)) {
 DCLS_UNROLL
-        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * sh];
-      } else if (sh == 1) {  // rows i and i + 1 of the staged column serve outputs i - 1 and i
+        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
+      } else if (row == pitch) {  // stride 1: rows i and i + 1 of the staged tile serve outputs i - 1 and i
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[i + 1];
+          const acc_t next = q[(i + 1) * pitch];
           acc[i] += en.c0 * prev;
           acc[i] += en.c1 * next;
           prev = next;
@@ -403,8 +431,8 @@ DCLS_UNROLL
       } else {
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          acc[i] += en.c0 * q[i * sh];
-          acc[i] += en.c1 * q[i * sh + 1];
+          acc[i] += en.c0 * q[i * row];
+          acc[i] += en.c1 * q[i * row + pitch];
         }
       }
     }
@@ -504,14 +532,14 @@ DCLS_HD void tiled_corr_load_grad(const TiledCorr<scalar_t, acc_t>& a, const Cor
 
 // Phase 2 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
 // base + m, rows r = 0, 1.
-template <int RY, int SH, typename scalar_t, typename acc_t>
+template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
                                  const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int sh = SH > 0 ? SH : static_cast<int>(a.sh), pitch = t.pitch;  // as in the forward
-  const acc_t* s = smem + (group * t.plane_stride + lx * static_cast<int>(a.sw) * pitch + ly * RY * sh);
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
+  const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
   const TapEntry<acc_t>* e = a.table + j.c * a.cap + base;  // e[m]: a constant offset once unrolled
   const int ne = a.count[j.c] - base;
 DCLS_UNROLL
@@ -519,12 +547,12 @@ DCLS_UNROLL
     acc_t s0 = acc_t(0), s1 = acc_t(0);
     if (m < ne) {
       const TapEntry<acc_t> en = e[m];
-      const acc_t* q = s + (en.dx * pitch + en.dy);
-      if (sh == 1) {
+      const acc_t* q = s + (en.dy * pitch + en.dx);
+      if (row == pitch) {
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[i + 1];
+          const acc_t next = q[(i + 1) * pitch];
           s0 += gv[i] * prev;
           s1 += gv[i] * next;
           prev = next;
@@ -532,8 +560,8 @@ DCLS_UNROLL
       } else {
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
-          s0 += gv[i] * q[i * sh];
-          s1 += gv[i] * q[i * sh + 1];
+          s0 += gv[i] * q[i * row];
+          s1 += gv[i] * q[i * row + pitch];
         }
       }
     }
