@@ -117,6 +117,8 @@ __global__ void __launch_bounds__(kTileThreads) tiled_forward_kernel(TiledConv<s
   const int64_t blocks = a.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     const ForwardJob j = forward_job(a, bid);
+    tiled_forward_clear(a, smem, threadIdx.x);
+    __syncthreads();
     tiled_forward_stage(a, j, smem, threadIdx.x);
     __syncthreads();
     tiled_forward_compute<RY>(a, j, smem, threadIdx.x);
@@ -145,6 +147,8 @@ __global__ void __launch_bounds__(kTileThreads) tiled_corr_kernel(TiledCorr<scal
     tiled_corr_clear(a, smem, tid);
     for (int64_t first = j.begin; first < j.end; first += a.cfg.groups) {
       __syncthreads();  // the previous round's tile (and the cleared sums) are done with
+      tiled_corr_clear_tiles(a, smem, tid);
+      __syncthreads();
       tiled_corr_stage(a, j, first, smem, tid);
       acc_t gv[RY];
       tiled_corr_load_grad<RY>(a, j, first, tid, gv);
@@ -152,7 +156,6 @@ __global__ void __launch_bounds__(kTileThreads) tiled_corr_kernel(TiledCorr<scal
       for (int base = 0; base < ne; base += kCorrGroup) {
         acc_t v[2 * kCorrGroup];
         tiled_corr_products<RY>(a, j, smem, tid, gv, base, v);
-        __syncwarp();  // converged here (the entry count is the block's): lets the shuffles below run plain
         transpose_step<16>(v, lane);
         transpose_step<8>(v, lane);
         transpose_step<4>(v, lane);

@@ -4,7 +4,6 @@
 // in their own namespace, dcls_convert_emulation; small shapes only, single-threaded on purpose.
 #include <torch/library.h>
 
-#include <limits>
 #include <vector>
 
 #include "dcls_convert/args.h"
@@ -91,13 +90,6 @@ void emulate_tables(const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
   }
 }
 
-// Shared memory holds garbage when a block starts: NaN here, so that a read of anything the block did not
-// stage shows in the result.
-template <typename acc_t>
-void poison(acc_t* smem, int64_t n) {
-  std::fill(smem, smem + n, std::numeric_limits<acc_t>::quiet_NaN());
-}
-
 template <int RY, typename scalar_t, typename acc_t>
 void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t, acc_t>& a, int kind,
                            const at::Tensor& like) {
@@ -107,7 +99,7 @@ void emulate_tiled_forward(TiledConv<scalar_t, acc_t> c, const TapsArgs<scalar_t
   std::vector<acc_t> smem(int64_t(c.cfg.planes) * c.cfg.plane_stride);
   for (int64_t bid = 0; bid < c.blocks(); ++bid) {
     const ForwardJob j = forward_job(c, bid);
-    poison(smem.data(), smem.size());
+    for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_clear(c, smem.data(), tid);
     for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
     for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_compute<RY>(c, j, smem.data(), tid);
   }
@@ -132,7 +124,7 @@ void emulate_tiled_corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, a
     const CorrJob j = corr_job(w, bid);
     for (int tid = 0; tid < T; ++tid) tiled_corr_clear(w, smem.data(), tid);
     for (int64_t first = j.begin; first < j.end; first += w.cfg.groups) {
-      poison(smem.data(), int64_t(w.cfg.planes) * w.cfg.plane_stride);  // the tiles, not the sums
+      for (int tid = 0; tid < T; ++tid) tiled_corr_clear_tiles(w, smem.data(), tid);
       for (int tid = 0; tid < T; ++tid) tiled_corr_stage(w, j, first, smem.data(), tid);
       for (int tid = 0; tid < T; ++tid) tiled_corr_load_grad<RY>(w, j, first, tid, &gv[tid * RY]);
       for (int base = 0; base < w.count[j.c]; base += kCorrGroup) {

@@ -8,11 +8,9 @@
 //
 // Forward (tiled_forward_*): a block stages its planes' input tile plus halo in shared memory once, then each
 // thread computes RY vertically adjacent outputs of one column in registers: per entry RY + 1 shared loads
-// (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the row pitch is
-// padded so that a warp's loads hit distinct banks (a column-major tile was tried and measured on an H200: it
-// saved an integer add per row but left no conflict-free pitch where a warp spans several thread rows, and ran
-// 2.6x slower on 14x14 planes). The input gradient at stride 1 is the same forward run on the output gradient
-// with the mirrored table.
+// (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the tile pitch is
+// padded so that a warp's loads hit distinct banks. The input gradient at stride 1 is the same forward run on
+// the output gradient with the mirrored table.
 //
 // Weight and position gradients (tiled_corr_*): S[c, e, r] = sum over (n, oy, ox) of grad_out times the input
 // under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
@@ -29,9 +27,8 @@
 
 namespace dcls_convert {
 
-// 16-byte aligned for float accumulation, so that a thread fetches an entry with one vector load.
 template <typename acc_t>
-struct alignas(sizeof(acc_t) == 4 ? 16 : alignof(acc_t)) TapEntry {
+struct TapEntry {
   int dy, dx;
   acc_t c0, c1;
 };
@@ -183,8 +180,7 @@ DCLS_HD int64_t table_scratch_bytes(int64_t K, int64_t Lh, int64_t Lw) {
 struct TileConfig {
   bool ok = false;
   int ry = 8, tw = 32, thread_rows = 1, groups = 1, planes = 1, threads = 32;
-  // Staged region per plane, row-major: element (row r, column q) at r * pitch + q (pitch >= in_w).
-  int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;
+  int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;  // staged region per plane, in elements
   int64_t tiles_y = 1, tiles_x = 1;
   DCLS_HD int th() const { return thread_rows * ry; }
 };
@@ -266,10 +262,16 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
   return t;
 }
 
+// Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the
+// input), then load the part of each plane that lies inside the input.
+template <typename acc_t>
+DCLS_HD void stage_clear(acc_t* smem, int64_t n, int tid, int threads) {
+  for (int64_t i = tid; i < n; i += threads) smem[i] = acc_t(0);
+}
+
 // Rows [r0, r1) and columns [q0, q1) of a staged plane with origin (y0, x0) that lie inside an H x W input.
 struct StageRect {
   int r0, r1, q0, q1;
-  DCLS_HD bool inside(int r, int q) const { return r >= r0 && r < r1 && q >= q0 && q < q1; }
 };
 DCLS_HD int clamp_int(int64_t v, int lo, int hi) { return static_cast<int>(v < lo ? lo : (v > hi ? hi : v)); }
 DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t H, int64_t W) {
@@ -280,69 +282,35 @@ DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t
   r.q1 = clamp_int(W - x0, r.q0, in_w);
   return r;
 }
-constexpr StageRect kNothingInside = {0, 0, 0, 0};
 
-// Staging in one pass: thread tid of `threads` writes its share of the in_h x in_w region of `planes` planes,
-// element (p, r, q) = src[p * cs + (y0 + r) * ys + (x0 + q) * xs] inside rectangle R and zero (padding) outside
-// it, so no separate clearing pass and barrier. The fastest index runs across threads: columns for NCHW
-// inputs, channels for channels_last ones (a warp reads a run of neighbouring channels). Each thread issues
-// kStageBatch loads before it stores any, so their latencies overlap instead of adding up (a 72 x 48 tile is 15
-// elements per thread of a 224-thread block), and walks its elements with pointer steps, not index products.
-constexpr int kStageBatch = 4;
-
+// Thread tid of `threads` loads its share of rectangle R of `planes` planes: element (p, r, q) comes from
+// src[p * cs + (y0 + r) * ys + (x0 + q) * xs]. The fastest index runs across threads (channels for channels_last,
+// so a warp reads a run of neighbouring channels; else columns), the others advance without divisions.
 template <typename scalar_t, typename acc_t>
-DCLS_HD void stage_planes(acc_t* smem, const TileConfig& t, const scalar_t* src, int64_t cs, int64_t ys, int64_t xs,
-                          int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
+DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs, int64_t ys,
+                          int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
                           int threads) {
-  const int rows = t.in_h, cols = t.in_w;
-  if (planes <= 0) return;
-  if (!channel_fastest) {  // threads across columns, then rows; one plane after another
-    const int lanes = cols < threads ? cols : threads, per = threads / lanes;
-    if (tid >= lanes * per) return;
-    for (int p = 0; p < planes; ++p) {
-      acc_t* dst = smem + p * t.plane_stride;
-      for (int q = tid % lanes; q < cols; q += lanes) {
-        const bool col_in = q >= R.q0 && q < R.q1;
-        const scalar_t* col = src + p * cs + (x0 + q) * xs;  // dereferenced only inside R
-        for (int r = tid / lanes; r < rows; r += kStageBatch * per) {
-          acc_t v[kStageBatch];
-DCLS_UNROLL
-          for (int u = 0; u < kStageBatch; ++u) {
-            const int ru = r + u * per;
-            v[u] = col_in && ru >= R.r0 && ru < R.r1 ? static_cast<acc_t>(col[(y0 + ru) * ys]) : acc_t(0);
-          }
-DCLS_UNROLL
-          for (int u = 0; u < kStageBatch; ++u)
-            if (r + u * per < rows) dst[(r + u * per) * t.pitch + q] = v[u];
-        }
-      }
-    }
-    return;
-  }
-  // channels_last: threads across planes, then (row, column) pairs in row-major order
-  const int lanes = planes < threads ? planes : threads, per = threads / lanes;
+  const int rows = R.r1 - R.r0, cols = R.q1 - R.q0;
+  if (rows <= 0 || cols <= 0 || planes <= 0) return;
+  const int nf = channel_fastest ? planes : cols;
+  const int lanes = nf < threads ? nf : threads, per = threads / lanes;
   if (tid >= lanes * per) return;
-  const int cells = rows * cols;
-  for (int p = tid % lanes; p < planes; p += lanes) {
-    const scalar_t* plane = src + p * cs;
-    acc_t* dst = smem + p * t.plane_stride;
-    int m = tid / lanes, r = m / cols, q = m % cols;  // one division per plane; steps of `per` after that
-    for (; m < cells; m += kStageBatch * per) {
-      acc_t v[kStageBatch];
-      int at[kStageBatch];
-DCLS_UNROLL
-      for (int u = 0; u < kStageBatch; ++u) {
-        at[u] = m + u * per < cells ? r * t.pitch + q : -1;
-        v[u] = at[u] >= 0 && R.inside(r, q) ? static_cast<acc_t>(plane[(y0 + r) * ys + (x0 + q) * xs]) : acc_t(0);
-        q += per;
-        while (q >= cols) {
-          q -= cols;
-          ++r;
-        }
-      }
-DCLS_UNROLL
-      for (int u = 0; u < kStageBatch; ++u)
-        if (at[u] >= 0) dst[at[u]] = v[u];
+  const int n_mid = channel_fastest ? cols : rows, n_slow = channel_fastest ? rows : planes;
+  int mid = tid / lanes, slow = 0;
+  while (mid >= n_mid) {
+    mid -= n_mid;
+    ++slow;
+  }
+  while (slow < n_slow) {
+    for (int f = tid % lanes; f < nf; f += lanes) {
+      const int p = channel_fastest ? f : slow;
+      const int r = R.r0 + (channel_fastest ? slow : mid), q = R.q0 + (channel_fastest ? mid : f);
+      smem[p * plane_stride + r * pitch + q] = static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]);
+    }
+    mid += per;
+    while (mid >= n_mid) {
+      mid -= n_mid;
+      ++slow;
     }
   }
 }
@@ -384,17 +352,23 @@ DCLS_HD ForwardJob forward_job(const TiledConv<scalar_t, acc_t>& a, int64_t bid)
   return j;
 }
 
-// Phase 1: stage the planes' input tiles and halos (zero outside the input).
+// Phase 1: zero the block's planes.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_clear(const TiledConv<scalar_t, acc_t>& a, acc_t* smem, int tid) {
+  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
+}
+
+// Phase 2: load the planes' input tiles and halos (the parts inside the input).
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid) {
   const TileConfig& t = a.cfg;
   const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
   const int planes = static_cast<int>(a.C - j.c0 < t.planes ? a.C - j.c0 : t.planes);
-  stage_planes(smem, t, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0, planes,
-               stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
+  stage_planes(smem, t.pitch, t.plane_stride, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0,
+               planes, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
 }
 
-// Phase 2: thread tid computes RY outputs of one column for each plane of its group.
+// Phase 3: thread tid computes RY outputs of one column for each plane of its group.
 template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
                                    int tid) {
@@ -412,9 +386,11 @@ DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const Fo
     acc_t acc[RY];
     for (int i = 0; i < RY; ++i) acc[i] = b;
     const TapEntry<acc_t>* e = a.table + c * a.cap;
-    const TapEntry<acc_t>* const end = e + a.count[c];
-    for (; e < end; ++e) {  // a pointer walk: no 64-bit index arithmetic per entry
-      const TapEntry<acc_t> en = *e;
+    const int ne = a.count[c];
+    TapEntry<acc_t> next_entry = ne > 0 ? e[0] : TapEntry<acc_t>{};
+    for (int m = 0; m < ne; ++m) {
+      const TapEntry<acc_t> en = next_entry;
+      if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
       const acc_t* q = s + (en.dy * pitch + en.dx);
       if (en.c1 == acc_t(0)) {
 DCLS_UNROLL
@@ -495,21 +471,25 @@ DCLS_HD void tiled_corr_clear(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, 
   for (int i = tid; i < a.warps() * a.values(); i += a.cfg.threads) red[i] = acc_t(0);
 }
 
-// Phase 1 (per round): each group's threads stage the input region of its job, first + group (zeros for a
-// group past the slab's jobs, whose output gradients are zero too).
+// Phase 1 (per round): zero the staged planes.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_clear_tiles(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid) {
+  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
+}
+
+// Phase 2 (per round): each group's threads load the input region of its job, first + group.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_stage(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, int64_t first, acc_t* smem,
                               int tid) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows, group = tid / per_plane;
   const int64_t job = first + group, tiles = t.tiles_y * t.tiles_x;
-  if (group >= t.groups) return;
-  const bool has_job = job < j.end;
-  const int64_t n = has_job ? job / tiles : 0, tile = has_job ? job % tiles : 0;
+  if (group >= t.groups || job >= j.end) return;
+  const int64_t n = job / tiles, tile = job % tiles;
   const int64_t y0 = (tile / t.tiles_x) * t.th() * a.sh - a.ph, x0 = (tile % t.tiles_x) * t.tw * a.sw - a.pw;
-  stage_planes(smem + group * t.plane_stride, t, a.x + n * a.xs[0] + j.c * a.xs[1], a.xs[1], a.xs[2], a.xs[3], y0,
-               x0, 1, has_job ? stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W) : kNothingInside, false,
-               tid % per_plane, per_plane);
+  stage_planes(smem + group * t.plane_stride, t.pitch, t.plane_stride, a.x + n * a.xs[0] + j.c * a.xs[1], a.xs[1],
+               a.xs[2], a.xs[3], y0, x0, 1, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), false, tid % per_plane,
+               per_plane);
 }
 
 // The output gradients a thread multiplies in a round (zero outside the plane or past the slab's jobs).
@@ -530,7 +510,7 @@ DCLS_HD void tiled_corr_load_grad(const TiledCorr<scalar_t, acc_t>& a, const Cor
   }
 }
 
-// Phase 2 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
+// Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
 // base + m, rows r = 0, 1.
 template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
@@ -540,13 +520,13 @@ DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const Corr
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
   const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
   const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
-  const TapEntry<acc_t>* e = a.table + j.c * a.cap + base;  // e[m]: a constant offset once unrolled
-  const int ne = a.count[j.c] - base;
+  const TapEntry<acc_t>* e = a.table + j.c * a.cap;
+  const int ne = a.count[j.c];
 DCLS_UNROLL
   for (int m = 0; m < kCorrGroup; ++m) {
     acc_t s0 = acc_t(0), s1 = acc_t(0);
-    if (m < ne) {
-      const TapEntry<acc_t> en = e[m];
+    if (base + m < ne) {
+      const TapEntry<acc_t> en = e[base + m];
       const acc_t* q = s + (en.dy * pitch + en.dx);
       if (row == pitch) {
         acc_t prev = q[0];
@@ -582,14 +562,14 @@ DCLS_HD void transpose_keep(acc_t* v, int lane, int width, int i, acc_t received
   v[i] = ((lane & width) ? v[i + width] : v[i]) + received;
 }
 
-// Phase 3 (after each reduction): the lane's total joins the warp's row of sums.
+// Phase 4 (after each reduction): the lane's total joins the warp's row of sums.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid, int base, acc_t total) {
   acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
   red[(tid / 32) * a.values() + 2 * base + (tid % 32)] += total;
 }
 
-// Phase 4 (end of the block job): warps' sums added in warp order, written to the workspace.
+// Phase 5 (end of the block job): warps' sums added in warp order, written to the workspace.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_write(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid) {
   const acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
