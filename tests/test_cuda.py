@@ -271,10 +271,14 @@ def test_timm_example_runs_on_cuda(tmp_path):
     assert r.returncode == 0 and "test accuracy" in r.stdout, r.stderr[-1000:]
 
 
-def test_nan_positions_reported_without_a_sync_cuda():
+def test_nan_positions_reported_without_a_sync_cuda(monkeypatch):
     """On CUDA the finite check never reads the device in the forward: a NaN position is reported by a later
-    training forward of the same layer, once the flag copied at the first one has landed."""
+    training forward of the same layer, once the flag copied at an earlier one has landed (checking every
+    forward here; by default every finite_check.CHECK_EVERY-th)."""
     import dcls_convert as dc
+    from dcls_convert import finite_check
+
+    monkeypatch.setattr(finite_check, "CHECK_EVERY", 1)
 
     m = dc.DclsConv2d(4, 4, 3, 7, padding=3, groups=4).cuda().train()
     x = torch.randn(2, 4, 12, 12, device="cuda")
