@@ -48,7 +48,8 @@ def _extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = ["kernels/registration.cpp"] + sorted(glob.glob("kernels/cpu/*.cpp", root_dir=here))
+    sources = (["kernels/registration.cpp", "kernels/autograd.cpp"]
+               + sorted(glob.glob("kernels/cpu/*.cpp", root_dir=here)))
     # -march=native: the extension is built from source on the machine that runs it (AVX2/FMA for the tap
     # engine's row kernels). DCLS_CONVERT_NATIVE=0 builds for the x86-64 baseline (portable, slower).
     cxx = ["-O3", "-fopenmp"] + (["-march=native"] if os.environ.get("DCLS_CONVERT_NATIVE", "1") != "0" else [])

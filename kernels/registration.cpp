@@ -1,6 +1,6 @@
 // Every op schema of dcls_convert in one block. Implementations: cpu/*_cpu.cpp, cuda/*_cuda.cu (the CPU
-// emulation of the CUDA kernels, emulation/, is built by the tests only);
-// fake kernels and autograd: dcls_convert/ops/_fake.py and _autograd.py.
+// emulation of the CUDA kernels, emulation/, is built by the tests only); autograd: autograd.cpp;
+// fake kernels: dcls_convert/ops/_fake.py.
 #include <Python.h>
 #include <torch/library.h>
 

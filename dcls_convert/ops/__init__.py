@@ -12,12 +12,10 @@ from ._library import backend_info, compiled_for, has_compiled_ops
 
 __all__ = ["construct", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for"]
 
-if has_compiled_ops():
-    from ._autograd import register_autograd
+if has_compiled_ops():  # (autograd is registered by the compiled library itself: kernels/autograd.cpp)
     from ._fake import register_fakes
 
     register_fakes()
-    register_autograd()
 
 
 def construct(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None,
