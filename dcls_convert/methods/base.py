@@ -121,7 +121,7 @@ class ConvertedConv(nn.Module):
                 if max(before, after) > size or (self.padding_mode == "reflect" and max(before, after) == size):
                     raise ValueError(f"{name}: {self.padding_mode} padding {max(before, after)} (window {self.window}) "
                                      f"needs a larger input than {size} along spatial axis {d}")
-        w = next(self.parameters(), None)
+        w = next((p for p in self._parameters.values() if p is not None), None)  # own ones: no module walk
         if w is not None and x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {w.dtype}; convert one of them "
                             "(model.to(dtype) or x.to(dtype)) or run under torch.autocast")
