@@ -354,6 +354,24 @@ def test_depthwise_bloom_blur_identity_matches_the_dense_kernel(ndim, k, factor,
         torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
 
 
+def test_bloom_blur_constants_are_cached_safely():
+    """The blur path's fixed taps are built once per (device, dtype): not in the state_dict, not frozen into an
+    inference tensor (a forward under inference_mode, then a training step), rebuilt after a dtype change."""
+    from dcls_convert.padding import pad_input
+
+    if not dc.ops.compiled_for("taps_conv", "cpu"):
+        pytest.skip("compiled library not built")
+    m = dc.BloomConv2d(4, 4, 3, factor=2, padding=3, groups=4)
+    with torch.inference_mode():
+        m(torch.randn(1, 4, 9, 9))
+    m(torch.randn(1, 4, 9, 9, requires_grad=True)).sum().backward()  # inference tensors would fail here
+    assert set(m.state_dict()) == {"weight", "bias"}
+    m.double()
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    xp, sym = pad_input(x, m._pads(), m.padding_mode)
+    torch.testing.assert_close(m(x), F.conv2d(xp, m.dense_kernel(), m.bias, 1, sym, 1, 4), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["bloom", "partial"])
 def test_bloom_and_partial_engines_agree(method, tmp_path):
     """engine="taps" / "dense" / "auto" give the same layer (outputs and gradients), the choice survives

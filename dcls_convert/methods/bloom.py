@@ -196,6 +196,23 @@ class _BloomConvNd(ConvertedConv):
         z = _CONV[ndim](xp, kern.expand(self.in_channels, *kern.shape[1:]), groups=self.in_channels)
         return _CONV[ndim](z, self.weight, self.bias, self.stride, 0, s, self.groups)
 
+    def _blur_constants(self, dtype: torch.dtype, pdt: torch.dtype, device: torch.device):
+        """The fixed tent taps (1, T) and both convolutions' on-grid positions (D, 1, 1, n), built once per
+        (device, dtypes): rebuilding them cost every forward a dozen small kernel launches, and a converted
+        network's CUDA training step is bound by the host queueing work. Not cached while compiling (the graph
+        holds them) or under inference mode (inference tensors cannot be saved for a later backward)."""
+        key = (device, dtype, pdt)
+        cache = self.__dict__.setdefault("_blur_cache", {})  # a plain attribute: not in the state_dict
+        if key in cache and not torch.compiler.is_compiling():
+            return cache[key]
+        s = self.factors
+        consts = (tent_nd(s, self.ndim, dtype, device).flatten(1),
+                  grid_offsets([2 * f - 1 for f in s], pdt, device)[:, None, None, :],
+                  grid_offsets(self.kernel_size, pdt, device, spacing=s)[:, None, None, :])
+        if not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled():
+            cache[key] = consts
+        return consts
+
     def _blur_taps_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise, with the fade: conv(x, bloom(v)) == conv(tent_blur(x), v dilated by s), both on the tap
         engine with on-grid nearest taps: (2s-1)^D fixed blur taps + prod(k) taps instead of prod(window)
@@ -205,13 +222,13 @@ class _BloomConvNd(ConvertedConv):
         blur_window = [2 * f - 1 for f in s]
         # Positions and tent in float32 at least (16-bit inputs: the op accumulates in float32 anyway).
         pdt = torch.promote_types(self.weight.dtype, torch.float32)
-        tent_w = tent_nd(s, self.ndim, xp.dtype, xp.device).flatten(1).expand(C, 1, -1)
-        tent_pos = grid_offsets(blur_window, pdt, xp.device)[:, None, None, :].expand(self.ndim, C, 1, -1)
-        z = ops.taps_conv(xp, tent_w, tent_pos, None, blur_window, [1] * self.ndim, sym, "nearest")  # valid blur
+        tent, tent_pos, pos = self._blur_constants(xp.dtype, pdt, xp.device)
+        z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None, blur_window,
+                          [1] * self.ndim, sym, "nearest")  # valid blur
         w = self.weight.flatten(2)
         dilated = [f * (k - 1) + 1 for f, k in zip(s, self.kernel_size)]
-        pos = grid_offsets(self.kernel_size, pdt, w.device, spacing=s)[:, None, None, :].expand(self.ndim, *w.shape)
-        return ops.taps_conv(z, w, pos, self.bias, dilated, self.stride, [0] * self.ndim, "nearest")
+        return ops.taps_conv(z, w, pos.expand(self.ndim, *w.shape), self.bias, dilated, self.stride,
+                             [0] * self.ndim, "nearest")
 
     def extra_repr(self) -> str:
         s = self._conv_repr()
