@@ -192,7 +192,8 @@ class _BloomConvNd(ConvertedConv):
         xp, sym = pad_input(x, pads, self.padding_mode)
         if any(sym):
             xp = F.pad(xp, [p for p in reversed(sym) for _ in range(2)])
-        kern = tent_nd(s, ndim, x.dtype, x.device)
+        tent = self._blur_constants(x.dtype, torch.promote_types(x.dtype, torch.float32), x.device)[0]
+        kern = tent.view(1, 1, *[2 * f - 1 for f in s])
         z = _CONV[ndim](xp, kern.expand(self.in_channels, *kern.shape[1:]), groups=self.in_channels)
         return _CONV[ndim](z, self.weight, self.bias, self.stride, 0, s, self.groups)
 
