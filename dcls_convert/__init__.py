@@ -18,7 +18,7 @@ _EXPORTS = {
     "ConversionError": "report", "ConversionReport": "report", "NoTargetError": "report", "load": "serialization",
     "save": "serialization", "ConvertConfig": "targeting", "TargetRules": "targeting", "SigmaAnnealer": "training",
     "clamp_positions_": "training", "freeze": "training", "keep_positions_in_range": "training",
-    "param_groups": "training", "round_positions_": "training", "Distiller": "distill",
+    "param_groups": "training", "round_positions_": "training", "Distiller": "distill", "refit_linear": "refit",
     **{name: "methods" for name in ("BloomConv1d", "BloomConv2d", "BloomOptions", "DclsConv1d", "DclsConv2d",
                                      "DclsConv3d", "DclsOptions", "PartialDilatedConv1d", "PartialDilatedConv2d",
                                      "PartialOptions")},
@@ -29,7 +29,7 @@ __all__ = [
     "PartialDilatedConv2d", "DclsOptions", "BloomOptions", "PartialOptions", "ConvertConfig", "TargetRules",
     "ConversionReport", "ConversionError", "NoTargetError", "register_method", "list_methods", "plot_kernels",
     "clamp_positions_", "keep_positions_in_range", "SigmaAnnealer", "freeze", "round_positions_",
-    "load_dcls_package_state_dict", "shard_groups", "Distiller",
+    "load_dcls_package_state_dict", "shard_groups", "Distiller", "refit_linear",
 ]
 __version__ = "0.1.0"
 
