@@ -19,7 +19,8 @@ CHECK_EVERY = 16
 
 
 class _Check:
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = device
         self.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
         self.event = torch.cuda.Event()
         self.pending = False
@@ -32,13 +33,15 @@ _STATE: "weakref.WeakKeyDictionary[torch.nn.Module, _Check]" = weakref.WeakKeyDi
 
 def check_finite(owner: torch.nn.Module, tensors: Sequence[torch.Tensor], error: Callable[[], Exception]) -> None:
     """Raise error() when a tensor of `tensors` holds NaN/Inf (CUDA: as found by an earlier call, without a sync)."""
-    if tensors[0].device.type != "cuda":
+    device = tensors[0].device
+    # CPU, or a DataParallel replica (rebuilt at every forward, so a check issued now would never be read)
+    if device.type != "cuda" or getattr(owner, "_is_replica", False):
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
             raise error()
         return
     st = _STATE.get(owner)
-    if st is None:
-        st = _STATE[owner] = _Check()
+    if st is None or st.device != device:  # first use, or the module moved to another GPU
+        st = _STATE[owner] = _Check(device)
     if st.pending and st.event.query():
         st.pending = False
         if not bool(st.flag):  # a host tensor: no device read
@@ -48,9 +51,10 @@ def check_finite(owner: torch.nn.Module, tensors: Sequence[torch.Tensor], error:
     if st.pending or st.countdown > 0:
         return
     st.countdown = CHECK_EVERY
-    ok = torch.isfinite(tensors[0]).all()
-    for t in tensors[1:]:
-        ok = ok & torch.isfinite(t).all()
-    st.flag.copy_(ok, non_blocking=True)
-    st.event.record()
+    with torch.cuda.device(device):  # the copy and the event on the tensors' device's stream
+        ok = torch.isfinite(tensors[0]).all()
+        for t in tensors[1:]:
+            ok = ok & torch.isfinite(t).all()
+        st.flag.copy_(ok, non_blocking=True)
+        st.event.record(torch.cuda.current_stream(device))
     st.pending = True

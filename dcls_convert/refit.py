@@ -6,6 +6,7 @@ reproduce a trained one; the classifier head can still undo much of the resultin
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -40,9 +41,12 @@ def refit_linear(model: nn.Module, original: nn.Module, inputs, names: Sequence[
     they already fit at least as well (after an exact conversion, say). Returns each layer's relative output error
     on `inputs` after its refit.
 
-    A layer without bias keeps none. Raises ValueError naming what is wrong (an unknown name, a layer of another
-    kind, one the forward never calls); nothing is changed then.
+    A layer without bias keeps none. Raises ValueError naming what is wrong (an unknown name, a layer of
+    another kind, one the forward never calls or calls more than once, the same module object in both models,
+    features or targets that are not finite); nothing is changed then.
     """
+    if isinstance(names, str):
+        names = [names]
     model_mods, orig_mods = dict(model.named_modules()), dict(original.named_modules())
     order = _call_order(model, inputs)
     if names is None:
@@ -58,11 +62,14 @@ def refit_linear(model: nn.Module, original: nn.Module, inputs, names: Sequence[
                              "nn.Conv2d layers (the same type in both models) can be refitted")
         if n not in order:
             raise ValueError(f"refit_linear: the forward never calls {n!r}")
+        if model_mods[n] is orig_mods[n]:
+            raise ValueError(f"refit_linear: {n!r} is the same module object in both models; pass the original "
+                             "network as it was before conversion (convert returns a copy unless inplace=True)")
     backup = {n: [p.detach().clone() for p in model_mods[n].parameters(recurse=False)] for n in names}
     errors = {}
     try:
         for n in sorted(names, key=order.index):
-            errors[n] = _refit(model, original, model_mods[n], orig_mods[n], inputs)
+            errors[n] = _refit(model, original, n, model_mods[n], orig_mods[n], inputs)
     except BaseException:
         with torch.no_grad():  # all or nothing
             for n, saved in backup.items():
@@ -72,10 +79,22 @@ def refit_linear(model: nn.Module, original: nn.Module, inputs, names: Sequence[
     return errors
 
 
-def _refit(model: nn.Module, original: nn.Module, layer: nn.Module, source: nn.Module, inputs) -> float:
+def _refit(model: nn.Module, original: nn.Module, name: str, layer: nn.Module, source: nn.Module,
+           inputs) -> float:
     conv = isinstance(layer, nn.Conv2d)
-    x = _rows(_capture(model, layer, inputs, want="input"), conv)
-    y = _rows(_capture(original, source, inputs, want="output"), conv).to(x.device)
+    xs, ys = _capture(model, layer, inputs, want="input"), _capture(original, source, inputs, want="output")
+    if len(xs) != 1 or len(ys) != 1:
+        # each call's output feeds the rest of the network differently: one least-squares fit over all calls
+        # can make the model worse (measured on a head shared by two feature sets), so refuse
+        raise ValueError(f"refit_linear: {name!r} is called {len(xs)} times by the model (and {len(ys)} by the "
+                         "original) in one forward; only layers called once can be refitted")
+    x, y = _rows(xs[0], conv), _rows(ys[0], conv).to(xs[0].device)
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("refit_linear: the layer's inputs in the model or its outputs in the original are not "
+                         "finite on these inputs; nothing was changed")
+    if len(x) <= x.shape[1]:
+        warnings.warn(f"refit_linear: {len(x)} samples for {x.shape[1]} input features: the fit is "
+                      "underdetermined and will not generalise; pass more inputs", stacklevel=3)
     if layer.bias is not None:
         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
     gram = x.T @ x
@@ -87,7 +106,7 @@ def _refit(model: nn.Module, original: nn.Module, layer: nn.Module, source: nn.M
         current = torch.cat([current, layer.bias.detach().double()[None]], 0)
     scale = y.norm().clamp_min(1e-30)
     new_error, old_error = float((x @ sol - y).norm() / scale), float((x @ current - y).norm() / scale)
-    if new_error >= old_error:  # already as good (an exact conversion upstream): keep the layer as it is
+    if not new_error < old_error:  # already as good (an exact conversion upstream), or no finite fit: keep it
         return old_error
     with torch.no_grad():
         layer.weight.copy_(sol[: layer.weight.shape[1]].T.reshape(layer.weight.shape).to(layer.weight.dtype))
@@ -96,17 +115,20 @@ def _refit(model: nn.Module, original: nn.Module, layer: nn.Module, source: nn.M
     return new_error
 
 
-def _capture(model: nn.Module, module: nn.Module, inputs, want: str) -> torch.Tensor:
+def _capture(model: nn.Module, module: nn.Module, inputs, want: str) -> list[torch.Tensor]:
+    """The inputs (or outputs) of every call of `module` in one eval forward of `model`."""
     got = []
     if want == "input":
-        handle = module.register_forward_pre_hook(lambda m, args: got.append(args[0].detach()) if not got else None)
+        def hook(m, args, kwargs):
+            got.append((args[0] if args else next(iter(kwargs.values()))).detach())
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     else:
-        handle = module.register_forward_hook(lambda m, args, out: got.append(out.detach()) if not got else None)
+        handle = module.register_forward_hook(lambda m, args, out: got.append(out.detach()))
     try:
         run_eval(model, inputs)
     finally:
         handle.remove()
-    return got[0]
+    return got
 
 
 def _call_order(model: nn.Module, inputs) -> list[str]:

@@ -110,6 +110,45 @@ def test_an_error_mid_way_restores_the_earlier_refits(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "solve", failing)
     with pytest.raises(RuntimeError, match="solver failed"):
-        dc.refit_linear(model, original, torch.randn(8, 6, 8, 8), names=["pw", "head"])
+        dc.refit_linear(model, original, torch.randn(16, 6, 8, 8), names=["pw", "head"])
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+class _Twice(nn.Module):
+    """One head applied to two feature sets (a shared classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.scale = nn.Linear(4, 3), 1.0
+
+    def forward(self, x):
+        return 0.05 * self.head(x * self.scale) + self.head(x)
+
+
+def test_a_layer_called_twice_is_refused():
+    """One fit over both calls would weigh them alike while the output does not (0.05 and 1 here): measured to
+    make the model worse, so such a layer is refused and left alone."""
+    torch.manual_seed(0)
+    original = _Twice().eval()
+    model = copy.deepcopy(original)
+    model.scale = 1.2
+    with pytest.raises(ValueError, match="called 2 times"):
+        dc.refit_linear(model, original, torch.randn(256, 4))
+    assert torch.equal(model.head.weight, original.head.weight)
+
+
+def test_non_finite_features_raise_and_change_nothing():
+    original = nn.Sequential(nn.Linear(4, 4)).eval()
+    model = copy.deepcopy(original)
+    x = torch.randn(32, 4)
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        dc.refit_linear(model, original, x, names="0")  # one name as a plain string
+    assert torch.equal(model[0].weight, original[0].weight)
+
+
+def test_the_same_module_object_in_both_models_is_refused():
+    net = _trained_like()
+    with pytest.raises(ValueError, match="same module object"):
+        dc.refit_linear(net, net, torch.randn(16, 6, 8, 8))

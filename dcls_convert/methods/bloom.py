@@ -111,6 +111,7 @@ def grid_offsets(window, dtype, device, spacing=1) -> torch.Tensor:
 
 class _BloomConvNd(ConvertedConv):
     method = "bloom"
+    engine = "auto"  # the class default: modules pickled before the option existed load with it
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, factor: int = 2, fade: bool = True,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -210,9 +211,17 @@ class _BloomConvNd(ConvertedConv):
         consts = (tent_nd(s, self.ndim, dtype, device).flatten(1),
                   grid_offsets([2 * f - 1 for f in s], pdt, device)[:, None, None, :],
                   grid_offsets(self.kernel_size, pdt, device, spacing=s)[:, None, None, :])
-        if not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled():
+        if (not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()
+                and all(type(t) is torch.Tensor for t in consts)):  # not fake / meta-traced tensors either
             cache[key] = consts
         return consts
+
+    def __getstate__(self):
+        # torch.save(module) and deepcopy leave the cache out: a pickled entry would keep its device key after
+        # torch.load(map_location=...) moved its tensors
+        state = dict(super().__getstate__())
+        state.pop("_blur_cache", None)
+        return state
 
     def _blur_taps_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise, with the fade: conv(x, bloom(v)) == conv(tent_blur(x), v dilated by s), both on the tap

@@ -48,6 +48,7 @@ def axis_pattern(m: int, n: int, r: int) -> list[int]:
 
 class _PartialDilatedConvNd(ConvertedConv):
     method = "partial"
+    engine = "auto"  # the class default: modules pickled before the option existed load with it
 
     def __init__(self, in_channels: int, out_channels: int, island, wing_taps, wing_spacing,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
