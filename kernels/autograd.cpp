@@ -1,8 +1,8 @@
 // Autograd of the compiled ops, in C++: the forward saves only its inputs (weight, positions, sigma, and the input
 // of the tap convolution) and the backward op computes only the gradients autograd asks for. Written here rather
-// than with torch.library.register_autograd because the Python wrapper cost ~135 us of host time per layer and
-// training step on the CPU VM (forward 44 vs 23 us for the op alone, forward + backward 190 vs 55 us), and a
-// converted ConvNeXt-T training step with AMP on an H200 is bound by the host queueing its work.
+// than with torch.library.register_autograd because its Python wrapper doubled the op's host time
+// (benchmarks/bench_host.py on the CPU VM: forward 50 -> 25 us, forward + backward 148 -> 97 us), and a converted
+// ConvNeXt-T training step with AMP on an H200 is bound by the host queueing its work.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
