@@ -21,8 +21,10 @@ PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_gpu.py
 echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
 if [ $profile = 1 ]; then
   for cfg in "--stage 1 --dtype float32" "--stage 1 --dtype bfloat16 --channels-last" "--stage 4 --dtype float32"; do
-    timeout 120 ncu --kernel-name regex:"tiled|build_tables" --launch-skip 6 --launch-count 6 \
+    # stall reasons first: halving the forward loop's instructions bought nothing (RESULTS, second GPU session)
+    timeout 120 ncu --clock-control none --kernel-name regex:"tiled|build_tables" --launch-skip 6 --launch-count 6 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section InstructionStats \
       --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_taps.py $cfg \
       > "$OUT/ncu_$(echo $cfg | tr -d ' -').log" 2>&1
   done
