@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .analysis import run_eval
+from .analysis import record_calls, run_eval
 
 __all__ = ["refit_linear"]
 
@@ -48,28 +48,37 @@ def refit_linear(model: nn.Module, original: nn.Module, inputs, names: Sequence[
     if isinstance(names, str):
         names = [names]
     model_mods, orig_mods = dict(model.named_modules()), dict(original.named_modules())
-    order = _call_order(model, inputs)
-    if names is None:
-        linear = [n for n in order if isinstance(model_mods[n], nn.Linear)]
-        if not linear:
+    if names is None:  # the last nn.Linear the forward calls
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        facts = record_calls(model, [model_mods[n] for n in linear], inputs)[0]  # (calls, shape, -, rank)
+        called = [n for n in linear if facts[id(model_mods[n])][0]]
+        if not called:
             raise ValueError("refit_linear: the model calls no nn.Linear; name the layers to refit")
-        names = linear[-1:]
+        names = [max(called, key=lambda n: _rank(facts, model_mods[n]))]
     for n in names:
         if n not in model_mods or n not in orig_mods:
             raise ValueError(f"refit_linear: no module {n!r} in {'model' if n not in model_mods else 'original'}")
         if not _is_linear(model_mods[n]) or type(orig_mods[n]) is not type(model_mods[n]):
             raise ValueError(f"refit_linear: {n!r} is a {type(model_mods[n]).__name__}; only nn.Linear and 1x1 "
                              "nn.Conv2d layers (the same type in both models) can be refitted")
-        if n not in order:
-            raise ValueError(f"refit_linear: the forward never calls {n!r}")
         if model_mods[n] is orig_mods[n]:
             raise ValueError(f"refit_linear: {n!r} is the same module object in both models; pass the original "
                              "network as it was before conversion (convert returns a copy unless inplace=True)")
+    facts = record_calls(model, [model_mods[n] for n in names], inputs)[0]
+    for n in names:
+        calls = facts[id(model_mods[n])][0]
+        if calls == 0:
+            raise ValueError(f"refit_linear: the forward never calls {n!r}")
+        if calls > 1:
+            # each call's output feeds the rest of the network differently: one least-squares fit over all calls
+            # can make the model worse (measured on a head shared by two feature sets), so refuse
+            raise ValueError(f"refit_linear: {n!r} is called {calls} times in one forward; only layers called "
+                             "once can be refitted")
     backup = {n: [p.detach().clone() for p in model_mods[n].parameters(recurse=False)] for n in names}
     errors = {}
     try:
-        for n in sorted(names, key=order.index):
-            errors[n] = _refit(model, original, n, model_mods[n], orig_mods[n], inputs)
+        for n in sorted(names, key=lambda n: _rank(facts, model_mods[n])):
+            errors[n] = _refit(model, original, model_mods[n], orig_mods[n], inputs)
     except BaseException:
         with torch.no_grad():  # all or nothing
             for n, saved in backup.items():
@@ -79,16 +88,10 @@ def refit_linear(model: nn.Module, original: nn.Module, inputs, names: Sequence[
     return errors
 
 
-def _refit(model: nn.Module, original: nn.Module, name: str, layer: nn.Module, source: nn.Module,
-           inputs) -> float:
+def _refit(model: nn.Module, original: nn.Module, layer: nn.Module, source: nn.Module, inputs) -> float:
     conv = isinstance(layer, nn.Conv2d)
-    xs, ys = _capture(model, layer, inputs, want="input"), _capture(original, source, inputs, want="output")
-    if len(xs) != 1 or len(ys) != 1:
-        # each call's output feeds the rest of the network differently: one least-squares fit over all calls
-        # can make the model worse (measured on a head shared by two feature sets), so refuse
-        raise ValueError(f"refit_linear: {name!r} is called {len(xs)} times by the model (and {len(ys)} by the "
-                         "original) in one forward; only layers called once can be refitted")
-    x, y = _rows(xs[0], conv), _rows(ys[0], conv).to(xs[0].device)
+    x = _rows(_capture(model, layer, inputs, want="input"), conv)
+    y = _rows(_capture(original, source, inputs, want="output"), conv).to(x.device)
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("refit_linear: the layer's inputs in the model or its outputs in the original are not "
                          "finite on these inputs; nothing was changed")
@@ -115,8 +118,8 @@ def _refit(model: nn.Module, original: nn.Module, name: str, layer: nn.Module, s
     return new_error
 
 
-def _capture(model: nn.Module, module: nn.Module, inputs, want: str) -> list[torch.Tensor]:
-    """The inputs (or outputs) of every call of `module` in one eval forward of `model`."""
+def _capture(model: nn.Module, module: nn.Module, inputs, want: str) -> torch.Tensor:
+    """The input (or output) of the one call of `module` in an eval forward of `model`."""
     got = []
     if want == "input":
         def hook(m, args, kwargs):
@@ -128,19 +131,9 @@ def _capture(model: nn.Module, module: nn.Module, inputs, want: str) -> list[tor
         run_eval(model, inputs)
     finally:
         handle.remove()
-    return got
+    return got[0]
 
 
-def _call_order(model: nn.Module, inputs) -> list[str]:
-    """Names of the modules `model` calls, in call order (first call), over one eval forward."""
-    order, handles = [], []
-    for name, m in model.named_modules():
-        if name:
-            handles.append(m.register_forward_pre_hook(lambda mod, args, name=name: order.append(name)
-                                                       if name not in order else None))
-    try:
-        run_eval(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+def _rank(facts: dict, module: nn.Module) -> float:
+    rank = facts[id(module)][3]
+    return rank if rank is not None else float("inf")  # called with keyword arguments only: last
