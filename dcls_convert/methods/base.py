@@ -3,7 +3,7 @@ itself from an existing conv (`from_conv`), fold back into one (`to_conv`)."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ def conv_forward(x, kernel, bias, stride, pads, padding_mode, groups):
     return _CONV_FN[kernel.dim() - 2](x, kernel, bias, stride, sym, 1, groups)
 
 
+Engine = Literal["auto", "taps", "dense"]
 ENGINES = ("auto", "taps", "dense")
 
 
@@ -46,6 +47,7 @@ class ConvertedConv(nn.Module):
 
     method: ClassVar[str] = ""
     ndim: ClassVar[int] = 2
+    engine: str = "auto"  # set per instance; the class default lets modules pickled before the option load
     # Parameters that define where the kernel's mass sits (own optimizer group, no weight decay).
     position_param_names: ClassVar[tuple[str, ...]] = ()
 
@@ -174,6 +176,8 @@ class ConvertedConv(nn.Module):
             s.append("bias=False")
         if self.padding_mode != "zeros":
             s.append(f"padding_mode={self.padding_mode!r}")
+        if self.engine != "auto":
+            s.append(f"engine={self.engine!r}")
         return s
 
 

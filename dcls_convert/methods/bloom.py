@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..geometry import per_axis
 from ..padding import pad_input
-from .base import (ConvertedConv, check_engine, check_source_conv, conv_kwargs, copy_bias, grow_padding,
+from .base import (ConvertedConv, Engine, check_engine, check_source_conv, conv_kwargs, copy_bias, grow_padding,
                    relative_error, source_kernel)
 
 __all__ = ["BloomOptions", "BloomConv1d", "BloomConv2d", "tent", "tent_nd", "bloom_matrix", "bloom_kernel"]
@@ -39,7 +39,7 @@ class BloomOptions:
     factor: int = 2
     fade: bool = True
     keep: Literal["kernel", "size"] = "kernel"
-    engine: Literal["auto", "taps", "dense"] = "auto"
+    engine: Engine = "auto"
 
     def __post_init__(self):
         if not isinstance(self.factor, int) or self.factor < 2:
@@ -111,7 +111,6 @@ def grid_offsets(window, dtype, device, spacing=1) -> torch.Tensor:
 
 class _BloomConvNd(ConvertedConv):
     method = "bloom"
-    engine = "auto"  # the class default: modules pickled before the option existed load with it
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, factor: int = 2, fade: bool = True,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -136,6 +135,11 @@ class _BloomConvNd(ConvertedConv):
     def factors(self) -> tuple[int, ...]:
         """The factor per axis: 1 on axes of one tap (a (7, 1) kernel blooms to (15, 1), factorised stays so)."""
         return tuple(1 if k == 1 else self.factor for k in self.kernel_size)
+
+    @property
+    def blur_window(self) -> list[int]:
+        """The fixed tent's size per axis (2s - 1): the blur of the blur + dilated identity."""
+        return [2 * f - 1 for f in self.factors]
 
     @property
     def window(self) -> tuple[int, ...]:
@@ -164,7 +168,7 @@ class _BloomConvNd(ConvertedConv):
         if not self.fade or self.uses_tap_engine(device_type):
             return False
         cin_g = self.in_channels // self.groups
-        blur = self.in_channels * math.prod([2 * f - 1 for f in self.factors]) / self.out_channels  # a list: dynamo
+        blur = self.in_channels * math.prod(self.blur_window) / self.out_channels  # a list: dynamo
         return blur + cin_g * math.prod(self.kernel_size) < cin_g * math.prod(self.window)
 
     def engine_name(self) -> str:
@@ -194,7 +198,7 @@ class _BloomConvNd(ConvertedConv):
         if any(sym):
             xp = F.pad(xp, [p for p in reversed(sym) for _ in range(2)])
         tent = self._blur_constants(x.dtype, torch.promote_types(x.dtype, torch.float32), x.device)[0]
-        kern = tent.view(1, 1, *[2 * f - 1 for f in s])
+        kern = tent.view(1, 1, *self.blur_window)
         z = _CONV[ndim](xp, kern.expand(self.in_channels, *kern.shape[1:]), groups=self.in_channels)
         return _CONV[ndim](z, self.weight, self.bias, self.stride, 0, s, self.groups)
 
@@ -209,7 +213,7 @@ class _BloomConvNd(ConvertedConv):
             return cache[key]
         s = self.factors
         consts = (tent_nd(s, self.ndim, dtype, device).flatten(1),
-                  grid_offsets([2 * f - 1 for f in s], pdt, device)[:, None, None, :],
+                  grid_offsets(self.blur_window, pdt, device)[:, None, None, :],
                   grid_offsets(self.kernel_size, pdt, device, spacing=s)[:, None, None, :])
         if (not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()
                 and all(type(t) is torch.Tensor for t in consts)):  # not fake / meta-traced tensors either
@@ -229,11 +233,10 @@ class _BloomConvNd(ConvertedConv):
         (9 + 49 instead of 225 for 7x7 -> 15x15)."""
         s, C = self.factors, self.in_channels
         xp, sym = pad_input(x, self._pads(), self.padding_mode)
-        blur_window = [2 * f - 1 for f in s]
         # Positions and tent in float32 at least (16-bit inputs: the op accumulates in float32 anyway).
         pdt = torch.promote_types(self.weight.dtype, torch.float32)
         tent, tent_pos, pos = self._blur_constants(xp.dtype, pdt, xp.device)
-        z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None, blur_window,
+        z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None, self.blur_window,
                           [1] * self.ndim, sym, "nearest")  # valid blur
         w = self.weight.flatten(2)
         dilated = [f * (k - 1) + 1 for f, k in zip(s, self.kernel_size)]
@@ -245,8 +248,6 @@ class _BloomConvNd(ConvertedConv):
         s.insert(1, f"kernel_size={self.kernel_size}, factor={self.factor}, window={self.window}")
         if not self.fade:
             s.append("fade=False")
-        if self.engine != "auto":
-            s.append(f"engine={self.engine!r}")
         return ", ".join(s)
 
     @classmethod

@@ -18,13 +18,12 @@ import torch.nn.functional as F
 from .. import ops
 from ..finite_check import check_finite
 from ..geometry import MAX_GEOMETRY, per_axis
-from .base import (ConvertedConv, check_engine, check_source_conv, conv_forward, conv_kwargs, copy_bias,
+from .base import (ConvertedConv, Engine, check_engine, check_source_conv, conv_forward, conv_kwargs, copy_bias,
                    grow_padding, relative_error, source_kernel)
 
 __all__ = ["DclsOptions", "DclsConv1d", "DclsConv2d", "DclsConv3d", "default_window", "placed_source_kernel",
            "share_positions"]
 
-Engine = Literal["auto", "taps", "dense"]
 # Refuse layers whose dense kernel alone would exceed this (checked before anything is allocated).
 MAX_DENSE_KERNEL_BYTES = int(float(os.environ.get("DCLS_CONVERT_MAX_KERNEL_GIB", "8")) * 2**30)
 
@@ -221,8 +220,6 @@ class _DclsConvNd(ConvertedConv):
         s.insert(1, f"kernel_count={self.kernel_count}, window={self.window}")
         if self.interpolation != "bilinear":
             s.append(f"interpolation={self.interpolation!r}, sigma_min={self.sigma_min}")
-        if self.engine != "auto":
-            s.append(f"engine={self.engine!r}")
         if not all(self.learn_axes):
             s.append(f"learn_axes={self.learn_axes}")
         return ", ".join(s)

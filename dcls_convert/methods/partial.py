@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from .. import ops
 from ..geometry import per_axis
-from .base import (ConvertedConv, check_engine, check_source_conv, conv_forward, conv_kwargs, copy_bias,
+from .base import (ConvertedConv, Engine, check_engine, check_source_conv, conv_forward, conv_kwargs, copy_bias,
                    grow_padding, source_kernel)
 
 __all__ = ["PartialOptions", "PartialDilatedConv1d", "PartialDilatedConv2d", "axis_pattern"]
@@ -33,7 +32,7 @@ class PartialOptions:
     island: int | tuple[int, ...] | None = None
     wing_taps: int | tuple[int, ...] | None = None
     wing_spacing: int | tuple[int, ...] = 2
-    engine: Literal["auto", "taps", "dense"] = "auto"
+    engine: Engine = "auto"
 
     def __post_init__(self):
         check_engine("PartialOptions", self.engine)
@@ -48,7 +47,6 @@ def axis_pattern(m: int, n: int, r: int) -> list[int]:
 
 class _PartialDilatedConvNd(ConvertedConv):
     method = "partial"
-    engine = "auto"  # the class default: modules pickled before the option existed load with it
 
     def __init__(self, in_channels: int, out_channels: int, island, wing_taps, wing_spacing,
                  stride=1, padding=0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -142,8 +140,6 @@ class _PartialDilatedConvNd(ConvertedConv):
         s = self._conv_repr()
         s.insert(1, f"island={self.island}, wing_taps={self.wing_taps}, wing_spacing={self.wing_spacing}, "
                     f"window={self.window}")
-        if self.engine != "auto":
-            s.append(f"engine={self.engine!r}")
         return ", ".join(s)
 
     @classmethod
