@@ -29,51 +29,38 @@ void refuse_double_backward(const char* op) {
               "pure-PyTorch reference ops, which are differentiable twice.");
 }
 
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                          const std::optional<at::Tensor>&, c10::IntArrayRef, c10::IntArrayRef,
-                                          c10::IntArrayRef, c10::string_view)>&
-taps_conv_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dcls_convert::taps_conv", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const std::optional<at::Tensor>&, c10::IntArrayRef, c10::IntArrayRef,
-                                               c10::IntArrayRef, c10::string_view)>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+// The ops' C++ signatures (registration.cpp holds their schemas), and a handle per op looked up once.
+using TapsConvSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef,
+                               c10::string_view);
+using TapsConvBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef,
-    c10::IntArrayRef, c10::string_view, std::array<bool, 4>)>&
-taps_conv_backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("dcls_convert::taps_conv_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
-              c10::IntArrayRef, c10::IntArrayRef, c10::string_view, std::array<bool, 4>)>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                          c10::IntArrayRef, c10::string_view, double)>&
-construct_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dcls_convert::construct", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                               c10::IntArrayRef, c10::string_view, double)>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    c10::IntArrayRef, c10::string_view, std::array<bool, 4>);
+using ConstructSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                c10::IntArrayRef, c10::string_view, double);
+using ConstructBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::IntArrayRef,
-    c10::string_view, double, std::array<bool, 3>)>&
-construct_backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("dcls_convert::construct_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-              c10::IntArrayRef, c10::string_view, double, std::array<bool, 3>)>();
+    c10::string_view, double, std::array<bool, 3>);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+const c10::TypedOperatorHandle<TapsConvSig>& taps_conv_op() {
+  static const auto op = find_op<TapsConvSig>("dcls_convert::taps_conv");
+  return op;
+}
+const c10::TypedOperatorHandle<TapsConvBackwardSig>& taps_conv_backward_op() {
+  static const auto op = find_op<TapsConvBackwardSig>("dcls_convert::taps_conv_backward");
+  return op;
+}
+const c10::TypedOperatorHandle<ConstructSig>& construct_op() {
+  static const auto op = find_op<ConstructSig>("dcls_convert::construct");
+  return op;
+}
+const c10::TypedOperatorHandle<ConstructBackwardSig>& construct_backward_op() {
+  static const auto op = find_op<ConstructBackwardSig>("dcls_convert::construct_backward");
   return op;
 }
 
