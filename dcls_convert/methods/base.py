@@ -3,7 +3,7 @@ itself from an existing conv (`from_conv`), fold back into one (`to_conv`)."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal, Sequence, get_args
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ def conv_forward(x, kernel, bias, stride, pads, padding_mode, groups):
 
 
 Engine = Literal["auto", "taps", "dense"]
-ENGINES = ("auto", "taps", "dense")
+ENGINES = get_args(Engine)
 
 
 def check_engine(owner: str, engine) -> None:
