@@ -52,17 +52,18 @@ def test_taps_conv_cuda(dtype, case):
 
 @pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
 def test_taps_conv_cuda_deterministic(dtype, channels_last):
-    """ConvNeXt-T stage 1 (64x96x56x56, window 17, K=34): two backward passes are bitwise equal."""
+    """ConvNeXt-T stage 1 (64x96x56x56, window 17, K=34): two backward passes are bitwise equal (the bias
+    gradient too: the correlation sums it in a fixed order)."""
     x = torch.randn(64, 96, 56, 56, device="cuda", dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(2, 96, 1, 34, [17, 17], dtype=torch.float32, device="cuda")
-    w = w.to(dtype)
+    w, b = w.to(dtype), torch.randn(96, device="cuda", dtype=dtype)
     grads = []
     for _ in range(2):
-        x1, w1, p1 = x.clone().requires_grad_(), w.clone().requires_grad_(), p.clone().requires_grad_()
-        ops.taps_conv(x1, w1, p1, None, [17, 17], [1, 1], [8, 8]).float().square().sum().backward()
-        grads.append((x1.grad, w1.grad, p1.grad))
+        leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+        ops.taps_conv(*leaves, [17, 17], [1, 1], [8, 8]).float().square().sum().backward()
+        grads.append([t.grad for t in leaves])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 

@@ -1,4 +1,6 @@
 """The CUDA kernels' per-thread functions, driven on CPU over the whole launch grid, agree with the reference."""
+import itertools
+
 import pytest
 import torch
 
@@ -80,14 +82,15 @@ def test_taps_threads(interp, case, layout, integer):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     if x.dim() == 4 and min(got.shape[1:]) > 1:
         assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
-    leaves = [t.clone().requires_grad_() for t in (x, w, p)]
-    out = reference.taps_conv(*leaves, None, *args)
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+    out = reference.taps_conv(*leaves, *args)
     g = torch.randn_like(out)
     want_g = torch.autograd.grad(out, leaves, g, allow_unused=True)
-    gx, gw, gp = E.taps_conv_backward(g, x, w, p, *args, [1, 1, 1])
+    gx, gw, gp, gb = E.taps_conv_backward(g, x, w, p, *args, [True] * 4)
     torch.testing.assert_close(gx, want_g[0], rtol=0, atol=1e-11)
     torch.testing.assert_close(gw, want_g[1], rtol=0, atol=1e-11)
     torch.testing.assert_close(gp, want_g[2] if want_g[2] is not None else torch.zeros_like(p), rtol=0, atol=1e-11)
+    torch.testing.assert_close(gb, want_g[3], rtol=0, atol=1e-11)
 
 
 @pytest.mark.parametrize("case", TAPS_CASES[:1] + TAPS_CASES[4:6])
@@ -100,9 +103,9 @@ def test_taps_threads_weight_only(case, integer):
     out = reference.taps_conv(x, wl, p, None, *args)
     g = torch.randn_like(out)
     (want,) = torch.autograd.grad(out, [wl], g)
-    _, gw, gp = E.taps_conv_backward(g, x, w, p, *args, [0, 1, 0])
+    gx, gw, gp, gb = E.taps_conv_backward(g, x, w, p, *args, [False, True, False, False])
     torch.testing.assert_close(gw, want, rtol=0, atol=1e-11)
-    assert not gp.any()
+    assert gx.numel() == gp.numel() == gb.numel() == 0  # only what was asked
 
 
 @pytest.mark.parametrize("window", [[9, 9], [95, 91]])  # the second has too many cells for the table's cell map
@@ -120,5 +123,76 @@ def test_taps_threads_merged_and_expanded_gradient(window):
     out = reference.taps_conv(*leaves, None, *args)
     g = torch.randn((), dtype=torch.float64).expand(out.shape)
     want = torch.autograd.grad(out, leaves, g)
-    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [1, 1, 1]), want):
+    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [True, True, True, False]), want):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=4) if any(m)])
+# all tiled (two tables in one launch) / strided: the input gradient's gather kernel, the corner table alone /
+# more taps than the tiles hold: gather kernels and one block per tap, no tables
+@pytest.mark.parametrize("stride, K", [(1, 4), (2, 4), (1, 1100)])
+def test_taps_backward_masks(mask, stride, K):
+    """Each mask gets what it asks and nothing else: one launch builds only the tables the tiled kernels use, the
+    bias gradient comes from the correlation when it runs (else a reduction), unasked gradients are empty."""
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    w, p, _ = random_taps(2, 3, 1, K, [7, 7], spread=1.4)
+    b = torch.randn(3, dtype=torch.float64)
+    args = ([7, 7], [stride, stride], [3, 3], "bilinear")
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+    out = reference.taps_conv(*leaves, *args)
+    g = torch.randn_like(out)
+    want = torch.autograd.grad(out, leaves, g)
+    got = E.taps_conv_backward(g, x, w, p, *args, list(mask))
+    for asked, a, e in zip(mask, got, want):
+        if asked:
+            torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+        else:
+            assert a.numel() == 0
+
+
+def test_taps_backward_without_outputs():
+    """No images: every asked gradient is zero (no kernel writes them), shaped like its argument."""
+    x = torch.randn(0, 3, 9, 9, dtype=torch.float64)
+    w, p, _ = random_taps(2, 3, 1, 4, [7, 7], spread=1.4)
+    g = torch.randn(0, 3, 9, 9, dtype=torch.float64)
+    gx, gw, gp, gb = E.taps_conv_backward(g, x, w, p, [7, 7], [1, 1], [3, 3], "bilinear", [True] * 4)
+    assert gx.shape == x.shape and gw.shape == w.shape and gp.shape == p.shape and gb.shape == (3,)
+    assert not (gw.any() or gp.any() or gb.any())
+
+
+# Leaf ATen ops that launch a device kernel (views, empty and dtype no-ops launch none).
+KERNEL_OPS = {"aten::copy_", "aten::fill_", "aten::sum", "aten::add", "aten::add_", "aten::mul", "aten::clone"}
+
+
+def _launches(fn):
+    """(kernels of the engine, ATen kernels) the CUDA op would launch, as the emulation runs its host flow."""
+    E.take_launches()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return E.take_launches(), sorted(e.name for e in prof.events() if e.name in KERNEL_OPS)
+
+
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
+def test_cuda_flow_launch_budget(dtype, channels_last):
+    """A converted layer's host cost on a GPU is mostly its launches: the tiled forward makes 2 (table, forward),
+    the full backward 4 (both tables in one, input gradient, correlation, finish with the bias) and no ATen
+    kernels (no zero fills, no casts, no separate bias reduction), as AMP runs it: 16-bit activations and weight,
+    float32 positions."""
+    x = torch.randn(2, 16, 14, 14).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, 16, 1, 6, [9, 9], spread=1.4, dtype=torch.float32)
+    w, b = w.to(dtype), torch.randn(16).to(dtype)
+    args = ([9, 9], [1, 1], [4, 4], "bilinear")
+    out = None
+
+    def forward():
+        nonlocal out
+        out = E.taps_conv(x, w, p, b, *args)
+
+    assert _launches(forward) == (2, [])
+    g = torch.randn_like(out)
+    assert _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True] * 4)) == (4, [])
+    # frozen positions and weight, trainable bias: the mirrored table and the input gradient, a reduction for the bias
+    n, aten = _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True, False, False, True]))
+    assert n == 2 and "aten::sum" in aten

@@ -195,9 +195,7 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
                          const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
                          at::IntArrayRef padding, c10::string_view interpolation) {
   const int interp = parse_interp(std::string(interpolation));
-  check_taps_args(input, weight, positions, window, stride, padding, interp, bias);
-  auto out = at::empty(taps_output_size(input, window, stride, padding),
-                       input.options().memory_format(taps_memory_format(input)));
+  auto out = checked_taps_output(input, weight, positions, bias, window, stride, padding, interp);
   if (out.numel() == 0) return out;
   const TapsInputs in(input, weight, positions, bias, /*keep_input_layout=*/true);
   const PlaneLayout lx(in.x), lo(out);
@@ -233,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
       using acc_t = at::opmath_type<scalar_t>;
       auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
       a.grad_out = g.data_ptr<scalar_t>();
-      grads.bind_taps(a, window.size() == 2);
+      if (want_taps) grads.bind_taps(a, window.size() == 2);
       const auto entries = merge_all(a);
       const PlaneLayout lx(in.x), lg(g);
       if (mask[0]) {

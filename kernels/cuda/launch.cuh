@@ -1,12 +1,18 @@
-// Grid-stride launch helpers: any problem size runs with a bounded grid (no grid-dimension overflow,
-// e.g. at 64 x 768 x 112 x 112 elements).
+// Launch helpers: grid-stride launches (any problem size runs with a bounded grid, no grid-dimension overflow,
+// e.g. at 64 x 768 x 112 x 112 elements), and device queries cached per device and kernel (a converted network's
+// training step is bound by the host queueing kernels: each runtime query costs it time at every layer).
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace dcls_convert {
 
@@ -30,6 +36,50 @@ void launch_grid_stride(int64_t n, const Args& a) {
   auto stream = c10::cuda::getCurrentCUDAStream();
   grid_stride_kernel<Fn, Args><<<grid_for(n), kThreads, 0, stream>>>(n, a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Streaming multiprocessors of a device.
+inline int sm_count(int device) {
+  static std::mutex m;
+  static std::map<int, int> known;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();  // only sizes the grid: a guess is safe
+    n = 132;
+  }
+  return known[device] = n;
+}
+
+// Opts a kernel into more than 48 KiB of dynamic shared memory on the current device (once per size it grows to).
+inline void allow_smem(const void* kernel, int64_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  static std::mutex m;
+  static std::map<std::pair<const void*, int>, int64_t> granted;
+  const int device = c10::cuda::current_device();
+  std::lock_guard<std::mutex> lock(m);
+  int64_t& g = granted[{kernel, device}];
+  if (g >= bytes) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  g = bytes;
+}
+
+// Resident blocks per SM of a kernel at a block size and dynamic shared memory (at least 1).
+inline int blocks_per_sm(const void* kernel, int threads, int64_t bytes, int device) {
+  static std::mutex m;
+  static std::map<std::tuple<const void*, int, int64_t, int>, int> known;
+  std::lock_guard<std::mutex> lock(m);
+  const auto key = std::make_tuple(kernel, threads, bytes, device);
+  auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, static_cast<size_t>(bytes)) != cudaSuccess) {
+    (void)cudaGetLastError();  // only sizes the grid: one block per SM is safe
+    n = 1;
+  }
+  return known[key] = std::max(n, 1);
 }
 
 }  // namespace dcls_convert

@@ -55,6 +55,15 @@ struct TapsInputs {
   }
 };
 
+// The forward's arguments checked and its output allocated (in the input's memory format), for every engine.
+inline at::Tensor checked_taps_output(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef window,
+                                      at::IntArrayRef stride, at::IntArrayRef padding, int interp) {
+  check_taps_args(input, weight, positions, window, stride, padding, interp, bias);
+  return at::empty(taps_output_size(input, window, stride, padding),
+                   input.options().memory_format(taps_memory_format(input)));
+}
+
 // x, weight contiguous (N, C, [H,] W) and (C, 1, K); positions (D, C, 1, K) in the accumulation type.
 template <typename scalar_t, typename acc_t>
 TapsArgs<scalar_t, acc_t> make_taps_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& pos,

@@ -39,39 +39,57 @@ struct ConstructGrads {
   }
 };
 
-// Gradient buffers of the tap-convolution backward; the bias gradient is a plain reduction. The input
-// gradient comes back in the input's memory format: written in place by kernels that take strides
-// (strided_writes), else computed NCHW and converted at the end.
+// Gradient buffers of the tap-convolution backward, allocated only where the mask asks. The weight gradient is
+// written in the weight's dtype and the position gradient in the accumulation type, each entry once by the
+// kernel that bind_taps armed (else zeros: no outputs). The bias gradient comes from a kernel that bind_bias
+// armed, else a plain reduction. The input gradient comes back in the input's memory format: written in place
+// by kernels that take strides (strided_writes), else computed NCHW and converted at the end.
 struct TapsGrads {
-  at::Tensor gin, gw, gp;
+  at::Tensor gin, gw, gp, gb;
   std::array<bool, 4> mask;
   at::MemoryFormat gin_format;
+  bool taps_written = false;
   TapsGrads(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions, std::array<bool, 4> mask_,
             bool strided_writes = false)
       : mask(mask_), gin_format(taps_memory_format(input)) {
-    const auto opts = weight.options().dtype(acc_dtype(weight.scalar_type()));
     if (!mask[0]) gin = at::empty({0}, input.options());
     else if (strided_writes) gin = at::empty(input.sizes(), input.options().memory_format(gin_format));
     else gin = at::zeros(input.sizes(), input.options());
-    gw = at::zeros(weight.sizes(), opts);
-    gp = at::zeros(positions.sizes(), opts);
+    gw = at::empty(mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
+    gp = at::empty(mask[2] ? positions.sizes() : at::IntArrayRef{0},
+                   positions.options().dtype(acc_dtype(weight.scalar_type())));
   }
   bool want_taps() const { return mask[1] || mask[2]; }
+  // The caller runs a kernel that writes every requested weight and position gradient entry.
   template <typename scalar_t, typename acc_t>
   void bind_taps(TapsArgs<scalar_t, acc_t>& a, bool two_d) {
-    a.grad_weight = gw.data_ptr<acc_t>();
-    a.grad_pos_h = two_d ? gp.data_ptr<acc_t>() : nullptr;
-    a.grad_pos_w = gp.data_ptr<acc_t>() + (two_d ? a.C * a.K : 0);
+    taps_written = true;
+    a.grad_weight = mask[1] ? gw.data_ptr<scalar_t>() : nullptr;
+    acc_t* p = mask[2] ? gp.data_ptr<acc_t>() : nullptr;
+    a.grad_pos_h = two_d ? p : nullptr;
+    a.grad_pos_w = p == nullptr ? nullptr : p + (two_d ? a.C * a.K : 0);
+  }
+  // The caller runs a kernel that writes the bias gradient (C) in the weight's dtype.
+  template <typename scalar_t>
+  scalar_t* bind_bias(const at::Tensor& weight) {
+    gb = at::empty({weight.size(0)}, weight.options());
+    return gb.template data_ptr<scalar_t>();
   }
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& grad_output,
                                                                     const at::Tensor& weight,
                                                                     const at::Tensor& positions) {
-    const auto adt = acc_dtype(weight.scalar_type());
-    std::vector<int64_t> sum_dims = {0};
-    for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
-    auto gb = mask[3] ? grad_output.sum(sum_dims, false, adt).to(weight.scalar_type()) : at::empty({0}, weight.options());
-    return {mask[0] ? in_memory_format(gin, gin_format) : gin, mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
-            mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()), gb};
+    if (!taps_written) {  // no outputs: the asked gradients are zero
+      if (mask[1]) gw.zero_();
+      if (mask[2]) gp.zero_();
+    }
+    if (mask[3] && !gb.defined()) {
+      std::vector<int64_t> sum_dims = {0};
+      for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
+      gb = grad_output.sum(sum_dims, false, acc_dtype(weight.scalar_type())).to(weight.scalar_type());
+    }
+    return {mask[0] ? in_memory_format(gin, gin_format) : gin, gw,
+            mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()),
+            mask[3] ? gb : at::empty({0}, weight.options())};
   }
 };
 

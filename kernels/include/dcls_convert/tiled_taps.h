@@ -16,8 +16,9 @@
 // under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
 // multiplies its RY output gradients with the staged input, 16 entries (32 sums) at a time, then the warp
 // transposes and reduces those 32 sums in 31 exchanges (lane l ends with sum l), added to the warp's row of
-// a shared array. Blocks write their sums (warps added in order) to a workspace that a second kernel sums
-// over slabs in a fixed order: no atomics anywhere, results are identical run to run.
+// a shared array; each thread also sums its output gradients (the bias gradient: one more value per warp).
+// Blocks write their sums (warps added in order) to a workspace that a second kernel sums over slabs in a fixed
+// order: no atomics anywhere, results are identical run to run.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +36,21 @@ struct TapEntry {
 
 enum TableKind : int { kForwardTable = 0, kMirroredTable = 1, kCornerTable = 2 };
 
+// The tables one launch builds (the backward needs the mirrored and the corner table: one launch for both).
+constexpr int kMaxTableBuilds = 2;
+template <typename acc_t>
+struct TableBuild {
+  int kind = kForwardTable;
+  bool need_pos = false;  // kCornerTable: every in-window corner (positions learn), else nonzero ones only
+  TapEntry<acc_t>* table = nullptr;  // (C, capacity) entries
+  int* count = nullptr;              // (C) entries kept per channel
+};
+template <typename acc_t>
+struct TableBuilds {
+  TableBuild<acc_t> job[kMaxTableBuilds];
+  int n = 0;
+};
+
 // Entries per channel at most: two per tap (bilinear's two columns).
 DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 
@@ -44,8 +60,8 @@ DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 // order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same, flipped in both axes
 // (the input gradient at stride 1). kCornerTable: every window cell whose correlation with the output gradient
 // is needed (need_pos: all in-window corners, else those with a nonzero interpolation weight); c0 / c1 unused.
-constexpr int64_t kMaxTiledTaps = 1024;
-constexpr int kTableThreads = 128;  // threads of the table-building block  // beyond, the gather kernels run (tables and sums outgrow shared memory)
+constexpr int64_t kMaxTiledTaps = 1024;  // beyond, the gather kernels run (tables and sums outgrow shared memory)
+constexpr int kTableThreads = 128;       // threads of the table-building block
 
 template <typename scalar_t, typename acc_t>
 DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
@@ -431,12 +447,16 @@ struct TiledCorr {
   const int* count = nullptr;
   int cap = 0;
   acc_t* work = nullptr;  // (C, slabs, values)
+  scalar_t* grad_bias = nullptr;  // (C): the bias gradient, summed from the staged output gradients; or nullptr
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
   int64_t sh = 1, sw = 1, ph = 0, pw = 0;
   int64_t slabs = 1;
   TileConfig cfg;  // planes == groups: each group's plane is one (image, tile) job of the block's channel
-  DCLS_HD int values() const { return 2 * kCorrGroup * ((cap + kCorrGroup - 1) / kCorrGroup); }
+  // Sums per block: two rows per entry, padded to whole groups of 16 entries, then the output-gradient sum.
+  DCLS_HD int entry_values() const { return 2 * kCorrGroup * ((cap + kCorrGroup - 1) / kCorrGroup); }
+  DCLS_HD int bias_value() const { return entry_values(); }
+  DCLS_HD int values() const { return entry_values() + 1; }
   DCLS_HD int warps() const { return (cfg.threads + 31) / 32; }
   DCLS_HD int64_t jobs() const { return N * cfg.tiles_y * cfg.tiles_x; }  // per channel
   DCLS_HD int64_t blocks() const { return C * slabs; }
@@ -510,6 +530,12 @@ DCLS_HD void tiled_corr_load_grad(const TiledCorr<scalar_t, acc_t>& a, const Cor
   }
 }
 
+// The thread's running sum of its output gradients (the bias gradient), round after round.
+template <int RY, typename acc_t>
+DCLS_HD void tiled_corr_grad_sum(const acc_t gv[RY], acc_t& sum) {
+  for (int i = 0; i < RY; ++i) sum += gv[i];
+}
+
 // Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
 // base + m, rows r = 0, 1.
 template <int RY, typename scalar_t, typename acc_t>
@@ -569,6 +595,12 @@ DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, acc_t* s
   red[(tid / 32) * a.values() + 2 * base + (tid % 32)] += total;
 }
 
+// Phase 4b (end of the block job, grad_bias only): lane 0 stores its warp's butterfly-reduced gradient sum.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_store_grad_sum(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid, acc_t warp_sum) {
+  if (tid % 32 == 0) smem[int64_t(a.cfg.planes) * a.cfg.plane_stride + (tid / 32) * a.values() + a.bias_value()] = warp_sum;
+}
+
 // Phase 5 (end of the block job): warps' sums added in warp order, written to the workspace.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_write(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid) {
@@ -582,7 +614,7 @@ DCLS_HD void tiled_corr_write(const TiledCorr<scalar_t, acc_t>& a, const CorrJob
 }
 
 // Second kernel, one thread per tap (c, k): each corner's correlation summed over slabs in order, then mapped to
-// the weight and position gradients (taps_wgrad_finish).
+// the weight and position gradients (taps_wgrad_finish); thread (c, 0) also writes the bias gradient.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_finish_thread(int64_t ck, const TiledCorr<scalar_t, acc_t>& w,
                                       const TapsArgs<scalar_t, acc_t>& a) {
@@ -603,6 +635,11 @@ DCLS_HD void tiled_corr_finish_thread(int64_t ck, const TiledCorr<scalar_t, acc_
     }
   }
   taps_wgrad_finish(c, k, t, S, a);
+  if (w.grad_bias != nullptr && k == 0) {
+    acc_t s = acc_t(0);
+    for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + w.bias_value()];
+    w.grad_bias[c] = static_cast<scalar_t>(s);
+  }
 }
 
 }  // namespace dcls_convert

@@ -21,22 +21,36 @@ inline int staged_planes(const at::Tensor& x) {
   return taps_memory_format(x) == at::MemoryFormat::ChannelsLast ? static_cast<int>(32 / x.element_size()) : 1;
 }
 
-// A channel's tap table on the device of `like`: (C, capacity) entries and their counts.
+// The tap tables of one op call on the device of `like`, in one allocation: the tables' (C, capacity) entries,
+// then their (C) counts. add() reserves the next table, bind() points a plan at one; builds lists them all for
+// one launch.
 template <typename acc_t>
 struct TableBuffers {
-  at::Tensor bytes, count;
-  TableBuffers(const at::Tensor& like, int64_t C, int64_t K) {
-    bytes = at::empty({std::max<int64_t>(1, C * table_capacity(K) * int64_t(sizeof(TapEntry<acc_t>)))},
-                      like.options().dtype(at::kByte));
-    count = at::empty({std::max<int64_t>(1, C)}, like.options().dtype(at::kInt));
+  at::Tensor storage;
+  TableBuilds<acc_t> builds;
+  int64_t C = 0, per_table = 0;
+  int tables = 0;
+  TableBuffers(const at::Tensor& like, int64_t C_, int64_t K, int tables_) : C(C_), tables(tables_) {
+    per_table = C * table_capacity(K);
+    storage = at::empty({std::max<int64_t>(1, tables * (per_table * int64_t(sizeof(TapEntry<acc_t>)) + C * 4))},
+                        like.options().dtype(at::kByte));
   }
-  TapEntry<acc_t>* table() { return reinterpret_cast<TapEntry<acc_t>*>(bytes.data_ptr<uint8_t>()); }
-  int* counts() { return count.data_ptr<int>(); }
-  // Points a plan (TiledConv or TiledCorr) at these tables.
+  int add(int kind, bool need_pos = false) {
+    TORCH_CHECK(builds.n < tables && builds.n < kMaxTableBuilds, "TableBuffers: more tables than reserved");
+    auto* entries = reinterpret_cast<TapEntry<acc_t>*>(storage.data_ptr<uint8_t>());
+    auto* counts = reinterpret_cast<int*>(entries + tables * per_table);  // entry sizes are multiples of 8 bytes
+    const int i = builds.n++;
+    builds.job[i].kind = kind;
+    builds.job[i].need_pos = need_pos;
+    builds.job[i].table = entries + i * per_table;
+    builds.job[i].count = counts + i * C;
+    return i;
+  }
+  // Points a plan (TiledConv or TiledCorr) at table i.
   template <typename Plan>
-  void bind(Plan& plan) {
-    plan.table = table();
-    plan.count = counts();
+  void bind(Plan& plan, int i) const {
+    plan.table = builds.job[i].table;
+    plan.count = builds.job[i].count;
   }
 };
 

@@ -1,0 +1,118 @@
+// The GPU tap engine's ops, host side, written once: which kernel runs each part, the buffers, the fallbacks.
+// A Launch<scalar_t, acc_t> policy runs the kernels: CUDA launches (cuda/taps_conv_cuda.cu) or the CPU
+// emulation's block-by-block loops (emulation/emulate_cuda.cpp), so the tests run this very flow.
+//
+// Launches per call (the tiled engine): forward 2 (table, forward); backward 4 (the mirrored and corner tables
+// in one launch, the input gradient, the correlation, its finish, which also writes the bias gradient).
+// Gradients are written once each, in their final dtypes: no zero fills, no casts.
+//
+// Launch<scalar_t, acc_t> provides:
+//   static bool gather_only();                                   kernels of taps_threads.h everywhere
+//   static void tables(const TapsArgs&, const TableBuilds&);     every listed table, one launch
+//   static void forward(const TiledConv&);                       tiled forward (or mirrored: input gradient)
+//   static void corr(TiledCorr, const TapsArgs&, const at::Tensor& like);  correlation + finish
+//   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
+//   static void gather_grad_input(const TapsArgs&, int64_t inputs);        NCHW, one thread per input
+//   static void tap_blocks(const TapsArgs&);                     weight/position gradients, one block per tap
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+#include "dcls_convert/args.h"
+#include "dcls_convert/grad_buffers.h"
+#include "dcls_convert/tiled_taps_host.h"
+
+namespace dcls_convert {
+
+template <template <typename, typename> class Launch>
+at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                           const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
+                           at::IntArrayRef padding, c10::string_view interpolation) {
+  const int interp = parse_interp(std::string(interpolation));
+  auto out = checked_taps_output(input, weight, positions, bias, window, stride, padding, interp);
+  if (out.numel() == 0) return out;
+  const TapsInputs in(input, weight, positions, bias, /*keep_input_layout=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using L = Launch<scalar_t, acc_t>;
+    auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
+    auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
+    if (plan.cfg.ok && !L::gather_only()) {
+      TableBuffers<acc_t> tb(input, a.C, a.K, 1);
+      tb.bind(plan, tb.add(kForwardTable));
+      L::tables(a, tb.builds);
+      L::forward(plan);
+    } else {  // the gather kernel indexes NCHW
+      const auto x = in.x.contiguous();
+      auto o = out.is_contiguous() ? out : at::empty(out.sizes(), out.options().memory_format(at::MemoryFormat::Contiguous));
+      a.x = x.data_ptr<scalar_t>();
+      a.out = o.data_ptr<scalar_t>();
+      L::gather_forward(a, o.numel());
+      if (!o.is_same(out)) out.copy_(o);
+    }
+  });
+  return out;
+}
+
+// mask: (input, weight, positions, bias) gradients wanted; the others come back empty.
+template <template <typename, typename> class Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+    at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
+    std::array<bool, 4> mask) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  const auto g = grad_output.to(input.scalar_type());
+  TapsGrads grads(input, weight, positions, mask, /*strided_writes=*/true);
+  const bool empty = g.numel() == 0 || input.numel() == 0;
+  if (mask[0] && empty) grads.gin.zero_();
+  if (!empty) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using L = Launch<scalar_t, acc_t>;
+      auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+      const bool want_taps = grads.want_taps() && a.C * a.K > 0;
+      auto gi_plan = mask[0] ? grad_input_plan<scalar_t, acc_t>(g, grads.gin, a) : TiledConv<scalar_t, acc_t>();
+      auto corr = want_taps ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
+      const bool tiled_gi = gi_plan.cfg.ok && !L::gather_only(), tiled_corr = corr.cfg.ok && !L::gather_only();
+      TableBuffers<acc_t> tb(input, a.C, a.K, int(tiled_gi) + int(tiled_corr));
+      if (tiled_gi) tb.bind(gi_plan, tb.add(kMirroredTable));
+      if (tiled_corr) tb.bind(corr, tb.add(kCornerTable, mask[2] && interp == kBilinear));
+      if (tb.builds.n > 0) L::tables(a, tb.builds);
+      if (tiled_gi) {
+        L::forward(gi_plan);
+      } else if (mask[0]) {  // strided layers: the gather kernel, NCHW
+        const auto x = in.x.contiguous(), gc = g.contiguous();
+        auto gi = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+        a.x = x.data_ptr<scalar_t>();
+        a.grad_out = gc.data_ptr<scalar_t>();
+        a.grad_in = gi.data_ptr<scalar_t>();
+        L::gather_grad_input(a, gi.numel());
+        grads.gin.copy_(gi);
+        a.x = in.x.data_ptr<scalar_t>();
+      }
+      if (!want_taps) return;
+      grads.bind_taps(a, window.size() == 2);
+      if (tiled_corr) {
+        if (mask[3]) corr.grad_bias = grads.template bind_bias<scalar_t>(weight);
+        L::corr(corr, a, input);
+      } else {  // one block per tap
+        const auto x = in.x.contiguous(), gc = g.contiguous();
+        a.x = x.data_ptr<scalar_t>();
+        a.grad_out = gc.data_ptr<scalar_t>();
+        L::tap_blocks(a);
+      }
+    });
+  }
+  return grads.finish(grad_output, weight, positions);
+}
+
+}  // namespace dcls_convert
