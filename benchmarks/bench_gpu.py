@@ -6,7 +6,8 @@ converted layer: K entries), and windows 31 / 51 at stage 1: forward, forward+ba
 (input gradient; weight+position gradient) of the tap engine, of its gather fallback (the kernels before the
 tiled engine), of cuDNN's dense 7x7 and 17x17 depthwise convolutions and of construct + cuDNN 17x17 (the
 reference library's approach). Floors measured in the same run: a device copy (bytes read + written) and
-float32 / bfloat16 matrix products. Timing: CUDA events, warm-up, interleaved repeats, medians.
+float32 / bfloat16 matrix products. Timing: CUDA events, warm-up, interleaved repeats, medians; and the kernels'
+device time from the profiler ("GPU" columns: free of host queueing, which small layers' event timings include).
 
     python benchmarks/bench_gpu.py [--quick] [--methods] [--model [--breakdown]]  (--help: the rest)
 """
@@ -44,6 +45,24 @@ def cuda_time(fns: dict, repeats: int = 15, warmup: int = 3) -> dict[str, float]
             torch.cuda.synchronize()
             samples[k].append(a.elapsed_time(b))
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def kernel_time(fns: dict, calls: int = 5) -> dict[str, float]:
+    """Device time per call (ms) of each callable's kernels, summed from the profiler (CUPTI): the GPU's own work,
+    without the host's queueing, which CUDA events around one call include whenever the host is the slower side
+    (small layers: stages 3 and 4)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for k, fn in fns.items():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        out[k] = sum(e.self_device_time_total for e in prof.key_averages()) / calls / 1e3
+    return out
 
 
 def floors() -> dict[str, float]:
@@ -130,6 +149,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 if window == 17:
                     fns.update(dense_fns(x, 17, "cudnn17 "))
             t = cuda_time(fns)
+            gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd") if k in fns})
             if gather and not taps_only:
                 os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
                 try:
@@ -148,6 +168,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "fwd": t["fwd"], "fwd/floor": t["fwd"] / floor, "on-grid fwd": t["on-grid fwd"],
                 "dgrad": t["dgrad"], "wgrad": t["wgrad"], "wgrad/floor": t["wgrad"] / ari_ms,
                 "fwd+bwd": t["fwd+bwd"],
+                "GPU fwd": gpu["fwd"], "GPU fwd/floor": gpu["fwd"] / floor, "GPU wgrad/floor": gpu["wgrad"] / ari_ms,
+                "GPU fwd+bwd": gpu["fwd+bwd"],
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -157,13 +179,15 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             if not taps_only:
                 row.update({"cudnn7 fwd": t["cudnn7 fwd"], "cudnn7 fwd+bwd": t["cudnn7 fwd+bwd"],
                             "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
+                            "GPU fwd+bwd / cudnn7": gpu["fwd+bwd"] / gpu["cudnn7 fwd+bwd"],
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
                             "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
             rows.append(row)
             print(f"  measured {row['shape']} L={window} {row['dtype']}", flush=True)
-    print("\nPer layer, ms (medians of CUDA-event timings); K = 34 bilinear taps, random off-grid positions unless "
-          "'on-grid'; floor = max(memory, arithmetic at the float32 GEMM rate) for the forward; wgrad/floor uses "
-          "the arithmetic floor (one correlation per corner).")
+    print("\nPer layer, ms (medians of CUDA-event timings around one call: what a caller waits, host included); "
+          "'GPU' columns: the kernels' own device time (profiler), which the floors are about. K = 34 bilinear "
+          "taps, random off-grid positions unless 'on-grid'; floor = max(memory, arithmetic at the float32 GEMM "
+          "rate) for the forward; wgrad/floor uses the arithmetic floor (one correlation per corner).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]

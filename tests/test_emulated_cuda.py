@@ -3,10 +3,11 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
 
 from dcls_convert.ops import reference
 from emulation import emulation_ops
-from helpers import random_taps
+from helpers import grad_like, random_taps, taps_cases, taps_inputs
 
 E = emulation_ops()
 
@@ -196,3 +197,44 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     # frozen positions and weight, trainable bias: the mirrored table and the input gradient, a reduction for the bias
     n, aten = _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True, False, False, True]))
     assert n == 2 and "aten::sum" in aten
+
+
+def test_tables_drop_offsets_that_never_meet_the_input():
+    """At 7x7 under a 17x17 window (ConvNeXt-T stage 4) window rows/columns 0, 1, 15 and 16 only ever read the zero
+    padding: every table kind drops their entries, and the results stay exact (the stage-shape cases above)."""
+    x = torch.randn(1, 1, 7, 7, dtype=torch.float64)
+    w = torch.ones(1, 1, 4, dtype=torch.float64)
+    # window coordinates (centre 8): a live tap, one in a dead row, one in a dead column, one whose upper row is
+    # dead but whose lower row lives (bilinear between rows 1 and 2)
+    rows, cols = torch.tensor([8.0, 0.0, 8.0, 1.5]), torch.tensor([8.0, 8.0, 16.0, 8.0])
+    p = (torch.stack([rows, cols]) - 8).view(2, 1, 1, 4)
+    args = ([17, 17], [1, 1], [8, 8], "bilinear")
+    # forward / mirrored: (8, 8) and the lower row of (1.5, 8) alone; corner (positions learn: both columns of
+    # each tap): (8, 8), (8, 9), (1, 8), (1, 9)
+    assert [int(E.table_counts(x, w, p, *args, kind)[0]) for kind in range(3)] == [2, 2, 4]
+    # the same taps on a plane large enough for every offset: nothing dropped (corner: column 17 lies outside)
+    big = torch.randn(1, 1, 20, 20, dtype=torch.float64)
+    assert [int(E.table_counts(big, w, p, *args, kind)[0]) for kind in range(3)] == [4, 4, 7]
+
+
+@settings(max_examples=80, deadline=None)
+@given(c=taps_cases())
+def test_emulated_taps_match_oracle(c):
+    """The CPU property test through the CUDA ops' flow: 1-D/2-D, strides, paddings up to the window (planes smaller
+    than the window: offsets that never meet the input), nearest, on-grid taps, batch 0, bias, layouts, and the
+    backward mask of each frozen set."""
+    x, w, p, b = taps_inputs(c, torch.float64)
+    args = (c["window"], c["stride"], c["padding"], c["interp"])
+    torch.testing.assert_close(E.taps_conv(x, w, p, b, *args), reference.taps_conv(x, w, p, b, *args), rtol=0,
+                               atol=1e-10)
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b if b is not None else torch.zeros(x.shape[1],
+                                                                                                 dtype=x.dtype))]
+    want_y = reference.taps_conv(*leaves, *args)
+    g = grad_like(want_y.detach(), c["grad_layout"])
+    want = torch.autograd.grad(want_y, leaves, g, allow_unused=True)
+    mask = [n not in c["frozen"] for n in ("input", "weight", "positions")] + [b is not None]
+    for asked, a, e in zip(mask, E.taps_conv_backward(g, x, w, p, *args, mask), want):
+        if asked:
+            torch.testing.assert_close(a, torch.zeros_like(a) if e is None else e, rtol=0, atol=1e-10)
+        else:
+            assert a.numel() == 0

@@ -78,7 +78,8 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   int* slot = reinterpret_cast<int*>(tile_smem + 2 * n * sizeof(TapEntry<acc_t>) + (3 * n + 3) / 4 * 4);
   for (int64_t job = blockIdx.x; job < builds.n * a.C; job += gridDim.x) {
     const int64_t c = job % a.C;
-    const TableBuild<acc_t>& b = builds.job[job / a.C];
+    static_assert(kMaxTableBuilds == 2, "one select per build");
+    const TableBuild<acc_t> b = job < a.C ? builds.job[0] : builds.job[1];  // a select: no local-memory copy
     const int kind = b.kind;
     for (int64_t k = tid; k < a.K; k += kTableThreads) table_candidates(c, k, a, kind, b.need_pos, cand, valid);
     for (int i = tid; i < span; i += kTableThreads) table_clear(i, cells, n, slot, dup);
@@ -180,13 +181,11 @@ inline int grid_blocks(int64_t blocks) { return static_cast<int>(std::max<int64_
 // The launch policy of tiled_taps_ops.h on the current CUDA stream.
 template <typename scalar_t, typename acc_t>
 struct CudaLaunch {
-  // DCLS_CONVERT_CUDA_TAPS=gather runs the gather kernels everywhere (benchmarks compare against them).
+  // DCLS_CONVERT_CUDA_TAPS=gather runs the gather kernels everywhere (benchmarks and tests compare against them;
+  // read at every call, so that they can switch it).
   static bool gather_only() {
-    static const bool forced = [] {
-      const char* e = std::getenv("DCLS_CONVERT_CUDA_TAPS");
-      return e != nullptr && std::string(e) == "gather";
-    }();
-    return forced;
+    const char* e = std::getenv("DCLS_CONVERT_CUDA_TAPS");
+    return e != nullptr && std::string(e) == "gather";
   }
   static void tables(const TapsArgs<scalar_t, acc_t>& a, const TableBuilds<acc_t>& builds) {
     if (a.C == 0) return;

@@ -220,6 +220,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_bac
                                                   interpolation, mask);
 }
 
+// Entries per channel of one kind of tap table (0 forward, 1 mirrored, 2 corner with every in-window corner).
+at::Tensor emulate_table_counts(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+                                c10::string_view interpolation, int64_t kind) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_taps_args(input, weight, positions, window, stride, padding, interp, c10::nullopt);
+  TORCH_CHECK(kind >= kForwardTable && kind <= kCornerTable, "table_counts: kind must be 0, 1 or 2");
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  at::Tensor counts;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_table_counts", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    TableBuffers<acc_t> tb(input, a.C, a.K, 1);
+    const int i = tb.add(static_cast<int>(kind), /*need_pos=*/true);
+    EmulatedLaunch<scalar_t, acc_t>::tables(a, tb.builds);
+    counts = at::from_blob(tb.builds.job[i].count, {a.C}, at::kInt).clone();
+  });
+  return counts;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dcls_convert_emulation, m) {
@@ -231,6 +251,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "int[] padding, str interpolation) -> Tensor");
   m.def("taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, int[] window, "
         "int[] stride, int[] padding, str interpolation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("table_counts(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
+        "str interpolation, int kind) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
 }
 
@@ -239,6 +261,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("construct_backward", &emulate_construct_backward);
   m.impl("taps_conv", &emulate_taps_conv);
   m.impl("taps_conv_backward", &emulate_taps_conv_backward);
+  m.impl("table_counts", &emulate_table_counts);
 }
 
 }  // namespace dcls_convert

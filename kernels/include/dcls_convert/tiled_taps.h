@@ -60,8 +60,19 @@ DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 // order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same, flipped in both axes
 // (the input gradient at stride 1). kCornerTable: every window cell whose correlation with the output gradient
 // is needed (need_pos: all in-window corners, else those with a nonzero interpolation weight); c0 / c1 unused.
+// Offsets that never meet the input are dropped from every kind (offset_live).
 constexpr int64_t kMaxTiledTaps = 1024;  // beyond, the gather kernels run (tables and sums outgrow shared memory)
 constexpr int kTableThreads = 128;       // threads of the table-building block
+
+// Whether window offset d along an axis ever meets the input: some output o in [0, out) reads o * s + d - p inside
+// [0, in). Entries at dead offsets only ever read the zero padding (small planes under large windows: at 7x7 with
+// window 17, offsets 0, 1, 15 and 16 of each axis), so the tables drop them; a corner dropped from the corner
+// table has a zero correlation, which is what the finish gives a corner it does not find.
+DCLS_HD bool offset_live(int64_t d, int64_t out, int64_t in, int64_t s, int64_t p) {
+  const int64_t need = p - d;
+  const int64_t o = need <= 0 ? 0 : (need + s - 1) / s;
+  return o < out && o * s + d - p < in;
+}
 
 template <typename scalar_t, typename acc_t>
 DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
@@ -77,8 +88,10 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
     const acc_t cw = axis_coef(tc.w, bw, a.interp);
     e.dy = static_cast<int>(tc.h.cell);
     e.dx = static_cast<int>(tc.w.cell) + bw;
-    e.c0 = w * h0 * cw;
-    e.c1 = w * h1 * cw;
+    const bool live0 = offset_live(e.dy, a.Ho, a.H, a.sh, a.ph), live1 = offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph);
+    if (!offset_live(e.dx, a.Wo, a.W, a.sw, a.pw) || !(live0 || live1)) continue;
+    e.c0 = live0 ? w * h0 * cw : acc_t(0);
+    e.c1 = live1 ? w * h1 * cw : acc_t(0);
     if (kind == kCornerTable) {
       e.c0 = e.c1 = acc_t(0);
       v = (need_pos || cw != acc_t(0)) ? 1 : 0;
