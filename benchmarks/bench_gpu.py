@@ -9,7 +9,7 @@ reference library's approach). Floors measured in the same run: a device copy (b
 float32 / bfloat16 matrix products. Timing: CUDA events, warm-up, interleaved repeats, medians; and the kernels'
 device time from the profiler ("GPU" columns: free of host queueing, which small layers' event timings include).
 
-    python benchmarks/bench_gpu.py [--quick] [--methods] [--model [--breakdown]]  (--help: the rest)
+    python benchmarks/bench_gpu.py [--quick] [--methods] [--resnet-layers] [--model [--breakdown]]  (--help: the rest)
 """
 from __future__ import annotations
 
@@ -216,6 +216,65 @@ def run_construct() -> None:
     print_table(rows, list(rows[0]))
 
 
+def module_fns(layers: dict, shape, amp: bool) -> dict:
+    """'<name> fwd' and '<name> fwd+bwd' callables per layer on one input: float32 NCHW, or AMP bfloat16
+    channels_last (as timm trains)."""
+    x = torch.randn(shape, device="cuda")
+    if amp:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fns = {}
+    for name, layer in layers.items():
+        layer = layer.cuda()
+        xg = x.detach().clone().requires_grad_()
+
+        def fwd(layer=layer):
+            with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                return layer(x)
+
+        def fwd_bwd(layer=layer, xg=xg):
+            with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                y = layer(xg)
+            y.backward(torch.ones_like(y))
+        fns[name + " fwd"], fns[name + " fwd+bwd"] = fwd, fwd_bwd
+    return fns
+
+
+# resnet50's 3x3 convs (channels, input size, stride), batch 64
+RESNET_CONVS = [(64, 56, 1), (128, 56, 2), (128, 28, 1), (256, 28, 2), (256, 14, 1), (512, 14, 2), (512, 7, 1)]
+
+
+def run_resnet_layers() -> None:
+    """resnet50's dense 3x3 convs converted by each method (convert's defaults), against the dense cuDNN conv of
+    the converted layer's window (the target: no converted layer slower than it) and the original 3x3; fwd+bwd,
+    event timing and the kernels' device time."""
+    import torch.nn as nn
+
+    import dcls_convert as dc
+
+    rows = []
+    for C, H, s in RESNET_CONVS:
+        conv = nn.Conv2d(C, C, 3, stride=s, padding=1, bias=False)
+        layers = {"original 3x3": conv}
+        for method, cls in (("dcls", dc.DclsConv2d), ("partial", dc.PartialDilatedConv2d), ("bloom", dc.BloomConv2d)):
+            m = cls.from_conv(conv)
+            L = m.window[0]
+            layers[method] = m
+            layers.setdefault(f"dense {L}x{L}", nn.Conv2d(C, C, L, stride=s, padding=L // 2, bias=False))
+        for amp in (False, True):
+            fns = {k: v for k, v in module_fns(layers, (64, C, H, H), amp).items() if k.endswith("fwd+bwd")}
+            t, gpu = cuda_time(fns), kernel_time(fns)
+            for name, layer in layers.items():
+                k = name + " fwd+bwd"
+                dense = f"dense {layer.window[0]}x{layer.window[0]} fwd+bwd" if hasattr(layer, "window") else k
+                rows.append({"conv": f"{C}@{H} s{s}", "precision": "AMP bf16 CL" if amp else "fp32 NCHW",
+                             "layer": name, "engine": layer.engine_name() if hasattr(layer, "engine_name") else "-",
+                             "fwd+bwd": t[k], "GPU fwd+bwd": gpu[k], "x dense same window": t[k] / t[dense],
+                             "GPU x dense same window": gpu[k] / gpu[dense]})
+        print(f"  measured resnet conv {C}@{H} s{s}", flush=True)
+    print("\nresnet50 3x3 convs per method (batch 64), ms; target: x dense same window <= 1")
+    print_table(rows, list(rows[0]))
+
+
 def run_methods() -> None:
     """Each method's depthwise layer as convert() builds it from a 7x7 depthwise conv (freshly converted: dcls
     taps on grid), per engine, at the ConvNeXt-T stage shapes: forward and forward+backward (float32 NCHW, and
@@ -234,23 +293,7 @@ def run_methods() -> None:
                   "bloom taps": dc.BloomConv2d.from_conv(conv, engine="taps"),
                   "bloom dense (cudnn blur + dilated)": dc.BloomConv2d.from_conv(conv, engine="dense")}
         for amp in (False, True):
-            x = torch.randn(shape, device="cuda")
-            if amp:
-                x = x.contiguous(memory_format=torch.channels_last)
-            fns = {}
-            for name, layer in layers.items():
-                layer = layer.cuda()
-                xg = x.detach().clone().requires_grad_()
-
-                def fwd(layer=layer):
-                    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-                        return layer(x)
-
-                def fwd_bwd(layer=layer, xg=xg):
-                    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-                        y = layer(xg)
-                    y.backward(torch.ones_like(y))
-                fns[name + " fwd"], fns[name + " fwd+bwd"] = fwd, fwd_bwd
+            fns = module_fns(layers, shape, amp)
             t = cuda_time(fns)
             for name in layers:
                 rows.append({"shape": "x".join(map(str, shape)), "precision": "AMP bf16 CL" if amp else "fp32 NCHW",
@@ -400,6 +443,8 @@ def main() -> None:
                     help="also time training steps of convnext_tiny and resnet50, original vs each method")
     ap.add_argument("--methods", action="store_true",
                     help="also time each method's layer per engine at the stage shapes")
+    ap.add_argument("--resnet-layers", action="store_true",
+                    help="also time resnet50's 3x3 convs per method against the dense conv of the same window")
     ap.add_argument("--breakdown", action="store_true",
                     help="with --model: each variant's top GPU kernels and host ops (AMP bfloat16) from the profiler")
     ap.add_argument("--models", default="convnext_tiny,resnet50", help="with --model: which models")
@@ -429,6 +474,8 @@ def main() -> None:
     run_construct()
     if args.methods:
         run_methods()
+    if args.resnet_layers:
+        run_resnet_layers()
     if args.model:
         run_model(args.breakdown, args.models.split(","), [v for v in args.variants.split(";") if v])
 
