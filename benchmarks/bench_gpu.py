@@ -61,6 +61,8 @@ def kernel_time(fns: dict, calls: int = 5) -> dict[str, float]:
             for _ in range(calls):
                 fn()
             torch.cuda.synchronize()
+        # CUDA activity alone: each kernel, memcpy or memset counted once (with CPU ops recorded too, the ops
+        # would carry their kernels' time again)
         out[k] = sum(e.self_device_time_total for e in prof.key_averages()) / calls / 1e3
     return out
 

@@ -212,6 +212,13 @@ def test_tables_drop_offsets_that_never_meet_the_input():
     # forward / mirrored: (8, 8) and the lower row of (1.5, 8) alone; corner (positions learn: both columns of
     # each tap): (8, 8), (8, 9), (1, 8), (1, 9)
     assert [int(E.table_counts(x, w, p, *args, kind)[0]) for kind in range(3)] == [2, 2, 4]
+    # a NaN weight at a dead offset stays in the forward table: every output is NaN, as in a dense convolution
+    w_nan = w.clone()
+    w_nan[0, 0, 1] = float("nan")
+    assert int(E.table_counts(x, w_nan, p, *args, 0)[0]) == 4  # NaN times a zero interpolation weight: both columns
+    # (float32: the tiled engine; float64 tiles of 32 planes exceed shared memory and take the gather kernel)
+    assert E.taps_conv(x.float(), w_nan.float(), p.float(), None, *args).isnan().all()
+    assert reference.taps_conv(x, w_nan, p, None, *args).isnan().all()
     # the same taps on a plane large enough for every offset: nothing dropped (corner: column 17 lies outside)
     big = torch.randn(1, 1, 20, 20, dtype=torch.float64)
     assert [int(E.table_counts(big, w, p, *args, kind)[0]) for kind in range(3)] == [4, 4, 7]

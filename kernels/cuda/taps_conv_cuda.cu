@@ -211,6 +211,8 @@ struct CudaLaunch {
     const int device = like.get_device();
     const int64_t target = 4 * int64_t(blocks_per_sm(k, w.cfg.threads, bytes, device)) * sm_count(device);
     w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, target);
+    // every block job runs at least one round: its barrier orders the cleared sums before the bias slot's store
+    TORCH_INTERNAL_ASSERT(w.slabs >= 1 && w.slabs <= w.jobs());
     auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     w.work = static_cast<acc_t*>(work.data_ptr());
     kernel<<<grid_blocks(w.blocks()), w.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
@@ -230,10 +232,18 @@ struct CudaLaunch {
   }
 };
 
+// The input's device made current; a CPU input (with a CUDA weight) is left to the argument checks' message.
+struct DeviceOf {
+  c10::cuda::OptionalCUDAGuard guard;
+  explicit DeviceOf(const at::Tensor& t) {
+    if (t.is_cuda()) guard.set_device(t.device());
+  }
+};
+
 at::Tensor taps_conv_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
                           at::IntArrayRef padding, c10::string_view interpolation) {
-  c10::cuda::CUDAGuard guard(input.device());
+  const DeviceOf guard(input);
   return tiled_taps_conv<CudaLaunch>(input, weight, positions, bias, window, stride, padding, interpolation);
 }
 
@@ -241,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cu
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
     std::array<bool, 4> mask) {
-  c10::cuda::CUDAGuard guard(input.device());
+  const DeviceOf guard(input);
   return tiled_taps_conv_backward<CudaLaunch>(grad_output, input, weight, positions, window, stride, padding,
                                               interpolation, mask);
 }

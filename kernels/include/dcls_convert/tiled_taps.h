@@ -67,11 +67,17 @@ constexpr int kTableThreads = 128;       // threads of the table-building block
 // Whether window offset d along an axis ever meets the input: some output o in [0, out) reads o * s + d - p inside
 // [0, in). Entries at dead offsets only ever read the zero padding (small planes under large windows: at 7x7 with
 // window 17, offsets 0, 1, 15 and 16 of each axis), so the tables drop them; a corner dropped from the corner
-// table has a zero correlation, which is what the finish gives a corner it does not find.
+// table has a zero correlation, which is what the finish gives a corner it does not find (a dense convolution's
+// would be NaN where the output gradient holds NaN; the channel's live corners carry that NaN anyway).
 DCLS_HD bool offset_live(int64_t d, int64_t out, int64_t in, int64_t s, int64_t p) {
   const int64_t need = p - d;
   const int64_t o = need <= 0 ? 0 : (need + s - 1) / s;
   return o < out && o * s + d - p < in;
+}
+
+template <typename acc_t>
+DCLS_HD bool is_finite_value(acc_t v) {
+  return v - v == acc_t(0);  // false for NaN and +-Inf; no <cmath> on the device side needed
 }
 
 template <typename scalar_t, typename acc_t>
@@ -88,15 +94,20 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
     const acc_t cw = axis_coef(tc.w, bw, a.interp);
     e.dy = static_cast<int>(tc.h.cell);
     e.dx = static_cast<int>(tc.w.cell) + bw;
-    const bool live0 = offset_live(e.dy, a.Ho, a.H, a.sh, a.ph), live1 = offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph);
-    if (!offset_live(e.dx, a.Wo, a.W, a.sw, a.pw) || !(live0 || live1)) continue;
-    e.c0 = live0 ? w * h0 * cw : acc_t(0);
-    e.c1 = live1 ? w * h1 * cw : acc_t(0);
+    const bool col = offset_live(e.dx, a.Wo, a.W, a.sw, a.pw);
+    const bool row0 = col && offset_live(e.dy, a.Ho, a.H, a.sh, a.ph);
+    const bool row1 = col && offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph);
     if (kind == kCornerTable) {
       e.c0 = e.c1 = acc_t(0);
-      v = (need_pos || cw != acc_t(0)) ? 1 : 0;
+      v = ((row0 || row1) && (need_pos || cw != acc_t(0))) ? 1 : 0;
       continue;
     }
+    // Dead rows lose their weight, except a non-finite one in the forward, so that a NaN/Inf weight still turns
+    // the outputs NaN, as a dense convolution's zero padding times it does.
+    const acc_t c0 = w * h0 * cw, c1 = w * h1 * cw;
+    const bool forward = kind == kForwardTable;
+    e.c0 = (row0 || (forward && !is_finite_value(c0))) ? c0 : acc_t(0);
+    e.c1 = (row1 || (forward && !is_finite_value(c1))) ? c1 : acc_t(0);
     if (e.c0 == acc_t(0) && e.c1 == acc_t(0)) continue;
     if (e.c0 == acc_t(0)) {  // only the lower row carries weight
       e.dy += 1;

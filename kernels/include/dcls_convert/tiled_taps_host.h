@@ -32,8 +32,9 @@ struct TableBuffers {
   int tables = 0;
   TableBuffers(const at::Tensor& like, int64_t C_, int64_t K, int tables_) : C(C_), tables(tables_) {
     per_table = C * table_capacity(K);
-    storage = at::empty({std::max<int64_t>(1, tables * (per_table * int64_t(sizeof(TapEntry<acc_t>)) + C * 4))},
-                        like.options().dtype(at::kByte));
+    if (tables > 0)
+      storage = at::empty({std::max<int64_t>(1, tables * (per_table * int64_t(sizeof(TapEntry<acc_t>)) + C * 4))},
+                          like.options().dtype(at::kByte));
   }
   int add(int kind, bool need_pos = false) {
     TORCH_CHECK(builds.n < tables && builds.n < kMaxTableBuilds, "TableBuffers: more tables than reserved");

@@ -97,7 +97,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         a.grad_in = gi.data_ptr<scalar_t>();
         L::gather_grad_input(a, gi.numel());
         grads.gin.copy_(gi);
-        a.x = in.x.data_ptr<scalar_t>();
+        a.x = in.x.data_ptr<scalar_t>();  // the temporaries die here
+        a.grad_out = nullptr;
+        a.grad_in = nullptr;
       }
       if (!want_taps) return;
       grads.bind_taps(a, window.size() == 2);
