@@ -97,17 +97,18 @@ def layer_inputs(shape, dtype, channels_last, window, K, on_grid, seed=0):
     return x, w, p.cuda()
 
 
-def tap_fns(x, w, p, window, prefix=""):
+def tap_fns(x, w, p, window, prefix="", stride=1):
     L = [window, window]
     pad = [window // 2, window // 2]
+    st = [stride, stride]
     xg, wg, pg = (t.detach().clone().requires_grad_() for t in (x, w, p))
-    y = ops.taps_conv(x, w, p, None, L, [1, 1], pad)
+    y = ops.taps_conv(x, w, p, None, L, st, pad)
     gy = torch.randn_like(y)
     back = torch.ops.dcls_convert.taps_conv_backward
-    args = (L, [1, 1], pad, "bilinear")
+    args = (L, st, pad, "bilinear")
     return {
-        prefix + "fwd": lambda: ops.taps_conv(x, w, p, None, L, [1, 1], pad),
-        prefix + "fwd+bwd": lambda: torch.autograd.backward(ops.taps_conv(xg, wg, pg, None, L, [1, 1], pad), gy),
+        prefix + "fwd": lambda: ops.taps_conv(x, w, p, None, L, st, pad),
+        prefix + "fwd+bwd": lambda: torch.autograd.backward(ops.taps_conv(xg, wg, pg, None, L, st, pad), gy),
         prefix + "dgrad": lambda: back(gy, x, w, p, *args, [True, False, False, False]),
         prefix + "wgrad": lambda: back(gy, x, w, p, *args, [False, True, True, False]),
     }
@@ -195,6 +196,35 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
         cols += [k for k in r if k not in cols]
     print_table(rows, cols)
     return rows
+
+
+def run_strided() -> None:
+    """A stride-2 depthwise layer (64x96x112x112, window 17, K = 34, as a converted MobileNet/EfficientNet
+    downsampling conv): the input gradient by stride phases against the gather kernel it replaces, and the layer
+    against cuDNN's dense 7x7 stride-2 depthwise conv."""
+    rows = []
+    shape, window = (64, 96, 112, 112), 17
+    for dtype, cl in [(torch.float32, False), (torch.bfloat16, True)]:
+        x, w, p = layer_inputs(shape, dtype, cl, window, 34, on_grid=False)
+        fns = tap_fns(x, w, p, window, stride=2)
+        C = shape[1]
+        wd = (torch.randn(C, 1, 7, 7, device="cuda") * 0.05).to(dtype)
+        xg, wg = x.detach().clone().requires_grad_(), wd.clone().requires_grad_()
+        gy = torch.randn_like(F.conv2d(x, wd, stride=2, padding=3, groups=C))
+        fns["cudnn7 s2 fwd+bwd"] = lambda xg=xg, wg=wg, gy=gy: torch.autograd.backward(
+            F.conv2d(xg, wg, stride=2, padding=3, groups=C), gy)
+        t, gpu = cuda_time(fns), kernel_time({k: fns[k] for k in ("dgrad", "fwd+bwd", "cudnn7 s2 fwd+bwd")})
+        os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"
+        try:
+            gather = kernel_time({"dgrad": tap_fns(x, w, p, window, stride=2)["dgrad"]})["dgrad"]
+        finally:
+            del os.environ["DCLS_CONVERT_CUDA_TAPS"]
+        rows.append({"shape": "x".join(map(str, shape)) + " s2", "dtype": "fp32 NCHW" if dtype == torch.float32 else "bf16 CL",
+                     "fwd": t["fwd"], "dgrad": t["dgrad"], "GPU dgrad": gpu["dgrad"], "GPU gather dgrad": gather,
+                     "fwd+bwd": t["fwd+bwd"], "GPU fwd+bwd": gpu["fwd+bwd"],
+                     "GPU fwd+bwd / cudnn7 s2": gpu["fwd+bwd"] / gpu["cudnn7 s2 fwd+bwd"]})
+    print("\nStride 2 (input gradient by stride phases), ms")
+    print_table(rows, list(rows[0]))
 
 
 def run_construct() -> None:
@@ -473,6 +503,7 @@ def main() -> None:
             json.dump(rows, f)
     if args.layers_only:
         return
+    run_strided()
     run_construct()
     if args.methods:
         run_methods()

@@ -102,11 +102,12 @@ def test_taps_conv_cuda_stage_shapes(shape, window, dtype, channels_last, on_gri
         assert max_rel(a.double(), e) < 10 * tol
 
 
-def test_taps_conv_cuda_tiled_matches_gather(monkeypatch):
+@pytest.mark.parametrize("stride", [[1, 1], [2, 3]])  # strided: the input gradient by stride phases
+def test_taps_conv_cuda_tiled_matches_gather(monkeypatch, stride):
     """The tiled engine and the gather kernels it replaced agree (float64, strided and padded)."""
     x = torch.randn(3, 12, 37, 45, device="cuda", dtype=torch.float64)
     w, p, _ = random_taps(2, 12, 1, 9, [9, 11], device="cuda")
-    args = (x, w, p, None, [9, 11], [1, 1], [3, 6])
+    args = (x, w, p, None, [9, 11], stride, [3, 6])
     outs = []
     for engine in ("", "gather"):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_TAPS", engine)

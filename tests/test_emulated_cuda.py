@@ -178,7 +178,7 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     """A converted layer's host cost on a GPU is mostly its launches: the tiled forward makes 2 (table, forward),
     the full backward 4 (both tables in one, input gradient, correlation, finish with the bias) and no ATen
     kernels (no zero fills, no casts, no separate bias reduction), as AMP runs it: 16-bit activations and weight,
-    float32 positions."""
+    float32 positions. At stride 2 the input gradient takes one launch per stride phase (4)."""
     x = torch.randn(2, 16, 14, 14).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -194,6 +194,10 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     assert _launches(forward) == (2, [])
     g = torch.randn_like(out)
     assert _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True] * 4)) == (4, [])
+    # stride 2: the input gradient as four stride-1 phases (one launch each), still no ATen kernels
+    out2 = E.taps_conv(x, w, p, b, args[0], [2, 2], *args[2:])
+    g2 = torch.randn_like(out2)
+    assert _launches(lambda: E.taps_conv_backward(g2, x, w, p, args[0], [2, 2], *args[2:], [True] * 4)) == (7, [])
     # frozen positions and weight, trainable bias: the mirrored table and the input gradient, a reduction for the bias
     n, aten = _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True, False, False, True]))
     assert n == 2 and "aten::sum" in aten

@@ -78,10 +78,9 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   int* slot = reinterpret_cast<int*>(tile_smem + 2 * n * sizeof(TapEntry<acc_t>) + (3 * n + 3) / 4 * 4);
   for (int64_t job = blockIdx.x; job < builds.n * a.C; job += gridDim.x) {
     const int64_t c = job % a.C;
-    static_assert(kMaxTableBuilds == 2, "one select per build");
-    const TableBuild<acc_t> b = job < a.C ? builds.job[0] : builds.job[1];  // a select: no local-memory copy
+    const TableBuild<acc_t> b = builds.job[job / a.C];
     const int kind = b.kind;
-    for (int64_t k = tid; k < a.K; k += kTableThreads) table_candidates(c, k, a, kind, b.need_pos, cand, valid);
+    for (int64_t k = tid; k < a.K; k += kTableThreads) table_candidates(c, k, a, b, cand, valid);
     for (int i = tid; i < span; i += kTableThreads) table_clear(i, cells, n, slot, dup);
     __syncthreads();
     if (use_map) {
@@ -105,7 +104,7 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
     __syncthreads();
     int before = 0;
     for (int w = 0; w < warp; ++w) before += warp_total[w];
-    table_write_kept(c, tid, n, kTableThreads, before + inclusive - kept, kind, a.Lh, a.Lw, merged, keep, b.table);
+    table_write_kept(c, tid, n, kTableThreads, before + inclusive - kept, a, b, merged, keep);
     if (tid == kTableThreads - 1) b.count[c] = before + inclusive;
     __syncthreads();
   }

@@ -92,7 +92,7 @@ struct EmulatedLaunch {
     for (int64_t job = 0; job < builds.n * a.C; ++job) {  // the CUDA grid's order: build, then channel
       const int64_t c = job % a.C;
       const TableBuild<acc_t>& b = builds.job[job / a.C];
-      for (int64_t k = 0; k < a.K; ++k) table_candidates(c, k, a, b.kind, b.need_pos, cand.data(), valid.data());
+      for (int64_t k = 0; k < a.K; ++k) table_candidates(c, k, a, b, cand.data(), valid.data());
       for (int i = 0; i < std::max(cells, n); ++i) table_clear(i, cells, n, slot.data(), dup.data());
       if (use_map) {
         for (int i = 0; i < n; ++i)  // the device's atomic minimum
@@ -106,7 +106,7 @@ struct EmulatedLaunch {
       for (int t = 0; t < kTableThreads; ++t)
         offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data());
       for (int t = 0; t < kTableThreads; ++t)
-        table_write_kept(c, t, n, kTableThreads, offset[t], b.kind, a.Lh, a.Lw, merged.data(), keep.data(), b.table);
+        table_write_kept(c, t, n, kTableThreads, offset[t], a, b, merged.data(), keep.data());
       b.count[c] = offset[kTableThreads];
     }
   }

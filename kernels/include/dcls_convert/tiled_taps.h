@@ -36,12 +36,34 @@ struct TapEntry {
 
 enum TableKind : int { kForwardTable = 0, kMirroredTable = 1, kCornerTable = 2 };
 
-// The tables one launch builds (the backward needs the mirrored and the corner table: one launch for both).
-constexpr int kMaxTableBuilds = 2;
+// The input gradient at stride s splits into s phases per axis: input rows r, r + s, r + 2s, ... (phase r) are fed
+// by the window rows d = r + p (mod s) alone, each reading the output gradient at a whole offset (r + p - d) / s.
+// A phase is then a stride-1 forward over the output gradient (with that phase's mirrored table) whose outputs
+// land s apart in the input gradient. At stride 1 there is one phase: the forward flipped, padding L - 1 - p.
+struct PhaseAxis {
+  int64_t first = 0, last = -1;              // the phase's window offsets first, first + s, ..., last (none: last < 0)
+  int64_t window = 1, padding = 0, out = 0;  // its stride-1 forward: window, padding, outputs (input positions)
+};
+// Axis of window L, stride s, padding p, phase r, over an input of `in` positions.
+DCLS_HD PhaseAxis phase_axis(int64_t L, int64_t s, int64_t p, int64_t r, int64_t in) {
+  PhaseAxis q;
+  q.first = (r + p) % s;
+  q.out = in > r ? (in - r + s - 1) / s : 0;
+  if (q.first >= L) return q;  // no window offset feeds this phase: its outputs are zeros
+  q.last = q.first + (L - 1 - q.first) / s * s;
+  q.window = (q.last - q.first) / s + 1;
+  q.padding = (q.last - r - p) / s;  // exact (last = r + p mod s), negative when the phase starts past its reads
+  return q;
+}
+constexpr int64_t kMaxPhases = 16;  // strides up to 4x4 (more: the gather kernel)
+
+// The tables one launch builds (the backward: every phase's mirrored table and the corner table in one launch).
+constexpr int kMaxTableBuilds = kMaxPhases + 1;
 template <typename acc_t>
 struct TableBuild {
   int kind = kForwardTable;
   bool need_pos = false;  // kCornerTable: every in-window corner (positions learn), else nonzero ones only
+  int ry = 0, rx = 0;     // kMirroredTable: the phase
   TapEntry<acc_t>* table = nullptr;  // (C, capacity) entries
   int* count = nullptr;              // (C) entries kept per channel
 };
@@ -57,8 +79,9 @@ DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 // Channel c's table is built by one block in three phases (barriers between them), all in shared memory:
 // candidates (one thread per tap: its two columns), merge (one thread per candidate: the first candidate of
 // each cell sums that cell's candidates in index order), compaction (one thread: kept entries in candidate
-// order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the same, flipped in both axes
-// (the input gradient at stride 1). kCornerTable: every window cell whose correlation with the output gradient
+// order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the rows and columns of one phase
+// (PhaseAxis), flipped into the phase's stride-1 window (the input gradient). kCornerTable: every window cell whose
+// correlation with the output gradient
 // is needed (need_pos: all in-window corners, else those with a nonzero interpolation weight); c0 / c1 unused.
 // Offsets that never meet the input are dropped from every kind (offset_live).
 constexpr int64_t kMaxTiledTaps = 1024;  // beyond, the gather kernels run (tables and sums outgrow shared memory)
@@ -81,8 +104,12 @@ DCLS_HD bool is_finite_value(acc_t v) {
 }
 
 template <typename scalar_t, typename acc_t>
-DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc_t>& a, int kind, bool need_pos,
+DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc_t>& a, const TableBuild<acc_t>& b,
                               TapEntry<acc_t>* cand, unsigned char* valid) {
+  const int kind = b.kind;
+  // a mirrored table keeps its phase's rows and columns: d = r + p (mod s)
+  const int64_t phase_y = kind == kMirroredTable ? (b.ry + a.ph) % a.sh : -1;
+  const int64_t phase_x = kind == kMirroredTable ? (b.rx + a.pw) % a.sw : -1;
   const TapCorners<acc_t> tc = tap_corners(a, c, k);
   const acc_t w = static_cast<acc_t>(a.weight[c * a.K + k]);
   const acc_t h0 = axis_coef(tc.h, 0, a.interp), h1 = tc.n_h == 2 ? axis_coef(tc.h, 1, a.interp) : acc_t(0);
@@ -94,12 +121,12 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
     const acc_t cw = axis_coef(tc.w, bw, a.interp);
     e.dy = static_cast<int>(tc.h.cell);
     e.dx = static_cast<int>(tc.w.cell) + bw;
-    const bool col = offset_live(e.dx, a.Wo, a.W, a.sw, a.pw);
-    const bool row0 = col && offset_live(e.dy, a.Ho, a.H, a.sh, a.ph);
-    const bool row1 = col && offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph);
+    const bool col = offset_live(e.dx, a.Wo, a.W, a.sw, a.pw) && (phase_x < 0 || e.dx % a.sw == phase_x);
+    const bool row0 = col && offset_live(e.dy, a.Ho, a.H, a.sh, a.ph) && (phase_y < 0 || e.dy % a.sh == phase_y);
+    const bool row1 = col && offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph) && (phase_y < 0 || (e.dy + 1) % a.sh == phase_y);
     if (kind == kCornerTable) {
       e.c0 = e.c1 = acc_t(0);
-      v = ((row0 || row1) && (need_pos || cw != acc_t(0))) ? 1 : 0;
+      v = ((row0 || row1) && (b.need_pos || cw != acc_t(0))) ? 1 : 0;
       continue;
     }
     // Dead rows lose their weight, except a non-finite one in the forward, so that a NaN/Inf weight still turns
@@ -183,18 +210,19 @@ DCLS_HD int table_count_kept(int t, int n, int threads, const unsigned char* kee
   return kept;
 }
 
-template <typename acc_t>
-DCLS_HD void table_write_kept(int64_t c, int t, int n, int threads, int offset, int kind, int64_t Lh, int64_t Lw,
-                              const TapEntry<acc_t>* merged, const unsigned char* keep, TapEntry<acc_t>* table) {
+template <typename scalar_t, typename acc_t>
+DCLS_HD void table_write_kept(int64_t c, int t, int n, int threads, int offset, const TapsArgs<scalar_t, acc_t>& a,
+                              const TableBuild<acc_t>& b, const TapEntry<acc_t>* merged, const unsigned char* keep) {
   const int chunk = table_chunk(n, threads);
-  TapEntry<acc_t>* out = table + c * n + offset;
+  TapEntry<acc_t>* out = b.table + c * n + offset;
+  const PhaseAxis qy = phase_axis(a.Lh, a.sh, a.ph, b.ry, a.H), qx = phase_axis(a.Lw, a.sw, a.pw, b.rx, a.W);
   for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) {
     if (!keep[i]) continue;
     TapEntry<acc_t> e = merged[i];
-    if (kind == kMirroredTable) {
+    if (b.kind == kMirroredTable) {  // offset d -> (last - d) / s; a two-row entry (stride 1 only) flips its rows
       const bool two = e.c1 != acc_t(0);
-      e.dy = static_cast<int>(Lh) - (two ? 2 : 1) - e.dy;
-      e.dx = static_cast<int>(Lw) - 1 - e.dx;
+      e.dy = static_cast<int>((qy.last - (two ? e.dy + 1 : e.dy)) / a.sh);
+      e.dx = static_cast<int>((qx.last - e.dx) / a.sw);
       if (two) {
         const acc_t tmp = e.c0;
         e.c0 = e.c1;

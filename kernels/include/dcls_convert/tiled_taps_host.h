@@ -36,13 +36,15 @@ struct TableBuffers {
       storage = at::empty({std::max<int64_t>(1, tables * (per_table * int64_t(sizeof(TapEntry<acc_t>)) + C * 4))},
                           like.options().dtype(at::kByte));
   }
-  int add(int kind, bool need_pos = false) {
+  int add(int kind, bool need_pos = false, int ry = 0, int rx = 0) {
     TORCH_CHECK(builds.n < tables && builds.n < kMaxTableBuilds, "TableBuffers: more tables than reserved");
     auto* entries = reinterpret_cast<TapEntry<acc_t>*>(storage.data_ptr<uint8_t>());
     auto* counts = reinterpret_cast<int*>(entries + tables * per_table);  // entry sizes are multiples of 8 bytes
     const int i = builds.n++;
     builds.job[i].kind = kind;
     builds.job[i].need_pos = need_pos;
+    builds.job[i].ry = ry;
+    builds.job[i].rx = rx;
     builds.job[i].table = entries + i * per_table;
     builds.job[i].count = counts + i * C;
     return i;
@@ -72,20 +74,25 @@ TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& o
   return c;
 }
 
-// Input gradient at stride 1: the forward of the output gradient with the mirrored table, padding L - 1 - p.
+// Input gradient, phase (ry, rx) (PhaseAxis): the stride-1 forward of the output gradient with that phase's
+// mirrored table, its outputs written every (sh, sw) input positions from (ry, rx). Empty phases have no outputs.
 template <typename scalar_t, typename acc_t>
-TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor& gin, const TapsArgs<scalar_t, acc_t>& a) {
+TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor& gin, const TapsArgs<scalar_t, acc_t>& a,
+                                           int ry, int rx) {
   TiledConv<scalar_t, acc_t> c;
-  if (a.sh != 1 || a.sw != 1) return c;  // cfg.ok == false: strided layers take the gather kernel
+  const PhaseAxis qy = phase_axis(a.Lh, a.sh, a.ph, ry, a.H), qx = phase_axis(a.Lw, a.sw, a.pw, rx, a.W);
   c.in = g.data_ptr<scalar_t>();
-  c.out = gin.data_ptr<scalar_t>();
-  c.cap = table_capacity(a.K);
-  c.N = a.N, c.C = a.C, c.H = a.Ho, c.W = a.Wo, c.Ho = a.H, c.Wo = a.W;
   plane_strides(g, c.is);
   plane_strides(gin, c.os);
-  c.ph = a.Lh - 1 - a.ph;
-  c.pw = a.Lw - 1 - a.pw;
-  c.cfg = make_tile_config(a.H, a.W, a.Lh, a.Lw, 1, 1, false, staged_planes(g), sizeof(acc_t));
+  c.out = gin.data_ptr<scalar_t>() + ry * c.os[2] + rx * c.os[3];
+  c.os[2] *= a.sh;
+  c.os[3] *= a.sw;
+  c.cap = table_capacity(a.K);
+  c.N = a.N, c.C = a.C, c.H = a.Ho, c.W = a.Wo, c.Ho = qy.out, c.Wo = qx.out;
+  c.ph = qy.padding;
+  c.pw = qx.padding;
+  if (c.Ho == 0 || c.Wo == 0) return c;  // cfg.ok == false, nothing to write
+  c.cfg = make_tile_config(qy.out, qx.out, qy.window, qx.window, 1, 1, false, staged_planes(g), sizeof(acc_t));
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }

@@ -2,8 +2,9 @@
 // A Launch<scalar_t, acc_t> policy runs the kernels: CUDA launches (cuda/taps_conv_cuda.cu) or the CPU
 // emulation's block-by-block loops (emulation/emulate_cuda.cpp), so the tests run this very flow.
 //
-// Launches per call (the tiled engine): forward 2 (table, forward); backward 4 (the mirrored and corner tables
-// in one launch, the input gradient, the correlation, its finish, which also writes the bias gradient).
+// Launches per call (the tiled engine): forward 2 (table, forward); backward 4 at stride 1 (the mirrored and
+// corner tables in one launch, the input gradient, the correlation, its finish, which also writes the bias
+// gradient); a strided layer's input gradient takes one launch per stride phase (PhaseAxis).
 // Gradients are written once each, in their final dtypes: no zero fills, no casts.
 //
 // Launch<scalar_t, acc_t> provides:
@@ -21,6 +22,7 @@
 #include <ATen/OpMathType.h>
 
 #include <array>
+#include <vector>
 #include <string>
 #include <tuple>
 
@@ -80,16 +82,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       using L = Launch<scalar_t, acc_t>;
       auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
       const bool want_taps = grads.want_taps() && a.C * a.K > 0;
-      auto gi_plan = mask[0] ? grad_input_plan<scalar_t, acc_t>(g, grads.gin, a) : TiledConv<scalar_t, acc_t>();
+      // the input gradient: one tiled forward per stride phase with outputs (one at stride 1)
+      struct Phase {
+        int ry, rx;
+        TiledConv<scalar_t, acc_t> plan;
+      };
+      std::vector<Phase> phases;
+      bool tiled_gi = mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only();
+      for (int ry = 0; tiled_gi && ry < a.sh; ++ry) {
+        for (int rx = 0; tiled_gi && rx < a.sw; ++rx) {
+          const auto plan = grad_input_plan<scalar_t, acc_t>(g, grads.gin, a, ry, rx);
+          if (plan.Ho == 0 || plan.Wo == 0) continue;  // no input position in this phase
+          phases.push_back({ry, rx, plan});
+          tiled_gi = plan.cfg.ok;
+        }
+      }
       auto corr = want_taps ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
-      const bool tiled_gi = gi_plan.cfg.ok && !L::gather_only(), tiled_corr = corr.cfg.ok && !L::gather_only();
-      TableBuffers<acc_t> tb(input, a.C, a.K, int(tiled_gi) + int(tiled_corr));
-      if (tiled_gi) tb.bind(gi_plan, tb.add(kMirroredTable));
+      const bool tiled_corr = corr.cfg.ok && !L::gather_only();
+      TableBuffers<acc_t> tb(input, a.C, a.K, (tiled_gi ? int(phases.size()) : 0) + int(tiled_corr));
+      if (tiled_gi) {
+        for (auto& p : phases) tb.bind(p.plan, tb.add(kMirroredTable, false, p.ry, p.rx));
+      }
       if (tiled_corr) tb.bind(corr, tb.add(kCornerTable, mask[2] && interp == kBilinear));
       if (tb.builds.n > 0) L::tables(a, tb.builds);
       if (tiled_gi) {
-        L::forward(gi_plan);
-      } else if (mask[0]) {  // strided layers: the gather kernel, NCHW
+        for (const auto& p : phases) L::forward(p.plan);
+      } else if (mask[0]) {  // strides beyond 4x4, or tiles too large: the gather kernel, NCHW
         const auto x = in.x.contiguous(), gc = g.contiguous();
         auto gi = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
         a.x = x.data_ptr<scalar_t>();
