@@ -249,3 +249,25 @@ def test_emulated_taps_match_oracle(c):
             torch.testing.assert_close(a, torch.zeros_like(a) if e is None else e, rtol=0, atol=1e-10)
         else:
             assert a.numel() == 0
+
+
+@pytest.mark.parametrize("size, window, stride, padding", [
+    ([11, 13], [5, 4], [4, 4], [2, 3]),   # sixteen phases
+    ([9, 40], [3, 3], [2, 8], [1, 1]),    # 8 x 2 phases, some with no window offset (stride above the window)
+    ([50], [7], [16], [3]),               # 1-D, sixteen phases
+    ([12, 12], [3, 5], [5, 3], [4, 2]),   # stride 5 x 3: fifteen phases
+    ([10, 10], [3, 3], [5, 5], [1, 1]),   # 25 phases: the gather kernel
+])
+def test_large_strides(size, window, stride, padding):
+    """Strides beyond the property test's (1-3): every stride phase, empty phases included, against the oracle."""
+    D = len(window)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    w, p, _ = random_taps(D, 3, 1, 6, window, spread=1.4)
+    b = torch.randn(3, dtype=torch.float64)
+    args = (window, stride, padding, "bilinear")
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+    out = reference.taps_conv(*leaves, *args)
+    torch.testing.assert_close(E.taps_conv(x, w, p, b, *args), out.detach(), rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [True] * 4), torch.autograd.grad(out, leaves, g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)

@@ -220,7 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_bac
                                                   interpolation, mask);
 }
 
-// Entries per channel of one kind of tap table (0 forward, 1 mirrored, 2 corner with every in-window corner).
+// Entries per channel of one kind of tap table (0 forward, 1 mirrored: phase (0, 0), 2 corner with every
+// in-window corner).
 at::Tensor emulate_table_counts(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                 at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                 c10::string_view interpolation, int64_t kind) {

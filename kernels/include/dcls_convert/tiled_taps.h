@@ -55,7 +55,7 @@ DCLS_HD PhaseAxis phase_axis(int64_t L, int64_t s, int64_t p, int64_t r, int64_t
   q.padding = (q.last - r - p) / s;  // exact (last = r + p mod s), negative when the phase starts past its reads
   return q;
 }
-constexpr int64_t kMaxPhases = 16;  // strides up to 4x4 (more: the gather kernel)
+constexpr int64_t kMaxPhases = 16;  // sh * sw phases at most (4x4, 8x2, 16x1; more: the gather kernel)
 
 // The tables one launch builds (the backward: every phase's mirrored table and the corner table in one launch).
 constexpr int kMaxTableBuilds = kMaxPhases + 1;

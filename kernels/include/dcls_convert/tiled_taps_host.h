@@ -81,6 +81,8 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
                                            int ry, int rx) {
   TiledConv<scalar_t, acc_t> c;
   const PhaseAxis qy = phase_axis(a.Lh, a.sh, a.ph, ry, a.H), qx = phase_axis(a.Lw, a.sw, a.pw, rx, a.W);
+  c.N = a.N, c.C = a.C, c.H = a.Ho, c.W = a.Wo, c.Ho = qy.out, c.Wo = qx.out;
+  if (c.Ho == 0 || c.Wo == 0) return c;  // cfg.ok == false, nothing to write
   c.in = g.data_ptr<scalar_t>();
   plane_strides(g, c.is);
   plane_strides(gin, c.os);
@@ -88,10 +90,9 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   c.os[2] *= a.sh;
   c.os[3] *= a.sw;
   c.cap = table_capacity(a.K);
-  c.N = a.N, c.C = a.C, c.H = a.Ho, c.W = a.Wo, c.Ho = qy.out, c.Wo = qx.out;
   c.ph = qy.padding;
   c.pw = qx.padding;
-  if (c.Ho == 0 || c.Wo == 0) return c;  // cfg.ok == false, nothing to write
+  if (qy.last < 0 || qx.last < 0) c.H = c.W = 0;  // no window offset feeds the phase: stage nothing, write zeros
   c.cfg = make_tile_config(qy.out, qx.out, qy.window, qx.window, 1, 1, false, staged_planes(g), sizeof(acc_t));
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;

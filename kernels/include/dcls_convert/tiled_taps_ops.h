@@ -32,6 +32,9 @@
 
 namespace dcls_convert {
 
+// Bound on the stride phases' tables of one backward (each reserves a channel's full capacity, 2K entries).
+constexpr int64_t kMaxTableBytes = int64_t(256) << 20;
+
 template <template <typename, typename> class Launch>
 at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                            const c10::optional<at::Tensor>& bias, at::IntArrayRef window, at::IntArrayRef stride,
@@ -88,7 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         TiledConv<scalar_t, acc_t> plan;
       };
       std::vector<Phase> phases;
-      bool tiled_gi = mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only();
+      // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
+      bool tiled_gi = mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
+                      a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
       for (int ry = 0; tiled_gi && ry < a.sh; ++ry) {
         for (int rx = 0; tiled_gi && rx < a.sw; ++rx) {
           const auto plan = grad_input_plan<scalar_t, acc_t>(g, grads.gin, a, ry, rx);
