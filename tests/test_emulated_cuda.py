@@ -177,13 +177,14 @@ def _launches(fn):
 def test_cuda_flow_launch_budget(dtype, channels_last):
     """A converted layer's host cost on a GPU is mostly its launches: the tiled forward makes 2 (table, forward),
     the full backward 4 (both tables in one, input gradient, correlation, finish with the bias) and no ATen
-    kernels (no zero fills, no casts, no separate bias reduction), as AMP runs it: 16-bit activations and weight,
-    float32 positions. At stride 2 the input gradient takes one launch per stride phase (4)."""
+    kernels (no zero fills, no casts, no separate bias reduction), as AMP runs it: 16-bit activations, float32
+    weight, bias and positions (kept as they are). At stride 2 the input gradient takes one launch per stride
+    phase (4)."""
     x = torch.randn(2, 16, 14, 14).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(2, 16, 1, 6, [9, 9], spread=1.4, dtype=torch.float32)
-    w, b = w.to(dtype), torch.randn(16).to(dtype)
+    b = torch.randn(16)
     args = ([9, 9], [1, 1], [4, 4], "bilinear")
     out = None
 

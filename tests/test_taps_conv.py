@@ -132,6 +132,33 @@ def test_autocast_leaves_float64_alone():
         assert ops.taps_conv(torch.randn(1, 3, 8, 8), w.float(), p.float(), None, *args).dtype == torch.bfloat16
 
 
+def test_autocast_keeps_float32_weight_and_bias():
+    """Under autocast the compiled op takes the float32 weight and bias as they are (no cast launches; the taps
+    are not rounded to 16 bits): gradients come back in float32 without a cast, the output in bfloat16, closer to
+    the float64 oracle than with the taps rounded first; opcheck covers the mixed dtypes."""
+    x = torch.randn(2, 3, 12, 12)
+    w, p, _ = random_taps(2, 3, 1, 9, [7, 7], dtype=torch.float32)
+    b = torch.randn(3)
+    args = ([7, 7], [1, 1], [3, 3])
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = ops.taps_conv(leaves[0], leaves[1], leaves[2], leaves[3], *args)
+    assert [e.name for e in prof.events() if e.name == "aten::_to_copy"] == ["aten::_to_copy"]  # the input alone
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert [t.grad.dtype for t in leaves] == [torch.float32] * 4  # x's gradient: autograd casts it back
+    want = reference.taps_conv(*(t.double() for t in (x.bfloat16(), w, p, b)), *args, "bilinear")
+    rounded = reference.taps_conv(*(t.double() for t in (x.bfloat16(), w.bfloat16(), p, b.bfloat16())), *args,
+                                  "bilinear")
+    assert (y.double() - want).abs().max() <= 0.02 * want.abs().max()
+    assert (y.double() - want).abs().mean() < (y.double() - rounded).abs().mean()
+    torch.library.opcheck(torch.ops.dcls_convert.taps_conv.default,
+                          (x.bfloat16().requires_grad_(), w.requires_grad_(), p, b, [7, 7], [1, 1], [3, 3], "bilinear"))
+    with pytest.raises(RuntimeError, match="does not match weight dtype"):
+        torch.ops.dcls_convert.taps_conv(x, w.bfloat16(), p, None, *args, "bilinear")  # float32 input, bf16 weight
+
+
 # Absurd geometry (from arguments or an edited recipe) must end in a Python exception, never kill the process:
 # each case runs in its own interpreter, so a crash fails the test instead of the whole run.
 ABSURD_GEOMETRY = [

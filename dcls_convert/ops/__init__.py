@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from . import reference
-from ._autocast import cast_like_conv
+from ._autocast import cast_for_taps
 from ._library import backend_info, compiled_for, has_compiled_ops
 
 __all__ = ["construct", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for"]
@@ -48,7 +48,8 @@ def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bi
     groups=C); 1-D and 2-D, interpolation "bilinear" or "nearest"; zero padding (other modes pad first).
     """
     window, stride, padding = ([int(v) for v in seq] for seq in (window, stride, padding))
-    x, weight, bias = cast_like_conv(x, weight, bias)
-    if compiled_for("taps_conv", x.device.type):
+    compiled = compiled_for("taps_conv", x.device.type)
+    x, weight, bias = cast_for_taps(x, weight, bias, compiled)
+    if compiled:
         return torch.ops.dcls_convert.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
     return reference.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)

@@ -35,8 +35,9 @@ def _check_taps(x, weight, positions, window, stride, padding, interpolation, bi
                  lambda: f"taps_conv: depthwise weight must be (C, 1, K) with C = {x.shape[1]}, got {tuple(weight.shape)}")
     torch._check(positions.dim() == 4 and tuple(positions.shape) == (D, weight.shape[0], 1, weight.shape[2]),
                  lambda: f"taps_conv: positions must be ({D}, C, 1, K), got {tuple(positions.shape)}")
-    torch._check(x.dtype == weight.dtype, lambda: f"taps_conv: input dtype {x.dtype} does not match weight dtype "
-                                                  f"{weight.dtype}")
+    torch._check(x.dtype == weight.dtype or (weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)),
+                 lambda: f"taps_conv: input dtype {x.dtype} does not match weight dtype {weight.dtype} (16-bit inputs "
+                         "also take float32 weights)")
     _check_window("taps_conv", window)
     for d in range(D):
         torch._check(1 <= stride[d] <= MAX_GEOMETRY, lambda: f"taps_conv: stride[{d}] must be in [1, 2^24], got {stride[d]}")

@@ -202,7 +202,7 @@ at::Tensor taps_conv_cpu(const at::Tensor& input, const at::Tensor& weight, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
-    a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
+    a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     a.out = out.data_ptr<scalar_t>();
     const auto entries = weighted(merge_all(a), /*flip=*/false, a.Lh, a.Lw);
     at::parallel_for(0, a.N * a.C, 1, [&](int64_t begin, int64_t end) {

@@ -42,16 +42,18 @@ struct ConstructInputs {
   }
 };
 
-// Contiguous inputs of the tap convolution; positions in the accumulation type, bias in the weight dtype.
+// Contiguous inputs of the tap convolution; weight, positions and bias in the accumulation type (no copy for the
+// float32 parameters of a layer under autocast).
 struct TapsInputs {
   at::Tensor x, weight, pos, bias;
   // keep_input_layout: the CPU kernels read planes through strides; the CUDA kernels index NCHW.
   TapsInputs(const at::Tensor& input, const at::Tensor& weight_, const at::Tensor& positions,
              const c10::optional<at::Tensor>& bias_ = c10::nullopt, bool keep_input_layout = false) {
     x = keep_input_layout ? input : input.contiguous();
-    weight = weight_.contiguous();
-    pos = positions.to(acc_dtype(weight_.scalar_type())).contiguous();
-    if (bias_.has_value()) bias = bias_->to(weight_.scalar_type()).contiguous();
+    const auto adt = acc_dtype(input.scalar_type());
+    weight = weight_.to(adt).contiguous();
+    pos = positions.to(adt).contiguous();
+    if (bias_.has_value()) bias = bias_->to(adt).contiguous();
   }
 };
 
@@ -64,7 +66,7 @@ inline at::Tensor checked_taps_output(const at::Tensor& input, const at::Tensor&
                    input.options().memory_format(taps_memory_format(input)));
 }
 
-// x, weight contiguous (N, C, [H,] W) and (C, 1, K); positions (D, C, 1, K) in the accumulation type.
+// x (N, C, [H,] W) in scalar_t; weight (C, 1, K) and positions (D, C, 1, K) contiguous in the accumulation type.
 template <typename scalar_t, typename acc_t>
 TapsArgs<scalar_t, acc_t> make_taps_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& pos,
                                          at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -72,7 +74,7 @@ TapsArgs<scalar_t, acc_t> make_taps_args(const at::Tensor& x, const at::Tensor& 
   TapsArgs<scalar_t, acc_t> a;
   const bool two_d = window.size() == 2;
   a.x = x.data_ptr<scalar_t>();
-  a.weight = w.data_ptr<scalar_t>();
+  a.weight = w.data_ptr<acc_t>();
   const acc_t* p = pos.data_ptr<acc_t>();
   a.C = w.size(0);
   a.K = w.size(2);

@@ -80,8 +80,11 @@ inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK(positions.dim() == 4 && positions.size(0) == D && positions.size(1) == weight.size(0) &&
                   positions.size(2) == 1 && positions.size(3) == weight.size(2),
               "taps_conv: positions must be (", D, ", C, 1, K), got ", positions.sizes());
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "taps_conv: input dtype ", x.scalar_type(),
-              " does not match weight dtype ", weight.scalar_type());
+  // 16-bit inputs may come with float32 weights (a layer under autocast keeps them: no casts)
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() ||
+                  (weight.scalar_type() == at::kFloat && at::toOpMathType(x.scalar_type()) == at::kFloat),
+              "taps_conv: input dtype ", x.scalar_type(), " does not match weight dtype ", weight.scalar_type(),
+              " (16-bit inputs also take float32 weights)");
   TORCH_CHECK(x.device() == weight.device() && positions.device() == weight.device(),
               "taps_conv: input, weight and positions must be on one device");
   check_taps_geometry(x, window, stride, padding);

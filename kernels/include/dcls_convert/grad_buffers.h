@@ -39,10 +39,10 @@ struct ConstructGrads {
   }
 };
 
-// Gradient buffers of the tap-convolution backward, allocated only where the mask asks. The weight gradient is
-// written in the weight's dtype and the position gradient in the accumulation type, each entry once by the
-// kernel that bind_taps armed (else zeros: no outputs). The bias gradient comes from a kernel that bind_bias
-// armed, else a plain reduction. The input gradient comes back in the input's memory format: written in place
+// Gradient buffers of the tap-convolution backward, allocated only where the mask asks. The weight and position
+// gradients are written in the accumulation type, each entry once by the kernel that bind_taps armed (else zeros:
+// no outputs), and returned in the parameters' dtypes (no conversion for float32 parameters under autocast). The
+// bias gradient comes from a kernel that bind_bias armed, else a plain reduction. The input gradient comes back in the input's memory format: written in place
 // by kernels that take strides (strided_writes), else computed NCHW and converted at the end.
 struct TapsGrads {
   at::Tensor gin, gw, gp, gb;
@@ -55,25 +55,25 @@ struct TapsGrads {
     if (!mask[0]) gin = at::empty({0}, input.options());
     else if (strided_writes) gin = at::empty(input.sizes(), input.options().memory_format(gin_format));
     else gin = at::zeros(input.sizes(), input.options());
-    gw = at::empty(mask[1] ? weight.sizes() : at::IntArrayRef{0}, weight.options());
-    gp = at::empty(mask[2] ? positions.sizes() : at::IntArrayRef{0},
-                   positions.options().dtype(acc_dtype(weight.scalar_type())));
+    const auto acc = weight.options().dtype(acc_dtype(input.scalar_type()));
+    gw = at::empty(mask[1] ? weight.sizes() : at::IntArrayRef{0}, acc);
+    gp = at::empty(mask[2] ? positions.sizes() : at::IntArrayRef{0}, acc);
   }
   bool want_taps() const { return mask[1] || mask[2]; }
   // The caller runs a kernel that writes every requested weight and position gradient entry.
   template <typename scalar_t, typename acc_t>
   void bind_taps(TapsArgs<scalar_t, acc_t>& a, bool two_d) {
     taps_written = true;
-    a.grad_weight = mask[1] ? gw.data_ptr<scalar_t>() : nullptr;
+    a.grad_weight = mask[1] ? gw.data_ptr<acc_t>() : nullptr;
     acc_t* p = mask[2] ? gp.data_ptr<acc_t>() : nullptr;
     a.grad_pos_h = two_d ? p : nullptr;
     a.grad_pos_w = p == nullptr ? nullptr : p + (two_d ? a.C * a.K : 0);
   }
-  // The caller runs a kernel that writes the bias gradient (C) in the weight's dtype.
-  template <typename scalar_t>
-  scalar_t* bind_bias(const at::Tensor& weight) {
-    gb = at::empty({weight.size(0)}, weight.options());
-    return gb.template data_ptr<scalar_t>();
+  // The caller runs a kernel that writes the bias gradient (C) in the accumulation type.
+  template <typename acc_t>
+  acc_t* bind_bias(const at::Tensor& weight) {
+    gb = at::empty({weight.size(0)}, weight.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    return gb.template data_ptr<acc_t>();
   }
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& grad_output,
                                                                     const at::Tensor& weight,
@@ -85,11 +85,12 @@ struct TapsGrads {
     if (mask[3] && !gb.defined()) {
       std::vector<int64_t> sum_dims = {0};
       for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
-      gb = grad_output.sum(sum_dims, false, acc_dtype(weight.scalar_type())).to(weight.scalar_type());
+      gb = grad_output.sum(sum_dims, false, acc_dtype(weight.scalar_type()));
     }
-    return {mask[0] ? in_memory_format(gin, gin_format) : gin, gw,
+    return {mask[0] ? in_memory_format(gin, gin_format) : gin,
+            mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
             mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()),
-            mask[3] ? gb : at::empty({0}, weight.options())};
+            mask[3] ? gb.to(weight.scalar_type()) : at::empty({0}, weight.options())};
   }
 };
 

@@ -6,17 +6,19 @@
 
 namespace dcls_convert {
 
+// Activations in scalar_t; the taps' parameters and their gradients in the accumulation type acc_t (a layer
+// under autocast keeps its float32 weight and bias: the engine reads them once per call into float32 tables).
 template <typename scalar_t, typename acc_t>
 struct TapsArgs {
   const scalar_t* x = nullptr;        // (N, C, H, W)
-  const scalar_t* weight = nullptr;   // (C, K)
+  const acc_t* weight = nullptr;      // (C, K)
   const acc_t* pos_h = nullptr;       // (C, K), nullptr for 1-D
   const acc_t* pos_w = nullptr;       // (C, K)
-  const scalar_t* bias = nullptr;     // (C) or nullptr
+  const acc_t* bias = nullptr;        // (C) or nullptr
   const scalar_t* grad_out = nullptr; // (N, C, Ho, Wo)
   scalar_t* out = nullptr;            // forward output (N, C, Ho, Wo)
   scalar_t* grad_in = nullptr;        // (N, C, H, W)
-  scalar_t* grad_weight = nullptr;    // (C, K), in the weight's dtype (each entry written once, from acc_t)
+  acc_t* grad_weight = nullptr;       // (C, K), each entry written once
   acc_t* grad_pos_h = nullptr;        // (C, K)
   acc_t* grad_pos_w = nullptr;        // (C, K)
   int64_t N = 0, C = 0, H = 1, W = 0, Ho = 1, Wo = 0, K = 0;
@@ -156,7 +158,7 @@ DCLS_HD void taps_wgrad_finish(int64_t c, int64_t k, const TapCorners<acc_t>& t,
     }
   }
   const bool learn = a.interp == kBilinear;
-  if (a.grad_weight) a.grad_weight[c * a.K + k] = static_cast<scalar_t>(gw);
+  if (a.grad_weight) a.grad_weight[c * a.K + k] = gw;
   if (a.grad_pos_h) a.grad_pos_h[c * a.K + k] = learn ? w * gh * t.h.pass : acc_t(0);
   if (a.grad_pos_w) a.grad_pos_w[c * a.K + k] = learn ? w * gwp * t.w.pass : acc_t(0);
 }

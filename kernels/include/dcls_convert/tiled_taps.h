@@ -390,7 +390,7 @@ template <typename scalar_t, typename acc_t>
 struct TiledConv {
   const scalar_t* in = nullptr;
   scalar_t* out = nullptr;
-  const scalar_t* bias = nullptr;
+  const acc_t* bias = nullptr;
   const TapEntry<acc_t>* table = nullptr;
   const int* count = nullptr;
   int cap = 0;
@@ -499,7 +499,7 @@ struct TiledCorr {
   const int* count = nullptr;
   int cap = 0;
   acc_t* work = nullptr;  // (C, slabs, values)
-  scalar_t* grad_bias = nullptr;  // (C): the bias gradient, summed from the staged output gradients; or nullptr
+  acc_t* grad_bias = nullptr;  // (C): the bias gradient, summed from the staged output gradients; or nullptr
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
   int64_t sh = 1, sw = 1, ph = 0, pw = 0;
@@ -690,7 +690,7 @@ DCLS_HD void tiled_corr_finish_thread(int64_t ck, const TiledCorr<scalar_t, acc_
   if (w.grad_bias != nullptr && k == 0) {
     acc_t s = acc_t(0);
     for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + w.bias_value()];
-    w.grad_bias[c] = static_cast<scalar_t>(s);
+    w.grad_bias[c] = s;
   }
 }
 

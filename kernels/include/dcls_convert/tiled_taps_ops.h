@@ -47,7 +47,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     using acc_t = at::opmath_type<scalar_t>;
     using L = Launch<scalar_t, acc_t>;
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
-    a.bias = in.bias.defined() ? in.bias.data_ptr<scalar_t>() : nullptr;
+    a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
     if (plan.cfg.ok && !L::gather_only()) {
       TableBuffers<acc_t> tb(input, a.C, a.K, 1);
@@ -127,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       if (!want_taps) return;
       grads.bind_taps(a, window.size() == 2);
       if (tiled_corr) {
-        if (mask[3]) corr.grad_bias = grads.template bind_bias<scalar_t>(weight);
+        if (mask[3]) corr.grad_bias = grads.template bind_bias<acc_t>(weight);
         L::corr(corr, a, input);
       } else {  // one block per tap
         const auto x = in.x.contiguous(), gc = g.contiguous();
