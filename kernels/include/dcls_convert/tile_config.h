@@ -1,0 +1,154 @@
+// The GPU tap engine's tiles (see tiled_taps.h): launch geometry (TileConfig: threads, outputs per thread, staged
+// planes, bank-conflict-free pitch) and the staging of input tiles with their halo into shared memory.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "dcls_convert/taps_threads.h"
+
+namespace dcls_convert {
+
+// Launch geometry shared by the CUDA launchers and the emulation. A block holds `groups` groups of
+// tw x thread_rows threads; a group computes one plane tile of (thread_rows * RY) x tw outputs. `planes`
+// planes are staged per block (a multiple of groups; more than groups for channels_last inputs, so that
+// staging reads neighbouring channels together).
+struct TileConfig {
+  bool ok = false;
+  int ry = 8, tw = 32, thread_rows = 1, groups = 1, planes = 1, threads = 32;
+  int in_h = 0, in_w = 0, pitch = 0, plane_stride = 0;  // staged region per plane, in elements
+  int64_t tiles_y = 1, tiles_x = 1;
+  DCLS_HD int th() const { return thread_rows * ry; }
+};
+
+constexpr int kTileThreads = 256;
+constexpr int kCorrGroup = 16;                    // entries per warp reduction (32 sums)
+constexpr int64_t kMaxTileSmemBytes = 96 * 1024;  // keeps two blocks per SM on current GPUs
+// Extra planes staged together (channels_last) only while four blocks still fit an SM's 228 KiB: measured on an
+// H200, 7 planes at 94 KiB (two blocks) made bfloat16 channels_last 1.45x slower than float32 NCHW.
+constexpr int64_t kExtraPlanesSmemBytes = 56 * 1024;
+
+// Bank-conflict-aware padding: the first warp's base addresses (thread (group, row, lane) at
+// group * plane_stride + row * ry * sh * pitch + lane * sw) should fall in distinct banks.
+inline int bank_spread(const TileConfig& t, int64_t sh, int64_t sw) {
+  bool used[32] = {};
+  int distinct = 0;
+  for (int lane = 0; lane < 32 && lane < t.threads; ++lane) {
+    const int per_plane = t.tw * t.thread_rows;
+    const int g = lane / per_plane, r = (lane % per_plane) / t.tw, x = lane % t.tw;
+    const int64_t addr = g * t.plane_stride + r * t.ry * sh * t.pitch + x * sw;
+    const int bank = static_cast<int>(addr % 32);
+    if (!used[bank]) ++distinct;
+    used[bank] = true;
+  }
+  return distinct;
+}
+
+// out_h x out_w outputs per plane from a window Lh x Lw at stride (sh, sw); extra_row: one more staged row
+// (the correlation reads row dy + 1 of every entry). min_planes: planes to stage together (channels_last).
+inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
+                                   bool extra_row, int min_planes, int64_t elem_bytes) {
+  TileConfig t;
+  t.ry = out_h >= 6 ? 8 : 1;
+  t.tw = out_w <= 8 ? 8 : (out_w <= 16 ? 16 : 32);
+  const int64_t rows_needed = (out_h + t.ry - 1) / t.ry;
+  t.thread_rows = static_cast<int>(std::min<int64_t>(rows_needed, kTileThreads / t.tw));
+  for (; t.thread_rows >= 1; t.thread_rows = t.thread_rows > 1 ? t.thread_rows / 2 : 0) {
+    // Whole warps only (the correlation's warp reduction needs all 32 lanes): a plane of 32 threads or more
+    // gets its rows rounded up to whole warps, smaller planes are grouped in multiples of a warp.
+    const int warp_rows = 32 / t.tw;
+    if (t.tw * t.thread_rows >= 32) t.thread_rows = (t.thread_rows + warp_rows - 1) / warp_rows * warp_rows;
+    const int per_plane = t.tw * t.thread_rows;
+    t.groups = kTileThreads / per_plane;
+    while ((t.groups * per_plane) % 32 != 0) --t.groups;
+    t.threads = t.groups * per_plane;
+    const int64_t in_h = (t.th() - 1) * sh + Lh + (extra_row ? 1 : 0), in_w = (t.tw - 1) * sw + Lw;
+    if (in_h * in_w > (int64_t(1) << 24)) continue;
+    t.in_h = static_cast<int>(in_h);
+    t.in_w = static_cast<int>(in_w);
+    int planes = t.groups;
+    while (planes < min_planes) planes += t.groups;
+    // (the padding below only grows plane_stride, so the check runs again after it)
+    // Smallest padding (up to one bank row each) that spreads the first warp over the most banks.
+    int best = -1;
+    for (int dp = 0; dp < 32 && best < 32; ++dp) {
+      for (int ds = 0; ds < 32 && best < 32; ++ds) {
+        TileConfig c = t;
+        c.pitch = t.in_w + dp;
+        c.plane_stride = t.in_h * c.pitch + ds;
+        const int spread = bank_spread(c, sh, sw);
+        if (spread > best) {
+          best = spread;
+          t.pitch = c.pitch;
+          t.plane_stride = c.plane_stride;
+        }
+      }
+    }
+    for (; planes > t.groups; planes -= t.groups) {
+      if (int64_t(planes) * t.plane_stride * elem_bytes <= kExtraPlanesSmemBytes) break;
+    }
+    if (int64_t(planes) * t.plane_stride * elem_bytes > kMaxTileSmemBytes) planes = 0;
+    if (planes < t.groups) continue;
+    t.planes = planes;
+    t.tiles_y = (out_h + t.th() - 1) / t.th();
+    t.tiles_x = (out_w + t.tw - 1) / t.tw;
+    t.ok = true;
+    return t;
+  }
+  return t;
+}
+
+// Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the
+// input), then load the part of each plane that lies inside the input.
+template <typename acc_t>
+DCLS_HD void stage_clear(acc_t* smem, int64_t n, int tid, int threads) {
+  for (int64_t i = tid; i < n; i += threads) smem[i] = acc_t(0);
+}
+
+// Rows [r0, r1) and columns [q0, q1) of a staged plane with origin (y0, x0) that lie inside an H x W input.
+struct StageRect {
+  int r0, r1, q0, q1;
+};
+DCLS_HD int clamp_int(int64_t v, int lo, int hi) { return static_cast<int>(v < lo ? lo : (v > hi ? hi : v)); }
+DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t H, int64_t W) {
+  StageRect r;
+  r.r0 = clamp_int(-y0, 0, in_h);
+  r.r1 = clamp_int(H - y0, r.r0, in_h);
+  r.q0 = clamp_int(-x0, 0, in_w);
+  r.q1 = clamp_int(W - x0, r.q0, in_w);
+  return r;
+}
+
+// Thread tid of `threads` loads its share of rectangle R of `planes` planes: element (p, r, q) comes from
+// src[p * cs + (y0 + r) * ys + (x0 + q) * xs]. The fastest index runs across threads (channels for channels_last,
+// so a warp reads a run of neighbouring channels; else columns), the others advance without divisions.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs, int64_t ys,
+                          int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
+                          int threads) {
+  const int rows = R.r1 - R.r0, cols = R.q1 - R.q0;
+  if (rows <= 0 || cols <= 0 || planes <= 0) return;
+  const int nf = channel_fastest ? planes : cols;
+  const int lanes = nf < threads ? nf : threads, per = threads / lanes;
+  if (tid >= lanes * per) return;
+  const int n_mid = channel_fastest ? cols : rows, n_slow = channel_fastest ? rows : planes;
+  int mid = tid / lanes, slow = 0;
+  while (mid >= n_mid) {
+    mid -= n_mid;
+    ++slow;
+  }
+  while (slow < n_slow) {
+    for (int f = tid % lanes; f < nf; f += lanes) {
+      const int p = channel_fastest ? f : slow;
+      const int r = R.r0 + (channel_fastest ? slow : mid), q = R.q0 + (channel_fastest ? mid : f);
+      smem[p * plane_stride + r * pitch + q] = static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]);
+    }
+    mid += per;
+    while (mid >= n_mid) {
+      mid -= n_mid;
+      ++slow;
+    }
+  }
+}
+
+}  // namespace dcls_convert

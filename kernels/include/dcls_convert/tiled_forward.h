@@ -1,0 +1,114 @@
+// The GPU tap engine's forward (see tiled_taps.h), also the input gradient per stride phase.
+// Forward: out[n, c, oy, ox] = bias[c] + sum over entries of c0 in[oy*sh + dy - ph, ox*sw + dx - pw] + c1 (row + 1).
+#pragma once
+
+#include <cstdint>
+
+#include "dcls_convert/tap_tables.h"
+#include "dcls_convert/tile_config.h"
+
+namespace dcls_convert {
+
+template <typename scalar_t, typename acc_t>
+struct TiledConv {
+  const scalar_t* in = nullptr;
+  scalar_t* out = nullptr;
+  const acc_t* bias = nullptr;
+  const TapEntry<acc_t>* table = nullptr;
+  const int* count = nullptr;
+  int cap = 0;
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1;
+  int64_t is[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};  // element strides (n, c, y, x) of in and out
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0;
+  TileConfig cfg;
+  DCLS_HD int64_t channel_groups() const { return (C + cfg.planes - 1) / cfg.planes; }
+  DCLS_HD int64_t blocks() const { return N * channel_groups() * cfg.tiles_y * cfg.tiles_x; }
+};
+
+struct ForwardJob {
+  int64_t n, c0, ty, tx;  // image, first channel, tile row, tile column
+};
+
+// Channel groups vary fastest, so blocks running together read neighbouring channels of one region.
+template <typename scalar_t, typename acc_t>
+DCLS_HD ForwardJob forward_job(const TiledConv<scalar_t, acc_t>& a, int64_t bid) {
+  ForwardJob j;
+  const int64_t cg = a.channel_groups();
+  j.c0 = (bid % cg) * a.cfg.planes;
+  bid /= cg;
+  j.tx = bid % a.cfg.tiles_x;
+  bid /= a.cfg.tiles_x;
+  j.ty = bid % a.cfg.tiles_y;
+  j.n = bid / a.cfg.tiles_y;
+  return j;
+}
+
+// Phase 1: zero the block's planes.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_clear(const TiledConv<scalar_t, acc_t>& a, acc_t* smem, int tid) {
+  stage_clear(smem, int64_t(a.cfg.planes) * a.cfg.plane_stride, tid, a.cfg.threads);
+}
+
+// Phase 2: load the planes' input tiles and halos (the parts inside the input).
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid) {
+  const TileConfig& t = a.cfg;
+  const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
+  const int planes = static_cast<int>(a.C - j.c0 < t.planes ? a.C - j.c0 : t.planes);
+  stage_planes(smem, t.pitch, t.plane_stride, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0,
+               planes, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
+}
+
+// Phase 3: thread tid computes RY outputs of one column for each plane of its group.
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
+                                   int tid) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
+  // 32-bit shared-memory offsets: the loads below then need one integer add each.
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
+  for (int p = group; p < t.planes; p += t.groups) {
+    const int64_t c = j.c0 + p;
+    if (c >= a.C) break;
+    const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
+    const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
+    acc_t acc[RY];
+    for (int i = 0; i < RY; ++i) acc[i] = b;
+    const TapEntry<acc_t>* e = a.table + c * a.cap;
+    const int ne = a.count[c];
+    TapEntry<acc_t> next_entry = ne > 0 ? e[0] : TapEntry<acc_t>{};
+    for (int m = 0; m < ne; ++m) {
+      const TapEntry<acc_t> en = next_entry;
+      if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
+      const acc_t* q = s + (en.dy * pitch + en.dx);
+      if (en.c1 == acc_t(0)) {
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
+      } else if (row == pitch) {  // stride 1: rows i and i + 1 of the staged tile serve outputs i - 1 and i
+        acc_t prev = q[0];
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) {
+          const acc_t next = q[(i + 1) * pitch];
+          acc[i] += en.c0 * prev;
+          acc[i] += en.c1 * next;
+          prev = next;
+        }
+      } else {
+DCLS_UNROLL
+        for (int i = 0; i < RY; ++i) {
+          acc[i] += en.c0 * q[i * row];
+          acc[i] += en.c1 * q[i * row + pitch];
+        }
+      }
+    }
+    if (ox < a.Wo) {
+      scalar_t* o = a.out + j.n * a.os[0] + c * a.os[1] + ox * a.os[3];
+      for (int i = 0; i < RY; ++i)
+        if (oy0 + i < a.Ho) o[(oy0 + i) * a.os[2]] = static_cast<scalar_t>(acc[i]);
+    }
+  }
+}
+
+}  // namespace dcls_convert
