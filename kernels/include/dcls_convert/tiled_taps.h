@@ -9,8 +9,8 @@
 // Forward (tiled_forward_*): a block stages its planes' input tile plus halo in shared memory once, then each
 // thread computes RY vertically adjacent outputs of one column in registers: per entry RY + 1 shared loads
 // (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the tile pitch is
-// padded so that a warp's loads hit distinct banks. The input gradient at stride 1 is the same forward run on
-// the output gradient with the mirrored table.
+// padded so that a warp's loads hit distinct banks. The input gradient is the same forward run on the output
+// gradient with the mirrored table, once per stride phase (one at stride 1; PhaseAxis in tap_tables.h).
 //
 // Weight and position gradients (tiled_corr_*): S[c, e, r] = sum over (n, oy, ox) of grad_out times the input
 // under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
