@@ -396,7 +396,8 @@ def kernel_breakdown(step, top: int = 8) -> str:
     events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in events) or 1.0
     events.sort(key=lambda e: -e.self_device_time_total)
-    head = f"    GPU busy {total / 2e3:.1f} ms/step\n"
+    launches = sum(e.count for e in events) // 2
+    head = f"    GPU busy {total / 2e3:.1f} ms/step, {launches} kernel launches (and copies/fills) per step\n"
     return head + "\n".join(f"    {e.self_device_time_total / total:6.1%} {e.self_device_time_total / 2e3:8.3f} ms/step "
                      f"x{e.count // 2:<4d} {e.key[:110]}" for e in events[:top])
 
