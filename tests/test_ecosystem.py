@@ -54,6 +54,27 @@ def test_compile_fullgraph_matches_eager(method):
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("method", ["dcls", "bloom"])
+def test_compile_under_autocast_matches_eager(method):
+    """Under autocast the tap op takes float32 taps with bfloat16 activations: the fake kernel and autograd trace
+    that mix (fullgraph), and the compiled step gives eager's outputs and float32 gradients."""
+    model = converted(method)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = model(x)
+    eager.float().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(x)
+    out.float().sum().backward()
+    torch.testing.assert_close(out, eager)
+    for n, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-2, atol=1e-2, msg=n)
+
+
 def test_compile_inductor_dcls():
     model = converted("dcls")
     x = torch.randn(2, 3, 16, 16)
