@@ -221,8 +221,9 @@ def test_tables_drop_offsets_that_never_meet_the_input():
     w_nan = w.clone()
     w_nan[0, 0, 1] = float("nan")
     assert int(E.table_counts(x, w_nan, p, *args, 0)[0]) == 4  # NaN times a zero interpolation weight: both columns
-    # (float32: the tiled engine; float64 tiles of 32 planes exceed shared memory and take the gather kernel)
+    # (float32: the tiled engine; float64: tiles of 32 planes exceed shared memory, the gather kernel runs)
     assert E.taps_conv(x.float(), w_nan.float(), p.float(), None, *args).isnan().all()
+    assert E.taps_conv(x, w_nan, p, None, *args).isnan().all()
     assert reference.taps_conv(x, w_nan, p, None, *args).isnan().all()
     # the same taps on a plane large enough for every offset: nothing dropped (corner: column 17 lies outside)
     big = torch.randn(1, 1, 20, 20, dtype=torch.float64)

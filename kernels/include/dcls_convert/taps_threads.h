@@ -64,12 +64,16 @@ DCLS_HD void taps_forward_thread(int64_t idx, const TapsArgs<scalar_t, acc_t>& a
     const acc_t w = static_cast<acc_t>(a.weight[c * a.K + k]);
     for (int bh = 0; bh < t.n_h; ++bh) {
       const int64_t iy = oy * a.sh + t.h.cell + bh - a.ph;
-      if (iy < 0 || iy >= a.H) continue;
+      const bool row_in = iy >= 0 && iy < a.H;
       const acc_t wh = w * axis_coef(t.h, bh, a.interp);
       for (int bw = 0; bw < t.n_w; ++bw) {
         const int64_t ix = ox * a.sw + t.w.cell + bw - a.pw;
         const acc_t coef = wh * axis_coef(t.w, bw, a.interp);
-        if (ix < 0 || ix >= a.W || coef == acc_t(0)) continue;  // zero: far corners of an on-grid tap
+        if (coef == acc_t(0)) continue;  // far corners of an on-grid tap
+        if (!row_in || ix < 0 || ix >= a.W) {
+          acc += coef * acc_t(0);  // the zero padding: a NaN/Inf weight still makes the output NaN, as a dense conv
+          continue;
+        }
         acc += coef * static_cast<acc_t>(xp[iy * a.W + ix]);
       }
     }
