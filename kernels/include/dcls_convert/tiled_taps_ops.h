@@ -5,7 +5,8 @@
 // Launches per call (the tiled engine): forward 2 (table, forward); backward 4 at stride 1 (the mirrored and
 // corner tables in one launch, the input gradient, the correlation, its finish, which also writes the bias
 // gradient); a strided layer's input gradient takes one launch per stride phase (PhaseAxis).
-// Gradients are written once each, in their final dtypes: no zero fills, no casts.
+// Each gradient is written once (no zero fills), the taps' in the accumulation type: no casts for the float32
+// parameters of a layer under autocast.
 //
 // Launch<scalar_t, acc_t> provides:
 //   static bool gather_only();                                   kernels of taps_threads.h everywhere
@@ -22,9 +23,9 @@
 #include <ATen/OpMathType.h>
 
 #include <array>
-#include <vector>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "dcls_convert/args.h"
 #include "dcls_convert/grad_buffers.h"
@@ -112,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       if (tb.builds.n > 0) L::tables(a, tb.builds);
       if (tiled_gi) {
         for (const auto& p : phases) L::forward(p.plan);
-      } else if (mask[0]) {  // strides beyond 4x4, or tiles too large: the gather kernel, NCHW
+      } else if (mask[0]) {  // more than kMaxPhases phases, or tiles too large: the gather kernel, NCHW
         const auto x = in.x.contiguous(), gc = g.contiguous();
         auto gi = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
         a.x = x.data_ptr<scalar_t>();
