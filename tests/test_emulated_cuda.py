@@ -179,7 +179,8 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     the full backward 4 (both tables in one, input gradient, correlation, finish with the bias) and no ATen
     kernels (no zero fills, no casts, no separate bias reduction), as AMP runs it: 16-bit activations, float32
     weight, bias and positions (kept as they are). At stride 2 the input gradient takes one launch per stride
-    phase (4)."""
+    phase (4). A model whose parameters are 16-bit pays their conversion to float32 and back (the AMP path, with
+    float32 parameters, is the one kept free of it)."""
     x = torch.randn(2, 16, 14, 14).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -199,6 +200,11 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     out2 = E.taps_conv(x, w, p, b, args[0], [2, 2], *args[2:])
     g2 = torch.randn_like(out2)
     assert _launches(lambda: E.taps_conv_backward(g2, x, w, p, args[0], [2, 2], *args[2:], [True] * 4)) == (7, [])
+    if dtype == torch.bfloat16:  # a pure bfloat16 model: weight and bias converted, gradients converted back
+        wh, bh = w.to(dtype), b.to(dtype)
+        assert _launches(lambda: E.taps_conv(x, wh, p, bh, *args)) == (2, ["aten::copy_"] * 2)
+        n, aten = _launches(lambda: E.taps_conv_backward(g, x, wh, p, *args, [True] * 4))
+        assert n == 4 and aten == ["aten::copy_"] * 3
     # frozen positions and weight, trainable bias: the mirrored table and the input gradient, a reduction for the bias
     n, aten = _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True, False, False, True]))
     assert n == 2 and "aten::sum" in aten

@@ -587,3 +587,23 @@ print("trained")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "trained" in r.stdout, r.stderr[-800:]
+
+
+@pytest.mark.skipif(not ops.has_compiled_ops(), reason="compiled library not built")
+def test_bloom_blur_tent_reaches_the_op_in_float32_for_16_bit_inputs(monkeypatch):
+    """The compiled op takes float32 taps with 16-bit inputs, so bloom's fixed tent (inexact in 16 bits for
+    factors 3 and 5) is not rounded: a pure bfloat16 layer passes it in float32, and the output stays close."""
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    layer = dc.BloomConv2d.from_conv(conv, factor=3)
+    x = torch.randn(1, 4, 12, 12).bfloat16()
+    want = layer.double()(x.double())
+    seen = []
+    real = ops.taps_conv
+
+    def spy(inp, weight, *args, **kwargs):
+        seen.append((inp.dtype, weight.dtype))
+        return real(inp, weight, *args, **kwargs)
+    monkeypatch.setattr(ops, "taps_conv", spy)
+    got = layer.bfloat16()(x)
+    assert seen == [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)]  # the tent, then v
+    assert (got.double() - want).abs().max() <= 0.02 * want.abs().max()

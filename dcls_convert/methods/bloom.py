@@ -233,9 +233,13 @@ class _BloomConvNd(ConvertedConv):
         (9 + 49 instead of 225 for 7x7 -> 15x15)."""
         s, C = self.factors, self.in_channels
         xp, sym = pad_input(x, self._pads(), self.padding_mode)
-        # Positions and tent in float32 at least (16-bit inputs: the op accumulates in float32 anyway).
+        # Positions in float32 at least (16-bit inputs: the op accumulates in float32 anyway); the tent too where
+        # the compiled op runs (it takes float32 taps with 16-bit inputs: factors 3 and 5 are inexact in 16 bits),
+        # else in the input's dtype (the reference convolves in one dtype).
         pdt = torch.promote_types(self.weight.dtype, torch.float32)
-        tent, tent_pos, pos = self._blur_constants(xp.dtype, pdt, xp.device)
+        low = xp.dtype in (torch.float16, torch.bfloat16)
+        tdt = pdt if low and ops.compiled_for("taps_conv", xp.device.type) else xp.dtype
+        tent, tent_pos, pos = self._blur_constants(tdt, pdt, xp.device)
         z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None, self.blur_window,
                           [1] * self.ndim, sym, "nearest")  # valid blur
         w = self.weight.flatten(2)
