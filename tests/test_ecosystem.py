@@ -184,7 +184,8 @@ def test_unbuilt_library_is_named_as_such(tmp_path):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(C=5), "depthwise weight"), (dict(stride=[0, 1]), "stride"), (dict(padding=[-1, 0]), "padding"),
-    (dict(window=[2**25, 1]), "window"), (dict(interp="gaussian"), "interpolation")])
+    (dict(window=[2**25, 1]), "window"), (dict(interp="gaussian"), "interpolation"),
+    (dict(bias_dtype=torch.float64), "bias dtype")])
 def test_fake_kernels_check_what_the_ops_check(bad, match):
     """Under FakeTensorMode (torch.compile, meta tracing) the ops refuse what the compiled ops refuse, with their
     words, instead of tracing a wrong shape or dividing by zero."""
@@ -192,10 +193,11 @@ def test_fake_kernels_check_what_the_ops_check(bad, match):
 
     C = bad.get("C", 3)
     args = dict(window=[5, 5], stride=[1, 1], padding=[2, 2], interp="bilinear")
-    args.update({k: v for k, v in bad.items() if k != "C"})
+    args.update({k: v for k, v in bad.items() if k not in ("C", "bias_dtype")})
     with FakeTensorMode():
         x = torch.empty(2, 3, 9, 9)
         w, p = torch.empty(C, 1, 4), torch.empty(2, C, 1, 4)
+        b = torch.empty(3, dtype=bad["bias_dtype"]) if "bias_dtype" in bad else None
         with pytest.raises(RuntimeError, match=match):
-            torch.ops.dcls_convert.taps_conv(x, w, p, None, args["window"], args["stride"], args["padding"],
+            torch.ops.dcls_convert.taps_conv(x, w, p, b, args["window"], args["stride"], args["padding"],
                                              args["interp"])

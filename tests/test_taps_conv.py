@@ -157,6 +157,8 @@ def test_autocast_keeps_float32_weight_and_bias():
                           (x.bfloat16().requires_grad_(), w.requires_grad_(), p, b, [7, 7], [1, 1], [3, 3], "bilinear"))
     with pytest.raises(RuntimeError, match="does not match weight dtype"):
         torch.ops.dcls_convert.taps_conv(x, w.bfloat16(), p, None, *args, "bilinear")  # float32 input, bf16 weight
+    with pytest.raises(RuntimeError, match="bias dtype"):
+        torch.ops.dcls_convert.taps_conv(x.bfloat16(), w, p, b.double(), *args, "bilinear")
 
 
 # Absurd geometry (from arguments or an edited recipe) must end in a Python exception, never kill the process:

@@ -48,6 +48,8 @@ def _check_taps(x, weight, positions, window, stride, padding, interpolation, bi
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == x.shape[1],
                      lambda: f"taps_conv: bias must be (C,) with C = {x.shape[1]}, got {tuple(bias.shape)}")
+        torch._check(bias.dtype in (x.dtype, weight.dtype),
+                     lambda: f"taps_conv: bias dtype {bias.dtype} matches neither the input's nor the weight's")
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:

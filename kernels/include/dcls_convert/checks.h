@@ -92,6 +92,8 @@ inline void check_taps_args(const at::Tensor& x, const at::Tensor& weight, const
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "taps_conv: bias must be (C,) with C = ", x.size(1),
                 ", got ", bias->sizes());
     TORCH_CHECK(bias->device() == x.device(), "taps_conv: bias on ", bias->device(), ", input on ", x.device());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type() || bias->scalar_type() == weight.scalar_type(),
+                "taps_conv: bias dtype ", bias->scalar_type(), " matches neither the input's nor the weight's");
   }
 }
 
