@@ -219,11 +219,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> taps_conv_backward_cp
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
     std::array<bool, 4> mask) {
-  const int interp = parse_interp(std::string(interpolation));
-  check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
-  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
-  const auto g = grad_output.to(input.scalar_type());
-  TapsGrads grads(input, weight, positions, mask, /*strided_writes=*/true);
+  TapsBackward b(grad_output, input, weight, positions, window, stride, padding, interpolation, mask);
+  const int interp = b.interp;
+  const TapsInputs& in = b.in;
+  const at::Tensor& g = b.g;
+  TapsGrads& grads = b.grads;
   const bool want_taps = grads.want_taps();
   const int64_t N = input.size(0), C = weight.size(0);
   if (g.numel() > 0 && (mask[0] || want_taps)) {

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -42,8 +43,9 @@ struct ConstructGrads {
 // Gradient buffers of the tap-convolution backward, allocated only where the mask asks. The weight and position
 // gradients are written in the accumulation type, each entry once by the kernel that bind_taps armed (else zeros:
 // no outputs), and returned in the parameters' dtypes (no conversion for float32 parameters under autocast). The
-// bias gradient comes from a kernel that bind_bias armed, else a plain reduction. The input gradient comes back in the input's memory format: written in place
-// by kernels that take strides (strided_writes), else computed NCHW and converted at the end.
+// bias gradient comes from a kernel that bind_bias armed, else a plain reduction. The input gradient comes back
+// in the input's memory format: written in place by kernels that take strides (strided_writes), else computed
+// NCHW and converted at the end.
 struct TapsGrads {
   at::Tensor gin, gw, gp, gb;
   std::array<bool, 4> mask;
@@ -85,12 +87,37 @@ struct TapsGrads {
     if (mask[3] && !gb.defined()) {
       std::vector<int64_t> sum_dims = {0};
       for (int64_t d = 2; d < grad_output.dim(); ++d) sum_dims.push_back(d);
-      gb = grad_output.sum(sum_dims, false, acc_dtype(weight.scalar_type()));
+      gb = grad_output.sum(sum_dims, false, gw.scalar_type());
     }
     return {mask[0] ? in_memory_format(gin, gin_format) : gin,
             mask[1] ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
             mask[2] ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options()),
             mask[3] ? gb.to(weight.scalar_type()) : at::empty({0}, weight.options())};
+  }
+};
+
+// A tap-convolution backward's start, for every engine: the arguments checked, the inputs in the engines'
+// layout, the output gradient in the input's dtype, and the gradient buffers of the mask.
+struct TapsBackward {
+  int interp;
+  TapsInputs in;
+  at::Tensor g;
+  TapsGrads grads;
+  TapsBackward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+               const at::Tensor& positions, at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+               c10::string_view interpolation, std::array<bool, 4> mask)
+      : interp(checked_interp(grad_output, input, weight, positions, window, stride, padding, interpolation)),
+        in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true),
+        g(grad_output.to(input.scalar_type())),
+        grads(input, weight, positions, mask, /*strided_writes=*/true) {}
+
+ private:
+  static int checked_interp(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& positions, at::IntArrayRef window, at::IntArrayRef stride,
+                            at::IntArrayRef padding, c10::string_view interpolation) {
+    const int interp = parse_interp(std::string(interpolation));
+    check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
+    return interp;
   }
 };
 

@@ -73,11 +73,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
     at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation,
     std::array<bool, 4> mask) {
-  const int interp = parse_interp(std::string(interpolation));
-  check_taps_backward_args(grad_output, input, weight, positions, window, stride, padding, interp);
-  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
-  const auto g = grad_output.to(input.scalar_type());
-  TapsGrads grads(input, weight, positions, mask, /*strided_writes=*/true);
+  TapsBackward b(grad_output, input, weight, positions, window, stride, padding, interpolation, mask);
+  const int interp = b.interp;
+  const TapsInputs& in = b.in;
+  const at::Tensor& g = b.g;
+  TapsGrads& grads = b.grads;
   const bool empty = g.numel() == 0 || input.numel() == 0;
   if (mask[0] && empty) grads.gin.zero_();
   if (!empty) {
