@@ -56,6 +56,7 @@ TAPS_CASES = [
     dict(size=[90], window=[31], stride=[1], padding=[15]),
     dict(size=[5, 6], window=[11, 13], stride=[1, 1], padding=[7, 9]),
     dict(size=[19, 21], window=[6, 4], stride=[3, 2], padding=[1, 3]),
+    dict(size=[16, 9], window=[5, 3], stride=[1, 1], padding=[2, 1]),  # 16 rows: eight per thread
 ]
 
 
@@ -92,6 +93,56 @@ def test_taps_threads(interp, case, layout, integer):
     torch.testing.assert_close(gw, want_g[1], rtol=0, atol=1e-11)
     torch.testing.assert_close(gp, want_g[2] if want_g[2] is not None else torch.zeros_like(p), rtol=0, atol=1e-11)
     torch.testing.assert_close(gb, want_g[3], rtol=0, atol=1e-11)
+
+
+# fields of E.tile_config
+OK, RY, TW, THREAD_ROWS, GROUPS, PLANES, THREADS, TILES_Y, TILES_X, IMAGES = range(10)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiles_fit_convnext_stages(layout, dtype):
+    """At every ConvNeXt-T stage shape (window 17) the forward, the input gradient and the correlation compute no
+    row past the plane (7 rows per thread where 8 would overrun: 28, 14 and 7 rows), and a warp's planes are one
+    channel's (several images of it at 7x7, where a plane is 8 threads); a batch smaller than a warp's planes keeps
+    the channels together."""
+    for hw, C in [(56, 96), (28, 192), (14, 384), (7, 768)]:
+        x = torch.randn(4, C, hw, hw).to(dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        w, p, _ = random_taps(2, C, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
+        args = ([17, 17], [1, 1], [8, 8], "bilinear")
+        for kind in range(3):
+            t = E.tile_config(x, w, p, *args, kind)
+            assert t[OK] and t[TILES_Y] * t[THREAD_ROWS] * t[RY] == hw, (hw, kind, t)
+            per_plane = t[TW] * t[THREAD_ROWS]
+            assert t[THREADS] % 32 == 0
+            if kind < 2:
+                assert t[IMAGES] == max(1, 32 // per_plane) and t[PLANES] % t[IMAGES] == 0, (hw, kind, t)
+        one = E.tile_config(x[:1], w, p, *args, 0)
+        assert one[IMAGES] == 1
+
+
+@pytest.mark.parametrize("size, window", [([7, 7], [5, 9]), ([6, 12], [3, 5]), ([9], [7])])
+@pytest.mark.parametrize("N, C", [(4, 3), (5, 10), (9, 2)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_forward_image_groups(size, window, N, C, layout):
+    """Planes smaller than a warp: the forward and the input gradient stage several images of each channel (whole
+    image groups, a partial last group, channel groups past C), against the oracle."""
+    D = len(size)
+    x = torch.randn(N, C, *size, dtype=torch.float64)
+    if layout == "channels_last" and D == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4)
+    b = torch.randn(C, dtype=torch.float64)
+    args = (window, [1] * D, [L // 2 for L in window], "bilinear")
+    assert E.tile_config(x, w, p, *args, 0)[IMAGES] > 1 and E.tile_config(x, w, p, *args, 1)[IMAGES] > 1
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+    out = reference.taps_conv(*leaves, *args)
+    torch.testing.assert_close(E.taps_conv(x, w, p, b, *args), out.detach(), rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [True] * 4), torch.autograd.grad(out, leaves, g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
 
 
 @pytest.mark.parametrize("case", TAPS_CASES[:1] + TAPS_CASES[4:6])

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
 }
 
 template <int RY, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileThreads) tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kTileThreads, 4) tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
   const int64_t blocks = a.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
@@ -196,14 +196,14 @@ struct CudaLaunch {
   }
   static void forward(const TiledConv<scalar_t, acc_t>& c) {
     const int64_t bytes = int64_t(c.cfg.planes) * c.cfg.plane_stride * sizeof(acc_t);
-    auto kernel = c.cfg.ry == 8 ? tiled_forward_kernel<8, scalar_t, acc_t> : tiled_forward_kernel<1, scalar_t, acc_t>;
+    auto kernel = with_ry(c.cfg.ry, [](auto ry) { return tiled_forward_kernel<decltype(ry)::value, scalar_t, acc_t>; });
     allow_smem(reinterpret_cast<const void*>(kernel), bytes);
     kernel<<<grid_blocks(c.blocks()), c.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   static void corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
     const int64_t bytes = w.smem_elems() * sizeof(acc_t);
-    auto kernel = w.cfg.ry == 8 ? tiled_corr_kernel<8, scalar_t, acc_t> : tiled_corr_kernel<1, scalar_t, acc_t>;
+    auto kernel = with_ry(w.cfg.ry, [](auto ry) { return tiled_corr_kernel<decltype(ry)::value, scalar_t, acc_t>; });
     const void* k = reinterpret_cast<const void*>(kernel);
     allow_smem(k, bytes);
     // About four waves of resident blocks: enough to balance the SMs, few enough to keep each block's rounds long.

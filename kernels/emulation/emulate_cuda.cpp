@@ -113,8 +113,7 @@ struct EmulatedLaunch {
 
   static void forward(const TiledConv<scalar_t, acc_t>& c) {
     ++launches;
-    if (c.cfg.ry == 8) forward_ry<8>(c);
-    else forward_ry<1>(c);
+    with_ry(c.cfg.ry, [&](auto ry) { forward_ry<decltype(ry)::value>(c); });
   }
   template <int RY>
   static void forward_ry(const TiledConv<scalar_t, acc_t>& c) {
@@ -132,8 +131,7 @@ struct EmulatedLaunch {
     w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, kEmulatedBlocks);
     std::vector<acc_t> work(w.C * w.slabs * w.values());
     w.work = work.data();
-    if (w.cfg.ry == 8) corr_ry<8>(w);
-    else corr_ry<1>(w);
+    with_ry(w.cfg.ry, [&](auto ry) { corr_ry<decltype(ry)::value>(w); });
     for (int64_t ck = 0; ck < a.C * a.K; ++ck) tiled_corr_finish_thread(ck, w, a);
   }
   template <int RY>
@@ -241,6 +239,31 @@ at::Tensor emulate_table_counts(const at::Tensor& input, const at::Tensor& weigh
   return counts;
 }
 
+// The tile configuration a plan picks (0 forward, 1 input gradient phase (0, 0), 2 correlation): ok, rows per
+// thread, tile width, thread rows, groups, planes, threads, tile rows, tile columns, images per block.
+std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                         at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+                                         c10::string_view interpolation, int64_t kind) {
+  const int interp = parse_interp(std::string(interpolation));
+  auto out = checked_taps_output(input, weight, positions, c10::nullopt, window, stride, padding, interp);
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  TileConfig t;
+  int images = 1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_tile_config", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    if (kind == 2) {
+      t = corr_plan<scalar_t, acc_t>(in.x, out, a).cfg;
+      return;
+    }
+    const auto plan = kind == 0 ? forward_plan<scalar_t, acc_t>(in.x, out, a)
+                                : grad_input_plan<scalar_t, acc_t>(out, in.x, a, 0, 0);
+    t = plan.cfg;
+    images = plan.images;
+  });
+  return {t.ok, t.ry, t.tw, t.thread_rows, t.groups, t.planes, t.threads, t.tiles_y, t.tiles_x, images};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dcls_convert_emulation, m) {
@@ -254,6 +277,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "int[] stride, int[] padding, str interpolation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("table_counts(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, int kind) -> Tensor");
+  m.def("tile_config(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
+        "str interpolation, int kind) -> int[]");
   m.def("take_launches() -> int", &take_launches);
 }
 
@@ -263,6 +288,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("taps_conv", &emulate_taps_conv);
   m.impl("taps_conv_backward", &emulate_taps_conv_backward);
   m.impl("table_counts", &emulate_table_counts);
+  m.impl("tile_config", &emulate_tile_config);
 }
 
 }  // namespace dcls_convert

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "dcls_convert/taps_threads.h"
 
@@ -44,12 +45,20 @@ inline int bank_spread(const TileConfig& t, int64_t sh, int64_t sw) {
   return distinct;
 }
 
-// out_h x out_w outputs per plane from a window Lh x Lw at stride (sh, sw); extra_row: one more staged row
-// (the correlation reads row dy + 1 of every entry). min_planes: planes to stage together (channels_last).
-inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
-                                   bool extra_row, int min_planes, int64_t elem_bytes) {
+// Rows per thread the kernels are compiled for: 8, 7 (planes of 7 * 2^k rows, as every stage of a 224-pixel
+// network has, fit whole tiles without a wasted row) and 1 (planes under 6 rows).
+template <typename F>
+decltype(auto) with_ry(int ry, F&& f) {
+  if (ry == 8) return f(std::integral_constant<int, 8>{});
+  if (ry == 7) return f(std::integral_constant<int, 7>{});
+  return f(std::integral_constant<int, 1>{});
+}
+
+// The configuration for ry rows per thread (make_tile_config below).
+inline TileConfig tile_config_for_ry(int ry, int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh,
+                                     int64_t sw, bool extra_row, int min_planes, int64_t elem_bytes) {
   TileConfig t;
-  t.ry = out_h >= 6 ? 8 : 1;
+  t.ry = ry;
   t.tw = out_w <= 8 ? 8 : (out_w <= 16 ? 16 : 32);
   const int64_t rows_needed = (out_h + t.ry - 1) / t.ry;
   t.thread_rows = static_cast<int>(std::min<int64_t>(rows_needed, kTileThreads / t.tw));
@@ -96,6 +105,30 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
     return t;
   }
   return t;
+}
+
+// out_h x out_w outputs per plane from a window Lh x Lw at stride (sh, sw); extra_row: one more staged row
+// (the correlation reads row dy + 1 of every entry). min_planes: planes to stage together (channels_last).
+// Rows per thread: the candidate computing the fewest rows past the plane's end (8 on a tie, as measured
+// first); every row a thread computes costs its loads whether or not it lands in the plane.
+inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
+                                   bool extra_row, int min_planes, int64_t elem_bytes) {
+  if (out_h < 6) return tile_config_for_ry(1, out_h, out_w, Lh, Lw, sh, sw, extra_row, min_planes, elem_bytes);
+  TileConfig best;
+  for (int ry : {8, 7}) {
+    const TileConfig t = tile_config_for_ry(ry, out_h, out_w, Lh, Lw, sh, sw, extra_row, min_planes, elem_bytes);
+    if (t.ok && (!best.ok || t.tiles_y * t.th() < best.tiles_y * best.th())) best = t;
+  }
+  return best;
+}
+
+// A plane smaller than a warp shares the warp with other planes. In the forward they would be other channels',
+// whose tables differ (the warp runs through every lane's entries, reading several tables at once), so when the
+// batch allows, the forward stages this many images of each of its channels instead: a warp's groups are then one
+// channel's planes, the entries the same for all its lanes. Groups and planes are multiples of it (whole warps).
+inline int forward_images(const TileConfig& t, int64_t N) {
+  const int per_plane = t.tw * t.thread_rows;
+  return t.ok && per_plane < 32 && 32 % per_plane == 0 && N >= 32 / per_plane ? 32 / per_plane : 1;
 }
 
 // Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the

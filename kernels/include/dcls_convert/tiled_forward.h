@@ -21,12 +21,17 @@ struct TiledConv {
   int64_t is[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};  // element strides (n, c, y, x) of in and out
   int64_t sh = 1, sw = 1, ph = 0, pw = 0;
   TileConfig cfg;
-  DCLS_HD int64_t channel_groups() const { return (C + cfg.planes - 1) / cfg.planes; }
-  DCLS_HD int64_t blocks() const { return N * channel_groups() * cfg.tiles_y * cfg.tiles_x; }
+  // A block stages cfg.planes = channels() x images planes: plane p is channel c0 + p / images of image
+  // n0 + p % images (forward_images).
+  int images = 1;
+  DCLS_HD int channels() const { return cfg.planes / images; }
+  DCLS_HD int64_t channel_groups() const { return (C + channels() - 1) / channels(); }
+  DCLS_HD int64_t image_groups() const { return (N + images - 1) / images; }
+  DCLS_HD int64_t blocks() const { return image_groups() * channel_groups() * cfg.tiles_y * cfg.tiles_x; }
 };
 
 struct ForwardJob {
-  int64_t n, c0, ty, tx;  // image, first channel, tile row, tile column
+  int64_t n0, c0, ty, tx;  // first image, first channel, tile row, tile column
 };
 
 // Channel groups vary fastest, so blocks running together read neighbouring channels of one region.
@@ -34,12 +39,12 @@ template <typename scalar_t, typename acc_t>
 DCLS_HD ForwardJob forward_job(const TiledConv<scalar_t, acc_t>& a, int64_t bid) {
   ForwardJob j;
   const int64_t cg = a.channel_groups();
-  j.c0 = (bid % cg) * a.cfg.planes;
+  j.c0 = (bid % cg) * a.channels();
   bid /= cg;
   j.tx = bid % a.cfg.tiles_x;
   bid /= a.cfg.tiles_x;
   j.ty = bid % a.cfg.tiles_y;
-  j.n = bid / a.cfg.tiles_y;
+  j.n0 = bid / a.cfg.tiles_y * a.images;
   return j;
 }
 
@@ -54,9 +59,12 @@ template <typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid) {
   const TileConfig& t = a.cfg;
   const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
-  const int planes = static_cast<int>(a.C - j.c0 < t.planes ? a.C - j.c0 : t.planes);
-  stage_planes(smem, t.pitch, t.plane_stride, a.in + j.n * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0,
-               planes, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), a.is[1] == 1 && planes > 1, tid, t.threads);
+  const int channels = static_cast<int>(a.C - j.c0 < a.channels() ? a.C - j.c0 : a.channels());
+  const StageRect R = stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W);
+  for (int i = 0; i < a.images && j.n0 + i < a.N; ++i)  // each image's channels, neighbouring channels together
+    stage_planes(smem + i * t.plane_stride, t.pitch, a.images * t.plane_stride,
+                 a.in + (j.n0 + i) * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0, channels, R,
+                 a.is[1] == 1 && channels > 1, tid, t.threads);
 }
 
 // Phase 3: thread tid computes RY outputs of one column for each plane of its group.
@@ -69,8 +77,11 @@ DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const Fo
   const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
   // 32-bit shared-memory offsets: the loads below then need one integer add each.
   const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
+  // groups is a multiple of images: the thread's planes p = group, group + groups, ... share one image
+  const int64_t n = j.n0 + group % a.images;
+  if (n >= a.N) return;
   for (int p = group; p < t.planes; p += t.groups) {
-    const int64_t c = j.c0 + p;
+    const int64_t c = j.c0 + p / a.images;
     if (c >= a.C) break;
     const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
     const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
@@ -104,7 +115,7 @@ DCLS_UNROLL
       }
     }
     if (ox < a.Wo) {
-      scalar_t* o = a.out + j.n * a.os[0] + c * a.os[1] + ox * a.os[3];
+      scalar_t* o = a.out + n * a.os[0] + c * a.os[1] + ox * a.os[3];
       for (int i = 0; i < RY; ++i)
         if (oy0 + i < a.Ho) o[(oy0 + i) * a.os[2]] = static_cast<scalar_t>(acc[i]);
     }

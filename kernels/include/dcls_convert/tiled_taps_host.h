@@ -70,6 +70,7 @@ TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& o
   plane_strides(out, c.os);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
   c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, false, staged_planes(x), sizeof(acc_t));
+  c.images = forward_images(c.cfg, a.N);
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
@@ -94,6 +95,7 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   c.pw = qx.padding;
   if (qy.last < 0 || qx.last < 0) c.H = c.W = 0;  // no window offset feeds the phase: stage nothing, write zeros
   c.cfg = make_tile_config(qy.out, qx.out, qy.window, qx.window, 1, 1, false, staged_planes(g), sizeof(acc_t));
+  c.images = forward_images(c.cfg, a.N);
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
