@@ -54,22 +54,31 @@ decltype(auto) with_ry(int ry, F&& f) {
   return f(std::integral_constant<int, 1>{});
 }
 
-// The configuration for ry rows per thread (make_tile_config below).
-inline TileConfig tile_config_for_ry(int ry, int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh,
-                                     int64_t sw, bool extra_row, int min_planes, int64_t elem_bytes) {
+// One candidate configuration: ry rows per thread over tiles tw wide. whole_warp_planes: a plane of 32 threads or
+// more gets its rows rounded up to whole warps and a smaller one must divide a warp (tw a power of two), so that
+// no warp mixes planes unless they are small; otherwise warps may straddle planes, which the kernels allow only
+// where a block's planes (per round) are one channel's: the correlation always, the forward by image groups.
+inline TileConfig tile_config_for(int ry, int tw, bool whole_warp_planes, int64_t out_h, int64_t out_w, int64_t Lh,
+                                  int64_t Lw, int64_t sh, int64_t sw, bool extra_row, int min_planes,
+                                  int64_t elem_bytes) {
   TileConfig t;
   t.ry = ry;
-  t.tw = out_w <= 8 ? 8 : (out_w <= 16 ? 16 : 32);
+  t.tw = tw;
   const int64_t rows_needed = (out_h + t.ry - 1) / t.ry;
-  t.thread_rows = static_cast<int>(std::min<int64_t>(rows_needed, kTileThreads / t.tw));
-  for (; t.thread_rows >= 1; t.thread_rows = t.thread_rows > 1 ? t.thread_rows / 2 : 0) {
-    // Whole warps only (the correlation's warp reduction needs all 32 lanes): a plane of 32 threads or more
-    // gets its rows rounded up to whole warps, smaller planes are grouped in multiples of a warp.
-    const int warp_rows = 32 / t.tw;
-    if (t.tw * t.thread_rows >= 32) t.thread_rows = (t.thread_rows + warp_rows - 1) / warp_rows * warp_rows;
+  const int max_rows = static_cast<int>(std::min<int64_t>(rows_needed, kTileThreads / t.tw));
+  // power-of-two widths: halving the rows (as first measured); fitted widths: every row count, since only some
+  // make whole warps (28 x 8 does, 28 x 7 does not)
+  for (int rows = max_rows; rows >= 1; rows = whole_warp_planes ? t.thread_rows / 2 : rows - 1) {
+    t.thread_rows = rows;
+    // Whole warps only (the correlation's warp reduction needs all 32 lanes).
+    if (whole_warp_planes && t.tw * t.thread_rows >= 32) {
+      const int warp_rows = 32 / t.tw;
+      t.thread_rows = (t.thread_rows + warp_rows - 1) / warp_rows * warp_rows;
+    }
     const int per_plane = t.tw * t.thread_rows;
     t.groups = kTileThreads / per_plane;
-    while ((t.groups * per_plane) % 32 != 0) --t.groups;
+    while (t.groups > 0 && (t.groups * per_plane) % 32 != 0) --t.groups;
+    if (t.groups == 0) continue;  // no whole number of warps within the block size
     t.threads = t.groups * per_plane;
     const int64_t in_h = (t.th() - 1) * sh + Lh + (extra_row ? 1 : 0), in_w = (t.tw - 1) * sw + Lw;
     if (in_h * in_w > (int64_t(1) << 24)) continue;
@@ -104,20 +113,63 @@ inline TileConfig tile_config_for_ry(int ry, int64_t out_h, int64_t out_w, int64
     t.ok = true;
     return t;
   }
+  t.ok = false;
   return t;
+}
+
+// Tile widths: a power of two (8, 16 or 32) and, where it differs, the width that splits the plane into equal
+// tiles of at most 32 columns (56 -> 2 x 28, 14, 7): no column computed past the plane, but its planes straddle
+// warps.
+inline int pow2_tile_width(int64_t out_w) { return out_w <= 8 ? 8 : (out_w <= 16 ? 16 : 32); }
+inline int fitted_tile_width(int64_t out_w) {
+  const int64_t tiles = (std::max<int64_t>(out_w, 1) + 31) / 32;
+  return static_cast<int>((out_w + tiles - 1) / tiles);
+}
+
+// Rows per thread: 1 for planes under 6 rows, else 8 and 7, each tried.
+inline int ry_candidates(int64_t out_h, int ry[2]) {
+  if (out_h < 6) {
+    ry[0] = 1;
+    return 1;
+  }
+  ry[0] = 8;
+  ry[1] = 7;
+  return 2;
+}
+
+// Shared-memory operations per thread and staged cell, the unit of the plans' costs: a thread loads ry + 1 staged
+// values per table entry (entries: about the taps' count, K for on-grid taps, up to 2K), and staging a cell
+// costs a clearing store, a load and a store.
+inline double tile_work(const TileConfig& t, int64_t K, int64_t thread_rounds, int64_t staged_planes) {
+  return double(thread_rounds) * t.threads * double(K) * (t.ry + 1) + 3.0 * double(staged_planes) * t.in_h * t.in_w;
 }
 
 // out_h x out_w outputs per plane from a window Lh x Lw at stride (sh, sw); extra_row: one more staged row
 // (the correlation reads row dy + 1 of every entry). min_planes: planes to stage together (channels_last).
-// Rows per thread: the candidate computing the fewest rows past the plane's end (8 on a tie, as measured
-// first); every row a thread computes costs its loads whether or not it lands in the plane.
-inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
-                                   bool extra_row, int min_planes, int64_t elem_bytes) {
-  if (out_h < 6) return tile_config_for_ry(1, out_h, out_w, Lh, Lw, sh, sw, extra_row, min_planes, elem_bytes);
+// straddle: whether the caller accepts planes straddling warps (fitted tile widths). cost(config): the plan's
+// work for a candidate (tile_work, idle rows and slots included; negative: refused): the cheapest wins, the
+// first candidate (8 rows, power-of-two width, as measured first) on a tie. first_only: that candidate alone.
+template <typename Cost>
+TileConfig choose_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
+                              bool extra_row, int min_planes, int64_t elem_bytes, bool straddle, bool first_only,
+                              Cost cost) {
+  int rys[2];
+  const int n_ry = first_only ? std::min(1, ry_candidates(out_h, rys)) : ry_candidates(out_h, rys);
+  const int tw_pow2 = pow2_tile_width(out_w), tw_fit = fitted_tile_width(out_w);
   TileConfig best;
-  for (int ry : {8, 7}) {
-    const TileConfig t = tile_config_for_ry(ry, out_h, out_w, Lh, Lw, sh, sw, extra_row, min_planes, elem_bytes);
-    if (t.ok && (!best.ok || t.tiles_y * t.th() < best.tiles_y * best.th())) best = t;
+  double best_cost = 0;
+  for (int w = 0; w < (straddle && !first_only && tw_fit != tw_pow2 ? 2 : 1); ++w) {
+    for (int i = 0; i < n_ry; ++i) {
+      const TileConfig t = tile_config_for(rys[i], w == 0 ? tw_pow2 : tw_fit, w == 0, out_h, out_w, Lh, Lw, sh, sw,
+                                           extra_row, min_planes, elem_bytes);
+      if (!t.ok) continue;
+      const double c = cost(t);
+      if (c < 0) continue;  // refused by the caller
+      if (!best.ok || c < best_cost) {
+        best = t;
+        best_cost = c;
+      }
+    }
   }
   return best;
 }
@@ -126,9 +178,13 @@ inline TileConfig make_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int
 // whose tables differ (the warp runs through every lane's entries, reading several tables at once), so when the
 // batch allows, the forward stages this many images of each of its channels instead: a warp's groups are then one
 // channel's planes, the entries the same for all its lanes. Groups and planes are multiples of it (whole warps).
+// A configuration whose planes straddle warps (fitted widths) needs every group of a round to be one channel's:
+// images = groups, and a batch of at least that many (else 0: refused).
 inline int forward_images(const TileConfig& t, int64_t N) {
   const int per_plane = t.tw * t.thread_rows;
-  return t.ok && per_plane < 32 && 32 % per_plane == 0 && N >= 32 / per_plane ? 32 / per_plane : 1;
+  if (!t.ok || per_plane % 32 == 0) return 1;
+  if (32 % per_plane == 0) return N >= 32 / per_plane ? 32 / per_plane : 1;
+  return N >= t.groups ? t.groups : 0;
 }
 
 // Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the

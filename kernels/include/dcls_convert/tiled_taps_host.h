@@ -4,6 +4,13 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
 #include "dcls_convert/tiled_taps.h"
 
 namespace dcls_convert {
@@ -57,6 +64,69 @@ struct TableBuffers {
   }
 };
 
+// DCLS_CONVERT_CUDA_TILES=first: the tiles the first GPU sessions measured (8 rows per thread where a plane has
+// 6 or more, power-of-two widths, a block's small planes from neighbouring channels), so that a benchmark can
+// time them against the chosen ones in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is).
+inline bool first_tiles() {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
+  return e != nullptr && std::string(e) == "first";
+}
+
+// The forward's image groups (forward_images), none with the first tiles.
+inline int plan_images(const TileConfig& t, int64_t N) { return first_tiles() ? 1 : std::max(1, forward_images(t, N)); }
+
+// Tile configurations per plan shape, chosen once: the choice tries several candidates, each with a search for
+// bank-conflict-free padding (tens of microseconds), which would otherwise be paid at every call.
+struct TileKey {
+  int64_t v[12];
+  bool operator==(const TileKey& o) const { return std::equal(v, v + 12, o.v); }
+};
+struct TileKeyHash {
+  size_t operator()(const TileKey& k) const {
+    size_t h = 0;
+    for (int64_t x : k.v) h = h * 1000003u ^ std::hash<int64_t>()(x);
+    return h;
+  }
+};
+template <typename Make>
+TileConfig cached_tiles(const TileKey& key, Make make) {
+  static std::mutex mutex;
+  static std::unordered_map<TileKey, TileConfig, TileKeyHash> cache;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const TileConfig t = make();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= 4096) cache.clear();  // shapes of a model are few; anything else is bounded
+  cache.emplace(key, t);
+  return t;
+}
+
+// The forward's tiles for N images of C channels (also each input-gradient phase): the configuration computing
+// the fewest rows, idle image and channel slots included. Fitted tile widths (planes straddling warps, so image
+// groups as large as a block's groups) only for inputs not in channels_last, whose staging reads each plane on
+// its own anyway; channels_last staging reads neighbouring channels together.
+inline TileConfig forward_tiles(int64_t N, int64_t C, int64_t K, int64_t out_h, int64_t out_w, int64_t Lh,
+                                int64_t Lw, int64_t sh, int64_t sw, int min_planes, int64_t elem_bytes) {
+  const bool first = first_tiles();
+  const TileKey key{{first ? 2 : 0, N, C, K, out_h, out_w, Lh, Lw, sh, sw, min_planes, elem_bytes}};
+  return cached_tiles(key, [&] {
+    return choose_tile_config(out_h, out_w, Lh, Lw, sh, sw, false, min_planes, elem_bytes, min_planes == 1, first,
+                              [&](const TileConfig& t) {
+                                const int images = forward_images(t, N);
+                                if (images == 0) return -1.0;
+                                const int channels = t.planes / images;
+                                const int64_t blocks = (N + images - 1) / images * ((C + channels - 1) / channels) *
+                                                       t.tiles_y * t.tiles_x;
+                                return tile_work(t, K, blocks * (t.planes / t.groups), blocks * t.planes);
+                              });
+  });
+}
+
+
+
 // Forward of the tap convolution described by `a` (its x may have any strides) into `out`.
 template <typename scalar_t, typename acc_t>
 TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a) {
@@ -69,8 +139,8 @@ TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& o
   plane_strides(x, c.is);
   plane_strides(out, c.os);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
-  c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, false, staged_planes(x), sizeof(acc_t));
-  c.images = forward_images(c.cfg, a.N);
+  c.cfg = forward_tiles(a.N, a.C, a.K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, staged_planes(x), sizeof(acc_t));
+  c.images = plan_images(c.cfg, a.N);
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
@@ -94,8 +164,8 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   c.ph = qy.padding;
   c.pw = qx.padding;
   if (qy.last < 0 || qx.last < 0) c.H = c.W = 0;  // no window offset feeds the phase: stage nothing, write zeros
-  c.cfg = make_tile_config(qy.out, qx.out, qy.window, qx.window, 1, 1, false, staged_planes(g), sizeof(acc_t));
-  c.images = forward_images(c.cfg, a.N);
+  c.cfg = forward_tiles(a.N, a.C, a.K, qy.out, qx.out, qy.window, qx.window, 1, 1, staged_planes(g), sizeof(acc_t));
+  c.images = plan_images(c.cfg, a.N);
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
@@ -112,7 +182,17 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   plane_strides(x, c.xs);
   plane_strides(g, c.gs);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
-  c.cfg = make_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t));
+  // one channel per block, (image, tile) jobs in rounds of `groups`: planes may straddle warps
+  const int64_t N = a.N, C = a.C, K = a.K;
+  const bool first = first_tiles();
+  const TileKey key{{first ? 3 : 1, N, C, K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, 0, int64_t(sizeof(acc_t))}};
+  c.cfg = cached_tiles(key, [&] {
+    return choose_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t), true, first,
+                              [&](const TileConfig& t) {
+                                const int64_t rounds = C * ((N * t.tiles_y * t.tiles_x + t.groups - 1) / t.groups);
+                                return tile_work(t, K, rounds, rounds * t.groups);
+                              });
+  });
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   if (c.cfg.ok && c.smem_elems() * int64_t(sizeof(acc_t)) > 2 * kMaxTileSmemBytes) c.cfg.ok = false;
   return c;
