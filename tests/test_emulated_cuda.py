@@ -105,8 +105,8 @@ def test_tiles_fit_convnext_stages(layout, dtype):
     """At every ConvNeXt-T stage shape (batch 64, window 17) the forward, the input gradient and the correlation
     compute no row past the plane (7 rows per thread where 8 would overrun: 28, 14 and 7 rows) and, where planes
     may straddle warps (the correlation; the forward of inputs not in channels_last, by image groups), no column
-    either (56 -> 2 x 28, 14, 7); a warp never mixes two channels' tables, except at a batch smaller than a warp's
-    planes."""
+    either (56 -> 2 x 28, 14, 7); a warp never mixes two channels' tables, except at a batch smaller than a
+    warp's planes."""
     for hw, C in [(56, 96), (28, 192), (14, 384), (7, 768)]:
         x = torch.empty(64, C, hw, hw, dtype=dtype)
         if layout == "channels_last":
@@ -117,9 +117,11 @@ def test_tiles_fit_convnext_stages(layout, dtype):
             t = E.tile_config(x, w, p, *args, kind)
             assert t[OK] and t[TILES_Y] * t[THREAD_ROWS] * t[RY] == hw, (hw, kind, t)
             assert t[THREADS] % 32 == 0
+            per_plane = t[TW] * t[THREAD_ROWS]
             fitted = kind == 2 or layout == "contiguous"
             assert (t[TILES_X] * t[TW] == hw) if fitted else t[TW] in (8, 16, 32), (hw, kind, t)
-            per_plane = t[TW] * t[THREAD_ROWS]
+            if layout == "channels_last" and kind < 2:  # channels staged together: no plane straddles warps
+                assert per_plane % 32 == 0 or 32 % per_plane == 0, (hw, kind, t)
             if kind < 2 and per_plane % 32:  # the warp's planes: images of one channel
                 assert t[IMAGES] in (32 // per_plane, t[GROUPS]) and t[GROUPS] % t[IMAGES] == 0, (hw, kind, t)
                 assert t[IMAGES] * per_plane % 32 == 0 or t[IMAGES] == t[GROUPS], (hw, kind, t)

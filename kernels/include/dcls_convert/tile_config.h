@@ -146,19 +146,19 @@ inline double tile_work(const TileConfig& t, int64_t K, int64_t thread_rounds, i
 
 // out_h x out_w outputs per plane from a window Lh x Lw at stride (sh, sw); extra_row: one more staged row
 // (the correlation reads row dy + 1 of every entry). min_planes: planes to stage together (channels_last).
-// straddle: whether the caller accepts planes straddling warps (fitted tile widths). cost(config): the plan's
+// fitted: whether to try fitted tile widths too (their planes may straddle warps). cost(config): the plan's
 // work for a candidate (tile_work, idle rows and slots included; negative: refused): the cheapest wins, the
 // first candidate (8 rows, power-of-two width, as measured first) on a tie. first_only: that candidate alone.
 template <typename Cost>
 TileConfig choose_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t Lw, int64_t sh, int64_t sw,
-                              bool extra_row, int min_planes, int64_t elem_bytes, bool straddle, bool first_only,
+                              bool extra_row, int min_planes, int64_t elem_bytes, bool fitted, bool first_only,
                               Cost cost) {
   int rys[2];
   const int n_ry = first_only ? std::min(1, ry_candidates(out_h, rys)) : ry_candidates(out_h, rys);
   const int tw_pow2 = pow2_tile_width(out_w), tw_fit = fitted_tile_width(out_w);
   TileConfig best;
   double best_cost = 0;
-  for (int w = 0; w < (straddle && !first_only && tw_fit != tw_pow2 ? 2 : 1); ++w) {
+  for (int w = 0; w < (fitted && !first_only && tw_fit != tw_pow2 ? 2 : 1); ++w) {
     for (int i = 0; i < n_ry; ++i) {
       const TileConfig t = tile_config_for(rys[i], w == 0 ? tw_pow2 : tw_fit, w == 0, out_h, out_w, Lh, Lw, sh, sw,
                                            extra_row, min_planes, elem_bytes);

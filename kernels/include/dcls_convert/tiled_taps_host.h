@@ -104,10 +104,12 @@ TileConfig cached_tiles(const TileKey& key, Make make) {
   return t;
 }
 
-// The forward's tiles for N images of C channels (also each input-gradient phase): the configuration computing
-// the fewest rows, idle image and channel slots included. Fitted tile widths (planes straddling warps, so image
-// groups as large as a block's groups) only for inputs not in channels_last, whose staging reads each plane on
-// its own anyway; channels_last staging reads neighbouring channels together.
+// The forward's tiles for N images of C channels (also each input-gradient phase): the cheapest configuration
+// (tile_work), idle image and channel slots included. Fitted widths (planes straddling warps take image groups
+// as large as a block's groups, one channel per round) only for inputs not in channels_last, whose staging reads
+// each plane on its own anyway: channels_last staging reads neighbouring channels together, and fitted tiles,
+// larger per thread row, would stage fewer of them (56 x 28 tiles: 2 bfloat16 channels instead of 4), a cost
+// this count does not see; to be weighed on a GPU.
 inline TileConfig forward_tiles(int64_t N, int64_t C, int64_t K, int64_t out_h, int64_t out_w, int64_t Lh,
                                 int64_t Lw, int64_t sh, int64_t sw, int min_planes, int64_t elem_bytes) {
   const bool first = first_tiles();
