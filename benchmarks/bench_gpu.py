@@ -359,6 +359,10 @@ def _swap_in_dcls_package(model):
     return model
 
 
+# the dcls variant run with DCLS_CONVERT_CUDA_TILES=first (the first sessions' tiles), to time the tile choice
+FIRST_TILES = "dcls, first tiles"
+
+
 def _variants(name):
     """model name -> {variant: builder}: the original, each method with its default options, dcls on the dense
     engine, and the DCLS paper's package swapped in."""
@@ -387,6 +391,7 @@ def _variants(name):
     out = {"original": lambda: timm.create_model(name),
            "dcls" + (" K=34 w17 shared" if dcls_options else ""): convert("dcls", **dcls_options),
            "dcls, positions off grid": off_grid(convert("dcls", **dcls_options)),
+           FIRST_TILES: convert("dcls", **dcls_options),
            "dcls engine=dense": convert("dcls", engine="dense", **dcls_options),
            "partial": convert("partial"), "bloom": convert("bloom"),
            "bloom engine=dense": convert("bloom", engine="dense")}
@@ -451,6 +456,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                              "ms/step": float("nan"), "note": f"{type(exc).__name__}: {str(exc)[:60]}"})
                 continue
             opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+            if variant == FIRST_TILES:
+                os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
             for amp in (True, False):
                 def step(m=m, opt=opt, amp=amp):
                     with torch.autocast("cuda", torch.bfloat16, enabled=amp):
@@ -467,6 +474,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 rows.append({"model": model_name, "variant": variant, "precision": "AMP bf16" if amp else "fp32",
                              "ms/step": ms, "images/s": 64e3 / ms,
                              "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
+            os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
             del m, opt
             torch.cuda.empty_cache()
     base = {(r["model"], r["precision"]): r for r in rows if r["variant"] == "original"}
