@@ -118,6 +118,32 @@ def test_taps_conv_cuda_tiled_matches_gather(monkeypatch, stride):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape,dtype,channels_last", [((8, 96, 56, 56), torch.float32, False),
+                                                   ((40, 192, 14, 14), torch.float32, False),
+                                                   ((40, 64, 7, 7), torch.bfloat16, True),
+                                                   ((5, 8, 20, 20), torch.float32, False)])
+def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, channels_last):
+    """Every output sums its bias and table entries in one order whatever the tiles, so the chosen tiles (7 rows,
+    fitted widths, image groups) and the first sessions' (DCLS_CONVERT_CUDA_TILES=first) give bitwise equal
+    forwards and input gradients; the weight/position gradients (reductions over tiles) agree to rounding."""
+    x = torch.randn(*shape, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, shape[1], 1, 34, [17, 17], spread=1.4, device="cuda", dtype=torch.float32)
+    b = torch.randn(shape[1], device="cuda")
+    args = ([17, 17], [1, 1], [8, 8], "bilinear")
+    g = torch.randn_like(ops.taps_conv(x, w, p, b, *args[:3]))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    runs = []
+    for tiles in ("", "first"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", tiles)
+        runs.append([ops.taps_conv(x, w, p, b, *args[:3])] + list(back(g, x, w, p, *args, [True, True, True, False])))
+    (y0, gx0, gw0, gp0, _), (y1, gx1, gw1, gp1, _) = runs
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
+    for a, e in ((gw0, gw1), (gp0, gp1)):
+        assert max_rel(a.double(), e.double()) < 1e-4
+
+
 def test_taps_conv_cuda_window_beyond_tiles():
     """A window whose tile does not fit in shared memory runs the gather kernels, still exact."""
     x = torch.randn(1, 2, 160, 170, device="cuda", dtype=torch.float64)

@@ -143,6 +143,13 @@ def test_first_tiles_switch(monkeypatch):
         assert t[RY] == 8 and t[TW] == 8 and t[IMAGES] == 1, (kind, t)
     torch.testing.assert_close(E.taps_conv(x, w, p, None, *args), reference.taps_conv(x, w, p, None, *args),
                                rtol=0, atol=1e-12)
+    # an output sums its entries in one order whatever the tiles: forward and input gradient bitwise equal
+    xf, wf, pf = x.float(), w.float(), p.float()
+    g = torch.randn(4, 3, 7, 7)
+    first = [E.taps_conv(xf, wf, pf, None, *args), E.taps_conv_backward(g, xf, wf, pf, *args, [True] * 3 + [False])[0]]
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+    chosen = [E.taps_conv(xf, wf, pf, None, *args), E.taps_conv_backward(g, xf, wf, pf, *args, [True] * 3 + [False])[0]]
+    assert all(torch.equal(a, b) for a, b in zip(first, chosen))
 
 
 # planes smaller than a warp (8- and 16-thread planes, a 1-D sequence); fitted widths whose planes straddle warps
