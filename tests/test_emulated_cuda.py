@@ -152,6 +152,20 @@ def test_first_tiles_switch(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, chosen))
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 8])
+@pytest.mark.parametrize("size", [[20, 8], [17, 5], [40, 3], [9, 60], [30, 30]])
+def test_tile_choice_never_falls_back(N, size):
+    """Wherever the first tiles ran the tiled engine, the chosen ones do too (a plane of 8 x 3 threads straddles
+    warps: with fewer images than groups it mixes channels, as before, rather than dropping to the gather kernel)."""
+    x = torch.randn(N, 5, *size)
+    w, p, _ = random_taps(2, 5, 1, 6, [7, 5], spread=1.4, dtype=torch.float32)
+    args = ([7, 5], [1, 1], [3, 2], "bilinear")
+    chosen = [E.tile_config(x, w, p, *args, kind) for kind in range(3)]
+    assert all(t[OK] for t in chosen), chosen
+    torch.testing.assert_close(E.taps_conv(x, w, p, None, *args), reference.taps_conv(x, w, p, None, *args),
+                               rtol=1e-5, atol=1e-5)
+
+
 # planes smaller than a warp (8- and 16-thread planes, a 1-D sequence); fitted widths whose planes straddle warps
 # (20 x 20: 40-thread planes, four per block; 28 x 28: 112-thread planes, two per block)
 @pytest.mark.parametrize("size, window", [([7, 7], [5, 9]), ([6, 12], [3, 5]), ([9], [7]), ([20, 20], [5, 5]),

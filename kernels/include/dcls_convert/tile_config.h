@@ -178,13 +178,15 @@ TileConfig choose_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t 
 // whose tables differ (the warp runs through every lane's entries, reading several tables at once), so when the
 // batch allows, the forward stages this many images of each of its channels instead: a warp's groups are then one
 // channel's planes, the entries the same for all its lanes. Groups and planes are multiples of it (whole warps).
-// A configuration whose planes straddle warps (fitted widths) needs every group of a round to be one channel's:
-// images = groups, and a batch of at least that many (else 0: refused).
+// Planes straddling warps take images = groups (every group of a round one channel's) where the batch has that
+// many; else a fitted width is refused (0: the power-of-two candidate runs instead), while a power-of-two width
+// (8 x 3 threads) keeps its warps mixing channels as the first tiles did: slower, never wrong.
 inline int forward_images(const TileConfig& t, int64_t N) {
   const int per_plane = t.tw * t.thread_rows;
   if (!t.ok || per_plane % 32 == 0) return 1;
   if (32 % per_plane == 0) return N >= 32 / per_plane ? 32 / per_plane : 1;
-  return N >= t.groups ? t.groups : 0;
+  if (N >= t.groups) return t.groups;
+  return (t.tw & (t.tw - 1)) == 0 ? 1 : 0;
 }
 
 // Staging, in two phases with a barrier between: zero the staged planes (padding, and whatever lies outside the
