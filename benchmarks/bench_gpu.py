@@ -155,11 +155,16 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd") if k in fns})
             # the tiles of the first GPU sessions (8 rows per thread, power-of-two widths, channel-grouped small
             # planes) against the chosen ones, same kernels, same run
-            os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
-            try:
-                first = kernel_time({k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")})
-            finally:
-                del os.environ["DCLS_CONVERT_CUDA_TILES"]
+            first = {}
+            for mode in ("first", "direct"):  # direct: the chosen tiles, channels_last outputs stored per thread
+                if mode == "direct" and not cl:
+                    continue
+                os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
+                try:
+                    first.update({(mode, k): v for k, v in kernel_time(
+                        {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")}).items()})
+                finally:
+                    del os.environ["DCLS_CONVERT_CUDA_TILES"]
             if gather and not taps_only:
                 os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
                 try:
@@ -180,8 +185,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "fwd+bwd": t["fwd+bwd"],
                 "GPU fwd": gpu["fwd"], "GPU fwd/floor": gpu["fwd"] / floor, "GPU wgrad/floor": gpu["wgrad"] / ari_ms,
                 "GPU fwd+bwd": gpu["fwd+bwd"],
-                "GPU first-tiles fwd": first["fwd"], "GPU first-tiles fwd+bwd": first["fwd+bwd"],
-                "first-tiles / chosen fwd+bwd": first["fwd+bwd"] / gpu["fwd+bwd"],
+                "GPU first-tiles fwd": first["first", "fwd"], "GPU first-tiles fwd+bwd": first["first", "fwd+bwd"],
+                "first-tiles / chosen fwd+bwd": first["first", "fwd+bwd"] / gpu["fwd+bwd"],
+                "GPU direct-stores fwd": first.get(("direct", "fwd"), nan),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -200,7 +206,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "'GPU' columns: the kernels' own device time (profiler), which the floors are about. K = 34 bilinear "
           "taps, random off-grid positions unless 'on-grid'; floor = max(memory, arithmetic at the float32 GEMM "
           "rate) for the forward; wgrad/floor uses the arithmetic floor (one correlation per corner). 'first-tiles':"
-          " DCLS_CONVERT_CUDA_TILES=first (the first sessions' tile shapes), same kernels.")
+          " DCLS_CONVERT_CUDA_TILES=first (the first sessions' tile shapes and stores), same kernels; 'direct-"
+          "stores': the chosen tiles with channels_last outputs stored by their threads (=direct).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]

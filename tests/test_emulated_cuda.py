@@ -96,7 +96,7 @@ def test_taps_threads(interp, case, layout, integer):
 
 
 # fields of E.tile_config
-OK, RY, TW, THREAD_ROWS, GROUPS, PLANES, THREADS, TILES_Y, TILES_X, IMAGES = range(10)
+OK, RY, TW, THREAD_ROWS, GROUPS, PLANES, THREADS, TILES_Y, TILES_X, IMAGES, TRANSPOSED = range(11)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -150,6 +150,31 @@ def test_first_tiles_switch(monkeypatch):
     monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
     chosen = [E.taps_conv(xf, wf, pf, None, *args), E.taps_conv_backward(g, xf, wf, pf, *args, [True] * 3 + [False])[0]]
     assert all(torch.equal(a, b) for a, b in zip(first, chosen))
+
+
+@pytest.mark.parametrize("size, stride", [([14, 14], [1, 1]), ([7, 7], [1, 1]), ([15, 13], [2, 3]), ([40, 9], [1, 1])])
+@pytest.mark.parametrize("C", [3, 20])
+def test_channels_last_outputs_stored_transposed(monkeypatch, size, stride, C):
+    """A channels_last output (forward; input gradient of every stride phase) of a block holding several channels
+    is kept in shared memory and written neighbouring channels together; bitwise the same as storing each output
+    from its thread (DCLS_CONVERT_CUDA_TILES=direct), and equal to the oracle."""
+    x = torch.randn(5, C, *size).contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 6, [5, 3], spread=1.4, dtype=torch.float32)
+    b = torch.randn(C)
+    args = ([5, 3], stride, [2, 1], "bilinear")
+    assert E.tile_config(x, w, p, *args, 0)[TRANSPOSED] and E.tile_config(x, w, p, *args, 1)[TRANSPOSED]
+    assert not E.tile_config(x.contiguous(), w, p, *args, 0)[TRANSPOSED]
+    y = E.taps_conv(x, w, p, b, *args)
+    g = torch.randn_like(y)
+    gx = E.taps_conv_backward(g, x, w, p, *args, [True, False, False, False])[0]
+    X, W, P, B = (t.double().requires_grad_() for t in (x, w, p, b))
+    want = reference.taps_conv(X, W, P, B, *args)
+    torch.testing.assert_close(y.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx.double(), torch.autograd.grad(want, X, g.double())[0], rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", "direct")
+    assert not E.tile_config(x, w, p, *args, 0)[TRANSPOSED]
+    assert torch.equal(E.taps_conv(x, w, p, b, *args), y)
+    assert torch.equal(E.taps_conv_backward(g, x, w, p, *args, [True, False, False, False])[0], gx)
 
 
 @pytest.mark.parametrize("N", [1, 2, 3, 8])

@@ -120,7 +120,16 @@ __global__ void __launch_bounds__(kTileThreads, 4) tiled_forward_kernel(TiledCon
     __syncthreads();
     tiled_forward_stage(a, j, smem, threadIdx.x);
     __syncthreads();
-    tiled_forward_compute<RY>(a, j, smem, threadIdx.x);
+    for (int r = 0; r < a.rounds(); ++r) {
+      acc_t acc[RY];
+      const bool live = tiled_forward_round<RY>(a, j, smem, threadIdx.x, r, acc);
+      if (a.transposed) __syncthreads();  // the round's planes are read: their regions take the outputs
+      if (live) tiled_forward_keep<RY>(a, j, smem, threadIdx.x, r, acc);
+    }
+    if (a.transposed) {
+      __syncthreads();
+      tiled_forward_store_tiles(a, j, smem, threadIdx.x);
+    }
     __syncthreads();
   }
 }

@@ -117,12 +117,20 @@ struct EmulatedLaunch {
   }
   template <int RY>
   static void forward_ry(const TiledConv<scalar_t, acc_t>& c) {
-    std::vector<acc_t> smem(int64_t(c.cfg.planes) * c.cfg.plane_stride);
+    std::vector<acc_t> smem(int64_t(c.cfg.planes) * c.cfg.plane_stride), acc(int64_t(c.cfg.threads) * RY);
+    std::vector<char> live(c.cfg.threads);
     for (int64_t bid = 0; bid < c.blocks(); ++bid) {
       const ForwardJob j = forward_job(c, bid);
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_clear(c, smem.data(), tid);
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
-      for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_compute<RY>(c, j, smem.data(), tid);
+      for (int r = 0; r < c.rounds(); ++r) {  // (a barrier between compute and keep when transposed)
+        for (int tid = 0; tid < c.cfg.threads; ++tid)
+          live[tid] = tiled_forward_round<RY>(c, j, smem.data(), tid, r, &acc[int64_t(tid) * RY]);
+        for (int tid = 0; tid < c.cfg.threads; ++tid)
+          if (live[tid]) tiled_forward_keep<RY>(c, j, smem.data(), tid, r, &acc[int64_t(tid) * RY]);
+      }
+      if (c.transposed)
+        for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_store_tiles(c, j, smem.data(), tid);
     }
   }
 
@@ -240,7 +248,8 @@ at::Tensor emulate_table_counts(const at::Tensor& input, const at::Tensor& weigh
 }
 
 // The tile configuration a plan picks (0 forward, 1 input gradient phase (0, 0), 2 correlation): ok, rows per
-// thread, tile width, thread rows, groups, planes, threads, tile rows, tile columns, images per block.
+// thread, tile width, thread rows, groups, planes, threads, tile rows, tile columns, images per block, whether
+// the outputs are stored transposed.
 std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                          at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                          c10::string_view interpolation, int64_t kind) {
@@ -249,6 +258,7 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
   const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
   TileConfig t;
   int images = 1;
+  bool transposed = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_tile_config", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
@@ -260,8 +270,9 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
                                 : grad_input_plan<scalar_t, acc_t>(out, in.x, a, 0, 0);
     t = plan.cfg;
     images = plan.images;
+    transposed = plan.transposed;
   });
-  return {t.ok, t.ry, t.tw, t.thread_rows, t.groups, t.planes, t.threads, t.tiles_y, t.tiles_x, images};
+  return {t.ok, t.ry, t.tw, t.thread_rows, t.groups, t.planes, t.threads, t.tiles_y, t.tiles_x, images, transposed};
 }
 
 }  // namespace

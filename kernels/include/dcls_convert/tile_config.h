@@ -84,6 +84,8 @@ inline TileConfig tile_config_for(int ry, int tw, bool whole_warp_planes, int64_
     if (in_h * in_w > (int64_t(1) << 24)) continue;
     t.in_h = static_cast<int>(in_h);
     t.in_w = static_cast<int>(in_w);
+    // (the padding search below is the costly part: skip it where even unpadded planes exceed shared memory)
+    if (int64_t(t.groups) * in_h * in_w * elem_bytes > kMaxTileSmemBytes) continue;
     int planes = t.groups;
     while (planes < min_planes) planes += t.groups;
     // (the padding below only grows plane_stride, so the check runs again after it)
@@ -210,13 +212,11 @@ DCLS_HD StageRect stage_rect(int64_t y0, int64_t x0, int in_h, int in_w, int64_t
   return r;
 }
 
-// Thread tid of `threads` loads its share of rectangle R of `planes` planes: element (p, r, q) comes from
-// src[p * cs + (y0 + r) * ys + (x0 + q) * xs]. The fastest index runs across threads (channels for channels_last,
-// so a warp reads a run of neighbouring channels; else columns), the others advance without divisions.
-template <typename scalar_t, typename acc_t>
-DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs, int64_t ys,
-                          int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
-                          int threads) {
+// Thread tid of `threads` visits its share of rectangle R of `planes` planes, f(p, r, q) per element. The fastest
+// index runs across threads (channels for channels_last, so a warp touches a run of neighbouring channels; else
+// columns), the others advance without divisions.
+template <typename F>
+DCLS_HD void for_each_staged(int planes, StageRect R, bool channel_fastest, int tid, int threads, F&& f) {
   const int rows = R.r1 - R.r0, cols = R.q1 - R.q0;
   if (rows <= 0 || cols <= 0 || planes <= 0) return;
   const int nf = channel_fastest ? planes : cols;
@@ -229,10 +229,9 @@ DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar
     ++slow;
   }
   while (slow < n_slow) {
-    for (int f = tid % lanes; f < nf; f += lanes) {
-      const int p = channel_fastest ? f : slow;
-      const int r = R.r0 + (channel_fastest ? slow : mid), q = R.q0 + (channel_fastest ? mid : f);
-      smem[p * plane_stride + r * pitch + q] = static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]);
+    for (int fi = tid % lanes; fi < nf; fi += lanes) {
+      const int p = channel_fastest ? fi : slow;
+      f(p, R.r0 + (channel_fastest ? slow : mid), R.q0 + (channel_fastest ? mid : fi));
     }
     mid += per;
     while (mid >= n_mid) {
@@ -240,6 +239,27 @@ DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar
       ++slow;
     }
   }
+}
+
+// Staging: element (p, r, q) of the staged planes comes from src[p * cs + (y0 + r) * ys + (x0 + q) * xs].
+template <typename scalar_t, typename acc_t>
+DCLS_HD void stage_planes(acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs, int64_t ys,
+                          int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest, int tid,
+                          int threads) {
+  for_each_staged(planes, R, channel_fastest, tid, threads, [&](int p, int r, int q) {
+    smem[p * plane_stride + r * pitch + q] = static_cast<acc_t>(src[p * cs + (y0 + r) * ys + (x0 + q) * xs]);
+  });
+}
+
+// The reverse, for output tiles kept in shared memory: element (p, r, q) goes to dst[p * cs + (y0 + r) * ys +
+// (x0 + q) * xs].
+template <typename scalar_t, typename acc_t>
+DCLS_HD void unstage_planes(const acc_t* smem, int pitch, int plane_stride, scalar_t* dst, int64_t cs, int64_t ys,
+                            int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R, bool channel_fastest,
+                            int tid, int threads) {
+  for_each_staged(planes, R, channel_fastest, tid, threads, [&](int p, int r, int q) {
+    dst[p * cs + (y0 + r) * ys + (x0 + q) * xs] = static_cast<scalar_t>(smem[p * plane_stride + r * pitch + q]);
+  });
 }
 
 }  // namespace dcls_convert

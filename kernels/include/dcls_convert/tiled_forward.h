@@ -24,7 +24,9 @@ struct TiledConv {
   // A block stages cfg.planes = channels() x images planes: plane p is channel c0 + p / images of image
   // n0 + p % images (forward_images).
   int images = 1;
+  bool transposed = false;  // outputs kept in shared memory, then written neighbouring channels together
   DCLS_HD int channels() const { return cfg.planes / images; }
+  DCLS_HD int rounds() const { return cfg.planes / cfg.groups; }
   DCLS_HD int64_t channel_groups() const { return (C + channels() - 1) / channels(); }
   DCLS_HD int64_t image_groups() const { return (N + images - 1) / images; }
   DCLS_HD int64_t blocks() const { return image_groups() * channel_groups() * cfg.tiles_y * cfg.tiles_x; }
@@ -67,59 +69,89 @@ DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const Forw
                  a.is[1] == 1 && channels > 1, tid, t.threads);
 }
 
-// Phase 3: thread tid computes RY outputs of one column for each plane of its group.
+// Phase 3 (per round r): thread tid computes RY outputs of one column of plane group + r * groups into acc; false
+// when that plane lies past the batch or the channels.
 template <int RY, typename scalar_t, typename acc_t>
-DCLS_HD void tiled_forward_compute(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
-                                   int tid) {
+DCLS_HD bool tiled_forward_round(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
+                                 int tid, int r, acc_t acc[RY]) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
+  const int p = group + r * t.groups;
+  // groups is a multiple of images: a thread's planes share one image
+  const int64_t n = j.n0 + group % a.images, c = j.c0 + p / a.images;
+  if (n >= a.N || c >= a.C) return false;
   // 32-bit shared-memory offsets: the loads below then need one integer add each.
   const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
-  // groups is a multiple of images: the thread's planes p = group, group + groups, ... share one image
-  const int64_t n = j.n0 + group % a.images;
-  if (n >= a.N) return;
-  for (int p = group; p < t.planes; p += t.groups) {
-    const int64_t c = j.c0 + p / a.images;
-    if (c >= a.C) break;
-    const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
-    const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
-    acc_t acc[RY];
-    for (int i = 0; i < RY; ++i) acc[i] = b;
-    const TapEntry<acc_t>* e = a.table + c * a.cap;
-    const int ne = a.count[c];
-    TapEntry<acc_t> next_entry = ne > 0 ? e[0] : TapEntry<acc_t>{};
-    for (int m = 0; m < ne; ++m) {
-      const TapEntry<acc_t> en = next_entry;
-      if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
-      const acc_t* q = s + (en.dy * pitch + en.dx);
-      if (en.c1 == acc_t(0)) {
+  const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
+  const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
+  for (int i = 0; i < RY; ++i) acc[i] = b;
+  const TapEntry<acc_t>* e = a.table + c * a.cap;
+  const int ne = a.count[c];
+  TapEntry<acc_t> next_entry = ne > 0 ? e[0] : TapEntry<acc_t>{};
+  for (int m = 0; m < ne; ++m) {
+    const TapEntry<acc_t> en = next_entry;
+    if (m + 1 < ne) next_entry = e[m + 1];  // in flight while this entry's products run
+    const acc_t* q = s + (en.dy * pitch + en.dx);
+    if (en.c1 == acc_t(0)) {
 DCLS_UNROLL
-        for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
-      } else if (row == pitch) {  // stride 1: rows i and i + 1 of the staged tile serve outputs i - 1 and i
-        acc_t prev = q[0];
+      for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
+    } else if (row == pitch) {  // stride 1: rows i and i + 1 of the staged tile serve outputs i - 1 and i
+      acc_t prev = q[0];
 DCLS_UNROLL
-        for (int i = 0; i < RY; ++i) {
-          const acc_t next = q[(i + 1) * pitch];
-          acc[i] += en.c0 * prev;
-          acc[i] += en.c1 * next;
-          prev = next;
-        }
-      } else {
+      for (int i = 0; i < RY; ++i) {
+        const acc_t next = q[(i + 1) * pitch];
+        acc[i] += en.c0 * prev;
+        acc[i] += en.c1 * next;
+        prev = next;
+      }
+    } else {
 DCLS_UNROLL
-        for (int i = 0; i < RY; ++i) {
-          acc[i] += en.c0 * q[i * row];
-          acc[i] += en.c1 * q[i * row + pitch];
-        }
+      for (int i = 0; i < RY; ++i) {
+        acc[i] += en.c0 * q[i * row];
+        acc[i] += en.c1 * q[i * row + pitch];
       }
     }
-    if (ox < a.Wo) {
-      scalar_t* o = a.out + n * a.os[0] + c * a.os[1] + ox * a.os[3];
-      for (int i = 0; i < RY; ++i)
-        if (oy0 + i < a.Ho) o[(oy0 + i) * a.os[2]] = static_cast<scalar_t>(acc[i]);
-    }
   }
+  return true;
+}
+
+// Phase 4 (per round, after compute; when a.transposed, after a barrier): the outputs go to global memory, or,
+// transposed, into the plane's own staged region (no thread reads it after its round) at (row, column) of the
+// tile, for phase 5.
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_keep(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid, int r,
+                                const acc_t acc[RY]) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int p = group + r * t.groups;
+  if (a.transposed) {
+    acc_t* o = smem + (p * t.plane_stride + ly * RY * t.pitch + lx);
+    for (int i = 0; i < RY; ++i) o[i * t.pitch] = acc[i];
+    return;
+  }
+  const int64_t n = j.n0 + group % a.images, c = j.c0 + p / a.images;
+  const int64_t ox = j.tx * t.tw + lx, oy0 = j.ty * t.th() + ly * RY;
+  if (ox >= a.Wo) return;
+  scalar_t* o = a.out + n * a.os[0] + c * a.os[1] + ox * a.os[3];
+  for (int i = 0; i < RY; ++i)
+    if (oy0 + i < a.Ho) o[(oy0 + i) * a.os[2]] = static_cast<scalar_t>(acc[i]);
+}
+
+// Phase 5 (a.transposed, after a barrier): the block's output tiles to global memory, neighbouring channels
+// together (channels_last outputs: a warp writes runs of channels instead of one element per lane).
+template <typename scalar_t, typename acc_t>
+DCLS_HD void tiled_forward_store_tiles(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
+                                       int tid) {
+  const TileConfig& t = a.cfg;
+  const int64_t oy0 = j.ty * t.th(), ox0 = j.tx * t.tw;
+  const int channels = static_cast<int>(a.C - j.c0 < a.channels() ? a.C - j.c0 : a.channels());
+  const StageRect R{0, clamp_int(a.Ho - oy0, 0, t.th()), 0, clamp_int(a.Wo - ox0, 0, t.tw)};
+  for (int i = 0; i < a.images && j.n0 + i < a.N; ++i)
+    unstage_planes(smem + i * t.plane_stride, t.pitch, a.images * t.plane_stride,
+                   a.out + (j.n0 + i) * a.os[0] + j.c0 * a.os[1], a.os[1], a.os[2], a.os[3], oy0, ox0, channels, R,
+                   true, tid, t.threads);
 }
 
 }  // namespace dcls_convert

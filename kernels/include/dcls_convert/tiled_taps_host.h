@@ -67,13 +67,26 @@ struct TableBuffers {
 // DCLS_CONVERT_CUDA_TILES=first: the tiles the first GPU sessions measured (8 rows per thread where a plane has
 // 6 or more, power-of-two widths, a block's small planes from neighbouring channels), so that a benchmark can
 // time them against the chosen ones in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is).
+// DCLS_CONVERT_CUDA_TILES=direct: the chosen tiles with every output stored straight from its thread.
 inline bool first_tiles() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
   return e != nullptr && std::string(e) == "first";
 }
+inline bool direct_stores() {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
+  return e != nullptr && (std::string(e) == "first" || std::string(e) == "direct");
+}
 
 // The forward's image groups (forward_images), none with the first tiles.
-inline int plan_images(const TileConfig& t, int64_t N) { return first_tiles() ? 1 : std::max(1, forward_images(t, N)); }
+inline int plan_images(const TileConfig& t, int64_t N, bool first) { return first ? 1 : std::max(1, forward_images(t, N)); }
+
+// Outputs whose channels are neighbours in memory (channels_last) are written through shared memory when a block
+// holds several channels: a thread's outputs are one channel's column, so storing them directly writes one
+// element per lane into separate 32-byte sectors, where the transposed store writes runs of channels.
+template <typename scalar_t, typename acc_t>
+bool plan_transposed(const TiledConv<scalar_t, acc_t>& c, bool direct) {
+  return c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && !direct;
+}
 
 // Tile configurations per plan shape, chosen once: the choice tries several candidates, each with a search for
 // bank-conflict-free padding (tens of microseconds), which would otherwise be paid at every call.
@@ -111,8 +124,7 @@ TileConfig cached_tiles(const TileKey& key, Make make) {
 // larger per thread row, would stage fewer of them (56 x 28 tiles: 2 bfloat16 channels instead of 4), a cost
 // this count does not see; to be weighed on a GPU.
 inline TileConfig forward_tiles(int64_t N, int64_t C, int64_t K, int64_t out_h, int64_t out_w, int64_t Lh,
-                                int64_t Lw, int64_t sh, int64_t sw, int min_planes, int64_t elem_bytes) {
-  const bool first = first_tiles();
+                                int64_t Lw, int64_t sh, int64_t sw, int min_planes, int64_t elem_bytes, bool first) {
   const TileKey key{{first ? 2 : 0, N, C, K, out_h, out_w, Lh, Lw, sh, sw, min_planes, elem_bytes}};
   return cached_tiles(key, [&] {
     return choose_tile_config(out_h, out_w, Lh, Lw, sh, sw, false, min_planes, elem_bytes, min_planes == 1, first,
@@ -141,8 +153,10 @@ TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& o
   plane_strides(x, c.is);
   plane_strides(out, c.os);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
-  c.cfg = forward_tiles(a.N, a.C, a.K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, staged_planes(x), sizeof(acc_t));
-  c.images = plan_images(c.cfg, a.N);
+  const bool first = first_tiles();
+  c.cfg = forward_tiles(a.N, a.C, a.K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, staged_planes(x), sizeof(acc_t), first);
+  c.images = plan_images(c.cfg, a.N, first);
+  c.transposed = plan_transposed(c, direct_stores());
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
@@ -166,8 +180,11 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   c.ph = qy.padding;
   c.pw = qx.padding;
   if (qy.last < 0 || qx.last < 0) c.H = c.W = 0;  // no window offset feeds the phase: stage nothing, write zeros
-  c.cfg = forward_tiles(a.N, a.C, a.K, qy.out, qx.out, qy.window, qx.window, 1, 1, staged_planes(g), sizeof(acc_t));
-  c.images = plan_images(c.cfg, a.N);
+  const bool first = first_tiles();
+  c.cfg = forward_tiles(a.N, a.C, a.K, qy.out, qx.out, qy.window, qx.window, 1, 1, staged_planes(g), sizeof(acc_t),
+                        first);
+  c.images = plan_images(c.cfg, a.N, first);
+  c.transposed = plan_transposed(c, direct_stores());
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   return c;
 }
