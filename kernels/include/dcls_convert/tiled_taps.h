@@ -9,11 +9,13 @@
 // Forward (tiled_forward_*): a block stages its planes' input tile plus halo in shared memory once, then each
 // thread computes RY vertically adjacent outputs of one column in registers: per entry RY + 1 shared loads
 // (RY for a single row) and 2 RY multiply-adds. Lanes of a warp own neighbouring columns, and the tile pitch is
-// padded so that a warp's loads hit distinct banks. RY is 8 or 7, whichever computes fewer rows past the plane
-// (7: planes of 7 * 2^k rows, every stage of a 224-pixel network), 1 for planes under 6 rows. Planes smaller than
-// a warp are grouped by image, so that a warp's lanes share one channel's table (forward_images). The input
-// gradient is the same forward run on the output gradient with the mirrored table, once per stride phase (one at
-// stride 1; PhaseAxis in tap_tables.h).
+// padded so that a warp's loads hit distinct banks. RY is 8 or 7 (7: planes of 7 * 2^k rows, every stage of a
+// 224-pixel network, without a row past the plane), 1 for planes under 6 rows. Planes smaller than
+// a warp, or straddling warps (fitted tile widths: 56 -> 2 x 28), are grouped by image, so that a warp's lanes
+// share one channel's table (forward_images); tile_config.h picks rows, widths and groups by a cost model. A block
+// computes its planes in rounds; channels_last outputs are kept in the round's staged planes and written with
+// neighbouring channels together (TiledConv::transposed). The input gradient is the same forward run on the
+// output gradient with the mirrored table, once per stride phase (one at stride 1; PhaseAxis in tap_tables.h).
 //
 // Weight and position gradients (tiled_corr_*): S[c, e, r] = sum over (n, oy, ox) of grad_out times the input
 // under window cell (dy_e + r, dx_e). A block owns one channel and a slab of (image, tile) jobs; each thread
