@@ -121,11 +121,13 @@ def test_taps_conv_cuda_tiled_matches_gather(monkeypatch, stride):
 @pytest.mark.parametrize("shape,dtype,channels_last", [((8, 96, 56, 56), torch.float32, False),
                                                    ((40, 192, 14, 14), torch.float32, False),
                                                    ((40, 64, 7, 7), torch.bfloat16, True),
+                                                   ((8, 96, 56, 56), torch.bfloat16, True),
                                                    ((5, 8, 20, 20), torch.float32, False)])
 def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, channels_last):
     """Every output sums its bias and table entries in one order whatever the tiles, so the chosen tiles (7 rows,
-    fitted widths, image groups) and the first sessions' (DCLS_CONVERT_CUDA_TILES=first) give bitwise equal
-    forwards and input gradients; the weight/position gradients (reductions over tiles) agree to rounding."""
+    fitted widths, image groups, channels_last outputs stored through shared memory) and the first sessions'
+    (DCLS_CONVERT_CUDA_TILES=first) give bitwise equal forwards and input gradients; the weight/position gradients
+    (reductions over tiles) agree to rounding."""
     x = torch.randn(*shape, device="cuda").to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
