@@ -78,7 +78,9 @@ inline bool direct_stores() {
 }
 
 // The forward's image groups (forward_images), none with the first tiles.
-inline int plan_images(const TileConfig& t, int64_t N, bool first) { return first ? 1 : std::max(1, forward_images(t, N)); }
+inline int plan_images(const TileConfig& t, int64_t N, bool first) {
+  return first ? 1 : std::max(1, forward_images(t, N));
+}
 
 // Outputs whose channels are neighbours in memory (channels_last) are written through shared memory when a block
 // holds several channels: a thread's outputs are one channel's column, so storing them directly writes one
