@@ -155,13 +155,13 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd") if k in fns})
             # the tiles of the first GPU sessions (8 rows per thread, power-of-two widths, channel-grouped small
             # planes) against the chosen ones, same kernels, same run
-            first = {}
+            modes = {}
             for mode in ("first", "direct"):  # direct: the chosen tiles, channels_last outputs stored per thread
                 if mode == "direct" and not cl:
                     continue
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
                 try:
-                    first.update({(mode, k): v for k, v in kernel_time(
+                    modes.update({(mode, k): v for k, v in kernel_time(
                         {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")}).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TILES"]
@@ -185,9 +185,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "fwd+bwd": t["fwd+bwd"],
                 "GPU fwd": gpu["fwd"], "GPU fwd/floor": gpu["fwd"] / floor, "GPU wgrad/floor": gpu["wgrad"] / ari_ms,
                 "GPU fwd+bwd": gpu["fwd+bwd"],
-                "GPU first-tiles fwd": first["first", "fwd"], "GPU first-tiles fwd+bwd": first["first", "fwd+bwd"],
-                "first-tiles / chosen fwd+bwd": first["first", "fwd+bwd"] / gpu["fwd+bwd"],
-                "GPU direct-stores fwd": first.get(("direct", "fwd"), nan),
+                "GPU first-tiles fwd": modes["first", "fwd"], "GPU first-tiles fwd+bwd": modes["first", "fwd+bwd"],
+                "first-tiles / chosen fwd+bwd": modes["first", "fwd+bwd"] / gpu["fwd+bwd"],
+                "GPU direct-stores fwd": modes.get(("direct", "fwd"), nan),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:

@@ -95,6 +95,16 @@ def test_taps_threads(interp, case, layout, integer):
     torch.testing.assert_close(gb, want_g[3], rtol=0, atol=1e-11)
 
 
+def _check_against_oracle(x, w, p, b, args):
+    """The emulated output and all four gradients equal the float64 oracle's."""
+    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
+    out = reference.taps_conv(*leaves, *args)
+    torch.testing.assert_close(E.taps_conv(x, w, p, b, *args), out.detach(), rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [True] * 4), torch.autograd.grad(out, leaves, g)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+
+
 # fields of E.tile_config
 OK, RY, TW, THREAD_ROWS, GROUPS, PLANES, THREADS, TILES_Y, TILES_X, IMAGES, TRANSPOSED = range(11)
 
@@ -214,12 +224,7 @@ def test_forward_image_groups(size, window, N, C, layout):
             assert straddling and t[IMAGES] == t[GROUPS] > 1, t
         elif size[-1] not in (20, 28):
             assert t[IMAGES] > 1, t
-    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
-    out = reference.taps_conv(*leaves, *args)
-    torch.testing.assert_close(E.taps_conv(x, w, p, b, *args), out.detach(), rtol=0, atol=1e-12)
-    g = torch.randn_like(out)
-    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [True] * 4), torch.autograd.grad(out, leaves, g)):
-        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+    _check_against_oracle(x, w, p, b, args)
 
 
 @pytest.mark.parametrize("case", TAPS_CASES[:1] + TAPS_CASES[4:6])
@@ -401,9 +406,4 @@ def test_large_strides(size, window, stride, padding):
     w, p, _ = random_taps(D, 3, 1, 6, window, spread=1.4)
     b = torch.randn(3, dtype=torch.float64)
     args = (window, stride, padding, "bilinear")
-    leaves = [t.clone().requires_grad_() for t in (x, w, p, b)]
-    out = reference.taps_conv(*leaves, *args)
-    torch.testing.assert_close(E.taps_conv(x, w, p, b, *args), out.detach(), rtol=0, atol=1e-12)
-    g = torch.randn_like(out)
-    for a, e in zip(E.taps_conv_backward(g, x, w, p, *args, [True] * 4), torch.autograd.grad(out, leaves, g)):
-        torch.testing.assert_close(a, e, rtol=0, atol=1e-11)
+    _check_against_oracle(x, w, p, b, args)

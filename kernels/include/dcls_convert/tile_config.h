@@ -156,12 +156,12 @@ TileConfig choose_tile_config(int64_t out_h, int64_t out_w, int64_t Lh, int64_t 
                               bool extra_row, int min_planes, int64_t elem_bytes, bool fitted, bool first_only,
                               Cost cost) {
   int rys[2];
-  const int n_ry = first_only ? std::min(1, ry_candidates(out_h, rys)) : ry_candidates(out_h, rys);
+  const int n_ry = ry_candidates(out_h, rys);
   const int tw_pow2 = pow2_tile_width(out_w), tw_fit = fitted_tile_width(out_w);
   TileConfig best;
   double best_cost = 0;
   for (int w = 0; w < (fitted && !first_only && tw_fit != tw_pow2 ? 2 : 1); ++w) {
-    for (int i = 0; i < n_ry; ++i) {
+    for (int i = 0; i < (first_only ? 1 : n_ry); ++i) {
       const TileConfig t = tile_config_for(rys[i], w == 0 ? tw_pow2 : tw_fit, w == 0, out_h, out_w, Lh, Lw, sh, sw,
                                            extra_row, min_planes, elem_bytes);
       if (!t.ok) continue;

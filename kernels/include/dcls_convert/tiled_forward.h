@@ -32,6 +32,17 @@ struct TiledConv {
   DCLS_HD int64_t blocks() const { return image_groups() * channel_groups() * cfg.tiles_y * cfg.tiles_x; }
 };
 
+// Thread tid's place in a block's round r: its group, column and thread row in the group's tile, and the plane
+// it computes (group + r * groups).
+struct ForwardSlot {
+  int group, lx, ly, p;
+};
+DCLS_HD ForwardSlot forward_slot(const TileConfig& t, int tid, int r) {
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane;
+  return {group, tid % t.tw, (tid % per_plane) / t.tw, group + r * t.groups};
+}
+
 struct ForwardJob {
   int64_t n0, c0, ty, tx;  // first image, first channel, tile row, tile column
 };
@@ -75,9 +86,7 @@ template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD bool tiled_forward_round(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
                                  int tid, int r, acc_t acc[RY]) {
   const TileConfig& t = a.cfg;
-  const int per_plane = t.tw * t.thread_rows;
-  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int p = group + r * t.groups;
+  const auto [group, lx, ly, p] = forward_slot(t, tid, r);
   // groups is a multiple of images: a thread's planes share one image
   const int64_t n = j.n0 + group % a.images, c = j.c0 + p / a.images;
   if (n >= a.N || c >= a.C) return false;
@@ -123,9 +132,7 @@ template <int RY, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_forward_keep(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, acc_t* smem, int tid, int r,
                                 const acc_t acc[RY]) {
   const TileConfig& t = a.cfg;
-  const int per_plane = t.tw * t.thread_rows;
-  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int p = group + r * t.groups;
+  const auto [group, lx, ly, p] = forward_slot(t, tid, r);
   if (a.transposed) {
     acc_t* o = smem + (p * t.plane_stride + ly * RY * t.pitch + lx);
     for (int i = 0; i < RY; ++i) o[i * t.pitch] = acc[i];

@@ -65,29 +65,15 @@ struct TableBuffers {
 };
 
 // DCLS_CONVERT_CUDA_TILES=first: the tiles the first GPU sessions measured (8 rows per thread where a plane has
-// 6 or more, power-of-two widths, a block's small planes from neighbouring channels), so that a benchmark can
-// time them against the chosen ones in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is).
-// DCLS_CONVERT_CUDA_TILES=direct: the chosen tiles with every output stored straight from its thread.
-inline bool first_tiles() {
+// 6 or more, power-of-two widths, a block's small planes from neighbouring channels, outputs stored by their
+// threads), so that a benchmark can time them against the chosen ones in one run (read at every call, as
+// DCLS_CONVERT_CUDA_TAPS is). DCLS_CONVERT_CUDA_TILES=direct: the chosen tiles, outputs stored by their threads.
+enum class TileMode { kChosen, kFirst, kDirect };
+inline TileMode tile_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
-  return e != nullptr && std::string(e) == "first";
-}
-inline bool direct_stores() {
-  const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
-  return e != nullptr && (std::string(e) == "first" || std::string(e) == "direct");
-}
-
-// The forward's image groups (forward_images), none with the first tiles.
-inline int plan_images(const TileConfig& t, int64_t N, bool first) {
-  return first ? 1 : std::max(1, forward_images(t, N));
-}
-
-// Outputs whose channels are neighbours in memory (channels_last) are written through shared memory when a block
-// holds several channels: a thread's outputs are one channel's column, so storing them directly writes one
-// element per lane into separate 32-byte sectors, where the transposed store writes runs of channels.
-template <typename scalar_t, typename acc_t>
-bool plan_transposed(const TiledConv<scalar_t, acc_t>& c, bool direct) {
-  return c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && !direct;
+  if (e == nullptr) return TileMode::kChosen;
+  const std::string v(e);
+  return v == "first" ? TileMode::kFirst : (v == "direct" ? TileMode::kDirect : TileMode::kChosen);
 }
 
 // Tile configurations per plan shape, chosen once: the choice tries several candidates, each with a search for
@@ -141,7 +127,19 @@ inline TileConfig forward_tiles(int64_t N, int64_t C, int64_t K, int64_t out_h, 
   });
 }
 
-
+// A forward-like plan's tiles (the forward, each input-gradient phase) for K taps over an Lh x Lw window at the
+// plan's stride, its image groups (forward_images) and its store: outputs whose channels are neighbours in memory
+// (channels_last) are written through shared memory when a block holds several channels, since a thread's
+// outputs are one channel's column and stored directly each lane would write its own 32-byte sector.
+template <typename scalar_t, typename acc_t>
+void set_forward_tiles(TiledConv<scalar_t, acc_t>& c, int64_t K, int64_t Lh, int64_t Lw, int min_planes) {
+  const TileMode mode = tile_mode();
+  const bool first = mode == TileMode::kFirst;
+  c.cfg = forward_tiles(c.N, c.C, K, c.Ho, c.Wo, Lh, Lw, c.sh, c.sw, min_planes, sizeof(acc_t), first);
+  c.images = first ? 1 : std::max(1, forward_images(c.cfg, c.N));
+  c.transposed = c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && mode == TileMode::kChosen;
+  c.cfg.ok = c.cfg.ok && K <= kMaxTiledTaps;
+}
 
 // Forward of the tap convolution described by `a` (its x may have any strides) into `out`.
 template <typename scalar_t, typename acc_t>
@@ -155,11 +153,7 @@ TiledConv<scalar_t, acc_t> forward_plan(const at::Tensor& x, const at::Tensor& o
   plane_strides(x, c.is);
   plane_strides(out, c.os);
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
-  const bool first = first_tiles();
-  c.cfg = forward_tiles(a.N, a.C, a.K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, staged_planes(x), sizeof(acc_t), first);
-  c.images = plan_images(c.cfg, a.N, first);
-  c.transposed = plan_transposed(c, direct_stores());
-  c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
+  set_forward_tiles(c, a.K, a.Lh, a.Lw, staged_planes(x));
   return c;
 }
 
@@ -182,12 +176,7 @@ TiledConv<scalar_t, acc_t> grad_input_plan(const at::Tensor& g, const at::Tensor
   c.ph = qy.padding;
   c.pw = qx.padding;
   if (qy.last < 0 || qx.last < 0) c.H = c.W = 0;  // no window offset feeds the phase: stage nothing, write zeros
-  const bool first = first_tiles();
-  c.cfg = forward_tiles(a.N, a.C, a.K, qy.out, qx.out, qy.window, qx.window, 1, 1, staged_planes(g), sizeof(acc_t),
-                        first);
-  c.images = plan_images(c.cfg, a.N, first);
-  c.transposed = plan_transposed(c, direct_stores());
-  c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
+  set_forward_tiles(c, a.K, qy.window, qx.window, staged_planes(g));  // (a stride-1 forward)
   return c;
 }
 
@@ -205,7 +194,7 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
   // one channel per block, (image, tile) jobs in rounds of `groups`: planes may straddle warps
   const int64_t N = a.N, C = a.C, K = a.K;
-  const bool first = first_tiles();
+  const bool first = tile_mode() == TileMode::kFirst;
   const TileKey key{{first ? 3 : 1, N, C, K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, 0, int64_t(sizeof(acc_t))}};
   c.cfg = cached_tiles(key, [&] {
     return choose_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t), true, first,
