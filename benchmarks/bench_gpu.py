@@ -156,7 +156,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             # the tiles of the first GPU sessions (8 rows per thread, power-of-two widths, channel-grouped small
             # planes) against the chosen ones, same kernels, same run
             modes = {}
-            for mode in ("first", "direct"):  # direct: the chosen tiles, channels_last outputs stored per thread
+            # direct: the chosen tiles, channels_last outputs stored per thread; one-load: the chosen tiles, staging
+            # with one load in flight per thread
+            for mode in ("first", "direct", "one-load"):
                 if mode == "direct" and not cl:
                     continue
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
@@ -188,6 +190,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU first-tiles fwd": modes["first", "fwd"], "GPU first-tiles fwd+bwd": modes["first", "fwd+bwd"],
                 "first-tiles / chosen fwd+bwd": modes["first", "fwd+bwd"] / gpu["fwd+bwd"],
                 "GPU direct-stores fwd": modes.get(("direct", "fwd"), nan),
+                "GPU one-load fwd": modes["one-load", "fwd"], "GPU one-load fwd+bwd": modes["one-load", "fwd+bwd"],
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -207,7 +210,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "taps, random off-grid positions unless 'on-grid'; floor = max(memory, arithmetic at the float32 GEMM "
           "rate) for the forward; wgrad/floor uses the arithmetic floor (one correlation per corner). 'first-tiles':"
           " DCLS_CONVERT_CUDA_TILES=first (the first sessions' tile shapes and stores), same kernels; 'direct-"
-          "stores': the chosen tiles with channels_last outputs stored by their threads (=direct).")
+          "stores': the chosen tiles with channels_last outputs stored by their threads (=direct); 'one-load': "
+          "the chosen tiles, staging with one load in flight per thread (=one-load).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]

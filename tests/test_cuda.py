@@ -127,7 +127,7 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
     """Every output sums its bias and table entries in one order whatever the tiles, so the chosen tiles (7 rows,
     fitted widths, image groups, channels_last outputs stored through shared memory) and the first sessions'
     (DCLS_CONVERT_CUDA_TILES=first) give bitwise equal forwards and input gradients; the weight/position gradients
-    (reductions over tiles) agree to rounding."""
+    (reductions over tiles) agree to rounding. Staging one load at a time (=one-load) changes no bit of anything."""
     x = torch.randn(*shape, device="cuda").to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -137,13 +137,15 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
     g = torch.randn_like(ops.taps_conv(x, w, p, b, *args[:3]))
     back = torch.ops.dcls_convert.taps_conv_backward
     runs = []
-    for tiles in ("", "first"):
+    for tiles in ("", "first", "one-load"):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", tiles)
         runs.append([ops.taps_conv(x, w, p, b, *args[:3])] + list(back(g, x, w, p, *args, [True, True, True, False])))
-    (y0, gx0, gw0, gp0, _), (y1, gx1, gw1, gp1, _) = runs
+    (y0, gx0, gw0, gp0, _), (y1, gx1, gw1, gp1, _), one_load = runs
     assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
     for a, e in ((gw0, gw1), (gp0, gp1)):
         assert max_rel(a.double(), e.double()) < 1e-4
+    # loads batched or one at a time: the same values staged, the same results to the bit
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][:4], one_load[:4]))
 
 
 def test_taps_conv_cuda_window_beyond_tiles():

@@ -162,6 +162,39 @@ def test_first_tiles_switch(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, chosen))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("N, C, size, stride", [(3, 5, [12, 23], [1, 1]), (9, 2, [7, 7], [1, 1]),
+                                                (2, 6, [15, 13], [2, 3]), (1, 3, [40], [1]),
+                                                (2, 9, [40, 70], [1, 1]), (4, 3, [70, 20], [1, 1])])
+def test_batched_staging_matches_one_load(monkeypatch, layout, N, C, size, stride):
+    """Staging with several loads in flight per thread (a rectangle walked by constant steps) gives bitwise the
+    results of one load at a time (DCLS_CONVERT_CUDA_TILES=one-load): every gradient, both layouts, partly filled
+    image groups and correlation rounds, strided phases, 1-D. The emulation fills shared memory with NaN before
+    each block and round, so a cell left unwritten would show."""
+    x = torch.randn(N, C, *size)
+    if layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    window = [5, 9][:len(size)]
+    w, p, _ = random_taps(len(size), C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    b = torch.randn(C)
+    args = (window, stride, [2, 4][:len(size)], "bilinear")
+    y = E.taps_conv(x, w, p, b, *args)
+    g = torch.randn_like(y)
+    runs = {}
+    for mode in ("one-load", None):
+        if mode:
+            monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", mode)
+        else:
+            monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+        runs[mode] = [E.taps_conv(x, w, p, b, *args)] + list(E.taps_conv_backward(g, x, w, p, *args, [True] * 4))
+    assert all(torch.equal(a, b) for a, b in zip(runs["one-load"], runs[None]))
+    X, W, P, B = (t.double().requires_grad_() for t in (x, w, p, b))
+    want = reference.taps_conv(X, W, P, B, *args)
+    torch.testing.assert_close(runs[None][0].double(), want.detach(), rtol=1e-5, atol=1e-5)
+    for got, exp in zip(runs[None][1:], torch.autograd.grad(want, (X, W, P, B), g.double())):
+        torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("size, stride", [([14, 14], [1, 1]), ([7, 7], [1, 1]), ([15, 13], [2, 3]), ([40, 9], [1, 1])])
 @pytest.mark.parametrize("C", [3, 20])
 def test_channels_last_outputs_stored_transposed(monkeypatch, size, stride, C):

@@ -145,7 +145,7 @@ __device__ __forceinline__ void transpose_step(acc_t* v, int lane) {
 }
 
 template <int RY, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileThreads) tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kTileThreads, 3) tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
   const int tid = threadIdx.x, lane = tid % 32;
   const int64_t blocks = a.blocks();

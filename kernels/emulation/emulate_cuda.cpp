@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "dcls_convert/args.h"
@@ -77,6 +78,17 @@ int64_t take_launches() {
 // The launch policy of tiled_taps_ops.h on CPU: the tiled engine's blocks run one after another, each phase for
 // every thread of the block before the next phase starts (the barriers of the CUDA kernels); warps exchange
 // values as the shuffles do.
+// Shared memory as a kernel finds it: whatever ran before. NaN, so that reading a cell nobody wrote shows in
+// the results (a zero would hide it: most unwritten cells are padding that must read as zero).
+template <typename acc_t>
+acc_t poison_value() {
+  return std::numeric_limits<acc_t>::quiet_NaN();
+}
+template <typename acc_t>
+void poison(std::vector<acc_t>& smem) {
+  std::fill(smem.begin(), smem.end(), poison_value<acc_t>());
+}
+
 template <typename scalar_t, typename acc_t>
 struct EmulatedLaunch {
   static bool gather_only() { return false; }
@@ -121,6 +133,7 @@ struct EmulatedLaunch {
     std::vector<char> live(c.cfg.threads);
     for (int64_t bid = 0; bid < c.blocks(); ++bid) {
       const ForwardJob j = forward_job(c, bid);
+      poison(smem);  // what the block's previous job (or another kernel) left: no cell read may come from it
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_clear(c, smem.data(), tid);
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
       for (int r = 0; r < c.rounds(); ++r) {  // (a barrier between compute and keep when transposed)
@@ -152,6 +165,7 @@ struct EmulatedLaunch {
       std::fill(gsum.begin(), gsum.end(), acc_t(0));
       for (int tid = 0; tid < T; ++tid) tiled_corr_clear(w, smem.data(), tid);
       for (int64_t first = j.begin; first < j.end; first += w.cfg.groups) {
+        std::fill(smem.begin(), smem.begin() + int64_t(w.cfg.planes) * w.cfg.plane_stride, poison_value<acc_t>());
         for (int tid = 0; tid < T; ++tid) tiled_corr_clear_tiles(w, smem.data(), tid);
         for (int tid = 0; tid < T; ++tid) tiled_corr_stage(w, j, first, smem.data(), tid);
         for (int tid = 0; tid < T; ++tid) {

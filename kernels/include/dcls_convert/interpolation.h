@@ -11,8 +11,12 @@
 
 #if defined(__CUDACC__)
 #define DCLS_HD __host__ __device__ __forceinline__
+// A device function kept out of line: its registers are then not the kernel's (nothing of it is hoisted out of
+// the kernel's loops to stay live through them).
+#define DCLS_HD_CALL __host__ __device__ __noinline__
 #else
 #define DCLS_HD inline
+#define DCLS_HD_CALL inline
 #endif
 
 // Loop unrolling for the device compiler (host compilers warn on the pragma).

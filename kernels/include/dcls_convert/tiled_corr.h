@@ -24,6 +24,7 @@ struct TiledCorr {
   int64_t sh = 1, sw = 1, ph = 0, pw = 0;
   int64_t slabs = 1;
   TileConfig cfg;  // planes == groups: each group's plane is one (image, tile) job of the block's channel
+  bool batched = true;  // staging with several loads in flight per thread (stage_planes_batched)
   // Sums per block: two rows per entry, padded to whole groups of 16 entries, then the output-gradient sum.
   DCLS_HD int entry_values() const { return 2 * kCorrGroup * ((cap + kCorrGroup - 1) / kCorrGroup); }
   DCLS_HD int bias_value() const { return entry_values(); }
@@ -78,9 +79,15 @@ DCLS_HD void tiled_corr_stage(const TiledCorr<scalar_t, acc_t>& a, const CorrJob
   if (group >= t.groups || job >= j.end) return;
   const int64_t n = job / tiles, tile = job % tiles;
   const int64_t y0 = (tile / t.tiles_x) * t.th() * a.sh - a.ph, x0 = (tile % t.tiles_x) * t.tw * a.sw - a.pw;
-  stage_planes(smem + group * t.plane_stride, t.pitch, t.plane_stride, a.x + n * a.xs[0] + j.c * a.xs[1], a.xs[1],
-               a.xs[2], a.xs[3], y0, x0, 1, stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W), false, tid % per_plane,
-               per_plane);
+  acc_t* plane = smem + group * t.plane_stride;
+  const scalar_t* src = a.x + n * a.xs[0] + j.c * a.xs[1];
+  const StageRect R = stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W);
+  if (a.batched)
+    stage_planes_batched(plane, t.pitch, t.plane_stride, src, a.xs[1], a.xs[2], a.xs[3], y0, x0, 1, R, false,
+                         tid % per_plane, per_plane);
+  else
+    stage_planes(plane, t.pitch, t.plane_stride, src, a.xs[1], a.xs[2], a.xs[3], y0, x0, 1, R, false, tid % per_plane,
+                 per_plane);
 }
 
 // The output gradients a thread multiplies in a round (zero outside the plane or past the slab's jobs).

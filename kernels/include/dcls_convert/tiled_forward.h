@@ -25,6 +25,7 @@ struct TiledConv {
   // n0 + p % images (forward_images).
   int images = 1;
   bool transposed = false;  // outputs kept in shared memory, then written neighbouring channels together
+  bool batched = true;      // staging with several loads in flight per thread (stage_planes_batched)
   DCLS_HD int channels() const { return cfg.planes / images; }
   DCLS_HD int rounds() const { return cfg.planes / cfg.groups; }
   DCLS_HD int64_t channel_groups() const { return (C + channels() - 1) / channels(); }
@@ -74,10 +75,17 @@ DCLS_HD void tiled_forward_stage(const TiledConv<scalar_t, acc_t>& a, const Forw
   const int64_t y0 = j.ty * t.th() * a.sh - a.ph, x0 = j.tx * t.tw * a.sw - a.pw;
   const int channels = static_cast<int>(a.C - j.c0 < a.channels() ? a.C - j.c0 : a.channels());
   const StageRect R = stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W);
-  for (int i = 0; i < a.images && j.n0 + i < a.N; ++i)  // each image's channels, neighbouring channels together
-    stage_planes(smem + i * t.plane_stride, t.pitch, a.images * t.plane_stride,
-                 a.in + (j.n0 + i) * a.is[0] + j.c0 * a.is[1], a.is[1], a.is[2], a.is[3], y0, x0, channels, R,
-                 a.is[1] == 1 && channels > 1, tid, t.threads);
+  for (int i = 0; i < a.images && j.n0 + i < a.N; ++i) {  // each image's channels, neighbouring channels together
+    acc_t* planes = smem + i * t.plane_stride;
+    const scalar_t* src = a.in + (j.n0 + i) * a.is[0] + j.c0 * a.is[1];
+    const bool channel_fastest = a.is[1] == 1 && channels > 1;
+    if (a.batched)
+      stage_planes_batched(planes, t.pitch, a.images * t.plane_stride, src, a.is[1], a.is[2], a.is[3], y0, x0,
+                           channels, R, channel_fastest, tid, t.threads);
+    else
+      stage_planes(planes, t.pitch, a.images * t.plane_stride, src, a.is[1], a.is[2], a.is[3], y0, x0, channels, R,
+                   channel_fastest, tid, t.threads);
+  }
 }
 
 // Phase 3 (per round r): thread tid computes RY outputs of one column of plane group + r * groups into acc; false

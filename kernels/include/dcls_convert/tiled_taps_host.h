@@ -66,15 +66,19 @@ struct TableBuffers {
 
 // DCLS_CONVERT_CUDA_TILES=first: the tiles the first GPU sessions measured (8 rows per thread where a plane has
 // 6 or more, power-of-two widths, a block's small planes from neighbouring channels, outputs stored by their
-// threads), so that a benchmark can time them against the chosen ones in one run (read at every call, as
-// DCLS_CONVERT_CUDA_TAPS is). DCLS_CONVERT_CUDA_TILES=direct: the chosen tiles, outputs stored by their threads.
-enum class TileMode { kChosen, kFirst, kDirect };
+// threads, staging with one load in flight per thread), so that a benchmark can time them against the chosen ones
+// in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is). Each later change alone: =direct: outputs stored
+// by their threads; =one-load: staging with one load in flight per thread.
+enum class TileMode { kChosen, kFirst, kDirect, kOneLoad };
 inline TileMode tile_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
   if (e == nullptr) return TileMode::kChosen;
   const std::string v(e);
-  return v == "first" ? TileMode::kFirst : (v == "direct" ? TileMode::kDirect : TileMode::kChosen);
+  if (v == "first") return TileMode::kFirst;
+  if (v == "direct") return TileMode::kDirect;
+  return v == "one-load" ? TileMode::kOneLoad : TileMode::kChosen;
 }
+inline bool batched_staging(TileMode mode) { return mode != TileMode::kFirst && mode != TileMode::kOneLoad; }
 
 // Tile configurations per plan shape, chosen once: the choice tries several candidates, each with a search for
 // bank-conflict-free padding (tens of microseconds), which would otherwise be paid at every call.
@@ -137,7 +141,9 @@ void set_forward_tiles(TiledConv<scalar_t, acc_t>& c, int64_t K, int64_t Lh, int
   const bool first = mode == TileMode::kFirst;
   c.cfg = forward_tiles(c.N, c.C, K, c.Ho, c.Wo, Lh, Lw, c.sh, c.sw, min_planes, sizeof(acc_t), first);
   c.images = first ? 1 : std::max(1, forward_images(c.cfg, c.N));
-  c.transposed = c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && mode == TileMode::kChosen;
+  const bool transposed_stores = mode != TileMode::kFirst && mode != TileMode::kDirect;
+  c.transposed = c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && transposed_stores;
+  c.batched = batched_staging(mode);
   c.cfg.ok = c.cfg.ok && K <= kMaxTiledTaps;
 }
 
@@ -194,7 +200,9 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   c.sh = a.sh, c.sw = a.sw, c.ph = a.ph, c.pw = a.pw;
   // one channel per block, (image, tile) jobs in rounds of `groups`: planes may straddle warps
   const int64_t N = a.N, C = a.C, K = a.K;
-  const bool first = tile_mode() == TileMode::kFirst;
+  const TileMode mode = tile_mode();
+  const bool first = mode == TileMode::kFirst;
+  c.batched = batched_staging(mode);
   const TileKey key{{first ? 3 : 1, N, C, K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, 0, int64_t(sizeof(acc_t))}};
   c.cfg = cached_tiles(key, [&] {
     return choose_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t), true, first,
