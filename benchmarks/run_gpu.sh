@@ -11,22 +11,31 @@ profile=0
 if [ "${1:-}" = "--profile" ]; then profile=1; shift; fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 start=$(date +%s)
+# One device call may run 600 s: every step below gets what is left of BUDGET, in the order of what a session
+# most needs (a killed step still leaves its log in $OUT, and later steps are skipped, not lost silently).
+BUDGET=${BUDGET:-570}
+left() { echo $(( BUDGET - ($(date +%s) - start) )); }
+# min(cap, left - reserve), at least 20 s
+cap() { local l; l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 20 ] && l=20; echo "$l"; }
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 DCLS_CONVERT_CUDA=1 \
   python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
-timeout 240 python3 -m pytest tests/test_cuda.py -q -rfE -n 8 -p no:cacheprovider \
+timeout "$(cap 150 300)" python3 -m pytest tests/test_cuda.py -q -rfE -n 8 -p no:cacheprovider \
   > "$OUT/test_cuda.log" 2>&1
 echo "tests rc=$? after $(( $(date +%s) - start )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/test_cuda.log" | tail -30
-PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_gpu.py "$@" > "$OUT/bench_gpu.log" 2>&1
-echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
 if [ $profile = 1 ]; then
+  # stall reasons before timings: halving the forward loop's instructions bought nothing (RESULTS, second GPU
+  # session), so what the kernels wait on decides the next change
   for cfg in "--stage 1 --dtype float32" "--stage 1 --dtype bfloat16 --channels-last" "--stage 4 --dtype float32"; do
-    # stall reasons first: halving the forward loop's instructions bought nothing (RESULTS, second GPU session)
-    timeout 120 ncu --clock-control none --kernel-name regex:"tiled|build_tables" --launch-skip 6 --launch-count 6 \
+    [ "$(left)" -lt 300 ] && { echo "profile skipped ($cfg): $(left) s left"; continue; }
+    timeout 75 ncu --clock-control none --kernel-name regex:"tiled|build_tables" --launch-skip 5 --launch-count 5 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section SchedulerStats --section InstructionStats \
+      --section SchedulerStats --section InstructionStats --section SourceCounters \
       --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_taps.py $cfg \
       > "$OUT/ncu_$(echo $cfg | tr -d ' -').log" 2>&1
   done
   echo "profiles done after $(( $(date +%s) - start )) s"
 fi
+PYTHONUNBUFFERED=1 timeout "$(cap ${BENCH_TIMEOUT:-400} 5)" python3 benchmarks/bench_gpu.py "$@" \
+  > "$OUT/bench_gpu.log" 2>&1
+echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
