@@ -157,9 +157,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             # planes) against the chosen ones, same kernels, same run
             modes = {}
             # direct: the chosen tiles, channels_last outputs stored per thread; one-load: the chosen tiles, staging
-            # with one load in flight per thread
-            for mode in ("first", "direct", "one-load"):
-                if mode == "direct" and not cl:
+            # with one load in flight per thread; fitted-cl: fitted tile widths for channels_last too
+            for mode in ("first", "direct", "one-load", "fitted-cl"):
+                if mode in ("direct", "fitted-cl") and not cl:
                     continue
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
                 try:
@@ -191,6 +191,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "first-tiles / chosen fwd+bwd": modes["first", "fwd+bwd"] / gpu["fwd+bwd"],
                 "GPU direct-stores fwd": modes.get(("direct", "fwd"), nan),
                 "GPU one-load fwd": modes["one-load", "fwd"], "GPU one-load fwd+bwd": modes["one-load", "fwd+bwd"],
+                "GPU fitted-cl fwd+bwd": modes.get(("fitted-cl", "fwd+bwd"), nan),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -211,7 +212,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "rate) for the forward; wgrad/floor uses the arithmetic floor (one correlation per corner). 'first-tiles':"
           " DCLS_CONVERT_CUDA_TILES=first (the first sessions' tile shapes and stores), same kernels; 'direct-"
           "stores': the chosen tiles with channels_last outputs stored by their threads (=direct); 'one-load': "
-          "the chosen tiles, staging with one load in flight per thread (=one-load).")
+          "the chosen tiles, staging with one load in flight per thread (=one-load); 'fitted-cl': channels_last "
+          "forward and input gradient on fitted tile widths (=fitted-cl).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]

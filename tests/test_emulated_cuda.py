@@ -162,6 +162,28 @@ def test_first_tiles_switch(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, chosen))
 
 
+@pytest.mark.parametrize("hw, fitted", [(28, 28), (14, 14), (56, 28), (20, 20)])
+def test_fitted_tiles_for_channels_last_switch(monkeypatch, hw, fitted):
+    """DCLS_CONVERT_CUDA_TILES=fitted-cl lets channels_last forwards and input gradients take fitted tile widths
+    (the A/B arm against the power-of-two widths they keep by default): the widths change, no bit of the results."""
+    x = torch.randn(8, 8, hw, hw).contiguous(memory_format=torch.channels_last)  # (fitted 14: 8 image groups)
+    w, p, _ = random_taps(2, 8, 1, 6, [5, 9], spread=1.4, dtype=torch.float32)
+    args = ([5, 9], [1, 1], [2, 4], "bilinear")
+    g = torch.randn(8, 8, hw, hw)
+    runs = {}
+    for mode in ("fitted-cl", None):
+        if mode:
+            monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", mode)
+        else:
+            monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+        widths = [E.tile_config(x, w, p, *args, kind)[TW] for kind in (0, 1)]  # forward, input gradient
+        assert widths == ([fitted] * 2 if mode else [8 if hw <= 8 else 16 if hw <= 16 else 32] * 2), (mode, widths)
+        runs[mode] = [E.taps_conv(x, w, p, None, *args), E.taps_conv_backward(g, x, w, p, *args, [True] + [False] * 3)[0]]
+    assert all(torch.equal(a, b) for a, b in zip(runs["fitted-cl"], runs[None]))
+    torch.testing.assert_close(runs[None][0].double(), reference.taps_conv(x.double(), w.double(), p.double(), None,
+                                                                            *args), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("N, C, size, stride", [(3, 5, [12, 23], [1, 1]), (9, 2, [7, 7], [1, 1]),
                                                 (2, 6, [15, 13], [2, 3]), (1, 3, [40], [1]),

@@ -68,14 +68,16 @@ struct TableBuffers {
 // 6 or more, power-of-two widths, a block's small planes from neighbouring channels, outputs stored by their
 // threads, staging with one load in flight per thread), so that a benchmark can time them against the chosen ones
 // in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is). Each later change alone: =direct: outputs stored
-// by their threads; =one-load: staging with one load in flight per thread.
-enum class TileMode { kChosen, kFirst, kDirect, kOneLoad };
+// by their threads; =one-load: staging with one load in flight per thread. And one candidate:
+// =fitted-cl: fitted tile widths for channels_last inputs too (forward_tiles).
+enum class TileMode { kChosen, kFirst, kDirect, kOneLoad, kFittedCl };
 inline TileMode tile_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
   if (e == nullptr) return TileMode::kChosen;
   const std::string v(e);
   if (v == "first") return TileMode::kFirst;
   if (v == "direct") return TileMode::kDirect;
+  if (v == "fitted-cl") return TileMode::kFittedCl;
   return v == "one-load" ? TileMode::kOneLoad : TileMode::kChosen;
 }
 inline bool batched_staging(TileMode mode) { return mode != TileMode::kFirst && mode != TileMode::kOneLoad; }
@@ -114,12 +116,15 @@ TileConfig cached_tiles(const TileKey& key, Make make) {
 // as large as a block's groups, one channel per round) only for inputs not in channels_last, whose staging reads
 // each plane on its own anyway: channels_last staging reads neighbouring channels together, and fitted tiles,
 // larger per thread row, would stage fewer of them (56 x 28 tiles: 2 bfloat16 channels instead of 4), a cost
-// this count does not see; to be weighed on a GPU.
+// this count does not see; to be weighed on a GPU (fitted_cl: fitted widths for every layout, the A/B's other arm).
 inline TileConfig forward_tiles(int64_t N, int64_t C, int64_t K, int64_t out_h, int64_t out_w, int64_t Lh,
-                                int64_t Lw, int64_t sh, int64_t sw, int min_planes, int64_t elem_bytes, bool first) {
-  const TileKey key{{first ? 2 : 0, N, C, K, out_h, out_w, Lh, Lw, sh, sw, min_planes, elem_bytes}};
+                                int64_t Lw, int64_t sh, int64_t sw, int min_planes, int64_t elem_bytes, bool first,
+                                bool fitted_cl = false) {
+  const TileKey key{{(first ? 2 : 0) + (fitted_cl ? 4 : 0), N, C, K, out_h, out_w, Lh, Lw, sh, sw, min_planes,
+                     elem_bytes}};
+  const bool fitted = min_planes == 1 || fitted_cl;
   return cached_tiles(key, [&] {
-    return choose_tile_config(out_h, out_w, Lh, Lw, sh, sw, false, min_planes, elem_bytes, min_planes == 1, first,
+    return choose_tile_config(out_h, out_w, Lh, Lw, sh, sw, false, min_planes, elem_bytes, fitted, first,
                               [&](const TileConfig& t) {
                                 const int images = forward_images(t, N);
                                 if (images == 0) return -1.0;
@@ -139,7 +144,8 @@ template <typename scalar_t, typename acc_t>
 void set_forward_tiles(TiledConv<scalar_t, acc_t>& c, int64_t K, int64_t Lh, int64_t Lw, int min_planes) {
   const TileMode mode = tile_mode();
   const bool first = mode == TileMode::kFirst;
-  c.cfg = forward_tiles(c.N, c.C, K, c.Ho, c.Wo, Lh, Lw, c.sh, c.sw, min_planes, sizeof(acc_t), first);
+  c.cfg = forward_tiles(c.N, c.C, K, c.Ho, c.Wo, Lh, Lw, c.sh, c.sw, min_planes, sizeof(acc_t), first,
+                        mode == TileMode::kFittedCl);
   c.images = first ? 1 : std::max(1, forward_images(c.cfg, c.N));
   const bool transposed_stores = mode != TileMode::kFirst && mode != TileMode::kDirect;
   c.transposed = c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && transposed_stores;
