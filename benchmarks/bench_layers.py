@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import saved_bytes  # noqa: E402
+from common import saved_bytes  # noqa: E402
 from common import machine_line, print_table, time_interleaved  # noqa: E402
 from dcls_package import available, dcls_package_layer  # noqa: E402
 

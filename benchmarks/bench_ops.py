@@ -13,22 +13,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_line, print_table, time_interleaved  # noqa: E402
+from common import machine_line, print_table, saved_bytes, time_interleaved  # noqa: E402
 from dcls_package import available, dcls_package_layer  # noqa: E402
 
 from dcls_convert import ops  # noqa: E402
-
-
-def saved_bytes(fn) -> int:
-    total = []
-
-    def pack(t):
-        total.append(t.numel() * t.element_size())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(total)
 
 
 def bench_construct(repeats: int):

@@ -32,6 +32,19 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, war
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def saved_bytes(fn: Callable[[], object]) -> int:
+    """Bytes autograd keeps for the backward of what fn() computes (activation memory, any device)."""
+    total = []
+
+    def pack(t):
+        total.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(total)
+
+
 def machine_line() -> str:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {dev}, "

@@ -1,5 +1,6 @@
 // Autograd of the compiled ops, in C++: the forward saves only its inputs (weight, positions, sigma, and the input
-// of the tap convolution) and the backward op computes only the gradients autograd asks for. Written here rather
+// of the tap convolution where its weight or positions learn: the input gradient reads only the output gradient and
+// the taps) and the backward op computes only the gradients autograd asks for. Written here rather
 // than with torch.library.register_autograd because its Python wrapper doubled the op's host time
 // (benchmarks/bench_host.py on the CPU VM: forward 50 -> 25 us, forward + backward 148 -> 97 us), and a converted
 // ConvNeXt-T training step with AMP on an H200 is bound by the host queueing its work.
@@ -71,7 +72,15 @@ class TapsConvFunction : public torch::autograd::Function<TapsConvFunction> {
                             c10::IntArrayRef window, c10::IntArrayRef stride, c10::IntArrayRef padding,
                             c10::string_view interpolation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({input, weight, positions});
+    // Fixed taps (bloom's blur; a frozen layer) need no input in the backward: keeping it alive until then would
+    // hold one more activation per layer than the dense convolution does.
+    const bool keep_input = weight.requires_grad() || positions.requires_grad();
+    ctx->save_for_backward({keep_input ? input : at::Tensor(), weight, positions});
+    if (!keep_input) {
+      ctx->saved_data["input_sizes"] = input.sizes().vec();
+      ctx->saved_data["input_strides"] = input.strides().vec();
+      ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
+    }
     ctx->saved_data["window"] = window.vec();
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
@@ -91,7 +100,13 @@ class TapsConvFunction : public torch::autograd::Function<TapsConvFunction> {
     const auto stride = ctx->saved_data["stride"].toIntVector();
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const std::string interpolation = ctx->saved_data["interpolation"].toStringRef();
-    auto [gx, gw, gp, gb] = taps_conv_backward_op().call(grads[0], saved[0], saved[1], saved[2], window, stride,
+    at::Tensor input = saved[0];
+    if (!input.defined()) {  // its shape, layout and dtype only: the weight and position gradients are not asked for
+      const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["input_dtype"].toInt());
+      input = at::empty_strided(ctx->saved_data["input_sizes"].toIntVector(),
+                                ctx->saved_data["input_strides"].toIntVector(), grads[0].options().dtype(dtype));
+    }
+    auto [gx, gw, gp, gb] = taps_conv_backward_op().call(grads[0], input, saved[1], saved[2], window, stride,
                                                          padding, interpolation, mask);
     return {mask[0] ? gx : at::Tensor(), mask[1] ? gw : at::Tensor(), mask[2] ? gp : at::Tensor(),
             mask[3] ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -239,6 +239,33 @@ def test_bloom_blur_path_equals_dense_path():
     torch.testing.assert_close(m(x), oracle(m, x), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ["auto", "dense"])
+def test_bloom_keeps_one_blurred_input_no_larger_than_the_tent_spreads_it(engine):
+    """A depthwise bloom (7 -> 15, the blur + dilated identity) saves for its backward one activation, the blurred
+    input, spanning H + 2(s - 1) pixels per axis (the tent spreads the input by s - 1 each side; beyond that the
+    padding stays zero, and the dilated conv pads it without storing it); the fixed blur keeps nothing. It used to
+    keep the input too, and a blurred input of H + 2P - 2(s - 1) = 19 pixels per axis at 7x7 (ConvNeXt-T stage 4),
+    where the dense conv keeps the input alone."""
+    from test_taps_conv import saved_bytes
+
+    conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    m = dc.BloomConv2d.from_conv(conv, factor=2, engine=engine)
+    assert m.engine_name() == ("taps(blur+dilated)" if engine == "auto" and ops.compiled_for("taps_conv", "cpu")
+                               else "blur+dilated" if engine == "dense" else m.engine_name())
+    x = torch.randn(2, 8, 7, 7, requires_grad=True)
+    y, saved = saved_bytes(lambda: m(x))
+    params = sum(t.numel() * t.element_size() for t in (m.weight, m.bias))
+    blurred = 2 * 8 * 9 * 9 * 4
+    assert blurred <= saved - params <= blurred + 4096  # + the fixed taps and their positions (or the tent)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, m.weight, m.bias], g)
+    X, W, B = (t.detach().double().requires_grad_() for t in (x, m.weight, m.bias))
+    want = torch.autograd.grad(F.conv2d(X, bloom_kernel(W, [2, 2], True), B, padding=m._pads()[0][0], groups=8),
+                               [X, W, B], g.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: dc.DclsConv2d(4, 4, 0, 7), "kernel_count"),
     (lambda: dc.DclsConv2d(4, 4, 3, 7, sigma_min=0, interpolation="gaussian"), "sigma_min"),

@@ -43,6 +43,41 @@ def test_frozen_positions_skip_their_gradient():
     assert p.grad is None and w.grad is not None and x.grad is not None
 
 
+def saved_bytes(fn):
+    """fn()'s result and the bytes autograd saved for its backward."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(sizes)
+
+
+@requires_compiled
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fixed_taps_keep_no_input_for_the_backward(layout):
+    """Taps that do not learn (bloom's blur, a frozen layer) save only themselves: the input gradient reads the
+    output gradient and the taps, never the input, which would otherwise stay alive until the backward."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 3, 16, 12).contiguous(memory_format=fmt).requires_grad_()
+    w, p, _ = random_taps(2, 3, 1, 5, [5, 7], dtype=torch.float32)
+    args = ([5, 7], [2, 1], [2, 3])
+    y, fixed = saved_bytes(lambda: ops.taps_conv(x, w, p, None, *args))
+    assert fixed == w.numel() * 4 + p.numel() * 4
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    X = x.detach().double().requires_grad_()
+    want = torch.autograd.grad(reference.taps_conv(X, w.double(), p.double(), None, *args), X, g.double())[0]
+    torch.testing.assert_close(gx.double(), want, rtol=1e-5, atol=1e-5)
+    assert gx.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    w.requires_grad_()  # learning taps: the correlation reads the input
+    _, learning = saved_bytes(lambda: ops.taps_conv(x, w, p, None, *args))
+    assert learning == fixed + x.numel() * 4
+
+
 @pytest.mark.parametrize("D", [1, 2])
 @pytest.mark.parametrize("interp", ["bilinear", "nearest"])
 def test_opcheck_taps_conv(D, interp):

@@ -23,6 +23,21 @@ _CONV = {1: F.conv1d, 2: F.conv2d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
 
 
+class _FixedBlur(torch.autograd.Function):
+    """The depthwise tent blur (valid) of the dense path. PyTorch's convolution would keep its input for a weight
+    gradient the fixed tent never needs; here the backward is the transposed blur, which keeps only the tent."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(kern)
+        return _CONV[x.dim() - 2](x, kern, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (kern,) = ctx.saved_tensors
+        return _CONV_T[grad.dim() - 2](grad, kern, groups=grad.shape[1]), None
+
+
 @dataclass(frozen=True)
 class BloomOptions:
     """Options of `convert(model, "bloom", ...)` and `BloomConvNd.from_conv(conv, ...)`.
@@ -192,15 +207,26 @@ class _BloomConvNd(ConvertedConv):
         if not self.uses_blur_path(x.device.type):
             return super().forward(x)
         s, ndim = self.factors, self.ndim
-        # Pad as the bloomed conv would, blur with the fixed tent (valid), then the compact kernel dilated by s.
+        # Pad as the bloomed conv would, blur with the fixed tent (valid), then the compact kernel dilated by s
+        # (the padding split between the two: _blur_padding).
         pads = self._pads()
         xp, sym = pad_input(x, pads, self.padding_mode)
-        if any(sym):
-            xp = F.pad(xp, [p for p in reversed(sym) for _ in range(2)])
+        blur_pad, rest = self._blur_padding(sym)
+        if any(blur_pad):
+            xp = F.pad(xp, [p for p in reversed(blur_pad) for _ in range(2)])
         tent = self._blur_constants(x.dtype, torch.promote_types(x.dtype, torch.float32), x.device)[0]
         kern = tent.view(1, 1, *self.blur_window)
-        z = _CONV[ndim](xp, kern.expand(self.in_channels, *kern.shape[1:]), groups=self.in_channels)
-        return _CONV[ndim](z, self.weight, self.bias, self.stride, 0, s, self.groups)
+        z = _FixedBlur.apply(xp, kern.expand(self.in_channels, *kern.shape[1:]))
+        return _CONV[ndim](z, self.weight, self.bias, self.stride, rest, s, self.groups)
+
+    def _blur_padding(self, padding: list[int]) -> tuple[list[int], list[int]]:
+        """Splits the bloomed conv's zero padding P (per axis) between the blur and the dilated conv. The tent
+        reaches s - 1 pixels, so the blur of the padded input is zero beyond 2(s - 1) of padding: the blur takes
+        min(P, 2(s - 1)) and the dilated conv the rest, which it pads without storing. The blurred input, which the
+        dilated conv keeps for its weight gradient, then spans H + 2(s - 1) instead of H + 2P - 2(s - 1) pixels
+        (ConvNeXt-T's 7x7 planes, 7 -> 15: 9x9 instead of 19x19)."""
+        blur = [min(p, 2 * (f - 1)) for p, f in zip(padding, self.factors)]
+        return blur, [p - b for p, b in zip(padding, blur)]
 
     def _blur_constants(self, dtype: torch.dtype, pdt: torch.dtype, device: torch.device):
         """The fixed tent taps (1, T) and both convolutions' on-grid positions (D, 1, 1, n), built once per
@@ -240,12 +266,12 @@ class _BloomConvNd(ConvertedConv):
         low = xp.dtype in (torch.float16, torch.bfloat16)
         tdt = pdt if low and ops.compiled_for("taps_conv", xp.device.type) else xp.dtype
         tent, tent_pos, pos = self._blur_constants(tdt, pdt, xp.device)
+        blur_pad, rest = self._blur_padding(sym)
         z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None, self.blur_window,
-                          [1] * self.ndim, sym, "nearest")  # valid blur
+                          [1] * self.ndim, blur_pad, "nearest")
         w = self.weight.flatten(2)
         dilated = [f * (k - 1) + 1 for f, k in zip(s, self.kernel_size)]
-        return ops.taps_conv(z, w, pos.expand(self.ndim, *w.shape), self.bias, dilated, self.stride,
-                             [0] * self.ndim, "nearest")
+        return ops.taps_conv(z, w, pos.expand(self.ndim, *w.shape), self.bias, dilated, self.stride, rest, "nearest")
 
     def extra_repr(self) -> str:
         s = self._conv_repr()
