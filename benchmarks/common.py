@@ -33,16 +33,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, war
 
 
 def saved_bytes(fn: Callable[[], object]) -> int:
-    """Bytes autograd keeps for the backward of what fn() computes (activation memory, any device)."""
-    total = []
+    """Bytes autograd keeps for the backward of what fn() computes (activation memory, any device): the storages
+    of the saved tensors, each once (an expanded view costs its base, a tensor saved twice costs it once)."""
+    storages = {}
 
     def pack(t):
-        total.append(t.numel() * t.element_size())
+        st = t.untyped_storage()
+        storages[(st.device, st.data_ptr())] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return sum(total)
+    return sum(storages.values())
 
 
 def machine_line() -> str:
