@@ -266,6 +266,21 @@ def test_bloom_keeps_one_blurred_input_no_larger_than_the_tent_spreads_it(engine
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
 
+def test_bloom_blur_path_trains_under_autocast():
+    """The dense path's fixed blur under autocast: its forward runs in bfloat16, its backward too."""
+    m = dc.BloomConv2d(8, 16, 3, factor=2, padding=3, engine="dense")
+    assert m.engine_name() == "blur+dilated"
+    x = torch.randn(2, 8, 17, 17, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().sum().backward()
+    X = x.detach().requires_grad_()
+    m.weight.grad, wg = None, m.weight.grad
+    m(X).sum().backward()
+    torch.testing.assert_close(x.grad, X.grad, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(wg, m.weight.grad, rtol=0.05, atol=0.5)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: dc.DclsConv2d(4, 4, 0, 7), "kernel_count"),
     (lambda: dc.DclsConv2d(4, 4, 3, 7, sigma_min=0, interpolation="gaussian"), "sigma_min"),

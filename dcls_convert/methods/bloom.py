@@ -34,8 +34,8 @@ class _FixedBlur(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (kern,) = ctx.saved_tensors
-        return _CONV_T[grad.dim() - 2](grad, kern, groups=grad.shape[1]), None
+        (kern,) = ctx.saved_tensors  # (under autocast the forward ran in 16 bits, and so does its gradient)
+        return _CONV_T[grad.dim() - 2](grad, kern.to(grad.dtype), groups=grad.shape[1]), None
 
 
 @dataclass(frozen=True)
