@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table  # noqa: E402
 
 from dcls_convert import ops  # noqa: E402
+from dcls_convert.methods import bloom  # noqa: E402
 
 STAGES = [(64, 96, 56, 56), (64, 192, 28, 28), (64, 384, 14, 14), (64, 768, 7, 7)]
 
@@ -374,6 +375,8 @@ def _swap_in_dcls_package(model):
 
 # the dcls variant run with DCLS_CONVERT_CUDA_TILES=first (the first sessions' tiles), to time the tile choice
 FIRST_TILES = "dcls, first tiles"
+# bloom with its fixed blur on cuDNN and the dilated taps on the tap engine (bloom.CONV_BLUR_DEVICES)
+BLUR_ON_CUDNN = "bloom, blur on cuDNN"
 
 
 def _variants(name):
@@ -406,7 +409,7 @@ def _variants(name):
            "dcls, positions off grid": off_grid(convert("dcls", **dcls_options)),
            FIRST_TILES: convert("dcls", **dcls_options),
            "dcls engine=dense": convert("dcls", engine="dense", **dcls_options),
-           "partial": convert("partial"), "bloom": convert("bloom"),
+           "partial": convert("partial"), "bloom": convert("bloom"), BLUR_ON_CUDNN: convert("bloom"),
            "bloom engine=dense": convert("bloom", engine="dense")}
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
@@ -471,6 +474,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             opt = torch.optim.SGD(m.parameters(), lr=1e-3)
             if variant == FIRST_TILES:
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
+            bloom.CONV_BLUR_DEVICES = {"cuda"} if variant == BLUR_ON_CUDNN else set()
             for amp in (True, False):
                 def step(m=m, opt=opt, amp=amp):
                     with torch.autocast("cuda", torch.bfloat16, enabled=amp):
@@ -488,6 +492,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                              "ms/step": ms, "images/s": 64e3 / ms,
                              "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
+            bloom.CONV_BLUR_DEVICES = set()
             del m, opt
             torch.cuda.empty_cache()
     base = {(r["model"], r["precision"]): r for r in rows if r["variant"] == "original"}

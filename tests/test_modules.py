@@ -266,6 +266,25 @@ def test_bloom_keeps_one_blurred_input_no_larger_than_the_tent_spreads_it(engine
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
 
+def test_bloom_blur_on_torch_conv_with_dilated_taps(monkeypatch):
+    """The mixed depthwise bloom (bloom.CONV_BLUR_DEVICES: the fixed blur on PyTorch's convolution, the dilated taps
+    on the tap engine) equals the bloomed kernel's convolution, gradients included, and keeps one blurred input."""
+    from dcls_convert.methods import bloom
+    from test_taps_conv import saved_bytes
+
+    monkeypatch.setattr(bloom, "CONV_BLUR_DEVICES", {"cpu"})
+    m = dc.BloomConv2d.from_conv(nn.Conv2d(6, 6, 7, padding=3, groups=6, dtype=torch.float64), factor=2)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64, requires_grad=True)
+    y, saved = saved_bytes(lambda: m(x))
+    assert saved < 2 * 6 * 11 * 13 * 8 + 4096  # the blurred input, the taps, the tent
+    torch.testing.assert_close(y, oracle(m, x), rtol=0, atol=1e-12)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, m.weight], g)
+    want = torch.autograd.grad(oracle(m, x), [x, m.weight], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
 def test_bloom_blur_path_trains_under_autocast():
     """The dense path's fixed blur under autocast: its forward runs in bfloat16, its backward too."""
     m = dc.BloomConv2d(8, 16, 3, factor=2, padding=3, engine="dense")

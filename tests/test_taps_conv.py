@@ -44,16 +44,18 @@ def test_frozen_positions_skip_their_gradient():
 
 
 def saved_bytes(fn):
-    """fn()'s result and the bytes autograd saved for its backward."""
-    sizes = []
+    """fn()'s result and the bytes autograd keeps for its backward: the saved tensors' storages, each once (an
+    expanded view costs its base)."""
+    storages = {}
 
     def pack(t):
-        sizes.append(t.numel() * t.element_size())
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    return out, sum(sizes)
+    return out, sum(storages.values())
 
 
 @requires_compiled

@@ -24,18 +24,21 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
 
 
 class _FixedBlur(torch.autograd.Function):
-    """The depthwise tent blur (valid) of the dense path. PyTorch's convolution would keep its input for a weight
-    gradient the fixed tent never needs; here the backward is the transposed blur, which keeps only the tent."""
+    """The depthwise tent blur on PyTorch's convolutions (zero padding). Their autograd would keep the input for a
+    weight gradient the fixed tent never needs; here the backward is the transposed blur, which keeps only the
+    tent."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, kern: torch.Tensor, padding: list[int]) -> torch.Tensor:
         ctx.save_for_backward(kern)
-        return _CONV[x.dim() - 2](x, kern, groups=x.shape[1])
+        ctx.padding = padding
+        return _CONV[x.dim() - 2](x, kern, padding=padding, groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (kern,) = ctx.saved_tensors  # (under autocast the forward ran in 16 bits, and so does its gradient)
-        return _CONV_T[grad.dim() - 2](grad, kern.to(grad.dtype), groups=grad.shape[1]), None
+        blurred = _CONV_T[grad.dim() - 2](grad, kern.to(grad.dtype), padding=ctx.padding, groups=grad.shape[1])
+        return blurred, None, None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class BloomOptions:
 # Depthwise bloom on CUDA: the tap engine (blur taps + dilated taps) when True, else cuDNN's depthwise
 # convolutions (tent blur, then the compact kernel dilated). Set from benchmarks/bench_gpu.py (RESULTS.md).
 TAPS_ON_CUDA = True
+# Device types whose depthwise bloom runs the fixed blur on PyTorch's convolution (cuDNN: one kernel each way, no
+# table; the tent in the input's dtype, inexact in 16 bits for factors 3 and 5) and the dilated taps on the tap
+# engine, instead of both on the tap engine (a table build and a tiled kernel each way for each). Empty until
+# bench_gpu.py's "bloom, blur on cuDNN" row says it is faster on CUDA.
+CONV_BLUR_DEVICES: set[str] = set()
 
 
 def tent(s: int, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -212,11 +220,9 @@ class _BloomConvNd(ConvertedConv):
         pads = self._pads()
         xp, sym = pad_input(x, pads, self.padding_mode)
         blur_pad, rest = self._blur_padding(sym)
-        if any(blur_pad):
-            xp = F.pad(xp, [p for p in reversed(blur_pad) for _ in range(2)])
         tent = self._blur_constants(x.dtype, torch.promote_types(x.dtype, torch.float32), x.device)[0]
         kern = tent.view(1, 1, *self.blur_window)
-        z = _FixedBlur.apply(xp, kern.expand(self.in_channels, *kern.shape[1:]))
+        z = _FixedBlur.apply(xp, kern.expand(self.in_channels, *kern.shape[1:]), blur_pad)
         return _CONV[ndim](z, self.weight, self.bias, self.stride, rest, s, self.groups)
 
     def _blur_padding(self, padding: list[int]) -> tuple[list[int], list[int]]:
@@ -267,8 +273,12 @@ class _BloomConvNd(ConvertedConv):
         tdt = pdt if low and ops.compiled_for("taps_conv", xp.device.type) else xp.dtype
         tent, tent_pos, pos = self._blur_constants(tdt, pdt, xp.device)
         blur_pad, rest = self._blur_padding(sym)
-        z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None, self.blur_window,
-                          [1] * self.ndim, blur_pad, "nearest")
+        if xp.device.type in CONV_BLUR_DEVICES:
+            kern = tent.to(xp.dtype).view(1, 1, *self.blur_window)
+            z = _FixedBlur.apply(xp, kern.expand(C, *kern.shape[1:]), blur_pad)
+        else:
+            z = ops.taps_conv(xp, tent.expand(C, 1, -1), tent_pos.expand(self.ndim, C, 1, -1), None,
+                              self.blur_window, [1] * self.ndim, blur_pad, "nearest")
         w = self.weight.flatten(2)
         dilated = [f * (k - 1) + 1 for f, k in zip(s, self.kernel_size)]
         return ops.taps_conv(z, w, pos.expand(self.ndim, *w.shape), self.bias, dilated, self.stride, rest, "nearest")
