@@ -191,8 +191,7 @@ def test_fitted_tiles_for_channels_last_switch(monkeypatch, hw, fitted):
 def test_batched_staging_matches_one_load(monkeypatch, layout, N, C, size, stride):
     """Staging with several loads in flight per thread (a rectangle walked by constant steps) gives bitwise the
     results of one load at a time (DCLS_CONVERT_CUDA_TILES=one-load): every gradient, both layouts, partly filled
-    image groups and correlation rounds, strided phases, 1-D. The emulation fills shared memory with NaN before
-    each block and round, so a cell left unwritten would show."""
+    image groups and correlation rounds, strided phases, 1-D, planes larger than a tile both ways."""
     x = torch.randn(N, C, *size)
     if layout == "channels_last" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -110,8 +110,16 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   }
 }
 
+// Resident blocks per SM the tiled kernels ask registers for: float accumulation fits (forward 64 registers,
+// correlation 80); float64, for tests only, would spill under those bounds and asks for fewer blocks.
+template <typename acc_t>
+constexpr int tile_blocks_per_sm(int for_float) {
+  return sizeof(acc_t) == 8 ? 1 : for_float;
+}
+
 template <int RY, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileThreads, 4) tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(4))
+    tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
   const int64_t blocks = a.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
@@ -145,7 +153,8 @@ __device__ __forceinline__ void transpose_step(acc_t* v, int lane) {
 }
 
 template <int RY, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileThreads, 3) tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
+    tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
   const int tid = threadIdx.x, lane = tid % 32;
   const int64_t blocks = a.blocks();

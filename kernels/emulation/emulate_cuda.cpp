@@ -78,8 +78,9 @@ int64_t take_launches() {
 // The launch policy of tiled_taps_ops.h on CPU: the tiled engine's blocks run one after another, each phase for
 // every thread of the block before the next phase starts (the barriers of the CUDA kernels); warps exchange
 // values as the shuffles do.
-// Shared memory as a kernel finds it: whatever ran before. NaN, so that reading a cell nobody wrote shows in
-// the results (a zero would hide it: most unwritten cells are padding that must read as zero).
+// Shared memory as a kernel finds it: whatever ran before. NaN, so that a cell that neither the clearing pass nor
+// the staging writes shows in the results (a zero left from an earlier block would hide it). A cell the staging
+// misses inside the input reads the clearing's zero instead, which the comparisons with the oracle catch.
 template <typename acc_t>
 acc_t poison_value() {
   return std::numeric_limits<acc_t>::quiet_NaN();

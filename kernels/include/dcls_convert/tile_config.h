@@ -278,14 +278,11 @@ DCLS_HD_CALL void stage_planes_batched(acc_t* smem, int pitch, int plane_stride,
   const int64_t step_off = per_mid * g_mid + per_slow * g_slow, wrap_off = g_slow - n_mid * g_mid;
   const scalar_t* origin = src + ((y0 + R.r0) * ys + (x0 + R.q0) * xs);  // the rectangle's first cell
   acc_t* first = smem + (R.r0 * pitch + R.q0);
+  const int mid0 = (tid / lanes) % n_mid, slow0 = tid / lanes / n_mid;  // the thread's first cell
   for (int f = tid % lanes; f < nf; f += lanes) {
     const scalar_t* from = origin + f * gf;
     acc_t* to = first + f * sf;
-    int mid = tid / lanes, slow = 0;
-    while (mid >= n_mid) {  // (once per thread)
-      mid -= n_mid;
-      ++slow;
-    }
+    int mid = mid0, slow = slow0;
     int at = mid * s_mid + slow * s_slow;
     int64_t off = mid * g_mid + slow * g_slow;
     while (slow < n_slow) {
