@@ -206,7 +206,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
                             "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
             rows.append(row)
-            print(f"  measured {row['shape']} L={window} {row['dtype']}", flush=True)
+            # the row as soon as it is measured: a run cut short by its time limit keeps what it measured
+            print(f"  measured {row['shape']} L={window} {row['dtype']}: "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
     print("\nPer layer, ms (medians of CUDA-event timings around one call: what a caller waits, host included); "
           "'GPU' columns: the kernels' own device time (profiler), which the floors are about. K = 34 bilinear "
           "taps, random off-grid positions unless 'on-grid'; floor = max(memory, arithmetic at the float32 GEMM "
@@ -491,6 +493,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 rows.append({"model": model_name, "variant": variant, "precision": "AMP bf16" if amp else "fp32",
                              "ms/step": ms, "images/s": 64e3 / ms,
                              "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
+                print(f"  measured {model_name} / {variant} / {rows[-1]['precision']}: {ms:.1f} ms/step, "
+                      f"{rows[-1]['peak GiB']:.2f} GiB", flush=True)
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
             bloom.CONV_BLUR_DEVICES = set()
             del m, opt
