@@ -1,0 +1,44 @@
+"""The GPU benchmark's tables build: device time is short and rare, so a Python error in benchmarks/bench_gpu.py
+must show here, not on the card. Timings are stubbed and the layers run small on CPU; nothing here measures."""
+import os
+import sys
+
+import torch
+
+from helpers import requires_compiled
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+
+@requires_compiled
+def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
+    import bench_gpu
+
+    def cpu_inputs(shape, dtype, channels_last, window, K, on_grid, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        N, C, H, W = shape
+        x = torch.randn(N, C, H, W, generator=g).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(C, 1, K, generator=g) * 0.1).to(dtype)
+        return x, w, (torch.rand(2, C, 1, K, generator=g) - 0.5) * (window - 1)
+
+    modes_seen = []
+
+    def kernel_time(fns, **_):
+        modes_seen.append(os.environ.get("DCLS_CONVERT_CUDA_TILES"))
+        return {k: (fn(), 0.5)[1] for k, fn in fns.items()}
+
+    monkeypatch.setattr(bench_gpu, "STAGES", [(2, 8, 14, 14)])
+    monkeypatch.setattr(bench_gpu, "layer_inputs", cpu_inputs)
+    monkeypatch.setattr(bench_gpu, "cuda_time", lambda fns, **_: {k: (fn(), 1.0)[1] for k, fn in fns.items()})
+    monkeypatch.setattr(bench_gpu, "kernel_time", kernel_time)
+    rows = bench_gpu.run_layers(quick=True, fl={"copy": 1e12, "f32": 5e13, "bf16": 7e14}, taps_only=True,
+                                gather=False)
+    assert [r["dtype"] for r in rows] == ["fp32 NCHW", "bf16 CL"]
+    # every A/B arm ran with its switch set, and left it unset
+    assert set(modes_seen) == {None, "first", "direct", "one-load", "fitted-cl"}
+    assert "DCLS_CONVERT_CUDA_TILES" not in os.environ
+    for col in ("GPU fwd", "GPU first-tiles fwd+bwd", "GPU one-load fwd+bwd", "GPU fitted-cl fwd+bwd"):
+        assert col in rows[1] and rows[1][col] == 0.5, col
+    assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured
