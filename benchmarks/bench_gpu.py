@@ -153,19 +153,22 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 if window == 17:
                     fns.update(dense_fns(x, 17, "cudnn17 "))
             t = cuda_time(fns)
-            gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd") if k in fns})
+            gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd", "on-grid fwd")
+                               if k in fns})
             # the tiles of the first GPU sessions (8 rows per thread, power-of-two widths, channel-grouped small
             # planes) against the chosen ones, same kernels, same run
             modes = {}
             # direct: the chosen tiles, channels_last outputs stored per thread; one-load: the chosen tiles, staging
-            # with one load in flight per thread; fitted-cl: fitted tile widths for channels_last too
-            for mode in ("first", "direct", "one-load", "fitted-cl"):
+            # with one load in flight per thread; fitted-cl: fitted tile widths for channels_last too; unpaired:
+            # on-grid tables without paired rows (on-grid taps are where rows pair)
+            for mode in ("first", "direct", "one-load", "fitted-cl", "unpaired"):
                 if mode in ("direct", "fitted-cl") and not cl:
                     continue
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
                 try:
-                    modes.update({(mode, k): v for k, v in kernel_time(
-                        {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")}).items()})
+                    timed = ({"on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]} if mode == "unpaired" else
+                             {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")})
+                    modes.update({(mode, k): v for k, v in kernel_time(timed).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TILES"]
             if gather and not taps_only:
@@ -193,6 +196,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU direct-stores fwd": modes.get(("direct", "fwd"), nan),
                 "GPU one-load fwd": modes["one-load", "fwd"], "GPU one-load fwd+bwd": modes["one-load", "fwd+bwd"],
                 "GPU fitted-cl fwd+bwd": modes.get(("fitted-cl", "fwd+bwd"), nan),
+                "GPU on-grid fwd": gpu["on-grid fwd"], "GPU unpaired on-grid fwd": modes["unpaired", "on-grid fwd"],
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -216,7 +220,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           " DCLS_CONVERT_CUDA_TILES=first (the first sessions' tile shapes and stores), same kernels; 'direct-"
           "stores': the chosen tiles with channels_last outputs stored by their threads (=direct); 'one-load': "
           "the chosen tiles, staging with one load in flight per thread (=one-load); 'fitted-cl': channels_last "
-          "forward and input gradient on fitted tile widths (=fitted-cl).")
+          "forward and input gradient on fitted tile widths (=fitted-cl); 'unpaired': on-grid tables without "
+          "paired rows (=unpaired).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]

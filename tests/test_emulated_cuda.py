@@ -153,11 +153,12 @@ def test_first_tiles_switch(monkeypatch):
         assert t[RY] == 8 and t[TW] == 8 and t[IMAGES] == 1, (kind, t)
     torch.testing.assert_close(E.taps_conv(x, w, p, None, *args), reference.taps_conv(x, w, p, None, *args),
                                rtol=0, atol=1e-12)
-    # an output sums its entries in one order whatever the tiles: forward and input gradient bitwise equal
+    # an output sums its entries in one order whatever the tiles: forward and input gradient bitwise equal to the
+    # chosen tiles' with the same (unpaired) tables
     xf, wf, pf = x.float(), w.float(), p.float()
     g = torch.randn(4, 3, 7, 7)
     first = [E.taps_conv(xf, wf, pf, None, *args), E.taps_conv_backward(g, xf, wf, pf, *args, [True] * 3 + [False])[0]]
-    monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", "unpaired")
     chosen = [E.taps_conv(xf, wf, pf, None, *args), E.taps_conv_backward(g, xf, wf, pf, *args, [True] * 3 + [False])[0]]
     assert all(torch.equal(a, b) for a, b in zip(first, chosen))
 
@@ -421,6 +422,37 @@ def test_tables_drop_offsets_that_never_meet_the_input():
     # the same taps on a plane large enough for every offset: nothing dropped (corner: column 17 lies outside)
     big = torch.randn(1, 1, 20, 20, dtype=torch.float64)
     assert [int(E.table_counts(big, w, p, *args, kind)[0]) for kind in range(3)] == [4, 4, 7]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tables_pair_single_rows(monkeypatch, stride):
+    """On-grid taps come as single-row entries; the forward and (stride 1) mirrored tables pair rows 2m and 2m + 1 of
+    a column into one two-row entry: a dense 7x7 kernel's 49 entries become 28 (21 pairs and row 6 alone). The
+    correlation's corner table, and a strided input gradient's phases (every other row), keep theirs. Results equal
+    the unpaired tables' (DCLS_CONVERT_CUDA_TILES=unpaired) and the oracle."""
+    x = torch.randn(2, 3, 12, 13)
+    cells = torch.arange(49)
+    p = torch.stack([cells // 7 - 3, cells % 7 - 3]).float().view(2, 1, 1, 49).expand(2, 3, 1, 49).contiguous()
+    w = torch.randn(3, 1, 49)
+    w[1, 0, 10] = 0.0  # a zero tap: its cell has no entry, its partner stays a single row (48 -> 28)
+    args = ([7, 7], [stride, stride], [3, 3], "bilinear")
+    paired = [E.table_counts(x, w, p, *args, kind).tolist() for kind in range(3)]
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", "unpaired")
+    unpaired = [E.table_counts(x, w, p, *args, kind).tolist() for kind in range(3)]
+    y_unpaired = E.taps_conv(x, w, p, None, *args)
+    g = torch.randn_like(y_unpaired)
+    gx_unpaired = E.taps_conv_backward(g, x, w, p, *args, [True, False, False, False])[0]
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+    assert unpaired[0] == [49, 48, 49] and paired[0] == [28, 28, 28]
+    assert paired[1] == ([28, 28, 28] if stride == 1 else unpaired[1]) and paired[2] == unpaired[2]
+    y = E.taps_conv(x, w, p, None, *args)
+    gx = E.taps_conv_backward(g, x, w, p, *args, [True, False, False, False])[0]
+    torch.testing.assert_close(y, y_unpaired, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_unpaired, rtol=1e-5, atol=1e-5)
+    X = x.double().requires_grad_()
+    want = reference.taps_conv(X, w.double(), p.double(), None, *args)
+    torch.testing.assert_close(y.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx.double(), torch.autograd.grad(want, X, g.double())[0], rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=80, deadline=None)

@@ -93,6 +93,10 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
     for (int i = tid; i < n; i += kTableThreads)
       table_merge(i, n, kind, a.Lw, cand, valid, use_map ? slot : nullptr, dup, merged, keep);
     __syncthreads();
+    if (table_pairs_rows(b, a)) {
+      for (int i = tid; i < n; i += kTableThreads) table_pair_rows(i, a.Lh, a.Lw, valid, slot, merged, keep);
+      __syncthreads();
+    }
     // Exclusive scan of the threads' kept counts: within warps by shuffles, then over the warp totals.
     const int kept = table_count_kept(tid, n, kTableThreads, keep);
     int inclusive = kept;

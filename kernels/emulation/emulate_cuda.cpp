@@ -115,6 +115,9 @@ struct EmulatedLaunch {
       for (int i = 0; i < n; ++i)
         table_merge(i, n, b.kind, a.Lw, cand.data(), valid.data(), use_map ? slot.data() : nullptr, dup.data(),
                     merged.data(), keep.data());
+      if (table_pairs_rows(b, a))
+        for (int i = n - 1; i >= 0; --i)  // (reverse order: a pair read after its partner changed would show)
+          table_pair_rows(i, a.Lh, a.Lw, valid.data(), slot.data(), merged.data(), keep.data());
       offset[0] = 0;
       for (int t = 0; t < kTableThreads; ++t)
         offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data());

@@ -44,6 +44,7 @@ template <typename acc_t>
 struct TableBuild {
   int kind = kForwardTable;
   bool need_pos = false;  // kCornerTable: every in-window corner (positions learn), else nonzero ones only
+  bool pair_rows = false;  // kForwardTable, kMirroredTable at stride 1: single rows paired (table_pair_rows)
   int ry = 0, rx = 0;     // kMirroredTable: the phase
   TapEntry<acc_t>* table = nullptr;  // (C, capacity) entries
   int* count = nullptr;              // (C) entries kept per channel
@@ -177,6 +178,29 @@ DCLS_HD void table_merge(int i, int n, int kind, int64_t Lw, const TapEntry<acc_
   }
   merged[i] = m;
   keep[i] = (kind == kCornerTable || m.c0 != acc_t(0) || m.c1 != acc_t(0)) ? 1 : 0;
+}
+
+// Phase 5b (per candidate, after the merge; b.pair_rows and the cell map only): single-row entries of rows 2m and
+// 2m + 1 of one column become one two-row entry (the even one's, the odd one dropped). A thread's outputs then
+// read RY + 1 staged values for both instead of 2 RY: on-grid taps (a freshly converted layer, partial's island,
+// bloom's blur) come as single rows, and a dense 7x7 island's 49 entries become 28 (21 pairs, 7 single rows).
+// Pairs are fixed (rows 2m, 2m + 1), so each entry has one partner to look up and no two threads touch one entry.
+// Whether a build pairs rows: asked for, with the cell map, and rows adjacent in the table's own window (a strided
+// input-gradient phase keeps every s-th row, never two adjacent ones).
+template <typename scalar_t, typename acc_t>
+DCLS_HD bool table_pairs_rows(const TableBuild<acc_t>& b, const TapsArgs<scalar_t, acc_t>& a) {
+  return b.pair_rows && table_uses_map(a.Lh, a.Lw) &&
+         (b.kind == kForwardTable || (b.kind == kMirroredTable && a.sh == 1));
+}
+
+template <typename acc_t>
+DCLS_HD void table_pair_rows(int i, int64_t Lh, int64_t Lw, const unsigned char* valid, const int* slot,
+                             TapEntry<acc_t>* merged, unsigned char* keep) {
+  if (!valid[i] || !keep[i] || merged[i].c1 != acc_t(0) || merged[i].dy % 2 != 0 || merged[i].dy + 1 >= Lh) return;
+  const int j = slot[(merged[i].dy + 1) * static_cast<int>(Lw) + merged[i].dx];
+  if (j == kNoOwner || !keep[j] || merged[j].c1 != acc_t(0)) return;
+  merged[i].c1 = merged[j].c0;
+  keep[j] = 0;
 }
 
 // Phase 6, compaction: thread t owns candidates [t * chunk, (t + 1) * chunk); it counts its kept entries, the

@@ -28,6 +28,8 @@ inline int staged_planes(const at::Tensor& x) {
   return taps_memory_format(x) == at::MemoryFormat::ChannelsLast ? static_cast<int>(32 / x.element_size()) : 1;
 }
 
+inline bool pair_rows_mode();  // (below, with the other switches of DCLS_CONVERT_CUDA_TILES)
+
 // The tap tables of one op call on the device of `like`, in one allocation: the tables' (C, capacity) entries,
 // then their (C) counts. add() reserves the next table, bind() points a plan at one; builds lists them all for
 // one launch.
@@ -50,6 +52,7 @@ struct TableBuffers {
     const int i = builds.n++;
     builds.job[i].kind = kind;
     builds.job[i].need_pos = need_pos;
+    builds.job[i].pair_rows = kind != kCornerTable && pair_rows_mode();
     builds.job[i].ry = ry;
     builds.job[i].rx = rx;
     builds.job[i].table = entries + i * per_table;
@@ -68,9 +71,10 @@ struct TableBuffers {
 // 6 or more, power-of-two widths, a block's small planes from neighbouring channels, outputs stored by their
 // threads, staging with one load in flight per thread), so that a benchmark can time them against the chosen ones
 // in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is). Each later change alone: =direct: outputs stored
-// by their threads; =one-load: staging with one load in flight per thread. And one candidate:
-// =fitted-cl: fitted tile widths for channels_last inputs too (forward_tiles).
-enum class TileMode { kChosen, kFirst, kDirect, kOneLoad, kFittedCl };
+// by their threads; =one-load: staging with one load in flight per thread; =unpaired: tables without paired rows
+// (table_pair_rows). And one candidate: =fitted-cl: fitted tile widths for channels_last inputs too
+// (forward_tiles).
+enum class TileMode { kChosen, kFirst, kDirect, kOneLoad, kFittedCl, kUnpaired };
 inline TileMode tile_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
   if (e == nullptr) return TileMode::kChosen;
@@ -78,9 +82,14 @@ inline TileMode tile_mode() {
   if (v == "first") return TileMode::kFirst;
   if (v == "direct") return TileMode::kDirect;
   if (v == "fitted-cl") return TileMode::kFittedCl;
+  if (v == "unpaired") return TileMode::kUnpaired;
   return v == "one-load" ? TileMode::kOneLoad : TileMode::kChosen;
 }
 inline bool batched_staging(TileMode mode) { return mode != TileMode::kFirst && mode != TileMode::kOneLoad; }
+inline bool pair_rows_mode() {
+  const TileMode mode = tile_mode();
+  return mode != TileMode::kFirst && mode != TileMode::kUnpaired;
+}
 
 // Tile configurations per plan shape, chosen once: the choice tries several candidates, each with a search for
 // bank-conflict-free padding (tens of microseconds), which would otherwise be paid at every call.
