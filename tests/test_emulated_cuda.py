@@ -398,6 +398,29 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     assert n == 2 and "aten::sum" in aten
 
 
+@pytest.mark.parametrize("size, window, stride, padding, row", [([1, 5], [1, 3], [3, 1], [1, 1], 0.0),
+                                                             ([5, 5], [3, 3], [2, 1], [1, 1], 1.0)])
+def test_non_finite_tap_on_the_last_window_row_stays_in_the_window(size, window, stride, padding, row):
+    """A NaN weight on a tap on the window's last row (one row: its second lies outside the window) gave its
+    entry a NaN second row (NaN * 0); where its own row was dead the entry moved down to row L, outside the window
+    and the table build's cell map (found by review: a write past the map, run-to-run table counts). The tables
+    now stay inside the window; the forward's NaNs are a dense convolution's, the input gradient's among them
+    (its tables drop dead rows' weights, NaN or not)."""
+    x = torch.randn(1, 1, *size, dtype=torch.float64)
+    w = torch.full((1, 1, 1), float("nan"), dtype=torch.float64)
+    p = torch.tensor([row, 0.0], dtype=torch.float64).view(2, 1, 1, 1)
+    args = (window, stride, padding, "bilinear")
+    counts = [[int(E.table_counts(x, w, p, *args, kind)[0]) for kind in range(3)] for _ in range(3)]
+    assert counts[0] == counts[1] == counts[2]
+    y = E.taps_conv(x, w, p, None, *args)
+    g = torch.ones_like(y)
+    gx = E.taps_conv_backward(g, x, w, p, *args, [True, False, False, False])[0]
+    X = x.clone().requires_grad_()
+    want = reference.taps_conv(X, w, p, None, *args)
+    (want_gx,) = torch.autograd.grad(want, X, g)
+    assert torch.equal(y.isnan(), want.isnan()) and not (gx.isnan() & ~want_gx.isnan()).any()
+
+
 def test_tables_drop_offsets_that_never_meet_the_input():
     """At 7x7 under a 17x17 window (ConvNeXt-T stage 4) window rows/columns 0, 1, 15 and 16 only ever read the zero
     padding: every table kind drops their entries, and the results stay exact (the stage-shape cases above)."""

@@ -105,7 +105,9 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
     e.dx = static_cast<int>(tc.w.cell) + bw;
     const bool col = offset_live(e.dx, a.Wo, a.W, a.sw, a.pw) && (phase_x < 0 || e.dx % a.sw == phase_x);
     const bool row0 = col && offset_live(e.dy, a.Ho, a.H, a.sh, a.ph) && (phase_y < 0 || e.dy % a.sh == phase_y);
-    const bool row1 = col && offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph) && (phase_y < 0 || (e.dy + 1) % a.sh == phase_y);
+    // (a tap on the window's last row has one: its second row would lie outside the window and the cell map)
+    const bool row1 = col && tc.n_h == 2 && offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph) &&
+                      (phase_y < 0 || (e.dy + 1) % a.sh == phase_y);
     if (kind == kCornerTable) {
       e.c0 = e.c1 = acc_t(0);
       v = ((row0 || row1) && (b.need_pos || cw != acc_t(0))) ? 1 : 0;
@@ -113,7 +115,7 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
     }
     // Dead rows lose their weight, except a non-finite one in the forward, so that a NaN/Inf weight still turns
     // the outputs NaN, as a dense convolution's zero padding times it does.
-    const acc_t c0 = w * h0 * cw, c1 = w * h1 * cw;
+    const acc_t c0 = w * h0 * cw, c1 = tc.n_h == 2 ? w * h1 * cw : acc_t(0);  // (NaN * 0 is NaN)
     const bool forward = kind == kForwardTable;
     e.c0 = (row0 || (forward && !is_finite_value(c0))) ? c0 : acc_t(0);
     e.c1 = (row1 || (forward && !is_finite_value(c1))) ? c1 : acc_t(0);
