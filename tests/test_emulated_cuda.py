@@ -163,6 +163,14 @@ def test_first_tiles_switch(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, chosen))
 
 
+def tiles_mode(monkeypatch, mode):
+    """DCLS_CONVERT_CUDA_TILES=mode (an A/B arm of the GPU benchmark), or the default with None."""
+    if mode:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", mode)
+    else:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES", raising=False)
+
+
 @pytest.mark.parametrize("hw, fitted", [(28, 28), (14, 14), (56, 28), (20, 20)])
 def test_fitted_tiles_for_channels_last_switch(monkeypatch, hw, fitted):
     """DCLS_CONVERT_CUDA_TILES=fitted-cl lets channels_last forwards and input gradients take fitted tile widths
@@ -173,10 +181,7 @@ def test_fitted_tiles_for_channels_last_switch(monkeypatch, hw, fitted):
     g = torch.randn(8, 8, hw, hw)
     runs = {}
     for mode in ("fitted-cl", None):
-        if mode:
-            monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", mode)
-        else:
-            monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+        tiles_mode(monkeypatch, mode)
         widths = [E.tile_config(x, w, p, *args, kind)[TW] for kind in (0, 1)]  # forward, input gradient
         assert widths == ([fitted] * 2 if mode else [8 if hw <= 8 else 16 if hw <= 16 else 32] * 2), (mode, widths)
         runs[mode] = [E.taps_conv(x, w, p, None, *args), E.taps_conv_backward(g, x, w, p, *args, [True] + [False] * 3)[0]]
@@ -204,10 +209,7 @@ def test_batched_staging_matches_one_load(monkeypatch, layout, N, C, size, strid
     g = torch.randn_like(y)
     runs = {}
     for mode in ("one-load", None):
-        if mode:
-            monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", mode)
-        else:
-            monkeypatch.delenv("DCLS_CONVERT_CUDA_TILES")
+        tiles_mode(monkeypatch, mode)
         runs[mode] = [E.taps_conv(x, w, p, b, *args)] + list(E.taps_conv_backward(g, x, w, p, *args, [True] * 4))
     assert all(torch.equal(a, b) for a, b in zip(runs["one-load"], runs[None]))
     X, W, P, B = (t.double().requires_grad_() for t in (x, w, p, b))

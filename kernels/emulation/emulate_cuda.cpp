@@ -82,12 +82,8 @@ int64_t take_launches() {
 // the staging writes shows in the results (a zero left from an earlier block would hide it). A cell the staging
 // misses inside the input reads the clearing's zero instead, which the comparisons with the oracle catch.
 template <typename acc_t>
-acc_t poison_value() {
-  return std::numeric_limits<acc_t>::quiet_NaN();
-}
-template <typename acc_t>
-void poison(std::vector<acc_t>& smem) {
-  std::fill(smem.begin(), smem.end(), poison_value<acc_t>());
+void poison(std::vector<acc_t>& smem, int64_t n) {
+  std::fill(smem.begin(), smem.begin() + n, std::numeric_limits<acc_t>::quiet_NaN());
 }
 
 template <typename scalar_t, typename acc_t>
@@ -137,7 +133,7 @@ struct EmulatedLaunch {
     std::vector<char> live(c.cfg.threads);
     for (int64_t bid = 0; bid < c.blocks(); ++bid) {
       const ForwardJob j = forward_job(c, bid);
-      poison(smem);  // what the block's previous job (or another kernel) left: no cell read may come from it
+      poison(smem, int64_t(smem.size()));  // what the block's previous job (or another kernel) left: no cell read may come from it
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_clear(c, smem.data(), tid);
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
       for (int r = 0; r < c.rounds(); ++r) {  // (a barrier between compute and keep when transposed)
@@ -169,7 +165,7 @@ struct EmulatedLaunch {
       std::fill(gsum.begin(), gsum.end(), acc_t(0));
       for (int tid = 0; tid < T; ++tid) tiled_corr_clear(w, smem.data(), tid);
       for (int64_t first = j.begin; first < j.end; first += w.cfg.groups) {
-        std::fill(smem.begin(), smem.begin() + int64_t(w.cfg.planes) * w.cfg.plane_stride, poison_value<acc_t>());
+        poison(smem, int64_t(w.cfg.planes) * w.cfg.plane_stride);  // (the sums after the planes carry over)
         for (int tid = 0; tid < T; ++tid) tiled_corr_clear_tiles(w, smem.data(), tid);
         for (int tid = 0; tid < T; ++tid) tiled_corr_stage(w, j, first, smem.data(), tid);
         for (int tid = 0; tid < T; ++tid) {
