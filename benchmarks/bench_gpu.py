@@ -382,8 +382,9 @@ def _swap_in_dcls_package(model):
 
 # the dcls variant run with DCLS_CONVERT_CUDA_TILES=first (the first sessions' tiles), to time the tile choice
 FIRST_TILES = "dcls, first tiles"
-# bloom with its fixed blur on cuDNN and the dilated taps on the tap engine (bloom.CONV_BLUR_DEVICES)
-BLUR_ON_CUDNN = "bloom, blur on cuDNN"
+# bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
+# cuDNN and the dilated taps on the tap engine)
+BLUR_ON_TAPS = "bloom, blur on tap engine"
 
 
 def _variants(name):
@@ -416,7 +417,7 @@ def _variants(name):
            "dcls, positions off grid": off_grid(convert("dcls", **dcls_options)),
            FIRST_TILES: convert("dcls", **dcls_options),
            "dcls engine=dense": convert("dcls", engine="dense", **dcls_options),
-           "partial": convert("partial"), "bloom": convert("bloom"), BLUR_ON_CUDNN: convert("bloom"),
+           "partial": convert("partial"), "bloom": convert("bloom"), BLUR_ON_TAPS: convert("bloom"),
            "bloom engine=dense": convert("bloom", engine="dense")}
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
@@ -461,27 +462,29 @@ def host_breakdown(step, top: int = 8) -> str:
         f"    {e.self_cpu_time_total / 1e3:8.3f} ms x{e.count:<5d} {e.key[:100]}" for e in events)
 
 
-def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), only=None) -> None:
+def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), only=None, passes: int = 1) -> None:
     """One SGD training step, batch 64, 224x224, channels_last: convnext_tiny (depthwise 7x7) and resnet50 (dense
     3x3), original vs each method vs the DCLS paper's package, AMP bfloat16 and float32; ms/step (median of CUDA
-    events), images/s, peak memory, ratios to the original in the same run."""
+    events), images/s, peak memory, ratios to the original of the same pass. passes > 1 runs every variant again
+    (rows "(pass 2)", ...): the spread between passes says how far one row can be trusted."""
     rows = []
     x = torch.randn(64, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 1000, (64,), device="cuda")
-    for model_name in models:
+    for model_name, pas in [(m, p) for p in range(passes) for m in models]:
         for variant, build in _variants(model_name).items():
+            name = variant + (f" (pass {pas + 1})" if passes > 1 else "")
             if only and not any(variant == o or (o.endswith("*") and variant.startswith(o[:-1])) for o in only):
                 continue
             try:
                 m = build().cuda().to(memory_format=torch.channels_last)
             except Exception as exc:  # a row that cannot run says why; the table goes on
-                rows.append({"model": model_name, "variant": variant, "precision": "-",
+                rows.append({"model": model_name, "variant": name, "pass": pas, "precision": "-",
                              "ms/step": float("nan"), "note": f"{type(exc).__name__}: {str(exc)[:60]}"})
                 continue
             opt = torch.optim.SGD(m.parameters(), lr=1e-3)
             if variant == FIRST_TILES:
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
-            bloom.CONV_BLUR_DEVICES = {"cuda"} if variant == BLUR_ON_CUDNN else set()
+            bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             for amp in (True, False):
                 def step(m=m, opt=opt, amp=amp):
                     with torch.autocast("cuda", torch.bfloat16, enabled=amp):
@@ -491,22 +494,23 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                     opt.zero_grad(set_to_none=True)
                 torch.cuda.reset_peak_memory_stats()
                 ms = cuda_time({"s": step}, repeats=7, warmup=3)["s"]
-                if breakdown and amp:
+                if breakdown and amp and pas == 0:
                     print(f"\n{model_name} / {variant} / AMP bf16: {ms:.1f} ms/step; top kernels", flush=True)
                     print(kernel_breakdown(step), flush=True)
                     print(host_breakdown(step), flush=True)
-                rows.append({"model": model_name, "variant": variant, "precision": "AMP bf16" if amp else "fp32",
+                rows.append({"model": model_name, "variant": name, "pass": pas,
+                             "precision": "AMP bf16" if amp else "fp32",
                              "ms/step": ms, "images/s": 64e3 / ms,
                              "peak GiB": torch.cuda.max_memory_allocated() / 2**30, "note": ""})
-                print(f"  measured {model_name} / {variant} / {rows[-1]['precision']}: {ms:.1f} ms/step, "
+                print(f"  measured {model_name} / {name} / {rows[-1]['precision']}: {ms:.1f} ms/step, "
                       f"{rows[-1]['peak GiB']:.2f} GiB", flush=True)
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
-            bloom.CONV_BLUR_DEVICES = set()
+            bloom.CONV_BLUR_DEVICES = {"cuda"}
             del m, opt
             torch.cuda.empty_cache()
-    base = {(r["model"], r["precision"]): r for r in rows if r["variant"] == "original"}
+    base = {(r["model"], r["precision"], r["pass"]): r for r in rows if r["variant"].startswith("original")}
     for r in rows:
-        b = base.get((r["model"], r["precision"]))
+        b = base.get((r["model"], r["precision"], r["pass"]))
         r["x original time"] = r["ms/step"] / b["ms/step"] if b else float("nan")
         r["x original memory"] = r["peak GiB"] / b["peak GiB"] if b and "peak GiB" in r else float("nan")
     print("\nTraining step, batch 64, 224x224, channels_last, SGD (medians of CUDA-event timings)")
@@ -528,6 +532,7 @@ def main() -> None:
     ap.add_argument("--models", default="convnext_tiny,resnet50", help="with --model: which models")
     ap.add_argument("--variants", default="",
                     help="with --model: only these variants (';' between names, 'prefix*' for a family)")
+    ap.add_argument("--passes", type=int, default=1, help="with --model: run every variant this many times")
     ap.add_argument("--layers-only", action="store_true", help="the per-layer table alone")
     ap.add_argument("--taps-only", action="store_true", help="per layer, the tap engine's own columns")
     ap.add_argument("--no-gather", action="store_true", help="per layer, skip the gather fallback")
@@ -556,7 +561,7 @@ def main() -> None:
     if args.resnet_layers:
         run_resnet_layers()
     if args.model:
-        run_model(args.breakdown, args.models.split(","), [v for v in args.variants.split(";") if v])
+        run_model(args.breakdown, args.models.split(","), [v for v in args.variants.split(";") if v], args.passes)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ echo "tests rc=$? after $(( $(date +%s) - start )) s"; grep -E "^(FAILED|ERROR)|
 if [ $profile = 1 ]; then
   # stall reasons before timings: halving the forward loop's instructions bought nothing (RESULTS, second GPU
   # session), so what the kernels wait on decides the next change
-  for cfg in "--stage 1 --dtype float32" "--stage 1 --dtype bfloat16 --channels-last" "--stage 4 --dtype float32"; do
-    [ "$(left)" -lt 300 ] && { echo "profile skipped ($cfg): $(left) s left"; continue; }
+  # PROFILES: ';' between profile_taps.py configurations; a profile runs only while PROFILE_MIN s are left
+  IFS=';' read -ra cfgs <<< "${PROFILES:---stage 1 --dtype float32;--stage 1 --dtype bfloat16 --channels-last;--stage 4 --dtype float32}"
+  for cfg in "${cfgs[@]}"; do
+    [ "$(left)" -lt "${PROFILE_MIN:-300}" ] && { echo "profile skipped ($cfg): $(left) s left"; continue; }
     timeout 75 ncu --clock-control none --kernel-name regex:"tiled|build_tables" --launch-skip 5 --launch-count 5 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section InstructionStats --section SourceCounters \

@@ -74,9 +74,10 @@ class BloomOptions:
 TAPS_ON_CUDA = True
 # Device types whose depthwise bloom runs the fixed blur on PyTorch's convolution (cuDNN: one kernel each way, no
 # table; the tent in the input's dtype, inexact in 16 bits for factors 3 and 5) and the dilated taps on the tap
-# engine, instead of both on the tap engine (a table build and a tiled kernel each way for each). Empty until
-# bench_gpu.py's "bloom, blur on cuDNN" row says it is faster on CUDA.
-CONV_BLUR_DEVICES: set[str] = set()
+# engine, instead of both on the tap engine (a table build and a tiled kernel each way for each). CUDA since an
+# H200 measured a convnext_tiny training step at 37.8 ms this way against 50.8 on the tap engine alone (AMP
+# bfloat16; 67.6 against 70.0 in float32: benchmarks/RESULTS.md, sixth session).
+CONV_BLUR_DEVICES: set[str] = {"cuda"}
 
 
 def tent(s: int, dtype=torch.float64, device=None) -> torch.Tensor:

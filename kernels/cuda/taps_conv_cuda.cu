@@ -97,19 +97,29 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
       for (int i = tid; i < n; i += kTableThreads) table_pair_rows(i, a.Lh, a.Lw, valid, slot, merged, keep);
       __syncthreads();
     }
-    // Exclusive scan of the threads' kept counts: within warps by shuffles, then over the warp totals.
-    const int kept = table_count_kept(tid, n, kTableThreads, keep);
-    int inclusive = kept;
-    for (int o = 1; o < 32; o *= 2) {
-      const int v = __shfl_up_sync(0xffffffffu, inclusive, o);
-      if (lane >= o) inclusive += v;
+    // Per part (two-row entries, then single rows), an exclusive scan of the threads' kept counts: within warps
+    // by shuffles, then over the warp totals.
+    int start = 0;
+    for (int part = 0; part < 2; ++part) {
+      const int kept = table_count_kept(tid, n, kTableThreads, keep, merged, part);
+      int inclusive = kept;
+      for (int o = 1; o < 32; o *= 2) {
+        const int v = __shfl_up_sync(0xffffffffu, inclusive, o);
+        if (lane >= o) inclusive += v;
+      }
+      if (lane == 31) warp_total[warp] = inclusive;
+      __syncthreads();
+      int before = 0, total = 0;
+      for (int w = 0; w < kTableThreads / 32; ++w) {
+        if (w < warp) before += warp_total[w];
+        total += warp_total[w];
+      }
+      table_write_kept(c, tid, n, kTableThreads, start + before + inclusive - kept, part, a, b, merged, keep);
+      if (tid == 0 && part == 0) b.pairs[c] = total;
+      start += total;
+      __syncthreads();  // warp_total is read before the next part writes it
     }
-    if (lane == 31) warp_total[warp] = inclusive;
-    __syncthreads();
-    int before = 0;
-    for (int w = 0; w < warp; ++w) before += warp_total[w];
-    table_write_kept(c, tid, n, kTableThreads, before + inclusive - kept, a, b, merged, keep);
-    if (tid == kTableThreads - 1) b.count[c] = before + inclusive;
+    if (tid == 0) b.count[c] = start;
     __syncthreads();
   }
 }

@@ -115,11 +115,16 @@ struct EmulatedLaunch {
         for (int i = n - 1; i >= 0; --i)  // (reverse order: a pair read after its partner changed would show)
           table_pair_rows(i, a.Lh, a.Lw, valid.data(), slot.data(), merged.data(), keep.data());
       offset[0] = 0;
-      for (int t = 0; t < kTableThreads; ++t)
-        offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data());
-      for (int t = 0; t < kTableThreads; ++t)
-        table_write_kept(c, t, n, kTableThreads, offset[t], a, b, merged.data(), keep.data());
-      b.count[c] = offset[kTableThreads];
+      for (int part = 0; part < 2; ++part) {  // two-row entries, then single rows (table_write_kept)
+        const int start = offset[0];
+        for (int t = 0; t < kTableThreads; ++t)
+          offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data(), merged.data(), part);
+        for (int t = 0; t < kTableThreads; ++t)
+          table_write_kept(c, t, n, kTableThreads, offset[t], part, a, b, merged.data(), keep.data());
+        if (part == 0) b.pairs[c] = offset[kTableThreads] - start;
+        offset[0] = offset[kTableThreads];
+      }
+      b.count[c] = offset[0];
     }
   }
 

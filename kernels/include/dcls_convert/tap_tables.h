@@ -9,11 +9,25 @@
 
 namespace dcls_convert {
 
+// float entries are 16 bytes, aligned so that a kernel fetches one with a single vector load (load_entry).
 template <typename acc_t>
-struct TapEntry {
+struct alignas(sizeof(acc_t) == 4 ? 16 : alignof(acc_t)) TapEntry {
   int dy, dx;
   acc_t c0, c1;
 };
+
+// One entry from a table in global memory: on the device a float entry is one 16-byte load (four 4-byte loads
+// otherwise, which the forward's loop paid per entry).
+template <typename acc_t>
+DCLS_HD TapEntry<acc_t> load_entry(const TapEntry<acc_t>* e) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(TapEntry<acc_t>) == 16) {
+    const int4 r = __ldg(reinterpret_cast<const int4*>(e));
+    return {r.x, r.y, __int_as_float(r.z), __int_as_float(r.w)};
+  }
+#endif
+  return *e;
+}
 
 enum TableKind : int { kForwardTable = 0, kMirroredTable = 1, kCornerTable = 2 };
 
@@ -48,6 +62,7 @@ struct TableBuild {
   int ry = 0, rx = 0;     // kMirroredTable: the phase
   TapEntry<acc_t>* table = nullptr;  // (C, capacity) entries
   int* count = nullptr;              // (C) entries kept per channel
+  int* pairs = nullptr;              // (C) of which two-row entries, written first (table_write_kept)
 };
 template <typename acc_t>
 struct TableBuilds {
@@ -205,26 +220,34 @@ DCLS_HD void table_pair_rows(int i, int64_t Lh, int64_t Lw, const unsigned char*
   keep[j] = 0;
 }
 
-// Phase 6, compaction: thread t owns candidates [t * chunk, (t + 1) * chunk); it counts its kept entries, the
-// block scans the counts (exact integers: any order gives the same offsets), then each thread writes its kept
-// entries from its offset, in candidate order, mirrored for kMirroredTable.
+// Phase 6, compaction: thread t owns candidates [t * chunk, (t + 1) * chunk); it counts its kept entries of each
+// part, the block scans the counts (exact integers: any order gives the same offsets), then each thread writes its
+// kept entries from its offsets, in candidate order within a part, mirrored for kMirroredTable. Part 0, the
+// two-row entries (c1 != 0), comes first and part 1, the single rows, after it: the forward then runs each part
+// in a loop of its own, with no test per entry of which kind it is.
 DCLS_HD int table_chunk(int n, int threads) { return (n + threads - 1) / threads; }
 
-DCLS_HD int table_count_kept(int t, int n, int threads, const unsigned char* keep) {
+template <typename acc_t>
+DCLS_HD int table_part(const TapEntry<acc_t>& e) { return e.c1 != acc_t(0) ? 0 : 1; }
+
+template <typename acc_t>
+DCLS_HD int table_count_kept(int t, int n, int threads, const unsigned char* keep, const TapEntry<acc_t>* merged,
+                             int part) {
   const int chunk = table_chunk(n, threads);
   int kept = 0;
-  for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) kept += keep[i];
+  for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) kept += keep[i] && table_part(merged[i]) == part;
   return kept;
 }
 
 template <typename scalar_t, typename acc_t>
-DCLS_HD void table_write_kept(int64_t c, int t, int n, int threads, int offset, const TapsArgs<scalar_t, acc_t>& a,
-                              const TableBuild<acc_t>& b, const TapEntry<acc_t>* merged, const unsigned char* keep) {
+DCLS_HD void table_write_kept(int64_t c, int t, int n, int threads, int offset, int part,
+                              const TapsArgs<scalar_t, acc_t>& a, const TableBuild<acc_t>& b,
+                              const TapEntry<acc_t>* merged, const unsigned char* keep) {
   const int chunk = table_chunk(n, threads);
   TapEntry<acc_t>* out = b.table + c * n + offset;
   const PhaseAxis qy = phase_axis(a.Lh, a.sh, a.ph, b.ry, a.H), qx = phase_axis(a.Lw, a.sw, a.pw, b.rx, a.W);
   for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) {
-    if (!keep[i]) continue;
+    if (!keep[i] || table_part(merged[i]) != part) continue;
     TapEntry<acc_t> e = merged[i];
     if (b.kind == kMirroredTable) {  // offset d -> (last - d) / s; a two-row entry (stride 1 only) flips its rows
       const bool two = e.c1 != acc_t(0);

@@ -114,25 +114,18 @@ DCLS_HD void tiled_corr_grad_sum(const acc_t gv[RY], acc_t& sum) {
   for (int i = 0; i < RY; ++i) sum += gv[i];
 }
 
-// Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
-// base + m, rows r = 0, 1.
-template <int RY, typename scalar_t, typename acc_t>
-DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
-                                 const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
-  const TileConfig& t = a.cfg;
-  const int per_plane = t.tw * t.thread_rows;
-  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
-  const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
-  const TapEntry<acc_t>* e = a.table + j.c * a.cap;
-  const int ne = a.count[j.c];
+// The 32 partial sums v[2m + r] of entries e[base + m], rows r = 0, 1, for one thread's RY output gradients gv
+// of a column (s, row, pitch as in forward_entries). Stride1: rows i and i + 1 share loads.
+template <int RY, bool Stride1, typename acc_t>
+DCLS_HD void corr_entries(const TapEntry<acc_t>* e, int ne, int base, const acc_t* s, int row, int pitch,
+                          const acc_t gv[RY], acc_t v[2 * kCorrGroup]) {
 DCLS_UNROLL
   for (int m = 0; m < kCorrGroup; ++m) {
     acc_t s0 = acc_t(0), s1 = acc_t(0);
     if (base + m < ne) {
-      const TapEntry<acc_t> en = e[base + m];
+      const TapEntry<acc_t> en = load_entry(e + base + m);
       const acc_t* q = s + (en.dy * pitch + en.dx);
-      if (row == pitch) {
+      if (Stride1) {
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
@@ -152,6 +145,24 @@ DCLS_UNROLL
     v[2 * m] = s0;
     v[2 * m + 1] = s1;
   }
+}
+
+// Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
+// base + m, rows r = 0, 1.
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
+                                 const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
+  const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
+  const TapEntry<acc_t>* e = a.table + j.c * a.cap;
+  const int ne = a.count[j.c];
+  if (row == pitch)  // (hoisted out of the entries, as in the forward)
+    corr_entries<RY, true>(e, ne, base, s, pitch, pitch, gv, v);
+  else
+    corr_entries<RY, false>(e, ne, base, s, row, pitch, gv, v);
 }
 
 // One step of the warp's transpose-reduction of 32 values (width 16, 8, 4, 2, 1): a lane keeps the half of

@@ -9,6 +9,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "dcls_convert/tiled_taps.h"
@@ -30,6 +31,11 @@ inline int staged_planes(const at::Tensor& x) {
 
 inline bool pair_rows_mode();  // (below, with the other switches of DCLS_CONVERT_CUDA_TILES)
 
+template <typename Plan, typename = void>
+struct has_pairs : std::false_type {};
+template <typename Plan>
+struct has_pairs<Plan, std::void_t<decltype(Plan::pairs)>> : std::true_type {};
+
 // The tap tables of one op call on the device of `like`, in one allocation: the tables' (C, capacity) entries,
 // then their (C) counts. add() reserves the next table, bind() points a plan at one; builds lists them all for
 // one launch.
@@ -42,13 +48,16 @@ struct TableBuffers {
   TableBuffers(const at::Tensor& like, int64_t C_, int64_t K, int tables_) : C(C_), tables(tables_) {
     per_table = C * table_capacity(K);
     if (tables > 0)
-      storage = at::empty({std::max<int64_t>(1, tables * (per_table * int64_t(sizeof(TapEntry<acc_t>)) + C * 4))},
+      // one entry spare at the end: the forward fetches an entry past its table's last (forward_entries)
+      storage = at::empty({tables * (per_table * int64_t(sizeof(TapEntry<acc_t>)) + 2 * C * 4) +
+                               int64_t(sizeof(TapEntry<acc_t>))},
                           like.options().dtype(at::kByte));
   }
   int add(int kind, bool need_pos = false, int ry = 0, int rx = 0) {
     TORCH_CHECK(builds.n < tables && builds.n < kMaxTableBuilds, "TableBuffers: more tables than reserved");
     auto* entries = reinterpret_cast<TapEntry<acc_t>*>(storage.data_ptr<uint8_t>());
     auto* counts = reinterpret_cast<int*>(entries + tables * per_table);  // entry sizes are multiples of 8 bytes
+    int* pairs = counts + tables * C;
     const int i = builds.n++;
     builds.job[i].kind = kind;
     builds.job[i].need_pos = need_pos;
@@ -57,6 +66,7 @@ struct TableBuffers {
     builds.job[i].rx = rx;
     builds.job[i].table = entries + i * per_table;
     builds.job[i].count = counts + i * C;
+    builds.job[i].pairs = pairs + i * C;
     return i;
   }
   // Points a plan (TiledConv or TiledCorr) at table i.
@@ -64,6 +74,7 @@ struct TableBuffers {
   void bind(Plan& plan, int i) const {
     plan.table = builds.job[i].table;
     plan.count = builds.job[i].count;
+    if constexpr (has_pairs<Plan>::value) plan.pairs = builds.job[i].pairs;
   }
 };
 
