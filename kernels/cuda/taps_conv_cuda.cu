@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
   const int64_t blocks = a.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     const CorrJob j = corr_job(a, bid);
-    const int ne = a.count[j.c];
+    const int ne = a.count[j.c], two = a.pairs[j.c];
     acc_t grad_sum = acc_t(0);
     tiled_corr_clear(a, smem, tid);
     for (int64_t first = j.begin; first < j.end; first += a.cfg.groups) {
@@ -186,15 +186,24 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
       tiled_corr_load_grad<RY>(a, j, first, tid, gv);
       if (a.grad_bias) tiled_corr_grad_sum<RY>(gv, grad_sum);
       __syncthreads();
-      for (int base = 0; base < ne; base += kCorrGroup) {
-        acc_t v[2 * kCorrGroup];
-        tiled_corr_products<RY>(a, j, smem, tid, gv, base, v);
+      // two-row entries 16 per reduction, then single-row ones 32 per reduction
+      auto reduce = [&](acc_t* v, int base, bool one_row) {
         transpose_step<16>(v, lane);
         transpose_step<8>(v, lane);
         transpose_step<4>(v, lane);
         transpose_step<2>(v, lane);
         transpose_step<1>(v, lane);
-        tiled_corr_accumulate(a, smem, tid, base, v[0]);
+        tiled_corr_accumulate(a, j, smem, tid, base, one_row, v[0]);
+      };
+      for (int base = 0; base < two; base += kCorrGroup) {
+        acc_t v[2 * kCorrGroup];
+        tiled_corr_products<RY>(a, j, smem, tid, gv, base, v);
+        reduce(v, base, false);
+      }
+      for (int base = two; base < ne; base += 2 * kCorrGroup) {
+        acc_t v[2 * kCorrGroup];
+        tiled_corr_products_one_row<RY>(a, j, smem, tid, gv, base, v);
+        reduce(v, base, true);
       }
     }
     if (a.grad_bias) {  // the warp's butterfly: every lane ends with the same total

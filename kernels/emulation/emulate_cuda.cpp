@@ -177,9 +177,16 @@ struct EmulatedLaunch {
           tiled_corr_load_grad<RY>(w, j, first, tid, &gv[tid * RY]);
           if (w.grad_bias) tiled_corr_grad_sum<RY>(&gv[tid * RY], gsum[tid]);
         }
-        for (int base = 0; base < w.count[j.c]; base += kCorrGroup) {
-          for (int tid = 0; tid < T; ++tid)
-            tiled_corr_products<RY>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
+        // two-row entries 16 per reduction, then single-row ones 32 per reduction (the kernel's order)
+        const int ne = w.count[j.c], two = w.pairs[j.c];
+        for (int base = 0; base < ne; base = base < two ? std::min(base + kCorrGroup, two) : base + 2 * kCorrGroup) {
+          const bool one_row = base >= two;
+          for (int tid = 0; tid < T; ++tid) {
+            if (one_row)
+              tiled_corr_products_one_row<RY>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
+            else
+              tiled_corr_products<RY>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
+          }
           for (int width = kCorrGroup; width >= 1; width /= 2) {
             for (int i = 0; i < width; ++i) {
               for (int tid = 0; tid < T; ++tid) sent[tid] = transpose_send(&v[tid * 2 * kCorrGroup], tid % 32, width, i);
@@ -187,7 +194,8 @@ struct EmulatedLaunch {
                 transpose_keep(&v[tid * 2 * kCorrGroup], tid % 32, width, i, sent[tid ^ width]);
             }
           }
-          for (int tid = 0; tid < T; ++tid) tiled_corr_accumulate(w, smem.data(), tid, base, v[tid * 2 * kCorrGroup]);
+          for (int tid = 0; tid < T; ++tid)
+            tiled_corr_accumulate(w, j, smem.data(), tid, base, one_row, v[tid * 2 * kCorrGroup]);
         }
       }
       if (w.grad_bias) {  // the butterfly of __shfl_xor_sync: lane l adds lane l ^ o's value

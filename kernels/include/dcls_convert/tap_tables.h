@@ -78,8 +78,8 @@ DCLS_HD int table_capacity(int64_t K) { return static_cast<int>(2 * K); }
 // each cell sums that cell's candidates in index order), compaction (one thread: kept entries in candidate
 // order). kForwardTable: merged weights, zero entries dropped. kMirroredTable: the rows and columns of one phase
 // (PhaseAxis), flipped into the phase's stride-1 window (the input gradient). kCornerTable: every window cell whose
-// correlation with the output gradient
-// is needed (need_pos: all in-window corners, else those with a nonzero interpolation weight); c0 / c1 unused.
+// correlation with the output gradient is needed (need_pos: all in-window corners, else those with a nonzero
+// interpolation weight); c0 unused, c1 nonzero where the cell's next row is needed too.
 // Offsets that never meet the input are dropped from every kind (offset_live).
 constexpr int64_t kMaxTiledTaps = 1024;  // beyond, the gather kernels run (tables and sums outgrow shared memory)
 constexpr int kTableThreads = 128;       // threads of the table-building block
@@ -123,8 +123,9 @@ DCLS_HD void table_candidates(int64_t c, int64_t k, const TapsArgs<scalar_t, acc
     // (a tap on the window's last row has one: its second row would lie outside the window and the cell map)
     const bool row1 = col && tc.n_h == 2 && offset_live(e.dy + 1, a.Ho, a.H, a.sh, a.ph) &&
                       (phase_y < 0 || (e.dy + 1) % a.sh == phase_y);
-    if (kind == kCornerTable) {
-      e.c0 = e.c1 = acc_t(0);
+    if (kind == kCornerTable) {  // c1 flags a second row the gradients read (a two-row entry, table_part)
+      e.c0 = acc_t(0);
+      e.c1 = row1 ? acc_t(1) : acc_t(0);
       v = ((row0 || row1) && (b.need_pos || cw != acc_t(0))) ? 1 : 0;
       continue;
     }

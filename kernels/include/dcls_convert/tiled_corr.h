@@ -16,6 +16,7 @@ struct TiledCorr {
   const scalar_t* g = nullptr;
   const TapEntry<acc_t>* table = nullptr;  // kCornerTable
   const int* count = nullptr;
+  const int* pairs = nullptr;  // two-row entries per channel, first in its table (table_write_kept)
   int cap = 0;
   acc_t* work = nullptr;  // (C, slabs, values)
   acc_t* grad_bias = nullptr;  // (C): the bias gradient, summed from the staged output gradients; or nullptr
@@ -114,18 +115,25 @@ DCLS_HD void tiled_corr_grad_sum(const acc_t gv[RY], acc_t& sum) {
   for (int i = 0; i < RY; ++i) sum += gv[i];
 }
 
-// The 32 partial sums v[2m + r] of entries e[base + m], rows r = 0, 1, for one thread's RY output gradients gv
-// of a column (s, row, pitch as in forward_entries). Stride1: rows i and i + 1 share loads.
-template <int RY, bool Stride1, typename acc_t>
-DCLS_HD void corr_entries(const TapEntry<acc_t>* e, int ne, int base, const acc_t* s, int row, int pitch,
-                          const acc_t gv[RY], acc_t v[2 * kCorrGroup]) {
+// Phase 3 (per round, per group of 16 two-row entries): the thread's 32 partial sums v[2m + r] for entries
+// base + m < a.pairs[c], rows r = 0, 1.
+template <int RY, typename scalar_t, typename acc_t>
+DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
+                                 const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
+  const TileConfig& t = a.cfg;
+  const int per_plane = t.tw * t.thread_rows;
+  const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
+  const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
+  const TapEntry<acc_t>* e = a.table + j.c * a.cap;
+  const int ne = a.pairs[j.c];
 DCLS_UNROLL
   for (int m = 0; m < kCorrGroup; ++m) {
     acc_t s0 = acc_t(0), s1 = acc_t(0);
     if (base + m < ne) {
-      const TapEntry<acc_t> en = load_entry(e + base + m);
+      const TapEntry<acc_t> en = e[base + m];
       const acc_t* q = s + (en.dy * pitch + en.dx);
-      if (Stride1) {
+      if (row == pitch) {
         acc_t prev = q[0];
 DCLS_UNROLL
         for (int i = 0; i < RY; ++i) {
@@ -147,22 +155,31 @@ DCLS_UNROLL
   }
 }
 
-// Phase 3 (per round, per group of 16 entries): the thread's 32 partial sums v[2m + r] for entries
-// base + m, rows r = 0, 1.
+// Phase 3' (per round, per group of 32 single-row entries, after the two-row ones): v[m] for entry base + m <
+// a.count[c], its one row. The corners whose second row no gradient reads (nearest taps: partial's and bloom's)
+// are single rows in the corner table, so a warp's reduction then serves 32 entries instead of 16 and their
+// products are half as many.
 template <int RY, typename scalar_t, typename acc_t>
-DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
-                                 const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
+DCLS_HD void tiled_corr_products_one_row(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem,
+                                         int tid, const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
+  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;
   const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
   const TapEntry<acc_t>* e = a.table + j.c * a.cap;
   const int ne = a.count[j.c];
-  if (row == pitch)  // (hoisted out of the entries, as in the forward)
-    corr_entries<RY, true>(e, ne, base, s, pitch, pitch, gv, v);
-  else
-    corr_entries<RY, false>(e, ne, base, s, row, pitch, gv, v);
+DCLS_UNROLL
+  for (int m = 0; m < 2 * kCorrGroup; ++m) {
+    acc_t s0 = acc_t(0);
+    if (base + m < ne) {
+      const TapEntry<acc_t> en = e[base + m];
+      const acc_t* q = s + (en.dy * pitch + en.dx);
+DCLS_UNROLL
+      for (int i = 0; i < RY; ++i) s0 += gv[i] * q[i * row];
+    }
+    v[m] = s0;
+  }
 }
 
 // One step of the warp's transpose-reduction of 32 values (width 16, 8, 4, 2, 1): a lane keeps the half of
@@ -177,11 +194,17 @@ DCLS_HD void transpose_keep(acc_t* v, int lane, int width, int i, acc_t received
   v[i] = ((lane & width) ? v[i + width] : v[i]) + received;
 }
 
-// Phase 4 (after each reduction): the lane's total joins the warp's row of sums.
+// Phase 4 (after each reduction): the lane's total joins the warp's row of sums (entry i's rows in slots 2i,
+// 2i + 1). one_row: the lane's total is entry base + lane's only row.
 template <typename scalar_t, typename acc_t>
-DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, acc_t* smem, int tid, int base, acc_t total) {
-  acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride;
-  red[(tid / 32) * a.values() + 2 * base + (tid % 32)] += total;
+DCLS_HD void tiled_corr_accumulate(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, acc_t* smem, int tid,
+                                   int base, bool one_row, acc_t total) {
+  acc_t* red = smem + int64_t(a.cfg.planes) * a.cfg.plane_stride + (tid / 32) * a.values();
+  const int lane = tid % 32;
+  if (!one_row)
+    red[2 * base + lane] += total;
+  else if (base + lane < a.count[j.c])
+    red[2 * (base + lane)] += total;
 }
 
 // Phase 4b (end of the block job, grad_bias only): lane 0 stores its warp's butterfly-reduced gradient sum.
