@@ -480,6 +480,31 @@ def test_tables_pair_single_rows(monkeypatch, stride):
     torch.testing.assert_close(gx.double(), torch.autograd.grad(want, X, g.double())[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("interp", ["bilinear", "nearest"])
+def test_tables_list_two_row_entries_first(interp):
+    """Every table holds its two-row entries (c1 != 0) first, as many as its `pairs` count, so that the forward and
+    the correlation run each kind in a loop of its own. Off-grid bilinear taps: forward entries are two-row except
+    on the window's last row; the corner table marks every cell whose next row the gradients read (all of them
+    where positions learn, but the last row). Nearest taps: one row each; their corner table is all single rows,
+    which the correlation reduces 32 at a time."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    w, p, _ = random_taps(2, 3, 1, 6, [7, 7], spread=0.7)
+    p = p + 0.37  # off the grid, inside the window (none clamped onto an edge, where a tap has one row)
+    args = ([7, 7], [1, 1], [3, 3], interp)
+    for kind in (0, 2):
+        entries, counts, pairs = E.table_entries(x, w, p, *args, kind)
+        assert (counts > 0).all()
+        for c in range(3):
+            e = entries[c, : counts[c]]
+            two = e[:, 3] != 0
+            assert two[: pairs[c]].all() and not two[pairs[c]:].any(), (kind, c, e)
+            if interp == "nearest":
+                assert pairs[c] == (0 if kind == 2 else int(two.sum()))
+            else:
+                assert two.all(), (kind, c, e)
+
+
 @settings(max_examples=80, deadline=None)
 @given(c=taps_cases(batches=(0, 1, 2, 5, 9)))
 def test_emulated_taps_match_oracle(c):

@@ -255,23 +255,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate_taps_conv_bac
 
 // Entries per channel of one kind of tap table (0 forward, 1 mirrored: phase (0, 0), 2 corner with every
 // in-window corner).
-at::Tensor emulate_table_counts(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
-                                at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
-                                c10::string_view interpolation, int64_t kind) {
+// One table of `kind` as the device builds it (need_pos: corner tables keep every in-window corner): its entries
+// (C, capacity, 4) as (dy, dx, c0, c1) in float64, the entries kept per channel and how many of them, first in the
+// table, have two rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_table_entries(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions, at::IntArrayRef window,
+    at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view interpolation, int64_t kind) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp, c10::nullopt);
-  TORCH_CHECK(kind >= kForwardTable && kind <= kCornerTable, "table_counts: kind must be 0, 1 or 2");
+  TORCH_CHECK(kind >= kForwardTable && kind <= kCornerTable, "table_entries: kind must be 0, 1 or 2");
   const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
-  at::Tensor counts;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_table_counts", [&] {
+  at::Tensor entries, counts, pairs;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_table_entries", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     TableBuffers<acc_t> tb(input, a.C, a.K, 1);
     const int i = tb.add(static_cast<int>(kind), /*need_pos=*/true);
     EmulatedLaunch<scalar_t, acc_t>::tables(a, tb.builds);
+    const int cap = table_capacity(a.K);
     counts = at::from_blob(tb.builds.job[i].count, {a.C}, at::kInt).clone();
+    pairs = at::from_blob(tb.builds.job[i].pairs, {a.C}, at::kInt).clone();
+    entries = at::zeros({a.C, cap, 4}, at::kDouble);
+    auto E = entries.accessor<double, 3>();
+    for (int64_t c = 0; c < a.C; ++c)
+      for (int m = 0; m < tb.builds.job[i].count[c]; ++m) {
+        const TapEntry<acc_t>& e = tb.builds.job[i].table[c * cap + m];
+        E[c][m][0] = e.dy, E[c][m][1] = e.dx, E[c][m][2] = e.c0, E[c][m][3] = e.c1;
+      }
   });
-  return counts;
+  return {entries, counts, pairs};
+}
+
+at::Tensor emulate_table_counts(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+                                c10::string_view interpolation, int64_t kind) {
+  return std::get<1>(emulate_table_entries(input, weight, positions, window, stride, padding, interpolation, kind));
 }
 
 // The tile configuration a plan picks (0 forward, 1 input gradient phase (0, 0), 2 correlation): ok, rows per
@@ -315,6 +333,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "int[] stride, int[] padding, str interpolation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("table_counts(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, int kind) -> Tensor");
+  m.def("table_entries(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
+        "str interpolation, int kind) -> (Tensor, Tensor, Tensor)");
   m.def("tile_config(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, int kind) -> int[]");
   m.def("take_launches() -> int", &take_launches);
@@ -326,6 +346,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("taps_conv", &emulate_taps_conv);
   m.impl("taps_conv_backward", &emulate_taps_conv_backward);
   m.impl("table_counts", &emulate_table_counts);
+  m.impl("table_entries", &emulate_table_entries);
   m.impl("tile_config", &emulate_tile_config);
 }
 
