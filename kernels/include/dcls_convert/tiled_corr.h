@@ -83,7 +83,7 @@ DCLS_HD void tiled_corr_stage(const TiledCorr<scalar_t, acc_t>& a, const CorrJob
   acc_t* plane = smem + group * t.plane_stride;
   const scalar_t* src = a.x + n * a.xs[0] + j.c * a.xs[1];
   const StageRect R = stage_rect(y0, x0, t.in_h, t.in_w, a.H, a.W);
-  if (a.batched)
+  if (stage_batched(a.batched, R, 1, per_plane))
     stage_planes_batched(plane, t.pitch, t.plane_stride, src, a.xs[1], a.xs[2], a.xs[3], y0, x0, 1, R, false,
                          tid % per_plane, per_plane);
   else
