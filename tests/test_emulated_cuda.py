@@ -492,7 +492,7 @@ def test_tables_list_two_row_entries_first(interp):
     w, p, _ = random_taps(2, 3, 1, 6, [7, 7], spread=0.7)
     p = p + 0.37  # off the grid, inside the window (none clamped onto an edge, where a tap has one row)
     args = ([7, 7], [1, 1], [3, 3], interp)
-    for kind in (0, 2):
+    for kind in (0, 1, 2):
         entries, counts, pairs = E.table_entries(x, w, p, *args, kind)
         assert (counts > 0).all()
         for c in range(3):
@@ -503,6 +503,16 @@ def test_tables_list_two_row_entries_first(interp):
                 assert pairs[c] == (0 if kind == 2 else int(two.sum()))
             else:
                 assert two.all(), (kind, c, e)
+    # Two taps of one cell whose first rows cancel (weights 2 and -3 at 0.75 and 0.5 of the cell's upper row): one
+    # row is left, the lower one, in the forward table and, flipped to the upper one, in the mirrored one.
+    w2 = torch.tensor([[[2.0, -3.0]]], dtype=torch.float64)
+    p2 = torch.tensor([[[[0.25, 0.5]]], [[[0.0, 0.0]]]], dtype=torch.float64)
+    x2 = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    for kind in (0, 1):
+        entries, counts, pairs = E.table_entries(x2, w2, p2, [5, 5], [1, 1], [2, 2], interp, kind)
+        e = entries[0, : counts[0]]
+        assert int(pairs[0]) == int((e[:, 3] != 0).sum()), (kind, e)
+        assert (e[: pairs[0], 3] != 0).all() and (e[pairs[0]:, 3] == 0).all(), (kind, e)
 
 
 @settings(max_examples=80, deadline=None)

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
     // by shuffles, then over the warp totals.
     int start = 0;
     for (int part = 0; part < 2; ++part) {
-      const int kept = table_count_kept(tid, n, kTableThreads, keep, merged, part);
+      const int kept = table_count_kept(tid, n, kTableThreads, keep, merged, part, a, b);
       int inclusive = kept;
       for (int o = 1; o < 32; o *= 2) {
         const int v = __shfl_up_sync(0xffffffffu, inclusive, o);

@@ -118,7 +118,7 @@ struct EmulatedLaunch {
       for (int part = 0; part < 2; ++part) {  // two-row entries, then single rows (table_write_kept)
         const int start = offset[0];
         for (int t = 0; t < kTableThreads; ++t)
-          offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data(), merged.data(), part);
+          offset[t + 1] = offset[t] + table_count_kept(t, n, kTableThreads, keep.data(), merged.data(), part, a, b);
         for (int t = 0; t < kTableThreads; ++t)
           table_write_kept(c, t, n, kTableThreads, offset[t], part, a, b, merged.data(), keep.data());
         if (part == 0) b.pairs[c] = offset[kTableThreads] - start;

@@ -228,15 +228,37 @@ DCLS_HD void table_pair_rows(int i, int64_t Lh, int64_t Lw, const unsigned char*
 // in a loop of its own, with no test per entry of which kind it is.
 DCLS_HD int table_chunk(int n, int threads) { return (n + threads - 1) / threads; }
 
+// Entry i as the table holds it: kMirroredTable maps offset d -> (last - d) / s, and a two-row entry (stride 1
+// only) flips its rows.
+template <typename scalar_t, typename acc_t>
+DCLS_HD TapEntry<acc_t> table_written(const TapEntry<acc_t>& m, const TapsArgs<scalar_t, acc_t>& a,
+                                      const TableBuild<acc_t>& b) {
+  TapEntry<acc_t> e = m;
+  if (b.kind != kMirroredTable) return e;
+  const PhaseAxis qy = phase_axis(a.Lh, a.sh, a.ph, b.ry, a.H), qx = phase_axis(a.Lw, a.sw, a.pw, b.rx, a.W);
+  const bool two = e.c1 != acc_t(0);
+  e.dy = static_cast<int>((qy.last - (two ? e.dy + 1 : e.dy)) / a.sh);
+  e.dx = static_cast<int>((qx.last - e.dx) / a.sw);
+  if (two) {
+    const acc_t tmp = e.c0;
+    e.c0 = e.c1;
+    e.c1 = tmp;
+  }
+  return e;
+}
+
+// The part of a written entry: 0 with two rows (c1 != 0), 1 with one. (Decided on the written entry: a mirrored
+// entry whose first row's weights cancelled has one row once flipped.)
 template <typename acc_t>
 DCLS_HD int table_part(const TapEntry<acc_t>& e) { return e.c1 != acc_t(0) ? 0 : 1; }
 
-template <typename acc_t>
+template <typename scalar_t, typename acc_t>
 DCLS_HD int table_count_kept(int t, int n, int threads, const unsigned char* keep, const TapEntry<acc_t>* merged,
-                             int part) {
+                             int part, const TapsArgs<scalar_t, acc_t>& a, const TableBuild<acc_t>& b) {
   const int chunk = table_chunk(n, threads);
   int kept = 0;
-  for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) kept += keep[i] && table_part(merged[i]) == part;
+  for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i)
+    kept += keep[i] && table_part(table_written(merged[i], a, b)) == part;
   return kept;
 }
 
@@ -246,21 +268,10 @@ DCLS_HD void table_write_kept(int64_t c, int t, int n, int threads, int offset, 
                               const TapEntry<acc_t>* merged, const unsigned char* keep) {
   const int chunk = table_chunk(n, threads);
   TapEntry<acc_t>* out = b.table + c * n + offset;
-  const PhaseAxis qy = phase_axis(a.Lh, a.sh, a.ph, b.ry, a.H), qx = phase_axis(a.Lw, a.sw, a.pw, b.rx, a.W);
   for (int i = t * chunk; i < n && i < (t + 1) * chunk; ++i) {
-    if (!keep[i] || table_part(merged[i]) != part) continue;
-    TapEntry<acc_t> e = merged[i];
-    if (b.kind == kMirroredTable) {  // offset d -> (last - d) / s; a two-row entry (stride 1 only) flips its rows
-      const bool two = e.c1 != acc_t(0);
-      e.dy = static_cast<int>((qy.last - (two ? e.dy + 1 : e.dy)) / a.sh);
-      e.dx = static_cast<int>((qx.last - e.dx) / a.sw);
-      if (two) {
-        const acc_t tmp = e.c0;
-        e.c0 = e.c1;
-        e.c1 = tmp;
-      }
-    }
-    *out++ = e;
+    if (!keep[i]) continue;
+    const TapEntry<acc_t> e = table_written(merged[i], a, b);
+    if (table_part(e) == part) *out++ = e;
   }
 }
 
