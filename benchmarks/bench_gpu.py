@@ -160,8 +160,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             modes = {}
             # direct: the chosen tiles, channels_last outputs stored per thread; one-load: the chosen tiles, staging
             # with one load in flight per thread; fitted-cl: fitted tile widths for channels_last too; unpaired:
-            # on-grid tables without paired rows (on-grid taps are where rows pair)
-            for mode in ("first", "direct", "one-load", "fitted-cl", "unpaired"):
+            # on-grid tables without paired rows (on-grid taps are where rows pair); runtime-pitch: the forward
+            # kernels reading the row pitch at run time (the kernels compiled for ConvNeXt's pitches are the default)
+            for mode in ("first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch"):
                 if mode in ("direct", "fitted-cl") and not cl:
                     continue
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
@@ -197,6 +198,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU one-load fwd": modes["one-load", "fwd"], "GPU one-load fwd+bwd": modes["one-load", "fwd+bwd"],
                 "GPU fitted-cl fwd+bwd": modes.get(("fitted-cl", "fwd+bwd"), nan),
                 "GPU on-grid fwd": gpu["on-grid fwd"], "GPU unpaired on-grid fwd": modes["unpaired", "on-grid fwd"],
+                "GPU runtime-pitch fwd": modes["runtime-pitch", "fwd"],
+                "GPU runtime-pitch fwd+bwd": modes["runtime-pitch", "fwd+bwd"],
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -221,7 +224,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "stores': the chosen tiles with channels_last outputs stored by their threads (=direct); 'one-load': "
           "the chosen tiles, staging with one load in flight per thread (=one-load); 'fitted-cl': channels_last "
           "forward and input gradient on fitted tile widths (=fitted-cl); 'unpaired': on-grid tables without "
-          "paired rows (=unpaired).")
+          "paired rows (=unpaired); 'runtime-pitch': the forward kernels reading the row pitch at run time "
+          "(=runtime-pitch).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]

@@ -37,9 +37,9 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
                                 gather=False)
     assert [r["dtype"] for r in rows] == ["fp32 NCHW", "bf16 CL"]
     # every A/B arm ran with its switch set, and left it unset
-    assert set(modes_seen) == {None, "first", "direct", "one-load", "fitted-cl", "unpaired"}
+    assert set(modes_seen) == {None, "first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch"}
     assert "DCLS_CONVERT_CUDA_TILES" not in os.environ
     for col in ("GPU fwd", "GPU first-tiles fwd+bwd", "GPU one-load fwd+bwd", "GPU fitted-cl fwd+bwd",
-                "GPU unpaired on-grid fwd"):
+                "GPU unpaired on-grid fwd", "GPU runtime-pitch fwd+bwd"):
         assert col in rows[1] and rows[1][col] == 0.5, col
     assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured

@@ -128,7 +128,8 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
     fitted widths, image groups, channels_last outputs stored through shared memory) and the first sessions'
     (DCLS_CONVERT_CUDA_TILES=first) give bitwise equal forwards and input gradients with the same (unpaired) tables;
     the weight/position gradients (reductions over tiles) agree to rounding. Staging one load at a time (=one-load)
-    changes no bit of anything; paired rows change the order of an output's sum."""
+    and the kernels reading their row pitch at run time (=runtime-pitch) change no bit of anything; paired rows
+    change the order of an output's sum."""
     x = torch.randn(*shape, device="cuda").to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -138,15 +139,16 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
     g = torch.randn_like(ops.taps_conv(x, w, p, b, *args[:3]))
     back = torch.ops.dcls_convert.taps_conv_backward
     runs = []
-    for tiles in ("unpaired", "first", "one-load", ""):
+    for tiles in ("unpaired", "first", "one-load", "runtime-pitch", ""):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_TILES", tiles)
         runs.append([ops.taps_conv(x, w, p, b, *args[:3])] + list(back(g, x, w, p, *args, [True, True, True, False])))
-    (y0, gx0, gw0, gp0, _), (y1, gx1, gw1, gp1, _), one_load, chosen = runs
+    (y0, gx0, gw0, gp0, _), (y1, gx1, gw1, gp1, _), one_load, runtime_pitch, chosen = runs
     assert torch.equal(y0, y1) and torch.equal(gx0, gx1)  # the same tables, other tiles
     for a, e in ((gw0, gw1), (gp0, gp1)):
         assert max_rel(a.double(), e.double()) < 1e-4
     # loads batched or one at a time: the same values staged, the same results to the bit
     assert all(torch.equal(a, b) for a, b in zip(chosen[:4], one_load[:4]))
+    assert all(torch.equal(a, b) for a, b in zip(chosen[:4], runtime_pitch[:4]))
     # paired rows (the default) sum an output's entries in another order: equal to rounding
     for a, e in zip(chosen[:4], runs[0][:4]):
         assert max_rel(a.double(), e.double()) < 1e-4

@@ -106,7 +106,7 @@ def _check_against_oracle(x, w, p, b, args):
 
 
 # fields of E.tile_config
-OK, RY, TW, THREAD_ROWS, GROUPS, PLANES, THREADS, TILES_Y, TILES_X, IMAGES, TRANSPOSED = range(11)
+OK, RY, TW, THREAD_ROWS, GROUPS, PLANES, THREADS, TILES_Y, TILES_X, IMAGES, TRANSPOSED, PITCH, PLANE_STRIDE = range(13)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -478,6 +478,32 @@ def test_tables_pair_single_rows(monkeypatch, stride):
     want = reference.taps_conv(X, w.double(), p.double(), None, *args)
     torch.testing.assert_close(y.double(), want.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx.double(), torch.autograd.grad(want, X, g.double())[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, channels_last, dtype", [((2, 3, 56, 56), False, torch.float32),
+                                                          ((2, 3, 14, 14), False, torch.float32),
+                                                          ((3, 4, 7, 7), False, torch.float32),
+                                                          ((2, 16, 28, 28), True, torch.bfloat16),
+                                                          ((2, 16, 56, 56), True, torch.bfloat16)])
+def test_fixed_pitch_kernels_match_runtime_pitch(monkeypatch, shape, channels_last, dtype):
+    """At ConvNeXt-T's tile shapes (window 17) the forward, the input gradient and the correlation run kernels
+    compiled for their row pitch (with_ry_pitch: 68, 48, 30, 24, 23 here, 7 and 8 rows per thread); bitwise the
+    results of the kernels reading the pitch at run time (DCLS_CONVERT_CUDA_TILES=runtime-pitch), every gradient."""
+    x = torch.randn(*shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, shape[1], 1, 10, [17, 17], spread=1.4, dtype=torch.float32)
+    b = torch.randn(shape[1])
+    args = ([17, 17], [1, 1], [8, 8], "bilinear")
+    assert all(E.tile_config(x, w, p, *args, kind)[PITCH] in (23, 24, 30, 48, 68) for kind in (0, 1, 2))
+    g = torch.randn_like(E.taps_conv(x, w, p, b, *args))
+    runs = {}
+    for mode in ("runtime-pitch", None):
+        tiles_mode(monkeypatch, mode)
+        runs[mode] = [E.taps_conv(x, w, p, b, *args)] + list(E.taps_conv_backward(g, x, w, p, *args, [True] * 4))
+    assert all(torch.equal(a, b) for a, b in zip(runs["runtime-pitch"], runs[None]))
+    torch.testing.assert_close(runs[None][0].double(), reference.taps_conv(x.double(), w.double(), p.double(),
+                                                                            b.double(), *args), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("interp", ["bilinear", "nearest"])

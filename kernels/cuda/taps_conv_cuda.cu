@@ -131,7 +131,7 @@ constexpr int tile_blocks_per_sm(int for_float) {
   return sizeof(acc_t) == 8 ? 1 : for_float;
 }
 
-template <int RY, typename scalar_t, typename acc_t>
+template <int RY, int P, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(4))
     tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(4))
     __syncthreads();
     for (int r = 0; r < a.rounds(); ++r) {
       acc_t acc[RY];
-      const bool live = tiled_forward_round<RY>(a, j, smem, threadIdx.x, r, acc);
+      const bool live = tiled_forward_round<RY, P>(a, j, smem, threadIdx.x, r, acc);
       if (a.transposed) __syncthreads();  // the round's planes are read: their regions take the outputs
       if (live) tiled_forward_keep<RY>(a, j, smem, threadIdx.x, r, acc);
     }
@@ -166,7 +166,7 @@ __device__ __forceinline__ void transpose_step(acc_t* v, int lane) {
   }
 }
 
-template <int RY, typename scalar_t, typename acc_t>
+template <int RY, int P, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
     tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
   acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
@@ -197,12 +197,12 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
       };
       for (int base = 0; base < two; base += kCorrGroup) {
         acc_t v[2 * kCorrGroup];
-        tiled_corr_products<RY>(a, j, smem, tid, gv, base, v);
+        tiled_corr_products<RY, P>(a, j, smem, tid, gv, base, v);
         reduce(v, base, false);
       }
       for (int base = two; base < ne; base += 2 * kCorrGroup) {
         acc_t v[2 * kCorrGroup];
-        tiled_corr_products_one_row<RY>(a, j, smem, tid, gv, base, v);
+        tiled_corr_products_one_row<RY, P>(a, j, smem, tid, gv, base, v);
         reduce(v, base, true);
       }
     }
@@ -237,14 +237,21 @@ struct CudaLaunch {
   }
   static void forward(const TiledConv<scalar_t, acc_t>& c) {
     const int64_t bytes = int64_t(c.cfg.planes) * c.cfg.plane_stride * sizeof(acc_t);
-    auto kernel = with_ry(c.cfg.ry, [](auto ry) { return tiled_forward_kernel<decltype(ry)::value, scalar_t, acc_t>; });
+    // float64 (tests only) runs the run-time pitch alone: fewer kernels to compile
+    const int pitch = std::is_same_v<acc_t, double> ? -1 : c.kernel_pitch();
+    auto kernel = with_ry_pitch(c.cfg.ry, pitch, [](auto ry, auto p) {
+      return tiled_forward_kernel<decltype(ry)::value, decltype(p)::value, scalar_t, acc_t>;
+    });
     allow_smem(reinterpret_cast<const void*>(kernel), bytes);
     kernel<<<grid_blocks(c.blocks()), c.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   static void corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
     const int64_t bytes = w.smem_elems() * sizeof(acc_t);
-    auto kernel = with_ry(w.cfg.ry, [](auto ry) { return tiled_corr_kernel<decltype(ry)::value, scalar_t, acc_t>; });
+    const int pitch = std::is_same_v<acc_t, double> ? -1 : w.kernel_pitch();
+    auto kernel = with_ry_pitch(w.cfg.ry, pitch, [](auto ry, auto p) {
+      return tiled_corr_kernel<decltype(ry)::value, decltype(p)::value, scalar_t, acc_t>;
+    });
     const void* k = reinterpret_cast<const void*>(kernel);
     allow_smem(k, bytes);
     // About four waves of resident blocks: enough to balance the SMs, few enough to keep each block's rounds long.

@@ -130,9 +130,11 @@ struct EmulatedLaunch {
 
   static void forward(const TiledConv<scalar_t, acc_t>& c) {
     ++launches;
-    with_ry(c.cfg.ry, [&](auto ry) { forward_ry<decltype(ry)::value>(c); });
+    with_ry_pitch(c.cfg.ry, c.kernel_pitch(), [&](auto ry, auto p) {
+      forward_ry<decltype(ry)::value, decltype(p)::value>(c);
+    });
   }
-  template <int RY>
+  template <int RY, int P>
   static void forward_ry(const TiledConv<scalar_t, acc_t>& c) {
     std::vector<acc_t> smem(int64_t(c.cfg.planes) * c.cfg.plane_stride), acc(int64_t(c.cfg.threads) * RY);
     std::vector<char> live(c.cfg.threads);
@@ -143,7 +145,7 @@ struct EmulatedLaunch {
       for (int tid = 0; tid < c.cfg.threads; ++tid) tiled_forward_stage(c, j, smem.data(), tid);
       for (int r = 0; r < c.rounds(); ++r) {  // (a barrier between compute and keep when transposed)
         for (int tid = 0; tid < c.cfg.threads; ++tid)
-          live[tid] = tiled_forward_round<RY>(c, j, smem.data(), tid, r, &acc[int64_t(tid) * RY]);
+          live[tid] = tiled_forward_round<RY, P>(c, j, smem.data(), tid, r, &acc[int64_t(tid) * RY]);
         for (int tid = 0; tid < c.cfg.threads; ++tid)
           if (live[tid]) tiled_forward_keep<RY>(c, j, smem.data(), tid, r, &acc[int64_t(tid) * RY]);
       }
@@ -157,10 +159,12 @@ struct EmulatedLaunch {
     w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, kEmulatedBlocks);
     std::vector<acc_t> work(w.C * w.slabs * w.values());
     w.work = work.data();
-    with_ry(w.cfg.ry, [&](auto ry) { corr_ry<decltype(ry)::value>(w); });
+    with_ry_pitch(w.cfg.ry, w.kernel_pitch(), [&](auto ry, auto p) {
+      corr_ry<decltype(ry)::value, decltype(p)::value>(w);
+    });
     for (int64_t ck = 0; ck < a.C * a.K; ++ck) tiled_corr_finish_thread(ck, w, a);
   }
-  template <int RY>
+  template <int RY, int P>
   static void corr_ry(const TiledCorr<scalar_t, acc_t>& w) {
     std::vector<acc_t> smem(w.smem_elems());
     const int T = w.cfg.threads;
@@ -183,9 +187,9 @@ struct EmulatedLaunch {
           const bool one_row = base >= two;
           for (int tid = 0; tid < T; ++tid) {
             if (one_row)
-              tiled_corr_products_one_row<RY>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
+              tiled_corr_products_one_row<RY, P>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
             else
-              tiled_corr_products<RY>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
+              tiled_corr_products<RY, P>(w, j, smem.data(), tid, &gv[tid * RY], base, &v[tid * 2 * kCorrGroup]);
           }
           for (int width = kCorrGroup; width >= 1; width /= 2) {
             for (int i = 0; i < width; ++i) {
@@ -317,7 +321,8 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
     images = plan.images;
     transposed = plan.transposed;
   });
-  return {t.ok, t.ry, t.tw, t.thread_rows, t.groups, t.planes, t.threads, t.tiles_y, t.tiles_x, images, transposed};
+  return {t.ok, t.ry, t.tw, t.thread_rows, t.groups, t.planes, t.threads, t.tiles_y, t.tiles_x, images, transposed,
+          t.pitch, t.plane_stride};
 }
 
 }  // namespace

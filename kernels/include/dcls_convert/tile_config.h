@@ -54,6 +54,29 @@ decltype(auto) with_ry(int ry, F&& f) {
   return f(std::integral_constant<int, 1>{});
 }
 
+// Row pitches (staged elements between rows) the forward kernels are also compiled for, per rows per thread: the
+// ones ConvNeXt-T's stages get at window 17 (fitted 28-, 14- and 7-wide tiles of inputs not in channels_last: 68,
+// 30, 23; channels_last: 48, 24). With the pitch a constant an entry's shared loads take immediate offsets: 7
+// address instructions fewer per two-row entry (a small kernel's SASS: 78 -> 64 per two entries). Any other
+// pitch runs the kernel compiled for a pitch read at run time (P = 0); the results are the same to the bit.
+template <typename F>
+decltype(auto) with_ry_pitch(int ry, int pitch, F&& f) {
+  return with_ry(ry, [&](auto ry_c) -> decltype(auto) {
+    using P0 = std::integral_constant<int, 0>;
+    constexpr int RY = decltype(ry_c)::value;
+    if constexpr (RY == 7) {
+      if (pitch == 23) return f(ry_c, std::integral_constant<int, 23>{});
+      if (pitch == 24) return f(ry_c, std::integral_constant<int, 24>{});
+      if (pitch == 30) return f(ry_c, std::integral_constant<int, 30>{});
+      if (pitch == 48) return f(ry_c, std::integral_constant<int, 48>{});
+      if (pitch == 68) return f(ry_c, std::integral_constant<int, 68>{});
+    } else if constexpr (RY == 8) {
+      if (pitch == 48) return f(ry_c, std::integral_constant<int, 48>{});
+    }
+    return f(ry_c, P0{});
+  });
+}
+
 // One candidate configuration: ry rows per thread over tiles tw wide. whole_warp_planes: a plane of 32 threads or
 // more gets its rows rounded up to whole warps and a smaller one must divide a warp (tw a power of two), so that
 // no warp mixes planes unless they are small; otherwise warps may straddle planes, which the kernels allow only

@@ -26,11 +26,13 @@ struct TiledCorr {
   int64_t slabs = 1;
   TileConfig cfg;  // planes == groups: each group's plane is one (image, tile) job of the block's channel
   bool batched = true;  // staging with several loads in flight per thread (stage_planes_batched)
+  bool fixed_pitch = true;  // kernels compiled for the tile's row pitch where there is one (with_ry_pitch)
   // Sums per block: two rows per entry, padded to whole groups of 16 entries, then the output-gradient sum.
   DCLS_HD int entry_values() const { return 2 * kCorrGroup * ((cap + kCorrGroup - 1) / kCorrGroup); }
   DCLS_HD int bias_value() const { return entry_values(); }
   DCLS_HD int values() const { return entry_values() + 1; }
   DCLS_HD int warps() const { return (cfg.threads + 31) / 32; }
+  DCLS_HD int kernel_pitch() const { return fixed_pitch ? cfg.pitch : -1; }  // for with_ry_pitch
   DCLS_HD int64_t jobs() const { return N * cfg.tiles_y * cfg.tiles_x; }  // per channel
   DCLS_HD int64_t blocks() const { return C * slabs; }
   DCLS_HD int64_t smem_elems() const { return int64_t(cfg.planes) * cfg.plane_stride + int64_t(warps()) * values(); }
@@ -117,13 +119,14 @@ DCLS_HD void tiled_corr_grad_sum(const acc_t gv[RY], acc_t& sum) {
 
 // Phase 3 (per round, per group of 16 two-row entries): the thread's 32 partial sums v[2m + r] for entries
 // base + m < a.pairs[c], rows r = 0, 1.
-template <int RY, typename scalar_t, typename acc_t>
+template <int RY, int P, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_products(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem, int tid,
                                  const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // 32-bit offsets, as in the forward
+  // 32-bit offsets, as in the forward; P > 0: the pitch as a compile-time constant (with_ry_pitch)
+  const int pitch = P > 0 ? P : t.pitch, row = static_cast<int>(a.sh) * pitch;
   const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
   const TapEntry<acc_t>* e = a.table + j.c * a.cap;
   const int ne = a.pairs[j.c];
@@ -159,13 +162,13 @@ DCLS_UNROLL
 // a.count[c], its one row. The corners whose second row no gradient reads (nearest taps: partial's and bloom's)
 // are single rows in the corner table, so a warp's reduction then serves 32 entries instead of 16 and their
 // products are half as many.
-template <int RY, typename scalar_t, typename acc_t>
+template <int RY, int P, typename scalar_t, typename acc_t>
 DCLS_HD void tiled_corr_products_one_row(const TiledCorr<scalar_t, acc_t>& a, const CorrJob& j, const acc_t* smem,
                                          int tid, const acc_t gv[RY], int base, acc_t v[2 * kCorrGroup]) {
   const TileConfig& t = a.cfg;
   const int per_plane = t.tw * t.thread_rows;
   const int group = tid / per_plane, lx = tid % t.tw, ly = (tid % per_plane) / t.tw;
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;
+  const int pitch = P > 0 ? P : t.pitch, row = static_cast<int>(a.sh) * pitch;
   const acc_t* s = smem + (group * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
   const TapEntry<acc_t>* e = a.table + j.c * a.cap;
   const int ne = a.count[j.c];

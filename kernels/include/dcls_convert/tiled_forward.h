@@ -27,7 +27,9 @@ struct TiledConv {
   int images = 1;
   bool transposed = false;  // outputs kept in shared memory, then written neighbouring channels together
   bool batched = true;      // staging with several loads in flight per thread (stage_planes_batched)
+  bool fixed_pitch = true;  // kernels compiled for the tile's row pitch where there is one (with_ry_pitch)
   DCLS_HD int channels() const { return cfg.planes / images; }
+  DCLS_HD int kernel_pitch() const { return fixed_pitch ? cfg.pitch : -1; }  // for with_ry_pitch
   DCLS_HD int rounds() const { return cfg.planes / cfg.groups; }
   DCLS_HD int64_t channel_groups() const { return (C + channels() - 1) / channels(); }
   DCLS_HD int64_t image_groups() const { return (N + images - 1) / images; }
@@ -148,19 +150,19 @@ DCLS_UNROLL
 }
 
 // The same for single-row entries (c1 == 0).
-template <int RY, typename acc_t>
+template <int RY, bool Stride1, typename acc_t>
 DCLS_HD void forward_one_row_entries(const TapEntry<acc_t>* e, int ne, const acc_t* s, int row, int pitch,
                                      acc_t acc[RY]) {
   for_each_entry(e, ne, [&](const TapEntry<acc_t>& en) {
     const acc_t* q = s + (en.dy * pitch + en.dx);
 DCLS_UNROLL
-    for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * row];
+    for (int i = 0; i < RY; ++i) acc[i] += en.c0 * q[i * (Stride1 ? pitch : row)];
   });
 }
 
 // Phase 3 (per round r): thread tid computes RY outputs of one column of plane group + r * groups into acc; false
-// when that plane lies past the batch or the channels.
-template <int RY, typename scalar_t, typename acc_t>
+// when that plane lies past the batch or the channels. P: the tile's row pitch if compiled in, else 0.
+template <int RY, int P, typename scalar_t, typename acc_t>
 DCLS_HD bool tiled_forward_round(const TiledConv<scalar_t, acc_t>& a, const ForwardJob& j, const acc_t* smem,
                                  int tid, int r, acc_t acc[RY]) {
   const TileConfig& t = a.cfg;
@@ -169,7 +171,8 @@ DCLS_HD bool tiled_forward_round(const TiledConv<scalar_t, acc_t>& a, const Forw
   const int64_t n = j.n0 + group % a.images, c = j.c0 + p / a.images;
   if (n >= a.N || c >= a.C) return false;
   // 32-bit shared-memory offsets: the loads below then need one integer add each.
-  const int row = static_cast<int>(a.sh) * t.pitch, pitch = t.pitch;  // staged elements between output rows
+  // (P > 0: the pitch as a compile-time constant, with_ry_pitch)
+  const int pitch = P > 0 ? P : t.pitch, row = static_cast<int>(a.sh) * pitch;  // staged elements between rows
   const acc_t* s = smem + (p * t.plane_stride + ly * RY * row + lx * static_cast<int>(a.sw));
   const acc_t b = a.bias ? static_cast<acc_t>(a.bias[c]) : acc_t(0);
   for (int i = 0; i < RY; ++i) acc[i] = b;
@@ -178,11 +181,13 @@ DCLS_HD bool tiled_forward_round(const TiledConv<scalar_t, acc_t>& a, const Forw
   // The loops are issue-bound (Nsight, H200: 85 % of issue slots at stage 1), so each entry's overhead counts:
   // the entry's kind and the stride test are hoisted out of them (the tables hold two-row entries first), entries
   // come as one vector load each, and two entries per trip share the loop's bookkeeping.
-  if (row == pitch)
+  if (row == pitch) {
     forward_two_row_entries<RY, true>(e, two, s, pitch, pitch, acc);
-  else
+    forward_one_row_entries<RY, true>(e + two, ne - two, s, pitch, pitch, acc);
+  } else {
     forward_two_row_entries<RY, false>(e, two, s, row, pitch, acc);
-  forward_one_row_entries<RY>(e + two, ne - two, s, row, pitch, acc);
+    forward_one_row_entries<RY, false>(e + two, ne - two, s, row, pitch, acc);
+  }
   return true;
 }
 

@@ -83,9 +83,10 @@ struct TableBuffers {
 // threads, staging with one load in flight per thread), so that a benchmark can time them against the chosen ones
 // in one run (read at every call, as DCLS_CONVERT_CUDA_TAPS is). Each later change alone: =direct: outputs stored
 // by their threads; =one-load: staging with one load in flight per thread; =unpaired: tables without paired rows
-// (table_pair_rows). And one candidate: =fitted-cl: fitted tile widths for channels_last inputs too
+// (table_pair_rows); =runtime-pitch: the forward and correlation kernels with the row pitch read at run time
+// everywhere (with_ry_pitch). And one candidate: =fitted-cl: fitted tile widths for channels_last inputs too
 // (forward_tiles).
-enum class TileMode { kChosen, kFirst, kDirect, kOneLoad, kFittedCl, kUnpaired };
+enum class TileMode { kChosen, kFirst, kDirect, kOneLoad, kFittedCl, kUnpaired, kRuntimePitch };
 inline TileMode tile_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TILES");
   if (e == nullptr) return TileMode::kChosen;
@@ -94,6 +95,7 @@ inline TileMode tile_mode() {
   if (v == "direct") return TileMode::kDirect;
   if (v == "fitted-cl") return TileMode::kFittedCl;
   if (v == "unpaired") return TileMode::kUnpaired;
+  if (v == "runtime-pitch") return TileMode::kRuntimePitch;
   return v == "one-load" ? TileMode::kOneLoad : TileMode::kChosen;
 }
 inline bool batched_staging(TileMode mode) { return mode != TileMode::kFirst && mode != TileMode::kOneLoad; }
@@ -170,6 +172,7 @@ void set_forward_tiles(TiledConv<scalar_t, acc_t>& c, int64_t K, int64_t Lh, int
   const bool transposed_stores = mode != TileMode::kFirst && mode != TileMode::kDirect;
   c.transposed = c.cfg.ok && c.os[1] == 1 && c.channels() > 1 && transposed_stores;
   c.batched = batched_staging(mode);
+  c.fixed_pitch = mode != TileMode::kFirst && mode != TileMode::kRuntimePitch;
   c.cfg.ok = c.cfg.ok && K <= kMaxTiledTaps;
 }
 
@@ -229,6 +232,7 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   const TileMode mode = tile_mode();
   const bool first = mode == TileMode::kFirst;
   c.batched = batched_staging(mode);
+  c.fixed_pitch = mode != TileMode::kFirst && mode != TileMode::kRuntimePitch;
   const TileKey key{{first ? 3 : 1, N, C, K, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, 0, int64_t(sizeof(acc_t))}};
   c.cfg = cached_tiles(key, [&] {
     return choose_tile_config(a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, true, 1, sizeof(acc_t), true, first,
