@@ -348,6 +348,19 @@ DCLS_UNROLL
   }
 }
 
+// A staging call, batched where the plan allows it and the call has the elements for it (stage_batched), else one
+// load at a time: the same cells staged either way.
+template <typename scalar_t, typename acc_t>
+DCLS_HD void stage_planes_any(bool batched, acc_t* smem, int pitch, int plane_stride, const scalar_t* src, int64_t cs,
+                              int64_t ys, int64_t xs, int64_t y0, int64_t x0, int planes, StageRect R,
+                              bool channel_fastest, int tid, int threads) {
+  if (stage_batched(batched, R, planes, threads))
+    stage_planes_batched(smem, pitch, plane_stride, src, cs, ys, xs, y0, x0, planes, R, channel_fastest, tid,
+                         threads);
+  else
+    stage_planes(smem, pitch, plane_stride, src, cs, ys, xs, y0, x0, planes, R, channel_fastest, tid, threads);
+}
+
 // The reverse, for output tiles kept in shared memory: element (p, r, q) goes to dst[p * cs + (y0 + r) * ys +
 // (x0 + q) * xs].
 template <typename scalar_t, typename acc_t>
