@@ -4,10 +4,11 @@ import itertools
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dcls_convert.ops import reference
 from emulation import emulation_ops
-from helpers import grad_like, random_taps, taps_cases, taps_inputs
+from helpers import grad_like, max_rel, random_taps, taps_cases, taps_inputs
 
 E = emulation_ops()
 
@@ -579,3 +580,96 @@ def test_large_strides(size, window, stride, padding):
     b = torch.randn(3, dtype=torch.float64)
     args = (window, stride, padding, "bilinear")
     _check_against_oracle(x, w, p, b, args)
+
+
+WINDOW_CORR_CASES = [
+    dict(size=[11, 12], window=[7, 6], padding=[3, 2]),          # one band, one 16-row tile
+    dict(size=[20, 23], window=[17, 17], padding=[8, 8]),        # 3 bands, a ring wrapping, two 16-column steps
+    dict(size=[7, 7], window=[17, 17], padding=[8, 8]),          # a plane smaller than the window (stage 4)
+    dict(size=[9, 40], window=[51, 41], padding=[25, 20]),       # 2 x 2 window parts, a warp each
+    dict(size=[13, 9], window=[33, 9], padding=[16, 0]),         # 2 parts along rows, rows of two warps
+    dict(size=[6, 19], window=[3, 5], padding=[0, 4]),           # asymmetric paddings, one output column step
+    dict(size=[16, 9], window=[10, 5], padding=[9, 2]),          # a band needing 17 ring rows: a ring of 32
+    dict(size=[90], window=[31], padding=[15]),                  # 1-D: one row, a window part of 32 columns
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", WINDOW_CORR_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
+                                           ("nearest", "contiguous")])
+def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
+    """The tensor-core correlation (DCLS_CONVERT_CUDA_CORR=mma), block by block with every lane's mma fragments,
+    against the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32
+    rounding. It replaces the corner table and its correlation: one launch fewer (2 instead of 3)."""
+    window, padding = case["window"], case["padding"]
+    D = len(window)
+    C = 10 if layout == "channels_last" else 3  # 10: a partial group of 8 channels
+    x = torch.randn(3, C, *case["size"]).to(dtype)
+    if layout == "channels_last" and D == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    if interp == "nearest":
+        p = p.round()
+    stride = [1] * D
+    out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
+    g = torch.randn(out.shape).to(dtype)
+    if layout == "channels_last" and D == 2:
+        g = g.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_CORR", "mma")
+    E.take_launches()
+    _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
+    assert E.take_launches() == 2
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
+           torch.zeros(C, dtype=torch.float64, requires_grad=True)]
+    want = torch.autograd.grad(reference.taps_conv(*ref, window, stride, padding, interp), ref[1:], g.double(),
+                               allow_unused=True, materialize_grads=True)
+    assert max_rel(gw.double(), want[0]) < 1e-5
+    assert max_rel(gb.double(), want[2]) < 1e-5
+    if interp == "bilinear":
+        assert max_rel(gp.double(), want[1]) < 1e-5
+    else:
+        assert not gp.any()
+
+
+@pytest.mark.parametrize("dtype,stride,padding", [(torch.float32, [1, 1], [3, 3]), (torch.bfloat16, [2, 1], [3, 3]),
+                                                  (torch.bfloat16, [1, 1], [7, 3])])
+def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, padding):
+    """float32, a stride, or a padding past the window (output rows no band would load): the tables' correlation
+    (the corner table, the correlation, its finish), whatever DCLS_CONVERT_CUDA_CORR says."""
+    x = torch.randn(2, 4, 12, 12).to(dtype)
+    w, p, _ = random_taps(2, 4, 1, 5, [7, 7], spread=1.4, dtype=torch.float32)
+    out = E.taps_conv(x, w, p, None, [7, 7], stride, padding, "bilinear")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_CORR", "mma")
+    E.take_launches()
+    E.taps_conv_backward(torch.randn(out.shape).to(dtype), x, w, p, [7, 7], stride, padding, "bilinear",
+                         [False, True, True, False])
+    assert E.take_launches() == 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_window_corr_random_shapes(data):
+    """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows): the band and ring
+    bookkeeping (rows staged once per image, rings of 16 to 64 rows) against the float64 oracle."""
+    D = data.draw(st.integers(1, 2))
+    window = data.draw(st.lists(st.integers(1, 40), min_size=D, max_size=D))
+    padding = [data.draw(st.integers(0, L - 1)) for L in window]
+    size = [data.draw(st.integers(max(1, L - 2 * p), max(1, L - 2 * p) + 30)) for L, p in zip(window, padding)]
+    dtype = data.draw(st.sampled_from([torch.bfloat16, torch.float16]))
+    channels_last = D == 2 and data.draw(st.booleans())
+    C = data.draw(st.integers(1, 10))
+    x = torch.randn(2, C, *size).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(D, C, 1, 4, window, spread=1.4, dtype=torch.float32)
+    out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
+    g = torch.randn(out.shape).to(dtype)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("DCLS_CONVERT_CUDA_CORR", "mma")
+        _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, [1] * D, padding, "bilinear", [False, True, True, True])
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
+           torch.zeros(C, dtype=torch.float64, requires_grad=True)]
+    want = torch.autograd.grad(reference.taps_conv(*ref, window, [1] * D, padding, "bilinear"), ref[1:], g.double())
+    for a, e in zip((gw, gp, gb), want):
+        assert max_rel(a.double(), e) < 1e-5

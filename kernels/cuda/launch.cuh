@@ -53,6 +53,21 @@ inline int sm_count(int device) {
   return known[device] = n;
 }
 
+// Compute capability major of a device (0 if the runtime will not say: the callers then take their fallback).
+inline int compute_major(int device) {
+  static std::mutex m;
+  static std::map<int, int> known;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    major = 0;
+  }
+  return known[device] = major;
+}
+
 // Opts a kernel into more than 48 KiB of dynamic shared memory on the current device (once per size it grows to).
 inline void allow_smem(const void* kernel, int64_t bytes) {
   if (bytes <= 48 * 1024) return;

@@ -10,6 +10,7 @@
 
 #include "dcls_convert/tiled_taps_ops.h"
 #include "launch.cuh"
+#include "window_corr.cuh"
 
 namespace dcls_convert {
 namespace {
@@ -31,6 +32,18 @@ template <typename scalar_t, typename acc_t>
 struct FinishFn {
   __device__ static void run(int64_t i, const FinishArgs<scalar_t, acc_t>& a) {
     tiled_corr_finish_thread(i, a.corr, a.taps);
+  }
+};
+
+template <typename scalar_t>
+struct WindowFinishArgs {
+  WindowCorr<scalar_t> corr;
+  TapsArgs<scalar_t, float> taps;
+};
+template <typename scalar_t>
+struct WindowFinishFn {
+  __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
+    window_corr_finish_thread(i, a.corr, a.taps);
   }
 };
 
@@ -265,6 +278,28 @@ struct CudaLaunch {
     kernel<<<grid_blocks(w.blocks()), w.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});
+  }
+  static bool window_corr_supported(const at::Tensor& like) {
+    return like.is_cuda() && compute_major(like.get_device()) >= 8;  // mma.m16n8k16 with bfloat16
+  }
+  static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      const int64_t bytes = w.smem_words() * 4;
+      auto kernel = with_window_tiles(w.mt, w.nt, [](auto m, auto n) {
+        return window_corr_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
+      });
+      const void* k = reinterpret_cast<const void*>(kernel);
+      allow_smem(k, bytes);
+      const int device = like.get_device();
+      w.slabs = window_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, kWindowCorrThreads, bytes, device)) * sm_count(device));
+      auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(at::kFloat));
+      w.work = static_cast<float*>(work.data_ptr());
+      kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_grid_stride<WindowFinishFn<scalar_t>>(a.C * a.K, WindowFinishArgs<scalar_t>{w, a});
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "window_corr: 16-bit inputs only");
+    }
   }
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(n, a);

@@ -86,6 +86,47 @@ void poison(std::vector<acc_t>& smem, int64_t n) {
   std::fill(smem.begin(), smem.begin() + n, std::numeric_limits<acc_t>::quiet_NaN());
 }
 
+// A 16-bit value's float from its bits (the low or high half of a fragment register).
+template <typename scalar_t>
+float half_bits(uint32_t r, int high) {
+  return static_cast<float>(scalar_t(static_cast<uint16_t>(high ? r >> 16 : r & 0xffffu), scalar_t::from_bits()));
+}
+
+// mma.m16n8k16 (row.col, float32 sums) over a warp's 32 lanes, from the fragment layouts of the PTX ISA
+// ("Matrix Fragments for mma.m16n8k16 with floating point type"): lane = 4 groupID + threadID_in_group; A
+// register r holds row groupID (+8 for r = 1, 3), columns 2 threadID + {0, 1} (+8 for r = 2, 3); B register r
+// holds rows 2 threadID + {0, 1} (+8 for r = 1) of column groupID; accumulator q is row groupID (+8 for q >= 2),
+// column 2 threadID + (q & 1).
+template <typename scalar_t>
+struct MmaEmulated {
+  template <int NL, int NA, int NAR, int NBR>
+  static void run(float (*acc)[NA], const uint32_t (*A)[NAR], const uint32_t (*B)[NBR], int tile, int i, int jn) {
+    static_assert(NL == 32, "the emulated mma takes the whole warp");
+    float a[16][16], b[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      const uint32_t* r = A[lane] + 4 * i;
+      for (int h = 0; h < 2; ++h) {
+        a[g][2 * t + h] = half_bits<scalar_t>(r[0], h);
+        a[g + 8][2 * t + h] = half_bits<scalar_t>(r[1], h);
+        a[g][2 * t + 8 + h] = half_bits<scalar_t>(r[2], h);
+        a[g + 8][2 * t + 8 + h] = half_bits<scalar_t>(r[3], h);
+        b[2 * t + h][g] = half_bits<scalar_t>(B[lane][2 * jn], h);
+        b[2 * t + 8 + h][g] = half_bits<scalar_t>(B[lane][2 * jn + 1], h);
+      }
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      for (int q = 0; q < 4; ++q) {
+        const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
+        float s = acc[lane][4 * tile + q];
+        for (int k = 0; k < 16; ++k) s += a[row][k] * b[k][col];
+        acc[lane][4 * tile + q] = s;
+      }
+    }
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 struct EmulatedLaunch {
   static bool gather_only() { return false; }
@@ -210,6 +251,48 @@ struct EmulatedLaunch {
         for (int tid = 0; tid < T; ++tid) tiled_corr_store_grad_sum(w, smem.data(), tid, gsum[tid]);
       }
       for (int tid = 0; tid < T; ++tid) tiled_corr_write(w, j, smem.data(), tid);
+    }
+  }
+
+  static bool window_corr_supported(const at::Tensor&) { return true; }
+  static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      launches += 2;  // the correlation and its finish
+      w.slabs = window_corr_slabs(w, kEmulatedBlocks);
+      std::vector<float> work(w.C * w.slabs * w.values());
+      w.work = work.data();
+      with_window_tiles(w.mt, w.nt, [&](auto m, auto n) { window_corr_blocks<decltype(m)::value, decltype(n)::value>(w); });
+      for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+    }
+  }
+  // window_corr_kernel, phase by phase; shared memory poisoned with NaN (all bits set: NaN in bfloat16, float16
+  // and float32) at each image, so that a ring row a band reads before staging it shows.
+  template <int MT, int NT>
+  static void window_corr_blocks(const WindowCorr<scalar_t>& w) {
+    constexpr int NA = MT * NT * 4;
+    std::vector<uint32_t> smem(w.smem_words());
+    std::vector<float> acc(int64_t(kWindowCorrThreads) * NA), bias(kWindowCorrThreads);
+    for (int64_t bid = 0; bid < w.blocks(); ++bid) {
+      const WindowCorrJob j = window_corr_job(w, bid);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(bias.begin(), bias.end(), 0.f);
+      for (int64_t n = j.n_begin; n < j.n_end; ++n) {
+        std::fill(smem.begin(), smem.end(), 0xffffffffu);
+        int64_t lo = w.ph - w.Lh + 1;
+        for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
+          const int64_t hi = iy0 + w.band + w.ph;
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid)
+            window_corr_stage(w, j, n, iy0, lo, hi, smem.data(), tid, bias[tid]);
+          for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+            window_corr_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
+                w, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
+          lo = hi;
+        }
+      }
+      std::fill(smem.begin(), smem.end(), 0xffffffffu);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid)
+        window_corr_keep<MT, NT>(w, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA], tid, bias[tid]);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_corr_write(w, j, smem.data(), tid);
     }
   }
 

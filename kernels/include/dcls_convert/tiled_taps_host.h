@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "dcls_convert/tiled_taps.h"
+#include "dcls_convert/window_corr.h"
 
 namespace dcls_convert {
 
@@ -244,6 +245,36 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   c.cfg.ok = c.cfg.ok && a.K <= kMaxTiledTaps;
   if (c.cfg.ok && c.smem_elems() * int64_t(sizeof(acc_t)) > 2 * kMaxTileSmemBytes) c.cfg.ok = false;
   return c;
+}
+
+// DCLS_CONVERT_CUDA_CORR=mma: the weight and position gradients of 16-bit inputs on tensor cores (window_corr.h)
+// where they apply; otherwise the tables' correlation. Opt-in until a GPU has run it (read at every call).
+inline bool window_corr_mode() {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_CORR");
+  return e != nullptr && std::string(e) == "mma";
+}
+
+template <typename scalar_t>
+constexpr bool window_corr_dtype() {
+  return std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+}
+
+// The tensor-core correlation of g with x, or ok = false where it does not apply. The executor sets the slabs
+// and the workspace.
+template <typename scalar_t, typename acc_t>
+WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a) {
+  WindowCorr<scalar_t> w;
+  if constexpr (window_corr_dtype<scalar_t>()) {
+    int64_t xs[4];
+    plane_strides(x, xs);
+    w = window_corr_shape<scalar_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw,
+                                    xs[1] == 1 && a.C > 1);
+    w.x = x.data_ptr<scalar_t>();
+    w.g = g.data_ptr<scalar_t>();
+    std::copy(xs, xs + 4, w.xs);
+    plane_strides(g, w.gs);
+  }
+  return w;
 }
 
 }  // namespace dcls_convert

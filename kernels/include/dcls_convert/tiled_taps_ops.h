@@ -13,6 +13,8 @@
 //   static void tables(const TapsArgs&, const TableBuilds&);     every listed table, one launch
 //   static void forward(const TiledConv&);                       tiled forward (or mirrored: input gradient)
 //   static void corr(TiledCorr, const TapsArgs&, const at::Tensor& like);  correlation + finish
+//   static bool window_corr_supported(const at::Tensor& like);    tensor cores on like's device
+//   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
 //   static void gather_grad_input(const TapsArgs&, int64_t inputs);        NCHW, one thread per input
 //   static void tap_blocks(const TapsArgs&);                     weight/position gradients, one block per tap
@@ -103,7 +105,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           tiled_gi = plan.cfg.ok;
         }
       }
-      auto corr = want_taps ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
+      // weight and position gradients: tensor cores where they apply (16-bit, opted in), else the tables
+      const auto wc = want_taps && !L::gather_only() && window_corr_mode() && L::window_corr_supported(input)
+                          ? window_corr_plan<scalar_t, acc_t>(in.x, g, a)
+                          : WindowCorr<scalar_t>();
+      auto corr = want_taps && !wc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();
       TableBuffers<acc_t> tb(input, a.C, a.K, (tiled_gi ? int(phases.size()) : 0) + int(tiled_corr));
       if (tiled_gi) {
@@ -127,7 +133,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       }
       if (!want_taps) return;
       grads.bind_taps(a, window.size() == 2);
-      if (tiled_corr) {
+      if (wc.ok) {
+        if constexpr (window_corr_dtype<scalar_t>()) {
+          auto w = wc;
+          if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
+          L::window_corr(w, a, input);
+        }
+      } else if (tiled_corr) {
         if (mask[3]) corr.grad_bias = grads.template bind_bias<acc_t>(weight);
         L::corr(corr, a, input);
       } else {  // one block per tap

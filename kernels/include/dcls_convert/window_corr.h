@@ -1,0 +1,336 @@
+// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1, on tensor cores: the
+// correlation of the output gradient with the input at every cell of the window, G[dy][dx] = sum over (n, oy, ox)
+// of g[n, oy, ox] * x[n, oy + dy - ph, ox + dx - pw], then each tap's corners read from G (window_corr_finish).
+//
+// Why the whole window: for one input row iy, the products are a matrix product,
+//   G[dy][dx] += sum over ox of A[dy][ox] * B[ox][dx],  A[dy][ox] = g[iy + ph - dy][ox],  B[ox][dx] = x[iy][ox + dx - pw],
+// A made of output-gradient rows, B a Toeplitz matrix of one input row. mma.m16n8k16 (bfloat16 or float16 in,
+// float32 sums) does 2048 multiply-adds per warp instruction, so the dense window (289 cells at 17x17) costs
+// less than the table's few hundred scalar products per output did, and no table is built.
+//
+// Block: kWindowCorrWarps warps over `cg` channels (warps per channel `wpc`: window parts of 16*mt x 8*nt cells,
+// then phases of the band's rows), a slab of images. Per image, bands of `band` input rows: the block stages the
+// band's input rows (twice: element e at e and, in the odd copy, at e - 1, so that every B fragment is one
+// aligned 32-bit load per register whatever the parity of its column) and the output-gradient rows the band
+// needs into a ring of `ring` rows (each row loaded once per image). A warp's sums stay in registers for the
+// whole block job; then the warps' sums are added in a fixed order and written to the workspace (C, slabs,
+// cells + 1), the last value the output-gradient sum (the bias gradient). No atomics: run to run identical.
+//
+// Rows of A past the window (dy >= Lh, the mma's 16-row granularity) read ring rows that may hold anything: they
+// only reach rows of G that are never written. Columns past Lw read staged zeros or inputs (finite). The
+// products past Wo meet the ring's zero columns. The CPU emulation runs this block algorithm over the whole grid
+// with every lane's fragments and an emulated mma (emulation/emulate_cuda.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "dcls_convert/taps_threads.h"
+
+namespace dcls_convert {
+
+constexpr int kWindowCorrWarps = 8;
+constexpr int kWindowCorrThreads = 32 * kWindowCorrWarps;
+constexpr int kWindowCorrMaxWindow = 64;  // per axis: at most 2 x 2 parts of 32 x 32 cells
+constexpr int kWindowCorrMaxBand = 8;
+constexpr int kWindowCorrMaxWo = 256;
+constexpr int kRingOffset = 1 << 12;  // added before the ring's mask, so that negative rows wrap as positive ones
+
+template <typename scalar_t>
+struct WindowCorr {
+  const scalar_t* x = nullptr;
+  const scalar_t* g = nullptr;
+  float* work = nullptr;       // (C, slabs, values())
+  float* grad_bias = nullptr;  // (C) or nullptr: written by the finish
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
+  int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
+  bool channels_last = false;  // staging order: channels fastest (one 16-byte run of 8 channels per pixel)
+  int mt = 1, nt = 1;          // 16-row and 8-column mma tiles per window part
+  int parts_y = 1, parts_x = 1, wpc = 1, cg = 8;
+  int ks = 1;                  // 16-column steps over an output row
+  int band = 8, ring = 16;     // input rows per band; output-gradient rows held (a power of two)
+  int xw = 16, gp = 12;        // words (two elements) per staged input row copy; per ring row
+  int64_t slabs = 1;
+  bool ok = false;
+
+  DCLS_HD int parts() const { return parts_y * parts_x; }
+  DCLS_HD int phases() const { return wpc / parts(); }
+  DCLS_HD int xe() const { return 16 * ks + parts_x * nt * 8; }  // staged elements per input row
+  DCLS_HD int64_t cells() const { return Lh * Lw; }
+  DCLS_HD int64_t values() const { return cells() + 1; }
+  DCLS_HD int64_t groups() const { return (C + cg - 1) / cg; }
+  DCLS_HD int64_t blocks() const { return groups() * slabs; }
+  DCLS_HD int x_words() const { return band * 2 * xw; }  // per channel
+  DCLS_HD int g_words() const { return ring * gp; }
+  DCLS_HD int part_cells() const { return 16 * mt * 8 * nt; }
+  DCLS_HD int red_words() const { return kWindowCorrWarps * part_cells() + kWindowCorrThreads; }
+  DCLS_HD int64_t smem_words() const {
+    const int64_t staged = int64_t(cg) * (x_words() + g_words());
+    return staged > red_words() ? staged : red_words();
+  }
+};
+
+// A word count at least n that is 16 mod 32: the odd copy of a row then sits 16 banks from the even one, and the
+// B fragments' lanes (seven words of each copy) never share a bank.
+inline int words_16_mod_32(int n) { return n <= 16 ? 16 : 16 + 32 * ((n - 16 + 31) / 32); }
+
+// The shape of the correlation (no pointers), or ok = false where it does not apply: stride 1, windows up to 64
+// per axis, padding inside the window, rows up to kWindowCorrMaxWo outputs (the caller checks the dtype).
+template <typename scalar_t>
+WindowCorr<scalar_t> window_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
+                                       int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool channels_last) {
+  WindowCorr<scalar_t> w;
+  w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
+  w.channels_last = channels_last;
+  // (padding past the window would leave output rows no band loads: their bias sums would be missed)
+  if (sh != 1 || sw != 1 || Lh > kWindowCorrMaxWindow || Lw > kWindowCorrMaxWindow || Wo > kWindowCorrMaxWo ||
+      ph > Lh - 1 || pw > Lw - 1 || N * C == 0 || Ho * Wo == 0)
+    return w;
+  w.mt = Lh <= 16 ? 1 : 2;
+  w.nt = static_cast<int>(std::min<int64_t>(4, (Lw + 7) / 8));
+  w.parts_y = static_cast<int>((Lh + 16 * w.mt - 1) / (16 * w.mt));
+  w.parts_x = static_cast<int>((Lw + 8 * w.nt - 1) / (8 * w.nt));
+  w.wpc = w.parts() == 1 ? 1 : (w.parts() == 2 ? 2 : 4);
+  // channels_last reads 8 channels (16 bytes) per pixel; NCHW keeps 8 channels too (one warp each, rows
+  // contiguous) unless the window has parts
+  w.cg = kWindowCorrWarps / w.wpc;
+  w.ks = static_cast<int>((Wo + 15) / 16);
+  w.band = static_cast<int>(std::min<int64_t>(kWindowCorrMaxBand, H));
+  w.ring = 16;
+  while (w.ring < w.band + Lh - 1) w.ring *= 2;
+  w.xw = words_16_mod_32((w.xe() + 1) / 2);
+  w.gp = 8 * w.ks + 4;  // 4 mod 8: the A fragments' 8 rows fall in distinct banks
+  w.ok = true;
+  return w;
+}
+
+// Slabs of images per channel group: about `target` blocks, at least one image per slab, and a workspace of at
+// most 2^24 floats.
+template <typename scalar_t>
+int64_t window_corr_slabs(const WindowCorr<scalar_t>& w, int64_t target) {
+  const int64_t by_blocks = (target + w.groups() - 1) / std::max<int64_t>(w.groups(), 1);
+  const int64_t by_work = (int64_t(1) << 24) / std::max<int64_t>(w.C * w.values(), 1);
+  return std::max<int64_t>(1, std::min<int64_t>({w.N, by_blocks, by_work}));
+}
+
+struct WindowCorrJob {
+  int64_t c0, slab, n_begin, n_end;  // first channel of the group, slab, its images [n_begin, n_end)
+};
+template <typename scalar_t>
+DCLS_HD WindowCorrJob window_corr_job(const WindowCorr<scalar_t>& w, int64_t bid) {
+  WindowCorrJob j;
+  j.c0 = (bid % w.groups()) * w.cg;
+  j.slab = bid / w.groups();
+  j.n_begin = j.slab * w.N / w.slabs;
+  j.n_end = (j.slab + 1) * w.N / w.slabs;
+  return j;
+}
+
+// What a warp computes: channel ci of the group, window part (dy0, dx0), and every `phases`-th row of a band.
+struct WarpRole {
+  int ci, dy0, dx0, phase;
+};
+template <typename scalar_t>
+DCLS_HD WarpRole warp_role(const WindowCorr<scalar_t>& w, int warp) {
+  WarpRole r;
+  r.ci = warp / w.wpc;
+  const int sub = warp % w.wpc, part = sub % w.parts();
+  r.dy0 = (part / w.parts_x) * 16 * w.mt;
+  r.dx0 = (part % w.parts_x) * 8 * w.nt;
+  r.phase = sub / w.parts();
+  return r;
+}
+
+// A staging thread's channel and its place among the channel's threads: channels_last, channels fastest (8
+// consecutive threads read one pixel's 16 bytes); NCHW, a warp per channel (lanes along the row).
+struct StageRole {
+  int ci, sub, nsub;
+};
+template <typename scalar_t>
+DCLS_HD StageRole stage_role(const WindowCorr<scalar_t>& w, int tid) {
+  StageRole s;
+  s.nsub = kWindowCorrThreads / w.cg;
+  if (w.channels_last) {
+    s.ci = tid % w.cg;
+    s.sub = tid / w.cg;
+  } else {
+    s.ci = (tid / 32) % w.cg;
+    s.sub = tid % 32 + 32 * ((tid / 32) / w.cg);
+  }
+  return s;
+}
+
+template <typename scalar_t>
+DCLS_HD scalar_t* x_band(const WindowCorr<scalar_t>& w, uint32_t* smem, int ci) {
+  return reinterpret_cast<scalar_t*>(smem + int64_t(ci) * w.x_words());
+}
+template <typename scalar_t>
+DCLS_HD uint32_t* g_ring(const WindowCorr<scalar_t>& w, uint32_t* smem, int ci) {
+  return smem + int64_t(w.cg) * w.x_words() + int64_t(ci) * w.g_words();
+}
+DCLS_HD int ring_slot(int64_t oy, int ring) { return static_cast<int>((oy + kRingOffset) & (ring - 1)); }
+
+// Phase 1 (per band): the band's input rows iy0 .. iy0 + band - 1 of the thread's channel, zero outside the input,
+// into both copies; then the ring's new output-gradient rows [lo, hi) (zero outside the output gradient), whose
+// values the thread adds to its bias sum.
+template <typename scalar_t>
+DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, int64_t n, int64_t iy0,
+                               int64_t lo, int64_t hi, uint32_t* smem, int tid, float& bias_sum) {
+  const StageRole s = stage_role(w, tid);
+  const int64_t c = j.c0 + s.ci;
+  const bool live = c < w.C;
+  scalar_t* xb = x_band(w, smem, s.ci);
+  const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1];
+  const int xe = w.xe(), copy = 2 * w.xw;
+  for (int r = 0; r < w.band; ++r) {
+    const int64_t iy = iy0 + r;
+    const bool row_in = live && iy < w.H;
+    scalar_t* dst = xb + r * 2 * copy;
+    for (int e = s.sub; e < xe; e += s.nsub) {
+      const int64_t col = e - w.pw;
+      const scalar_t v = (row_in && col >= 0 && col < w.W) ? xsrc[iy * w.xs[2] + col * w.xs[3]] : scalar_t(0);
+      dst[e] = v;
+      if (e >= 1) dst[copy + e - 1] = v;
+    }
+  }
+  auto* ring = reinterpret_cast<scalar_t*>(g_ring(w, smem, s.ci));
+  const scalar_t* gsrc = w.g + n * w.gs[0] + (live ? c : 0) * w.gs[1];
+  const int cols = 16 * w.ks;
+  for (int64_t oy = lo; oy < hi; ++oy) {
+    const bool row_in = live && oy >= 0 && oy < w.Ho;
+    scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * 2 * w.gp;
+    for (int ox = s.sub; ox < cols; ox += s.nsub) {
+      const scalar_t v = (row_in && ox < w.Wo) ? gsrc[oy * w.gs[2] + ox * w.gs[3]] : scalar_t(0);
+      dst[ox] = v;
+      bias_sum += static_cast<float>(v);
+    }
+  }
+}
+
+// Phase 2 (per band): a warp's products for its rows of the band, lanes lane0 .. lane0 + NL - 1 (the device runs
+// NL = 1, its own lane; the emulation NL = 32, the whole warp, so that its mma sees every lane's fragments).
+// acc[l][(i * NT + jn) * 4 + q]: lane l's accumulator q of tile (i, jn), in the mma's C layout.
+template <int MT, int NT, int NL, typename Mma, typename scalar_t>
+DCLS_HD void window_corr_rows(const WindowCorr<scalar_t>& w, uint32_t* smem, int warp, int lane0, int64_t iy0,
+                              float (*acc)[MT * NT * 4]) {
+  const WarpRole r = warp_role(w, warp);
+  const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0));
+  const uint32_t* ring = g_ring(w, smem, r.ci);
+  const uint32_t* band = smem + int64_t(r.ci) * w.x_words();
+  for (int rr = r.phase; rr < rows; rr += w.phases()) {
+    const int64_t iy = iy0 + rr;
+    const uint32_t* arow[NL][MT][2];
+    const uint32_t* brow[NL];
+    for (int l = 0; l < NL; ++l) {
+      const int lane = lane0 + l, gq = lane >> 2, t = lane & 3;
+      for (int i = 0; i < MT; ++i)
+        for (int h = 0; h < 2; ++h) {
+          const int64_t oy = iy + w.ph - (r.dy0 + 16 * i + gq + 8 * h);
+          arow[l][i][h] = ring + ring_slot(oy, w.ring) * w.gp + t;
+        }
+      const int odd = gq & 1;
+      brow[l] = band + rr * 2 * w.xw + odd * w.xw + (r.dx0 + gq - odd) / 2 + t;
+    }
+    for (int s = 0; s < w.ks; ++s) {
+      uint32_t A[NL][MT * 4], B[NL][NT * 2];
+      for (int l = 0; l < NL; ++l) {
+DCLS_UNROLL
+        for (int i = 0; i < MT; ++i) {
+          A[l][4 * i + 0] = arow[l][i][0][8 * s];
+          A[l][4 * i + 1] = arow[l][i][1][8 * s];
+          A[l][4 * i + 2] = arow[l][i][0][8 * s + 4];
+          A[l][4 * i + 3] = arow[l][i][1][8 * s + 4];
+        }
+DCLS_UNROLL
+        for (int jn = 0; jn < NT; ++jn) {
+          B[l][2 * jn + 0] = brow[l][8 * s + 4 * jn];
+          B[l][2 * jn + 1] = brow[l][8 * s + 4 * jn + 4];
+        }
+      }
+DCLS_UNROLL
+      for (int i = 0; i < MT; ++i)
+DCLS_UNROLL
+        for (int jn = 0; jn < NT; ++jn) Mma::template run<NL, MT * NT * 4, MT * 4, NT * 2>(acc, A, B, i * NT + jn, i, jn);
+    }
+  }
+}
+
+// Phase 3 (end of the block job): lane l's accumulators to the warp's slice of the reduction area, as G's
+// part-local [dy][dx]; the thread's bias sum beside them.
+template <int MT, int NT, typename scalar_t>
+DCLS_HD void window_corr_keep(const WindowCorr<scalar_t>& w, uint32_t* smem, int warp, int lane,
+                              const float* acc, int tid, float bias_sum) {
+  float* red = reinterpret_cast<float*>(smem) + warp * w.part_cells();
+  const int gq = lane >> 2, t = lane & 3, cols = 8 * NT;
+  for (int i = 0; i < MT; ++i)
+    for (int jn = 0; jn < NT; ++jn)
+      for (int q = 0; q < 4; ++q) {
+        const int row = 16 * i + gq + 8 * (q >> 1), col = 8 * jn + 2 * t + (q & 1);
+        red[row * cols + col] = acc[(i * NT + jn) * 4 + q];
+      }
+  reinterpret_cast<float*>(smem)[kWindowCorrWarps * w.part_cells() + tid] = bias_sum;
+}
+
+// Phase 4: each window cell of each channel of the group summed over its row phases in order, and each channel's
+// bias sums over its staging threads in order, written to the workspace.
+template <typename scalar_t>
+DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, const uint32_t* smem, int tid) {
+  const float* red = reinterpret_cast<const float*>(smem);
+  const int64_t cells = w.cells(), V = w.values();
+  const int py = 16 * w.mt, px = 8 * w.nt;
+  for (int64_t i = tid; i < int64_t(w.cg) * V; i += kWindowCorrThreads) {
+    const int ci = static_cast<int>(i / V);
+    const int64_t cell = i % V, c = j.c0 + ci;
+    if (c >= w.C) continue;
+    float s = 0.f;
+    if (cell < cells) {
+      const int dy = static_cast<int>(cell / w.Lw), dx = static_cast<int>(cell % w.Lw);
+      const int part = (dy / py) * w.parts_x + dx / px, local = (dy % py) * px + dx % px;
+      for (int ph = 0; ph < w.phases(); ++ph) s += red[(ci * w.wpc + ph * w.parts() + part) * w.part_cells() + local];
+    } else {
+      for (int t = 0; t < kWindowCorrThreads; ++t)
+        if (stage_role(w, t).ci == ci) s += red[kWindowCorrWarps * w.part_cells() + t];
+    }
+    w.work[(c * w.slabs + j.slab) * V + cell] = s;
+  }
+}
+
+// Second kernel, one thread per tap (c, k): its corners' correlations summed over slabs in order, mapped to the
+// weight and position gradients (taps_wgrad_finish); thread (c, 0) also writes the bias gradient.
+template <typename scalar_t>
+DCLS_HD void window_corr_finish_thread(int64_t ck, const WindowCorr<scalar_t>& w, const TapsArgs<scalar_t, float>& a) {
+  const int64_t c = ck / a.K, k = ck % a.K, V = w.values();
+  const TapCorners<float> t = tap_corners(a, c, k);
+  float S[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int bh = 0; bh < t.n_h; ++bh)
+    for (int bw = 0; bw < t.n_w; ++bw) {
+      const int64_t cell = (t.h.cell + bh) * a.Lw + t.w.cell + bw;
+      float s = 0.f;
+      for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + cell];
+      S[bh * 2 + bw] = s;
+    }
+  taps_wgrad_finish(c, k, t, S, a);
+  if (w.grad_bias != nullptr && k == 0) {
+    float s = 0.f;
+    for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + w.cells()];
+    w.grad_bias[c] = s;
+  }
+}
+
+// The kernel for a shape's tiles per part.
+template <typename Fn>
+auto with_window_tiles(int mt, int nt, Fn&& fn) {
+  auto pick = [&](auto m) {
+    constexpr int M = decltype(m)::value;
+    switch (nt) {
+      case 1: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 1>());
+      case 2: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 2>());
+      case 3: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 3>());
+      default: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 4>());
+    }
+  };
+  return mt == 1 ? pick(std::integral_constant<int, 1>()) : pick(std::integral_constant<int, 2>());
+}
+
+}  // namespace dcls_convert
