@@ -1,9 +1,10 @@
 """Runs the tap convolution's forward + backward a few times at one ConvNeXt-T stage shape, for a profiler:
 
-    ncu --kernel-name regex:"tiled|build_tables" --launch-skip 6 --launch-count 6 \\
+    ncu --kernel-name regex:"tiled|build_tables|window_corr" --launch-skip 6 --launch-count 6 \\
         python benchmarks/profile_taps.py --stage 1 --dtype float32
 """
 import argparse
+import os
 
 import torch
 
@@ -17,7 +18,10 @@ ap.add_argument("--dtype", default="float32")
 ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--window", type=int, default=17)
 ap.add_argument("--iters", type=int, default=3)
+ap.add_argument("--mma-corr", action="store_true", help="the tensor-core correlation (DCLS_CONVERT_CUDA_CORR=mma)")
 args = ap.parse_args()
+if args.mma_corr:
+    os.environ["DCLS_CONVERT_CUDA_CORR"] = "mma"
 N, C, H, W = SHAPES[args.stage]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(N, C, H, W, device="cuda", dtype=dtype)

@@ -154,6 +154,40 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
         assert max_rel(a.double(), e.double()) < 1e-4
 
 
+@pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 96, 56, 56), 17, torch.bfloat16, True),
+                                                          ((8, 192, 28, 28), 17, torch.float16, False),
+                                                          ((16, 768, 7, 7), 17, torch.bfloat16, True),
+                                                          ((4, 96, 56, 56), 51, torch.bfloat16, True),
+                                                          ((4, 40, 14, 14), 9, torch.bfloat16, False),
+                                                          ((4, 16, 1, 300), 31, torch.bfloat16, False)])
+def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
+    """The tensor-core correlation (DCLS_CONVERT_CUDA_CORR=mma): weight, position and bias gradients against the
+    dense float64 oracle and against the tables' correlation, and two runs bitwise equal. The first GPU run of
+    its mma fragments: the CPU emulation checks the algorithm under the PTX ISA's fragment layouts, this the card."""
+    N, C, H, W = shape
+    Lh = 1 if H == 1 else window
+    win, pad = [Lh, window], [Lh // 2, window // 2]
+    x = torch.randn(N, C, H, W, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 34, win, dtype=torch.float32, device="cuda")
+    b = torch.randn(C, device="cuda")
+    g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
+    runs = {}
+    for mode in ("mma", "mma again", "tables"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_CORR", mode.split()[0])
+        runs[mode] = back(g, x, w, p, *args)[1:]
+    assert all(torch.equal(a, e) for a, e in zip(runs["mma"], runs["mma again"]))
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
+    y = _dense_oracle(*ref, win, [1, 1], pad)
+    want = list(torch.autograd.grad(y, ref[1:], g.double())) + [g.double().sum((0, 2, 3))]
+    for got, tab, e in zip(runs["mma"], runs["tables"], want):
+        assert max_rel(got.double(), e) < 1e-4
+        assert max_rel(got.double(), tab.double()) < 1e-4
+
+
 def test_taps_conv_cuda_window_beyond_tiles():
     """A window whose tile does not fit in shared memory runs the gather kernels, still exact."""
     x = torch.randn(1, 2, 160, 170, device="cuda", dtype=torch.float64)
