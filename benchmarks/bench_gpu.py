@@ -172,13 +172,13 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                     modes.update({(mode, k): v for k, v in kernel_time(timed).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TILES"]
-            if dtype != torch.float32:  # the tensor-core correlation (16-bit only), opt-in until measured
-                os.environ["DCLS_CONVERT_CUDA_CORR"] = "mma"
-                try:
-                    timed = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("wgrad", "fwd+bwd")}
-                    modes.update({("mma", k): v for k, v in kernel_time(timed).items()})
-                finally:
-                    del os.environ["DCLS_CONVERT_CUDA_CORR"]
+            if dtype != torch.float32:  # tensor cores (16-bit only), opt-in until measured: every part, each alone
+                for part in ("all", "corr", "conv"):
+                    os.environ["DCLS_CONVERT_CUDA_MMA"] = part
+                    try:
+                        modes.update({("mma " + part, k): v for k, v in kernel_time(tap_fns(x, w, p, window)).items()})
+                    finally:
+                        del os.environ["DCLS_CONVERT_CUDA_MMA"]
             if gather and not taps_only:
                 os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
                 try:
@@ -208,9 +208,12 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU runtime-pitch fwd": modes["runtime-pitch", "fwd"],
                 "GPU runtime-pitch fwd+bwd": modes["runtime-pitch", "fwd+bwd"],
                 "GPU wgrad": gpu["wgrad"],
-                "GPU mma wgrad": modes.get(("mma", "wgrad"), nan),
-                "GPU mma wgrad/floor": modes.get(("mma", "wgrad"), nan) / ari_ms,
-                "GPU mma fwd+bwd": modes.get(("mma", "fwd+bwd"), nan),
+                "GPU mma fwd": modes.get(("mma conv", "fwd"), nan),
+                "GPU mma fwd/floor": modes.get(("mma conv", "fwd"), nan) / floor,
+                "GPU mma dgrad": modes.get(("mma conv", "dgrad"), nan),
+                "GPU mma wgrad": modes.get(("mma corr", "wgrad"), nan),
+                "GPU mma wgrad/floor": modes.get(("mma corr", "wgrad"), nan) / ari_ms,
+                "GPU mma fwd+bwd": modes.get(("mma all", "fwd+bwd"), nan),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -221,7 +224,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 row.update({"cudnn7 fwd": t["cudnn7 fwd"], "cudnn7 fwd+bwd": t["cudnn7 fwd+bwd"],
                             "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
                             "GPU fwd+bwd / cudnn7": gpu["fwd+bwd"] / gpu["cudnn7 fwd+bwd"],
-                            "GPU mma fwd+bwd / cudnn7": modes.get(("mma", "fwd+bwd"), nan) / gpu["cudnn7 fwd+bwd"],
+                            "GPU mma fwd+bwd / cudnn7": modes.get(("mma all", "fwd+bwd"), nan) / gpu["cudnn7 fwd+bwd"],
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
                             "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
             rows.append(row)
@@ -237,8 +240,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "the chosen tiles, staging with one load in flight per thread (=one-load); 'fitted-cl': channels_last "
           "forward and input gradient on fitted tile widths (=fitted-cl); 'unpaired': on-grid tables without "
           "paired rows (=unpaired); 'runtime-pitch': the forward kernels reading the row pitch at run time "
-          "(=runtime-pitch); 'mma': weight/position gradients on tensor cores (DCLS_CONVERT_CUDA_CORR=mma, "
-          "16-bit rows; its wgrad/floor still against the float32 floor of the table's products).")
+          "(=runtime-pitch); 'mma': tensor cores (16-bit rows, DCLS_CONVERT_CUDA_MMA): fwd and dgrad with =conv, "
+          "wgrad with =corr, fwd+bwd with =all; the floors stay those of the table's float32 products.")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -399,8 +402,9 @@ def _swap_in_dcls_package(model):
 
 # the dcls variant run with DCLS_CONVERT_CUDA_TILES=first (the first sessions' tiles), to time the tile choice
 FIRST_TILES = "dcls, first tiles"
-# variants run with DCLS_CONVERT_CUDA_CORR=mma (the tensor-core correlation, opt-in until measured)
-MMA_CORR = ", mma corr"
+# variants run with DCLS_CONVERT_CUDA_MMA=all (every part of their 16-bit layers on tensor cores, opt-in until
+# measured)
+MMA = ", tensor cores"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
@@ -439,7 +443,7 @@ def _variants(name):
            "partial": convert("partial"), "bloom": convert("bloom"), BLUR_ON_TAPS: convert("bloom"),
            "bloom engine=dense": convert("bloom", engine="dense")}
     dcls_name = "dcls" + (" K=34 w17 shared" if dcls_options else "")
-    out.update({v + MMA_CORR: out[v] for v in (dcls_name, "partial", "bloom")})
+    out.update({v + MMA: out[v] for v in (dcls_name, "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
     return out
@@ -519,8 +523,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             opt = torch.optim.SGD(m.parameters(), lr=1e-3)
             if variant == FIRST_TILES:
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
-            if variant.endswith(MMA_CORR):
-                os.environ["DCLS_CONVERT_CUDA_CORR"] = "mma"
+            if variant.endswith(MMA):
+                os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             for amp in (True, False):
                 def step(m=m, opt=opt, amp=amp):
@@ -543,7 +547,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 print(f"  measured {model_name} / {name} / {rows[-1]['precision']}: {ms:.1f} ms/step, "
                       f"{rows[-1]['peak GiB']:.2f} GiB", flush=True)
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
-            os.environ.pop("DCLS_CONVERT_CUDA_CORR", None)
+            os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
             bloom.CONV_BLUR_DEVICES = {"cuda"}
             del m, opt
             torch.cuda.empty_cache()

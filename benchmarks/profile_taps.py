@@ -18,10 +18,10 @@ ap.add_argument("--dtype", default="float32")
 ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--window", type=int, default=17)
 ap.add_argument("--iters", type=int, default=3)
-ap.add_argument("--mma-corr", action="store_true", help="the tensor-core correlation (DCLS_CONVERT_CUDA_CORR=mma)")
+ap.add_argument("--mma", default="", help="tensor cores for: corr, conv or all (DCLS_CONVERT_CUDA_MMA)")
 args = ap.parse_args()
-if args.mma_corr:
-    os.environ["DCLS_CONVERT_CUDA_CORR"] = "mma"
+if args.mma:
+    os.environ["DCLS_CONVERT_CUDA_MMA"] = args.mma
 N, C, H, W = SHAPES[args.stage]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(N, C, H, W, device="cuda", dtype=dtype)

@@ -161,7 +161,7 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
                                                           ((4, 40, 14, 14), 9, torch.bfloat16, False),
                                                           ((4, 16, 1, 300), 31, torch.bfloat16, False)])
 def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
-    """The tensor-core correlation (DCLS_CONVERT_CUDA_CORR=mma): weight, position and bias gradients against the
+    """The tensor-core correlation (DCLS_CONVERT_CUDA_MMA=corr): weight, position and bias gradients against the
     dense float64 oracle and against the tables' correlation, and two runs bitwise equal. The first GPU run of
     its mma fragments: the CPU emulation checks the algorithm under the PTX ISA's fragment layouts, this the card."""
     N, C, H, W = shape
@@ -176,8 +176,8 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
     back = torch.ops.dcls_convert.taps_conv_backward
     args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
     runs = {}
-    for mode in ("mma", "mma again", "tables"):
-        monkeypatch.setenv("DCLS_CONVERT_CUDA_CORR", mode.split()[0])
+    for mode, env in (("mma", "corr"), ("mma again", "corr"), ("tables", "")):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", env)
         runs[mode] = back(g, x, w, p, *args)[1:]
     assert all(torch.equal(a, e) for a, e in zip(runs["mma"], runs["mma again"]))
     ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
@@ -186,6 +186,42 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
     for got, tab, e in zip(runs["mma"], runs["tables"], want):
         assert max_rel(got.double(), e) < 1e-4
         assert max_rel(got.double(), tab.double()) < 1e-4
+
+
+@pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 96, 56, 56), 17, torch.bfloat16, True),
+                                                          ((8, 192, 28, 28), 17, torch.float16, False),
+                                                          ((16, 384, 14, 14), 17, torch.bfloat16, True),
+                                                          ((16, 768, 7, 7), 17, torch.bfloat16, True),
+                                                          ((4, 96, 56, 56), 51, torch.bfloat16, False),
+                                                          ((4, 16, 1, 60), 31, torch.float16, False)])
+def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
+    """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv) against the dense float64 oracle
+    with the window rounded to the 16-bit type (as the kernels take it): within a 16-bit step of each output (plus
+    the float32 sums' error); two runs bitwise equal; the memory format kept."""
+    N, C, H, W = shape
+    Lh = 1 if H == 1 else window
+    win, pad = [Lh, window], [Lh // 2, window // 2]
+    x = torch.randn(N, C, H, W, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 34, win, dtype=torch.float32, device="cuda")
+    b = torch.randn(C, device="cuda")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")
+    y = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    g = torch.randn_like(y)
+    back = torch.ops.dcls_convert.taps_conv_backward
+    gin = back(g, x, w, p, win, [1, 1], pad, "bilinear", [True, False, False, False])[0]
+    assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    assert torch.equal(gin, back(g, x, w, p, win, [1, 1], pad, "bilinear", [True, False, False, False])[0])
+    kern = ops.construct(w.double(), p.double(), None, win).to(dtype).double()
+    xd = x.double().requires_grad_()
+    want = F.conv2d(xd, kern, b.double(), padding=pad, groups=C)
+    want_gin, = torch.autograd.grad(want, xd, g.double())
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    want = want.detach()
+    assert ((y.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
+    assert max_rel(gin.double(), want_gin) < 4 * step
 
 
 def test_taps_conv_cuda_window_beyond_tiles():

@@ -599,7 +599,7 @@ WINDOW_CORR_CASES = [
 @pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
                                            ("nearest", "contiguous")])
 def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
-    """The tensor-core correlation (DCLS_CONVERT_CUDA_CORR=mma), block by block with every lane's mma fragments,
+    """The tensor-core correlation (DCLS_CONVERT_CUDA_MMA=corr), block by block with every lane's mma fragments,
     against the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32
     rounding. It replaces the corner table and its correlation: one launch fewer (2 instead of 3)."""
     window, padding = case["window"], case["padding"]
@@ -616,7 +616,7 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     g = torch.randn(out.shape).to(dtype)
     if layout == "channels_last" and D == 2:
         g = g.contiguous(memory_format=torch.channels_last)
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_CORR", "mma")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "corr")
     E.take_launches()
     _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
     assert E.take_launches() == 2
@@ -636,11 +636,11 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
                                                   (torch.bfloat16, [1, 1], [7, 3])])
 def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, padding):
     """float32, a stride, or a padding past the window (output rows no band would load): the tables' correlation
-    (the corner table, the correlation, its finish), whatever DCLS_CONVERT_CUDA_CORR says."""
+    (the corner table, the correlation, its finish), whatever DCLS_CONVERT_CUDA_MMA says."""
     x = torch.randn(2, 4, 12, 12).to(dtype)
     w, p, _ = random_taps(2, 4, 1, 5, [7, 7], spread=1.4, dtype=torch.float32)
     out = E.taps_conv(x, w, p, None, [7, 7], stride, padding, "bilinear")
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_CORR", "mma")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "corr")
     E.take_launches()
     E.taps_conv_backward(torch.randn(out.shape).to(dtype), x, w, p, [7, 7], stride, padding, "bilinear",
                          [False, True, True, False])
@@ -649,9 +649,10 @@ def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, paddi
 
 @settings(max_examples=25, deadline=None)
 @given(st.data())
-def test_window_corr_random_shapes(data):
-    """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows): the band and ring
-    bookkeeping (rows staged once per image, rings of 16 to 64 rows) against the float64 oracle."""
+def test_window_mma_random_shapes(data):
+    """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows past the window) with
+    every part on tensor cores (DCLS_CONVERT_CUDA_MMA=all): the correlation's bands and rings and the
+    convolution's row tiles and k-steps against the float64 oracle."""
     D = data.draw(st.integers(1, 2))
     window = data.draw(st.lists(st.integers(1, 40), min_size=D, max_size=D))
     padding = [data.draw(st.integers(0, L - 1)) for L in window]
@@ -663,13 +664,70 @@ def test_window_corr_random_shapes(data):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(D, C, 1, 4, window, spread=1.4, dtype=torch.float32)
-    out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
-    g = torch.randn(out.shape).to(dtype)
     with pytest.MonkeyPatch.context() as m:
-        m.setenv("DCLS_CONVERT_CUDA_CORR", "mma")
-        _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, [1] * D, padding, "bilinear", [False, True, True, True])
-    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
+        m.setenv("DCLS_CONVERT_CUDA_MMA", "all")
+        out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
+        g = torch.randn(out.shape).to(dtype)
+        gin, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, [1] * D, padding, "bilinear", [True] * 4)
+    ref = [x.double().requires_grad_(), w.double().requires_grad_(), p.double().requires_grad_(),
            torch.zeros(C, dtype=torch.float64, requires_grad=True)]
-    want = torch.autograd.grad(reference.taps_conv(*ref, window, [1] * D, padding, "bilinear"), ref[1:], g.double())
-    for a, e in zip((gw, gp, gb), want):
+    y = reference.taps_conv(*ref, window, [1] * D, padding, "bilinear")
+    want = torch.autograd.grad(y, ref, g.double())
+    for a, e in zip((gw, gp, gb), want[1:]):
         assert max_rel(a.double(), e) < 1e-5
+    # the forward and input gradient with the window in 16 bits: within a few 16-bit steps of the exact values
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    assert max_rel(out.double(), y.detach()) < 8 * step
+    assert max_rel(gin.double(), want[0]) < 8 * step
+
+
+WINDOW_CONV_CASES = [
+    dict(size=[11, 12], window=[7, 6], padding=[3, 2]),      # one 16-row tile, one k-step
+    dict(size=[40, 23], window=[17, 17], padding=[8, 8]),    # two 32-row tiles, two k-steps, bands of 8 rows
+    dict(size=[7, 7], window=[17, 17], padding=[8, 8]),      # stage 4's plane in a 17x17 window
+    dict(size=[20, 56], window=[17, 17], padding=[8, 8]),    # 56 columns: seven 8-column tiles
+    dict(size=[9, 64], window=[33, 41], padding=[16, 20]),   # three k-steps, eight column tiles
+    dict(size=[6, 19], window=[3, 5], padding=[0, 4]),       # paddings from none to the window's edge
+    dict(size=[50], window=[31], padding=[15]),              # 1-D
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", WINDOW_CONV_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
+                                           ("nearest", "contiguous")])
+def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
+    """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv), block by block with every lane's
+    mma fragments, against the float64 oracle with the window rounded to the 16-bit type, as the kernels take
+    it (a dense convolution under autocast rounds its weight the same way): to float32 sums, then the 16-bit
+    output's rounding. Two launches each (the window, the convolution), no table."""
+    window, padding = case["window"], case["padding"]
+    D = len(window)
+    C = 10 if layout == "channels_last" else 3
+    x = torch.randn(2, C, *case["size"]).to(dtype)
+    if layout == "channels_last" and D == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    if interp == "nearest":
+        p = p.round()
+    b = torch.randn(C)
+    stride = [1] * D
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")
+    E.take_launches()
+    out = E.taps_conv(x, w, p, b, window, stride, padding, interp)
+    assert E.take_launches() == 2
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last" and D == 2)
+    g = torch.randn(out.shape).to(dtype)
+    gin = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [True, False, False, False])[0]
+    assert E.take_launches() == 2
+    kern = reference.construct(w.double(), p.double(), None, window, interp).to(dtype).double()
+    conv = torch.nn.functional.conv2d if D == 2 else torch.nn.functional.conv1d
+    xd = x.double().requires_grad_()
+    want = conv(xd, kern, b.double(), padding=padding, groups=C)
+    want_gin, = torch.autograd.grad(want, xd, g.double())
+    want = want.detach()
+    assert max_rel(out.double(), want) < 2 ** -7  # the output's own 16-bit rounding
+    assert max_rel(gin.double(), want_gin) < 2 ** -7
+    # each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the scale)
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    assert ((out.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()

@@ -10,7 +10,7 @@
 
 #include "dcls_convert/tiled_taps_ops.h"
 #include "launch.cuh"
-#include "window_corr.cuh"
+#include "window_mma.cuh"
 
 namespace dcls_convert {
 namespace {
@@ -44,6 +44,20 @@ template <typename scalar_t>
 struct WindowFinishFn {
   __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
     window_corr_finish_thread(i, a.corr, a.taps);
+  }
+};
+
+template <typename scalar_t>
+struct WindowKernelArgs {
+  TapsArgs<scalar_t, float> taps;
+  int kw;
+  bool flip;
+  scalar_t* kern;
+};
+template <typename scalar_t>
+struct WindowKernelFn {
+  __device__ static void run(int64_t i, const WindowKernelArgs<scalar_t>& a) {
+    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
   }
 };
 
@@ -279,7 +293,7 @@ struct CudaLaunch {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});
   }
-  static bool window_corr_supported(const at::Tensor& like) {
+  static bool mma_supported(const at::Tensor& like) {
     return like.is_cuda() && compute_major(like.get_device()) >= 8;  // mma.m16n8k16 with bfloat16
   }
   static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
@@ -299,6 +313,25 @@ struct CudaLaunch {
       launch_grid_stride<WindowFinishFn<scalar_t>>(a.C * a.K, WindowFinishArgs<scalar_t>{w, a});
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_corr: 16-bit inputs only");
+    }
+  }
+  static void window_conv(const WindowConv<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
+                          bool flip) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      auto kern = at::empty({w.kernel_elems()}, like.options());
+      auto* k = static_cast<scalar_t*>(kern.data_ptr());
+      auto c = w;
+      c.kern = k;
+      launch_grid_stride<WindowKernelFn<scalar_t>>(w.kernel_elems(), WindowKernelArgs<scalar_t>{a, c.kw(), flip, k});
+      const int64_t bytes = c.smem_words() * 4;
+      auto kernel = with_conv_tiles(c.mt, c.nt, [](auto m, auto n) {
+        return window_conv_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
+      });
+      allow_smem(reinterpret_cast<const void*>(kernel), bytes);
+      kernel<<<grid_blocks(c.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "window_conv: 16-bit inputs only");
     }
   }
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {

@@ -254,7 +254,7 @@ struct EmulatedLaunch {
     }
   }
 
-  static bool window_corr_supported(const at::Tensor&) { return true; }
+  static bool mma_supported(const at::Tensor&) { return true; }
   static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
     if constexpr (window_corr_dtype<scalar_t>()) {
       launches += 2;  // the correlation and its finish
@@ -263,6 +263,41 @@ struct EmulatedLaunch {
       w.work = work.data();
       with_window_tiles(w.mt, w.nt, [&](auto m, auto n) { window_corr_blocks<decltype(m)::value, decltype(n)::value>(w); });
       for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+    }
+  }
+  static void window_conv(const WindowConv<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
+                          bool flip) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      launches += 2;  // the window and the convolution
+      std::vector<scalar_t> kern(w.kernel_elems());
+      for (int64_t i = 0; i < w.kernel_elems(); ++i) window_kernel_thread(i, a, w.kw(), flip, kern.data());
+      auto c = w;
+      c.kern = kern.data();
+      with_conv_tiles(c.mt, c.nt, [&](auto m, auto n) { window_conv_blocks<decltype(m)::value, decltype(n)::value>(c); });
+    }
+  }
+  // window_conv_kernel, phase by phase; shared memory poisoned with NaN at each block job.
+  template <int MT, int NT>
+  static void window_conv_blocks(const WindowConv<scalar_t>& w) {
+    constexpr int NA = MT * NT * 4;
+    std::vector<uint32_t> smem(w.smem_words());
+    std::vector<float> acc(int64_t(kWindowCorrThreads) * NA);
+    for (int64_t bid = 0; bid < w.blocks(); ++bid) {
+      const WindowConvJob j = window_conv_job(w, bid);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(smem.begin(), smem.end(), 0xffffffffu);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_kernels(w, j, smem.data(), tid);
+      const int64_t end = conv_end_row(w, j);
+      for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_rows(w, j, iy0, smem.data(), tid);
+        for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+          window_conv_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
+              w, j, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
+      }
+      std::fill(smem.begin(), smem.end(), 0xffffffffu);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid)
+        window_conv_keep<MT, NT>(w, j, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA]);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_store(w, j, smem.data(), tid);
     }
   }
   // window_corr_kernel, phase by phase; shared memory poisoned with NaN (all bits set: NaN in bfloat16, float16

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "dcls_convert/tiled_taps.h"
+#include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"
 
 namespace dcls_convert {
@@ -247,11 +248,14 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   return c;
 }
 
-// DCLS_CONVERT_CUDA_CORR=mma: the weight and position gradients of 16-bit inputs on tensor cores (window_corr.h)
-// where they apply; otherwise the tables' correlation. Opt-in until a GPU has run it (read at every call).
-inline bool window_corr_mode() {
-  const char* e = std::getenv("DCLS_CONVERT_CUDA_CORR");
-  return e != nullptr && std::string(e) == "mma";
+// DCLS_CONVERT_CUDA_MMA: the parts of a 16-bit layer that run on tensor cores where they apply: "corr" (weight
+// and position gradients, window_corr.h), "conv" (forward and input gradient, window_conv.h) or "all"; unset,
+// none (the tables' kernels). Opt-in until a GPU has run them (read at every call).
+inline bool mma_mode(const char* part) {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA");
+  if (e == nullptr) return false;
+  const std::string v(e);
+  return v == "all" || v == part;
 }
 
 template <typename scalar_t>
@@ -273,6 +277,29 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
     w.g = g.data_ptr<scalar_t>();
     std::copy(xs, xs + 4, w.xs);
     plane_strides(g, w.gs);
+  }
+  return w;
+}
+
+// The tensor-core convolution of x into out (flip: the input gradient, x the output gradient and out the input's
+// gradient, the window turned and the padding L - 1 - p), or ok = false where it does not apply. bias: the
+// forward's, or nullptr.
+template <typename scalar_t, typename acc_t>
+WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
+                                      bool flip) {
+  WindowConv<scalar_t> w;
+  if constexpr (window_corr_dtype<scalar_t>()) {
+    if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
+    const int64_t H = flip ? a.Ho : a.H, W = flip ? a.Wo : a.W, Ho = flip ? a.H : a.Ho, Wo = flip ? a.W : a.Wo;
+    w = window_conv_shape<scalar_t>(a.N, a.C, H, W, Ho, Wo, a.Lh, a.Lw, flip ? a.Lh - 1 - a.ph : a.ph,
+                                    flip ? a.Lw - 1 - a.pw : a.pw);
+    w.x = x.data_ptr<scalar_t>();
+    w.out = out.data_ptr<scalar_t>();
+    w.bias = flip ? nullptr : a.bias;
+    plane_strides(x, w.xs);
+    plane_strides(out, w.os);
+    w.x_cl = w.xs[1] == 1 && a.C > 1;
+    w.out_cl = w.os[1] == 1 && a.C > 1;
   }
   return w;
 }

@@ -13,8 +13,9 @@
 //   static void tables(const TapsArgs&, const TableBuilds&);     every listed table, one launch
 //   static void forward(const TiledConv&);                       tiled forward (or mirrored: input gradient)
 //   static void corr(TiledCorr, const TapsArgs&, const at::Tensor& like);  correlation + finish
-//   static bool window_corr_supported(const at::Tensor& like);    tensor cores on like's device
+//   static bool mma_supported(const at::Tensor& like);            tensor cores on like's device
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
+//   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
 //   static void gather_grad_input(const TapsArgs&, int64_t inputs);        NCHW, one thread per input
 //   static void tap_blocks(const TapsArgs&);                     weight/position gradients, one block per tap
@@ -52,7 +53,12 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
-    if (plan.cfg.ok && !L::gather_only()) {
+    const auto wv = !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
+                        ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false)
+                        : WindowConv<scalar_t>();
+    if (wv.ok) {
+      if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, false);
+    } else if (plan.cfg.ok && !L::gather_only()) {
       TableBuffers<acc_t> tb(input, a.C, a.K, 1);
       tb.bind(plan, tb.add(kForwardTable));
       L::tables(a, tb.builds);
@@ -95,7 +101,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       };
       std::vector<Phase> phases;
       // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
-      bool tiled_gi = mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
+      // on tensor cores where they apply (16-bit, stride 1, opted in), else the tables' stride phases
+      const auto wg = mask[0] && !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
+                          ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true)
+                          : WindowConv<scalar_t>();
+      bool tiled_gi = !wg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
                       a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
       for (int ry = 0; tiled_gi && ry < a.sh; ++ry) {
         for (int rx = 0; tiled_gi && rx < a.sw; ++rx) {
@@ -106,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         }
       }
       // weight and position gradients: tensor cores where they apply (16-bit, opted in), else the tables
-      const auto wc = want_taps && !L::gather_only() && window_corr_mode() && L::window_corr_supported(input)
+      const auto wc = want_taps && !L::gather_only() && mma_mode("corr") && L::mma_supported(input)
                           ? window_corr_plan<scalar_t, acc_t>(in.x, g, a)
                           : WindowCorr<scalar_t>();
       auto corr = want_taps && !wc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
@@ -117,7 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       }
       if (tiled_corr) tb.bind(corr, tb.add(kCornerTable, mask[2] && interp == kBilinear));
       if (tb.builds.n > 0) L::tables(a, tb.builds);
-      if (tiled_gi) {
+      if (wg.ok) {
+        if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wg, a, input, true);
+      } else if (tiled_gi) {
         for (const auto& p : phases) L::forward(p.plan);
       } else if (mask[0]) {  // more than kMaxPhases phases, or tiles too large: the gather kernel, NCHW
         const auto x = in.x.contiguous(), gc = g.contiguous();

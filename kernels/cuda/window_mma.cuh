@@ -1,4 +1,5 @@
-// The tensor-core correlation's kernel (window_corr.h): the block job's bands, the warps' mma, the sums.
+// The tensor-core kernels: the correlation (window_corr.h) and the convolution (window_conv.h), their block jobs'
+// bands and the warps' mma.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -7,6 +8,7 @@
 
 #include <type_traits>
 
+#include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"
 
 namespace dcls_convert {
@@ -66,6 +68,32 @@ __global__ void __launch_bounds__(kWindowCorrThreads) window_corr_kernel(WindowC
     window_corr_keep<MT, NT>(w, smem, warp, lane, acc[0], tid, bias_sum);
     __syncthreads();
     window_corr_write(w, j, smem, tid);
+  }
+}
+
+template <int MT, int NT, typename scalar_t>
+__global__ void __launch_bounds__(kWindowCorrThreads) window_conv_kernel(WindowConv<scalar_t> w) {
+  uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t blocks = w.blocks();
+  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
+    const WindowConvJob j = window_conv_job(w, bid);
+    float acc[1][MT * NT * 4];
+    DCLS_UNROLL
+    for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
+    __syncthreads();  // the previous job's results are stored
+    window_conv_stage_kernels(w, j, smem, tid);
+    const int64_t end = conv_end_row(w, j);
+    for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
+      __syncthreads();  // the previous band is read
+      window_conv_stage_rows(w, j, iy0, smem, tid);
+      __syncthreads();
+      window_conv_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane, iy0, acc);
+    }
+    __syncthreads();  // the results take the staging's place
+    window_conv_keep<MT, NT>(w, j, smem, warp, lane, acc[0]);
+    __syncthreads();
+    window_conv_store(w, j, smem, tid);
   }
 }
 

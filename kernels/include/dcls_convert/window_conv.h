@@ -1,0 +1,289 @@
+// The GPU tap engine's forward and input gradient for 16-bit inputs at stride 1, on tensor cores: the taps made
+// into the dense window (window_kernel_thread, rounded to the input's 16-bit type, as a dense convolution under
+// autocast takes its weight), then the depthwise convolution with it as mma.m16n8k16 products.
+//
+// For one input row iy, the outputs it reaches are a matrix product:
+//   out[oy][ox] += sum over dx of A[oy][dx] * B[dx][ox],  A[oy][dx] = kern[iy + ph - oy][dx],  B[dx][ox] = x[iy][ox + dx - pw],
+// A made of the kernel's rows (zero past the window), B a Toeplitz matrix of one input row. A warp owns one
+// channel's 16 * mt output rows by 8 * nt columns in registers and runs through the input rows they read; the
+// input gradient is the same product on the output gradient with the kernel turned by 180 degrees and padding
+// L - 1 - p (stride 1).
+//
+// Block: 8 warps, a warp per channel of a group of 8, a row tile of an image. The block stages its channels'
+// kernels (with 16 zero rows above and below, so that the A fragments of rows past the window read zeros) and, in
+// bands of 8, the input rows (twice, as in window_corr.h: every B fragment an aligned 32-bit load). The results
+// go through shared memory, so that the stores are coalesced in either memory format (8 channels of a pixel
+// together in channels_last). The CPU emulation runs it lane by lane with an emulated mma.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "dcls_convert/taps_threads.h"
+#include "dcls_convert/window_corr.h"
+
+namespace dcls_convert {
+
+constexpr int kWindowConvBand = 8;
+constexpr int kWindowConvMaxWo = 64;
+constexpr int kWindowConvMaxWindow = 64;
+constexpr int kKernelPadRows = 16;
+
+template <typename scalar_t>
+struct WindowConv {
+  const scalar_t* x = nullptr;     // (N, C, H, W): the input, or the output gradient for the input gradient
+  const scalar_t* kern = nullptr;  // (C, Lh, kw), kw = 16 * ks: the dense window, zero past Lw (window_kernel_thread)
+  const float* bias = nullptr;     // (C) or nullptr
+  scalar_t* out = nullptr;         // (N, C, Ho, Wo)
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
+  int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
+  bool x_cl = false, out_cl = false;  // channels fastest: staging and stores by 8 channels of a pixel
+  int mt = 1, nt = 1, ks = 1;
+  int xw = 16, kp = 12;  // words per staged input row copy; per kernel row (4 mod 8: conflict-free A fragments)
+  bool ok = false;
+
+  DCLS_HD int kw() const { return 16 * ks; }
+  DCLS_HD int rows() const { return 16 * mt; }  // output rows per block job
+  DCLS_HD int cols() const { return 8 * nt; }
+  DCLS_HD int xe() const { return cols() + kw(); }  // staged elements per input row
+  DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
+  DCLS_HD int64_t row_tiles() const { return (Ho + rows() - 1) / rows(); }
+  DCLS_HD int64_t blocks() const { return groups() * N * row_tiles(); }
+  DCLS_HD int x_words() const { return kWindowConvBand * 2 * xw; }  // per channel
+  DCLS_HD int k_rows() const { return static_cast<int>(Lh) + 2 * kKernelPadRows; }
+  DCLS_HD int k_words() const { return k_rows() * kp; }
+  DCLS_HD int64_t smem_words() const {
+    const int64_t staged = int64_t(kWindowCorrWarps) * (x_words() + k_words());
+    const int64_t results = int64_t(kWindowCorrWarps) * rows() * cols() / 2;  // 16-bit
+    return std::max(staged, results);
+  }
+  DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
+};
+
+// Columns per warp the kernels are compiled for (8 * nt output columns).
+inline int window_conv_nt(int64_t Wo) {
+  const int64_t n = (Wo + 7) / 8;
+  return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : n <= 7 ? 7 : 8;
+}
+
+// The shape of the convolution of an (N, C, H, W) input into (N, C, Ho, Wo) with an Lh x Lw window and padding
+// (ph, pw), or ok = false where it does not apply: stride 1, windows up to 64, padding inside the window, output
+// rows up to 64.
+template <typename scalar_t>
+WindowConv<scalar_t> window_conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
+                                       int64_t Lw, int64_t ph, int64_t pw) {
+  WindowConv<scalar_t> w;
+  w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
+  if (Lh > kWindowConvMaxWindow || Lw > kWindowConvMaxWindow || Wo > kWindowConvMaxWo || ph > Lh - 1 ||
+      pw > Lw - 1 || N * C == 0 || Ho * Wo == 0 || H * W == 0)
+    return w;
+  w.mt = Ho > 16 ? 2 : 1;
+  w.nt = window_conv_nt(Wo);
+  w.ks = static_cast<int>((Lw + 15) / 16);
+  w.xw = words_16_mod_32((w.xe() + 1) / 2);
+  w.kp = 8 * w.ks + 4;
+  w.ok = true;
+  return w;
+}
+
+// The dense window of channel c, element i of (C, Lh, kw): the taps' corner weights summed at each cell (the
+// corners in tap order: run to run the same), zero past Lw; flip: turned by 180 degrees (the input gradient's).
+template <typename scalar_t>
+DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, float>& a, int kw, bool flip, scalar_t* kern) {
+  const int64_t per = a.Lh * kw, c = i / per, r = (i % per) / kw, q = i % kw;
+  if (q >= a.Lw) {
+    kern[i] = scalar_t(0.f);
+    return;
+  }
+  const int64_t dy = flip ? a.Lh - 1 - r : r, dx = flip ? a.Lw - 1 - q : q;
+  float s = 0.f;
+  for (int64_t k = 0; k < a.K; ++k) {
+    const TapCorners<float> t = tap_corners(a, c, k);
+    const int64_t bh = dy - t.h.cell, bw = dx - t.w.cell;
+    if (bh < 0 || bh >= t.n_h || bw < 0 || bw >= t.n_w) continue;
+    s += a.weight[c * a.K + k] * axis_coef(t.h, static_cast<int>(bh), a.interp) *
+         axis_coef(t.w, static_cast<int>(bw), a.interp);
+  }
+  kern[i] = scalar_t(s);
+}
+
+struct WindowConvJob {
+  int64_t c0, n, oy0;
+};
+template <typename scalar_t>
+DCLS_HD WindowConvJob window_conv_job(const WindowConv<scalar_t>& w, int64_t bid) {
+  WindowConvJob j;
+  j.c0 = (bid % w.groups()) * kWindowCorrWarps;
+  const int64_t rest = bid / w.groups();
+  j.n = rest % w.N;
+  j.oy0 = (rest / w.N) * w.rows();
+  return j;
+}
+
+// A staging thread's channel of the group and its place among that channel's 32 threads: channels_last, channels
+// fastest; NCHW, a warp per channel.
+DCLS_HD void conv_stage_role(bool cl, int tid, int& ci, int& sub) {
+  ci = cl ? tid % kWindowCorrWarps : tid / 32;
+  sub = cl ? tid / kWindowCorrWarps : tid % 32;
+}
+
+template <typename scalar_t>
+DCLS_HD uint32_t* conv_kernel_smem(const WindowConv<scalar_t>& w, uint32_t* smem, int ci) {
+  return smem + int64_t(kWindowCorrWarps) * w.x_words() + int64_t(ci) * w.k_words();
+}
+
+// Phase 1 (per block job): the group's kernels, rows r at r + kKernelPadRows, zero rows around them.
+template <typename scalar_t>
+DCLS_HD void window_conv_stage_kernels(const WindowConv<scalar_t>& w, const WindowConvJob& j, uint32_t* smem, int tid) {
+  int ci, sub;
+  conv_stage_role(false, tid, ci, sub);  // the kernels are (C, Lh, kw): a warp per channel reads rows
+  const int64_t c = j.c0 + ci;
+  auto* dst = reinterpret_cast<scalar_t*>(conv_kernel_smem(w, smem, ci));
+  const int kw = w.kw();
+  for (int r = 0; r < w.k_rows(); ++r) {
+    const int64_t kr = r - kKernelPadRows;
+    const bool in = c < w.C && kr >= 0 && kr < w.Lh;
+    for (int q = sub; q < kw; q += 32) dst[r * 2 * w.kp + q] = in ? w.kern[(c * w.Lh + kr) * kw + q] : scalar_t(0.f);
+  }
+}
+
+// Phase 2 (per band): input rows iy0 .. iy0 + 7 of the group's channels, zero outside the input, both copies.
+template <typename scalar_t>
+DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t iy0, uint32_t* smem,
+                                    int tid) {
+  int ci, sub;
+  conv_stage_role(w.x_cl, tid, ci, sub);
+  const int64_t c = j.c0 + ci;
+  const bool live = c < w.C;
+  auto* band = reinterpret_cast<scalar_t*>(smem + int64_t(ci) * w.x_words());
+  const scalar_t* src = w.x + j.n * w.xs[0] + (live ? c : 0) * w.xs[1];
+  const int xe = w.xe(), copy = 2 * w.xw;
+  for (int r = 0; r < kWindowConvBand; ++r) {
+    const int64_t iy = iy0 + r;
+    const bool row_in = live && iy >= 0 && iy < w.H;
+    scalar_t* dst = band + r * 2 * copy;
+    for (int e = sub; e < xe; e += 32) {
+      const int64_t col = e - w.pw;
+      const scalar_t v = (row_in && col >= 0 && col < w.W) ? src[iy * w.xs[2] + col * w.xs[3]] : scalar_t(0.f);
+      dst[e] = v;
+      if (e >= 1) dst[copy + e - 1] = v;
+    }
+  }
+}
+
+// Phase 3 (per band): warp `warp`'s products for the band's input rows, lanes lane0 .. lane0 + NL - 1 (as
+// window_corr_rows). An m-tile whose 16 kernel rows all lie outside the window is skipped (warp-uniform).
+template <int MT, int NT, int NL, typename Mma, typename scalar_t>
+DCLS_HD void window_conv_rows(const WindowConv<scalar_t>& w, const WindowConvJob& j, uint32_t* smem, int warp,
+                              int lane0, int64_t iy0, float (*acc)[MT * NT * 4]) {
+  const uint32_t* kern = conv_kernel_smem(w, smem, warp);
+  const uint32_t* band = smem + int64_t(warp) * w.x_words();
+  for (int rr = 0; rr < kWindowConvBand; ++rr) {
+    const int64_t iy = iy0 + rr;
+    if (iy < 0 || iy >= w.H) continue;  // zero rows add nothing
+    const int64_t base = iy + w.ph - j.oy0;  // the kernel row of output row oy0
+    bool live[MT];
+    bool any = false;
+    for (int i = 0; i < MT; ++i) {
+      live[i] = base - 16 * i >= 0 && base - 16 * i - 15 < w.Lh;
+      any = any || live[i];
+    }
+    if (!any) continue;
+    const uint32_t* arow[NL][MT][2];
+    const uint32_t* brow[NL];
+    for (int l = 0; l < NL; ++l) {
+      const int lane = lane0 + l, gq = lane >> 2, t = lane & 3;
+      for (int i = 0; i < MT; ++i)
+        for (int h = 0; h < 2; ++h) {
+          // rows of a live tile lie within the 16 zero rows around the window; a skipped tile's are not read
+          const int64_t r = live[i] ? base - 16 * i - gq - 8 * h : 0;
+          arow[l][i][h] = kern + (r + kKernelPadRows) * w.kp + t;
+        }
+      const int odd = gq & 1;
+      brow[l] = band + rr * 2 * w.xw + odd * w.xw + (gq - odd) / 2 + t;
+    }
+    for (int s = 0; s < w.ks; ++s) {
+      uint32_t A[NL][MT * 4], B[NL][NT * 2];
+      for (int l = 0; l < NL; ++l) {
+DCLS_UNROLL
+        for (int i = 0; i < MT; ++i) {
+          A[l][4 * i + 0] = arow[l][i][0][8 * s];
+          A[l][4 * i + 1] = arow[l][i][1][8 * s];
+          A[l][4 * i + 2] = arow[l][i][0][8 * s + 4];
+          A[l][4 * i + 3] = arow[l][i][1][8 * s + 4];
+        }
+DCLS_UNROLL
+        for (int jn = 0; jn < NT; ++jn) {
+          B[l][2 * jn + 0] = brow[l][8 * s + 4 * jn];
+          B[l][2 * jn + 1] = brow[l][8 * s + 4 * jn + 4];
+        }
+      }
+DCLS_UNROLL
+      for (int i = 0; i < MT; ++i) {
+        if (!live[i]) continue;
+DCLS_UNROLL
+        for (int jn = 0; jn < NT; ++jn) Mma::template run<NL, MT * NT * 4, MT * 4, NT * 2>(acc, A, B, i * NT + jn, i, jn);
+      }
+    }
+  }
+}
+
+// Phase 4 (end of the block job): lane `lane` of warp `warp` puts its outputs (plus the bias) in 16 bits into
+// the group's result tile (channel, row, column).
+template <int MT, int NT, typename scalar_t>
+DCLS_HD void window_conv_keep(const WindowConv<scalar_t>& w, const WindowConvJob& j, uint32_t* smem, int warp,
+                              int lane, const float* acc) {
+  auto* res = reinterpret_cast<scalar_t*>(smem) + int64_t(warp) * w.rows() * w.cols();
+  const int64_t c = j.c0 + warp;
+  const float b = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
+  const int gq = lane >> 2, t = lane & 3;
+  for (int i = 0; i < MT; ++i)
+    for (int jn = 0; jn < NT; ++jn)
+      for (int q = 0; q < 4; ++q) {
+        const int row = 16 * i + gq + 8 * (q >> 1), col = 8 * jn + 2 * t + (q & 1);
+        res[row * w.cols() + col] = scalar_t(acc[(i * NT + jn) * 4 + q] + b);
+      }
+}
+
+// Phase 5: the result tile to the output, in the output's channel order.
+template <typename scalar_t>
+DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJob& j, const uint32_t* smem, int tid) {
+  int ci, sub;
+  conv_stage_role(w.out_cl, tid, ci, sub);
+  const int64_t c = j.c0 + ci;
+  if (c >= w.C) return;
+  const auto* res = reinterpret_cast<const scalar_t*>(smem) + int64_t(ci) * w.rows() * w.cols();
+  const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0)), cols = static_cast<int>(w.Wo);
+  scalar_t* dst = w.out + j.n * w.os[0] + c * w.os[1];
+  for (int e = sub; e < rows * cols; e += 32) {
+    const int row = e / cols, col = e % cols;
+    dst[(j.oy0 + row) * w.os[2] + col * w.os[3]] = res[row * w.cols() + col];
+  }
+}
+
+// The block job's input rows: from the first output row's top reach to the last's bottom, in bands.
+template <typename scalar_t>
+DCLS_HD int64_t conv_first_row(const WindowConv<scalar_t>& w, const WindowConvJob& j) { return j.oy0 - w.ph; }
+template <typename scalar_t>
+DCLS_HD int64_t conv_end_row(const WindowConv<scalar_t>& w, const WindowConvJob& j) {
+  return std::min<int64_t>(j.oy0 + w.rows() - 1 + w.Lh - w.ph, w.H);
+}
+
+// The kernel for a shape's tiles.
+template <typename Fn>
+auto with_conv_tiles(int mt, int nt, Fn&& fn) {
+  auto pick = [&](auto m) {
+    constexpr int M = decltype(m)::value;
+    switch (nt) {
+      case 1: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 1>());
+      case 2: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 2>());
+      case 4: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 4>());
+      case 7: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 7>());
+      default: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 8>());
+    }
+  };
+  return mt == 1 ? pick(std::integral_constant<int, 1>()) : pick(std::integral_constant<int, 2>());
+}
+
+}  // namespace dcls_convert
