@@ -327,7 +327,10 @@ struct CudaLaunch {
       auto kernel = with_conv_tiles(c.mt, c.nt, [](auto m, auto n) {
         return window_conv_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
       });
-      allow_smem(reinterpret_cast<const void*>(kernel), bytes);
+      const void* kp = reinterpret_cast<const void*>(kernel);
+      allow_smem(kp, bytes);
+      const int device = like.get_device();
+      c.slabs = window_conv_slabs(c, 4 * int64_t(blocks_per_sm(kp, kWindowCorrThreads, bytes, device)) * sm_count(device));
       kernel<<<grid_blocks(c.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {

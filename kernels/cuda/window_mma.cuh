@@ -77,23 +77,25 @@ __global__ void __launch_bounds__(kWindowCorrThreads) window_conv_kernel(WindowC
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
-    const WindowConvJob j = window_conv_job(w, bid);
-    float acc[1][MT * NT * 4];
-    DCLS_UNROLL
-    for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
-    __syncthreads();  // the previous job's results are stored
+    WindowConvJob j = window_conv_job(w, bid);
+    __syncthreads();  // the previous job's kernels are read
     window_conv_stage_kernels(w, j, smem, tid);
-    const int64_t end = conv_end_row(w, j);
-    for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
-      __syncthreads();  // the previous band is read
-      window_conv_stage_rows(w, j, iy0, smem, tid);
+    for (j.n = j.n_begin; j.n < j.n_end; ++j.n) {
+      float acc[1][MT * NT * 4];
+      DCLS_UNROLL
+      for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
+      const int64_t end = conv_end_row(w, j);
+      for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
+        __syncthreads();  // the previous band is read (and the kernels staged)
+        window_conv_stage_rows(w, j, iy0, smem, tid);
+        __syncthreads();
+        window_conv_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane, iy0, acc);
+      }
+      __syncthreads();  // the previous image's results are stored
+      window_conv_keep<MT, NT>(w, j, smem, warp, lane, acc[0]);
       __syncthreads();
-      window_conv_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane, iy0, acc);
+      window_conv_store(w, j, smem, tid);
     }
-    __syncthreads();  // the results take the staging's place
-    window_conv_keep<MT, NT>(w, j, smem, warp, lane, acc[0]);
-    __syncthreads();
-    window_conv_store(w, j, smem, tid);
   }
 }
 

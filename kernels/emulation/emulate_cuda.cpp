@@ -276,28 +276,33 @@ struct EmulatedLaunch {
       with_conv_tiles(c.mt, c.nt, [&](auto m, auto n) { window_conv_blocks<decltype(m)::value, decltype(n)::value>(c); });
     }
   }
-  // window_conv_kernel, phase by phase; shared memory poisoned with NaN at each block job.
+  // window_conv_kernel, phase by phase; shared memory poisoned with NaN at each block job (the kernels' zero rows
+  // must come from their staging) and each image's bands (no row of an earlier image may be read).
   template <int MT, int NT>
-  static void window_conv_blocks(const WindowConv<scalar_t>& w) {
+  static void window_conv_blocks(WindowConv<scalar_t> w) {
     constexpr int NA = MT * NT * 4;
+    w.slabs = window_conv_slabs(w, kEmulatedBlocks);
     std::vector<uint32_t> smem(w.smem_words());
     std::vector<float> acc(int64_t(kWindowCorrThreads) * NA);
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
-      const WindowConvJob j = window_conv_job(w, bid);
-      std::fill(acc.begin(), acc.end(), 0.f);
+      WindowConvJob j = window_conv_job(w, bid);
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_kernels(w, j, smem.data(), tid);
-      const int64_t end = conv_end_row(w, j);
-      for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
-        for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_rows(w, j, iy0, smem.data(), tid);
-        for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-          window_conv_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
-              w, j, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
+      for (j.n = j.n_begin; j.n < j.n_end; ++j.n) {
+        std::fill(acc.begin(), acc.end(), 0.f);
+        std::fill(smem.begin(), smem.begin() + kWindowCorrWarps * w.x_words(), 0xffffffffu);
+        std::fill(smem.begin() + w.results_offset(), smem.end(), 0xffffffffu);
+        const int64_t end = conv_end_row(w, j);
+        for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_rows(w, j, iy0, smem.data(), tid);
+          for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+            window_conv_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
+                w, j, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
+        }
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid)
+          window_conv_keep<MT, NT>(w, j, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA]);
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_store(w, j, smem.data(), tid);
       }
-      std::fill(smem.begin(), smem.end(), 0xffffffffu);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid)
-        window_conv_keep<MT, NT>(w, j, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA]);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_store(w, j, smem.data(), tid);
     }
   }
   // window_corr_kernel, phase by phase; shared memory poisoned with NaN (all bits set: NaN in bfloat16, float16

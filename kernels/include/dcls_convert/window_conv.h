@@ -9,11 +9,11 @@
 // input gradient is the same product on the output gradient with the kernel turned by 180 degrees and padding
 // L - 1 - p (stride 1).
 //
-// Block: 8 warps, a warp per channel of a group of 8, a row tile of an image. The block stages its channels'
-// kernels (with 16 zero rows above and below, so that the A fragments of rows past the window read zeros) and, in
-// bands of 8, the input rows (twice, as in window_corr.h: every B fragment an aligned 32-bit load). The results
-// go through shared memory, so that the stores are coalesced in either memory format (8 channels of a pixel
-// together in channels_last). The CPU emulation runs it lane by lane with an emulated mma.
+// Block: 8 warps, a warp per channel of a group of 8, a row tile, a slab of images. The block stages its
+// channels' kernels once (with 16 zero rows above and below, so that the A fragments of rows past the window read
+// zeros) and, per image, in bands of 8, the input rows (twice, as in window_corr.h: every B fragment an aligned
+// 32-bit load). The results go through shared memory, so that the stores are coalesced in either memory format (8
+// channels of a pixel together in channels_last). The CPU emulation runs it lane by lane with an emulated mma.
 #pragma once
 
 #include <algorithm>
@@ -41,6 +41,7 @@ struct WindowConv {
   bool x_cl = false, out_cl = false;  // channels fastest: staging and stores by 8 channels of a pixel
   int mt = 1, nt = 1, ks = 1;
   int xw = 16, kp = 12;  // words per staged input row copy; per kernel row (4 mod 8: conflict-free A fragments)
+  int64_t slabs = 1;     // of images per (group, row tile): the kernels are staged once per slab
   bool ok = false;
 
   DCLS_HD int kw() const { return 16 * ks; }
@@ -49,15 +50,12 @@ struct WindowConv {
   DCLS_HD int xe() const { return cols() + kw(); }  // staged elements per input row
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
   DCLS_HD int64_t row_tiles() const { return (Ho + rows() - 1) / rows(); }
-  DCLS_HD int64_t blocks() const { return groups() * N * row_tiles(); }
+  DCLS_HD int64_t blocks() const { return groups() * row_tiles() * slabs; }
   DCLS_HD int x_words() const { return kWindowConvBand * 2 * xw; }  // per channel
   DCLS_HD int k_rows() const { return static_cast<int>(Lh) + 2 * kKernelPadRows; }
   DCLS_HD int k_words() const { return k_rows() * kp; }
-  DCLS_HD int64_t smem_words() const {
-    const int64_t staged = int64_t(kWindowCorrWarps) * (x_words() + k_words());
-    const int64_t results = int64_t(kWindowCorrWarps) * rows() * cols() / 2;  // 16-bit
-    return std::max(staged, results);
-  }
+  DCLS_HD int64_t results_offset() const { return int64_t(kWindowCorrWarps) * (x_words() + k_words()); }
+  DCLS_HD int64_t smem_words() const { return results_offset() + int64_t(kWindowCorrWarps) * rows() * cols() / 2; }
   DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
 };
 
@@ -108,16 +106,26 @@ DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, float>& a,
   kern[i] = scalar_t(s);
 }
 
+// Slabs of images per (group, row tile): about `target` blocks, at least one image each.
+template <typename scalar_t>
+int64_t window_conv_slabs(const WindowConv<scalar_t>& w, int64_t target) {
+  const int64_t tiles = w.groups() * w.row_tiles();
+  return std::max<int64_t>(1, std::min<int64_t>(w.N, (target + tiles - 1) / std::max<int64_t>(tiles, 1)));
+}
+
 struct WindowConvJob {
-  int64_t c0, n, oy0;
+  int64_t c0, oy0, n_begin, n_end;
+  int64_t n;  // the image being computed
 };
 template <typename scalar_t>
 DCLS_HD WindowConvJob window_conv_job(const WindowConv<scalar_t>& w, int64_t bid) {
   WindowConvJob j;
   j.c0 = (bid % w.groups()) * kWindowCorrWarps;
-  const int64_t rest = bid / w.groups();
-  j.n = rest % w.N;
-  j.oy0 = (rest / w.N) * w.rows();
+  const int64_t rest = bid / w.groups(), slab = rest / w.row_tiles();
+  j.oy0 = (rest % w.row_tiles()) * w.rows();
+  j.n_begin = slab * w.N / w.slabs;
+  j.n_end = (slab + 1) * w.N / w.slabs;
+  j.n = j.n_begin;
   return j;
 }
 
@@ -229,12 +237,12 @@ DCLS_UNROLL
   }
 }
 
-// Phase 4 (end of the block job): lane `lane` of warp `warp` puts its outputs (plus the bias) in 16 bits into
+// Phase 4 (per image): lane `lane` of warp `warp` puts its outputs (plus the bias) in 16 bits into
 // the group's result tile (channel, row, column).
 template <int MT, int NT, typename scalar_t>
 DCLS_HD void window_conv_keep(const WindowConv<scalar_t>& w, const WindowConvJob& j, uint32_t* smem, int warp,
                               int lane, const float* acc) {
-  auto* res = reinterpret_cast<scalar_t*>(smem) + int64_t(warp) * w.rows() * w.cols();
+  auto* res = reinterpret_cast<scalar_t*>(smem + w.results_offset()) + int64_t(warp) * w.rows() * w.cols();
   const int64_t c = j.c0 + warp;
   const float b = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
   const int gq = lane >> 2, t = lane & 3;
@@ -253,7 +261,7 @@ DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJo
   conv_stage_role(w.out_cl, tid, ci, sub);
   const int64_t c = j.c0 + ci;
   if (c >= w.C) return;
-  const auto* res = reinterpret_cast<const scalar_t*>(smem) + int64_t(ci) * w.rows() * w.cols();
+  const auto* res = reinterpret_cast<const scalar_t*>(smem + w.results_offset()) + int64_t(ci) * w.rows() * w.cols();
   const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0)), cols = static_cast<int>(w.Wo);
   scalar_t* dst = w.out + j.n * w.os[0] + c * w.os[1];
   for (int e = sub; e < rows * cols; e += 32) {
