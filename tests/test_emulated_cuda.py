@@ -731,3 +731,21 @@ def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     # each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the scale)
     step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
     assert ((out.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
+
+
+@pytest.mark.parametrize("size,window,padding,conv_ok,corr_ok", [
+    ([56, 56], [17, 17], [8, 8], True, True),      # ConvNeXt-T stage 1
+    ([8, 64], [64, 64], [32, 32], False, True),    # the forward's 64-row window: 164 KiB of shared memory
+    ([40, 256], [40, 32], [20, 16], False, False),  # 256 columns: past the forward's 64; the correlation 180 KiB
+    ([20, 20], [7, 7], [7, 3], False, False),      # padding past the window (rows no band would reach)
+])
+def test_window_plans_fit_the_device(size, window, padding, conv_ok, corr_ok):
+    """The tensor-core plans apply only where their shared memory fits a block of the device (here an A100's
+    163 KiB opt-in limit; on CUDA the device's own): beyond it, or for shapes they do not cover, the tables run.
+    Padding past the window (more than L - 1) stops both."""
+    x = torch.randn(2, 8, *size).bfloat16()
+    w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
+    ok_conv, conv_bytes, ok_corr, corr_bytes = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
+    assert (bool(ok_conv), bool(ok_corr)) == (conv_ok, corr_ok)
+    for ok, nbytes in ((ok_conv, conv_bytes), (ok_corr, corr_bytes)):
+        assert not ok or nbytes <= 163 * 1024

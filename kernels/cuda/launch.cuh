@@ -68,6 +68,21 @@ inline int compute_major(int device) {
   return known[device] = major;
 }
 
+// Shared memory a block may opt into on a device (48 KiB if the runtime will not say).
+inline int64_t max_smem_optin(int device) {
+  static std::mutex m;
+  static std::map<int, int64_t> known;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  int bytes = 0;
+  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || bytes <= 0) {
+    (void)cudaGetLastError();
+    bytes = 48 * 1024;
+  }
+  return known[device] = bytes;
+}
+
 // Opts a kernel into more than 48 KiB of dynamic shared memory on the current device (once per size it grows to).
 inline void allow_smem(const void* kernel, int64_t bytes) {
   if (bytes <= 48 * 1024) return;

@@ -293,6 +293,7 @@ struct CudaLaunch {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});
   }
+  static int64_t max_smem_bytes(const at::Tensor& like) { return max_smem_optin(like.get_device()); }
   static bool mma_supported(const at::Tensor& like) {
     return like.is_cuda() && compute_major(like.get_device()) >= 8;  // mma.m16n8k16 with bfloat16
   }

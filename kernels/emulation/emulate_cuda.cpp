@@ -64,6 +64,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
   return {gw, gp, gs};
 }
 
+// Shared memory per block of the emulated device (an A100's opt-in limit).
+constexpr int64_t kEmulatedSmemBytes = 163 * 1024;
+
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;
 
@@ -255,6 +258,7 @@ struct EmulatedLaunch {
   }
 
   static bool mma_supported(const at::Tensor&) { return true; }
+  static int64_t max_smem_bytes(const at::Tensor&) { return kEmulatedSmemBytes; }
   static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
     if constexpr (window_corr_dtype<scalar_t>()) {
       launches += 2;  // the correlation and its finish
@@ -448,6 +452,25 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
           t.pitch, t.plane_stride};
 }
 
+// The tensor-core plans of a 16-bit layer (forward, correlation): whether each applies under the emulated
+// device's shared memory, and the shared memory each asks for.
+std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                          at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+                                          c10::string_view interpolation) {
+  const int interp = parse_interp(std::string(interpolation));
+  auto out = checked_taps_output(input, weight, positions, c10::nullopt, window, stride, padding, interp);
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  std::vector<int64_t> r{0, 0, 0, 0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_window_plans", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    const auto v = window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
+    const auto c = window_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
+    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4};
+  });
+  return r;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dcls_convert_emulation, m) {
@@ -465,6 +488,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "str interpolation, int kind) -> (Tensor, Tensor, Tensor)");
   m.def("tile_config(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, int kind) -> int[]");
+  m.def("window_plans(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
+        "str interpolation) -> int[]");
   m.def("take_launches() -> int", &take_launches);
 }
 
@@ -476,6 +501,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("table_counts", &emulate_table_counts);
   m.impl("table_entries", &emulate_table_entries);
   m.impl("tile_config", &emulate_tile_config);
+  m.impl("window_plans", &emulate_window_plans);
 }
 
 }  // namespace dcls_convert

@@ -263,10 +263,11 @@ constexpr bool window_corr_dtype() {
   return std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
 }
 
-// The tensor-core correlation of g with x, or ok = false where it does not apply. The executor sets the slabs
-// and the workspace.
+// The tensor-core correlation of g with x, or ok = false where it does not apply (or its shared memory exceeds
+// what a block of the device may have). The executor sets the slabs and the workspace.
 template <typename scalar_t, typename acc_t>
-WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a) {
+WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
+                                      int64_t max_smem_bytes) {
   WindowCorr<scalar_t> w;
   if constexpr (window_corr_dtype<scalar_t>()) {
     int64_t xs[4];
@@ -277,16 +278,17 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
     w.g = g.data_ptr<scalar_t>();
     std::copy(xs, xs + 4, w.xs);
     plane_strides(g, w.gs);
+    w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;
 }
 
 // The tensor-core convolution of x into out (flip: the input gradient, x the output gradient and out the input's
-// gradient, the window turned and the padding L - 1 - p), or ok = false where it does not apply. bias: the
-// forward's, or nullptr.
+// gradient, the window turned and the padding L - 1 - p), or ok = false where it does not apply (or its shared
+// memory exceeds what a block of the device may have).
 template <typename scalar_t, typename acc_t>
 WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
-                                      bool flip) {
+                                      bool flip, int64_t max_smem_bytes) {
   WindowConv<scalar_t> w;
   if constexpr (window_corr_dtype<scalar_t>()) {
     if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
@@ -300,6 +302,7 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     plane_strides(out, w.os);
     w.x_cl = w.xs[1] == 1 && a.C > 1;
     w.out_cl = w.os[1] == 1 && a.C > 1;
+    w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;
 }

@@ -14,6 +14,7 @@
 //   static void forward(const TiledConv&);                       tiled forward (or mirrored: input gradient)
 //   static void corr(TiledCorr, const TapsArgs&, const at::Tensor& like);  correlation + finish
 //   static bool mma_supported(const at::Tensor& like);            tensor cores on like's device
+//   static int64_t max_smem_bytes(const at::Tensor& like);        shared memory a block may opt into there
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
@@ -54,7 +55,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
     const auto wv = !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
-                        ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false)
+                        ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                         : WindowConv<scalar_t>();
     if (wv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, false);
@@ -103,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
       // on tensor cores where they apply (16-bit, stride 1, opted in), else the tables' stride phases
       const auto wg = mask[0] && !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
-                          ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true)
+                          ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                           : WindowConv<scalar_t>();
       bool tiled_gi = !wg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
                       a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
@@ -117,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       }
       // weight and position gradients: tensor cores where they apply (16-bit, opted in), else the tables
       const auto wc = want_taps && !L::gather_only() && mma_mode("corr") && L::mma_supported(input)
-                          ? window_corr_plan<scalar_t, acc_t>(in.x, g, a)
+                          ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : WindowCorr<scalar_t>();
       auto corr = want_taps && !wc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();

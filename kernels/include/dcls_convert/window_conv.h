@@ -51,11 +51,12 @@ struct WindowConv {
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
   DCLS_HD int64_t row_tiles() const { return (Ho + rows() - 1) / rows(); }
   DCLS_HD int64_t blocks() const { return groups() * row_tiles() * slabs; }
-  DCLS_HD int x_words() const { return kWindowConvBand * 2 * xw; }  // per channel
+  DCLS_HD int x_words() const { return channel_words(kWindowConvBand * 2 * xw); }  // per channel
   DCLS_HD int k_rows() const { return static_cast<int>(Lh) + 2 * kKernelPadRows; }
-  DCLS_HD int k_words() const { return k_rows() * kp; }
+  DCLS_HD int k_words() const { return channel_words(k_rows() * kp); }
+  DCLS_HD int res_words() const { return channel_words(rows() * cols() / 2); }  // 16-bit results
   DCLS_HD int64_t results_offset() const { return int64_t(kWindowCorrWarps) * (x_words() + k_words()); }
-  DCLS_HD int64_t smem_words() const { return results_offset() + int64_t(kWindowCorrWarps) * rows() * cols() / 2; }
+  DCLS_HD int64_t smem_words() const { return results_offset() + int64_t(kWindowCorrWarps) * res_words(); }
   DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
 };
 
@@ -242,7 +243,7 @@ DCLS_UNROLL
 template <int MT, int NT, typename scalar_t>
 DCLS_HD void window_conv_keep(const WindowConv<scalar_t>& w, const WindowConvJob& j, uint32_t* smem, int warp,
                               int lane, const float* acc) {
-  auto* res = reinterpret_cast<scalar_t*>(smem + w.results_offset()) + int64_t(warp) * w.rows() * w.cols();
+  auto* res = reinterpret_cast<scalar_t*>(smem + w.results_offset() + int64_t(warp) * w.res_words());
   const int64_t c = j.c0 + warp;
   const float b = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
   const int gq = lane >> 2, t = lane & 3;
@@ -261,7 +262,7 @@ DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJo
   conv_stage_role(w.out_cl, tid, ci, sub);
   const int64_t c = j.c0 + ci;
   if (c >= w.C) return;
-  const auto* res = reinterpret_cast<const scalar_t*>(smem + w.results_offset()) + int64_t(ci) * w.rows() * w.cols();
+  const auto* res = reinterpret_cast<const scalar_t*>(smem + w.results_offset() + int64_t(ci) * w.res_words());
   const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0)), cols = static_cast<int>(w.Wo);
   scalar_t* dst = w.out + j.n * w.os[0] + c * w.os[1];
   for (int e = sub; e < rows * cols; e += 32) {

@@ -37,6 +37,10 @@ constexpr int kWindowCorrMaxBand = 8;
 constexpr int kWindowCorrMaxWo = 256;
 constexpr int kRingOffset = 1 << 12;  // added before the ring's mask, so that negative rows wrap as positive ones
 
+// A channel's region of shared memory, padded to 4 mod 32 words: channels_last staging writes the same element
+// of 8 channels' regions at once, which then fall in 8 different banks (4 apart) instead of one.
+DCLS_HD int channel_words(int n) { return n + ((4 - n) % 32 + 32) % 32; }
+
 template <typename scalar_t>
 struct WindowCorr {
   const scalar_t* x = nullptr;
@@ -61,8 +65,8 @@ struct WindowCorr {
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return (C + cg - 1) / cg; }
   DCLS_HD int64_t blocks() const { return groups() * slabs; }
-  DCLS_HD int x_words() const { return band * 2 * xw; }  // per channel
-  DCLS_HD int g_words() const { return ring * gp; }
+  DCLS_HD int x_words() const { return channel_words(band * 2 * xw); }  // per channel
+  DCLS_HD int g_words() const { return channel_words(ring * gp); }
   DCLS_HD int part_cells() const { return 16 * mt * 8 * nt; }
   DCLS_HD int red_words() const { return kWindowCorrWarps * part_cells() + kWindowCorrThreads; }
   DCLS_HD int64_t smem_words() const {
