@@ -196,8 +196,8 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
                                                           ((4, 16, 1, 60), 31, torch.float16, False)])
 def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv) against the dense float64 oracle
-    with the window rounded to the 16-bit type (as the kernels take it): within a 16-bit step of each output (plus
-    the float32 sums' error); two runs bitwise equal; the memory format kept."""
+    with the window rounded to the 16-bit type (as the kernels take it), to a few 16-bit steps; two runs bitwise
+    equal; the memory format kept."""
     N, C, H, W = shape
     Lh = 1 if H == 1 else window
     win, pad = [Lh, window], [Lh // 2, window // 2]
@@ -219,8 +219,9 @@ def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     want = F.conv2d(xd, kern, b.double(), padding=pad, groups=C)
     want_gin, = torch.autograd.grad(want, xd, g.double())
     step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
-    want = want.detach()
-    assert ((y.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
+    # (a window cell near a rounding boundary may round the other way than the float64 sum: the emulation tests
+    # pin the window itself, see test_window_conv_matches_oracle)
+    assert max_rel(y.double(), want.detach()) < 4 * step
     assert max_rel(gin.double(), want_gin) < 4 * step
 
 

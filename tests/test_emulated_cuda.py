@@ -597,16 +597,17 @@ WINDOW_CORR_CASES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", WINDOW_CORR_CASES)
 @pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
-                                           ("nearest", "contiguous")])
+                                           ("bilinear", "channels_last16"), ("nearest", "contiguous")])
 def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     """The tensor-core correlation (DCLS_CONVERT_CUDA_MMA=corr), block by block with every lane's mma fragments,
     against the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32
-    rounding. It replaces the corner table and its correlation: one launch fewer (2 instead of 3)."""
+    rounding. It replaces the corner table and its correlation: one launch fewer (2 instead of 3). channels_last
+    with 10 channels: a partial group, staged an element per load; with 16: 16-byte loads of 8 channels."""
     window, padding = case["window"], case["padding"]
     D = len(window)
-    C = 10 if layout == "channels_last" else 3  # 10: a partial group of 8 channels
+    C = {"channels_last": 10, "channels_last16": 16}.get(layout, 3)
     x = torch.randn(3, C, *case["size"]).to(dtype)
-    if layout == "channels_last" and D == 2:
+    if layout.startswith("channels_last") and D == 2:
         x = x.contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4, dtype=torch.float32)
     if interp == "nearest":
@@ -614,7 +615,7 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     stride = [1] * D
     out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
     g = torch.randn(out.shape).to(dtype)
-    if layout == "channels_last" and D == 2:
+    if layout.startswith("channels_last") and D == 2:
         g = g.contiguous(memory_format=torch.channels_last)
     monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "corr")
     E.take_launches()
@@ -695,7 +696,7 @@ WINDOW_CONV_CASES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", WINDOW_CONV_CASES)
 @pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
-                                           ("nearest", "contiguous")])
+                                           ("bilinear", "channels_last16"), ("nearest", "contiguous")])
 def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv), block by block with every lane's
     mma fragments, against the float64 oracle with the window rounded to the 16-bit type, as the kernels take
@@ -703,9 +704,9 @@ def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     output's rounding. Two launches each (the window, the convolution), no table."""
     window, padding = case["window"], case["padding"]
     D = len(window)
-    C = 10 if layout == "channels_last" else 3
+    C = {"channels_last": 10, "channels_last16": 16}.get(layout, 3)
     x = torch.randn(2, C, *case["size"]).to(dtype)
-    if layout == "channels_last" and D == 2:
+    if layout.startswith("channels_last") and D == 2:
         x = x.contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4, dtype=torch.float32)
     if interp == "nearest":
@@ -716,11 +717,19 @@ def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     E.take_launches()
     out = E.taps_conv(x, w, p, b, window, stride, padding, interp)
     assert E.take_launches() == 2
-    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last" and D == 2)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout.startswith("channels_last") and D == 2)
     g = torch.randn(out.shape).to(dtype)
     gin = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [True, False, False, False])[0]
     assert E.take_launches() == 2
-    kern = reference.construct(w.double(), p.double(), None, window, interp).to(dtype).double()
+    # the window as the kernels build it (float32 sums in tap order, one 16-bit rounding): within a 16-bit step
+    # of the oracle's; a cell near a rounding boundary may round the other way than the float64 sum would
+    kern = E.window_kernel(x, w, p, window, stride, padding, interp, False)
+    exact = reference.construct(w.double(), p.double(), None, window, interp).view(kern.shape)
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    assert ((kern.double() - exact).abs() <= step * exact.abs() + 1e-6 * exact.abs().max()).all()
+    torch.testing.assert_close(E.window_kernel(x, w, p, window, stride, padding, interp, True), kern.flip([1, 2]),
+                               rtol=0, atol=0)
+    kern = kern.double().view(C, 1, *window)
     conv = torch.nn.functional.conv2d if D == 2 else torch.nn.functional.conv1d
     xd = x.double().requires_grad_()
     want = conv(xd, kern, b.double(), padding=padding, groups=C)
@@ -729,7 +738,6 @@ def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     assert max_rel(out.double(), want) < 2 ** -7  # the output's own 16-bit rounding
     assert max_rel(gin.double(), want_gin) < 2 ** -7
     # each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the scale)
-    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
     assert ((out.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
 
 
@@ -749,3 +757,21 @@ def test_window_plans_fit_the_device(size, window, padding, conv_ok, corr_ok):
     assert (bool(ok_conv), bool(ok_corr)) == (conv_ok, corr_ok)
     for ok, nbytes in ((ok_conv, conv_bytes), (ok_corr, corr_bytes)):
         assert not ok or nbytes <= 163 * 1024
+
+
+@pytest.mark.parametrize("size,window,padding", [([20, 23], [17, 17], [8, 8]), ([9, 40], [51, 41], [25, 20]),
+                                                 ([7, 7], [17, 17], [8, 8])])
+def test_window_mma_vector_staging_changes_no_bit(monkeypatch, size, window, padding):
+    """channels_last with 8k channels stages a pixel's 8 channels per 16-byte load; one element per load
+    (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values: every output and gradient bitwise equal."""
+    x = torch.randn(2, 16, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, 16, 1, 6, window, spread=1.4, dtype=torch.float32)
+    b = torch.randn(16)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "all")
+    runs = []
+    for staging in ("", "scalar"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_STAGING", staging)
+        out = E.taps_conv(x, w, p, b, window, [1, 1], padding, "bilinear")
+        g = torch.ones_like(out).contiguous(memory_format=torch.channels_last) * 0.5 + out * 0.25
+        runs.append([out] + list(E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [True] * 4)))
+    assert all(torch.equal(a, e) for a, e in zip(*runs))

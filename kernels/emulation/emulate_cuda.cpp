@@ -471,6 +471,37 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
   return r;
 }
 
+template <typename scalar_t, typename acc_t>
+at::Tensor window_kernel_of(const TapsArgs<scalar_t, acc_t>& a, bool flip, const at::TensorOptions& options) {
+  if constexpr (window_corr_dtype<scalar_t>()) {
+    const int kw = static_cast<int>(16 * ((a.Lw + 15) / 16));
+    auto out = at::empty({a.C, a.Lh, kw}, options);
+    auto* k = static_cast<scalar_t*>(out.data_ptr());
+    for (int64_t i = 0; i < out.numel(); ++i) window_kernel_thread(i, a, kw, flip, k);
+    return out.narrow(2, 0, a.Lw).contiguous();
+  } else {
+    TORCH_CHECK(false, "window_kernel: 16-bit inputs only");
+    return at::Tensor();
+  }
+}
+
+// The dense window the tensor-core convolution takes (window_kernel_thread): (C, Lh, Lw) in the input's 16-bit
+// type; flip: turned by 180 degrees (the input gradient's).
+at::Tensor emulate_window_kernel(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                 at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 c10::string_view interpolation, bool flip) {
+  const int interp = parse_interp(std::string(interpolation));
+  check_taps_args(input, weight, positions, window, stride, padding, interp, c10::nullopt);
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_window_kernel", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    out = window_kernel_of(a, flip, input.options());
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dcls_convert_emulation, m) {
@@ -490,6 +521,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "str interpolation, int kind) -> int[]");
   m.def("window_plans(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation) -> int[]");
+  m.def("window_kernel(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
+        "str interpolation, bool flip) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
 }
 
@@ -502,6 +535,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("table_entries", &emulate_table_entries);
   m.impl("tile_config", &emulate_tile_config);
   m.impl("window_plans", &emulate_window_plans);
+  m.impl("window_kernel", &emulate_window_kernel);
 }
 
 }  // namespace dcls_convert

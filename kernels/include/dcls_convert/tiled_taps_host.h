@@ -258,6 +258,13 @@ inline bool mma_mode(const char* part) {
   return v == "all" || v == part;
 }
 
+// DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load
+// (the A/B arm of the 16-byte loads; tests compare the two).
+inline std::string staging_mode() {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA_STAGING");
+  return e == nullptr ? std::string() : std::string(e);
+}
+
 template <typename scalar_t>
 constexpr bool window_corr_dtype() {
   return std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
@@ -278,6 +285,7 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
     w.g = g.data_ptr<scalar_t>();
     std::copy(xs, xs + 4, w.xs);
     plane_strides(g, w.gs);
+    w.vec8 = w.cg == 8 && staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;
@@ -301,6 +309,7 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     plane_strides(x, w.xs);
     plane_strides(out, w.os);
     w.x_cl = w.xs[1] == 1 && a.C > 1;
+    w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.out_cl = w.os[1] == 1 && a.C > 1;
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }

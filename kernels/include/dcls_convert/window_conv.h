@@ -39,6 +39,7 @@ struct WindowConv {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
   bool x_cl = false, out_cl = false;  // channels fastest: staging and stores by 8 channels of a pixel
+  bool vec8 = false;                  // input rows staged by 16-byte loads (staging_vec8)
   int mt = 1, nt = 1, ks = 1;
   int xw = 16, kp = 12;  // words per staged input row copy; per kernel row (4 mod 8: conflict-free A fragments)
   int64_t slabs = 1;     // of images per (group, row tile): the kernels are staged once per slab
@@ -161,6 +162,11 @@ DCLS_HD void window_conv_stage_kernels(const WindowConv<scalar_t>& w, const Wind
 template <typename scalar_t>
 DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t iy0, uint32_t* smem,
                                     int tid) {
+  if (w.vec8) {
+    stage_rows_vec8(smem, w.x_words(), w.xw, w.x + j.n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0,
+                    kWindowConvBand, w.xe(), w.H, w.W, w.pw, tid, kWindowCorrThreads);
+    return;
+  }
   int ci, sub;
   conv_stage_role(w.x_cl, tid, ci, sub);
   const int64_t c = j.c0 + ci;

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "dcls_convert/taps_threads.h"
@@ -41,6 +42,44 @@ constexpr int kRingOffset = 1 << 12;  // added before the ring's mask, so that n
 // of 8 channels' regions at once, which then fall in 8 different banks (4 apart) instead of one.
 DCLS_HD int channel_words(int n) { return n + ((4 - n) % 32 + 32) % 32; }
 
+// channels_last inputs whose 8-channel runs are 16-byte aligned (C a multiple of 8, every stride a multiple of
+// 8 elements, the data 16-byte aligned) stage one pixel's 8 channels with one 16-byte load.
+inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) {
+  return s[1] == 1 && C % 8 == 0 && s[0] % 8 == 0 && s[2] % 8 == 0 && s[3] % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(data) % 16 == 0;
+}
+
+// Eight 16-bit values (one pixel's 8 channels) as four words: element k in word k / 2, low half first.
+DCLS_HD void load8(const void* p, uint32_t v[4]) {
+#if defined(__CUDA_ARCH__)
+  const uint4 q = *reinterpret_cast<const uint4*>(p);
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+#else
+  std::memcpy(v, p, 16);
+#endif
+}
+DCLS_HD uint16_t half_of(const uint32_t v[4], int k) { return static_cast<uint16_t>(v[k >> 1] >> (16 * (k & 1))); }
+
+// Input rows iy0 .. iy0 + rows - 1 (zero outside the input) of channels c0 .. c0 + 7 into 8 channel regions
+// `stride` words apart, row r at word r * 2 * xw, each twice (the odd copy shifted by one element): a thread per
+// (row, element), one 16-byte load for its 8 channels.
+DCLS_HD void stage_rows_vec8(uint32_t* smem, int stride, int xw, const void* src, int elem_bytes, const int64_t xs[4],
+                             int64_t iy0, int rows, int xe, int64_t H, int64_t W, int64_t pw, int tid, int threads) {
+  const auto* base = static_cast<const unsigned char*>(src);
+  for (int idx = tid; idx < rows * xe; idx += threads) {
+    const int r = idx / xe, e = idx - r * xe;
+    const int64_t iy = iy0 + r, col = e - pw;
+    uint32_t v[4] = {0u, 0u, 0u, 0u};
+    if (iy >= 0 && iy < H && col >= 0 && col < W) load8(base + (iy * xs[2] + col * xs[3]) * elem_bytes, v);
+    for (int k = 0; k < 8; ++k) {
+      auto* row = reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride + r * 2 * xw);
+      const uint16_t h = half_of(v, k);
+      row[e] = h;
+      if (e >= 1) row[2 * xw + e - 1] = h;
+    }
+  }
+}
+
 template <typename scalar_t>
 struct WindowCorr {
   const scalar_t* x = nullptr;
@@ -50,6 +89,7 @@ struct WindowCorr {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
   bool channels_last = false;  // staging order: channels fastest (one 16-byte run of 8 channels per pixel)
+  bool vec8 = false;           // channels_last input rows staged by 16-byte loads (staging_vec8)
   int mt = 1, nt = 1;          // 16-row and 8-column mma tiles per window part
   int parts_y = 1, parts_x = 1, wpc = 1, cg = 8;
   int ks = 1;                  // 16-column steps over an output row
@@ -187,7 +227,11 @@ DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJo
   scalar_t* xb = x_band(w, smem, s.ci);
   const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1];
   const int xe = w.xe(), copy = 2 * w.xw;
-  for (int r = 0; r < w.band; ++r) {
+  if (w.vec8)
+    stage_rows_vec8(smem, w.x_words(), w.xw, w.x + n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0,
+                    static_cast<int>(std::min<int64_t>(w.band, w.H - iy0)), xe, w.H, w.W, w.pw, tid,
+                    kWindowCorrThreads);
+  for (int r = 0; r < w.band && !w.vec8; ++r) {
     const int64_t iy = iy0 + r;
     const bool row_in = live && iy < w.H;
     scalar_t* dst = xb + r * 2 * copy;
