@@ -43,7 +43,7 @@ struct MmaDevice {
 };
 
 template <int MT, int NT, typename scalar_t>
-__global__ void __launch_bounds__(kWindowCorrThreads) window_corr_kernel(WindowCorr<scalar_t> w) {
+__global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(WindowCorr<scalar_t> w) {
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads) window_corr_kernel(WindowC
 }
 
 template <int MT, int NT, typename scalar_t>
-__global__ void __launch_bounds__(kWindowCorrThreads) window_conv_kernel(WindowConv<scalar_t> w) {
+__global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(WindowConv<scalar_t> w) {
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();
