@@ -194,52 +194,57 @@ DCLS_HD void window_conv_rows(const WindowConv<scalar_t>& w, const WindowConvJob
                               int lane0, int64_t iy0, float (*acc)[MT * NT * 4]) {
   const uint32_t* kern = conv_kernel_smem(w, smem, warp);
   const uint32_t* band = smem + int64_t(warp) * w.x_words();
-  for (int rr = 0; rr < kWindowConvBand; ++rr) {
-    const int64_t iy = iy0 + rr;
-    if (iy < 0 || iy >= w.H) continue;  // zero rows add nothing
-    const int64_t base = iy + w.ph - j.oy0;  // the kernel row of output row oy0
+  const int kp = w.kp, step = 2 * w.xw;
+  // the band's rows inside the input (zero rows add nothing)
+  const int first = static_cast<int>(std::max<int64_t>(0, -iy0));
+  const int last = static_cast<int>(std::min<int64_t>(kWindowConvBand, w.H - iy0));
+  int base = static_cast<int>(iy0 + first + w.ph - j.oy0);  // the kernel row of output row oy0, at input row `first`
+  // Word offsets of the lane's first A row (tile 0, rows gq) and B pair, moved by one row per input row: the row
+  // gq + 8 is 8 kernel rows up, tile i 16 rows up. Offsets of a skipped tile may leave the kernel: never read.
+  int aoff[NL], boff[NL];
+  for (int l = 0; l < NL; ++l) {
+    const int lane = lane0 + l, gq = lane >> 2, t = lane & 3, odd = gq & 1;
+    aoff[l] = (base - gq + kKernelPadRows) * kp + t;
+    boff[l] = first * step + odd * w.xw + (gq - odd) / 2 + t;
+  }
+  for (int rr = first; rr < last; ++rr, ++base) {
     bool live[MT];
     bool any = false;
+DCLS_UNROLL
     for (int i = 0; i < MT; ++i) {
       live[i] = base - 16 * i >= 0 && base - 16 * i - 15 < w.Lh;
       any = any || live[i];
     }
-    if (!any) continue;
-    const uint32_t* arow[NL][MT][2];
-    const uint32_t* brow[NL];
-    for (int l = 0; l < NL; ++l) {
-      const int lane = lane0 + l, gq = lane >> 2, t = lane & 3;
-      for (int i = 0; i < MT; ++i)
-        for (int h = 0; h < 2; ++h) {
-          // rows of a live tile lie within the 16 zero rows around the window; a skipped tile's are not read
-          const int64_t r = live[i] ? base - 16 * i - gq - 8 * h : 0;
-          arow[l][i][h] = kern + (r + kKernelPadRows) * w.kp + t;
+    if (any) {
+      for (int s = 0; s < w.ks; ++s) {
+        uint32_t A[NL][MT * 4], B[NL][NT * 2];
+        for (int l = 0; l < NL; ++l) {
+DCLS_UNROLL
+          for (int i = 0; i < MT; ++i) {
+            const int a = aoff[l] - 16 * i * kp + 8 * s;
+            if (!live[i]) continue;
+            A[l][4 * i + 0] = kern[a];
+            A[l][4 * i + 1] = kern[a - 8 * kp];
+            A[l][4 * i + 2] = kern[a + 4];
+            A[l][4 * i + 3] = kern[a - 8 * kp + 4];
+          }
+DCLS_UNROLL
+          for (int jn = 0; jn < NT; ++jn) {
+            B[l][2 * jn + 0] = band[boff[l] + 8 * s + 4 * jn];
+            B[l][2 * jn + 1] = band[boff[l] + 8 * s + 4 * jn + 4];
+          }
         }
-      const int odd = gq & 1;
-      brow[l] = band + rr * 2 * w.xw + odd * w.xw + (gq - odd) / 2 + t;
-    }
-    for (int s = 0; s < w.ks; ++s) {
-      uint32_t A[NL][MT * 4], B[NL][NT * 2];
-      for (int l = 0; l < NL; ++l) {
 DCLS_UNROLL
         for (int i = 0; i < MT; ++i) {
-          A[l][4 * i + 0] = arow[l][i][0][8 * s];
-          A[l][4 * i + 1] = arow[l][i][1][8 * s];
-          A[l][4 * i + 2] = arow[l][i][0][8 * s + 4];
-          A[l][4 * i + 3] = arow[l][i][1][8 * s + 4];
-        }
+          if (!live[i]) continue;
 DCLS_UNROLL
-        for (int jn = 0; jn < NT; ++jn) {
-          B[l][2 * jn + 0] = brow[l][8 * s + 4 * jn];
-          B[l][2 * jn + 1] = brow[l][8 * s + 4 * jn + 4];
+          for (int jn = 0; jn < NT; ++jn) Mma::template run<NL, MT * NT * 4, MT * 4, NT * 2>(acc, A, B, i * NT + jn, i, jn);
         }
       }
-DCLS_UNROLL
-      for (int i = 0; i < MT; ++i) {
-        if (!live[i]) continue;
-DCLS_UNROLL
-        for (int jn = 0; jn < NT; ++jn) Mma::template run<NL, MT * NT * 4, MT * 4, NT * 2>(acc, A, B, i * NT + jn, i, jn);
-      }
+    }
+    for (int l = 0; l < NL; ++l) {
+      aoff[l] += kp;
+      boff[l] += step;
     }
   }
 }
