@@ -193,6 +193,7 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
                                                           ((16, 384, 14, 14), 17, torch.bfloat16, True),
                                                           ((16, 768, 7, 7), 17, torch.bfloat16, True),
                                                           ((4, 96, 56, 56), 51, torch.bfloat16, False),
+                                                          ((4, 32, 20, 150), 17, torch.bfloat16, True),
                                                           ((4, 16, 1, 60), 31, torch.float16, False)])
 def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv) against the dense float64 oracle

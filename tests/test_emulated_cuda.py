@@ -690,6 +690,7 @@ WINDOW_CONV_CASES = [
     dict(size=[9, 64], window=[33, 41], padding=[16, 20]),   # three k-steps, eight column tiles
     dict(size=[6, 19], window=[3, 5], padding=[0, 4]),       # paddings from none to the window's edge
     dict(size=[50], window=[31], padding=[15]),              # 1-D
+    dict(size=[10, 150], window=[17, 9], padding=[8, 4]),    # three column tiles (64, 64, 22)
 ]
 
 
@@ -744,7 +745,7 @@ def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
 @pytest.mark.parametrize("size,window,padding,conv_ok,corr_ok", [
     ([56, 56], [17, 17], [8, 8], True, True),      # ConvNeXt-T stage 1
     ([8, 64], [64, 64], [32, 32], False, True),    # the forward's 64-row window: 164 KiB of shared memory
-    ([40, 256], [40, 32], [20, 16], False, False),  # 256 columns: past the forward's 64; the correlation 180 KiB
+    ([40, 256], [40, 32], [20, 16], True, False),  # 256 columns: the forward in tiles of 64; the correlation 180 KiB
     ([20, 20], [7, 7], [7, 3], False, False),      # padding past the window (rows no band would reach)
 ])
 def test_window_plans_fit_the_device(size, window, padding, conv_ok, corr_ok):

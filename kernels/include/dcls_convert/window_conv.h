@@ -26,7 +26,7 @@
 namespace dcls_convert {
 
 constexpr int kWindowConvBand = 8;
-constexpr int kWindowConvMaxWo = 64;
+constexpr int kWindowConvMaxWo = 1 << 16;  // in tiles of up to 64 columns
 constexpr int kWindowConvMaxWindow = 64;
 constexpr int kKernelPadRows = 16;
 
@@ -51,7 +51,9 @@ struct WindowConv {
   DCLS_HD int xe() const { return cols() + kw(); }  // staged elements per input row
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
   DCLS_HD int64_t row_tiles() const { return (Ho + rows() - 1) / rows(); }
-  DCLS_HD int64_t blocks() const { return groups() * row_tiles() * slabs; }
+  DCLS_HD int64_t col_tiles() const { return (Wo + cols() - 1) / cols(); }
+  DCLS_HD int64_t tiles() const { return row_tiles() * col_tiles(); }
+  DCLS_HD int64_t blocks() const { return groups() * tiles() * slabs; }
   DCLS_HD int x_words() const { return channel_words(kWindowConvBand * 2 * xw); }  // per channel
   DCLS_HD int k_rows() const { return static_cast<int>(Lh) + 2 * kKernelPadRows; }
   DCLS_HD int k_words() const { return channel_words(k_rows() * kp); }
@@ -68,8 +70,7 @@ inline int window_conv_nt(int64_t Wo) {
 }
 
 // The shape of the convolution of an (N, C, H, W) input into (N, C, Ho, Wo) with an Lh x Lw window and padding
-// (ph, pw), or ok = false where it does not apply: stride 1, windows up to 64, padding inside the window, output
-// rows up to 64.
+// (ph, pw), or ok = false where it does not apply: stride 1, windows up to 64, padding inside the window.
 template <typename scalar_t>
 WindowConv<scalar_t> window_conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
                                        int64_t Lw, int64_t ph, int64_t pw) {
@@ -108,23 +109,24 @@ DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, float>& a,
   kern[i] = scalar_t(s);
 }
 
-// Slabs of images per (group, row tile): about `target` blocks, at least one image each.
+// Slabs of images per (group, tile): about `target` blocks, at least one image each.
 template <typename scalar_t>
 int64_t window_conv_slabs(const WindowConv<scalar_t>& w, int64_t target) {
-  const int64_t tiles = w.groups() * w.row_tiles();
+  const int64_t tiles = w.groups() * w.tiles();
   return std::max<int64_t>(1, std::min<int64_t>(w.N, (target + tiles - 1) / std::max<int64_t>(tiles, 1)));
 }
 
 struct WindowConvJob {
-  int64_t c0, oy0, n_begin, n_end;
+  int64_t c0, oy0, ox0, n_begin, n_end;
   int64_t n;  // the image being computed
 };
 template <typename scalar_t>
 DCLS_HD WindowConvJob window_conv_job(const WindowConv<scalar_t>& w, int64_t bid) {
   WindowConvJob j;
   j.c0 = (bid % w.groups()) * kWindowCorrWarps;
-  const int64_t rest = bid / w.groups(), slab = rest / w.row_tiles();
-  j.oy0 = (rest % w.row_tiles()) * w.rows();
+  const int64_t rest = bid / w.groups(), slab = rest / w.tiles(), tile = rest % w.tiles();
+  j.oy0 = (tile / w.col_tiles()) * w.rows();
+  j.ox0 = (tile % w.col_tiles()) * w.cols();
   j.n_begin = slab * w.N / w.slabs;
   j.n_end = (slab + 1) * w.N / w.slabs;
   j.n = j.n_begin;
@@ -164,7 +166,7 @@ DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowC
                                     int tid) {
   if (w.vec8) {
     stage_rows_vec8(smem, w.x_words(), w.xw, w.x + j.n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0,
-                    kWindowConvBand, w.xe(), w.H, w.W, w.pw, tid, kWindowCorrThreads);
+                    kWindowConvBand, w.xe(), w.H, w.W, w.pw - j.ox0, tid, kWindowCorrThreads);
     return;
   }
   int ci, sub;
@@ -179,7 +181,7 @@ DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowC
     const bool row_in = live && iy >= 0 && iy < w.H;
     scalar_t* dst = band + r * 2 * copy;
     for (int e = sub; e < xe; e += 32) {
-      const int64_t col = e - w.pw;
+      const int64_t col = j.ox0 + e - w.pw;
       const scalar_t v = (row_in && col >= 0 && col < w.W) ? src[iy * w.xs[2] + col * w.xs[3]] : scalar_t(0.f);
       dst[e] = v;
       if (e >= 1) dst[copy + e - 1] = v;
@@ -274,11 +276,12 @@ DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJo
   const int64_t c = j.c0 + ci;
   if (c >= w.C) return;
   const auto* res = reinterpret_cast<const scalar_t*>(smem + w.results_offset() + int64_t(ci) * w.res_words());
-  const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0)), cols = static_cast<int>(w.Wo);
+  const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0));
+  const int cols = static_cast<int>(std::min<int64_t>(w.cols(), w.Wo - j.ox0));
   scalar_t* dst = w.out + j.n * w.os[0] + c * w.os[1];
   for (int e = sub; e < rows * cols; e += 32) {
     const int row = e / cols, col = e % cols;
-    dst[(j.oy0 + row) * w.os[2] + col * w.os[3]] = res[row * w.cols() + col];
+    dst[(j.oy0 + row) * w.os[2] + (j.ox0 + col) * w.os[3]] = res[row * w.cols() + col];
   }
 }
 
