@@ -776,3 +776,28 @@ def test_window_mma_vector_staging_changes_no_bit(monkeypatch, size, window, pad
         g = torch.ones_like(out).contiguous(memory_format=torch.channels_last) * 0.5 + out * 0.25
         runs.append([out] + list(E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [True] * 4)))
     assert all(torch.equal(a, e) for a, e in zip(*runs))
+
+
+@pytest.mark.parametrize("size,C", [([56, 56], 16), ([28, 28], 8), ([7, 7], 24)])
+def test_window_mma_convnext_stage_shapes(monkeypatch, size, C):
+    """ConvNeXt-T's stage planes (56, 28, 7) at window 17 in bfloat16 channels_last, every part on tensor cores:
+    the tiles those shapes pick (two 32-row tiles of 7 or 4 column tiles, one 16-row tile at 7x7; rings of 32
+    rows; 16-byte staging) against the float64 oracle."""
+    x = torch.randn(2, C, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
+    b = torch.randn(C)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "all")
+    assert E.window_plans(x, w, p, [17, 17], [1, 1], [8, 8], "bilinear")[::2] == [1, 1]
+    E.take_launches()
+    out = E.taps_conv(x, w, p, b, [17, 17], [1, 1], [8, 8], "bilinear")
+    g = torch.randn(out.shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    gin, gw, gp, gb = E.taps_conv_backward(g, x, w, p, [17, 17], [1, 1], [8, 8], "bilinear", [True] * 4)
+    assert E.take_launches() == 2 + 4  # window + conv; window + conv, correlation + finish
+    ref = [x.double().requires_grad_(), w.double().requires_grad_(), p.double().requires_grad_(),
+           b.double().requires_grad_()]
+    y = reference.taps_conv(*ref, [17, 17], [1, 1], [8, 8], "bilinear")
+    want = torch.autograd.grad(y, ref, g.double())
+    assert max_rel(out.double(), y.detach()) < 2 ** -6  # the window and the output in bfloat16
+    assert max_rel(gin.double(), want[0]) < 2 ** -6
+    for a, e in zip((gw, gp, gb), want[1:]):
+        assert max_rel(a.double(), e) < 1e-5
