@@ -99,7 +99,7 @@ float half_bits(uint32_t r, int high) {
 // ("Matrix Fragments for mma.m16n8k16 with floating point type"): lane = 4 groupID + threadID_in_group; A
 // register r holds row groupID (+8 for r = 1, 3), columns 2 threadID + {0, 1} (+8 for r = 2, 3); B register r
 // holds rows 2 threadID + {0, 1} (+8 for r = 1) of column groupID; accumulator q is row groupID (+8 for q >= 2),
-// column 2 threadID + (q & 1).
+// column 2 threadID + (q & 1). (CUTLASS's cute traits for SM80_16x8x16_F32BF16BF16F32_TN state the same layouts.)
 template <typename scalar_t>
 struct MmaEmulated {
   template <int NL, int NA, int NAR, int NBR>

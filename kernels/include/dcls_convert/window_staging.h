@@ -1,0 +1,59 @@
+// Shared-memory layout and staging helpers of the tensor-core kernels (window_corr.h, window_conv.h): input rows
+// staged twice (the odd copy shifted by one element, so that a Toeplitz B fragment is one aligned 32-bit load per
+// register), channel regions padded against bank conflicts, 16-byte loads of 8 channels in channels_last.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "dcls_convert/interpolation.h"
+
+namespace dcls_convert {
+
+// A word count at least n that is 16 mod 32: the odd copy of a row then sits 16 banks from the even one, and the
+// B fragments' lanes (seven words of each copy) never share a bank.
+inline int words_16_mod_32(int n) { return n <= 16 ? 16 : 16 + 32 * ((n - 16 + 31) / 32); }
+
+// A channel's region of shared memory, padded to 4 mod 32 words: channels_last staging writes the same element
+// of 8 channels' regions at once, which then fall in 8 different banks (4 apart) instead of one.
+DCLS_HD int channel_words(int n) { return n + ((4 - n) % 32 + 32) % 32; }
+
+// channels_last inputs whose 8-channel runs are 16-byte aligned (C a multiple of 8, every stride a multiple of
+// 8 elements, the data 16-byte aligned) stage one pixel's 8 channels with one 16-byte load.
+inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) {
+  return s[1] == 1 && C % 8 == 0 && s[0] % 8 == 0 && s[2] % 8 == 0 && s[3] % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(data) % 16 == 0;
+}
+
+// Eight 16-bit values (one pixel's 8 channels) as four words: element k in word k / 2, low half first.
+DCLS_HD void load8(const void* p, uint32_t v[4]) {
+#if defined(__CUDA_ARCH__)
+  const uint4 q = *reinterpret_cast<const uint4*>(p);
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+#else
+  std::memcpy(v, p, 16);
+#endif
+}
+DCLS_HD uint16_t half_of(const uint32_t v[4], int k) { return static_cast<uint16_t>(v[k >> 1] >> (16 * (k & 1))); }
+
+// Input rows iy0 .. iy0 + rows - 1 (zero outside the input) of channels c0 .. c0 + 7 into 8 channel regions
+// `stride` words apart, row r at word r * 2 * xw, each twice (the odd copy shifted by one element): a thread per
+// (row, element), one 16-byte load for its 8 channels.
+DCLS_HD void stage_rows_vec8(uint32_t* smem, int stride, int xw, const void* src, int elem_bytes, const int64_t xs[4],
+                             int64_t iy0, int rows, int xe, int64_t H, int64_t W, int64_t pw, int tid, int threads) {
+  const auto* base = static_cast<const unsigned char*>(src);
+  for (int idx = tid; idx < rows * xe; idx += threads) {
+    const int r = idx / xe, e = idx - r * xe;
+    const int64_t iy = iy0 + r, col = e - pw;
+    uint32_t v[4] = {0u, 0u, 0u, 0u};
+    if (iy >= 0 && iy < H && col >= 0 && col < W) load8(base + (iy * xs[2] + col * xs[3]) * elem_bytes, v);
+    for (int k = 0; k < 8; ++k) {
+      auto* row = reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride + r * 2 * xw);
+      const uint16_t h = half_of(v, k);
+      row[e] = h;
+      if (e >= 1) row[2 * xw + e - 1] = h;
+    }
+  }
+}
+
+}  // namespace dcls_convert
