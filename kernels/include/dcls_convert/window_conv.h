@@ -218,6 +218,8 @@ DCLS_UNROLL
       any = any || live[i];
     }
     if (any) {
+      uint32_t Wv[NL][NT + 1];  // the Toeplitz B fragments' words (toeplitz_words)
+      for (int l = 0; l < NL; ++l) toeplitz_words<NT>(band + boff[l], Wv[l]);
       for (int s = 0; s < w.ks; ++s) {
         uint32_t A[NL][MT * 4], B[NL][NT * 2];
         for (int l = 0; l < NL; ++l) {
@@ -230,11 +232,8 @@ DCLS_UNROLL
             A[l][4 * i + 2] = kern[a + 4];
             A[l][4 * i + 3] = kern[a - 8 * kp + 4];
           }
-DCLS_UNROLL
-          for (int jn = 0; jn < NT; ++jn) {
-            B[l][2 * jn + 0] = band[boff[l] + 8 * s + 4 * jn];
-            B[l][2 * jn + 1] = band[boff[l] + 8 * s + 4 * jn + 4];
-          }
+          toeplitz_pairs<NT>(Wv[l], B[l]);
+          if (s + 1 < w.ks) toeplitz_next<NT>(band + boff[l] + 8 * (s + 1), Wv[l]);
         }
 DCLS_UNROLL
         for (int i = 0; i < MT; ++i) {

@@ -234,6 +234,10 @@ DCLS_HD void window_corr_rows(const WindowCorr<scalar_t>& w, uint32_t* smem, int
       const int odd = gq & 1;
       brow[l] = band + rr * 2 * w.xw + odd * w.xw + (r.dx0 + gq - odd) / 2 + t;
     }
+    // The Toeplitz B fragments share their words: tile jn's second register is tile jn + 1's first, and the next
+    // k-step's words are these moved by two tiles. NT + 1 words per row, then two per k-step (toeplitz_words).
+    uint32_t Wv[NL][NT + 1];
+    for (int l = 0; l < NL; ++l) toeplitz_words<NT>(brow[l], Wv[l]);
     for (int s = 0; s < w.ks; ++s) {
       uint32_t A[NL][MT * 4], B[NL][NT * 2];
       for (int l = 0; l < NL; ++l) {
@@ -244,11 +248,8 @@ DCLS_UNROLL
           A[l][4 * i + 2] = arow[l][i][0][8 * s + 4];
           A[l][4 * i + 3] = arow[l][i][1][8 * s + 4];
         }
-DCLS_UNROLL
-        for (int jn = 0; jn < NT; ++jn) {
-          B[l][2 * jn + 0] = brow[l][8 * s + 4 * jn];
-          B[l][2 * jn + 1] = brow[l][8 * s + 4 * jn + 4];
-        }
+        toeplitz_pairs<NT>(Wv[l], B[l]);
+        if (s + 1 < w.ks) toeplitz_next<NT>(brow[l] + 8 * (s + 1), Wv[l]);
       }
 DCLS_UNROLL
       for (int i = 0; i < MT; ++i)

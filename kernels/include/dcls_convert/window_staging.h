@@ -56,4 +56,29 @@ DCLS_HD void stage_rows_vec8(uint32_t* smem, int stride, int xw, const void* src
   }
 }
 
+// A lane's Toeplitz B fragments over NT tiles of 8 columns: tile jn's registers at k-step s are the words
+// W[2s + jn] and W[2s + jn + 1], W[m] the word 4m past the lane's first (elements 8m on). So NT + 1 words serve a
+// k-step (toeplitz_words, toeplitz_pairs), and the next k-step needs two new ones (toeplitz_next).
+template <int NT>
+DCLS_HD void toeplitz_words(const uint32_t* row, uint32_t W[NT + 1]) {
+DCLS_UNROLL
+  for (int m = 0; m <= NT; ++m) W[m] = row[4 * m];
+}
+template <int NT>
+DCLS_HD void toeplitz_pairs(const uint32_t W[NT + 1], uint32_t B[2 * NT]) {
+DCLS_UNROLL
+  for (int jn = 0; jn < NT; ++jn) {
+    B[2 * jn] = W[jn];
+    B[2 * jn + 1] = W[jn + 1];
+  }
+}
+// row: the lane's first word of the next k-step (8 words on).
+template <int NT>
+DCLS_HD void toeplitz_next(const uint32_t* row, uint32_t W[NT + 1]) {
+DCLS_UNROLL
+  for (int m = 0; m + 2 <= NT; ++m) W[m] = W[m + 2];
+  if (NT >= 1) W[NT - 1] = row[4 * (NT - 1)];
+  W[NT] = row[4 * NT];
+}
+
 }  // namespace dcls_convert
