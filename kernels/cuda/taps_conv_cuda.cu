@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "dcls_convert/tiled_taps_ops.h"
@@ -294,8 +296,24 @@ struct CudaLaunch {
     launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});
   }
   static int64_t max_smem_bytes(const at::Tensor& like) { return max_smem_optin(like.get_device()); }
+  // mma.m16n8k16 with bfloat16: a device of compute capability 8.0 or newer running code built for one (a build
+  // with only older architectures, JIT-compiled from their PTX, has the kernels' trap instead of the mma).
   static bool mma_supported(const at::Tensor& like) {
-    return like.is_cuda() && compute_major(like.get_device()) >= 8;  // mma.m16n8k16 with bfloat16
+    if (!like.is_cuda()) return false;
+    const int device = like.get_device();
+    static std::mutex m;
+    static std::map<int, bool> known;
+    std::lock_guard<std::mutex> lock(m);
+    auto it = known.find(device);
+    if (it != known.end()) return it->second;
+    bool ok = compute_major(device) >= 8;
+    if (ok) {
+      cudaFuncAttributes attr;
+      const c10::cuda::CUDAGuard guard(device);
+      ok = cudaFuncGetAttributes(&attr, window_corr_kernel<1, 1, c10::BFloat16>) == cudaSuccess && attr.ptxVersion >= 80;
+      (void)cudaGetLastError();
+    }
+    return known[device] = ok;
   }
   static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
     if constexpr (window_corr_dtype<scalar_t>()) {

@@ -64,8 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_construct_backward(
   return {gw, gp, gs};
 }
 
-// Shared memory per block of the emulated device (an A100's opt-in limit).
-constexpr int64_t kEmulatedSmemBytes = 163 * 1024;
+// Shared memory per block of the emulated device (an H100's or H200's opt-in limit).
+constexpr int64_t kEmulatedSmemBytes = 227 * 1024;
 
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;

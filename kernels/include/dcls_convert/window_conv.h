@@ -14,6 +14,10 @@
 // zeros) and, per image, in bands of 8, the input rows (twice, as in window_corr.h: every B fragment an aligned
 // 32-bit load). The results go through shared memory, so that the stores are coalesced in either memory format (8
 // channels of a pixel together in channels_last). The CPU emulation runs it lane by lane with an emulated mma.
+//
+// The padding of the mma tiles (kernel columns past Lw, kernel rows past the window inside a live tile) multiplies
+// inputs by zero: an infinite input makes NaN reach its whole 16 x 8 output tiles, where the tables' kernels and a
+// dense convolution keep the NaN to the outputs it touches.
 #pragma once
 
 #include <algorithm>
@@ -79,8 +83,8 @@ WindowConv<scalar_t> window_conv_shape(int64_t N, int64_t C, int64_t H, int64_t 
   if (Lh > kWindowConvMaxWindow || Lw > kWindowConvMaxWindow || Wo > kWindowConvMaxWo || ph > Lh - 1 ||
       pw > Lw - 1 || N * C == 0 || Ho * Wo == 0 || H * W == 0)
     return w;
-  w.mt = Ho > 16 ? 2 : 1;
   w.nt = window_conv_nt(Wo);
+  w.mt = Ho > 16 && w.nt < 8 ? 2 : 1;  // (32 x 64 outputs would spill the accumulators past 128 registers)
   w.ks = static_cast<int>((Lw + 15) / 16);
   w.xw = words_16_mod_32((w.xe() + 1) / 2);
   w.kp = 8 * w.ks + 4;
@@ -259,8 +263,11 @@ DCLS_HD void window_conv_keep(const WindowConv<scalar_t>& w, const WindowConvJob
   const int64_t c = j.c0 + warp;
   const float b = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
   const int gq = lane >> 2, t = lane & 3;
+DCLS_UNROLL
   for (int i = 0; i < MT; ++i)
+DCLS_UNROLL
     for (int jn = 0; jn < NT; ++jn)
+DCLS_UNROLL
       for (int q = 0; q < 4; ++q) {
         const int row = 16 * i + gq + 8 * (q >> 1), col = 8 * jn + 2 * t + (q & 1);
         res[row * w.cols() + col] = scalar_t(acc[(i * NT + jn) * 4 + q] + b);
@@ -301,10 +308,10 @@ auto with_conv_tiles(int mt, int nt, Fn&& fn) {
       case 1: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 1>());
       case 2: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 2>());
       case 4: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 4>());
-      case 7: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 7>());
-      default: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 8>());
+      default: return fn(std::integral_constant<int, M>(), std::integral_constant<int, 7>());
     }
   };
+  if (nt == 8) return fn(std::integral_constant<int, 1>(), std::integral_constant<int, 8>());  // mt 1 (shape)
   return mt == 1 ? pick(std::integral_constant<int, 1>()) : pick(std::integral_constant<int, 2>());
 }
 

@@ -8,8 +8,8 @@
 // float32 sums) does 2048 multiply-adds per warp instruction, so the dense window (289 cells at 17x17) costs
 // less than the table's few hundred scalar products per output did, and no table is built.
 //
-// Block: kWindowCorrWarps warps over `cg` channels (warps per channel `wpc`: window parts of 16*mt x 8*nt cells,
-// then phases of the band's rows), a slab of images. Per image, bands of `band` input rows: the block stages the
+// Block: kWindowCorrWarps warps over `cg` channels (warps per channel `wpc`: one per window part of 16*mt x 8*nt
+// cells), a slab of images. Per image, bands of `band` input rows: the block stages the
 // band's input rows (twice: element e at e and, in the odd copy, at e - 1, so that every B fragment is one
 // aligned 32-bit load per register whatever the parity of its column) and the output-gradient rows the band
 // needs into a ring of `ring` rows (each row loaded once per image). A warp's sums stay in registers for the
@@ -17,8 +17,9 @@
 // cells + 1), the last value the output-gradient sum (the bias gradient). No atomics: run to run identical.
 //
 // Rows of A past the window (dy >= Lh, the mma's 16-row granularity) read ring rows that may hold anything: they
-// only reach rows of G that are never written. Columns past Lw read staged zeros or inputs (finite). The
-// products past Wo meet the ring's zero columns. The CPU emulation runs this block algorithm over the whole grid
+// only reach rows of G that are never written. Columns past Lw read staged zeros or inputs. The products past Wo
+// meet the ring's zero columns: 0 x Inf is NaN, so an infinite input or gradient makes NaN reach the cells of its
+// 16 x 8 tiles, not only those it touches (the tables' kernels keep it to the cells it touches). The CPU emulation runs this block algorithm over the whole grid
 // with every lane's fragments and an emulated mma (emulation/emulate_cuda.cpp).
 #pragma once
 
@@ -57,7 +58,6 @@ struct WindowCorr {
   bool ok = false;
 
   DCLS_HD int parts() const { return parts_y * parts_x; }
-  DCLS_HD int phases() const { return wpc / parts(); }
   DCLS_HD int xe() const { return 16 * ks + parts_x * nt * 8; }  // staged elements per input row
   DCLS_HD int64_t cells() const { return Lh * Lw; }
   DCLS_HD int64_t values() const { return cells() + 1; }
@@ -89,7 +89,7 @@ WindowCorr<scalar_t> window_corr_shape(int64_t N, int64_t C, int64_t H, int64_t 
   w.nt = static_cast<int>(std::min<int64_t>(4, (Lw + 7) / 8));
   w.parts_y = static_cast<int>((Lh + 16 * w.mt - 1) / (16 * w.mt));
   w.parts_x = static_cast<int>((Lw + 8 * w.nt - 1) / (8 * w.nt));
-  w.wpc = w.parts() == 1 ? 1 : (w.parts() == 2 ? 2 : 4);
+  w.wpc = w.parts();  // 1, 2 or 4: a warp per part
   // channels_last reads 8 channels (16 bytes) per pixel; NCHW keeps 8 channels too (one warp each, rows
   // contiguous) unless the window has parts
   w.cg = kWindowCorrWarps / w.wpc;
@@ -125,18 +125,17 @@ DCLS_HD WindowCorrJob window_corr_job(const WindowCorr<scalar_t>& w, int64_t bid
   return j;
 }
 
-// What a warp computes: channel ci of the group, window part (dy0, dx0), and every `phases`-th row of a band.
+// What a warp computes: channel ci of the group, window part (dy0, dx0), every row of a band.
 struct WarpRole {
-  int ci, dy0, dx0, phase;
+  int ci, dy0, dx0;
 };
 template <typename scalar_t>
 DCLS_HD WarpRole warp_role(const WindowCorr<scalar_t>& w, int warp) {
   WarpRole r;
   r.ci = warp / w.wpc;
-  const int sub = warp % w.wpc, part = sub % w.parts();
+  const int part = warp % w.wpc;
   r.dy0 = (part / w.parts_x) * 16 * w.mt;
   r.dx0 = (part % w.parts_x) * 8 * w.nt;
-  r.phase = sub / w.parts();
   return r;
 }
 
@@ -220,7 +219,7 @@ DCLS_HD void window_corr_rows(const WindowCorr<scalar_t>& w, uint32_t* smem, int
   const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0));
   const uint32_t* ring = g_ring(w, smem, r.ci);
   const uint32_t* band = smem + int64_t(r.ci) * w.x_words();
-  for (int rr = r.phase; rr < rows; rr += w.phases()) {
+  for (int rr = 0; rr < rows; ++rr) {
     const int64_t iy = iy0 + rr;
     const uint32_t* arow[NL][MT][2];
     const uint32_t* brow[NL];
@@ -266,8 +265,11 @@ DCLS_HD void window_corr_keep(const WindowCorr<scalar_t>& w, uint32_t* smem, int
                               const float* acc, int tid, float bias_sum) {
   float* red = reinterpret_cast<float*>(smem) + warp * w.part_cells();
   const int gq = lane >> 2, t = lane & 3, cols = 8 * NT;
+DCLS_UNROLL
   for (int i = 0; i < MT; ++i)
+DCLS_UNROLL
     for (int jn = 0; jn < NT; ++jn)
+DCLS_UNROLL
       for (int q = 0; q < 4; ++q) {
         const int row = 16 * i + gq + 8 * (q >> 1), col = 8 * jn + 2 * t + (q & 1);
         red[row * cols + col] = acc[(i * NT + jn) * 4 + q];
@@ -275,7 +277,7 @@ DCLS_HD void window_corr_keep(const WindowCorr<scalar_t>& w, uint32_t* smem, int
   reinterpret_cast<float*>(smem)[kWindowCorrWarps * w.part_cells() + tid] = bias_sum;
 }
 
-// Phase 4: each window cell of each channel of the group summed over its row phases in order, and each channel's
+// Phase 4: each window cell of each channel of the group from its part's warp, and each channel's
 // bias sums over its staging threads in order, written to the workspace.
 template <typename scalar_t>
 DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, const uint32_t* smem, int tid) {
@@ -290,7 +292,7 @@ DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJo
     if (cell < cells) {
       const int dy = static_cast<int>(cell / w.Lw), dx = static_cast<int>(cell % w.Lw);
       const int part = (dy / py) * w.parts_x + dx / px, local = (dy % py) * px + dx % px;
-      for (int ph = 0; ph < w.phases(); ++ph) s += red[(ci * w.wpc + ph * w.parts() + part) * w.part_cells() + local];
+      s = red[(ci * w.wpc + part) * w.part_cells() + local];
     } else {
       for (int t = 0; t < kWindowCorrThreads; ++t)
         if (stage_role(w, t).ci == ci) s += red[kWindowCorrWarps * w.part_cells() + t];

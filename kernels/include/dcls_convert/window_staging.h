@@ -47,6 +47,7 @@ DCLS_HD void stage_rows_vec8(uint32_t* smem, int stride, int xw, const void* src
     const int64_t iy = iy0 + r, col = e - pw;
     uint32_t v[4] = {0u, 0u, 0u, 0u};
     if (iy >= 0 && iy < H && col >= 0 && col < W) load8(base + (iy * xs[2] + col * xs[3]) * elem_bytes, v);
+DCLS_UNROLL
     for (int k = 0; k < 8; ++k) {
       auto* row = reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride + r * 2 * xw);
       const uint16_t h = half_of(v, k);
