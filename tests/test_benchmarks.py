@@ -25,8 +25,11 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 
     modes_seen = []
 
+    mma_seen = []
+
     def kernel_time(fns, **_):
         modes_seen.append(os.environ.get("DCLS_CONVERT_CUDA_TILES"))
+        mma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_MMA"))
         return {k: (fn(), 0.5)[1] for k, fn in fns.items()}
 
     monkeypatch.setattr(bench_gpu, "STAGES", [(2, 8, 14, 14)])
@@ -40,6 +43,27 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     assert set(modes_seen) == {None, "first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch"}
     assert "DCLS_CONVERT_CUDA_TILES" not in os.environ
     for col in ("GPU fwd", "GPU first-tiles fwd+bwd", "GPU one-load fwd+bwd", "GPU fitted-cl fwd+bwd",
-                "GPU unpaired on-grid fwd", "GPU runtime-pitch fwd+bwd"):
+                "GPU unpaired on-grid fwd", "GPU runtime-pitch fwd+bwd", "GPU mma fwd", "GPU mma dgrad",
+                "GPU mma wgrad", "GPU mma fwd+bwd"):
         assert col in rows[1] and rows[1][col] == 0.5, col
+    # the tensor-core arms (16-bit rows only), each part alone and all together, and the switch left unset
+    assert set(mma_seen) == {None, "all", "corr", "conv"}
+    assert "DCLS_CONVERT_CUDA_MMA" not in os.environ
     assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured
+    # --new-arms: only the arms no GPU has timed (runtime-pitch, tensor cores); the others' columns stay, empty
+    modes_seen.clear()
+    rows = bench_gpu.run_layers(quick=True, fl={"copy": 1e12, "f32": 5e13, "bf16": 7e14}, taps_only=True,
+                                gather=False, new_arms=True)
+    assert set(modes_seen) == {None, "runtime-pitch"}
+    assert rows[1]["GPU mma fwd+bwd"] == 0.5 and rows[1]["GPU first-tiles fwd"] != rows[1]["GPU first-tiles fwd"]
+
+
+def test_bench_gpu_model_variants_include_tensor_cores():
+    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run) exist for every method, named
+    so that --variants "dcls K*" picks both dcls rows."""
+    import bench_gpu
+
+    names = list(bench_gpu._variants("convnext_tiny"))
+    for base in ("dcls K=34 w17 shared", "partial", "bloom"):
+        assert base in names and base + bench_gpu.MMA in names
+    assert [n for n in names if n.startswith("dcls K")] == ["dcls K=34 w17 shared", "dcls K=34 w17 shared" + bench_gpu.MMA]
