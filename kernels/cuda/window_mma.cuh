@@ -52,20 +52,20 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(Wind
     float acc[1][MT * NT * 4];
     DCLS_UNROLL
     for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
-    float bias_sum = 0.f;
+    float bias[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int64_t n = j.n_begin; n < j.n_end; ++n) {
       int64_t lo = w.ph - w.Lh + 1;  // the image's first output-gradient row any band reads
       for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
         const int64_t hi = iy0 + w.band + w.ph;
         __syncthreads();  // the previous band's rows (or the previous job's sums) are read
-        window_corr_stage(w, j, n, iy0, lo, hi, smem, tid, bias_sum);
+        window_corr_stage(w, j, n, iy0, lo, hi, smem, tid, bias);
         __syncthreads();
         window_corr_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, smem, warp, lane, iy0, acc);
         lo = hi;
       }
     }
     __syncthreads();  // the sums take the staging's place
-    window_corr_keep<MT, NT>(w, smem, warp, lane, acc[0], tid, bias_sum);
+    window_corr_keep<MT, NT>(w, smem, warp, lane, acc[0], tid, bias);
     __syncthreads();
     window_corr_write(w, j, smem, tid);
   }

@@ -315,7 +315,7 @@ struct EmulatedLaunch {
   static void window_corr_blocks(const WindowCorr<scalar_t>& w) {
     constexpr int NA = MT * NT * 4;
     std::vector<uint32_t> smem(w.smem_words());
-    std::vector<float> acc(int64_t(kWindowCorrThreads) * NA), bias(kWindowCorrThreads);
+    std::vector<float> acc(int64_t(kWindowCorrThreads) * NA), bias(8 * kWindowCorrThreads);
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
       const WindowCorrJob j = window_corr_job(w, bid);
       std::fill(acc.begin(), acc.end(), 0.f);
@@ -326,7 +326,7 @@ struct EmulatedLaunch {
         for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
           const int64_t hi = iy0 + w.band + w.ph;
           for (int tid = 0; tid < kWindowCorrThreads; ++tid)
-            window_corr_stage(w, j, n, iy0, lo, hi, smem.data(), tid, bias[tid]);
+            window_corr_stage(w, j, n, iy0, lo, hi, smem.data(), tid, &bias[8 * tid]);
           for (int warp = 0; warp < kWindowCorrWarps; ++warp)
             window_corr_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
                 w, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
@@ -335,7 +335,7 @@ struct EmulatedLaunch {
       }
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid)
-        window_corr_keep<MT, NT>(w, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA], tid, bias[tid]);
+        window_corr_keep<MT, NT>(w, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA], tid, &bias[8 * tid]);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_corr_write(w, j, smem.data(), tid);
     }
   }

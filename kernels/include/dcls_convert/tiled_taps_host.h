@@ -285,7 +285,8 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
     w.g = g.data_ptr<scalar_t>();
     std::copy(xs, xs + 4, w.xs);
     plane_strides(g, w.gs);
-    w.vec8 = w.cg == 8 && staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
+    w.vec8 = w.cg == 8 && staging_vec8(x.data_ptr(), w.xs, a.C) && staging_vec8(g.data_ptr(), w.gs, a.C) &&
+             staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;

@@ -66,7 +66,8 @@ struct WindowCorr {
   DCLS_HD int x_words() const { return channel_words(band * 2 * xw); }  // per channel
   DCLS_HD int g_words() const { return channel_words(ring * gp); }
   DCLS_HD int part_cells() const { return 16 * mt * 8 * nt; }
-  DCLS_HD int red_words() const { return kWindowCorrWarps * part_cells() + kWindowCorrThreads; }
+  // the warps' sums, then each thread's bias sums (8: one per channel of its 16-byte loads, or its one channel)
+  DCLS_HD int red_words() const { return kWindowCorrWarps * part_cells() + 8 * kWindowCorrThreads; }
   DCLS_HD int64_t smem_words() const {
     const int64_t staged = int64_t(cg) * (x_words() + g_words());
     return staged > red_words() ? staged : red_words();
@@ -173,7 +174,7 @@ DCLS_HD int ring_slot(int64_t oy, int ring) { return static_cast<int>((oy + kRin
 // values the thread adds to its bias sum.
 template <typename scalar_t>
 DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, int64_t n, int64_t iy0,
-                               int64_t lo, int64_t hi, uint32_t* smem, int tid, float& bias_sum) {
+                               int64_t lo, int64_t hi, uint32_t* smem, int tid, float bias[8]) {
   const StageRole s = stage_role(w, tid);
   const int64_t c = j.c0 + s.ci;
   const bool live = c < w.C;
@@ -195,16 +196,35 @@ DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJo
       if (e >= 1) dst[copy + e - 1] = v;
     }
   }
+  const int cols = 16 * w.ks;
+  if (w.vec8) {  // a thread per (row, column): its 8 channels in one 16-byte load, each into its bias sum
+    const auto* gbase = reinterpret_cast<const unsigned char*>(w.g + n * w.gs[0] + j.c0);
+    const int rows = static_cast<int>(hi - lo);
+    for (int idx = tid; idx < rows * cols; idx += kWindowCorrThreads) {
+      const int r = idx / cols, ox = idx - r * cols;
+      const int64_t oy = lo + r;
+      uint32_t v[4] = {0u, 0u, 0u, 0u};
+      if (oy >= 0 && oy < w.Ho && ox < w.Wo) load8(gbase + (oy * w.gs[2] + ox * w.gs[3]) * sizeof(scalar_t), v);
+      const int slot = ring_slot(oy, w.ring);
+DCLS_UNROLL
+      for (int k = 0; k < 8; ++k) {
+        auto* dst = reinterpret_cast<uint16_t*>(g_ring(w, smem, k)) + int64_t(slot) * 2 * w.gp;
+        const uint16_t h = half_of(v, k);
+        dst[ox] = h;
+        bias[k] += static_cast<float>(scalar_t(h, scalar_t::from_bits()));
+      }
+    }
+    return;
+  }
   auto* ring = reinterpret_cast<scalar_t*>(g_ring(w, smem, s.ci));
   const scalar_t* gsrc = w.g + n * w.gs[0] + (live ? c : 0) * w.gs[1];
-  const int cols = 16 * w.ks;
   for (int64_t oy = lo; oy < hi; ++oy) {
     const bool row_in = live && oy >= 0 && oy < w.Ho;
     scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * 2 * w.gp;
     for (int ox = s.sub; ox < cols; ox += s.nsub) {
       const scalar_t v = (row_in && ox < w.Wo) ? gsrc[oy * w.gs[2] + ox * w.gs[3]] : scalar_t(0);
       dst[ox] = v;
-      bias_sum += static_cast<float>(v);
+      bias[0] += static_cast<float>(v);
     }
   }
 }
@@ -262,7 +282,7 @@ DCLS_UNROLL
 // part-local [dy][dx]; the thread's bias sum beside them.
 template <int MT, int NT, typename scalar_t>
 DCLS_HD void window_corr_keep(const WindowCorr<scalar_t>& w, uint32_t* smem, int warp, int lane,
-                              const float* acc, int tid, float bias_sum) {
+                              const float* acc, int tid, const float bias[8]) {
   float* red = reinterpret_cast<float*>(smem) + warp * w.part_cells();
   const int gq = lane >> 2, t = lane & 3, cols = 8 * NT;
 DCLS_UNROLL
@@ -274,7 +294,9 @@ DCLS_UNROLL
         const int row = 16 * i + gq + 8 * (q >> 1), col = 8 * jn + 2 * t + (q & 1);
         red[row * cols + col] = acc[(i * NT + jn) * 4 + q];
       }
-  reinterpret_cast<float*>(smem)[kWindowCorrWarps * w.part_cells() + tid] = bias_sum;
+  float* b = reinterpret_cast<float*>(smem) + kWindowCorrWarps * w.part_cells() + 8 * tid;
+DCLS_UNROLL
+  for (int k = 0; k < 8; ++k) b[k] = bias[k];
 }
 
 // Phase 4: each window cell of each channel of the group from its part's warp, and each channel's
@@ -294,8 +316,13 @@ DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJo
       const int part = (dy / py) * w.parts_x + dx / px, local = (dy % py) * px + dx % px;
       s = red[(ci * w.wpc + part) * w.part_cells() + local];
     } else {
-      for (int t = 0; t < kWindowCorrThreads; ++t)
-        if (stage_role(w, t).ci == ci) s += red[kWindowCorrWarps * w.part_cells() + t];
+      const float* b = red + kWindowCorrWarps * w.part_cells();
+      for (int t = 0; t < kWindowCorrThreads; ++t) {
+        if (w.vec8)
+          s += b[8 * t + ci];
+        else if (stage_role(w, t).ci == ci)
+          s += b[8 * t];
+      }
     }
     w.work[(c * w.slabs + j.slab) * V + cell] = s;
   }
