@@ -154,6 +154,18 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
         assert max_rel(a.double(), e.double()) < 1e-4
 
 
+def _window_layer(shape, window, dtype, channels_last):
+    """A depthwise layer for the tensor-core tests: input, 34 taps (float32, as under autocast), bias, and its
+    window and padding (one row for 1-D shapes)."""
+    N, C, H, W = shape
+    Lh = 1 if H == 1 else window
+    x = torch.randn(N, C, H, W, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 34, [Lh, window], dtype=torch.float32, device="cuda")
+    return x, w, p, torch.randn(C, device="cuda"), [Lh, window], [Lh // 2, window // 2]
+
+
 @pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 96, 56, 56), 17, torch.bfloat16, True),
                                                           ((8, 192, 28, 28), 17, torch.float16, False),
                                                           ((16, 768, 7, 7), 17, torch.bfloat16, True),
@@ -164,14 +176,7 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
     """The tensor-core correlation (DCLS_CONVERT_CUDA_MMA=corr): weight, position and bias gradients against the
     dense float64 oracle and against the tables' correlation, and two runs bitwise equal. The first GPU run of
     its mma fragments: the CPU emulation checks the algorithm under the PTX ISA's fragment layouts, this the card."""
-    N, C, H, W = shape
-    Lh = 1 if H == 1 else window
-    win, pad = [Lh, window], [Lh // 2, window // 2]
-    x = torch.randn(N, C, H, W, device="cuda").to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(2, C, 1, 34, win, dtype=torch.float32, device="cuda")
-    b = torch.randn(C, device="cuda")
+    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward
     args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
@@ -199,14 +204,7 @@ def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv) against the dense float64 oracle
     with the window rounded to the 16-bit type (as the kernels take it), to a few 16-bit steps; two runs bitwise
     equal; the memory format kept."""
-    N, C, H, W = shape
-    Lh = 1 if H == 1 else window
-    win, pad = [Lh, window], [Lh // 2, window // 2]
-    x = torch.randn(N, C, H, W, device="cuda").to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(2, C, 1, 34, win, dtype=torch.float32, device="cuda")
-    b = torch.randn(C, device="cuda")
+    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
     monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")
     y = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -217,7 +215,7 @@ def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     assert torch.equal(gin, back(g, x, w, p, win, [1, 1], pad, "bilinear", [True, False, False, False])[0])
     kern = ops.construct(w.double(), p.double(), None, win).to(dtype).double()
     xd = x.double().requires_grad_()
-    want = F.conv2d(xd, kern, b.double(), padding=pad, groups=C)
+    want = F.conv2d(xd, kern, b.double(), padding=pad, groups=x.shape[1])
     want_gin, = torch.autograd.grad(want, xd, g.double())
     step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
     # (a window cell near a rounding boundary may round the other way than the float64 sum: the emulation tests

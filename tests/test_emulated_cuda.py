@@ -582,6 +582,18 @@ def test_large_strides(size, window, stride, padding):
     _check_against_oracle(x, w, p, b, args)
 
 
+def _window_case_inputs(case, layout, dtype, interp, N):
+    """A case's 16-bit input and float32 taps (on the grid for nearest). channels_last with 10 channels: a
+    partial group of 8, staged an element per load; with 16 ("channels_last16"): 16-byte loads of 8 channels."""
+    D = len(case["window"])
+    C = {"channels_last": 10, "channels_last16": 16}.get(layout, 3)
+    x = torch.randn(N, C, *case["size"]).to(dtype)
+    if layout.startswith("channels_last") and D == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(D, C, 1, 6, case["window"], spread=1.4, dtype=torch.float32)
+    return x, w, p.round() if interp == "nearest" else p
+
+
 WINDOW_CORR_CASES = [
     dict(size=[11, 12], window=[7, 6], padding=[3, 2]),          # one band, one 16-row tile
     dict(size=[20, 23], window=[17, 17], padding=[8, 8]),        # 3 bands, a ring wrapping, two 16-column steps
@@ -606,13 +618,8 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     with 10 channels: a partial group, staged an element per load; with 16: 16-byte loads of 8 channels."""
     window, padding = case["window"], case["padding"]
     D = len(window)
-    C = {"channels_last": 10, "channels_last16": 16}.get(layout, 3)
-    x = torch.randn(3, C, *case["size"]).to(dtype)
-    if layout.startswith("channels_last") and D == 2:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4, dtype=torch.float32)
-    if interp == "nearest":
-        p = p.round()
+    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=3)
+    C = x.shape[1]
     stride = [1] * D
     out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
     g = torch.randn(out.shape).to(dtype)
@@ -701,18 +708,13 @@ WINDOW_CONV_CASES = [
                                            ("bilinear", "channels_last16"), ("nearest", "contiguous")])
 def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv), block by block with every lane's
-    mma fragments, against the float64 oracle with the window rounded to the 16-bit type, as the kernels take
-    it (a dense convolution under autocast rounds its weight the same way): to float32 sums, then the 16-bit
-    output's rounding. Two launches each (the window, the convolution), no table."""
+    mma fragments, against the float64 oracle: the window the kernels build within one 16-bit step of the exact
+    one (a dense convolution under autocast rounds its weight the same way), and the convolution with that window
+    to float32 sums and the output's 16-bit rounding. Two launches each (the window, the convolution), no table."""
     window, padding = case["window"], case["padding"]
     D = len(window)
-    C = {"channels_last": 10, "channels_last16": 16}.get(layout, 3)
-    x = torch.randn(2, C, *case["size"]).to(dtype)
-    if layout.startswith("channels_last") and D == 2:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(D, C, 1, 6, window, spread=1.4, dtype=torch.float32)
-    if interp == "nearest":
-        p = p.round()
+    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=2)
+    C = x.shape[1]
     b = torch.randn(C)
     stride = [1] * D
     monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <mutex>
 #include <tuple>
 
@@ -38,49 +39,31 @@ void launch_grid_stride(int64_t n, const Args& a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Streaming multiprocessors of a device.
-inline int sm_count(int device) {
+// A device attribute, queried once per (attribute, device); `fallback` where the runtime will not say or says
+// something not positive (the callers only size grids or pick a fallback path with it).
+inline int device_attribute(cudaDeviceAttr attr, int device, int fallback) {
   static std::mutex m;
-  static std::map<int, int> known;
+  static std::map<std::pair<int, int>, int> known;
   std::lock_guard<std::mutex> lock(m);
-  auto it = known.find(device);
+  auto it = known.find({int(attr), device});
   if (it != known.end()) return it->second;
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
-    (void)cudaGetLastError();  // only sizes the grid: a guess is safe
-    n = 132;
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, attr, device) != cudaSuccess || v <= 0) {
+    (void)cudaGetLastError();
+    v = fallback;
   }
-  return known[device] = n;
+  return known[{int(attr), device}] = v;
 }
 
+// Streaming multiprocessors of a device (a guess is safe: it only sizes grids).
+inline int sm_count(int device) { return device_attribute(cudaDevAttrMultiProcessorCount, device, 132); }
+
 // Compute capability major of a device (0 if the runtime will not say: the callers then take their fallback).
-inline int compute_major(int device) {
-  static std::mutex m;
-  static std::map<int, int> known;
-  std::lock_guard<std::mutex> lock(m);
-  auto it = known.find(device);
-  if (it != known.end()) return it->second;
-  int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    major = 0;
-  }
-  return known[device] = major;
-}
+inline int compute_major(int device) { return device_attribute(cudaDevAttrComputeCapabilityMajor, device, 0); }
 
 // Shared memory a block may opt into on a device (48 KiB if the runtime will not say).
 inline int64_t max_smem_optin(int device) {
-  static std::mutex m;
-  static std::map<int, int64_t> known;
-  std::lock_guard<std::mutex> lock(m);
-  auto it = known.find(device);
-  if (it != known.end()) return it->second;
-  int bytes = 0;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || bytes <= 0) {
-    (void)cudaGetLastError();
-    bytes = 48 * 1024;
-  }
-  return known[device] = bytes;
+  return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device, 48 * 1024);
 }
 
 // Opts a kernel into more than 48 KiB of dynamic shared memory on the current device (once per size it grows to).

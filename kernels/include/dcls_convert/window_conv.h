@@ -137,11 +137,9 @@ DCLS_HD WindowConvJob window_conv_job(const WindowConv<scalar_t>& w, int64_t bid
   return j;
 }
 
-// A staging thread's channel of the group and its place among that channel's 32 threads: channels_last, channels
-// fastest; NCHW, a warp per channel.
-DCLS_HD void conv_stage_role(bool cl, int tid, int& ci, int& sub) {
-  ci = cl ? tid % kWindowCorrWarps : tid / 32;
-  sub = cl ? tid / kWindowCorrWarps : tid % 32;
+// A staging thread's channel of the group of 8 and its place among that channel's 32 threads (stage_role).
+DCLS_HD StageRole conv_stage_role(bool channels_last, int tid) {
+  return stage_role<kWindowCorrThreads>(channels_last, kWindowCorrWarps, tid);
 }
 
 template <typename scalar_t>
@@ -152,15 +150,14 @@ DCLS_HD uint32_t* conv_kernel_smem(const WindowConv<scalar_t>& w, uint32_t* smem
 // Phase 1 (per block job): the group's kernels, rows r at r + kKernelPadRows, zero rows around them.
 template <typename scalar_t>
 DCLS_HD void window_conv_stage_kernels(const WindowConv<scalar_t>& w, const WindowConvJob& j, uint32_t* smem, int tid) {
-  int ci, sub;
-  conv_stage_role(false, tid, ci, sub);  // the kernels are (C, Lh, kw): a warp per channel reads rows
-  const int64_t c = j.c0 + ci;
-  auto* dst = reinterpret_cast<scalar_t*>(conv_kernel_smem(w, smem, ci));
+  const StageRole s = conv_stage_role(false, tid);  // the kernels are (C, Lh, kw): a warp per channel reads rows
+  const int64_t c = j.c0 + s.ci;
+  auto* dst = reinterpret_cast<scalar_t*>(conv_kernel_smem(w, smem, s.ci));
   const int kw = w.kw();
   for (int r = 0; r < w.k_rows(); ++r) {
     const int64_t kr = r - kKernelPadRows;
     const bool in = c < w.C && kr >= 0 && kr < w.Lh;
-    for (int q = sub; q < kw; q += 32) dst[r * 2 * w.kp + q] = in ? w.kern[(c * w.Lh + kr) * kw + q] : scalar_t(0.f);
+    for (int q = s.sub; q < kw; q += s.nsub) dst[r * 2 * w.kp + q] = in ? w.kern[(c * w.Lh + kr) * kw + q] : scalar_t(0.f);
   }
 }
 
@@ -173,24 +170,12 @@ DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowC
                     kWindowConvBand, w.xe(), w.H, w.W, w.pw - j.ox0, tid, kWindowCorrThreads);
     return;
   }
-  int ci, sub;
-  conv_stage_role(w.x_cl, tid, ci, sub);
-  const int64_t c = j.c0 + ci;
+  const StageRole s = conv_stage_role(w.x_cl, tid);
+  const int64_t c = j.c0 + s.ci;
   const bool live = c < w.C;
-  auto* band = reinterpret_cast<scalar_t*>(smem + int64_t(ci) * w.x_words());
-  const scalar_t* src = w.x + j.n * w.xs[0] + (live ? c : 0) * w.xs[1];
-  const int xe = w.xe(), copy = 2 * w.xw;
-  for (int r = 0; r < kWindowConvBand; ++r) {
-    const int64_t iy = iy0 + r;
-    const bool row_in = live && iy >= 0 && iy < w.H;
-    scalar_t* dst = band + r * 2 * copy;
-    for (int e = sub; e < xe; e += 32) {
-      const int64_t col = j.ox0 + e - w.pw;
-      const scalar_t v = (row_in && col >= 0 && col < w.W) ? src[iy * w.xs[2] + col * w.xs[3]] : scalar_t(0.f);
-      dst[e] = v;
-      if (e >= 1) dst[copy + e - 1] = v;
-    }
-  }
+  stage_rows_scalar(reinterpret_cast<scalar_t*>(smem + int64_t(s.ci) * w.x_words()), w.xw,
+                    w.x + j.n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, iy0, kWindowConvBand, w.xe(), w.H, w.W,
+                    w.pw - j.ox0, live, s.sub, s.nsub);
 }
 
 // Phase 3 (per band): warp `warp`'s products for the band's input rows, lanes lane0 .. lane0 + NL - 1 (as
@@ -277,15 +262,14 @@ DCLS_UNROLL
 // Phase 5: the result tile to the output, in the output's channel order.
 template <typename scalar_t>
 DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJob& j, const uint32_t* smem, int tid) {
-  int ci, sub;
-  conv_stage_role(w.out_cl, tid, ci, sub);
-  const int64_t c = j.c0 + ci;
+  const StageRole s = conv_stage_role(w.out_cl, tid);
+  const int64_t c = j.c0 + s.ci;
   if (c >= w.C) return;
-  const auto* res = reinterpret_cast<const scalar_t*>(smem + w.results_offset() + int64_t(ci) * w.res_words());
+  const auto* res = reinterpret_cast<const scalar_t*>(smem + w.results_offset() + int64_t(s.ci) * w.res_words());
   const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0));
   const int cols = static_cast<int>(std::min<int64_t>(w.cols(), w.Wo - j.ox0));
   scalar_t* dst = w.out + j.n * w.os[0] + c * w.os[1];
-  for (int e = sub; e < rows * cols; e += 32) {
+  for (int e = s.sub; e < rows * cols; e += s.nsub) {
     const int row = e / cols, col = e % cols;
     dst[(j.oy0 + row) * w.os[2] + (j.ox0 + col) * w.os[3]] = res[row * w.cols() + col];
   }

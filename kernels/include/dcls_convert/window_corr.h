@@ -140,23 +140,9 @@ DCLS_HD WarpRole warp_role(const WindowCorr<scalar_t>& w, int warp) {
   return r;
 }
 
-// A staging thread's channel and its place among the channel's threads: channels_last, channels fastest (8
-// consecutive threads read one pixel's 16 bytes); NCHW, a warp per channel (lanes along the row).
-struct StageRole {
-  int ci, sub, nsub;
-};
 template <typename scalar_t>
 DCLS_HD StageRole stage_role(const WindowCorr<scalar_t>& w, int tid) {
-  StageRole s;
-  s.nsub = kWindowCorrThreads / w.cg;
-  if (w.channels_last) {
-    s.ci = tid % w.cg;
-    s.sub = tid / w.cg;
-  } else {
-    s.ci = (tid / 32) % w.cg;
-    s.sub = tid % 32 + 32 * ((tid / 32) / w.cg);
-  }
-  return s;
+  return stage_role<kWindowCorrThreads>(w.channels_last, w.cg, tid);
 }
 
 template <typename scalar_t>
@@ -178,24 +164,13 @@ DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJo
   const StageRole s = stage_role(w, tid);
   const int64_t c = j.c0 + s.ci;
   const bool live = c < w.C;
-  scalar_t* xb = x_band(w, smem, s.ci);
-  const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1];
-  const int xe = w.xe(), copy = 2 * w.xw;
+  const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0));
   if (w.vec8)
-    stage_rows_vec8(smem, w.x_words(), w.xw, w.x + n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0,
-                    static_cast<int>(std::min<int64_t>(w.band, w.H - iy0)), xe, w.H, w.W, w.pw, tid,
-                    kWindowCorrThreads);
-  for (int r = 0; r < w.band && !w.vec8; ++r) {
-    const int64_t iy = iy0 + r;
-    const bool row_in = live && iy < w.H;
-    scalar_t* dst = xb + r * 2 * copy;
-    for (int e = s.sub; e < xe; e += s.nsub) {
-      const int64_t col = e - w.pw;
-      const scalar_t v = (row_in && col >= 0 && col < w.W) ? xsrc[iy * w.xs[2] + col * w.xs[3]] : scalar_t(0);
-      dst[e] = v;
-      if (e >= 1) dst[copy + e - 1] = v;
-    }
-  }
+    stage_rows_vec8(smem, w.x_words(), w.xw, w.x + n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0, rows, w.xe(),
+                    w.H, w.W, w.pw, tid, kWindowCorrThreads);
+  else
+    stage_rows_scalar(x_band(w, smem, s.ci), w.xw, w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, iy0, rows,
+                      w.xe(), w.H, w.W, w.pw, live, s.sub, s.nsub);
   const int cols = 16 * w.ks;
   if (w.vec8) {  // a thread per (row, column): its 8 channels in one 16-byte load, each into its bias sum
     const auto* gbase = reinterpret_cast<const unsigned char*>(w.g + n * w.gs[0] + j.c0);

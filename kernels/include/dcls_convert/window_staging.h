@@ -18,6 +18,46 @@ inline int words_16_mod_32(int n) { return n <= 16 ? 16 : 16 + 32 * ((n - 16 + 3
 // of 8 channels' regions at once, which then fall in 8 different banks (4 apart) instead of one.
 DCLS_HD int channel_words(int n) { return n + ((4 - n) % 32 + 32) % 32; }
 
+// A staging thread's channel among `cg` and its place among that channel's threads (kThreads in the block):
+// channels_last, channels fastest (8 consecutive threads read one pixel's 16 bytes); NCHW, a warp per channel
+// (lanes along the row).
+struct StageRole {
+  int ci, sub, nsub;
+};
+template <int kThreads>
+DCLS_HD StageRole stage_role(bool channels_last, int cg, int tid) {
+  StageRole s;
+  s.nsub = kThreads / cg;
+  if (channels_last) {
+    s.ci = tid % cg;
+    s.sub = tid / cg;
+  } else {
+    s.ci = (tid / 32) % cg;
+    s.sub = tid % 32 + 32 * ((tid / 32) / cg);
+  }
+  return s;
+}
+
+// Input rows iy0 .. iy0 + rows - 1 of one channel (src: its plane; zero outside the input, or everywhere where
+// !live) into `band`, row r at element r * 4 * xw, each twice (the odd copy shifted by one element): the thread
+// stages elements sub, sub + nsub, ... of each row. Element e is input column e - pw.
+template <typename scalar_t>
+DCLS_HD void stage_rows_scalar(scalar_t* band, int xw, const scalar_t* src, const int64_t xs[4], int64_t iy0,
+                               int rows, int xe, int64_t H, int64_t W, int64_t pw, bool live, int sub, int nsub) {
+  const int copy = 2 * xw;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t iy = iy0 + r;
+    const bool row_in = live && iy >= 0 && iy < H;
+    scalar_t* dst = band + r * 2 * copy;
+    for (int e = sub; e < xe; e += nsub) {
+      const int64_t col = e - pw;
+      const scalar_t v = (row_in && col >= 0 && col < W) ? src[iy * xs[2] + col * xs[3]] : scalar_t(0.f);
+      dst[e] = v;
+      if (e >= 1) dst[copy + e - 1] = v;
+    }
+  }
+}
+
 // channels_last inputs whose 8-channel runs are 16-byte aligned (C a multiple of 8, every stride a multiple of
 // 8 elements, the data 16-byte aligned) stage one pixel's 8 channels with one 16-byte load.
 inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) {
