@@ -12,6 +12,7 @@
 
 #include "dcls_convert/tiled_taps_ops.h"
 #include "launch.cuh"
+#include "window_fma.cuh"
 #include "window_mma.cuh"
 
 namespace dcls_convert {
@@ -45,6 +46,18 @@ struct WindowFinishArgs {
 template <typename scalar_t>
 struct WindowFinishFn {
   __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
+    window_corr_finish_thread(i, a.corr, a.taps);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct FmaFinishArgs {
+  FmaCorr<scalar_t, acc_t> corr;
+  TapsArgs<scalar_t, acc_t> taps;
+};
+template <typename scalar_t, typename acc_t>
+struct FmaFinishFn {
+  __device__ static void run(int64_t i, const FmaFinishArgs<scalar_t, acc_t>& a) {
     window_corr_finish_thread(i, a.corr, a.taps);
   }
 };
@@ -355,6 +368,19 @@ struct CudaLaunch {
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_conv: 16-bit inputs only");
     }
+  }
+  static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
+    const int64_t bytes = w.smem_bytes();
+    auto kernel = with_fma_rows(w.ry, [](auto r) { return fma_corr_kernel<decltype(r)::value, scalar_t, acc_t>; });
+    const void* k = reinterpret_cast<const void*>(kernel);
+    allow_smem(k, bytes);
+    const int device = like.get_device();
+    w.slabs = fma_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, w.threads(), bytes, device)) * sm_count(device));
+    auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    w.work = static_cast<acc_t*>(work.data_ptr());
+    kernel<<<grid_blocks(w.blocks()), w.threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_grid_stride<FmaFinishFn<scalar_t, acc_t>>(a.C * a.K, FmaFinishArgs<scalar_t, acc_t>{w, a});
   }
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(n, a);

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -340,6 +341,48 @@ struct EmulatedLaunch {
     }
   }
 
+  static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
+    launches += 2;  // the correlation and its finish
+    w.slabs = fma_corr_slabs(w, kEmulatedBlocks);
+    // the blocks first to last, then last to first: a workspace value two blocks write (a split's cell written by
+    // another split) differs between the orders, as it could on the device
+    std::vector<acc_t> work(w.C * w.slabs * w.values()), again(work.size());
+    auto v = w;
+    v.work = again.data();
+    with_fma_rows(w.ry, [&](auto r) { fma_corr_blocks<decltype(r)::value>(v, true); });
+    w.work = work.data();
+    with_fma_rows(w.ry, [&](auto r) { fma_corr_blocks<decltype(r)::value>(w, false); });
+    TORCH_CHECK(std::equal(work.begin(), work.end(), again.begin(), [](acc_t p, acc_t q) {
+                  return std::memcmp(&p, &q, sizeof(acc_t)) == 0;
+                }), "fma_corr: the workspace depends on the order of the blocks");
+    for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+  }
+  // fma_corr_kernel, phase by phase; shared memory poisoned with NaN at each band, so that a value the walk reads
+  // before the band stages it shows.
+  template <int RY>
+  static void fma_corr_blocks(const FmaCorr<scalar_t, acc_t>& w, bool last_first) {
+    constexpr int NA = RY * kFmaRX;
+    const int T = w.threads();
+    std::vector<acc_t> smem(w.smem_elems()), acc(int64_t(T) * NA), bias(T);
+    for (int64_t b = 0; b < w.blocks(); ++b) {
+      const FmaCorrJob j = fma_corr_job(w, last_first ? w.blocks() - 1 - b : b);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(bias.begin(), bias.end(), acc_t(0));
+      for (int64_t n = j.n_begin; n < j.n_end; ++n) {
+        int64_t lo = std::numeric_limits<int64_t>::min();
+        for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
+          poison(smem, w.smem_elems());
+          for (int tid = 0; tid < T; ++tid) fma_corr_stage(w, j, n, iy0, lo, smem.data(), tid, bias[tid]);
+          for (int tid = 0; tid < T; ++tid) fma_corr_rows<RY>(w, j, smem.data(), tid, iy0, &acc[int64_t(tid) * NA]);
+          lo = iy0 + w.ph - w.dy_last() + w.g_rows();
+        }
+      }
+      poison(smem, w.smem_elems());
+      for (int tid = 0; tid < T; ++tid) fma_corr_keep<RY>(w, smem.data(), tid, &acc[int64_t(tid) * NA], bias[tid]);
+      for (int tid = 0; tid < T; ++tid) fma_corr_write(w, j, smem.data(), tid);
+    }
+  }
+
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
     ++launches;
     for (int64_t i = 0; i < n; ++i) taps_forward_thread(i, a);
@@ -471,6 +514,25 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
   return r;
 }
 
+// The FMA correlation's plan for a layer under the emulated device's shared memory: ok, rows of cells per thread,
+// cell blocks (rows, columns), lanes per block, blocks per warp, warps per channel, splits, channels per block,
+// rows per band, threads, shared memory bytes.
+std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                      at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
+                                      c10::string_view interpolation) {
+  const int interp = parse_interp(std::string(interpolation));
+  auto out = checked_taps_output(input, weight, positions, c10::nullopt, window, stride, padding, interp);
+  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
+  std::vector<int64_t> r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_fma_plan", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
+    const auto w = fma_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
+    r = {w.ok, w.ry, w.ny, w.nx, w.span, w.per_warp, w.wpc, w.splits, w.cg, w.band, w.threads(), w.smem_bytes()};
+  });
+  return r;
+}
+
 template <typename scalar_t, typename acc_t>
 at::Tensor window_kernel_of(const TapsArgs<scalar_t, acc_t>& a, bool flip, const at::TensorOptions& options) {
   if constexpr (window_corr_dtype<scalar_t>()) {
@@ -521,6 +583,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "str interpolation, int kind) -> int[]");
   m.def("window_plans(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation) -> int[]");
+  m.def("fma_plan(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
+        "str interpolation) -> int[]");
   m.def("window_kernel(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, bool flip) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
@@ -536,6 +600,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("tile_config", &emulate_tile_config);
   m.impl("window_plans", &emulate_window_plans);
   m.impl("window_kernel", &emulate_window_kernel);
+  m.impl("fma_plan", &emulate_fma_plan);
 }
 
 }  // namespace dcls_convert

@@ -15,6 +15,7 @@
 #include "dcls_convert/tiled_taps.h"
 #include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"
+#include "dcls_convert/window_fma_corr.h"
 
 namespace dcls_convert {
 
@@ -289,6 +290,28 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
              staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
+  return w;
+}
+
+// DCLS_CONVERT_CUDA_FMA=corr: the weight and position gradients of layers the tensor cores do not take run the
+// FMA correlation over the whole window (window_fma_corr.h) where it applies, instead of the tables'. Opt-in until
+// a GPU has timed it (read at every call).
+inline bool fma_corr_mode() {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_FMA");
+  return e != nullptr && std::string(e) == "corr";
+}
+
+// The FMA correlation of g with x, or ok = false where it does not apply. The executor sets the slabs and the
+// workspace.
+template <typename scalar_t, typename acc_t>
+FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
+                                       int64_t max_smem_bytes) {
+  auto w = fma_corr_shape<scalar_t, acc_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw,
+                                           max_smem_bytes);
+  w.x = x.data_ptr<scalar_t>();
+  w.g = g.data_ptr<scalar_t>();
+  plane_strides(x, w.xs);
+  plane_strides(g, w.gs);
   return w;
 }
 

@@ -17,6 +17,7 @@
 //   static int64_t max_smem_bytes(const at::Tensor& like);        shared memory a block may opt into there
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
+//   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
 //   static void gather_grad_input(const TapsArgs&, int64_t inputs);        NCHW, one thread per input
 //   static void tap_blocks(const TapsArgs&);                     weight/position gradients, one block per tap
@@ -120,7 +121,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       const auto wc = want_taps && !L::gather_only() && mma_mode("corr") && L::mma_supported(input)
                           ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : WindowCorr<scalar_t>();
-      auto corr = want_taps && !wc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
+      // or, opted in, the FMA correlation where it applies
+      const auto fc = want_taps && !wc.ok && !L::gather_only() && fma_corr_mode()
+                          ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
+                          : FmaCorr<scalar_t, acc_t>();
+      auto corr = want_taps && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();
       TableBuffers<acc_t> tb(input, a.C, a.K, (tiled_gi ? int(phases.size()) : 0) + int(tiled_corr));
       if (tiled_gi) {
@@ -152,6 +157,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
           L::window_corr(w, a, input);
         }
+      } else if (fc.ok) {
+        auto w = fc;
+        if (mask[3]) w.grad_bias = grads.template bind_bias<acc_t>(weight);
+        L::fma_corr(w, a, input);
       } else if (tiled_corr) {
         if (mask[3]) corr.grad_bias = grads.template bind_bias<acc_t>(weight);
         L::corr(corr, a, input);

@@ -304,22 +304,23 @@ DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJo
 }
 
 // Second kernel, one thread per tap (c, k): its corners' correlations summed over slabs in order, mapped to the
-// weight and position gradients (taps_wgrad_finish); thread (c, 0) also writes the bias gradient.
-template <typename scalar_t>
-DCLS_HD void window_corr_finish_thread(int64_t ck, const WindowCorr<scalar_t>& w, const TapsArgs<scalar_t, float>& a) {
+// weight and position gradients (taps_wgrad_finish); thread (c, 0) also writes the bias gradient. Corr: this
+// correlation or the FMA one (window_fma_corr.h), whose workspaces have the same layout.
+template <typename Corr, typename scalar_t, typename acc_t>
+DCLS_HD void window_corr_finish_thread(int64_t ck, const Corr& w, const TapsArgs<scalar_t, acc_t>& a) {
   const int64_t c = ck / a.K, k = ck % a.K, V = w.values();
-  const TapCorners<float> t = tap_corners(a, c, k);
-  float S[4] = {0.f, 0.f, 0.f, 0.f};
+  const TapCorners<acc_t> t = tap_corners(a, c, k);
+  acc_t S[4] = {0, 0, 0, 0};
   for (int bh = 0; bh < t.n_h; ++bh)
     for (int bw = 0; bw < t.n_w; ++bw) {
       const int64_t cell = (t.h.cell + bh) * a.Lw + t.w.cell + bw;
-      float s = 0.f;
+      acc_t s = 0;
       for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + cell];
       S[bh * 2 + bw] = s;
     }
   taps_wgrad_finish(c, k, t, S, a);
   if (w.grad_bias != nullptr && k == 0) {
-    float s = 0.f;
+    acc_t s = 0;
     for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + w.cells()];
     w.grad_bias[c] = s;
   }
