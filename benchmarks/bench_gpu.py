@@ -183,6 +183,13 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                         modes.update({("mma " + part, k): v for k, v in kernel_time(tap_fns(x, w, p, window)).items()})
                     finally:
                         del os.environ["DCLS_CONVERT_CUDA_MMA"]
+            # the FMA correlation over the whole window (any dtype; the tensor cores off), opt-in until measured
+            os.environ["DCLS_CONVERT_CUDA_FMA"] = "corr"
+            try:
+                timed = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("wgrad", "fwd+bwd")}
+                modes.update({("fma", k): v for k, v in kernel_time(timed).items()})
+            finally:
+                del os.environ["DCLS_CONVERT_CUDA_FMA"]
             if gather and not taps_only:
                 os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
                 try:
@@ -220,6 +227,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU mma wgrad": modes.get(("mma corr", "wgrad"), nan),
                 "GPU mma wgrad/floor": modes.get(("mma corr", "wgrad"), nan) / ari_ms,
                 "GPU mma fwd+bwd": modes.get(("mma all", "fwd+bwd"), nan),
+                "GPU fma wgrad": modes.get(("fma", "wgrad"), nan),
+                "GPU fma wgrad/floor": modes.get(("fma", "wgrad"), nan) / ari_ms,
+                "GPU fma fwd+bwd": modes.get(("fma", "fwd+bwd"), nan),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -247,7 +257,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "forward and input gradient on fitted tile widths (=fitted-cl); 'unpaired': on-grid tables without "
           "paired rows (=unpaired); 'runtime-pitch': the forward kernels reading the row pitch at run time "
           "(=runtime-pitch); 'mma': tensor cores (16-bit rows, DCLS_CONVERT_CUDA_MMA): fwd and dgrad with =conv, "
-          "wgrad with =corr, fwd+bwd with =all; the floors stay those of the table's float32 products.")
+          "wgrad with =corr, fwd+bwd with =all; the floors stay those of the table's float32 products; 'fma': "
+          "the weight and position gradients by the FMA correlation over the whole window (=corr of "
+          "DCLS_CONVERT_CUDA_FMA, tensor cores off).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -411,6 +423,9 @@ FIRST_TILES = "dcls, first tiles"
 # variants run with DCLS_CONVERT_CUDA_MMA=all (every part of their 16-bit layers on tensor cores, opt-in until
 # measured)
 MMA = ", tensor cores"
+# variants run with DCLS_CONVERT_CUDA_FMA=corr (weight and position gradients by the FMA correlation over the whole
+# window, opt-in until measured)
+FMA = ", fma corr"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
@@ -450,6 +465,7 @@ def _variants(name):
            "bloom engine=dense": convert("bloom", engine="dense")}
     dcls_name = "dcls" + (" K=34 w17 shared" if dcls_options else "")
     out.update({v + MMA: out[v] for v in (dcls_name, "partial", "bloom")})
+    out.update({v + FMA: out[v] for v in (dcls_name, "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
     return out
@@ -531,6 +547,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
             if variant.endswith(MMA):
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
+            if variant.endswith(FMA):
+                os.environ["DCLS_CONVERT_CUDA_FMA"] = "corr"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             for amp in (True, False):
                 def step(m=m, opt=opt, amp=amp):
@@ -554,6 +572,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                       f"{rows[-1]['peak GiB']:.2f} GiB", flush=True)
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
             os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
+            os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)
             bloom.CONV_BLUR_DEVICES = {"cuda"}
             del m, opt
             torch.cuda.empty_cache()

@@ -26,10 +26,12 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     modes_seen = []
 
     mma_seen = []
+    fma_seen = []
 
     def kernel_time(fns, **_):
         modes_seen.append(os.environ.get("DCLS_CONVERT_CUDA_TILES"))
         mma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_MMA"))
+        fma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_FMA"))
         return {k: (fn(), 0.5)[1] for k, fn in fns.items()}
 
     monkeypatch.setattr(bench_gpu, "STAGES", [(2, 8, 14, 14)])
@@ -49,6 +51,11 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the tensor-core arms (16-bit rows only), each part alone and all together, and the switch left unset
     assert set(mma_seen) == {None, "all", "corr", "conv"}
     assert "DCLS_CONVERT_CUDA_MMA" not in os.environ
+    # the FMA correlation's arm, both dtypes, with the tensor cores off
+    assert set(fma_seen) == {None, "corr"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
+    assert all(m is None for m, f in zip(mma_seen, fma_seen) if f == "corr")
+    for r in rows:
+        assert r["GPU fma wgrad"] == 0.5 and r["GPU fma fwd+bwd"] == 0.5
     assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured
     # --new-arms: only the arms no GPU has timed (runtime-pitch, tensor cores); the others' columns stay, empty
     modes_seen.clear()
@@ -59,11 +66,13 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 
 
 def test_bench_gpu_model_variants_include_tensor_cores():
-    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run) exist for every method, named
-    so that --variants "dcls K*" picks both dcls rows."""
+    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run) and FMA-correlation rows
+    (DCLS_CONVERT_CUDA_FMA=corr) exist for every method, named so that --variants "dcls K*" picks the three dcls
+    rows."""
     import bench_gpu
 
     names = list(bench_gpu._variants("convnext_tiny"))
     for base in ("dcls K=34 w17 shared", "partial", "bloom"):
-        assert base in names and base + bench_gpu.MMA in names
-    assert [n for n in names if n.startswith("dcls K")] == ["dcls K=34 w17 shared", "dcls K=34 w17 shared" + bench_gpu.MMA]
+        assert base in names and base + bench_gpu.MMA in names and base + bench_gpu.FMA in names
+    dcls = "dcls K=34 w17 shared"
+    assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.FMA]

@@ -193,6 +193,38 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
         assert max_rel(got.double(), tab.double()) < 1e-4
 
 
+@pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 96, 56, 56), 17, torch.float32, False),
+                                                          ((8, 192, 28, 28), 17, torch.float32, True),
+                                                          ((16, 384, 14, 14), 17, torch.float32, False),
+                                                          ((16, 768, 7, 7), 17, torch.float32, True),
+                                                          ((16, 96, 56, 56), 17, torch.bfloat16, True),
+                                                          ((4, 32, 20, 150), 17, torch.float32, False),
+                                                          ((2, 8, 30, 30), 17, torch.float64, False)])
+def test_fma_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
+    """The FMA correlation (DCLS_CONVERT_CUDA_FMA=corr; the tensor cores off): weight, position and bias gradients
+    against the dense float64 oracle and the tables' correlation, and two runs bitwise equal, at ConvNeXt-T's
+    stage shapes, a 150-wide plane (five column passes) and float64."""
+    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
+    if dtype == torch.float64:
+        w, p = w.double(), p.double()
+    g = torch.randn_like(ops.taps_conv(x, w, p, b.to(w.dtype), win, [1, 1], pad))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    runs = {}
+    for mode, env in (("fma", "corr"), ("fma again", "corr"), ("tables", "")):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", env)
+        runs[mode] = back(g, x, w, p, *args)[1:]
+    assert all(torch.equal(a, e) for a, e in zip(runs["fma"], runs["fma again"]))
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
+    y = _dense_oracle(*ref, win, [1, 1], pad)
+    want = list(torch.autograd.grad(y, ref[1:], g.double())) + [g.double().sum((0, 2, 3))]
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for got, tab, e in zip(runs["fma"], runs["tables"], want):
+        assert max_rel(got.double(), e) < tol
+        assert max_rel(got.double(), tab.double()) < tol
+
+
 @pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 96, 56, 56), 17, torch.bfloat16, True),
                                                           ((8, 192, 28, 28), 17, torch.float16, False),
                                                           ((16, 384, 14, 14), 17, torch.bfloat16, True),

@@ -27,6 +27,11 @@ def _oracle_grads(x, w, p, g, window, padding, interp):
     return torch.autograd.grad(y, ref[1:], g.double(), allow_unused=True, materialize_grads=True)
 
 
+def _taps_for(window, interp):
+    """Enough taps for the cells-per-entry rule to admit the window (at most 4 padded cells per table entry)."""
+    return -(-(window[0] + 8) * (window[1] + 2) // (16 if interp == "bilinear" else 4))
+
+
 FMA_CASES = [
     dict(size=[20, 23], window=[17, 17], padding=[8, 8]),     # 23 live lanes of 32; two rows of cell blocks
     dict(size=[7, 7], window=[17, 17], padding=[8, 8]),       # stage 4's plane: the window's rim unreached
@@ -54,7 +59,7 @@ def test_fma_corr_matches_oracle(monkeypatch, case, dtype, layout, interp):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     pdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=pdtype)
+    w, p, _ = random_taps(2, C, 1, _taps_for(window, interp), window, spread=1.4, dtype=pdtype)
     if interp == "nearest":
         p = p.round()
     plan = _plan(x, w, p, window, padding)
@@ -91,7 +96,7 @@ def test_fma_corr_plans(size, C, dtype, want):
     window = [9, 9] if size[0] == 300 else [17, 17]
     padding = [L // 2 for L in window]
     x = torch.randn(1, C, *size).to(dtype)
-    w, p, _ = random_taps(2, C, 1, 5, window, spread=1.4, dtype=dtype)
+    w, p, _ = random_taps(2, C, 1, 34, window, spread=1.4, dtype=dtype)
     plan = _plan(x, w, p, window, padding)
     assert plan["ok"] and plan["threads"] == 32 * plan["wpc"] * plan["cg"] <= 384
     assert plan["smem_bytes"] <= 96 * 1024
@@ -100,14 +105,25 @@ def test_fma_corr_plans(size, C, dtype, want):
 
 def test_fma_corr_splits_wide_windows():
     """A window whose cell blocks outnumber a block's 12 warps is split over blocks of one channel each; a window
-    past 64 per axis, or more than 8 splits, keeps the tables."""
+    past 64 per axis keeps the tables."""
     x = torch.randn(1, 2, 9, 40)
-    w, p, _ = random_taps(2, 2, 1, 5, [51, 41], spread=1.4, dtype=torch.float32)
+    w, p, _ = random_taps(2, 2, 1, 60, [51, 41], spread=1.4, dtype=torch.float32)
     plan = _plan(x, w, p, [51, 41], [25, 20])
     assert plan["ok"] and (plan["ny"], plan["nx"], plan["wpc"], plan["splits"], plan["cg"]) == (2, 14, 12, 3, 1)
     x = torch.randn(1, 2, 70, 70)
-    w, p, _ = random_taps(2, 2, 1, 5, [65, 65], spread=1.4, dtype=torch.float32)
+    w, p, _ = random_taps(2, 2, 1, 2000, [65, 65], spread=1.4, dtype=torch.float32)
     assert not _plan(x, w, p, [65, 65], [32, 32])["ok"]
+
+
+@pytest.mark.parametrize("K,interp,ok", [(34, "bilinear", True), (20, "bilinear", False), (81, "nearest", True),
+                                         (80, "nearest", False)])
+def test_fma_corr_taken_for_enough_taps(K, interp, ok):
+    """Window 17 at a 56x56 plane: 18 x 18 padded cells against the tables' 4K entries (bilinear) or K (nearest):
+    the whole window is taken at up to 4 cells per entry (324 <= 4 x 4 x 34; 4 x 81), else the tables."""
+    x = torch.randn(1, 2, 56, 56)
+    w, p, _ = random_taps(2, 2, 1, K, [17, 17], spread=1.4, dtype=torch.float32)
+    values = E.fma_plan(x, w, p, [17, 17], [1, 1], [8, 8], interp)
+    assert bool(values[0]) == ok
 
 
 @pytest.mark.parametrize("size,window,stride,padding,why", [
@@ -121,7 +137,7 @@ def test_fma_corr_applies_only_where_it_can(monkeypatch, size, window, stride, p
     finish: three launches), whatever DCLS_CONVERT_CUDA_FMA says."""
     D = len(window)
     x = torch.randn(2, 3, *size)
-    w, p, _ = random_taps(D, 3, 1, 5, window, spread=1.4, dtype=torch.float32)
+    w, p, _ = random_taps(D, 3, 1, 40, window, spread=1.4, dtype=torch.float32)
     assert not _plan(x, w, p, window, padding, stride)["ok"], why
     out = E.taps_conv(x, w, p, None, window, stride, padding, "bilinear")
     monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "corr")
@@ -134,7 +150,7 @@ def test_fma_corr_applies_only_where_it_can(monkeypatch, size, window, stride, p
 def test_fma_corr_is_opt_in(monkeypatch):
     """Unset (or another value), the tables' correlation runs: three launches."""
     x = torch.randn(2, 3, 20, 20)
-    w, p, _ = random_taps(2, 3, 1, 5, [17, 17], spread=1.4, dtype=torch.float32)
+    w, p, _ = random_taps(2, 3, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
     out = E.taps_conv(x, w, p, None, [17, 17], [1, 1], [8, 8], "bilinear")
     g = torch.randn(out.shape)
     for value in (None, "all"):
@@ -153,7 +169,7 @@ def test_fma_corr_masks(monkeypatch, mask):
     """Only the gradients asked for come back, each equal to the full run's: bitwise (the same sums), except the
     bias gradient alone, which needs no correlation and is summed otherwise (to rounding)."""
     x = torch.randn(2, 4, 15, 18)
-    w, p, _ = random_taps(2, 4, 1, 7, [11, 13], spread=1.4, dtype=torch.float32)
+    w, p, _ = random_taps(2, 4, 1, 12, [11, 13], spread=1.4, dtype=torch.float32)
     out = E.taps_conv(x, w, p, None, [11, 13], [1, 1], [5, 6], "bilinear")
     g = torch.randn(out.shape)
     monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "corr")
@@ -181,7 +197,7 @@ def test_fma_corr_random_shapes(data):
     x = torch.randn(data.draw(st.integers(1, 3)), C, *size, dtype=torch.float64)
     if data.draw(st.booleans()):
         x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(2, C, 1, 4, window, spread=1.4)
+    w, p, _ = random_taps(2, C, 1, data.draw(st.integers(1, 40)), window, spread=1.4)
     out = E.taps_conv(x, w, p, None, window, [1, 1], padding, "bilinear")
     g = torch.randn(out.shape, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as m:

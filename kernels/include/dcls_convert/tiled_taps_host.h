@@ -306,8 +306,9 @@ inline bool fma_corr_mode() {
 template <typename scalar_t, typename acc_t>
 FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
                                        int64_t max_smem_bytes) {
+  const int64_t entries = a.K * (a.interp == kBilinear ? 4 : 1);
   auto w = fma_corr_shape<scalar_t, acc_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw,
-                                           max_smem_bytes);
+                                           entries, max_smem_bytes);
   w.x = x.data_ptr<scalar_t>();
   w.g = g.data_ptr<scalar_t>();
   plane_strides(x, w.xs);

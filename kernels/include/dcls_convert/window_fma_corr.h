@@ -36,6 +36,12 @@ constexpr int kFmaMaxThreads = 32 * kFmaMaxWarps;
 constexpr int kFmaMaxSplits = 8;
 constexpr int kFmaMaxWindow = 64;
 constexpr int64_t kFmaSmemTarget = int64_t(96) << 10;  // two blocks per SM where the planes allow
+// The whole window is taken where its padded cells are at most kFmaCellsPerEntry per entry the tables could hold
+// (4 corners a bilinear tap, 1 a nearest one). An estimate, not a measurement: on an H200 the tables' correlation
+// took 0.61 ms at ConvNeXt-T stage 1 (float32, 136 entries a channel), and this kernel's loop issues 35
+// instructions per input row for 27 cells, about 0.3-0.4 ms for 18 x 18 cells there: a cell costs about a quarter
+// of an entry. The GPU benchmark's "GPU fma wgrad" column is what should set it.
+constexpr int64_t kFmaCellsPerEntry = 4;
 
 template <typename scalar_t, typename acc_t>
 struct FmaCorr {
@@ -75,10 +81,11 @@ struct FmaCorr {
 
 // The shape of the correlation (no pointers), or ok = false where it does not apply: stride 1, windows up to
 // kFmaMaxWindow per axis with padding inside them, at least kFmaMinRY x kFmaRX cells reached (1-D layers keep the
-// tables), and shared memory within max_smem_bytes.
+// tables), at most kFmaCellsPerEntry cells per table entry (`entries`: the most a channel's table could hold),
+// and shared memory within max_smem_bytes.
 template <typename scalar_t, typename acc_t>
 FmaCorr<scalar_t, acc_t> fma_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
-                                        int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                        int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t entries,
                                         int64_t max_smem_bytes) {
   FmaCorr<scalar_t, acc_t> w;
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
@@ -98,6 +105,7 @@ FmaCorr<scalar_t, acc_t> fma_corr_shape(int64_t N, int64_t C, int64_t H, int64_t
   }
   w.ey0 = static_cast<int>(ey0), w.ex0 = static_cast<int>(ex0);
   w.ny = static_cast<int>((Eh + w.ry - 1) / w.ry), w.nx = static_cast<int>((Ew + kFmaRX - 1) / kFmaRX);
+  if (int64_t(w.ny) * w.ry * w.nx * kFmaRX > kFmaCellsPerEntry * entries) return w;
   w.span = 32;
   while (w.span / 2 >= Wo) w.span /= 2;
   w.per_warp = 32 / w.span;
