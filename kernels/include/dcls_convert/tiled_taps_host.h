@@ -313,6 +313,9 @@ FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g,
   w.g = g.data_ptr<scalar_t>();
   plane_strides(x, w.xs);
   plane_strides(g, w.gs);
+  // the staging's offsets within a plane are 31-bit (RegionWalk), the band's first row included
+  const auto span = [](const int64_t* s, int64_t h, int64_t wd) { return (h + 1) * std::abs(s[2]) + (wd + 1) * std::abs(s[3]); };
+  if (std::max(span(w.xs, a.H, a.W), span(w.gs, a.Ho + 2 * kFmaMaxWindow, a.Wo)) >= (int64_t(1) << 31)) w.ok = false;
   return w;
 }
 

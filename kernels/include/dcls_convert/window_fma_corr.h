@@ -175,30 +175,75 @@ DCLS_HD FmaLane fma_lane(const FmaCorr<scalar_t, acc_t>& w, const FmaCorrJob& j,
   return l;
 }
 
+// A thread's walk over the elements sub, sub + step, ... of a region `width` elements wide: the row and column of
+// each, and its offset r * rs + e * es in a source with row stride rs and element stride es, without a division
+// or a 64-bit product per element (the plan checks that a plane's offsets fit 31 bits).
+struct RegionWalk {
+  int r, e, dr, de, width, off, doff, wrap;
+  DCLS_HD RegionWalk(int sub, int step, int width_, int rs, int es)
+      : r(sub / width_), e(sub % width_), dr(step / width_), de(step % width_), width(width_) {
+    off = r * rs + e * es;
+    doff = dr * rs + de * es;
+    wrap = rs - width * es;
+  }
+  DCLS_HD void next() {
+    r += dr, e += de, off += doff;
+    if (e >= width) e -= width, ++r, off += wrap;
+  }
+};
+
+constexpr int kFmaStageLoads = 8;  // global loads a staging thread keeps in flight
+
 // Phase 1 (per band): channel ci's input rows iy0 .. iy0 + band - 1 (columns ex0 - pw ..), then the output-gradient
 // rows from iy0 + ph - dy_last() on; the values of rows from `lo` on (not yet counted by an earlier band) go to
-// the thread's bias sum (split 0 only: every split stages them).
+// the thread's bias sum (split 0 only: every split stages them). kFmaStageLoads loads in flight per thread.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void fma_corr_stage(const FmaCorr<scalar_t, acc_t>& w, const FmaCorrJob& j, int64_t n, int64_t iy0, int64_t lo,
                             acc_t* smem, int tid, acc_t& bias) {
+  constexpr int B = kFmaStageLoads;
   const int nsub = 32 * w.wpc, ci = tid / nsub, sub = tid % nsub;
   const int64_t c = j.c0 + ci;
   const bool live = c < w.C;
   acc_t* xb = smem + ci * w.channel_elems();
   acc_t* gb = xb + w.x_elems();
-  const int64_t rows = std::min<int64_t>(w.band, w.H - iy0), xe = w.xe();
-  const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1];
-  for (int64_t i = sub; i < rows * xe; i += nsub) {
-    const int64_t r = i / xe, ix = i % xe + w.ex0 - w.pw;
-    xb[i] = live && ix >= 0 && ix < w.W ? static_cast<acc_t>(xsrc[(iy0 + r) * w.xs[2] + ix * w.xs[3]]) : acc_t(0);
+  const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0)), xe = static_cast<int>(w.xe());
+  const int x_total = rows * xe, ix0 = w.ex0 - static_cast<int>(w.pw), W = static_cast<int>(w.W);
+  const int xs2 = static_cast<int>(w.xs[2]), xs3 = static_cast<int>(w.xs[3]), x_shift = ix0 * xs3;
+  const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1] + iy0 * w.xs[2];
+  RegionWalk p(sub, nsub, xe, xs2, xs3);
+  for (int i0 = sub; i0 < x_total; i0 += B * nsub) {
+    acc_t v[B];
+DCLS_UNROLL
+    for (int k = 0; k < B; ++k) {
+      const int ix = p.e + ix0;
+      v[k] = live && i0 + k * nsub < x_total && ix >= 0 && ix < W ? static_cast<acc_t>(xsrc[p.off + x_shift]) : acc_t(0);
+      p.next();
+    }
+DCLS_UNROLL
+    for (int k = 0; k < B; ++k)
+      if (i0 + k * nsub < x_total) xb[i0 + k * nsub] = v[k];
   }
+  const int Wo = static_cast<int>(w.Wo), g_total = static_cast<int>(w.g_rows()) * Wo;
+  const int oy0 = static_cast<int>(iy0 + w.ph - w.dy_last()), Ho = static_cast<int>(w.Ho);
+  const int gs2 = static_cast<int>(w.gs[2]), gs3 = static_cast<int>(w.gs[3]), g_shift = oy0 * gs2;
   const scalar_t* gsrc = w.g + n * w.gs[0] + (live ? c : 0) * w.gs[1];
-  const int64_t oy0 = iy0 + w.ph - w.dy_last();
-  for (int64_t i = sub; i < w.g_rows() * w.Wo; i += nsub) {
-    const int64_t oy = oy0 + i / w.Wo, ox = i % w.Wo;
-    const acc_t v = live && oy >= 0 && oy < w.Ho ? static_cast<acc_t>(gsrc[oy * w.gs[2] + ox * w.gs[3]]) : acc_t(0);
-    gb[i] = v;
-    if (oy >= lo && j.split == 0) bias += v;
+  const bool count = j.split == 0;
+  RegionWalk q(sub, nsub, Wo, gs2, gs3);
+  for (int i0 = sub; i0 < g_total; i0 += B * nsub) {
+    acc_t v[B];
+    bool fresh[B];
+DCLS_UNROLL
+    for (int k = 0; k < B; ++k) {
+      const int oy = oy0 + q.r;
+      v[k] = live && i0 + k * nsub < g_total && oy >= 0 && oy < Ho ? static_cast<acc_t>(gsrc[q.off + g_shift]) : acc_t(0);
+      fresh[k] = count && oy >= lo;
+      q.next();
+    }
+DCLS_UNROLL
+    for (int k = 0; k < B; ++k) {
+      if (i0 + k * nsub < g_total) gb[i0 + k * nsub] = v[k];
+      if (fresh[k]) bias += v[k];
+    }
   }
 }
 
