@@ -1,6 +1,6 @@
 """Runs the tap convolution's forward + backward a few times at one ConvNeXt-T stage shape, for a profiler:
 
-    ncu --kernel-name regex:"tiled|build_tables|window_corr" --launch-skip 6 --launch-count 6 \\
+    ncu --kernel-name regex:"tiled|build_tables|window_|fma_corr" --launch-skip 6 --launch-count 6 \\
         python benchmarks/profile_taps.py --stage 1 --dtype float32
 """
 import argparse
@@ -19,9 +19,12 @@ ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--window", type=int, default=17)
 ap.add_argument("--iters", type=int, default=3)
 ap.add_argument("--mma", default="", help="tensor cores for: corr, conv or all (DCLS_CONVERT_CUDA_MMA)")
+ap.add_argument("--fma", action="store_true", help="the FMA correlation (DCLS_CONVERT_CUDA_FMA=corr)")
 args = ap.parse_args()
 if args.mma:
     os.environ["DCLS_CONVERT_CUDA_MMA"] = args.mma
+if args.fma:
+    os.environ["DCLS_CONVERT_CUDA_FMA"] = "corr"
 N, C, H, W = SHAPES[args.stage]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(N, C, H, W, device="cuda", dtype=dtype)
