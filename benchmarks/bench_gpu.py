@@ -183,11 +183,11 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                         modes.update({("mma " + part, k): v for k, v in kernel_time(tap_fns(x, w, p, window)).items()})
                     finally:
                         del os.environ["DCLS_CONVERT_CUDA_MMA"]
-            # the FMA correlation over the whole window (any dtype; the tensor cores off), opt-in until measured
-            os.environ["DCLS_CONVERT_CUDA_FMA"] = "corr"
+            # FMA over the whole window (the tensor cores off), opt-in until measured: the forward and input
+            # gradient (float32) and the weight/position gradients (any dtype)
+            os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             try:
-                timed = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("wgrad", "fwd+bwd")}
-                modes.update({("fma", k): v for k, v in kernel_time(timed).items()})
+                modes.update({("fma", k): v for k, v in kernel_time(tap_fns(x, w, p, window)).items()})
             finally:
                 del os.environ["DCLS_CONVERT_CUDA_FMA"]
             if gather and not taps_only:
@@ -227,6 +227,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU mma wgrad": modes.get(("mma corr", "wgrad"), nan),
                 "GPU mma wgrad/floor": modes.get(("mma corr", "wgrad"), nan) / ari_ms,
                 "GPU mma fwd+bwd": modes.get(("mma all", "fwd+bwd"), nan),
+                "GPU fma fwd": modes.get(("fma", "fwd"), nan),
+                "GPU fma fwd/floor": modes.get(("fma", "fwd"), nan) / floor,
+                "GPU fma dgrad": modes.get(("fma", "dgrad"), nan),
                 "GPU fma wgrad": modes.get(("fma", "wgrad"), nan),
                 "GPU fma wgrad/floor": modes.get(("fma", "wgrad"), nan) / ari_ms,
                 "GPU fma fwd+bwd": modes.get(("fma", "fwd+bwd"), nan),
@@ -258,8 +261,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "paired rows (=unpaired); 'runtime-pitch': the forward kernels reading the row pitch at run time "
           "(=runtime-pitch); 'mma': tensor cores (16-bit rows, DCLS_CONVERT_CUDA_MMA): fwd and dgrad with =conv, "
           "wgrad with =corr, fwd+bwd with =all; the floors stay those of the table's float32 products; 'fma': "
-          "the weight and position gradients by the FMA correlation over the whole window (=corr of "
-          "DCLS_CONVERT_CUDA_FMA, tensor cores off).")
+          "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
+          "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -423,9 +426,9 @@ FIRST_TILES = "dcls, first tiles"
 # variants run with DCLS_CONVERT_CUDA_MMA=all (every part of their 16-bit layers on tensor cores, opt-in until
 # measured)
 MMA = ", tensor cores"
-# variants run with DCLS_CONVERT_CUDA_FMA=corr (weight and position gradients by the FMA correlation over the whole
-# window, opt-in until measured)
-FMA = ", fma corr"
+# variants run with DCLS_CONVERT_CUDA_FMA=all (FMA over the whole window: float32 forward and input gradient, the
+# weight and position gradients of any dtype; opt-in until measured)
+FMA = ", fma"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
@@ -548,7 +551,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             if variant.endswith(MMA):
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
             if variant.endswith(FMA):
-                os.environ["DCLS_CONVERT_CUDA_FMA"] = "corr"
+                os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             for amp in (True, False):
                 def step(m=m, opt=opt, amp=amp):

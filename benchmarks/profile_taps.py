@@ -19,12 +19,12 @@ ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--window", type=int, default=17)
 ap.add_argument("--iters", type=int, default=3)
 ap.add_argument("--mma", default="", help="tensor cores for: corr, conv or all (DCLS_CONVERT_CUDA_MMA)")
-ap.add_argument("--fma", action="store_true", help="the FMA correlation (DCLS_CONVERT_CUDA_FMA=corr)")
+ap.add_argument("--fma", default="", help="FMA over the whole window for: corr, conv or all (DCLS_CONVERT_CUDA_FMA)")
 args = ap.parse_args()
 if args.mma:
     os.environ["DCLS_CONVERT_CUDA_MMA"] = args.mma
 if args.fma:
-    os.environ["DCLS_CONVERT_CUDA_FMA"] = "corr"
+    os.environ["DCLS_CONVERT_CUDA_FMA"] = args.fma
 N, C, H, W = SHAPES[args.stage]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(N, C, H, W, device="cuda", dtype=dtype)

@@ -51,11 +51,12 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the tensor-core arms (16-bit rows only), each part alone and all together, and the switch left unset
     assert set(mma_seen) == {None, "all", "corr", "conv"}
     assert "DCLS_CONVERT_CUDA_MMA" not in os.environ
-    # the FMA correlation's arm, both dtypes, with the tensor cores off
-    assert set(fma_seen) == {None, "corr"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
-    assert all(m is None for m, f in zip(mma_seen, fma_seen) if f == "corr")
+    # the FMA arm, both dtypes, with the tensor cores off
+    assert set(fma_seen) == {None, "all"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
+    assert all(m is None for m, f in zip(mma_seen, fma_seen) if f == "all")
     for r in rows:
-        assert r["GPU fma wgrad"] == 0.5 and r["GPU fma fwd+bwd"] == 0.5
+        for col in ("GPU fma fwd", "GPU fma dgrad", "GPU fma wgrad", "GPU fma fwd+bwd"):
+            assert r[col] == 0.5, col
     assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured
     # --new-arms: only the arms no GPU has timed (runtime-pitch, tensor cores); the others' columns stay, empty
     modes_seen.clear()
@@ -66,8 +67,8 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 
 
 def test_bench_gpu_model_variants_include_tensor_cores():
-    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run) and FMA-correlation rows
-    (DCLS_CONVERT_CUDA_FMA=corr) exist for every method, named so that --variants "dcls K*" picks the three dcls
+    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run) and FMA rows
+    (DCLS_CONVERT_CUDA_FMA=all) exist for every method, named so that --variants "dcls K*" picks the three dcls
     rows."""
     import bench_gpu
 

@@ -52,7 +52,7 @@ DTYPE_LAYOUT_INTERP = [(torch.float64, "contiguous", "bilinear"), (torch.float32
 def test_fma_corr_matches_oracle(monkeypatch, case, dtype, layout, interp):
     """DCLS_CONVERT_CUDA_FMA=corr: weight, position and bias gradients against the float64 oracle on the same
     input values (to float32 rounding; float64 to 1e-12), in two launches (the correlation and its finish) instead
-    of the tables' three."""
+    of the tables' three (corner table, correlation, finish)."""
     window, padding = case["window"], case["padding"]
     C = 3
     x = torch.randn(2, C, *case["size"]).to(dtype)
@@ -71,7 +71,7 @@ def test_fma_corr_matches_oracle(monkeypatch, case, dtype, layout, interp):
     monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "corr")
     E.take_launches()
     _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, interp, [False, True, True, True])
-    assert E.take_launches() == 2
+    assert E.take_kernels() == ["fma_corr", "fma_corr_finish"]
     want = _oracle_grads(x, w, p, g, window, padding, interp)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert max_rel(gw.double(), want[0]) < tol
@@ -134,7 +134,7 @@ def test_fma_corr_taken_for_enough_taps(K, interp, ok):
 ])
 def test_fma_corr_applies_only_where_it_can(monkeypatch, size, window, stride, padding, why):
     """Where the FMA correlation does not apply, the tables' correlation runs (corner table, correlation,
-    finish: three launches), whatever DCLS_CONVERT_CUDA_FMA says."""
+    finish), whatever DCLS_CONVERT_CUDA_FMA says."""
     D = len(window)
     x = torch.randn(2, 3, *size)
     w, p, _ = random_taps(D, 3, 1, 40, window, spread=1.4, dtype=torch.float32)
@@ -144,23 +144,23 @@ def test_fma_corr_applies_only_where_it_can(monkeypatch, size, window, stride, p
     E.take_launches()
     E.taps_conv_backward(torch.randn(out.shape), x, w, p, window, stride, padding, "bilinear",
                          [False, True, True, False])
-    assert E.take_launches() == 3
+    assert E.take_kernels() == ["tables", "tiled_corr", "tiled_corr_finish"]
 
 
 def test_fma_corr_is_opt_in(monkeypatch):
-    """Unset (or another value), the tables' correlation runs: three launches."""
+    """Unset, or set for the forward only ("conv"), the tables' correlation runs."""
     x = torch.randn(2, 3, 20, 20)
     w, p, _ = random_taps(2, 3, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
     out = E.taps_conv(x, w, p, None, [17, 17], [1, 1], [8, 8], "bilinear")
     g = torch.randn(out.shape)
-    for value in (None, "all"):
+    for value in (None, "conv"):
         if value is None:
             monkeypatch.delenv("DCLS_CONVERT_CUDA_FMA", raising=False)
         else:
             monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", value)
         E.take_launches()
         E.taps_conv_backward(g, x, w, p, [17, 17], [1, 1], [8, 8], "bilinear", [False, True, True, False])
-        assert E.take_launches() == 3
+        assert E.take_kernels() == ["tables", "tiled_corr", "tiled_corr_finish"]
 
 
 @pytest.mark.parametrize("mask", [[False, True, False, False], [False, False, True, False],

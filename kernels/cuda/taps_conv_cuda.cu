@@ -51,6 +51,20 @@ struct WindowFinishFn {
 };
 
 template <typename scalar_t, typename acc_t>
+struct FmaKernelArgs {
+  TapsArgs<scalar_t, acc_t> taps;
+  int kw;
+  bool flip;
+  acc_t* kern;
+};
+template <typename scalar_t, typename acc_t>
+struct FmaKernelFn {
+  __device__ static void run(int64_t i, const FmaKernelArgs<scalar_t, acc_t>& a) {
+    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
 struct FmaFinishArgs {
   FmaCorr<scalar_t, acc_t> corr;
   TapsArgs<scalar_t, acc_t> taps;
@@ -367,6 +381,28 @@ struct CudaLaunch {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_conv: 16-bit inputs only");
+    }
+  }
+  static void fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
+                       bool flip) {
+    if constexpr (fma_conv_dtype<scalar_t>()) {
+      auto kern = at::empty({w.kernel_elems()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      auto* k = static_cast<acc_t*>(kern.data_ptr());
+      launch_grid_stride<FmaKernelFn<scalar_t, acc_t>>(w.kernel_elems(),
+                                                       FmaKernelArgs<scalar_t, acc_t>{a, static_cast<int>(a.Lw), flip, k});
+      w.kern = k;
+      const int64_t bytes = w.smem_bytes();
+      auto kernel = with_fma_conv_tiles(w.ro, w.ry, [](auto o, auto r) {
+        return fma_conv_kernel<decltype(o)::value, decltype(r)::value, scalar_t, acc_t>;
+      });
+      const void* kp = reinterpret_cast<const void*>(kernel);
+      allow_smem(kp, bytes);
+      const int device = like.get_device();
+      w.slabs = fma_conv_slabs(w, 4 * int64_t(blocks_per_sm(kp, w.threads(), bytes, device)) * sm_count(device));
+      kernel<<<grid_blocks(w.blocks()), w.threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "fma_conv: float32 and float64 only");
     }
   }
   static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {

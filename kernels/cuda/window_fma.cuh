@@ -1,10 +1,12 @@
-// The FMA correlation's kernel (window_fma_corr.h): a block job's bands, each thread's walk, the fixed-order sums.
+// The FMA kernels: the correlation (window_fma_corr.h: a block job's bands, each thread's walk, the fixed-order
+// sums) and the convolution (window_fma_conv.h: windows once per job, each image's rows, each task's outputs).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <limits>
 
+#include "dcls_convert/window_fma_conv.h"
 #include "dcls_convert/window_fma_corr.h"
 
 namespace dcls_convert {
@@ -36,6 +38,24 @@ __global__ void __launch_bounds__(kFmaMaxThreads, 2) fma_corr_kernel(FmaCorr<sca
     fma_corr_keep<RY>(w, smem, tid, acc, bias);
     __syncthreads();
     fma_corr_write(w, j, smem, tid);
+  }
+}
+
+template <int RO, int RY, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kFmaMaxThreads, 2) fma_conv_kernel(FmaConv<scalar_t, acc_t> w) {
+  acc_t* smem = reinterpret_cast<acc_t*>(window_fma_smem);
+  const int tid = threadIdx.x;
+  const int64_t blocks = w.blocks();
+  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
+    const FmaConvJob j = fma_conv_job(w, bid);
+    __syncthreads();  // the previous job's windows and rows are read
+    fma_conv_stage_kernels(w, j, smem, tid);
+    for (int64_t n = j.n_begin; n < j.n_end; ++n) {
+      __syncthreads();  // the previous image's rows are read (and the windows staged)
+      fma_conv_stage_rows(w, j, n, smem, tid);
+      __syncthreads();
+      fma_conv_rows<RO, RY>(w, j, n, smem, tid);
+    }
   }
 }
 

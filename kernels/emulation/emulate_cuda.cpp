@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "dcls_convert/args.h"
@@ -71,12 +72,25 @@ constexpr int64_t kEmulatedSmemBytes = 227 * 1024;
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;
 
-// Kernel launches the CUDA ops would make so far (tests read and reset it: the host flow's launch budget).
+// Kernel launches the CUDA ops would make so far, and their kernels' names (tests read and reset them: the host
+// flow's launch budget, and which path ran).
 int64_t launches = 0;
+std::vector<std::string> kernels_run;
+void launch(std::initializer_list<const char*> names) {
+  for (const char* n : names) kernels_run.emplace_back(n);
+  launches += static_cast<int64_t>(names.size());
+}
 int64_t take_launches() {
   const int64_t n = launches;
   launches = 0;
+  kernels_run.clear();
   return n;
+}
+std::vector<std::string> take_kernels() {
+  auto names = std::move(kernels_run);
+  kernels_run.clear();
+  launches = 0;
+  return names;
 }
 
 // The launch policy of tiled_taps_ops.h on CPU: the tiled engine's blocks run one after another, each phase for
@@ -136,7 +150,7 @@ struct EmulatedLaunch {
   static bool gather_only() { return false; }
 
   static void tables(const TapsArgs<scalar_t, acc_t>& a, const TableBuilds<acc_t>& builds) {
-    ++launches;
+    launch({"tables"});
     const int n = table_capacity(a.K);
     const bool use_map = table_uses_map(a.Lh, a.Lw);
     const int cells = use_map ? static_cast<int>(a.Lh * a.Lw) : 0;
@@ -174,7 +188,7 @@ struct EmulatedLaunch {
   }
 
   static void forward(const TiledConv<scalar_t, acc_t>& c) {
-    ++launches;
+    launch({"tiled_forward"});
     with_ry_pitch(c.cfg.ry, c.kernel_pitch(), [&](auto ry, auto p) {
       forward_ry<decltype(ry)::value, decltype(p)::value>(c);
     });
@@ -200,7 +214,7 @@ struct EmulatedLaunch {
   }
 
   static void corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
-    launches += 2;  // the correlation and its finish
+    launch({"tiled_corr", "tiled_corr_finish"});  // the correlation and its finish
     w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, kEmulatedBlocks);
     std::vector<acc_t> work(w.C * w.slabs * w.values());
     w.work = work.data();
@@ -262,7 +276,7 @@ struct EmulatedLaunch {
   static int64_t max_smem_bytes(const at::Tensor&) { return kEmulatedSmemBytes; }
   static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
     if constexpr (window_corr_dtype<scalar_t>()) {
-      launches += 2;  // the correlation and its finish
+      launch({"window_corr", "window_corr_finish"});  // the correlation and its finish
       w.slabs = window_corr_slabs(w, kEmulatedBlocks);
       std::vector<float> work(w.C * w.slabs * w.values());
       w.work = work.data();
@@ -273,7 +287,7 @@ struct EmulatedLaunch {
   static void window_conv(const WindowConv<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
                           bool flip) {
     if constexpr (window_corr_dtype<scalar_t>()) {
-      launches += 2;  // the window and the convolution
+      launch({"window_kernel", "window_conv"});  // the window and the convolution
       std::vector<scalar_t> kern(w.kernel_elems());
       for (int64_t i = 0; i < w.kernel_elems(); ++i) window_kernel_thread(i, a, w.kw(), flip, kern.data());
       auto c = w;
@@ -341,8 +355,35 @@ struct EmulatedLaunch {
     }
   }
 
+  static void fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&, bool flip) {
+    if constexpr (fma_conv_dtype<scalar_t>()) {
+      launch({"fma_window", "fma_conv"});  // the window and the convolution
+      std::vector<acc_t> kern(w.kernel_elems());
+      for (int64_t i = 0; i < w.kernel_elems(); ++i)
+        window_kernel_thread(i, a, static_cast<int>(a.Lw), flip, kern.data());
+      w.kern = kern.data();
+      w.slabs = fma_conv_slabs(w, kEmulatedBlocks);
+      with_fma_conv_tiles(w.ro, w.ry, [&](auto o, auto r) { fma_conv_blocks<decltype(o)::value, decltype(r)::value>(w); });
+    }
+  }
+  // fma_conv_kernel, phase by phase; shared memory poisoned with NaN at each job and each image.
+  template <int RO, int RY>
+  static void fma_conv_blocks(const FmaConv<scalar_t, acc_t>& w) {
+    const int T = w.threads();
+    std::vector<acc_t> smem(w.smem_elems());
+    for (int64_t bid = 0; bid < w.blocks(); ++bid) {
+      const FmaConvJob j = fma_conv_job(w, bid);
+      poison(smem, w.smem_elems());
+      for (int tid = 0; tid < T; ++tid) fma_conv_stage_kernels(w, j, smem.data(), tid);
+      for (int64_t n = j.n_begin; n < j.n_end; ++n) {
+        std::fill(smem.begin() + w.cg * w.k_elems(), smem.end(), std::numeric_limits<acc_t>::quiet_NaN());
+        for (int tid = 0; tid < T; ++tid) fma_conv_stage_rows(w, j, n, smem.data(), tid);
+        for (int tid = 0; tid < T; ++tid) fma_conv_rows<RO, RY>(w, j, n, smem.data(), tid);
+      }
+    }
+  }
   static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
-    launches += 2;  // the correlation and its finish
+    launch({"fma_corr", "fma_corr_finish"});  // the correlation and its finish
     w.slabs = fma_corr_slabs(w, kEmulatedBlocks);
     // the blocks first to last, then last to first: a workspace value two blocks write (a split's cell written by
     // another split) differs between the orders, as it could on the device
@@ -384,16 +425,16 @@ struct EmulatedLaunch {
   }
 
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
-    ++launches;
+    launch({"gather_forward"});
     for (int64_t i = 0; i < n; ++i) taps_forward_thread(i, a);
   }
   static void gather_grad_input(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
-    ++launches;
+    launch({"gather_grad_input"});
     for (int64_t i = 0; i < n; ++i) taps_grad_input_thread(i, a);
   }
   // wgrad_kernel, phase by phase: one block per tap, partial sums then halving steps.
   static void tap_blocks(const TapsArgs<scalar_t, acc_t>& a) {
-    ++launches;
+    launch({"tap_blocks"});
     const int64_t elems = a.N * a.Ho * a.Wo;
     std::vector<acc_t> block(4 * kWgradThreads);
     auto sums = reinterpret_cast<acc_t (*)[kWgradThreads]>(block.data());
@@ -514,9 +555,11 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
   return r;
 }
 
-// The FMA correlation's plan for a layer under the emulated device's shared memory: ok, rows of cells per thread,
-// cell blocks (rows, columns), lanes per block, blocks per warp, warps per channel, splits, channels per block,
-// rows per band, threads, shared memory bytes.
+// The FMA plans for a layer under the emulated device's shared memory. The correlation's: ok, rows of cells per
+// thread, cell blocks (rows, columns), lanes per block, blocks per warp, warps per channel, splits, channels per
+// block, rows per band, threads, shared memory bytes; then the forward's: ok, output rows per task, window rows
+// per block, blocks, window columns, lanes per task, tasks per warp, channels and row blocks per job, warps,
+// shared memory bytes.
 std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                       at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                       c10::string_view interpolation) {
@@ -529,6 +572,10 @@ std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor&
     const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     const auto w = fma_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {w.ok, w.ry, w.ny, w.nx, w.span, w.per_warp, w.wpc, w.splits, w.cg, w.band, w.threads(), w.smem_bytes()};
+    const auto v = fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
+    const std::vector<int64_t> conv{v.ok, v.ro, v.ry, v.ny, v.ew, v.span, v.per_warp, v.cg, v.bj, v.warps,
+                                    v.smem_bytes()};
+    r.insert(r.end(), conv.begin(), conv.end());
   });
   return r;
 }
@@ -588,6 +635,7 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
   m.def("window_kernel(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, bool flip) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
+  m.def("take_kernels() -> str[]", &take_kernels);
 }
 
 TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {

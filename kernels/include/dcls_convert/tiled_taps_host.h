@@ -15,6 +15,7 @@
 #include "dcls_convert/tiled_taps.h"
 #include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"
+#include "dcls_convert/window_fma_conv.h"
 #include "dcls_convert/window_fma_corr.h"
 
 namespace dcls_convert {
@@ -293,12 +294,21 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
   return w;
 }
 
-// DCLS_CONVERT_CUDA_FMA=corr: the weight and position gradients of layers the tensor cores do not take run the
-// FMA correlation over the whole window (window_fma_corr.h) where it applies, instead of the tables'. Opt-in until
-// a GPU has timed it (read at every call).
-inline bool fma_corr_mode() {
+// DCLS_CONVERT_CUDA_FMA: the parts of a layer the tensor cores do not take that run by FMA over the whole window
+// where it applies: "corr" (weight and position gradients, window_fma_corr.h), "conv" (forward and input
+// gradient, float32 and float64, window_fma_conv.h) or "all"; unset, none (the tables'). Opt-in until a GPU has
+// timed them (read at every call).
+inline bool fma_mode(const char* part) {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_FMA");
-  return e != nullptr && std::string(e) == "corr";
+  if (e == nullptr) return false;
+  const std::string v(e);
+  return v == "all" || v == part;
+}
+
+// The FMA kernels' staging offsets within a plane are 31-bit (RegionWalk): a plane of h x wd with strides s (n, c,
+// y, x), kFmaWalkMargin rows and kFmaMaxWindow columns beyond it on each side.
+inline bool plane_offsets_fit(const int64_t* s, int64_t h, int64_t wd) {
+  return (h + 2 * kFmaWalkMargin) * std::abs(s[2]) + (wd + 2 * kFmaMaxWindow) * std::abs(s[3]) < (int64_t(1) << 31);
 }
 
 // The FMA correlation of g with x, or ok = false where it does not apply. The executor sets the slabs and the
@@ -313,9 +323,30 @@ FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g,
   w.g = g.data_ptr<scalar_t>();
   plane_strides(x, w.xs);
   plane_strides(g, w.gs);
-  // the staging's offsets within a plane are 31-bit (RegionWalk), the band's first row included
-  const auto span = [](const int64_t* s, int64_t h, int64_t wd) { return (h + 1) * std::abs(s[2]) + (wd + 1) * std::abs(s[3]); };
-  if (std::max(span(w.xs, a.H, a.W), span(w.gs, a.Ho + 2 * kFmaMaxWindow, a.Wo)) >= (int64_t(1) << 31)) w.ok = false;
+  if (!plane_offsets_fit(w.xs, a.H, a.W) || !plane_offsets_fit(w.gs, a.Ho, a.Wo)) w.ok = false;
+  return w;
+}
+
+// The FMA convolution of x into out (flip: the input gradient, x the output gradient and out the input's
+// gradient, the window turned and the padding L - 1 - p), or ok = false where it does not apply. The executor
+// builds the window and sets the slabs.
+template <typename scalar_t, typename acc_t>
+FmaConv<scalar_t, acc_t> fma_conv_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
+                                       bool flip, int64_t max_smem_bytes) {
+  FmaConv<scalar_t, acc_t> w;
+  if constexpr (fma_conv_dtype<scalar_t>()) {
+    if (a.sh != 1 || a.sw != 1) return w;
+    const int64_t H = flip ? a.Ho : a.H, W = flip ? a.Wo : a.W, Ho = flip ? a.H : a.Ho, Wo = flip ? a.W : a.Wo;
+    const int64_t entries = a.K * (a.interp == kBilinear ? 4 : 1);
+    w = fma_conv_shape<scalar_t, acc_t>(a.N, a.C, H, W, Ho, Wo, a.Lh, a.Lw, flip ? a.Lh - 1 - a.ph : a.ph,
+                                        flip ? a.Lw - 1 - a.pw : a.pw, entries, max_smem_bytes);
+    w.x = x.data_ptr<scalar_t>();
+    w.out = out.data_ptr<scalar_t>();
+    w.bias = flip ? nullptr : a.bias;
+    plane_strides(x, w.xs);
+    plane_strides(out, w.os);
+    if (!plane_offsets_fit(w.xs, H, W)) w.ok = false;
+  }
   return w;
 }
 

@@ -18,6 +18,7 @@
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
 //   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
+//   static void fma_conv(FmaConv, const TapsArgs&, const at::Tensor& like, bool flip);  float32/64: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
 //   static void gather_grad_input(const TapsArgs&, int64_t inputs);        NCHW, one thread per input
 //   static void tap_blocks(const TapsArgs&);                     weight/position gradients, one block per tap
@@ -58,8 +59,13 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     const auto wv = !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
                         ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                         : WindowConv<scalar_t>();
+    const auto fv = !wv.ok && !L::gather_only() && fma_mode("conv")
+                        ? fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
+                        : FmaConv<scalar_t, acc_t>();
     if (wv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, false);
+    } else if (fv.ok) {
+      L::fma_conv(fv, a, input, false);
     } else if (plan.cfg.ok && !L::gather_only()) {
       TableBuffers<acc_t> tb(input, a.C, a.K, 1);
       tb.bind(plan, tb.add(kForwardTable));
@@ -107,7 +113,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       const auto wg = mask[0] && !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
                           ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                           : WindowConv<scalar_t>();
-      bool tiled_gi = !wg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
+      // or, opted in, the FMA convolution (float32, float64)
+      const auto fg = !wg.ok && mask[0] && !L::gather_only() && fma_mode("conv")
+                          ? fma_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
+                          : FmaConv<scalar_t, acc_t>();
+      bool tiled_gi = !wg.ok && !fg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
                       a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
       for (int ry = 0; tiled_gi && ry < a.sh; ++ry) {
         for (int rx = 0; tiled_gi && rx < a.sw; ++rx) {
@@ -122,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
                           ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : WindowCorr<scalar_t>();
       // or, opted in, the FMA correlation where it applies
-      const auto fc = want_taps && !wc.ok && !L::gather_only() && fma_corr_mode()
+      const auto fc = want_taps && !wc.ok && !L::gather_only() && fma_mode("corr")
                           ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : FmaCorr<scalar_t, acc_t>();
       auto corr = want_taps && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
@@ -135,6 +145,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       if (tb.builds.n > 0) L::tables(a, tb.builds);
       if (wg.ok) {
         if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wg, a, input, true);
+      } else if (fg.ok) {
+        L::fma_conv(fg, a, input, true);
       } else if (tiled_gi) {
         for (const auto& p : phases) L::forward(p.plan);
       } else if (mask[0]) {  // more than kMaxPhases phases, or tiles too large: the gather kernel, NCHW

@@ -93,24 +93,26 @@ WindowConv<scalar_t> window_conv_shape(int64_t N, int64_t C, int64_t H, int64_t 
 }
 
 // The dense window of channel c, element i of (C, Lh, kw): the taps' corner weights summed at each cell (the
-// corners in tap order: run to run the same), zero past Lw; flip: turned by 180 degrees (the input gradient's).
-template <typename scalar_t>
-DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, float>& a, int kw, bool flip, scalar_t* kern) {
+// corners in tap order, in the accumulation type: run to run the same), zero past Lw; flip: turned by 180 degrees
+// (the input gradient's). out_t: the input's 16-bit type for the tensor cores (rounded as autocast rounds a dense
+// conv's weight), the accumulation type for the FMA convolution (window_fma_conv.h).
+template <typename scalar_t, typename acc_t, typename out_t>
+DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, acc_t>& a, int kw, bool flip, out_t* kern) {
   const int64_t per = a.Lh * kw, c = i / per, r = (i % per) / kw, q = i % kw;
   if (q >= a.Lw) {
-    kern[i] = scalar_t(0.f);
+    kern[i] = out_t(acc_t(0));
     return;
   }
   const int64_t dy = flip ? a.Lh - 1 - r : r, dx = flip ? a.Lw - 1 - q : q;
-  float s = 0.f;
+  acc_t s = 0;
   for (int64_t k = 0; k < a.K; ++k) {
-    const TapCorners<float> t = tap_corners(a, c, k);
+    const TapCorners<acc_t> t = tap_corners(a, c, k);
     const int64_t bh = dy - t.h.cell, bw = dx - t.w.cell;
     if (bh < 0 || bh >= t.n_h || bw < 0 || bw >= t.n_w) continue;
-    s += a.weight[c * a.K + k] * axis_coef(t.h, static_cast<int>(bh), a.interp) *
+    s += static_cast<acc_t>(a.weight[c * a.K + k]) * axis_coef(t.h, static_cast<int>(bh), a.interp) *
          axis_coef(t.w, static_cast<int>(bw), a.interp);
   }
-  kern[i] = scalar_t(s);
+  kern[i] = out_t(s);
 }
 
 // Slabs of images per (group, tile): about `target` blocks, at least one image each.

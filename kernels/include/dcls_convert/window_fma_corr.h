@@ -31,7 +31,7 @@ namespace dcls_convert {
 
 constexpr int kFmaRX = 3;           // columns of cells per thread
 constexpr int kFmaMinRY = 5, kFmaMaxRY = 9;
-constexpr int kFmaMaxWarps = 12;  // two blocks per SM at up to 85 registers a thread
+constexpr int kFmaMaxWarps = 12;  // two blocks per SM at up to 80 registers a thread (__launch_bounds__)
 constexpr int kFmaMaxThreads = 32 * kFmaMaxWarps;
 constexpr int kFmaMaxSplits = 8;
 constexpr int kFmaMaxWindow = 64;
@@ -193,6 +193,9 @@ struct RegionWalk {
 };
 
 constexpr int kFmaStageLoads = 8;  // global loads a staging thread keeps in flight
+// Rows past its region a staging walk may step (its last batch of loads, predicated off): the plans check that
+// the offsets of a plane with this margin above and below fit 31 bits.
+constexpr int64_t kFmaWalkMargin = 2 * kFmaMaxWindow + kFmaStageLoads * kFmaMaxThreads;
 
 // Phase 1 (per band): channel ci's input rows iy0 .. iy0 + band - 1 (columns ex0 - pw ..), then the output-gradient
 // rows from iy0 + ph - dy_last() on; the values of rows from `lo` on (not yet counted by an earlier band) go to
