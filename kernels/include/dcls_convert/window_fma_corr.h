@@ -63,10 +63,14 @@ struct FmaCorr {
   DCLS_HD int warps() const { return cg * wpc; }
   DCLS_HD int threads() const { return 32 * warps(); }
   DCLS_HD int64_t dy_last() const { return ey0 + int64_t(ny) * ry - 1; }  // the blocks' last row of cells
-  DCLS_HD int64_t xe() const { return Wo + int64_t(nx) * kFmaRX - 1; }    // staged inputs per row
+  // Staged column-major with odd column pitches: a thread's loads down its columns take immediate offsets, and 32
+  // lanes on neighbouring columns hit 32 banks.
+  DCLS_HD int64_t xe() const { return Wo + int64_t(nx) * kFmaRX - 1; }    // staged input columns
+  DCLS_HD int64_t xrp() const { return int64_t(band) | 1; }               // their pitch (band rows)
   DCLS_HD int64_t g_rows() const { return band + int64_t(ny) * ry - 1; }  // staged output-gradient rows per band
-  DCLS_HD int64_t x_elems() const { return band * xe(); }                 // per channel
-  DCLS_HD int64_t channel_elems() const { return x_elems() + g_rows() * Wo; }
+  DCLS_HD int64_t grp() const { return g_rows() | 1; }                    // their column pitch
+  DCLS_HD int64_t x_elems() const { return xe() * xrp(); }                // per channel: (xe, xrp)
+  DCLS_HD int64_t channel_elems() const { return x_elems() + Wo * grp(); }
   DCLS_HD int64_t cells() const { return Lh * Lw; }
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return splits > 1 ? C * splits : (C + cg - 1) / cg; }
@@ -121,9 +125,10 @@ FmaCorr<scalar_t, acc_t> fma_corr_shape(int64_t N, int64_t C, int64_t H, int64_t
     w.band = static_cast<int>(std::min<int64_t>(H, 1 << 12));
     for (w.cg = cg_max; w.cg > 1 && w.smem_bytes() > budget; --w.cg) {
     }
-    if (w.smem_bytes() > budget) {  // one channel: the rows that fit
+    if (w.smem_bytes() > budget) {  // one channel: the rows that fit (the odd pitches may take one row more)
       const int64_t rows = (budget / int64_t(sizeof(acc_t)) - halo) / per_row;
       w.band = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(w.band, rows)));
+      while (w.band > 1 && w.smem_bytes() > budget) --w.band;
     }
     if (w.smem_bytes() <= budget) break;
   }
@@ -198,7 +203,7 @@ constexpr int kFmaStageLoads = 8;  // global loads a staging thread keeps in fli
 constexpr int64_t kFmaWalkMargin = 2 * kFmaMaxWindow + kFmaStageLoads * kFmaMaxThreads;
 
 // Phase 1 (per band): channel ci's input rows iy0 .. iy0 + band - 1 (columns ex0 - pw ..), then the output-gradient
-// rows from iy0 + ph - dy_last() on; the values of rows from `lo` on (not yet counted by an earlier band) go to
+// rows from iy0 + ph - dy_last() on, column-major (read along rows, coalesced in NCHW); the values of rows from `lo` on (not yet counted by an earlier band) go to
 // the thread's bias sum (split 0 only: every split stages them). kFmaStageLoads loads in flight per thread.
 template <typename scalar_t, typename acc_t>
 DCLS_HD void fma_corr_stage(const FmaCorr<scalar_t, acc_t>& w, const FmaCorrJob& j, int64_t n, int64_t iy0, int64_t lo,
@@ -210,21 +215,24 @@ DCLS_HD void fma_corr_stage(const FmaCorr<scalar_t, acc_t>& w, const FmaCorrJob&
   acc_t* xb = smem + ci * w.channel_elems();
   acc_t* gb = xb + w.x_elems();
   const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0)), xe = static_cast<int>(w.xe());
+  const int xrp = static_cast<int>(w.xrp()), grp = static_cast<int>(w.grp());
   const int x_total = rows * xe, ix0 = w.ex0 - static_cast<int>(w.pw), W = static_cast<int>(w.W);
   const int xs2 = static_cast<int>(w.xs[2]), xs3 = static_cast<int>(w.xs[3]), x_shift = ix0 * xs3;
   const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1] + iy0 * w.xs[2];
   RegionWalk p(sub, nsub, xe, xs2, xs3);
   for (int i0 = sub; i0 < x_total; i0 += B * nsub) {
     acc_t v[B];
+    int at[B];
 DCLS_UNROLL
     for (int k = 0; k < B; ++k) {
       const int ix = p.e + ix0;
       v[k] = live && i0 + k * nsub < x_total && ix >= 0 && ix < W ? static_cast<acc_t>(xsrc[p.off + x_shift]) : acc_t(0);
+      at[k] = p.e * xrp + p.r;
       p.next();
     }
 DCLS_UNROLL
     for (int k = 0; k < B; ++k)
-      if (i0 + k * nsub < x_total) xb[i0 + k * nsub] = v[k];
+      if (i0 + k * nsub < x_total) xb[at[k]] = v[k];
   }
   const int Wo = static_cast<int>(w.Wo), g_total = static_cast<int>(w.g_rows()) * Wo;
   const int oy0 = static_cast<int>(iy0 + w.ph - w.dy_last()), Ho = static_cast<int>(w.Ho);
@@ -234,17 +242,19 @@ DCLS_UNROLL
   RegionWalk q(sub, nsub, Wo, gs2, gs3);
   for (int i0 = sub; i0 < g_total; i0 += B * nsub) {
     acc_t v[B];
+    int at[B];
     bool fresh[B];
 DCLS_UNROLL
     for (int k = 0; k < B; ++k) {
       const int oy = oy0 + q.r;
       v[k] = live && i0 + k * nsub < g_total && oy >= 0 && oy < Ho ? static_cast<acc_t>(gsrc[q.off + g_shift]) : acc_t(0);
+      at[k] = q.e * grp + q.r;
       fresh[k] = count && oy >= lo;
       q.next();
     }
 DCLS_UNROLL
     for (int k = 0; k < B; ++k) {
-      if (i0 + k * nsub < g_total) gb[i0 + k * nsub] = v[k];
+      if (i0 + k * nsub < g_total) gb[at[k]] = v[k];
       if (fresh[k]) bias += v[k];
     }
   }
@@ -260,22 +270,23 @@ DCLS_HD void fma_corr_rows(const FmaCorr<scalar_t, acc_t>& w, const FmaCorrJob& 
   const FmaLane l = fma_lane(w, j, tid);
   if (!l.live) return;
   const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0));
-  const int Wo = static_cast<int>(w.Wo), xe = static_cast<int>(w.xe());
+  const int Wo = static_cast<int>(w.Wo), xrp = static_cast<int>(w.xrp()), grp = static_cast<int>(w.grp());
   const acc_t* xb = smem + l.ci * w.channel_elems();
   const acc_t* gb = xb + w.x_elems();
   for (int ox = l.ox0; ox < Wo; ox += w.span) {
-    const acc_t* xr = xb + ox + (l.dx0 - w.ex0);
-    const acc_t* gr = gb + (w.dy_last() - l.dy0) * Wo + ox;
+    const acc_t* xr[kFmaRX];  // the thread's staged input columns
+DCLS_UNROLL
+    for (int b = 0; b < kFmaRX; ++b) xr[b] = xb + (ox + l.dx0 - w.ex0 + b) * xrp;
+    const acc_t* gr = gb + ox * grp + (w.dy_last() - l.dy0);  // its output-gradient column, at input row 0
     acc_t gw[RY];
     gw[0] = acc_t(0);
 DCLS_UNROLL
-    for (int a = 1; a < RY; ++a) gw[RY - a] = gr[-a * Wo];
+    for (int a = 1; a < RY; ++a) gw[RY - a] = gr[-a];
     auto step = [&](int t, int u) {  // input row t of the band, t % RY == u
-      gw[u] = gr[t * Wo];
-      const acc_t* xp = xr + t * xe;
+      gw[u] = gr[t];
       acc_t xv[kFmaRX];
 DCLS_UNROLL
-      for (int b = 0; b < kFmaRX; ++b) xv[b] = xp[b];
+      for (int b = 0; b < kFmaRX; ++b) xv[b] = xr[b][t];
 DCLS_UNROLL
       for (int a = 0; a < RY; ++a) {
         const acc_t gv = gw[(u - a + RY) % RY];
