@@ -24,6 +24,9 @@ inline int grid_for(int64_t n) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535 * 8)));
 }
 
+// The grid for `blocks` block jobs: at most 65535 x 8 blocks, which loop over the rest.
+inline int grid_blocks(int64_t blocks) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535 * 8))); }
+
 template <typename Fn, typename Args>
 __global__ void grid_stride_kernel(int64_t n, Args a) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;

@@ -6,14 +6,11 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <map>
-#include <mutex>
 #include <string>
 
 #include "dcls_convert/tiled_taps_ops.h"
 #include "launch.cuh"
-#include "window_fma.cuh"
-#include "window_mma.cuh"
+#include "window_launch.h"
 
 namespace dcls_convert {
 namespace {
@@ -35,58 +32,6 @@ template <typename scalar_t, typename acc_t>
 struct FinishFn {
   __device__ static void run(int64_t i, const FinishArgs<scalar_t, acc_t>& a) {
     tiled_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
-template <typename scalar_t>
-struct WindowFinishArgs {
-  WindowCorr<scalar_t> corr;
-  TapsArgs<scalar_t, float> taps;
-};
-template <typename scalar_t>
-struct WindowFinishFn {
-  __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
-    window_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
-template <typename scalar_t, typename acc_t>
-struct FmaKernelArgs {
-  TapsArgs<scalar_t, acc_t> taps;
-  int kw;
-  bool flip;
-  acc_t* kern;
-};
-template <typename scalar_t, typename acc_t>
-struct FmaKernelFn {
-  __device__ static void run(int64_t i, const FmaKernelArgs<scalar_t, acc_t>& a) {
-    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
-  }
-};
-
-template <typename scalar_t, typename acc_t>
-struct FmaFinishArgs {
-  FmaCorr<scalar_t, acc_t> corr;
-  TapsArgs<scalar_t, acc_t> taps;
-};
-template <typename scalar_t, typename acc_t>
-struct FmaFinishFn {
-  __device__ static void run(int64_t i, const FmaFinishArgs<scalar_t, acc_t>& a) {
-    window_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
-template <typename scalar_t>
-struct WindowKernelArgs {
-  TapsArgs<scalar_t, float> taps;
-  int kw;
-  bool flip;
-  scalar_t* kern;
-};
-template <typename scalar_t>
-struct WindowKernelFn {
-  __device__ static void run(int64_t i, const WindowKernelArgs<scalar_t>& a) {
-    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
   }
 };
 
@@ -272,7 +217,6 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
   }
 }
 
-inline int grid_blocks(int64_t blocks) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535 * 8))); }
 
 // The launch policy of tiled_taps_ops.h on the current CUDA stream.
 template <typename scalar_t, typename acc_t>
@@ -323,40 +267,12 @@ struct CudaLaunch {
     launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});
   }
   static int64_t max_smem_bytes(const at::Tensor& like) { return max_smem_optin(like.get_device()); }
-  // mma.m16n8k16 with bfloat16: a device of compute capability 8.0 or newer running code built for one (a build
-  // with only older architectures, JIT-compiled from their PTX, has the kernels' trap instead of the mma).
-  static bool mma_supported(const at::Tensor& like) {
-    if (!like.is_cuda()) return false;
-    const int device = like.get_device();
-    static std::mutex m;
-    static std::map<int, bool> known;
-    std::lock_guard<std::mutex> lock(m);
-    auto it = known.find(device);
-    if (it != known.end()) return it->second;
-    bool ok = compute_major(device) >= 8;
-    if (ok) {
-      cudaFuncAttributes attr;
-      const c10::cuda::CUDAGuard guard(device);
-      ok = cudaFuncGetAttributes(&attr, window_corr_kernel<1, 1, c10::BFloat16>) == cudaSuccess && attr.ptxVersion >= 80;
-      (void)cudaGetLastError();
-    }
-    return known[device] = ok;
-  }
-  static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
+  // the tensor-core and FMA kernels live in their own translation units (window_mma.cu, window_fma.cu), so that
+  // a build compiles them in parallel with this one
+  static bool mma_supported(const at::Tensor& like) { return window_mma_supported(like); }
+  static void window_corr(const WindowCorr<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
     if constexpr (window_corr_dtype<scalar_t>()) {
-      const int64_t bytes = w.smem_words() * 4;
-      auto kernel = with_window_tiles(w.mt, w.nt, [](auto m, auto n) {
-        return window_corr_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
-      });
-      const void* k = reinterpret_cast<const void*>(kernel);
-      allow_smem(k, bytes);
-      const int device = like.get_device();
-      w.slabs = window_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, kWindowCorrThreads, bytes, device)) * sm_count(device));
-      auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(at::kFloat));
-      w.work = static_cast<float*>(work.data_ptr());
-      kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      launch_grid_stride<WindowFinishFn<scalar_t>>(a.C * a.K, WindowFinishArgs<scalar_t>{w, a});
+      launch_window_corr(w, a, like);
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_corr: 16-bit inputs only");
     }
@@ -364,59 +280,21 @@ struct CudaLaunch {
   static void window_conv(const WindowConv<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
                           bool flip) {
     if constexpr (window_corr_dtype<scalar_t>()) {
-      auto kern = at::empty({w.kernel_elems()}, like.options());
-      auto* k = static_cast<scalar_t*>(kern.data_ptr());
-      auto c = w;
-      c.kern = k;
-      launch_grid_stride<WindowKernelFn<scalar_t>>(w.kernel_elems(), WindowKernelArgs<scalar_t>{a, c.kw(), flip, k});
-      const int64_t bytes = c.smem_words() * 4;
-      auto kernel = with_conv_tiles(c.mt, c.nt, [](auto m, auto n) {
-        return window_conv_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
-      });
-      const void* kp = reinterpret_cast<const void*>(kernel);
-      allow_smem(kp, bytes);
-      const int device = like.get_device();
-      c.slabs = window_conv_slabs(c, 4 * int64_t(blocks_per_sm(kp, kWindowCorrThreads, bytes, device)) * sm_count(device));
-      kernel<<<grid_blocks(c.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_window_conv(w, a, like, flip);
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_conv: 16-bit inputs only");
     }
   }
-  static void fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
+  static void fma_conv(const FmaConv<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
                        bool flip) {
     if constexpr (fma_conv_dtype<scalar_t>()) {
-      auto kern = at::empty({w.kernel_elems()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      auto* k = static_cast<acc_t*>(kern.data_ptr());
-      launch_grid_stride<FmaKernelFn<scalar_t, acc_t>>(w.kernel_elems(),
-                                                       FmaKernelArgs<scalar_t, acc_t>{a, static_cast<int>(a.Lw), flip, k});
-      w.kern = k;
-      const int64_t bytes = w.smem_bytes();
-      auto kernel = with_fma_conv_tiles(w.ro, w.ry, [](auto o, auto r) {
-        return fma_conv_kernel<decltype(o)::value, decltype(r)::value, scalar_t, acc_t>;
-      });
-      const void* kp = reinterpret_cast<const void*>(kernel);
-      allow_smem(kp, bytes);
-      const int device = like.get_device();
-      w.slabs = fma_conv_slabs(w, 4 * int64_t(blocks_per_sm(kp, w.threads(), bytes, device)) * sm_count(device));
-      kernel<<<grid_blocks(w.blocks()), w.threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_fma_conv(w, a, like, flip);
     } else {
       TORCH_INTERNAL_ASSERT(false, "fma_conv: float32 and float64 only");
     }
   }
-  static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
-    const int64_t bytes = w.smem_bytes();
-    auto kernel = with_fma_rows(w.ry, [](auto r) { return fma_corr_kernel<decltype(r)::value, scalar_t, acc_t>; });
-    const void* k = reinterpret_cast<const void*>(kernel);
-    allow_smem(k, bytes);
-    const int device = like.get_device();
-    w.slabs = fma_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, w.threads(), bytes, device)) * sm_count(device));
-    auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    w.work = static_cast<acc_t*>(work.data_ptr());
-    kernel<<<grid_blocks(w.blocks()), w.threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_grid_stride<FmaFinishFn<scalar_t, acc_t>>(a.C * a.K, FmaFinishArgs<scalar_t, acc_t>{w, a});
+  static void fma_corr(const FmaCorr<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
+    launch_fma_corr(w, a, like);
   }
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(n, a);

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "dcls_convert/formats.h"
 #include "dcls_convert/tiled_taps.h"
 #include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"

@@ -1,0 +1,25 @@
+// Launchers of the whole-window kernels, each in its own translation unit so that a build compiles them in
+// parallel with the tables' kernels (taps_conv_cuda.cu): the tensor cores' (window_mma.cu, float16 and bfloat16)
+// and the FMA ones (window_fma.cu). Each launches the kernel and its companion (the window, or the finish).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "dcls_convert/tiled_taps_host.h"
+
+namespace dcls_convert {
+
+// mma.m16n8k16 with bfloat16 on like's device: compute capability 8.0 or newer running code built for one.
+bool window_mma_supported(const at::Tensor& like);
+
+template <typename scalar_t>
+void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like);
+template <typename scalar_t>
+void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like, bool flip);
+
+template <typename scalar_t, typename acc_t>
+void launch_fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like);
+template <typename scalar_t, typename acc_t>
+void launch_fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like, bool flip);
+
+}  // namespace dcls_convert

@@ -1,0 +1,104 @@
+// The tensor-core kernels' launchers (window_launch.h): the correlation and its finish, the window and the
+// convolution, for float16 and bfloat16.
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+
+#include "launch.cuh"
+#include "window_launch.h"
+#include "window_mma.cuh"
+
+namespace dcls_convert {
+namespace {
+
+template <typename scalar_t>
+struct WindowFinishArgs {
+  WindowCorr<scalar_t> corr;
+  TapsArgs<scalar_t, float> taps;
+};
+template <typename scalar_t>
+struct WindowFinishFn {
+  __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
+    window_corr_finish_thread(i, a.corr, a.taps);
+  }
+};
+
+template <typename scalar_t>
+struct WindowKernelArgs {
+  TapsArgs<scalar_t, float> taps;
+  int kw;
+  bool flip;
+  scalar_t* kern;
+};
+template <typename scalar_t>
+struct WindowKernelFn {
+  __device__ static void run(int64_t i, const WindowKernelArgs<scalar_t>& a) {
+    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
+  }
+};
+
+}  // namespace
+
+// (a build with only older architectures, JIT-compiled from their PTX, has the kernels' trap instead of the mma)
+bool window_mma_supported(const at::Tensor& like) {
+  if (!like.is_cuda()) return false;
+  const int device = like.get_device();
+  static std::mutex m;
+  static std::map<int, bool> known;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  bool ok = compute_major(device) >= 8;
+  if (ok) {
+    cudaFuncAttributes attr;
+    const c10::cuda::CUDAGuard guard(device);
+    ok = cudaFuncGetAttributes(&attr, window_corr_kernel<1, 1, c10::BFloat16>) == cudaSuccess && attr.ptxVersion >= 80;
+    (void)cudaGetLastError();
+  }
+  return known[device] = ok;
+}
+
+template <typename scalar_t>
+void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like) {
+  const int64_t bytes = w.smem_words() * 4;
+  auto kernel = with_window_tiles(w.mt, w.nt, [](auto m, auto n) {
+    return window_corr_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
+  });
+  const void* k = reinterpret_cast<const void*>(kernel);
+  allow_smem(k, bytes);
+  const int device = like.get_device();
+  w.slabs = window_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, kWindowCorrThreads, bytes, device)) * sm_count(device));
+  auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(at::kFloat));
+  w.work = static_cast<float*>(work.data_ptr());
+  kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_grid_stride<WindowFinishFn<scalar_t>>(a.C * a.K, WindowFinishArgs<scalar_t>{w, a});
+}
+
+template <typename scalar_t>
+void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like, bool flip) {
+  auto kern = at::empty({w.kernel_elems()}, like.options());
+  auto* k = static_cast<scalar_t*>(kern.data_ptr());
+  w.kern = k;
+  launch_grid_stride<WindowKernelFn<scalar_t>>(w.kernel_elems(), WindowKernelArgs<scalar_t>{a, w.kw(), flip, k});
+  const int64_t bytes = w.smem_words() * 4;
+  auto kernel = with_conv_tiles(w.mt, w.nt, [](auto m, auto n) {
+    return window_conv_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
+  });
+  const void* kp = reinterpret_cast<const void*>(kernel);
+  allow_smem(kp, bytes);
+  const int device = like.get_device();
+  w.slabs = window_conv_slabs(w, 4 * int64_t(blocks_per_sm(kp, kWindowCorrThreads, bytes, device)) * sm_count(device));
+  kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template void launch_window_corr(WindowCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
+template void launch_window_corr(WindowCorr<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&);
+template void launch_window_conv(WindowConv<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&, bool);
+template void launch_window_conv(WindowConv<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&,
+                                 bool);
+
+}  // namespace dcls_convert
