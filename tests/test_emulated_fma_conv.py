@@ -150,3 +150,23 @@ def test_fma_conv_random_shapes(data):
     want, = torch.autograd.grad(y, ref, g)
     assert max_rel(out, y.detach()) < 1e-12
     assert max_rel(gin, want) < 1e-12
+
+
+@pytest.mark.parametrize("part,kernels", [
+    ("conv", ["tables", "fma_window", "fma_conv", "tiled_corr", "tiled_corr_finish"]),
+    ("corr", ["tables", "tiled_forward", "fma_corr", "fma_corr_finish"]),
+])
+def test_fma_one_part_with_the_tables(monkeypatch, part, kernels):
+    """One part by FMA, the other by the tables: the backward's launches in order (5 or 4), and its gradients
+    equal to the tables' to float32 rounding."""
+    x = torch.randn(2, 4, 20, 20)
+    w, p, _ = random_taps(2, 4, 1, 40, [17, 17], spread=1.4, dtype=torch.float32)
+    g = torch.randn(2, 4, 20, 20)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", part)
+    E.take_launches()
+    got = E.taps_conv_backward(g, x, w, p, [17, 17], [1, 1], [8, 8], "bilinear", [True, True, True, False])
+    assert E.take_kernels() == kernels
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_FMA")
+    want = E.taps_conv_backward(g, x, w, p, [17, 17], [1, 1], [8, 8], "bilinear", [True, True, True, False])
+    for a, e in zip(got[:3], want[:3]):
+        assert max_rel(a, e) < 1e-5

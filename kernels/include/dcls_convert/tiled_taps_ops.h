@@ -4,7 +4,9 @@
 //
 // Launches per call (the tiled engine): forward 2 (table, forward); backward 4 at stride 1 (the mirrored and
 // corner tables in one launch, the input gradient, the correlation, its finish, which also writes the bias
-// gradient); a strided layer's input gradient takes one launch per stride phase (PhaseAxis).
+// gradient); a strided layer's input gradient takes one launch per stride phase (PhaseAxis). The whole-window
+// parts (tensor cores, DCLS_CONVERT_CUDA_MMA; FMA, DCLS_CONVERT_CUDA_FMA) take 2 each: the window and the
+// convolution, or the correlation and its finish; a backward mixing them with the tables' takes 4 or 5.
 // Each gradient is written once (no zero fills), the taps' in the accumulation type: no casts for the float32
 // parameters of a layer under autocast.
 //
