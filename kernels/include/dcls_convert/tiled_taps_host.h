@@ -346,6 +346,7 @@ FmaConv<scalar_t, acc_t> fma_conv_plan(const at::Tensor& x, const at::Tensor& ou
     w.bias = flip ? nullptr : a.bias;
     plane_strides(x, w.xs);
     plane_strides(out, w.os);
+    w.x_cl = w.xs[1] == 1 && a.C > 1;
     if (!plane_offsets_fit(w.xs, H, W)) w.ok = false;
   }
   return w;

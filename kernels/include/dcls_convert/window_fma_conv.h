@@ -49,6 +49,7 @@ struct FmaConv {
   int ey0 = 0, ex0 = 0, ny = 1, ew = 1;  // cell rows ey0 + ry * i, columns ex0 .. ex0 + ew - 1
   int span = 32, per_warp = 1;           // lanes per task (a column each), tasks per warp
   int cg = 1, bj = 1, warps = 1;         // channels and row blocks per block job, warps per block
+  bool x_cl = false;                     // channels fastest in x: staged by threads on neighbouring channels
   int64_t slabs = 1;
   bool ok = false;
 
@@ -150,7 +151,9 @@ DCLS_HD void fma_conv_stage_kernels(const FmaConv<scalar_t, acc_t>& w, const Fma
 
 // Phase 2 (per image): channel ci's staged rows sr = 0 .. sr() - 1 (input row j.b0 * ro + ey0 - ph + sr), columns
 // sc = 0 .. sc() - 1 (input column sc + ex0 - pw), zero outside the input, column-major; kFmaStageLoads loads in
-// flight, read along rows (coalesced in NCHW), written down columns (an odd pitch: no bank conflicts).
+// flight, written down columns (an odd pitch: no bank conflicts). Reads: along rows, every thread on each
+// channel in turn (NCHW: coalesced); channels_last, a thread per channel, neighbouring threads on neighbouring
+// channels of a pixel (runs of cg channels instead of one value per 32-byte sector).
 template <typename scalar_t, typename acc_t>
 DCLS_HD void fma_conv_stage_rows(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob& j, int64_t n, acc_t* smem,
                                  int tid) {
@@ -160,21 +163,24 @@ DCLS_HD void fma_conv_stage_rows(const FmaConv<scalar_t, acc_t>& w, const FmaCon
   const int64_t iy0 = j.b0 * w.ro + w.ey0 - w.ph;
   const int ix0 = w.ex0 - static_cast<int>(w.pw), H = static_cast<int>(w.H), W = static_cast<int>(w.W);
   const int xs2 = static_cast<int>(w.xs[2]), xs3 = static_cast<int>(w.xs[3]);
-  for (int ci = 0; ci < w.cg; ++ci) {
+  const bool by_channel = w.x_cl && w.cg > 1;
+  const int nsub = by_channel ? T / w.cg : T, sub = by_channel ? tid / w.cg : tid;
+  if (sub >= nsub) return;
+  for (int ci = by_channel ? tid % w.cg : 0; ci < w.cg; ci += by_channel ? w.cg : 1) {
     const int64_t c = j.c0 + ci;
     const bool live = c < w.C;
     acc_t* dst = smem + w.cg * w.k_elems() + ci * w.x_elems();
     // offsets from the plane's origin, 31-bit (the plan checks); rows may start above it (iy0 < 0)
     const scalar_t* src = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1];
     const int shift = static_cast<int>(iy0) * xs2 + ix0 * xs3;
-    RegionWalk p(tid, T, sc, xs2, xs3);
-    for (int i0 = tid; i0 < total; i0 += B * T) {
+    RegionWalk p(sub, nsub, sc, xs2, xs3);
+    for (int i0 = sub; i0 < total; i0 += B * nsub) {
       acc_t v[B];
       int at[B];
 DCLS_UNROLL
       for (int k = 0; k < B; ++k) {
         const int iy = static_cast<int>(iy0) + p.r, ix = ix0 + p.e;
-        v[k] = live && i0 + k * T < total && iy >= 0 && iy < H && ix >= 0 && ix < W
+        v[k] = live && i0 + k * nsub < total && iy >= 0 && iy < H && ix >= 0 && ix < W
                    ? static_cast<acc_t>(src[p.off + shift])
                    : acc_t(0);
         at[k] = p.e * srp + p.r;
@@ -182,7 +188,7 @@ DCLS_UNROLL
       }
 DCLS_UNROLL
       for (int k = 0; k < B; ++k)
-        if (i0 + k * T < total) dst[at[k]] = v[k];
+        if (i0 + k * nsub < total) dst[at[k]] = v[k];
     }
   }
 }
