@@ -11,7 +11,7 @@ from helpers import max_rel, random_taps
 
 E = emulation_ops()
 
-CONV_FIELDS = ("ok", "ro", "ry", "ny", "ew", "span", "per_warp", "cg", "bj", "warps", "smem_bytes")
+CONV_FIELDS = ("ok", "ro", "ry", "ny", "ew", "span", "per_warp", "cg", "bj", "warps", "smem_bytes", "transposed")
 
 
 def _plan(x, w, p, window, padding, stride=None, interp="bilinear"):
@@ -42,7 +42,7 @@ FMA_CONV_CASES = [
 def test_fma_conv_matches_oracle(monkeypatch, case, dtype, layout, interp):
     """DCLS_CONVERT_CUDA_FMA=conv: the output (with bias) and the input gradient against the float64 oracle (float64
     to 1e-12, float32 to 1e-5), the window summed in the accumulation type; two launches each (the window and the
-    convolution), the memory format kept."""
+    convolution), the memory format kept (channels_last outputs up to 32 wide stored through shared memory)."""
     window, padding = case["window"], case["padding"]
     C = 3
     x = torch.randn(2, C, *case["size"], dtype=dtype)
@@ -52,7 +52,10 @@ def test_fma_conv_matches_oracle(monkeypatch, case, dtype, layout, interp):
     if interp == "nearest":
         p = p.round()
     b = torch.randn(C, dtype=dtype)
-    assert _plan(x, w, p, window, padding, interp=interp)["ok"]
+    plan = _plan(x, w, p, window, padding, interp=interp)
+    assert plan["ok"]
+    # channels_last outputs of one column pass per thread (up to 32 wide) are stored through shared memory
+    assert plan["transposed"] == (layout == "channels_last" and case["size"][1] <= 32 and plan["cg"] > 1)
     monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "conv")
     E.take_launches()
     out = E.taps_conv(x, w, p, b, window, [1, 1], padding, interp)

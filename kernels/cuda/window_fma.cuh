@@ -51,10 +51,17 @@ __global__ void __launch_bounds__(kFmaMaxThreads, 2) fma_conv_kernel(FmaConv<sca
     __syncthreads();  // the previous job's windows and rows are read
     fma_conv_stage_kernels(w, j, smem, tid);
     for (int64_t n = j.n_begin; n < j.n_end; ++n) {
-      __syncthreads();  // the previous image's rows are read (and the windows staged)
+      __syncthreads();  // the previous image's rows (or kept outputs) are read, and the windows staged
       fma_conv_stage_rows(w, j, n, smem, tid);
       __syncthreads();
-      fma_conv_rows<RO, RY>(w, j, n, smem, tid);
+      acc_t kept[RO];
+      fma_conv_rows<RO, RY>(w, j, n, smem, tid, kept);
+      if (w.transposed) {
+        __syncthreads();  // the staged rows are read: the outputs take their place
+        fma_conv_keep<RO>(w, j, smem, tid, kept);
+        __syncthreads();
+        fma_conv_store(w, j, n, smem, tid);
+      }
     }
   }
 }

@@ -366,11 +366,12 @@ struct EmulatedLaunch {
       with_fma_conv_tiles(w.ro, w.ry, [&](auto o, auto r) { fma_conv_blocks<decltype(o)::value, decltype(r)::value>(w); });
     }
   }
-  // fma_conv_kernel, phase by phase; shared memory poisoned with NaN at each job and each image.
+  // fma_conv_kernel, phase by phase; shared memory poisoned with NaN at each job, each image and (transposed
+  // stores) before the outputs take the staged rows' place.
   template <int RO, int RY>
   static void fma_conv_blocks(const FmaConv<scalar_t, acc_t>& w) {
     const int T = w.threads();
-    std::vector<acc_t> smem(w.smem_elems());
+    std::vector<acc_t> smem(w.smem_elems()), kept(int64_t(T) * RO);
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
       const FmaConvJob j = fma_conv_job(w, bid);
       poison(smem, w.smem_elems());
@@ -378,7 +379,12 @@ struct EmulatedLaunch {
       for (int64_t n = j.n_begin; n < j.n_end; ++n) {
         std::fill(smem.begin() + w.cg * w.k_elems(), smem.end(), std::numeric_limits<acc_t>::quiet_NaN());
         for (int tid = 0; tid < T; ++tid) fma_conv_stage_rows(w, j, n, smem.data(), tid);
-        for (int tid = 0; tid < T; ++tid) fma_conv_rows<RO, RY>(w, j, n, smem.data(), tid);
+        for (int tid = 0; tid < T; ++tid) fma_conv_rows<RO, RY>(w, j, n, smem.data(), tid, &kept[int64_t(tid) * RO]);
+        if (w.transposed) {
+          std::fill(smem.begin() + w.cg * w.k_elems(), smem.end(), std::numeric_limits<acc_t>::quiet_NaN());
+          for (int tid = 0; tid < T; ++tid) fma_conv_keep<RO>(w, j, smem.data(), tid, &kept[int64_t(tid) * RO]);
+          for (int tid = 0; tid < T; ++tid) fma_conv_store(w, j, n, smem.data(), tid);
+        }
       }
     }
   }
@@ -559,7 +565,7 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
 // thread, cell blocks (rows, columns), lanes per block, blocks per warp, warps per channel, splits, channels per
 // block, rows per band, threads, shared memory bytes; then the forward's: ok, output rows per task, window rows
 // per block, blocks, window columns, lanes per task, tasks per warp, channels and row blocks per job, warps,
-// shared memory bytes.
+// shared memory bytes, outputs stored through shared memory.
 std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                       at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                       c10::string_view interpolation) {
@@ -574,7 +580,7 @@ std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor&
     r = {w.ok, w.ry, w.ny, w.nx, w.span, w.per_warp, w.wpc, w.splits, w.cg, w.band, w.threads(), w.smem_bytes()};
     const auto v = fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const std::vector<int64_t> conv{v.ok, v.ro, v.ry, v.ny, v.ew, v.span, v.per_warp, v.cg, v.bj, v.warps,
-                                    v.smem_bytes()};
+                                    v.smem_bytes(), v.transposed};
     r.insert(r.end(), conv.begin(), conv.end());
   });
   return r;

@@ -347,6 +347,8 @@ FmaConv<scalar_t, acc_t> fma_conv_plan(const at::Tensor& x, const at::Tensor& ou
     plane_strides(x, w.xs);
     plane_strides(out, w.os);
     w.x_cl = w.xs[1] == 1 && a.C > 1;
+    // channels_last outputs of one column pass per thread go through shared memory (coalesced stores)
+    w.transposed = w.os[1] == 1 && a.C > 1 && w.cg > 1 && Wo <= w.span;
     if (!plane_offsets_fit(w.xs, H, W)) w.ok = false;
   }
   return w;

@@ -50,6 +50,7 @@ struct FmaConv {
   int span = 32, per_warp = 1;           // lanes per task (a column each), tasks per warp
   int cg = 1, bj = 1, warps = 1;         // channels and row blocks per block job, warps per block
   bool x_cl = false;                     // channels fastest in x: staged by threads on neighbouring channels
+  bool transposed = false;               // outputs through shared memory, stored by neighbouring channels
   int64_t slabs = 1;
   bool ok = false;
 
@@ -207,12 +208,13 @@ DCLS_HD FmaConvLane fma_conv_lane(const FmaConv<scalar_t, acc_t>& w, const FmaCo
   return l;
 }
 
-// Phase 3 (per image): the thread's RO outputs of each of its columns, from every cell, straight to the output.
-// Row i of a (block of cells, column) pass is staged row b * RO + yc * RY + i; it meets output row r at window row
-// a = i - r of the block. Both loops' loads are down staged columns: immediate offsets.
+// Phase 3 (per image): the thread's RO outputs of each of its columns, from every cell, straight to the output, or
+// (w.transposed: one column per thread) into kept[RO] for phase 4. Row i of a (block of cells, column) pass is
+// staged row b * RO + yc * RY + i; it meets output row r at window row a = i - r of the block. Both loops' loads
+// are down staged columns: immediate offsets.
 template <int RO, int RY, typename scalar_t, typename acc_t>
 DCLS_HD void fma_conv_rows(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob& j, int64_t n, const acc_t* smem,
-                           int tid) {
+                           int tid, acc_t* kept) {
   const FmaConvLane l = fma_conv_lane(w, j, tid);
   if (!l.live) return;
   const int64_t c = j.c0 + l.ci, oy0 = (j.b0 + l.b) * RO;
@@ -241,10 +243,44 @@ DCLS_UNROLL
         }
       }
     }
+    if (w.transposed) {
+DCLS_UNROLL
+      for (int r = 0; r < RO; ++r) kept[r] = acc[r];
+      continue;
+    }
 DCLS_UNROLL
     for (int r = 0; r < RO; ++r)
       if (oy0 + r < w.Ho) o[(oy0 + r) * w.os[2] + ox * w.os[3]] = static_cast<scalar_t>(acc[r]);
   }
+}
+
+// Phase 4 (w.transposed, after a barrier: the staged rows are read): the thread's kept outputs into its channel's
+// staged region, as (row of the job, column).
+template <int RO, typename scalar_t, typename acc_t>
+DCLS_HD void fma_conv_keep(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob& j, acc_t* smem, int tid,
+                           const acc_t* kept) {
+  const FmaConvLane l = fma_conv_lane(w, j, tid);
+  if (!l.live) return;
+  acc_t* o = smem + w.cg * w.k_elems() + l.ci * w.x_elems() + (l.b * RO) * w.Wo + l.ox0;
+DCLS_UNROLL
+  for (int r = 0; r < RO; ++r) o[r * w.Wo] = kept[r];
+}
+
+// Phase 5 (w.transposed, after a barrier): the job's outputs to global memory, a thread per channel and
+// neighbouring threads on neighbouring channels of a pixel (channels_last: runs of cg channels per store).
+template <typename scalar_t, typename acc_t>
+DCLS_HD void fma_conv_store(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob& j, int64_t n, const acc_t* smem,
+                            int tid) {
+  const int T = w.threads(), nsub = T / w.cg, sub = tid / w.cg, ci = tid % w.cg;
+  const int64_t c = j.c0 + ci, oy0 = j.b0 * w.ro;
+  if (sub >= nsub || c >= w.C) return;
+  const int Wo = static_cast<int>(w.Wo);
+  const int rows = static_cast<int>(std::min<int64_t>(int64_t(w.bj) * w.ro, w.Ho - oy0));
+  const acc_t* src = smem + w.cg * w.k_elems() + ci * w.x_elems();
+  scalar_t* o = w.out + n * w.os[0] + c * w.os[1] + oy0 * w.os[2];
+  RegionWalk p(sub, nsub, Wo, 0, 0);
+  for (int i = sub; i < rows * Wo; i += nsub, p.next())
+    o[p.r * w.os[2] + p.e * w.os[3]] = static_cast<scalar_t>(src[i]);
 }
 
 // The kernel for a shape's output rows per task and window rows per block.
