@@ -266,6 +266,7 @@ def test_fma_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     assert torch.equal(gin, back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0])
     assert "fma_conv_kernel" in _cuda_kernels(lambda: ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    assert "fma_conv_kernel" in _cuda_kernels(lambda: back(g, x, w, p, win, [1, 1], pad, "bilinear", mask))
     monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "")
     y_tab = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
     gin_tab = back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0]

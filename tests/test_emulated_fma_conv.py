@@ -173,3 +173,21 @@ def test_fma_one_part_with_the_tables(monkeypatch, part, kernels):
     want = E.taps_conv_backward(g, x, w, p, [17, 17], [1, 1], [8, 8], "bilinear", [True, True, True, False])
     for a, e in zip(got[:3], want[:3]):
         assert max_rel(a, e) < 1e-5
+
+
+def test_fma_conv_input_gradient_with_padding_past_the_window(monkeypatch):
+    """Padding past the window (p > L - 1): the forward keeps the tables (its padding is outside the plan), the
+    input gradient's own padding L - 1 - p is negative and runs on the FMA convolution, equal to the oracle."""
+    x = torch.randn(2, 3, 12, 13, dtype=torch.float64)
+    w, p, _ = random_taps(2, 3, 1, 40, [9, 9], spread=1.4)
+    padding = [10, 12]
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "conv")
+    E.take_launches()
+    out = E.taps_conv(x, w, p, None, [9, 9], [1, 1], padding, "bilinear")
+    assert E.take_kernels() == ["tables", "tiled_forward"]
+    g = torch.randn(out.shape, dtype=torch.float64)
+    gin = E.taps_conv_backward(g, x, w, p, [9, 9], [1, 1], padding, "bilinear", [True, False, False, False])[0]
+    assert E.take_kernels() == ["fma_window", "fma_conv"]
+    ref = x.clone().requires_grad_()
+    want, = torch.autograd.grad(reference.taps_conv(ref, w, p, None, [9, 9], [1, 1], padding, "bilinear"), ref, g)
+    assert max_rel(gin, want) < 1e-12

@@ -46,7 +46,7 @@ void launch_fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>
                                                    FmaKernelArgs<scalar_t, acc_t>{a, static_cast<int>(a.Lw), flip, k});
   w.kern = k;
   const int64_t bytes = w.smem_bytes();
-  auto kernel = with_fma_conv_tiles(w.ro, w.ry, [](auto o, auto r) {
+  auto kernel = with_fma_conv_tiles<acc_t>(w.ro, w.ry, [](auto o, auto r) {
     return fma_conv_kernel<decltype(o)::value, decltype(r)::value, scalar_t, acc_t>;
   });
   const void* kp = reinterpret_cast<const void*>(kernel);

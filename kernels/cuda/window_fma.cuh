@@ -54,11 +54,11 @@ __global__ void __launch_bounds__(kFmaMaxThreads, 2) fma_conv_kernel(FmaConv<sca
       __syncthreads();  // the previous image's rows (or kept outputs) are read, and the windows staged
       fma_conv_stage_rows(w, j, n, smem, tid);
       __syncthreads();
-      acc_t kept[RO];
-      fma_conv_rows<RO, RY>(w, j, n, smem, tid, kept);
+      acc_t acc[RO];  // (kept across the barrier for transposed stores)
+      fma_conv_rows<RO, RY>(w, j, n, smem, tid, acc);
       if (w.transposed) {
         __syncthreads();  // the staged rows are read: the outputs take their place
-        fma_conv_keep<RO>(w, j, smem, tid, kept);
+        fma_conv_keep<RO>(w, j, smem, tid, acc);
         __syncthreads();
         fma_conv_store(w, j, n, smem, tid);
       }

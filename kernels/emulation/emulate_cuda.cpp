@@ -363,7 +363,7 @@ struct EmulatedLaunch {
         window_kernel_thread(i, a, static_cast<int>(a.Lw), flip, kern.data());
       w.kern = kern.data();
       w.slabs = fma_conv_slabs(w, kEmulatedBlocks);
-      with_fma_conv_tiles(w.ro, w.ry, [&](auto o, auto r) { fma_conv_blocks<decltype(o)::value, decltype(r)::value>(w); });
+      with_fma_conv_tiles<acc_t>(w.ro, w.ry, [&](auto o, auto r) { fma_conv_blocks<decltype(o)::value, decltype(r)::value>(w); });
     }
   }
   // fma_conv_kernel, phase by phase; shared memory poisoned with NaN at each job, each image and (transposed

@@ -8,7 +8,9 @@
 // column (RO sums in registers) and, per window column dx and block of RY window rows, loads the RY weights and
 // the RO + RY - 1 inputs that column meets and does RO x RY products: at RO = 32, RY = 9, 49 loads for 288 FMAs.
 // The whole window costs Lh x Lw products per output where the tables spend one or two per entry, so it is taken
-// for dense windows (kFmaConvCellsPerEntry).
+// for dense windows (kFmaConvCellsPerEntry). Rows of cells past the window (the last block of RY) have zero
+// weights: an infinite input makes NaN reach up to RY - 1 output rows more than a dense convolution's, as in the
+// tensor-core forward (window_conv.h).
 //
 // Cells: only those a product reaches (rows [ey0, ey1), columns [ex0, ex1), as in window_fma_corr.h). A task is
 // one channel's block of RO output rows; a warp's lanes take its consecutive output columns (outputs narrower than
@@ -96,7 +98,8 @@ FmaConv<scalar_t, acc_t> fma_conv_shape(int64_t N, int64_t C, int64_t H, int64_t
   w.ey0 = static_cast<int>(ey0), w.ex0 = static_cast<int>(ex0), w.ew = static_cast<int>(Ew);
   w.ny = static_cast<int>((Eh + w.ry - 1) / w.ry);
   if (best * Ew > kFmaConvCellsPerEntry * entries) return w;
-  w.ro = Ho <= 8 ? 8 : Ho <= 16 ? 16 : 32;
+  // (32 rows of float64 sums would spill inside the loop at the 80 registers two blocks per SM allow)
+  w.ro = Ho <= 8 ? 8 : Ho <= 16 || sizeof(acc_t) > 4 ? 16 : 32;
   w.span = 32;
   while (w.span / 2 >= Wo) w.span /= 2;
   w.per_warp = 32 / w.span;
@@ -208,13 +211,13 @@ DCLS_HD FmaConvLane fma_conv_lane(const FmaConv<scalar_t, acc_t>& w, const FmaCo
   return l;
 }
 
-// Phase 3 (per image): the thread's RO outputs of each of its columns, from every cell, straight to the output, or
-// (w.transposed: one column per thread) into kept[RO] for phase 4. Row i of a (block of cells, column) pass is
+// Phase 3 (per image): the thread's RO outputs of each of its columns, from every cell, summed in acc[RO] and
+// stored straight to the output, or (w.transposed: one column per thread) kept there for phase 4. Row i of a (block of cells, column) pass is
 // staged row b * RO + yc * RY + i; it meets output row r at window row a = i - r of the block. Both loops' loads
 // are down staged columns: immediate offsets.
 template <int RO, int RY, typename scalar_t, typename acc_t>
 DCLS_HD void fma_conv_rows(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob& j, int64_t n, const acc_t* smem,
-                           int tid, acc_t* kept) {
+                           int tid, acc_t* acc) {
   const FmaConvLane l = fma_conv_lane(w, j, tid);
   if (!l.live) return;
   const int64_t c = j.c0 + l.ci, oy0 = (j.b0 + l.b) * RO;
@@ -224,7 +227,6 @@ DCLS_HD void fma_conv_rows(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob& 
   const acc_t bias = w.bias != nullptr ? w.bias[c] : acc_t(0);
   scalar_t* o = w.out + n * w.os[0] + c * w.os[1];
   for (int ox = l.ox0; ox < Wo; ox += w.span) {
-    acc_t acc[RO];
 DCLS_UNROLL
     for (int r = 0; r < RO; ++r) acc[r] = bias;
     for (int yc = 0; yc < w.ny; ++yc) {
@@ -243,11 +245,7 @@ DCLS_UNROLL
         }
       }
     }
-    if (w.transposed) {
-DCLS_UNROLL
-      for (int r = 0; r < RO; ++r) kept[r] = acc[r];
-      continue;
-    }
+    if (w.transposed) continue;
 DCLS_UNROLL
     for (int r = 0; r < RO; ++r)
       if (oy0 + r < w.Ho) o[(oy0 + r) * w.os[2] + ox * w.os[3]] = static_cast<scalar_t>(acc[r]);
@@ -283,8 +281,9 @@ DCLS_HD void fma_conv_store(const FmaConv<scalar_t, acc_t>& w, const FmaConvJob&
     o[p.r * w.os[2] + p.e * w.os[3]] = static_cast<scalar_t>(src[i]);
 }
 
-// The kernel for a shape's output rows per task and window rows per block.
-template <typename Fn>
+// The kernel for a shape's output rows per task and window rows per block (acc_t: 32 rows only for float32 sums,
+// as the plan chooses).
+template <typename acc_t, typename Fn>
 auto with_fma_conv_tiles(int ro, int ry, Fn&& fn) {
   auto pick = [&](auto o) {
     constexpr int O = decltype(o)::value;
@@ -294,8 +293,12 @@ auto with_fma_conv_tiles(int ro, int ry, Fn&& fn) {
       default: return fn(std::integral_constant<int, O>(), std::integral_constant<int, 9>());
     }
   };
-  return ro == 8 ? pick(std::integral_constant<int, 8>())
-                 : ro == 16 ? pick(std::integral_constant<int, 16>()) : pick(std::integral_constant<int, 32>());
+  if (ro == 8) return pick(std::integral_constant<int, 8>());
+  if constexpr (sizeof(acc_t) > 4) {
+    return pick(std::integral_constant<int, 16>());
+  } else {
+    return ro == 16 ? pick(std::integral_constant<int, 16>()) : pick(std::integral_constant<int, 32>());
+  }
 }
 
 }  // namespace dcls_convert

@@ -9,7 +9,9 @@
 // multiplies the gradient values of its last RY rows (held in registers, the walk unrolled by RY) with the RX
 // inputs. 27 FMAs for 4 shared loads at 9 x 3, where the tables' kernels spend several instructions per product.
 // The window costs Lh x Lw products per output against the tables' at most 4K, so it pays for dense windows
-// (partial's, bloom's, DCLS's after fine-tuning) more than for a fresh DCLS layer with few merged corners.
+// (partial's, bloom's, DCLS's after fine-tuning) more than for a fresh DCLS layer with few merged corners. The
+// blocks' cells past the reached ones multiply staged zeros: an infinite input or gradient makes NaN reach
+// cells it does not touch (and, through them, the gradients of taps there), as in the tensor-core correlation.
 //
 // Cells: only those a product reaches (rows [ey0, ey1), columns [ex0, ex1): small planes leave the window's rim
 // empty), in blocks of RY rows and kFmaRX columns; the blocks' overhang past ey1 or ex1 reads staged zeros or
