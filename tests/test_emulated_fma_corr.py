@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from dcls_convert.ops import reference
 from emulation import emulation_ops
-from helpers import max_rel, random_taps
+from helpers import draw_stride1_layer, max_rel, random_taps
 
 E = emulation_ops()
 
@@ -190,14 +190,7 @@ def test_fma_corr_random_shapes(data):
     """Random stride-1 shapes (windows to 30, paddings inside the window, planes to 40 past the window, up to 10
     channels, either memory format) in float64 against the oracle; where the plan does not apply the tables run,
     so both paths are checked."""
-    window = data.draw(st.lists(st.integers(1, 30), min_size=2, max_size=2))
-    padding = [data.draw(st.integers(0, L - 1)) for L in window]
-    size = [data.draw(st.integers(max(1, L - 2 * p), max(1, L - 2 * p) + 40)) for L, p in zip(window, padding)]
-    C = data.draw(st.integers(1, 10))
-    x = torch.randn(data.draw(st.integers(1, 3)), C, *size, dtype=torch.float64)
-    if data.draw(st.booleans()):
-        x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(2, C, 1, data.draw(st.integers(1, 40)), window, spread=1.4)
+    x, w, p, window, padding = draw_stride1_layer(data, max_taps=40)
     out = E.taps_conv(x, w, p, None, window, [1, 1], padding, "bilinear")
     g = torch.randn(out.shape, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as m:

@@ -64,7 +64,7 @@ void launch_fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>
   const void* k = reinterpret_cast<const void*>(kernel);
   allow_smem(k, bytes);
   const int device = like.get_device();
-  w.slabs = fma_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, w.threads(), bytes, device)) * sm_count(device));
+  w.slabs = window_corr_slabs(w, 4 * int64_t(blocks_per_sm(k, w.threads(), bytes, device)) * sm_count(device));
   auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   w.work = static_cast<acc_t*>(work.data_ptr());
   kernel<<<grid_blocks(w.blocks()), w.threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(w);

@@ -390,7 +390,7 @@ struct EmulatedLaunch {
   }
   static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
     launch({"fma_corr", "fma_corr_finish"});  // the correlation and its finish
-    w.slabs = fma_corr_slabs(w, kEmulatedBlocks);
+    w.slabs = window_corr_slabs(w, kEmulatedBlocks);
     // the blocks first to last, then last to first: a workspace value two blocks write (a split's cell written by
     // another split) differs between the orders, as it could on the device
     std::vector<acc_t> work(w.C * w.slabs * w.values()), again(work.size());

@@ -251,15 +251,18 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   return c;
 }
 
-// DCLS_CONVERT_CUDA_MMA: the parts of a 16-bit layer that run on tensor cores where they apply: "corr" (weight
-// and position gradients, window_corr.h), "conv" (forward and input gradient, window_conv.h) or "all"; unset,
-// none (the tables' kernels). Opt-in until a GPU has run them (read at every call).
-inline bool mma_mode(const char* part) {
-  const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA");
+// Whether environment variable `var` ("corr", "conv" or "all"; read at every call) selects `part`.
+inline bool part_selected(const char* var, const char* part) {
+  const char* e = std::getenv(var);
   if (e == nullptr) return false;
   const std::string v(e);
   return v == "all" || v == part;
 }
+
+// DCLS_CONVERT_CUDA_MMA: the parts of a 16-bit layer that run on tensor cores where they apply: "corr" (weight
+// and position gradients, window_corr.h), "conv" (forward and input gradient, window_conv.h) or "all"; unset,
+// none (the tables' kernels). Opt-in until a GPU has run them.
+inline bool mma_mode(const char* part) { return part_selected("DCLS_CONVERT_CUDA_MMA", part); }
 
 // DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load
 // (the A/B arm of the 16-byte loads; tests compare the two).
@@ -298,13 +301,8 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
 // DCLS_CONVERT_CUDA_FMA: the parts of a layer the tensor cores do not take that run by FMA over the whole window
 // where it applies: "corr" (weight and position gradients, window_fma_corr.h), "conv" (forward and input
 // gradient, float32 and float64, window_fma_conv.h) or "all"; unset, none (the tables'). Opt-in until a GPU has
-// timed them (read at every call).
-inline bool fma_mode(const char* part) {
-  const char* e = std::getenv("DCLS_CONVERT_CUDA_FMA");
-  if (e == nullptr) return false;
-  const std::string v(e);
-  return v == "all" || v == part;
-}
+// timed them.
+inline bool fma_mode(const char* part) { return part_selected("DCLS_CONVERT_CUDA_FMA", part); }
 
 // The FMA kernels' staging offsets within a plane are 31-bit (RegionWalk): a plane of h x wd with strides s (n, c,
 // y, x), kFmaWalkMargin rows and kFmaMaxWindow columns beyond it on each side.

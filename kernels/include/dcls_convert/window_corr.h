@@ -105,9 +105,9 @@ WindowCorr<scalar_t> window_corr_shape(int64_t N, int64_t C, int64_t H, int64_t 
 }
 
 // Slabs of images per channel group: about `target` blocks, at least one image per slab, and a workspace of at
-// most 2^24 floats.
-template <typename scalar_t>
-int64_t window_corr_slabs(const WindowCorr<scalar_t>& w, int64_t target) {
+// most 2^24 values. Corr: this correlation or the FMA one (window_fma_corr.h).
+template <typename Corr>
+int64_t window_corr_slabs(const Corr& w, int64_t target) {
   const int64_t by_blocks = (target + w.groups() - 1) / std::max<int64_t>(w.groups(), 1);
   const int64_t by_work = (int64_t(1) << 24) / std::max<int64_t>(w.C * w.values(), 1);
   return std::max<int64_t>(1, std::min<int64_t>({w.N, by_blocks, by_work}));

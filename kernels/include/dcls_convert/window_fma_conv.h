@@ -86,18 +86,12 @@ FmaConv<scalar_t, acc_t> fma_conv_shape(int64_t N, int64_t C, int64_t H, int64_t
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
   if (Lh > kFmaMaxWindow || Lw > kFmaMaxWindow || ph > Lh - 1 || pw > Lw - 1 || N * C == 0 || Ho * Wo == 0)
     return w;
-  const int64_t ey0 = std::max<int64_t>(0, ph - Ho + 1), ey1 = std::min<int64_t>(Lh, ph + H);
-  const int64_t ex0 = std::max<int64_t>(0, pw - Wo + 1), ex1 = std::min<int64_t>(Lw, pw + W);
-  const int64_t Eh = ey1 - ey0, Ew = ex1 - ex0;
-  if (Eh < kFmaMinRY || Ew < kFmaRX) return w;
-  int64_t best = INT64_MAX;
-  for (const int r : {5, 7, 9}) {  // the rows per block the kernels are compiled for
-    const int64_t padded = (Eh + r - 1) / r * r;
-    if (padded <= best) best = padded, w.ry = r;
-  }
-  w.ey0 = static_cast<int>(ey0), w.ex0 = static_cast<int>(ex0), w.ew = static_cast<int>(Ew);
-  w.ny = static_cast<int>((Eh + w.ry - 1) / w.ry);
-  if (best * Ew > kFmaConvCellsPerEntry * entries) return w;
+  const ReachedCells e = reached_cells(H, W, Ho, Wo, Lh, Lw, ph, pw);
+  if (e.h < kFmaMinRY || e.w < kFmaRX) return w;
+  w.ry = rows_per_block(e.h, {5, 7, 9});
+  w.ey0 = static_cast<int>(e.y0), w.ex0 = static_cast<int>(e.x0), w.ew = static_cast<int>(e.w);
+  w.ny = static_cast<int>((e.h + w.ry - 1) / w.ry);
+  if (int64_t(w.k_rows()) * w.ew > kFmaConvCellsPerEntry * entries) return w;
   // (32 rows of float64 sums would spill inside the loop at the 80 registers two blocks per SM allow)
   w.ro = Ho <= 8 ? 8 : Ho <= 16 || sizeof(acc_t) > 4 ? 16 : 32;
   w.span = 32;

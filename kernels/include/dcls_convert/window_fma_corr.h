@@ -26,13 +26,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "dcls_convert/taps_threads.h"
 
 namespace dcls_convert {
 
 constexpr int kFmaRX = 3;           // columns of cells per thread
-constexpr int kFmaMinRY = 5, kFmaMaxRY = 9;
+constexpr int kFmaMinRY = 5;  // rows of cells per thread: 5 to 9
 constexpr int kFmaMaxWarps = 12;  // two blocks per SM at up to 80 registers a thread (__launch_bounds__)
 constexpr int kFmaMaxThreads = 32 * kFmaMaxWarps;
 constexpr int kFmaMaxSplits = 8;
@@ -53,7 +54,7 @@ struct FmaCorr {
   acc_t* grad_bias = nullptr;  // (C) or nullptr: written by the finish
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
-  int ry = kFmaMaxRY;                  // rows of cells per thread (the kernel's RY)
+  int ry = 9;                          // rows of cells per thread (the kernel's RY)
   int ey0 = 0, ex0 = 0, ny = 1, nx = 1;  // cell blocks: rows ey0 + ry * i, columns ex0 + kFmaRX * j
   int span = 32, per_warp = 1;         // lanes per block of cells (a column each), blocks per warp
   int wpc = 1, splits = 1, cg = 1;     // warps per channel (in one split), splits per channel, channels per block
@@ -85,6 +86,29 @@ struct FmaCorr {
   int64_t smem_bytes() const { return smem_elems() * int64_t(sizeof(acc_t)); }
 };
 
+// The window cells a product reaches: rows [y0, y0 + h), columns [x0, x0 + w). Cell dy meets the input where some
+// output row oy has oy + dy - ph in [0, H) (stride 1).
+struct ReachedCells {
+  int64_t y0, h, x0, w;
+};
+inline ReachedCells reached_cells(int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh, int64_t Lw, int64_t ph,
+                                  int64_t pw) {
+  const int64_t y0 = std::max<int64_t>(0, ph - Ho + 1), x0 = std::max<int64_t>(0, pw - Wo + 1);
+  return {y0, std::min<int64_t>(Lh, ph + H) - y0, x0, std::min<int64_t>(Lw, pw + W) - x0};
+}
+
+// Rows per block of cells for `reached` rows, among those a kernel is compiled for (ascending): the fewest padded
+// rows, then the tallest blocks.
+inline int rows_per_block(int64_t reached, std::initializer_list<int> compiled) {
+  int64_t best = INT64_MAX;
+  int ry = 0;
+  for (const int r : compiled) {
+    const int64_t padded = (reached + r - 1) / r * r;
+    if (padded <= best) best = padded, ry = r;
+  }
+  return ry;
+}
+
 // The shape of the correlation (no pointers), or ok = false where it does not apply: stride 1, windows up to
 // kFmaMaxWindow per axis with padding inside them, at least kFmaMinRY x kFmaRX cells reached (1-D layers keep the
 // tables), at most kFmaCellsPerEntry cells per table entry (`entries`: the most a channel's table could hold),
@@ -98,19 +122,11 @@ FmaCorr<scalar_t, acc_t> fma_corr_shape(int64_t N, int64_t C, int64_t H, int64_t
   if (sh != 1 || sw != 1 || Lh > kFmaMaxWindow || Lw > kFmaMaxWindow || ph > Lh - 1 || pw > Lw - 1 || N * C == 0 ||
       Ho * Wo == 0)
     return w;
-  // cell dy meets the input where some output row oy has oy + dy - ph in [0, H)
-  const int64_t ey0 = std::max<int64_t>(0, ph - Ho + 1), ey1 = std::min<int64_t>(Lh, ph + H);
-  const int64_t ex0 = std::max<int64_t>(0, pw - Wo + 1), ex1 = std::min<int64_t>(Lw, pw + W);
-  const int64_t Eh = ey1 - ey0, Ew = ex1 - ex0;
-  if (Eh < kFmaMinRY || Ew < kFmaRX) return w;
-  // rows per block: the fewest padded rows, then the tallest blocks
-  int64_t best = INT64_MAX;
-  for (int r = kFmaMinRY; r <= kFmaMaxRY; ++r) {
-    const int64_t padded = (Eh + r - 1) / r * r;
-    if (padded <= best) best = padded, w.ry = r;
-  }
-  w.ey0 = static_cast<int>(ey0), w.ex0 = static_cast<int>(ex0);
-  w.ny = static_cast<int>((Eh + w.ry - 1) / w.ry), w.nx = static_cast<int>((Ew + kFmaRX - 1) / kFmaRX);
+  const ReachedCells e = reached_cells(H, W, Ho, Wo, Lh, Lw, ph, pw);
+  if (e.h < kFmaMinRY || e.w < kFmaRX) return w;
+  w.ry = rows_per_block(e.h, {5, 6, 7, 8, 9});
+  w.ey0 = static_cast<int>(e.y0), w.ex0 = static_cast<int>(e.x0);
+  w.ny = static_cast<int>((e.h + w.ry - 1) / w.ry), w.nx = static_cast<int>((e.w + kFmaRX - 1) / kFmaRX);
   if (int64_t(w.ny) * w.ry * w.nx * kFmaRX > kFmaCellsPerEntry * entries) return w;
   w.span = 32;
   while (w.span / 2 >= Wo) w.span /= 2;
@@ -136,15 +152,6 @@ FmaCorr<scalar_t, acc_t> fma_corr_shape(int64_t N, int64_t C, int64_t H, int64_t
   }
   w.ok = w.smem_bytes() <= max_smem_bytes;
   return w;
-}
-
-// Slabs of images per channel group: about `target` blocks, at least one image per slab, and a workspace of at
-// most 2^24 values.
-template <typename scalar_t, typename acc_t>
-int64_t fma_corr_slabs(const FmaCorr<scalar_t, acc_t>& w, int64_t target) {
-  const int64_t by_blocks = (target + w.groups() - 1) / std::max<int64_t>(w.groups(), 1);
-  const int64_t by_work = (int64_t(1) << 24) / std::max<int64_t>(w.C * w.values(), 1);
-  return std::max<int64_t>(1, std::min<int64_t>({w.N, by_blocks, by_work}));
 }
 
 struct FmaCorrJob {
