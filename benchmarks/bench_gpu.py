@@ -187,7 +187,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             # gradient (float32) and the weight/position gradients (any dtype)
             os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             try:
-                modes.update({("fma", k): v for k, v in kernel_time(tap_fns(x, w, p, window)).items()})
+                fma_fns = {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
+                modes.update({("fma", k): v for k, v in kernel_time(fma_fns).items()})
             finally:
                 del os.environ["DCLS_CONVERT_CUDA_FMA"]
             if gather and not taps_only:
@@ -233,6 +234,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU fma wgrad": modes.get(("fma", "wgrad"), nan),
                 "GPU fma wgrad/floor": modes.get(("fma", "wgrad"), nan) / ari_ms,
                 "GPU fma fwd+bwd": modes.get(("fma", "fwd+bwd"), nan),
+                "GPU fma on-grid fwd": modes.get(("fma", "on-grid fwd"), nan),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -244,6 +246,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                             "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
                             "GPU fwd+bwd / cudnn7": gpu["fwd+bwd"] / gpu["cudnn7 fwd+bwd"],
                             "GPU mma fwd+bwd / cudnn7": modes.get(("mma all", "fwd+bwd"), nan) / gpu["cudnn7 fwd+bwd"],
+                            "GPU fma fwd+bwd / cudnn7": modes.get(("fma", "fwd+bwd"), nan) / gpu["cudnn7 fwd+bwd"],
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
                             "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
             rows.append(row)
@@ -609,7 +612,8 @@ def main() -> None:
     ap.add_argument("--taps-only", action="store_true", help="per layer, the tap engine's own columns")
     ap.add_argument("--no-gather", action="store_true", help="per layer, skip the gather fallback")
     ap.add_argument("--new-arms", action="store_true",
-                    help="per layer, only the A/B arms no GPU has timed yet (runtime-pitch, tensor cores)")
+                    help="only what no GPU has timed yet: per layer, the A/B arms runtime-pitch, tensor cores and fma; no "
+                         "stride-2 or construct tables")
     ap.add_argument("--json", default=None, help="write the per-layer rows to this file")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -628,8 +632,9 @@ def main() -> None:
             json.dump(rows, f)
     if args.layers_only:
         return
-    run_strided()
-    run_construct()
+    if not args.new_arms:  # both timed in the sixth session
+        run_strided()
+        run_construct()
     if args.methods:
         run_methods()
     if args.resnet_layers:

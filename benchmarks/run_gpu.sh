@@ -23,14 +23,17 @@ echo "build: $(( $(date +%s) - start )) s"
 timeout "$(cap 150 ${TEST_RESERVE:-300})" python3 -m pytest tests/test_cuda.py -q -rfE -n 8 -p no:cacheprovider \
   > "$OUT/test_cuda.log" 2>&1
 echo "tests rc=$? after $(( $(date +%s) - start )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/test_cuda.log" | tail -30
+PYTHONUNBUFFERED=1 timeout "$(cap ${BENCH_TIMEOUT:-400} ${PROFILE_RESERVE:-5})" python3 benchmarks/bench_gpu.py "$@" \
+  > "$OUT/bench_gpu.log" 2>&1
+echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
 if [ $profile = 1 ]; then
-  # stall reasons before timings: halving the forward loop's instructions bought nothing (RESULTS, second GPU
-  # session), so what the kernels wait on decides the next change
+  # after the timings (what the targets are read by), stall reasons with what is left: PROFILE_RESERVE seconds
+  # are kept from the benchmark for them
   # PROFILES: ';' between profile_taps.py configurations; a profile runs only while PROFILE_MIN s are left
   IFS=';' read -ra cfgs <<< "${PROFILES:---stage 1 --dtype float32;--stage 1 --dtype bfloat16 --channels-last;--stage 4 --dtype float32}"
   for cfg in "${cfgs[@]}"; do
     [ "$(left)" -lt "${PROFILE_MIN:-300}" ] && { echo "profile skipped ($cfg): $(left) s left"; continue; }
-    timeout 75 ncu --clock-control none --kernel-name regex:"tiled|build_tables|window_|fma_corr" --launch-skip 5 --launch-count 5 \
+    timeout 75 ncu --clock-control none --kernel-name regex:"tiled|build_tables|window_|fma_" --launch-skip 5 --launch-count 5 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section InstructionStats --section SourceCounters \
       --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_taps.py $cfg \
@@ -38,6 +41,3 @@ if [ $profile = 1 ]; then
   done
   echo "profiles done after $(( $(date +%s) - start )) s"
 fi
-PYTHONUNBUFFERED=1 timeout "$(cap ${BENCH_TIMEOUT:-400} 5)" python3 benchmarks/bench_gpu.py "$@" \
-  > "$OUT/bench_gpu.log" 2>&1
-echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
