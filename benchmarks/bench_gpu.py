@@ -135,8 +135,8 @@ def construct_fns(x, w, p, window):
     return {"construct+cudnn fwd+bwd": step}
 
 
-# The tile-mode arms already timed on a GPU (sixth session): --new-arms skips them, keeping the ones not yet timed.
-MEASURED_ARMS = ("first", "direct", "one-load", "fitted-cl", "unpaired")
+# The tile-mode arms already timed on a GPU (sixth session; runtime-pitch in the ninth): --new-arms skips them.
+MEASURED_ARMS = ("first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch")
 
 
 def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = True, new_arms: bool = False) -> list[dict]:
@@ -151,14 +151,15 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             xo, wo, po = layer_inputs(shape, dtype, cl, window, K, on_grid=True)
             fns = tap_fns(x, w, p, window)
             fns["on-grid fwd"] = tap_fns(xo, wo, po, window)["fwd"]
+            fns["on-grid wgrad"] = tap_fns(xo, wo, po, window)["wgrad"]
             if not taps_only:
                 fns.update(construct_fns(x, w, p, window))
                 fns.update(dense_fns(x, 7, "cudnn7 "))
                 if window == 17:
                     fns.update(dense_fns(x, 17, "cudnn17 "))
             t = cuda_time(fns)
-            gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd", "on-grid fwd")
-                               if k in fns})
+            gpu = kernel_time({k: fns[k] for k in ("fwd", "fwd+bwd", "wgrad", "cudnn7 fwd+bwd", "on-grid fwd",
+                                                   "on-grid wgrad") if k in fns})
             # the tiles of the first GPU sessions (8 rows per thread, power-of-two widths, channel-grouped small
             # planes) against the chosen ones, same kernels, same run
             modes = {}
@@ -176,21 +177,25 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                     modes.update({(mode, k): v for k, v in kernel_time(timed).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TILES"]
-            if dtype != torch.float32:  # tensor cores (16-bit only), opt-in until measured: every part, each alone
-                for part in ("all", "corr", "conv"):
+            if dtype != torch.float32:  # tensor cores (16-bit only): every part forced on, each alone; and off
+                for part in ("all", "corr", "conv", "none"):
                     os.environ["DCLS_CONVERT_CUDA_MMA"] = part
                     try:
-                        modes.update({("mma " + part, k): v for k, v in kernel_time(tap_fns(x, w, p, window)).items()})
+                        arm = {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"],
+                               "on-grid wgrad": tap_fns(xo, wo, po, window)["wgrad"]}
+                        modes.update({("mma " + part, k): v for k, v in kernel_time(arm).items()})
                     finally:
                         del os.environ["DCLS_CONVERT_CUDA_MMA"]
-            # FMA over the whole window (the tensor cores off), opt-in until measured: the forward and input
-            # gradient (float32) and the weight/position gradients (any dtype)
+            # FMA over the whole window (the tensor cores off), opt-in: the forward and input gradient (float32)
+            # and the weight/position gradients (any dtype)
             os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
+            os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
             try:
                 fma_fns = {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
                 modes.update({("fma", k): v for k, v in kernel_time(fma_fns).items()})
             finally:
                 del os.environ["DCLS_CONVERT_CUDA_FMA"]
+                del os.environ["DCLS_CONVERT_CUDA_MMA"]
             if gather and not taps_only:
                 os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
                 try:
@@ -219,9 +224,16 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU one-load fwd+bwd": modes.get(("one-load", "fwd+bwd"), nan),
                 "GPU fitted-cl fwd+bwd": modes.get(("fitted-cl", "fwd+bwd"), nan),
                 "GPU on-grid fwd": gpu["on-grid fwd"], "GPU unpaired on-grid fwd": modes.get(("unpaired", "on-grid fwd"), nan),
-                "GPU runtime-pitch fwd": modes["runtime-pitch", "fwd"],
-                "GPU runtime-pitch fwd+bwd": modes["runtime-pitch", "fwd+bwd"],
-                "GPU wgrad": gpu["wgrad"],
+                "GPU runtime-pitch fwd": modes.get(("runtime-pitch", "fwd"), nan),
+                "GPU runtime-pitch fwd+bwd": modes.get(("runtime-pitch", "fwd+bwd"), nan),
+                "GPU wgrad": gpu["wgrad"], "GPU on-grid wgrad": gpu["on-grid wgrad"],
+                "GPU tables fwd": modes.get(("mma none", "fwd"), nan),
+                "GPU tables dgrad": modes.get(("mma none", "dgrad"), nan),
+                "GPU tables wgrad": modes.get(("mma none", "wgrad"), nan),
+                "GPU tables fwd+bwd": modes.get(("mma none", "fwd+bwd"), nan),
+                "GPU tables on-grid fwd": modes.get(("mma none", "on-grid fwd"), nan),
+                "GPU tables on-grid wgrad": modes.get(("mma none", "on-grid wgrad"), nan),
+                "GPU mma on-grid wgrad": modes.get(("mma corr", "on-grid wgrad"), nan),
                 "GPU mma fwd": modes.get(("mma conv", "fwd"), nan),
                 "GPU mma fwd/floor": modes.get(("mma conv", "fwd"), nan) / floor,
                 "GPU mma dgrad": modes.get(("mma conv", "dgrad"), nan),
@@ -262,7 +274,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "the chosen tiles, staging with one load in flight per thread (=one-load); 'fitted-cl': channels_last "
           "forward and input gradient on fitted tile widths (=fitted-cl); 'unpaired': on-grid tables without "
           "paired rows (=unpaired); 'runtime-pitch': the forward kernels reading the row pitch at run time "
-          "(=runtime-pitch); 'mma': tensor cores (16-bit rows, DCLS_CONVERT_CUDA_MMA): fwd and dgrad with =conv, "
+          "(=runtime-pitch); plain 'GPU' columns: the default choice (16-bit rows: the tensor cores where their cost "
+          "rule says, mma_wanted); 'tables': 16-bit rows with DCLS_CONVERT_CUDA_MMA=none; 'mma': tensor cores "
+          "forced (16-bit rows): fwd and dgrad with =conv, "
           "wgrad with =corr, fwd+bwd with =all; the floors stay those of the table's float32 products; 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
@@ -426,9 +440,11 @@ def _swap_in_dcls_package(model):
 
 # the dcls variant run with DCLS_CONVERT_CUDA_TILES=first (the first sessions' tiles), to time the tile choice
 FIRST_TILES = "dcls, first tiles"
-# variants run with DCLS_CONVERT_CUDA_MMA=all (every part of their 16-bit layers on tensor cores, opt-in until
-# measured)
+# variants run with DCLS_CONVERT_CUDA_MMA=all (every part of their 16-bit layers on tensor cores; by default the
+# cost rule picks per layer and part)
 MMA = ", tensor cores"
+# variants run with DCLS_CONVERT_CUDA_MMA=none (the tables' kernels for every part, as before the cost rule)
+TABLES = ", tables"
 # variants run with DCLS_CONVERT_CUDA_FMA=all (FMA over the whole window: float32 forward and input gradient, the
 # weight and position gradients of any dtype; opt-in until measured)
 FMA = ", fma"
@@ -471,6 +487,7 @@ def _variants(name):
            "bloom engine=dense": convert("bloom", engine="dense")}
     dcls_name = "dcls" + (" K=34 w17 shared" if dcls_options else "")
     out.update({v + MMA: out[v] for v in (dcls_name, "partial", "bloom")})
+    out.update({v + TABLES: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + FMA: out[v] for v in (dcls_name, "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
@@ -553,6 +570,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
             if variant.endswith(MMA):
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
+            if variant.endswith(TABLES) or variant.endswith(FMA):
+                os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
             if variant.endswith(FMA):
                 os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}

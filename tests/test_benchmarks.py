@@ -46,23 +46,24 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     assert "DCLS_CONVERT_CUDA_TILES" not in os.environ
     for col in ("GPU fwd", "GPU first-tiles fwd+bwd", "GPU one-load fwd+bwd", "GPU fitted-cl fwd+bwd",
                 "GPU unpaired on-grid fwd", "GPU runtime-pitch fwd+bwd", "GPU mma fwd", "GPU mma dgrad",
-                "GPU mma wgrad", "GPU mma fwd+bwd"):
+                "GPU mma wgrad", "GPU mma fwd+bwd", "GPU tables fwd", "GPU tables wgrad", "GPU tables on-grid wgrad",
+                "GPU mma on-grid wgrad", "GPU on-grid wgrad"):
         assert col in rows[1] and rows[1][col] == 0.5, col
-    # the tensor-core arms (16-bit rows only), each part alone and all together, and the switch left unset
-    assert set(mma_seen) == {None, "all", "corr", "conv"}
+    # the tensor-core arms (16-bit rows only), each part alone, all together and none, and the switch left unset
+    assert set(mma_seen) == {None, "all", "corr", "conv", "none"}
     assert "DCLS_CONVERT_CUDA_MMA" not in os.environ
     # the FMA arm, both dtypes, with the tensor cores off
     assert set(fma_seen) == {None, "all"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
-    assert all(m is None for m, f in zip(mma_seen, fma_seen) if f == "all")
+    assert all(m == "none" for m, f in zip(mma_seen, fma_seen) if f == "all")
     for r in rows:
         for col in ("GPU fma fwd", "GPU fma dgrad", "GPU fma wgrad", "GPU fma fwd+bwd"):
             assert r[col] == 0.5, col
     assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured
-    # --new-arms: only the arms no GPU has timed (runtime-pitch, tensor cores); the others' columns stay, empty
+    # --new-arms: no tile-mode arm (all timed); the others' columns stay, empty
     modes_seen.clear()
     rows = bench_gpu.run_layers(quick=True, fl={"copy": 1e12, "f32": 5e13, "bf16": 7e14}, taps_only=True,
                                 gather=False, new_arms=True)
-    assert set(modes_seen) == {None, "runtime-pitch"}
+    assert set(modes_seen) == {None}
     assert rows[1]["GPU mma fwd+bwd"] == 0.5 and rows[1]["GPU first-tiles fwd"] != rows[1]["GPU first-tiles fwd"]
 
 
@@ -74,6 +75,7 @@ def test_bench_gpu_model_variants_include_tensor_cores():
 
     names = list(bench_gpu._variants("convnext_tiny"))
     for base in ("dcls K=34 w17 shared", "partial", "bloom"):
-        assert base in names and base + bench_gpu.MMA in names and base + bench_gpu.FMA in names
+        assert all(base + v in names for v in ("", bench_gpu.MMA, bench_gpu.FMA, bench_gpu.TABLES))
     dcls = "dcls K=34 w17 shared"
-    assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.FMA]
+    assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.TABLES,
+                                                             dcls + bench_gpu.FMA]

@@ -181,7 +181,7 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
     back = torch.ops.dcls_convert.taps_conv_backward
     args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
     runs = {}
-    for mode, env in (("mma", "corr"), ("mma again", "corr"), ("tables", "")):
+    for mode, env in (("mma", "corr"), ("mma again", "corr"), ("tables", "none")):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", env)
         runs[mode] = back(g, x, w, p, *args)[1:]
     assert all(torch.equal(a, e) for a, e in zip(runs["mma"], runs["mma again"]))
@@ -201,6 +201,20 @@ def _cuda_kernels(fn) -> str:
         fn()
         torch.cuda.synchronize()
     return " ".join(e.name for e in prof.events())
+
+
+@pytest.mark.parametrize("shape,conv,corr", [((8, 96, 56, 56), True, True), ((8, 768, 7, 7), False, False)])
+def test_mma_cost_rule_cuda(monkeypatch, shape, conv, corr):
+    """By default (DCLS_CONVERT_CUDA_MMA unset) a bfloat16 layer at stage 1 (K = 34 off-grid taps, window 17) runs
+    its forward, input gradient and correlation on tensor cores, the window built by a block per channel; one at
+    stage 4 runs the tables' kernels (the cost rule measured on an H200)."""
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    x, w, p, b, win, pad = _window_layer(shape, 17, torch.bfloat16, True)
+    xg, wg, pg = (t.detach().requires_grad_() for t in (x, w, p))
+    names = _cuda_kernels(lambda: ops.taps_conv(xg, wg, pg, b, win, [1, 1], pad).float().square().sum().backward())
+    assert ("window_conv_kernel" in names) == conv and ("window_build_kernel" in names) == conv
+    assert ("window_corr_kernel" in names) == corr
+    assert ("tiled_forward_kernel" in names) == (not conv)
 
 
 @pytest.mark.parametrize("shape,window,K,dtype,channels_last", [((64, 96, 56, 56), 17, 34, torch.float32, False),
@@ -225,7 +239,7 @@ def test_fma_corr_cuda(monkeypatch, shape, window, K, dtype, channels_last):
     g = torch.randn_like(ops.taps_conv(x, w, p, b.to(w.dtype), win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward
     args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
-    monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "none")
     runs = {}
     for mode, env in (("fma", "corr"), ("fma again", "corr"), ("tables", "")):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", env)

@@ -656,6 +656,36 @@ def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, paddi
     assert E.take_launches() == 3
 
 
+@pytest.mark.parametrize("size,K,interp,env,conv,corr", [
+    ([56, 56], 34, "bilinear", None, True, True),      # stage 1 with 4K = 136 entries: both parts pay
+    ([56, 56], 10, "bilinear", None, False, True),     # 40 entries: the tables' forward is cheaper
+    ([28, 28], 34, "bilinear", None, False, True),     # stage 2: the forward's break-even (124, margin 1.25) above 136
+    ([7, 7], 34, "bilinear", None, False, False),      # stage 4: the tables' correlation too
+    ([7, 7], 34, "bilinear", "all", True, True),       # forced on
+    ([56, 56], 34, "bilinear", "none", False, False),  # forced off
+    ([56, 56], 34, "bilinear", "corr", False, True),   # one part forced, the other off
+    ([56, 56], 34, "nearest", None, False, True),      # K = 34 entries
+])
+def test_mma_cost_rule(monkeypatch, size, K, interp, env, conv, corr):
+    """Which parts of a 16-bit stride-1 layer run on tensor cores (mma_wanted): unset, the cost rule measured on an
+    H200 at window 17 (break-even entries growing as planes shrink); DCLS_CONVERT_CUDA_MMA forces either way.
+    float32 never does."""
+    if env is None:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    else:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", env)
+    x = torch.randn(1, 2, *size).to(torch.bfloat16)
+    w, p, _ = random_taps(2, 2, 1, K, [17, 17], spread=1.4, dtype=torch.float32)
+    E.take_kernels()
+    out = E.taps_conv(x, w, p, None, [17, 17], [1, 1], [8, 8], interp)
+    assert ("window_conv" in E.take_kernels()) == conv
+    E.taps_conv_backward(torch.randn(out.shape).to(x.dtype), x, w, p, [17, 17], [1, 1], [8, 8], interp, [True] * 4)
+    kernels = E.take_kernels()
+    assert ("window_conv" in kernels) == conv and ("window_corr" in kernels) == corr
+    E.taps_conv(x.float(), w, p, None, [17, 17], [1, 1], [8, 8], interp)
+    assert not any(k.startswith("window") for k in E.take_kernels())
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.data())
 def test_window_mma_random_shapes(data):

@@ -11,6 +11,12 @@ from helpers import draw_stride1_layer, max_rel, random_taps
 
 E = emulation_ops()
 
+
+@pytest.fixture(autouse=True)
+def _tensor_cores_off(monkeypatch):
+    """The FMA kernels run where the tensor cores do not (their cost rule would take 16-bit layers here)."""
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "none")
+
 PLAN_FIELDS = ("ok", "ry", "ny", "nx", "span", "per_warp", "wpc", "splits", "cg", "band", "threads", "smem_bytes")
 
 

@@ -4,25 +4,12 @@
 #include <cuda_runtime.h>
 
 #include "launch.cuh"
+#include "window_build.cuh"
 #include "window_fma.cuh"
 #include "window_launch.h"
 
 namespace dcls_convert {
 namespace {
-
-template <typename scalar_t, typename acc_t>
-struct FmaKernelArgs {
-  TapsArgs<scalar_t, acc_t> taps;
-  int kw;
-  bool flip;
-  acc_t* kern;
-};
-template <typename scalar_t, typename acc_t>
-struct FmaKernelFn {
-  __device__ static void run(int64_t i, const FmaKernelArgs<scalar_t, acc_t>& a) {
-    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
-  }
-};
 
 template <typename scalar_t, typename acc_t>
 struct FmaFinishArgs {
@@ -42,8 +29,7 @@ template <typename scalar_t, typename acc_t>
 void launch_fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like, bool flip) {
   auto kern = at::empty({w.kernel_elems()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   auto* k = static_cast<acc_t*>(kern.data_ptr());
-  launch_grid_stride<FmaKernelFn<scalar_t, acc_t>>(w.kernel_elems(),
-                                                   FmaKernelArgs<scalar_t, acc_t>{a, static_cast<int>(a.Lw), flip, k});
+  launch_window_build(a, static_cast<int>(a.Lw), flip, k);
   w.kern = k;
   const int64_t bytes = w.smem_bytes();
   auto kernel = with_fma_conv_tiles<acc_t>(w.ro, w.ry, [](auto o, auto r) {

@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "launch.cuh"
+#include "window_build.cuh"
 #include "window_launch.h"
 #include "window_mma.cuh"
 
@@ -22,20 +23,6 @@ template <typename scalar_t>
 struct WindowFinishFn {
   __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
     window_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
-template <typename scalar_t>
-struct WindowKernelArgs {
-  TapsArgs<scalar_t, float> taps;
-  int kw;
-  bool flip;
-  scalar_t* kern;
-};
-template <typename scalar_t>
-struct WindowKernelFn {
-  __device__ static void run(int64_t i, const WindowKernelArgs<scalar_t>& a) {
-    window_kernel_thread(i, a.taps, a.kw, a.flip, a.kern);
   }
 };
 
@@ -82,7 +69,7 @@ void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>&
   auto kern = at::empty({w.kernel_elems()}, like.options());
   auto* k = static_cast<scalar_t*>(kern.data_ptr());
   w.kern = k;
-  launch_grid_stride<WindowKernelFn<scalar_t>>(w.kernel_elems(), WindowKernelArgs<scalar_t>{a, w.kw(), flip, k});
+  launch_window_build(a, w.kw(), flip, k);
   const int64_t bytes = w.smem_words() * 4;
   auto kernel = with_conv_tiles(w.mt, w.nt, [](auto m, auto n) {
     return window_conv_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;

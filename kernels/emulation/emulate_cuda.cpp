@@ -13,6 +13,7 @@
 
 #include "dcls_convert/args.h"
 #include "dcls_convert/tiled_taps_ops.h"
+#include "dcls_convert/window_build.h"
 
 namespace dcls_convert {
 namespace {
@@ -102,6 +103,22 @@ std::vector<std::string> take_kernels() {
 template <typename acc_t>
 void poison(std::vector<acc_t>& smem, int64_t n) {
   std::fill(smem.begin(), smem.begin() + n, std::numeric_limits<acc_t>::quiet_NaN());
+}
+
+// window_build_kernel, block by block and phase by phase: the window of a's taps into kern (C, Lh, kw); shared
+// memory poisoned (0xff: NaN sums, -1 cells) at each block, so a tap or cell no phase wrote shows.
+template <typename scalar_t, typename acc_t, typename out_t>
+void emulate_window_build(const TapsArgs<scalar_t, acc_t>& a, int kw, bool flip, out_t* kern) {
+  std::vector<unsigned char> smem(window_build_smem_bytes<acc_t>(a.Lh, kw));
+  for (int64_t c = 0; c < a.C; ++c) {
+    std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xff));
+    for (int t = 0; t < kWindowBuildThreads; ++t) window_build_zero(a, kw, smem.data(), t);
+    for (int64_t k0 = 0; k0 < a.K; k0 += kWindowBuildChunk) {
+      for (int t = 0; t < kWindowBuildThreads; ++t) window_build_stage(a, c, k0, smem.data(), t);
+      for (int t = 0; t < kWindowBuildThreads; ++t) window_build_add(a, kw, flip, k0, smem.data(), t);
+    }
+    for (int t = 0; t < kWindowBuildThreads; ++t) window_build_write(a, kw, c, smem.data(), kern, t);
+  }
 }
 
 // A 16-bit value's float from its bits (the low or high half of a fragment register).
@@ -289,7 +306,7 @@ struct EmulatedLaunch {
     if constexpr (window_corr_dtype<scalar_t>()) {
       launch({"window_kernel", "window_conv"});  // the window and the convolution
       std::vector<scalar_t> kern(w.kernel_elems());
-      for (int64_t i = 0; i < w.kernel_elems(); ++i) window_kernel_thread(i, a, w.kw(), flip, kern.data());
+      emulate_window_build(a, w.kw(), flip, kern.data());
       auto c = w;
       c.kern = kern.data();
       with_conv_tiles(c.mt, c.nt, [&](auto m, auto n) { window_conv_blocks<decltype(m)::value, decltype(n)::value>(c); });
@@ -359,8 +376,7 @@ struct EmulatedLaunch {
     if constexpr (fma_conv_dtype<scalar_t>()) {
       launch({"fma_window", "fma_conv"});  // the window and the convolution
       std::vector<acc_t> kern(w.kernel_elems());
-      for (int64_t i = 0; i < w.kernel_elems(); ++i)
-        window_kernel_thread(i, a, static_cast<int>(a.Lw), flip, kern.data());
+      emulate_window_build(a, static_cast<int>(a.Lw), flip, kern.data());
       w.kern = kern.data();
       w.slabs = fma_conv_slabs(w, kEmulatedBlocks);
       with_fma_conv_tiles<acc_t>(w.ro, w.ry, [&](auto o, auto r) { fma_conv_blocks<decltype(o)::value, decltype(r)::value>(w); });
@@ -586,25 +602,36 @@ std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor&
   return r;
 }
 
+// The dense window as the whole-window kernels take it: 16-bit inputs (the tensor cores) in their type, kw the
+// width rounded up to 16; others (the FMA convolution) in the accumulation type, kw = Lw. reference: by
+// window_kernel_thread, one cell at a time, else by the block build the kernels run (window_build.h).
 template <typename scalar_t, typename acc_t>
-at::Tensor window_kernel_of(const TapsArgs<scalar_t, acc_t>& a, bool flip, const at::TensorOptions& options) {
+at::Tensor window_kernel_of(const TapsArgs<scalar_t, acc_t>& a, bool flip, bool reference,
+                            const at::TensorOptions& options) {
+  auto build = [&](auto* kern, int kw) {
+    if (reference) {
+      for (int64_t i = 0; i < a.C * a.Lh * kw; ++i) window_kernel_thread(i, a, kw, flip, kern);
+    } else {
+      emulate_window_build(a, kw, flip, kern);
+    }
+  };
   if constexpr (window_corr_dtype<scalar_t>()) {
     const int kw = static_cast<int>(16 * ((a.Lw + 15) / 16));
     auto out = at::empty({a.C, a.Lh, kw}, options);
-    auto* k = static_cast<scalar_t*>(out.data_ptr());
-    for (int64_t i = 0; i < out.numel(); ++i) window_kernel_thread(i, a, kw, flip, k);
+    build(static_cast<scalar_t*>(out.data_ptr()), kw);
     return out.narrow(2, 0, a.Lw).contiguous();
   } else {
-    TORCH_CHECK(false, "window_kernel: 16-bit inputs only");
-    return at::Tensor();
+    auto out = at::empty({a.C, a.Lh, a.Lw}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+    build(static_cast<acc_t*>(out.data_ptr()), static_cast<int>(a.Lw));
+    return out;
   }
 }
 
-// The dense window the tensor-core convolution takes (window_kernel_thread): (C, Lh, Lw) in the input's 16-bit
-// type; flip: turned by 180 degrees (the input gradient's).
+// The dense window the whole-window convolutions take (window_kernel_of): (C, Lh, Lw); flip: turned by 180
+// degrees (the input gradient's).
 at::Tensor emulate_window_kernel(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                  at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 c10::string_view interpolation, bool flip) {
+                                 c10::string_view interpolation, bool flip, bool reference) {
   const int interp = parse_interp(std::string(interpolation));
   check_taps_args(input, weight, positions, window, stride, padding, interp, c10::nullopt);
   const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
@@ -612,7 +639,7 @@ at::Tensor emulate_window_kernel(const at::Tensor& input, const at::Tensor& weig
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_window_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
-    out = window_kernel_of(a, flip, input.options());
+    out = window_kernel_of(a, flip, reference, input.options());
   });
   return out;
 }
@@ -639,7 +666,7 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
   m.def("fma_plan(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation) -> int[]");
   m.def("window_kernel(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
-        "str interpolation, bool flip) -> Tensor");
+        "str interpolation, bool flip, bool reference=False) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
   m.def("take_kernels() -> str[]", &take_kernels);
 }

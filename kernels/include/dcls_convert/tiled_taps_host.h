@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
@@ -251,18 +252,46 @@ TiledCorr<scalar_t, acc_t> corr_plan(const at::Tensor& x, const at::Tensor& g, c
   return c;
 }
 
-// Whether environment variable `var` ("corr", "conv" or "all"; read at every call) selects `part`.
-inline bool part_selected(const char* var, const char* part) {
+// What environment variable `var` (read at every call) says of `part` ("corr" or "conv"): unset or "auto", the
+// cost rule decides; "all" or the part's name, on where it applies; anything else ("none", the other part), off.
+enum class PartChoice { kAuto, kOn, kOff };
+inline PartChoice part_choice(const char* var, const char* part) {
   const char* e = std::getenv(var);
-  if (e == nullptr) return false;
+  if (e == nullptr) return PartChoice::kAuto;
   const std::string v(e);
-  return v == "all" || v == part;
+  if (v.empty() || v == "auto") return PartChoice::kAuto;
+  return v == "all" || v == part ? PartChoice::kOn : PartChoice::kOff;
+}
+inline bool part_selected(const char* var, const char* part) { return part_choice(var, part) == PartChoice::kOn; }
+
+// The cost rule of the tensor cores against the tables' kernels for a 16-bit stride-1 layer, from the H200's
+// per-layer timings (RESULTS.md, ninth session; bfloat16 channels_last, window 17, batch 64, K = 34 at the four
+// ConvNeXt-T stage planes, off-grid and on-grid taps). Per output, the tables' forward costs about 13.6 ps plus
+// 0.07 ps per table entry on planes of 28 x 28 and up, the tensor cores' a fixed 17.4 ps at 56 x 56 that grows
+// as planes shrink (tiles of 16 x 8 outputs only partly filled, the window staged per job): break-even at 54
+// entries at 56 x 56, 127 at 28 x 28, 240 at 14 x 14, 620 at 7 x 7, about 54 (3136 / plane)^0.6. The
+// correlation's break-even is lower (the tables spend a warp reduction per entry): 3 to 4 times faster at 56 x 56
+// with 4K = 136 entries, equal at 7 x 7. Both scale with the padded window against the 17 x 32 measured (the
+// tensor cores' work); the entries are the tables' bound (4K bilinear, K nearest: a freshly converted layer
+// with on-grid taps has K, and the conv margin of 1.25 keeps such layers on the tables below 56 x 56).
+inline double mma_break_even(double at_56, int64_t plane, int64_t Lh, int64_t Lw) {
+  const double kw = 16.0 * double((Lw + 15) / 16);
+  return at_56 * std::pow(3136.0 / double(std::max<int64_t>(plane, 1)), 0.6) * double(Lh) * kw / (17.0 * 32.0);
 }
 
-// DCLS_CONVERT_CUDA_MMA: the parts of a 16-bit layer that run on tensor cores where they apply: "corr" (weight
-// and position gradients, window_corr.h), "conv" (forward and input gradient, window_conv.h) or "all"; unset,
-// none (the tables' kernels). Opt-in until a GPU has run them.
-inline bool mma_mode(const char* part) { return part_selected("DCLS_CONVERT_CUDA_MMA", part); }
+// Whether part ("conv": the forward, or with flip the input gradient; "corr": the weight and position gradients)
+// of a 16-bit layer runs on the tensor cores: DCLS_CONVERT_CUDA_MMA=corr|conv|all|none forces it, unset (or
+// "auto") the cost rule above decides. Whether the kernels apply (stride 1, windows up to 64, shared memory) is
+// the plans' to say.
+template <typename scalar_t, typename acc_t>
+bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip = false) {
+  const PartChoice choice = part_choice("DCLS_CONVERT_CUDA_MMA", part);
+  if (choice != PartChoice::kAuto) return choice == PartChoice::kOn;
+  const double entries = double(a.K) * (a.interp == kBilinear ? 4.0 : 1.0);
+  const int64_t plane = flip ? a.H * a.W : a.Ho * a.Wo;
+  if (std::string(part) == "conv") return entries >= 1.25 * mma_break_even(54.0, plane, a.Lh, a.Lw);
+  return entries >= mma_break_even(12.0, plane, a.Lh, a.Lw);
+}
 
 // DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load
 // (the A/B arm of the 16-byte loads; tests compare the two).

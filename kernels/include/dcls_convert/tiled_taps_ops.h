@@ -58,7 +58,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
-    const auto wv = !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
+    const auto wv = !L::gather_only() && mma_wanted("conv", a) && L::mma_supported(input)
                         ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                         : WindowConv<scalar_t>();
     const auto fv = !wv.ok && !L::gather_only() && fma_mode("conv")
@@ -111,8 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       };
       std::vector<Phase> phases;
       // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
-      // on tensor cores where they apply (16-bit, stride 1, opted in), else the tables' stride phases
-      const auto wg = mask[0] && !L::gather_only() && mma_mode("conv") && L::mma_supported(input)
+      // on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), else the tables' stride phases
+      const auto wg = mask[0] && !L::gather_only() && mma_wanted("conv", a, true) && L::mma_supported(input)
                           ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                           : WindowConv<scalar_t>();
       // or, opted in, the FMA convolution (float32, float64)
@@ -129,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           tiled_gi = plan.cfg.ok;
         }
       }
-      // weight and position gradients: tensor cores where they apply (16-bit, opted in), else the tables
-      const auto wc = want_taps && !L::gather_only() && mma_mode("corr") && L::mma_supported(input)
+      // weight and position gradients: tensor cores where they apply (16-bit) and pay (mma_wanted), else the tables
+      const auto wc = want_taps && !L::gather_only() && mma_wanted("corr", a) && L::mma_supported(input)
                           ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : WindowCorr<scalar_t>();
       // or, opted in, the FMA correlation where it applies
