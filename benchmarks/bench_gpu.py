@@ -186,12 +186,21 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                         modes.update({("mma " + part, k): v for k, v in kernel_time(arm).items()})
                     finally:
                         del os.environ["DCLS_CONVERT_CUDA_MMA"]
+                # the tensor-core convolution staging 8 input rows per round (as built in the seventh session)
+                os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
+                os.environ["DCLS_CONVERT_CUDA_MMA_BAND"] = "8"
+                try:
+                    arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")}
+                    modes.update({("mma band-8", k): v for k, v in kernel_time(arm).items()})
+                finally:
+                    del os.environ["DCLS_CONVERT_CUDA_MMA"]
+                    del os.environ["DCLS_CONVERT_CUDA_MMA_BAND"]
             # FMA over the whole window (the tensor cores off), opt-in: the forward and input gradient (float32)
-            # and the weight/position gradients (any dtype)
+            # and the weight/position gradients (any dtype); timed in the ninth session's calls 1 and 2
+            fma_fns = {} if new_arms else {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
             os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
             try:
-                fma_fns = {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
                 modes.update({("fma", k): v for k, v in kernel_time(fma_fns).items()})
             finally:
                 del os.environ["DCLS_CONVERT_CUDA_FMA"]
@@ -240,6 +249,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU mma wgrad": modes.get(("mma corr", "wgrad"), nan),
                 "GPU mma wgrad/floor": modes.get(("mma corr", "wgrad"), nan) / ari_ms,
                 "GPU mma fwd+bwd": modes.get(("mma all", "fwd+bwd"), nan),
+                "GPU mma band-8 fwd": modes.get(("mma band-8", "fwd"), nan),
+                "GPU mma band-8 fwd+bwd": modes.get(("mma band-8", "fwd+bwd"), nan),
                 "GPU fma fwd": modes.get(("fma", "fwd"), nan),
                 "GPU fma fwd/floor": modes.get(("fma", "fwd"), nan) / floor,
                 "GPU fma dgrad": modes.get(("fma", "dgrad"), nan),
@@ -277,7 +288,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "(=runtime-pitch); plain 'GPU' columns: the default choice (16-bit rows: the tensor cores where their cost "
           "rule says, mma_wanted); 'tables': 16-bit rows with DCLS_CONVERT_CUDA_MMA=none; 'mma': tensor cores "
           "forced (16-bit rows): fwd and dgrad with =conv, "
-          "wgrad with =corr, fwd+bwd with =all; the floors stay those of the table's float32 products; 'fma': "
+          "wgrad with =corr, fwd+bwd with =all ('band-8': =all with DCLS_CONVERT_CUDA_MMA_BAND=8, 8 input rows staged "
+          "per round); the floors stay those of the table's float32 products; 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
     cols = []

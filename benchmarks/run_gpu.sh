@@ -20,8 +20,9 @@ cap() { local l; l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 20
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 DCLS_CONVERT_CUDA=1 \
   python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
+# TESTS_K: a pytest -k expression (a call short of time runs the tests of what it changed)
 timeout "$(cap 150 ${TEST_RESERVE:-300})" python3 -m pytest tests/test_cuda.py -q -rfE -n 8 -p no:cacheprovider \
-  > "$OUT/test_cuda.log" 2>&1
+  ${TESTS_K:+-k "$TESTS_K"} > "$OUT/test_cuda.log" 2>&1
 echo "tests rc=$? after $(( $(date +%s) - start )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/test_cuda.log" | tail -30
 PYTHONUNBUFFERED=1 timeout "$(cap ${BENCH_TIMEOUT:-400} ${PROFILE_RESERVE:-5})" python3 benchmarks/bench_gpu.py "$@" \
   > "$OUT/bench_gpu.log" 2>&1

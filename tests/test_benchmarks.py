@@ -47,7 +47,7 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     for col in ("GPU fwd", "GPU first-tiles fwd+bwd", "GPU one-load fwd+bwd", "GPU fitted-cl fwd+bwd",
                 "GPU unpaired on-grid fwd", "GPU runtime-pitch fwd+bwd", "GPU mma fwd", "GPU mma dgrad",
                 "GPU mma wgrad", "GPU mma fwd+bwd", "GPU tables fwd", "GPU tables wgrad", "GPU tables on-grid wgrad",
-                "GPU mma on-grid wgrad", "GPU on-grid wgrad"):
+                "GPU mma on-grid wgrad", "GPU on-grid wgrad", "GPU mma band-8 fwd+bwd"):
         assert col in rows[1] and rows[1][col] == 0.5, col
     # the tensor-core arms (16-bit rows only), each part alone, all together and none, and the switch left unset
     assert set(mma_seen) == {None, "all", "corr", "conv", "none"}

@@ -659,7 +659,8 @@ def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, paddi
 @pytest.mark.parametrize("size,K,interp,env,conv,corr", [
     ([56, 56], 34, "bilinear", None, True, True),      # stage 1 with 4K = 136 entries: both parts pay
     ([56, 56], 10, "bilinear", None, False, True),     # 40 entries: the tables' forward is cheaper
-    ([28, 28], 34, "bilinear", None, False, True),     # stage 2: the forward's break-even (124, margin 1.25) above 136
+    ([28, 28], 34, "bilinear", None, True, True),      # stage 2: the forward's break-even 99
+    ([14, 14], 34, "bilinear", None, False, True),     # stage 3: 184, past 136; the correlation's 63
     ([7, 7], 34, "bilinear", None, False, False),      # stage 4: the tables' correlation too
     ([7, 7], 34, "bilinear", "all", True, True),       # forced on
     ([56, 56], 34, "bilinear", "none", False, False),  # forced off
@@ -788,7 +789,7 @@ def test_window_plans_fit_the_device(size, window, padding, conv_ok, corr_ok):
     Padding past the window (more than L - 1) stops both."""
     x = torch.randn(2, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
-    ok_conv, conv_bytes, ok_corr, corr_bytes = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
+    ok_conv, conv_bytes, ok_corr, corr_bytes, _ = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert (bool(ok_conv), bool(ok_corr)) == (conv_ok, corr_ok)
     for ok, nbytes in ((ok_conv, conv_bytes), (ok_corr, corr_bytes)):
         assert not ok or nbytes <= 227 * 1024
@@ -815,6 +816,36 @@ def test_window_mma_vector_staging_changes_no_bit(monkeypatch, size, window, pad
     torch.testing.assert_close(runs[0][4], runs[1][4], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size,window,padding,band", [
+    ([56, 56], [17, 17], [8, 8], 16),   # stage 1: 48 rows a job; 24 or 32 would pass the 110 KiB of two blocks a SM
+    ([28, 28], [17, 17], [8, 8], 16),   # stage 2: a job's 28 rows in two rounds instead of four
+    ([14, 14], [17, 17], [8, 8], 16),   # stage 3: 14 rows, one round instead of two
+    ([7, 7], [17, 17], [8, 8], 8),      # stage 4: 7 rows
+    ([30, 16], [9, 9], [4, 4], 32),     # a small window: 30 rows in one round
+    ([24, 24], [7, 7], [3, 3], 24),     # 24 rows
+    ([9, 64], [51, 41], [25, 20], 8),   # a 51-row window: its kernels alone pass the 110 KiB
+])
+def test_window_conv_bands_change_no_bit(monkeypatch, size, window, padding, band):
+    """The tensor-core convolution stages up to 32 input rows per round (window_conv_band; the rows a job reads,
+    within the shared memory of two blocks per SM): the output and input gradient bitwise those of bands of 8
+    (DCLS_CONVERT_CUDA_MMA_BAND=8: the rows' products are summed in the same order)."""
+    x = torch.randn(2, 16, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, 16, 1, 34, window, spread=1.4, dtype=torch.float32)
+    b = torch.randn(16)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")
+    assert E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[4] == band
+    g = torch.randn(x.shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    runs = []
+    for cap in ("", "8"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_BAND", cap)
+        assert E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[4] == (8 if cap else band)
+        out = E.taps_conv(x, w, p, b, window, [1, 1], padding, "bilinear")
+        runs.append([out, E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [True] + [False] * 3)[0]])
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+    ref = reference.taps_conv(x.double(), w.double(), p.double(), b.double(), window, [1, 1], padding, "bilinear")
+    assert max_rel(runs[0][0].double(), ref) < 2 ** -5
+
+
 @pytest.mark.parametrize("size,C", [([56, 56], 16), ([28, 28], 8), ([7, 7], 24)])
 def test_window_mma_convnext_stage_shapes(monkeypatch, size, C):
     """ConvNeXt-T's stage planes (56, 28, 7) at window 17 in bfloat16 channels_last, every part on tensor cores:
@@ -824,7 +855,7 @@ def test_window_mma_convnext_stage_shapes(monkeypatch, size, C):
     w, p, _ = random_taps(2, C, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
     b = torch.randn(C)
     monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "all")
-    assert E.window_plans(x, w, p, [17, 17], [1, 1], [8, 8], "bilinear")[::2] == [1, 1]
+    assert E.window_plans(x, w, p, [17, 17], [1, 1], [8, 8], "bilinear")[:4:2] == [1, 1]
     E.take_launches()
     out = E.taps_conv(x, w, p, b, [17, 17], [1, 1], [8, 8], "bilinear")
     g = torch.randn(out.shape).bfloat16().contiguous(memory_format=torch.channels_last)

@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(Wind
       DCLS_UNROLL
       for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
       const int64_t end = conv_end_row(w, j);
-      for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
+      for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += w.band) {
         __syncthreads();  // the previous band is read (and the kernels staged)
         window_conv_stage_rows(w, j, iy0, smem, tid);
         __syncthreads();

@@ -329,7 +329,7 @@ struct EmulatedLaunch {
         std::fill(smem.begin(), smem.begin() + kWindowCorrWarps * w.x_words(), 0xffffffffu);
         std::fill(smem.begin() + w.results_offset(), smem.end(), 0xffffffffu);
         const int64_t end = conv_end_row(w, j);
-        for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += kWindowConvBand) {
+        for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += w.band) {
           for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_rows(w, j, iy0, smem.data(), tid);
           for (int warp = 0; warp < kWindowCorrWarps; ++warp)
             window_conv_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
@@ -566,13 +566,13 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
   const int interp = parse_interp(std::string(interpolation));
   auto out = checked_taps_output(input, weight, positions, c10::nullopt, window, stride, padding, interp);
   const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
-  std::vector<int64_t> r{0, 0, 0, 0};
+  std::vector<int64_t> r{0, 0, 0, 0, 0};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_window_plans", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     const auto v = window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto c = window_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
-    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4};
+    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band};
   });
   return r;
 }

@@ -267,16 +267,18 @@ inline bool part_selected(const char* var, const char* part) { return part_choic
 // The cost rule of the tensor cores against the tables' kernels for a 16-bit stride-1 layer, from the H200's
 // per-layer timings (RESULTS.md, ninth session; bfloat16 channels_last, window 17, batch 64, K = 34 at the four
 // ConvNeXt-T stage planes, off-grid and on-grid taps). Per output, the tables' forward costs about 13.6 ps plus
-// 0.07 ps per table entry on planes of 28 x 28 and up, the tensor cores' a fixed 17.4 ps at 56 x 56 that grows
-// as planes shrink (tiles of 16 x 8 outputs only partly filled, the window staged per job): break-even at 54
-// entries at 56 x 56, 127 at 28 x 28, 240 at 14 x 14, 620 at 7 x 7, about 54 (3136 / plane)^0.6. The
-// correlation's break-even is lower (the tables spend a warp reduction per entry): 3 to 4 times faster at 56 x 56
-// with 4K = 136 entries, equal at 7 x 7. Both scale with the padded window against the 17 x 32 measured (the
-// tensor cores' work); the entries are the tables' bound (4K bilinear, K nearest: a freshly converted layer
-// with on-grid taps has K, and the conv margin of 1.25 keeps such layers on the tables below 56 x 56).
-inline double mma_break_even(double at_56, int64_t plane, int64_t Lh, int64_t Lw) {
+// 0.07 ps per table entry (17.6 and 28 ps plus 0.08 on 14 x 14 and 7 x 7 planes), the tensor cores' a fixed
+// 17.1 ps at 56 x 56 that grows as planes shrink (tiles of 16 x 8 outputs partly filled, fewer products per
+// barrier): break-even at 53 entries at 56 x 56, 107 at 28 x 28, 162 at 14 x 14, 335 at 7 x 7, about
+// 53 (3136 / plane)^0.45. The correlation's is lower (the tables spend a warp reduction per entry, and on-grid
+// taps keep both rows for the position gradient): 3x faster at 56 x 56 with 4K = 136 entries, equal at 7 x 7,
+// about 12 (3136 / plane)^0.6. Both scale with the window padded as the tensor cores take it against the
+// 17 x 32 measured. The entries are the tables' bound, 4K bilinear, K nearest: what a layer in training has once
+// its positions leave the grid (a freshly converted layer's on-grid taps make K, for which the tables' forward is
+// up to 1.3x faster at 28 x 28 until the first step moves them).
+inline double mma_break_even(double at_56, double slope, int64_t plane, int64_t Lh, int64_t Lw) {
   const double kw = 16.0 * double((Lw + 15) / 16);
-  return at_56 * std::pow(3136.0 / double(std::max<int64_t>(plane, 1)), 0.6) * double(Lh) * kw / (17.0 * 32.0);
+  return at_56 * std::pow(3136.0 / double(std::max<int64_t>(plane, 1)), slope) * double(Lh) * kw / (17.0 * 32.0);
 }
 
 // Whether part ("conv": the forward, or with flip the input gradient; "corr": the weight and position gradients)
@@ -289,8 +291,8 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
   if (choice != PartChoice::kAuto) return choice == PartChoice::kOn;
   const double entries = double(a.K) * (a.interp == kBilinear ? 4.0 : 1.0);
   const int64_t plane = flip ? a.H * a.W : a.Ho * a.Wo;
-  if (std::string(part) == "conv") return entries >= 1.25 * mma_break_even(54.0, plane, a.Lh, a.Lw);
-  return entries >= mma_break_even(12.0, plane, a.Lh, a.Lw);
+  if (std::string(part) == "conv") return entries >= mma_break_even(53.0, 0.45, plane, a.Lh, a.Lw);
+  return entries >= mma_break_even(12.0, 0.6, plane, a.Lh, a.Lw);
 }
 
 // DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load
@@ -298,6 +300,14 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
 inline std::string staging_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA_STAGING");
   return e == nullptr ? std::string() : std::string(e);
+}
+
+// DCLS_CONVERT_CUDA_MMA_BAND=8|16|24|32: the most input rows the tensor-core convolution stages per round (the
+// A/B arm of window_conv_band; 8 is one band of 8 rows, as the seventh session built it). Unset: 32.
+inline int conv_band_cap() {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA_BAND");
+  const int v = e == nullptr ? 0 : std::atoi(e);
+  return v >= kWindowConvBand ? v : kWindowConvMaxBand;
 }
 
 template <typename scalar_t>
@@ -401,6 +411,7 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     w.x_cl = w.xs[1] == 1 && a.C > 1;
     w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.out_cl = w.os[1] == 1 && a.C > 1;
+    if (w.ok) w.band = window_conv_band(w, max_smem_bytes, conv_band_cap());
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;

@@ -29,7 +29,11 @@
 
 namespace dcls_convert {
 
-constexpr int kWindowConvBand = 8;
+constexpr int kWindowConvBand = 8;      // input rows staged at a time: at least, and the step of larger bands
+constexpr int kWindowConvMaxBand = 32;
+// Shared memory a block may take for larger bands: two blocks of 8 warps per SM on sm_80 and sm_90 (up to 227
+// KiB per SM), as the kernels' launch bounds ask.
+constexpr int64_t kWindowConvBandSmemBytes = 110 * 1024;
 constexpr int kWindowConvMaxWo = 1 << 16;  // in tiles of up to 64 columns
 constexpr int kWindowConvMaxWindow = 64;
 constexpr int kKernelPadRows = 16;
@@ -47,6 +51,7 @@ struct WindowConv {
   int mt = 1, nt = 1, ks = 1;
   int xw = 16, kp = 12;  // words per staged input row copy; per kernel row (4 mod 8: conflict-free A fragments)
   int64_t slabs = 1;     // of images per (group, row tile): the kernels are staged once per slab
+  int band = kWindowConvBand;  // input rows staged per round (window_conv_band)
   bool ok = false;
 
   DCLS_HD int kw() const { return 16 * ks; }
@@ -58,7 +63,7 @@ struct WindowConv {
   DCLS_HD int64_t col_tiles() const { return (Wo + cols() - 1) / cols(); }
   DCLS_HD int64_t tiles() const { return row_tiles() * col_tiles(); }
   DCLS_HD int64_t blocks() const { return groups() * tiles() * slabs; }
-  DCLS_HD int x_words() const { return channel_words(kWindowConvBand * 2 * xw); }  // per channel
+  DCLS_HD int x_words() const { return channel_words(band * 2 * xw); }  // per channel
   DCLS_HD int k_rows() const { return static_cast<int>(Lh) + 2 * kKernelPadRows; }
   DCLS_HD int k_words() const { return channel_words(k_rows() * kp); }
   DCLS_HD int res_words() const { return channel_words(rows() * cols() / 2); }  // 16-bit results
@@ -90,6 +95,22 @@ WindowConv<scalar_t> window_conv_shape(int64_t N, int64_t C, int64_t H, int64_t 
   w.kp = 8 * w.ks + 4;
   w.ok = true;
   return w;
+}
+
+// Input rows staged per round: each round of a block job's image is a barrier, a staging and the products of its
+// rows, so the fewer rounds the better where the products are few (planes of 28 x 28 and less read 14-28 rows,
+// 2-4 bands of 8), up to the rows a job reads (rounded up to 8) and kWindowConvMaxBand, within
+// kWindowConvBandSmemBytes (or max_band, the A/B arm's: 8 is one band of 8 rows as before).
+template <typename scalar_t>
+int window_conv_band(WindowConv<scalar_t> w, int64_t max_smem_bytes, int max_band = kWindowConvMaxBand) {
+  const int64_t reads = std::min<int64_t>(w.rows() + w.Lh - 1, w.H);
+  const int want = static_cast<int>(std::min<int64_t>((reads + 7) / 8 * 8, std::min(max_band, kWindowConvMaxBand)));
+  const int64_t budget = std::min(max_smem_bytes, kWindowConvBandSmemBytes);
+  for (int b = want; b > kWindowConvBand; b -= kWindowConvBand) {
+    w.band = b;
+    if (w.smem_words() * 4 <= budget) return b;
+  }
+  return kWindowConvBand;
 }
 
 // The dense window of channel c, element i of (C, Lh, kw): the taps' corner weights summed at each cell (the
@@ -169,14 +190,14 @@ DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowC
                                     int tid) {
   if (w.vec8) {
     stage_rows_vec8(smem, w.x_words(), w.xw, w.x + j.n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0,
-                    kWindowConvBand, w.xe(), w.H, w.W, w.pw - j.ox0, tid, kWindowCorrThreads);
+                    w.band, w.xe(), w.H, w.W, w.pw - j.ox0, tid, kWindowCorrThreads);
     return;
   }
   const StageRole s = conv_stage_role(w.x_cl, tid);
   const int64_t c = j.c0 + s.ci;
   const bool live = c < w.C;
   stage_rows_scalar(reinterpret_cast<scalar_t*>(smem + int64_t(s.ci) * w.x_words()), w.xw,
-                    w.x + j.n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, iy0, kWindowConvBand, w.xe(), w.H, w.W,
+                    w.x + j.n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, iy0, w.band, w.xe(), w.H, w.W,
                     w.pw - j.ox0, live, s.sub, s.nsub);
 }
 
@@ -190,7 +211,7 @@ DCLS_HD void window_conv_rows(const WindowConv<scalar_t>& w, const WindowConvJob
   const int kp = w.kp, step = 2 * w.xw;
   // the band's rows inside the input (zero rows add nothing)
   const int first = static_cast<int>(std::max<int64_t>(0, -iy0));
-  const int last = static_cast<int>(std::min<int64_t>(kWindowConvBand, w.H - iy0));
+  const int last = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0));
   int base = static_cast<int>(iy0 + first + w.ph - j.oy0);  // the kernel row of output row oy0, at input row `first`
   // Word offsets of the lane's first A row (tile 0, rows gq) and B pair, moved by one row per input row: the row
   // gq + 8 is 8 kernel rows up, tile i 16 rows up. Offsets of a skipped tile may leave the kernel: never read.
