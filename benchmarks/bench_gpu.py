@@ -458,7 +458,7 @@ MMA = ", tensor cores"
 # variants run with DCLS_CONVERT_CUDA_MMA=none (the tables' kernels for every part, as before the cost rule)
 TABLES = ", tables"
 # variants run with DCLS_CONVERT_CUDA_FMA=all (FMA over the whole window: float32 forward and input gradient, the
-# weight and position gradients of any dtype; opt-in until measured)
+# weight and position gradients of any dtype; opt-in, slower than the tables on the H200)
 FMA = ", fma"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)

@@ -339,8 +339,8 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
 
 // DCLS_CONVERT_CUDA_FMA: the parts of a layer the tensor cores do not take that run by FMA over the whole window
 // where it applies: "corr" (weight and position gradients, window_fma_corr.h), "conv" (forward and input
-// gradient, float32 and float64, window_fma_conv.h) or "all"; unset, none (the tables'). Opt-in until a GPU has
-// timed them.
+// gradient, float32 and float64, window_fma_conv.h) or "all"; unset, none (the tables'). Opt-in: on an H200 they
+// were slower than the tables at every ConvNeXt-T stage but the stage-1 correlation (RESULTS.md, ninth session).
 inline bool fma_mode(const char* part) { return part_selected("DCLS_CONVERT_CUDA_FMA", part); }
 
 // The FMA kernels' staging offsets within a plane are 31-bit (RegionWalk): a plane of h x wd with strides s (n, c,

@@ -1,5 +1,5 @@
 // The GPU tap engine's forward and input gradient for 16-bit inputs at stride 1, on tensor cores: the taps made
-// into the dense window (window_kernel_thread, rounded to the input's 16-bit type, as a dense convolution under
+// into the dense window (window_build.h, rounded to the input's 16-bit type, as a dense convolution under
 // autocast takes its weight), then the depthwise convolution with it as mma.m16n8k16 products.
 //
 // For one input row iy, the outputs it reaches are a matrix product:
@@ -41,7 +41,7 @@ constexpr int kKernelPadRows = 16;
 template <typename scalar_t>
 struct WindowConv {
   const scalar_t* x = nullptr;     // (N, C, H, W): the input, or the output gradient for the input gradient
-  const scalar_t* kern = nullptr;  // (C, Lh, kw), kw = 16 * ks: the dense window, zero past Lw (window_kernel_thread)
+  const scalar_t* kern = nullptr;  // (C, Lh, kw), kw = 16 * ks: the dense window, zero past Lw (window_build.h)
   const float* bias = nullptr;     // (C) or nullptr
   scalar_t* out = nullptr;         // (N, C, Ho, Wo)
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
@@ -116,7 +116,8 @@ int window_conv_band(WindowConv<scalar_t> w, int64_t max_smem_bytes, int max_ban
 // The dense window of channel c, element i of (C, Lh, kw): the taps' corner weights summed at each cell (the
 // corners in tap order, in the accumulation type: run to run the same), zero past Lw; flip: turned by 180 degrees
 // (the input gradient's). out_t: the input's 16-bit type for the tensor cores (rounded as autocast rounds a dense
-// conv's weight), the accumulation type for the FMA convolution (window_fma_conv.h).
+// conv's weight), the accumulation type for the FMA convolution (window_fma_conv.h). One cell at a time: the
+// reference the kernels' block build (window_build.h) is tested against, bitwise.
 template <typename scalar_t, typename acc_t, typename out_t>
 DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, acc_t>& a, int kw, bool flip, out_t* kern) {
   const int64_t per = a.Lh * kw, c = i / per, r = (i % per) / kw, q = i % kw;

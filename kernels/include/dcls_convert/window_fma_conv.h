@@ -1,5 +1,5 @@
 // The GPU tap engine's forward and input gradient at stride 1 by scalar FMA over the whole window, for float32
-// (and float64, for tests): the taps summed into the dense window in the accumulation type (window_kernel_thread;
+// (and float64, for tests): the taps summed into the dense window in the accumulation type (window_build.h;
 // no rounding), then the depthwise convolution with it. The input gradient is the same convolution of the output
 // gradient with the window turned by 180 degrees and padding L - 1 - p.
 //
