@@ -31,9 +31,6 @@ namespace dcls_convert {
 
 constexpr int kWindowConvBand = 8;      // input rows staged at a time: at least, and the step of larger bands
 constexpr int kWindowConvMaxBand = 32;
-// Shared memory a block may take for larger bands: two blocks of 8 warps per SM on sm_80 and sm_90 (up to 227
-// KiB per SM), as the kernels' launch bounds ask.
-constexpr int64_t kWindowConvBandSmemBytes = 110 * 1024;
 constexpr int kWindowConvMaxWo = 1 << 16;  // in tiles of up to 64 columns
 constexpr int kWindowConvMaxWindow = 64;
 constexpr int kKernelPadRows = 16;
@@ -99,13 +96,14 @@ WindowConv<scalar_t> window_conv_shape(int64_t N, int64_t C, int64_t H, int64_t 
 
 // Input rows staged per round: each round of a block job's image is a barrier, a staging and the products of its
 // rows, so the fewer rounds the better where the products are few (planes of 28 x 28 and less read 14-28 rows,
-// 2-4 bands of 8), up to the rows a job reads (rounded up to 8) and kWindowConvMaxBand, within
-// kWindowConvBandSmemBytes (or max_band, the A/B arm's: 8 is one band of 8 rows as before).
+// 2-4 bands of 8), up to the rows a job reads (rounded up to 8) and kWindowConvMaxBand (or max_band, the A/B
+// arm's: 8 is one band of 8 rows as before), while two blocks still fit an SM as the kernel's launch bounds ask
+// (max_smem_bytes, a block's most, is the SM's less 1 KiB: 227 KiB on sm_90, 163 on sm_80; each block reserves 1).
 template <typename scalar_t>
 int window_conv_band(WindowConv<scalar_t> w, int64_t max_smem_bytes, int max_band = kWindowConvMaxBand) {
   const int64_t reads = std::min<int64_t>(w.rows() + w.Lh - 1, w.H);
   const int want = static_cast<int>(std::min<int64_t>((reads + 7) / 8 * 8, std::min(max_band, kWindowConvMaxBand)));
-  const int64_t budget = std::min(max_smem_bytes, kWindowConvBandSmemBytes);
+  const int64_t budget = (max_smem_bytes + 1024) / 2 - 1024;
   for (int b = want; b > kWindowConvBand; b -= kWindowConvBand) {
     w.band = b;
     if (w.smem_words() * 4 <= budget) return b;
