@@ -15,6 +15,7 @@ namespace dcls_convert {
 
 constexpr int kWindowBuildThreads = 256;
 constexpr int kWindowBuildChunk = 256;  // taps staged at a time
+static_assert(kWindowBuildThreads >= kWindowBuildChunk, "a thread stages each tap of a chunk");
 
 // One tap's corners: rows cell_h .. cell_h + n_h - 1 by columns cell_w .. cell_w + n_w - 1, the weight times the
 // row coefficient (wh, the factor window_kernel_thread forms first) and the column coefficient (cw).
