@@ -203,6 +203,22 @@ def _cuda_kernels(fn) -> str:
     return " ".join(e.name for e in prof.events())
 
 
+@pytest.mark.parametrize("shape", [(8, 192, 28, 28), (16, 384, 14, 14)])
+def test_window_conv_bands_cuda(monkeypatch, shape):
+    """The tensor-core convolution's 16-row bands (stages 2-3) give bitwise the outputs and input gradients of bands
+    of 8 (DCLS_CONVERT_CUDA_MMA_BAND=8): the same products summed in the same order, more shared memory."""
+    x, w, p, b, win, pad = _window_layer(shape, 17, torch.bfloat16, True)
+    g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")
+    runs = []
+    for cap in ("", "8"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_BAND", cap)
+        runs.append((ops.taps_conv(x, w, p, b, win, [1, 1], pad),
+                     back(g, x, w, p, win, [1, 1], pad, "bilinear", [True, False, False, False])[0]))
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+
+
 @pytest.mark.parametrize("shape,conv,corr", [((8, 96, 56, 56), True, True), ((8, 768, 7, 7), False, False)])
 def test_mma_cost_rule_cuda(monkeypatch, shape, conv, corr):
     """By default (DCLS_CONVERT_CUDA_MMA unset) a bfloat16 layer at stage 1 (K = 34 off-grid taps, window 17) runs
