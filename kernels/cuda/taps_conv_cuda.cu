@@ -1,5 +1,8 @@
-// Depthwise tap convolution on CUDA: the kernels of the tiled engine (tiled_taps.h) and of the gather fallback
-// (taps_threads.h), launched by the op flow of tiled_taps_ops.h. No atomics: results are identical run to run.
+// Depthwise tap convolution on CUDA: the op flow of tiled_taps_ops.h over the CUDA launch policy, the tiled
+// engine's table build and the gather fallback's kernels (taps_threads.h). The tiled forward and correlation
+// (tiled_forward.cu; tiled_corr.cuh in tiled_corr_16.cu and tiled_corr_32.cu) and the whole-window kernels
+// (window_mma.cu, window_fma.cu) are compiled in their own translation units, in parallel. No atomics: results
+// are identical run to run.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
@@ -10,6 +13,8 @@
 
 #include "dcls_convert/tiled_taps_ops.h"
 #include "launch.cuh"
+#include "tiled_kernels.cuh"
+#include "tiled_launch.h"
 #include "window_launch.h"
 
 namespace dcls_convert {
@@ -23,18 +28,6 @@ template <typename scalar_t, typename acc_t>
 struct GradInputFn {
   __device__ static void run(int64_t i, const TapsArgs<scalar_t, acc_t>& a) { taps_grad_input_thread(i, a); }
 };
-template <typename scalar_t, typename acc_t>
-struct FinishArgs {
-  TiledCorr<scalar_t, acc_t> corr;
-  TapsArgs<scalar_t, acc_t> taps;
-};
-template <typename scalar_t, typename acc_t>
-struct FinishFn {
-  __device__ static void run(int64_t i, const FinishArgs<scalar_t, acc_t>& a) {
-    tiled_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
 // The fallback for shapes the tiles cannot hold: one block per tap streaming all outputs.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kWgradThreads) wgrad_kernel(TapsArgs<scalar_t, acc_t> a) {
@@ -60,8 +53,6 @@ __global__ void __launch_bounds__(kWgradThreads) wgrad_kernel(TapsArgs<scalar_t,
   }
 }
 
-
-extern __shared__ __align__(16) unsigned char tile_smem[];
 
 // One block per channel, the phases of the table build (tiled_taps.h) in shared memory.
 template <typename scalar_t, typename acc_t>
@@ -125,99 +116,6 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   }
 }
 
-// Resident blocks per SM the tiled kernels ask registers for: float accumulation fits (forward 64 registers,
-// correlation 80); float64, for tests only, would spill under those bounds and asks for fewer blocks.
-template <typename acc_t>
-constexpr int tile_blocks_per_sm(int for_float) {
-  return sizeof(acc_t) == 8 ? 1 : for_float;
-}
-
-template <int RY, int P, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(4))
-    tiled_forward_kernel(TiledConv<scalar_t, acc_t> a) {
-  acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
-  const int64_t blocks = a.blocks();
-  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
-    const ForwardJob j = forward_job(a, bid);
-    tiled_forward_clear(a, smem, threadIdx.x);
-    __syncthreads();
-    tiled_forward_stage(a, j, smem, threadIdx.x);
-    __syncthreads();
-    for (int r = 0; r < a.rounds(); ++r) {
-      acc_t acc[RY];
-      const bool live = tiled_forward_round<RY, P>(a, j, smem, threadIdx.x, r, acc);
-      if (a.transposed) __syncthreads();  // the round's planes are read: their regions take the outputs
-      if (live) tiled_forward_keep<RY>(a, j, smem, threadIdx.x, r, acc);
-    }
-    if (a.transposed) {
-      __syncthreads();
-      tiled_forward_store_tiles(a, j, smem, threadIdx.x);
-    }
-    __syncthreads();
-  }
-}
-
-// One step of the warp's transpose-reduction (tiled_taps.h), unrolled so the sums stay in registers.
-template <int Width, typename acc_t>
-__device__ __forceinline__ void transpose_step(acc_t* v, int lane) {
-  DCLS_UNROLL
-  for (int i = 0; i < Width; ++i) {
-    const acc_t received = __shfl_xor_sync(0xffffffffu, transpose_send(v, lane, Width, i), Width);
-    transpose_keep(v, lane, Width, i, received);
-  }
-}
-
-template <int RY, int P, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<acc_t>(3))
-    tiled_corr_kernel(TiledCorr<scalar_t, acc_t> a) {
-  acc_t* smem = reinterpret_cast<acc_t*>(tile_smem);
-  const int tid = threadIdx.x, lane = tid % 32;
-  const int64_t blocks = a.blocks();
-  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
-    const CorrJob j = corr_job(a, bid);
-    const int ne = a.count[j.c], two = a.pairs[j.c];
-    acc_t grad_sum = acc_t(0);
-    tiled_corr_clear(a, smem, tid);
-    for (int64_t first = j.begin; first < j.end; first += a.cfg.groups) {
-      __syncthreads();  // the previous round's tile (and the cleared sums) are done with
-      tiled_corr_clear_tiles(a, smem, tid);
-      __syncthreads();
-      tiled_corr_stage(a, j, first, smem, tid);
-      acc_t gv[RY];
-      tiled_corr_load_grad<RY>(a, j, first, tid, gv);
-      if (a.grad_bias) tiled_corr_grad_sum<RY>(gv, grad_sum);
-      __syncthreads();
-      // two-row entries 16 per reduction, then single-row ones 32 per reduction
-      auto reduce = [&](acc_t* v, int base, bool one_row) {
-        transpose_step<16>(v, lane);
-        transpose_step<8>(v, lane);
-        transpose_step<4>(v, lane);
-        transpose_step<2>(v, lane);
-        transpose_step<1>(v, lane);
-        tiled_corr_accumulate(a, j, smem, tid, base, one_row, v[0]);
-      };
-      for (int base = 0; base < two; base += kCorrGroup) {
-        acc_t v[2 * kCorrGroup];
-        tiled_corr_products<RY, P>(a, j, smem, tid, gv, base, v);
-        reduce(v, base, false);
-      }
-      for (int base = two; base < ne; base += 2 * kCorrGroup) {
-        acc_t v[2 * kCorrGroup];
-        tiled_corr_products_one_row<RY, P>(a, j, smem, tid, gv, base, v);
-        reduce(v, base, true);
-      }
-    }
-    if (a.grad_bias) {  // the warp's butterfly: every lane ends with the same total
-      for (int o = 16; o > 0; o /= 2) grad_sum += __shfl_xor_sync(0xffffffffu, grad_sum, o);
-      tiled_corr_store_grad_sum(a, smem, tid, grad_sum);
-    }
-    __syncthreads();
-    tiled_corr_write(a, j, smem, tid);
-    __syncthreads();  // the next block job clears the sums
-  }
-}
-
-
 // The launch policy of tiled_taps_ops.h on the current CUDA stream.
 template <typename scalar_t, typename acc_t>
 struct CudaLaunch {
@@ -235,36 +133,11 @@ struct CudaLaunch {
     kernel<<<grid_blocks(builds.n * a.C), kTableThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(a, builds);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  static void forward(const TiledConv<scalar_t, acc_t>& c) {
-    const int64_t bytes = int64_t(c.cfg.planes) * c.cfg.plane_stride * sizeof(acc_t);
-    // float64 (tests only) runs the run-time pitch alone: fewer kernels to compile
-    const int pitch = std::is_same_v<acc_t, double> ? -1 : c.kernel_pitch();
-    auto kernel = with_ry_pitch(c.cfg.ry, pitch, [](auto ry, auto p) {
-      return tiled_forward_kernel<decltype(ry)::value, decltype(p)::value, scalar_t, acc_t>;
-    });
-    allow_smem(reinterpret_cast<const void*>(kernel), bytes);
-    kernel<<<grid_blocks(c.blocks()), c.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(c);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  static void corr(TiledCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
-    const int64_t bytes = w.smem_elems() * sizeof(acc_t);
-    const int pitch = std::is_same_v<acc_t, double> ? -1 : w.kernel_pitch();
-    auto kernel = with_ry_pitch(w.cfg.ry, pitch, [](auto ry, auto p) {
-      return tiled_corr_kernel<decltype(ry)::value, decltype(p)::value, scalar_t, acc_t>;
-    });
-    const void* k = reinterpret_cast<const void*>(kernel);
-    allow_smem(k, bytes);
-    // About four waves of resident blocks: enough to balance the SMs, few enough to keep each block's rounds long.
-    const int device = like.get_device();
-    const int64_t target = 4 * int64_t(blocks_per_sm(k, w.cfg.threads, bytes, device)) * sm_count(device);
-    w.slabs = corr_slabs(w.C, w.jobs(), w.cfg.groups, target);
-    // every block job runs at least one round: its barrier orders the cleared sums before the bias slot's store
-    TORCH_INTERNAL_ASSERT(w.slabs >= 1 && w.slabs <= w.jobs());
-    auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    w.work = static_cast<acc_t*>(work.data_ptr());
-    kernel<<<grid_blocks(w.blocks()), w.cfg.threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_grid_stride<FinishFn<scalar_t, acc_t>>(a.C * a.K, FinishArgs<scalar_t, acc_t>{w, a});
+  // the tiled forward and correlation kernels live in their own translation units (tiled_forward.cu,
+  // tiled_corr_16.cu, tiled_corr_32.cu), which a build compiles in parallel with this one
+  static void forward(const TiledConv<scalar_t, acc_t>& c) { launch_tiled_forward(c); }
+  static void corr(const TiledCorr<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
+    launch_tiled_corr(w, a, like);
   }
   static int64_t max_smem_bytes(const at::Tensor& like) { return max_smem_optin(like.get_device()); }
   // the tensor-core and FMA kernels live in their own translation units (window_mma.cu, window_fma.cu), so that
