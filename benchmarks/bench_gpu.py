@@ -166,17 +166,20 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             # direct: the chosen tiles, channels_last outputs stored per thread; one-load: the chosen tiles, staging
             # with one load in flight per thread; fitted-cl: fitted tile widths for channels_last too; unpaired:
             # on-grid tables without paired rows (on-grid taps are where rows pair); runtime-pitch: the forward
-            # kernels reading the row pitch at run time (the kernels compiled for ConvNeXt's pitches are the default)
+            # kernels reading the row pitch at run time (the kernels compiled for ConvNeXt's pitches are the default);
+            # all with the tensor cores off, whose cost rule would take the 16-bit rows at the large planes
             for mode in ("first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch"):
                 if (mode in ("direct", "fitted-cl") and not cl) or (new_arms and mode in MEASURED_ARMS):
                     continue
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = mode
+                os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
                 try:
                     timed = ({"on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]} if mode == "unpaired" else
                              {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "fwd+bwd")})
                     modes.update({(mode, k): v for k, v in kernel_time(timed).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TILES"]
+                    del os.environ["DCLS_CONVERT_CUDA_MMA"]
             if dtype != torch.float32:  # tensor cores (16-bit only): every part forced on, each alone; and off
                 for part in ("all", "corr", "conv", "none"):
                     os.environ["DCLS_CONVERT_CUDA_MMA"] = part
@@ -578,8 +581,9 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                              "ms/step": float("nan"), "note": f"{type(exc).__name__}: {str(exc)[:60]}"})
                 continue
             opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-            if variant == FIRST_TILES:
+            if variant == FIRST_TILES:  # the tables' kernels with the first sessions' tiles
                 os.environ["DCLS_CONVERT_CUDA_TILES"] = "first"
+                os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
             if variant.endswith(MMA):
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
             if variant.endswith(TABLES) or variant.endswith(FMA):
@@ -643,8 +647,8 @@ def main() -> None:
     ap.add_argument("--taps-only", action="store_true", help="per layer, the tap engine's own columns")
     ap.add_argument("--no-gather", action="store_true", help="per layer, skip the gather fallback")
     ap.add_argument("--new-arms", action="store_true",
-                    help="only what no GPU has timed yet: per layer, the A/B arms runtime-pitch, tensor cores and fma; no "
-                         "stride-2 or construct tables")
+                    help="only what no GPU has timed yet: per layer, the tensor-core arms (not the tile modes nor "
+                         "fma); no stride-2 or construct tables")
     ap.add_argument("--json", default=None, help="write the per-layer rows to this file")
     args = ap.parse_args()
     if not torch.cuda.is_available():

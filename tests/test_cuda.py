@@ -50,10 +50,16 @@ def test_taps_conv_cuda(dtype, case):
         assert max_rel(a.double().cpu(), e) < 10 * tol
 
 
-@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
-def test_taps_conv_cuda_deterministic(dtype, channels_last):
+@pytest.mark.parametrize("dtype,channels_last,mma", [(torch.float32, False, None), (torch.bfloat16, True, None),
+                                                     (torch.bfloat16, True, "none")])
+def test_taps_conv_cuda_deterministic(monkeypatch, dtype, channels_last, mma):
     """ConvNeXt-T stage 1 (64x96x56x56, window 17, K=34): two backward passes are bitwise equal (the bias
-    gradient too: the correlation sums it in a fixed order)."""
+    gradient too: the correlation sums it in a fixed order), bfloat16 on the tensor cores (the default there) and
+    on the tables' kernels."""
+    if mma is None:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    else:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", mma)
     x = torch.randn(64, 96, 56, 56, device="cuda", dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -76,11 +82,17 @@ def _dense_oracle(x, w, p, window, stride, padding):
 
 @pytest.mark.parametrize("shape,window", [((4, 96, 56, 56), 17), ((4, 96, 56, 56), 51), ((4, 192, 28, 28), 17),
                                           ((4, 384, 14, 14), 17), ((8, 768, 7, 7), 17), ((2, 16, 1, 300), 31)])
-@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True), (torch.float16, False)])
+@pytest.mark.parametrize("dtype,channels_last,mma", [(torch.float32, False, None), (torch.bfloat16, True, None),
+                                                     (torch.bfloat16, True, "none"), (torch.float16, False, None)])
 @pytest.mark.parametrize("on_grid", [False, True])
-def test_taps_conv_cuda_stage_shapes(shape, window, dtype, channels_last, on_grid):
+def test_taps_conv_cuda_stage_shapes(monkeypatch, shape, window, dtype, channels_last, mma, on_grid):
     """The tiled engine at the ConvNeXt stage shapes and large windows, every gradient, against the dense oracle
-    (float64 convolution of the constructed kernel on the device)."""
+    (float64 convolution of the constructed kernel on the device): 16-bit layers as the cost rule runs them (the
+    tensor cores at the large planes) and bfloat16 on the tables' kernels alone (DCLS_CONVERT_CUDA_MMA=none)."""
+    if mma is None:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    else:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", mma)
     N, C, H, W = shape
     Lh = 1 if H == 1 else window
     win, pad = [Lh, window], [Lh // 2, window // 2]
@@ -130,6 +142,7 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
     the weight/position gradients (reductions over tiles) agree to rounding. Staging one load at a time (=one-load)
     and the kernels reading their row pitch at run time (=runtime-pitch) change no bit of anything; paired rows
     change the order of an output's sum."""
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "none")  # the tables' kernels (16-bit layers: the tensor cores by default)
     x = torch.randn(*shape, device="cuda").to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -205,8 +218,9 @@ def _cuda_kernels(fn) -> str:
 
 @pytest.mark.parametrize("shape", [(8, 192, 28, 28), (16, 384, 14, 14)])
 def test_window_conv_bands_cuda(monkeypatch, shape):
-    """The tensor-core convolution's 16-row bands (stages 2-3) give bitwise the outputs and input gradients of bands
-    of 8 (DCLS_CONVERT_CUDA_MMA_BAND=8): the same products summed in the same order, more shared memory."""
+    """The tensor-core convolution's 16-row bands (stages 2-3 on sm_80 and sm_90, whose shared memory holds them;
+    the emulated twin asserts the choice) give bitwise the outputs and input gradients of bands of 8
+    (DCLS_CONVERT_CUDA_MMA_BAND=8): the same products summed in the same order, more shared memory."""
     x, w, p, b, win, pad = _window_layer(shape, 17, torch.bfloat16, True)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward

@@ -365,13 +365,15 @@ def _launches(fn):
 
 
 @pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
-def test_cuda_flow_launch_budget(dtype, channels_last):
+def test_cuda_flow_launch_budget(monkeypatch, dtype, channels_last):
     """A converted layer's host cost on a GPU is mostly its launches: the tiled forward makes 2 (table, forward),
     the full backward 4 (both tables in one, input gradient, correlation, finish with the bias) and no ATen
     kernels (no zero fills, no casts, no separate bias reduction), as AMP runs it: 16-bit activations, float32
     weight, bias and positions (kept as they are). At stride 2 the input gradient takes one launch per stride
     phase (4). A model whose parameters are 16-bit pays their conversion to float32 and back (the AMP path, with
-    float32 parameters, is the one kept free of it)."""
+    float32 parameters, is the one kept free of it). On tensor cores (16-bit) the same budget: window and
+    convolution, then window, convolution, correlation and finish."""
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "none")  # the tables' flow (16-bit layers may take tensor cores)
     x = torch.randn(2, 16, 14, 14).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -399,6 +401,10 @@ def test_cuda_flow_launch_budget(dtype, channels_last):
     # frozen positions and weight, trainable bias: the mirrored table and the input gradient, a reduction for the bias
     n, aten = _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True, False, False, True]))
     assert n == 2 and "aten::sum" in aten
+    if dtype == torch.bfloat16:  # every part on tensor cores: the same counts, no ATen kernels
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "all")
+        assert _launches(forward) == (2, [])
+        assert _launches(lambda: E.taps_conv_backward(g, x, w, p, *args, [True] * 4)) == (4, [])
 
 
 @pytest.mark.parametrize("size, window, stride, padding, row", [([1, 5], [1, 3], [3, 1], [1, 1], 0.0),
@@ -490,6 +496,7 @@ def test_fixed_pitch_kernels_match_runtime_pitch(monkeypatch, shape, channels_la
     """At ConvNeXt-T's tile shapes (window 17) the forward, the input gradient and the correlation run kernels
     compiled for their row pitch (with_ry_pitch: 68, 48, 30, 24, 23 here, 7 and 8 rows per thread); bitwise the
     results of the kernels reading the pitch at run time (DCLS_CONVERT_CUDA_TILES=runtime-pitch), every gradient."""
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "none")  # the tables' kernels (16-bit layers: the tensor cores by default)
     x = torch.randn(*shape, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -687,6 +694,18 @@ def test_mma_cost_rule(monkeypatch, size, K, interp, env, conv, corr):
     assert not any(k.startswith("window") for k in E.take_kernels())
 
 
+@pytest.mark.parametrize("K,conv", [(3, False), (5, True)])
+def test_mma_cost_rule_counts_1d_corners(monkeypatch, K, conv):
+    """A 1-D bilinear tap has 2 corners, not 4: a 300-long row in a window of 17 has its forward's break-even at
+    8.9 entries, so 3 taps (6 entries) stay on the tables and 5 (10) take the tensor cores."""
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    x = torch.randn(2, 4, 300).to(torch.bfloat16)
+    w, p, _ = random_taps(1, 4, 1, K, [17], spread=1.4, dtype=torch.float32)
+    E.take_kernels()
+    E.taps_conv(x, w, p, None, [17], [1], [8], "bilinear")
+    assert ("window_conv" in E.take_kernels()) == conv
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.data())
 def test_window_mma_random_shapes(data):
@@ -817,13 +836,13 @@ def test_window_mma_vector_staging_changes_no_bit(monkeypatch, size, window, pad
 
 
 @pytest.mark.parametrize("size,window,padding,band", [
-    ([56, 56], [17, 17], [8, 8], 16),   # stage 1: 48 rows a job; 24 or 32 would pass the 110 KiB of two blocks a SM
+    ([56, 56], [17, 17], [8, 8], 16),   # stage 1: 48 rows a job; 24 would pass the 113 KiB of two blocks an SM
     ([28, 28], [17, 17], [8, 8], 16),   # stage 2: a job's 28 rows in two rounds instead of four
     ([14, 14], [17, 17], [8, 8], 16),   # stage 3: 14 rows, one round instead of two
     ([7, 7], [17, 17], [8, 8], 8),      # stage 4: 7 rows
     ([30, 16], [9, 9], [4, 4], 32),     # a small window: 30 rows in one round
     ([24, 24], [7, 7], [3, 3], 24),     # 24 rows
-    ([9, 64], [51, 41], [25, 20], 8),   # a 51-row window: its kernels alone pass the 110 KiB
+    ([9, 64], [51, 41], [25, 20], 8),   # a 51-row window: its kernels alone pass the 113 KiB
 ])
 def test_window_conv_bands_change_no_bit(monkeypatch, size, window, padding, band):
     """The tensor-core convolution stages up to 32 input rows per round (window_conv_band; the rows a job reads,

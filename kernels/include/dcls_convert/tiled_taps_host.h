@@ -273,9 +273,9 @@ inline bool part_selected(const char* var, const char* part) { return part_choic
 // 53 (3136 / plane)^0.45. The correlation's is lower (the tables spend a warp reduction per entry, and on-grid
 // taps keep both rows for the position gradient): 3x faster at 56 x 56 with 4K = 136 entries, equal at 7 x 7,
 // about 12 (3136 / plane)^0.6. Both scale with the window padded as the tensor cores take it against the
-// 17 x 32 measured. The entries are the tables' bound, 4K bilinear, K nearest: what a layer in training has once
-// its positions leave the grid (a freshly converted layer's on-grid taps make K, for which the tables' forward is
-// up to 1.3x faster at 28 x 28 until the first step moves them).
+// 17 x 32 measured. The entries are the tables' bound, 4K bilinear (2K in 1-D), K nearest: what a layer in
+// training has once its positions leave the grid (a freshly converted layer's on-grid taps make K, for which the
+// tables' forward is up to 1.3x faster at 28 x 28 until the first step moves them).
 inline double mma_break_even(double at_56, double slope, int64_t plane, int64_t Lh, int64_t Lw) {
   const double kw = 16.0 * double((Lw + 15) / 16);
   return at_56 * std::pow(3136.0 / double(std::max<int64_t>(plane, 1)), slope) * double(Lh) * kw / (17.0 * 32.0);
@@ -289,7 +289,8 @@ template <typename scalar_t, typename acc_t>
 bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip = false) {
   const PartChoice choice = part_choice("DCLS_CONVERT_CUDA_MMA", part);
   if (choice != PartChoice::kAuto) return choice == PartChoice::kOn;
-  const double entries = double(a.K) * (a.interp == kBilinear ? 4.0 : 1.0);
+  // (a bilinear tap has 2 corners per axis: 4 in 2-D, 2 in 1-D, where the window is one row)
+  const double entries = double(a.K) * (a.interp == kBilinear ? (a.Lh > 1 ? 4.0 : 2.0) : 1.0);
   const int64_t plane = flip ? a.H * a.W : a.Ho * a.Wo;
   if (std::string(part) == "conv") return entries >= mma_break_even(53.0, 0.45, plane, a.Lh, a.Lw);
   return entries >= mma_break_even(12.0, 0.6, plane, a.Lh, a.Lw);
@@ -306,7 +307,7 @@ inline std::string staging_mode() {
 // A/B arm of window_conv_band; 8 is one band of 8 rows, as the seventh session built it). Unset: 32.
 inline int conv_band_cap() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA_BAND");
-  const int v = e == nullptr ? 0 : std::atoi(e);
+  const int v = e == nullptr ? 0 : std::atoi(e) / kWindowConvBand * kWindowConvBand;  // whole bands of 8
   return v >= kWindowConvBand ? v : kWindowConvMaxBand;
 }
 

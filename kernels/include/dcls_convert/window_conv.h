@@ -183,7 +183,8 @@ DCLS_HD void window_conv_stage_kernels(const WindowConv<scalar_t>& w, const Wind
   }
 }
 
-// Phase 2 (per band): input rows iy0 .. iy0 + 7 of the group's channels, zero outside the input, both copies.
+// Phase 2 (per band): input rows iy0 .. iy0 + band - 1 of the group's channels, zero outside the input, both
+// copies.
 template <typename scalar_t>
 DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t iy0, uint32_t* smem,
                                     int tid) {
