@@ -5,25 +5,11 @@
 
 #include "launch.cuh"
 #include "window_build.cuh"
+#include "window_finish.cuh"
 #include "window_fma.cuh"
 #include "window_launch.h"
 
 namespace dcls_convert {
-namespace {
-
-template <typename scalar_t, typename acc_t>
-struct FmaFinishArgs {
-  FmaCorr<scalar_t, acc_t> corr;
-  TapsArgs<scalar_t, acc_t> taps;
-};
-template <typename scalar_t, typename acc_t>
-struct FmaFinishFn {
-  __device__ static void run(int64_t i, const FmaFinishArgs<scalar_t, acc_t>& a) {
-    window_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
-}  // namespace
 
 template <typename scalar_t, typename acc_t>
 void launch_fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like, bool flip) {
@@ -55,7 +41,7 @@ void launch_fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>
   w.work = static_cast<acc_t*>(work.data_ptr());
   kernel<<<grid_blocks(w.blocks()), w.threads(), bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  launch_grid_stride<FmaFinishFn<scalar_t, acc_t>>(a.C * a.K, FmaFinishArgs<scalar_t, acc_t>{w, a});
+  launch_window_finish(w, a);
 }
 
 template void launch_fma_conv(FmaConv<float, float>, const TapsArgs<float, float>&, const at::Tensor&, bool);

@@ -8,25 +8,11 @@
 
 #include "launch.cuh"
 #include "window_build.cuh"
+#include "window_finish.cuh"
 #include "window_launch.h"
 #include "window_mma.cuh"
 
 namespace dcls_convert {
-namespace {
-
-template <typename scalar_t>
-struct WindowFinishArgs {
-  WindowCorr<scalar_t> corr;
-  TapsArgs<scalar_t, float> taps;
-};
-template <typename scalar_t>
-struct WindowFinishFn {
-  __device__ static void run(int64_t i, const WindowFinishArgs<scalar_t>& a) {
-    window_corr_finish_thread(i, a.corr, a.taps);
-  }
-};
-
-}  // namespace
 
 // (a build with only older architectures, JIT-compiled from their PTX, has the kernels' trap instead of the mma)
 bool window_mma_supported(const at::Tensor& like) {
@@ -61,7 +47,7 @@ void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>&
   w.work = static_cast<float*>(work.data_ptr());
   kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  launch_grid_stride<WindowFinishFn<scalar_t>>(a.C * a.K, WindowFinishArgs<scalar_t>{w, a});
+  launch_window_finish(w, a);
 }
 
 template <typename scalar_t>

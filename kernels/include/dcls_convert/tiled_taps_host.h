@@ -264,6 +264,19 @@ inline PartChoice part_choice(const char* var, const char* part) {
 }
 inline bool part_selected(const char* var, const char* part) { return part_choice(var, part) == PartChoice::kOn; }
 
+// The dtypes the tensor cores take (mma.m16n8k16: float16, bfloat16).
+template <typename scalar_t>
+constexpr bool window_corr_dtype() {
+  return std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+}
+
+// The most table entries a channel's taps make: their corners, 2 per axis for bilinear taps (4 in 2-D, 2 in 1-D,
+// where the window is one row), 1 for nearest. The whole-window kernels' rules weigh their cells against it.
+template <typename scalar_t, typename acc_t>
+int64_t corner_bound(const TapsArgs<scalar_t, acc_t>& a) {
+  return a.K * (a.interp == kBilinear ? (a.Lh > 1 ? 4 : 2) : 1);
+}
+
 // The cost rule of the tensor cores against the tables' kernels for a 16-bit stride-1 layer, from the H200's
 // per-layer timings (RESULTS.md, ninth session; bfloat16 channels_last, window 17, batch 64, K = 34 at the four
 // ConvNeXt-T stage planes, off-grid and on-grid taps). Per output, the tables' forward costs about 13.6 ps plus
@@ -287,10 +300,10 @@ inline double mma_break_even(double at_56, double slope, int64_t plane, int64_t 
 // the plans' to say.
 template <typename scalar_t, typename acc_t>
 bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip = false) {
+  if constexpr (!window_corr_dtype<scalar_t>()) return false;  // (16-bit only: no work on the float32 path)
   const PartChoice choice = part_choice("DCLS_CONVERT_CUDA_MMA", part);
   if (choice != PartChoice::kAuto) return choice == PartChoice::kOn;
-  // (a bilinear tap has 2 corners per axis: 4 in 2-D, 2 in 1-D, where the window is one row)
-  const double entries = double(a.K) * (a.interp == kBilinear ? (a.Lh > 1 ? 4.0 : 2.0) : 1.0);
+  const double entries = double(corner_bound(a));
   const int64_t plane = flip ? a.H * a.W : a.Ho * a.Wo;
   if (std::string(part) == "conv") return entries >= mma_break_even(53.0, 0.45, plane, a.Lh, a.Lw);
   return entries >= mma_break_even(12.0, 0.6, plane, a.Lh, a.Lw);
@@ -309,11 +322,6 @@ inline int conv_band_cap() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA_BAND");
   const int v = e == nullptr ? 0 : std::atoi(e) / kWindowConvBand * kWindowConvBand;  // whole bands of 8
   return v >= kWindowConvBand ? v : kWindowConvMaxBand;
-}
-
-template <typename scalar_t>
-constexpr bool window_corr_dtype() {
-  return std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
 }
 
 // The tensor-core correlation of g with x, or ok = false where it does not apply (or its shared memory exceeds
@@ -355,9 +363,8 @@ inline bool plane_offsets_fit(const int64_t* s, int64_t h, int64_t wd) {
 template <typename scalar_t, typename acc_t>
 FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
                                        int64_t max_smem_bytes) {
-  const int64_t entries = a.K * (a.interp == kBilinear ? 4 : 1);
   auto w = fma_corr_shape<scalar_t, acc_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw,
-                                           entries, max_smem_bytes);
+                                           corner_bound(a), max_smem_bytes);
   w.x = x.data_ptr<scalar_t>();
   w.g = g.data_ptr<scalar_t>();
   plane_strides(x, w.xs);
@@ -366,50 +373,59 @@ FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g,
   return w;
 }
 
-// The FMA convolution of x into out (flip: the input gradient, x the output gradient and out the input's
-// gradient, the window turned and the padding L - 1 - p), or ok = false where it does not apply. The executor
-// builds the window and sets the slabs.
+// What a whole-window convolution of x into out reads, writes and spans: the forward's planes, or with flip the
+// input gradient's (x the output gradient, out the input's gradient, the window turned and the padding L - 1 - p).
+struct WindowConvGeometry {
+  int64_t H, W, Ho, Wo, ph, pw;
+};
+template <typename scalar_t, typename acc_t>
+WindowConvGeometry window_conv_geometry(const TapsArgs<scalar_t, acc_t>& a, bool flip) {
+  if (!flip) return {a.H, a.W, a.Ho, a.Wo, a.ph, a.pw};
+  return {a.Ho, a.Wo, a.H, a.W, a.Lh - 1 - a.ph, a.Lw - 1 - a.pw};
+}
+// The tensors of a whole-window convolution's plan (WindowConv, FmaConv): pointers, strides, the bias (none for
+// the input gradient) and whether the input is channels_last.
+template <typename Plan, typename scalar_t, typename acc_t>
+void bind_window_conv(Plan& w, const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
+                      bool flip) {
+  w.x = x.data_ptr<scalar_t>();
+  w.out = out.data_ptr<scalar_t>();
+  w.bias = flip ? nullptr : a.bias;
+  plane_strides(x, w.xs);
+  plane_strides(out, w.os);
+  w.x_cl = w.xs[1] == 1 && a.C > 1;
+}
+
+// The FMA convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply. The
+// executor builds the window and sets the slabs.
 template <typename scalar_t, typename acc_t>
 FmaConv<scalar_t, acc_t> fma_conv_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
                                        bool flip, int64_t max_smem_bytes) {
   FmaConv<scalar_t, acc_t> w;
   if constexpr (fma_conv_dtype<scalar_t>()) {
     if (a.sh != 1 || a.sw != 1) return w;
-    const int64_t H = flip ? a.Ho : a.H, W = flip ? a.Wo : a.W, Ho = flip ? a.H : a.Ho, Wo = flip ? a.W : a.Wo;
-    const int64_t entries = a.K * (a.interp == kBilinear ? 4 : 1);
-    w = fma_conv_shape<scalar_t, acc_t>(a.N, a.C, H, W, Ho, Wo, a.Lh, a.Lw, flip ? a.Lh - 1 - a.ph : a.ph,
-                                        flip ? a.Lw - 1 - a.pw : a.pw, entries, max_smem_bytes);
-    w.x = x.data_ptr<scalar_t>();
-    w.out = out.data_ptr<scalar_t>();
-    w.bias = flip ? nullptr : a.bias;
-    plane_strides(x, w.xs);
-    plane_strides(out, w.os);
-    w.x_cl = w.xs[1] == 1 && a.C > 1;
+    const WindowConvGeometry g = window_conv_geometry(a, flip);
+    w = fma_conv_shape<scalar_t, acc_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, corner_bound(a),
+                                        max_smem_bytes);
+    bind_window_conv(w, x, out, a, flip);
     // channels_last outputs of one column pass per thread go through shared memory (coalesced stores)
-    w.transposed = w.os[1] == 1 && a.C > 1 && w.cg > 1 && Wo <= w.span;
-    if (!plane_offsets_fit(w.xs, H, W)) w.ok = false;
+    w.transposed = w.os[1] == 1 && a.C > 1 && w.cg > 1 && g.Wo <= w.span;
+    if (!plane_offsets_fit(w.xs, g.H, g.W)) w.ok = false;
   }
   return w;
 }
 
-// The tensor-core convolution of x into out (flip: the input gradient, x the output gradient and out the input's
-// gradient, the window turned and the padding L - 1 - p), or ok = false where it does not apply (or its shared
-// memory exceeds what a block of the device may have).
+// The tensor-core convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply
+// (or its shared memory exceeds what a block of the device may have).
 template <typename scalar_t, typename acc_t>
 WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
                                       bool flip, int64_t max_smem_bytes) {
   WindowConv<scalar_t> w;
   if constexpr (window_corr_dtype<scalar_t>()) {
     if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
-    const int64_t H = flip ? a.Ho : a.H, W = flip ? a.Wo : a.W, Ho = flip ? a.H : a.Ho, Wo = flip ? a.W : a.Wo;
-    w = window_conv_shape<scalar_t>(a.N, a.C, H, W, Ho, Wo, a.Lh, a.Lw, flip ? a.Lh - 1 - a.ph : a.ph,
-                                    flip ? a.Lw - 1 - a.pw : a.pw);
-    w.x = x.data_ptr<scalar_t>();
-    w.out = out.data_ptr<scalar_t>();
-    w.bias = flip ? nullptr : a.bias;
-    plane_strides(x, w.xs);
-    plane_strides(out, w.os);
-    w.x_cl = w.xs[1] == 1 && a.C > 1;
+    const WindowConvGeometry g = window_conv_geometry(a, flip);
+    w = window_conv_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
+    bind_window_conv(w, x, out, a, flip);
     w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.out_cl = w.os[1] == 1 && a.C > 1;
     if (w.ok) w.band = window_conv_band(w, max_smem_bytes, conv_band_cap());
