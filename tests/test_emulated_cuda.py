@@ -814,15 +814,22 @@ def test_window_plans_fit_the_device(size, window, padding, conv_ok, corr_ok):
         assert not ok or nbytes <= 227 * 1024
 
 
-@pytest.mark.parametrize("size,window,padding", [([20, 23], [17, 17], [8, 8]), ([9, 40], [51, 41], [25, 20]),
-                                                 ([7, 7], [17, 17], [8, 8])])
-def test_window_mma_vector_staging_changes_no_bit(monkeypatch, size, window, padding):
-    """channels_last with 8k channels stages a pixel's 8 channels per 16-byte load; one element per load
+@pytest.mark.parametrize("size,window,padding,N,C", [
+    ([20, 23], [17, 17], [8, 8], 2, 16),
+    ([9, 40], [51, 41], [25, 20], 2, 16),
+    ([7, 7], [17, 17], [8, 8], 2, 16),
+    ([7, 7], [17, 17], [8, 8], 5, 72),     # 9 channel groups: jobs of 2 and 3 images, each next image prefetched
+    ([40, 12], [17, 17], [8, 8], 3, 48),   # two row tiles, several rounds a job and images a job
+    ([6, 70], [9, 9], [4, 4], 3, 40),      # 78 elements a row: rounds past the prefetched loads
+])
+def test_window_mma_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
+    """channels_last with 8k channels stages a pixel's 8 channels per 16-byte load, the next round's first loads
+    issued before the current round's products (Prefetch); one element per load, none ahead
     (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values: the output and the input, weight and position
     gradients bitwise equal; the bias gradient, whose per-thread sums group the elements otherwise, to rounding."""
-    x = torch.randn(2, 16, *size).bfloat16().contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(2, 16, 1, 6, window, spread=1.4, dtype=torch.float32)
-    b = torch.randn(16)
+    x = torch.randn(N, C, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    b = torch.randn(C)
     monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "all")
     runs = []
     for staging in ("", "scalar"):

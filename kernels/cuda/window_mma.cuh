@@ -44,6 +44,7 @@ struct MmaDevice {
 
 template <int MT, int NT, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(WindowCorr<scalar_t> w) {
+  constexpr int PF = window_corr_prefetch<MT, NT>();
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();
@@ -53,16 +54,17 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(Wind
     DCLS_UNROLL
     for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
     float bias[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int64_t n = j.n_begin; n < j.n_end; ++n) {
-      int64_t lo = w.ph - w.Lh + 1;  // the image's first output-gradient row any band reads
-      for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
-        const int64_t hi = iy0 + w.band + w.ph;
-        __syncthreads();  // the previous band's rows (or the previous job's sums) are read
-        window_corr_stage(w, j, n, iy0, lo, hi, smem, tid, bias);
-        __syncthreads();
-        window_corr_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, smem, warp, lane, iy0, acc);
-        lo = hi;
-      }
+    Prefetch<PF> pf;
+    CorrRound r = corr_first_round(w, j.n_begin);
+    window_corr_fetch(w, j, r, tid, pf);
+    for (bool more = r.n < j.n_end; more;) {
+      __syncthreads();  // the previous band's rows (or the previous job's sums) are read
+      window_corr_stage(w, j, r, smem, tid, bias, pf);
+      const int64_t iy0 = r.iy0;
+      more = window_corr_next(w, j, r);
+      if (more) window_corr_fetch(w, j, r, tid, pf);  // in flight during the products
+      __syncthreads();
+      window_corr_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, smem, warp, lane, iy0, acc);
     }
     __syncthreads();  // the sums take the staging's place
     window_corr_keep<MT, NT>(w, smem, warp, lane, acc[0], tid, bias);
@@ -73,21 +75,26 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(Wind
 
 template <int MT, int NT, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(WindowConv<scalar_t> w) {
+  constexpr int PF = window_conv_prefetch<MT, NT>();
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     WindowConvJob j = window_conv_job(w, bid);
+    const int64_t start = conv_start_row(w, j), end = conv_end_row(w, j);
+    Prefetch<PF> pf;
+    window_conv_fetch(w, j, j.n_begin, start, tid, pf);  // in flight while the kernels are staged
     __syncthreads();  // the previous job's kernels are read
     window_conv_stage_kernels(w, j, smem, tid);
     for (j.n = j.n_begin; j.n < j.n_end; ++j.n) {
       float acc[1][MT * NT * 4];
       DCLS_UNROLL
       for (int q = 0; q < MT * NT * 4; ++q) acc[0][q] = 0.f;
-      const int64_t end = conv_end_row(w, j);
-      for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += w.band) {
+      for (int64_t iy0 = start; iy0 < end; iy0 += w.band) {
         __syncthreads();  // the previous band is read (and the kernels staged)
-        window_conv_stage_rows(w, j, iy0, smem, tid);
+        window_conv_stage_rows(w, j, iy0, smem, tid, pf);
+        int64_t n = j.n, next = iy0;
+        if (window_conv_next(w, j, n, next)) window_conv_fetch(w, j, n, next, tid, pf);  // during the products
         __syncthreads();
         window_conv_rows<MT, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane, iy0, acc);
       }

@@ -316,21 +316,28 @@ struct EmulatedLaunch {
   // must come from their staging) and each image's bands (no row of an earlier image may be read).
   template <int MT, int NT>
   static void window_conv_blocks(WindowConv<scalar_t> w) {
-    constexpr int NA = MT * NT * 4;
+    constexpr int NA = MT * NT * 4, PF = window_conv_prefetch<MT, NT>();
     w.slabs = window_conv_slabs(w, kEmulatedBlocks);
     std::vector<uint32_t> smem(w.smem_words());
     std::vector<float> acc(int64_t(kWindowCorrThreads) * NA);
+    std::vector<Prefetch<PF>> pf(kWindowCorrThreads);
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
       WindowConvJob j = window_conv_job(w, bid);
+      const int64_t start = conv_start_row(w, j), end = conv_end_row(w, j);
+      poison_prefetch(pf);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_fetch(w, j, j.n_begin, start, tid, pf[tid]);
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_kernels(w, j, smem.data(), tid);
       for (j.n = j.n_begin; j.n < j.n_end; ++j.n) {
         std::fill(acc.begin(), acc.end(), 0.f);
         std::fill(smem.begin(), smem.begin() + kWindowCorrWarps * w.x_words(), 0xffffffffu);
         std::fill(smem.begin() + w.results_offset(), smem.end(), 0xffffffffu);
-        const int64_t end = conv_end_row(w, j);
-        for (int64_t iy0 = std::max<int64_t>(conv_first_row(w, j), 0); iy0 < end; iy0 += w.band) {
-          for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_rows(w, j, iy0, smem.data(), tid);
+        for (int64_t iy0 = start; iy0 < end; iy0 += w.band) {
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_stage_rows(w, j, iy0, smem.data(), tid, pf[tid]);
+          poison_prefetch(pf);  // a round's registers serve it alone
+          int64_t n = j.n, next = iy0;
+          if (window_conv_next(w, j, n, next))
+            for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_fetch(w, j, n, next, tid, pf[tid]);
           for (int warp = 0; warp < kWindowCorrWarps; ++warp)
             window_conv_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
                 w, j, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
@@ -345,31 +352,42 @@ struct EmulatedLaunch {
   // and float32) at each image, so that a ring row a band reads before staging it shows.
   template <int MT, int NT>
   static void window_corr_blocks(const WindowCorr<scalar_t>& w) {
-    constexpr int NA = MT * NT * 4;
+    constexpr int NA = MT * NT * 4, PF = window_corr_prefetch<MT, NT>();
     std::vector<uint32_t> smem(w.smem_words());
     std::vector<float> acc(int64_t(kWindowCorrThreads) * NA), bias(8 * kWindowCorrThreads);
+    std::vector<Prefetch<PF>> pf(kWindowCorrThreads);
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
       const WindowCorrJob j = window_corr_job(w, bid);
       std::fill(acc.begin(), acc.end(), 0.f);
       std::fill(bias.begin(), bias.end(), 0.f);
-      for (int64_t n = j.n_begin; n < j.n_end; ++n) {
-        std::fill(smem.begin(), smem.end(), 0xffffffffu);
-        int64_t lo = w.ph - w.Lh + 1;
-        for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
-          const int64_t hi = iy0 + w.band + w.ph;
-          for (int tid = 0; tid < kWindowCorrThreads; ++tid)
-            window_corr_stage(w, j, n, iy0, lo, hi, smem.data(), tid, &bias[8 * tid]);
-          for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-            window_corr_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
-                w, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
-          lo = hi;
-        }
+      CorrRound r = corr_first_round(w, j.n_begin);
+      poison_prefetch(pf);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_corr_fetch(w, j, r, tid, pf[tid]);
+      int64_t image = -1;
+      for (bool more = r.n < j.n_end; more;) {
+        if (r.n != image) std::fill(smem.begin(), smem.end(), 0xffffffffu);
+        image = r.n;
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid)
+          window_corr_stage(w, j, r, smem.data(), tid, &bias[8 * tid], pf[tid]);
+        poison_prefetch(pf);
+        const int64_t iy0 = r.iy0;
+        more = window_corr_next(w, j, r);
+        if (more)
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_corr_fetch(w, j, r, tid, pf[tid]);
+        for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+          window_corr_rows<MT, NT, 32, MmaEmulated<scalar_t>>(
+              w, smem.data(), warp, 0, iy0, reinterpret_cast<float (*)[NA]>(&acc[int64_t(warp) * 32 * NA]));
       }
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid)
         window_corr_keep<MT, NT>(w, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA], tid, &bias[8 * tid]);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_corr_write(w, j, smem.data(), tid);
     }
+  }
+  // Prefetched registers a round has consumed hold NaN (all bits set) until the next fetch.
+  template <int PF>
+  static void poison_prefetch(std::vector<Prefetch<PF>>& pf) {
+    for (auto& p : pf) std::memset(p.v, 0xff, sizeof(p.v));
   }
 
   static void fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&, bool flip) {

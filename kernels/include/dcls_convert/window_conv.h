@@ -183,14 +183,64 @@ DCLS_HD void window_conv_stage_kernels(const WindowConv<scalar_t>& w, const Wind
   }
 }
 
-// Phase 2 (per band): input rows iy0 .. iy0 + band - 1 of the group's channels, zero outside the input, both
-// copies.
+// 16-byte loads a thread keeps in flight from one round (band) to the next (Prefetch): the most that the kernel
+// of an MT x NT tile holds without spilling under the 128 registers of two blocks per SM (read from ptxas for
+// sm_90, CUDA 13: `cuobjdump -res-usage` shows no stack frame where there was none; more spilled. sm_80 builds
+// keep a few words on the stack in some tiles, as they did before).
+template <int MT, int NT>
+constexpr int window_conv_prefetch() {
+  return MT * NT >= 14 ? 0 : NT >= 7 ? 2 : 4;
+}
+
+// The block job's rounds: image n, input rows iy0 .. iy0 + band - 1, for iy0 from conv_start_row by band below
+// conv_end_row, image by image.
 template <typename scalar_t>
+DCLS_HD int64_t conv_start_row(const WindowConv<scalar_t>& w, const WindowConvJob& j) {
+  return std::max<int64_t>(j.oy0 - w.ph, 0);
+}
+template <typename scalar_t>
+DCLS_HD int64_t conv_end_row(const WindowConv<scalar_t>& w, const WindowConvJob& j) {
+  return std::min<int64_t>(j.oy0 + w.rows() - 1 + w.Lh - w.ph, w.H);
+}
+// The round after (n, iy0); false past the job's last.
+template <typename scalar_t>
+DCLS_HD bool window_conv_next(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t& n, int64_t& iy0) {
+  iy0 += w.band;
+  if (iy0 >= conv_end_row(w, j)) {
+    ++n;
+    iy0 = conv_start_row(w, j);
+  }
+  return n < j.n_end;
+}
+
+// A round's loads (channels_last inputs staged by 16-byte loads, w.vec8).
+template <typename scalar_t>
+DCLS_HD Vec8Round window_conv_round(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t n, int64_t iy0) {
+  const int64_t eb = sizeof(scalar_t);
+  Vec8Round r;
+  r.src[0].base = reinterpret_cast<const unsigned char*>(w.x + n * w.xs[0] + j.c0);
+  r.src[0].ys = w.xs[2] * eb, r.src[0].ps = w.xs[3] * eb;
+  r.src[0].y0 = iy0, r.src[0].x0 = j.ox0 - w.pw, r.src[0].H = w.H, r.src[0].W = w.W;
+  r.src[0].rows = w.band, r.src[0].cols = w.xe();
+  return r;
+}
+
+// Phase 2a (per round, before the previous round's products): the thread's first loads of round (n, iy0).
+template <int PF, typename scalar_t>
+DCLS_HD void window_conv_fetch(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t n, int64_t iy0, int tid,
+                               Prefetch<PF>& p) {
+  if (w.vec8) prefetch_round(window_conv_round(w, j, n, iy0), tid, kWindowCorrThreads, p);
+}
+
+// Phase 2 (per round): input rows iy0 .. iy0 + band - 1 of image j.n of the group's channels, zero outside the
+// input, both copies (channels_last: from the loads fetched, then the rest).
+template <int PF, typename scalar_t>
 DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowConvJob& j, int64_t iy0, uint32_t* smem,
-                                    int tid) {
+                                    int tid, const Prefetch<PF>& p) {
   if (w.vec8) {
-    stage_rows_vec8(smem, w.x_words(), w.xw, w.x + j.n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0,
-                    w.band, w.xe(), w.H, w.W, w.pw - j.ox0, tid, kWindowCorrThreads);
+    const int stride = w.x_words(), xw = w.xw, cols = w.xe();
+    stage_round(window_conv_round(w, j, j.n, iy0), tid, kWindowCorrThreads, p,
+                [&](int, int idx, const uint32_t v[4]) { put_row_vec8(smem, stride, xw, cols, idx, v); });
     return;
   }
   const StageRole s = conv_stage_role(w.x_cl, tid);
@@ -296,14 +346,6 @@ DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJo
     const int row = e / cols, col = e % cols;
     dst[(j.oy0 + row) * w.os[2] + (j.ox0 + col) * w.os[3]] = res[row * w.cols() + col];
   }
-}
-
-// The block job's input rows: from the first output row's top reach to the last's bottom, in bands.
-template <typename scalar_t>
-DCLS_HD int64_t conv_first_row(const WindowConv<scalar_t>& w, const WindowConvJob& j) { return j.oy0 - w.ph; }
-template <typename scalar_t>
-DCLS_HD int64_t conv_end_row(const WindowConv<scalar_t>& w, const WindowConvJob& j) {
-  return std::min<int64_t>(j.oy0 + w.rows() - 1 + w.Lh - w.ph, w.H);
 }
 
 // The kernel for a shape's tiles.

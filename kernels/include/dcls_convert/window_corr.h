@@ -155,45 +155,98 @@ DCLS_HD uint32_t* g_ring(const WindowCorr<scalar_t>& w, uint32_t* smem, int ci) 
 }
 DCLS_HD int ring_slot(int64_t oy, int ring) { return static_cast<int>((oy + kRingOffset) & (ring - 1)); }
 
-// Phase 1 (per band): the band's input rows iy0 .. iy0 + band - 1 of the thread's channel, zero outside the input,
-// into both copies; then the ring's new output-gradient rows [lo, hi) (zero outside the output gradient), whose
-// values the thread adds to its bias sum.
+// 16-byte loads a thread keeps in flight from one round (band) to the next (Prefetch): the most that the kernel
+// of an MT x NT tile holds without spilling under the 128 registers of two blocks per SM (read from ptxas for
+// sm_90, CUDA 13: `cuobjdump -res-usage` shows no stack frame where there was none; more spilled. sm_80 builds
+// keep a few words on the stack in some tiles, as they did before).
+template <int MT, int NT>
+constexpr int window_corr_prefetch() {
+  return MT * NT == 8 || (MT == 1 && NT >= 3) ? 2 : 4;
+}
+
+// A block job's rounds, image by image: input rows iy0 .. iy0 + band - 1 (iy0 = 0, band, ... below H) and the
+// ring's new output-gradient rows [lo, hi), hi = iy0 + band + ph (the previous round's hi, at first the first row
+// any band reads).
+struct CorrRound {
+  int64_t n, iy0, lo;
+};
 template <typename scalar_t>
-DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, int64_t n, int64_t iy0,
-                               int64_t lo, int64_t hi, uint32_t* smem, int tid, float bias[8]) {
-  const StageRole s = stage_role(w, tid);
-  const int64_t c = j.c0 + s.ci;
-  const bool live = c < w.C;
-  const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - iy0));
-  if (w.vec8)
-    stage_rows_vec8(smem, w.x_words(), w.xw, w.x + n * w.xs[0] + j.c0, sizeof(scalar_t), w.xs, iy0, rows, w.xe(),
-                    w.H, w.W, w.pw, tid, kWindowCorrThreads);
-  else
-    stage_rows_scalar(x_band(w, smem, s.ci), w.xw, w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, iy0, rows,
-                      w.xe(), w.H, w.W, w.pw, live, s.sub, s.nsub);
+DCLS_HD CorrRound corr_first_round(const WindowCorr<scalar_t>& w, int64_t n) {
+  return {n, 0, w.ph - w.Lh + 1};
+}
+template <typename scalar_t>
+DCLS_HD int64_t corr_hi(const WindowCorr<scalar_t>& w, const CorrRound& r) {
+  return r.iy0 + w.band + w.ph;
+}
+// The round after r; false past the job's last.
+template <typename scalar_t>
+DCLS_HD bool window_corr_next(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, CorrRound& r) {
+  r.lo = corr_hi(w, r);
+  r.iy0 += w.band;
+  if (r.iy0 >= w.H) r = corr_first_round(w, r.n + 1);
+  return r.n < j.n_end;
+}
+
+// A round's loads (channels_last inputs staged by 16-byte loads, w.vec8): the input rows, then the
+// output-gradient rows (16 * ks columns, zero past Wo).
+template <typename scalar_t>
+DCLS_HD Vec8Round window_corr_round(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, const CorrRound& r) {
+  const int64_t eb = sizeof(scalar_t);
+  Vec8Round v;
+  Vec8Rows& x = v.src[0];
+  x.base = reinterpret_cast<const unsigned char*>(w.x + r.n * w.xs[0] + j.c0);
+  x.ys = w.xs[2] * eb, x.ps = w.xs[3] * eb, x.y0 = r.iy0, x.x0 = -w.pw, x.H = w.H, x.W = w.W;
+  x.rows = static_cast<int>(std::min<int64_t>(w.band, w.H - r.iy0)), x.cols = w.xe();
+  Vec8Rows& g = v.src[1];
+  g.base = reinterpret_cast<const unsigned char*>(w.g + r.n * w.gs[0] + j.c0);
+  g.ys = w.gs[2] * eb, g.ps = w.gs[3] * eb, g.y0 = r.lo, g.x0 = 0, g.H = w.Ho, g.W = w.Wo;
+  g.rows = static_cast<int>(corr_hi(w, r) - r.lo), g.cols = 16 * w.ks;
+  return v;
+}
+
+// Phase 1a (per round, before the previous round's products): the thread's first loads of round r.
+template <int PF, typename scalar_t>
+DCLS_HD void window_corr_fetch(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, const CorrRound& r, int tid,
+                               Prefetch<PF>& p) {
+  if (w.vec8) prefetch_round(window_corr_round(w, j, r), tid, kWindowCorrThreads, p);
+}
+
+// Phase 1 (per round): the band's input rows iy0 .. iy0 + band - 1 of the thread's channel, zero outside the
+// input, into both copies; then the ring's new output-gradient rows [lo, hi) (zero outside the output gradient),
+// whose values the thread adds to its bias sum (channels_last: a thread per (row, column), its 8 channels from
+// one 16-byte load, each into its bias sum).
+template <int PF, typename scalar_t>
+DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, const CorrRound& r,
+                               uint32_t* smem, int tid, float bias[8], const Prefetch<PF>& p) {
   const int cols = 16 * w.ks;
-  if (w.vec8) {  // a thread per (row, column): its 8 channels in one 16-byte load, each into its bias sum
-    const auto* gbase = reinterpret_cast<const unsigned char*>(w.g + n * w.gs[0] + j.c0);
-    const int rows = static_cast<int>(hi - lo);
-    for (int idx = tid; idx < rows * cols; idx += kWindowCorrThreads) {
-      const int r = idx / cols, ox = idx - r * cols;
-      const int64_t oy = lo + r;
-      uint32_t v[4] = {0u, 0u, 0u, 0u};
-      if (oy >= 0 && oy < w.Ho && ox < w.Wo) load8(gbase + (oy * w.gs[2] + ox * w.gs[3]) * sizeof(scalar_t), v);
-      const int slot = ring_slot(oy, w.ring);
+  if (w.vec8) {
+    const int stride = w.x_words(), xw = w.xw, xe = w.xe(), ring = w.ring, gp = w.gp;
+    const int64_t lo = r.lo;
+    stage_round(window_corr_round(w, j, r), tid, kWindowCorrThreads, p, [&](int src, int idx, const uint32_t v[4]) {
+      if (src == 0) {
+        put_row_vec8(smem, stride, xw, xe, idx, v);
+        return;
+      }
+      const int row = idx / cols, ox = idx - row * cols, slot = ring_slot(lo + row, ring);
 DCLS_UNROLL
       for (int k = 0; k < 8; ++k) {
-        auto* dst = reinterpret_cast<uint16_t*>(g_ring(w, smem, k)) + int64_t(slot) * 2 * w.gp;
+        auto* dst = reinterpret_cast<uint16_t*>(g_ring(w, smem, k)) + int64_t(slot) * 2 * gp;
         const uint16_t h = half_of(v, k);
         dst[ox] = h;
         bias[k] += static_cast<float>(scalar_t(h, scalar_t::from_bits()));
       }
-    }
+    });
     return;
   }
+  const StageRole s = stage_role(w, tid);
+  const int64_t c = j.c0 + s.ci, n = r.n;
+  const bool live = c < w.C;
+  const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - r.iy0));
+  stage_rows_scalar(x_band(w, smem, s.ci), w.xw, w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, r.iy0, rows,
+                    w.xe(), w.H, w.W, w.pw, live, s.sub, s.nsub);
   auto* ring = reinterpret_cast<scalar_t*>(g_ring(w, smem, s.ci));
   const scalar_t* gsrc = w.g + n * w.gs[0] + (live ? c : 0) * w.gs[1];
-  for (int64_t oy = lo; oy < hi; ++oy) {
+  for (int64_t oy = r.lo; oy < corr_hi(w, r); ++oy) {
     const bool row_in = live && oy >= 0 && oy < w.Ho;
     scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * 2 * w.gp;
     for (int ox = s.sub; ox < cols; ox += s.nsub) {

@@ -76,24 +76,92 @@ DCLS_HD void load8(const void* p, uint32_t v[4]) {
 }
 DCLS_HD uint16_t half_of(const uint32_t v[4], int k) { return static_cast<uint16_t>(v[k >> 1] >> (16 * (k & 1))); }
 
-// Input rows iy0 .. iy0 + rows - 1 (zero outside the input) of channels c0 .. c0 + 7 into 8 channel regions
-// `stride` words apart, row r at word r * 2 * xw, each twice (the odd copy shifted by one element): a thread per
-// (row, element), one 16-byte load for its 8 channels.
-DCLS_HD void stage_rows_vec8(uint32_t* smem, int stride, int xw, const void* src, int elem_bytes, const int64_t xs[4],
-                             int64_t iy0, int rows, int xe, int64_t H, int64_t W, int64_t pw, int tid, int threads) {
-  const auto* base = static_cast<const unsigned char*>(src);
-  for (int idx = tid; idx < rows * xe; idx += threads) {
-    const int r = idx / xe, e = idx - r * xe;
-    const int64_t iy = iy0 + r, col = e - pw;
-    uint32_t v[4] = {0u, 0u, 0u, 0u};
-    if (iy >= 0 && iy < H && col >= 0 && col < W) load8(base + (iy * xs[2] + col * xs[3]) * elem_bytes, v);
+// One source of a staging round of channels_last runs of 8 channels (16 bytes a pixel): rows y0 .. y0 + rows - 1
+// of one image, cols pixels per row from column x0 on. Item idx (row idx / cols, pixel idx % cols) is one 16-byte
+// load, zero outside the H x W plane.
+struct Vec8Rows {
+  const unsigned char* base = nullptr;  // the image's pixel (0, 0), the group's first channel
+  int64_t ys = 0, ps = 0;               // bytes between rows, between pixels
+  int64_t y0 = 0, x0 = 0, H = 0, W = 0;
+  int rows = 0, cols = 0;
+  DCLS_HD int items() const { return rows * cols; }
+  DCLS_HD void load(int idx, uint32_t v[4]) const {
+    const int r = idx / cols, e = idx - r * cols;
+    const int64_t y = y0 + r, x = x0 + e;
+    v[0] = v[1] = v[2] = v[3] = 0u;
+    if (y >= 0 && y < H && x >= 0 && x < W) load8(base + y * ys + x * ps, v);
+  }
+};
+
+// A block's staging round: up to two sources (the correlation's input rows, then its output-gradient rows), items
+// numbered across both.
+struct Vec8Round {
+  Vec8Rows src[2];
+  DCLS_HD int items() const { return src[0].items() + src[1].items(); }
+  DCLS_HD void load(int idx, uint32_t v[4]) const {
+    const int n0 = src[0].items();
+    if (idx < n0)
+      src[0].load(idx, v);
+    else
+      src[1].load(idx - n0, v);
+  }
+};
+
+// A thread's first PF loads of the next round, issued before the current round's products so that they are in
+// flight while the tensor cores run: at small planes a block's rounds are few and short, and with one load in
+// flight per thread the kernels waited on memory between them. PF is what the tile's registers leave.
+template <int PF>
+struct Prefetch {
+  uint32_t v[PF > 0 ? PF : 1][4];
+};
+
+template <int PF>
+DCLS_HD void prefetch_round(const Vec8Round& r, int tid, int threads, Prefetch<PF>& p) {
 DCLS_UNROLL
-    for (int k = 0; k < 8; ++k) {
-      auto* row = reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride + r * 2 * xw);
-      const uint16_t h = half_of(v, k);
-      row[e] = h;
-      if (e >= 1) row[2 * xw + e - 1] = h;
-    }
+  for (int i = 0; i < PF; ++i) {
+    const int idx = tid + i * threads;
+    if (idx < r.items()) r.load(idx, p.v[i]);
+  }
+}
+
+// The round into shared memory: put(source, item, v) for the thread's items tid, tid + threads, ... in order, the
+// prefetched ones first, then the rest with max(PF, 1) loads in flight at a time.
+template <int PF, typename Put>
+DCLS_HD void stage_round(const Vec8Round& r, int tid, int threads, const Prefetch<PF>& p, Put&& put) {
+  const int n0 = r.src[0].items(), n = r.items();
+  auto place = [&](int idx, const uint32_t v[4]) {
+    if (idx < n0)
+      put(0, idx, v);
+    else
+      put(1, idx - n0, v);
+  };
+DCLS_UNROLL
+  for (int i = 0; i < PF; ++i) {
+    const int idx = tid + i * threads;
+    if (idx < n) place(idx, p.v[i]);
+  }
+  constexpr int B = PF > 0 ? PF : 1;
+  for (int first = tid + PF * threads; first < n; first += B * threads) {
+    uint32_t v[B][4];
+DCLS_UNROLL
+    for (int b = 0; b < B; ++b)
+      if (first + b * threads < n) r.load(first + b * threads, v[b]);
+DCLS_UNROLL
+    for (int b = 0; b < B; ++b)
+      if (first + b * threads < n) place(first + b * threads, v[b]);
+  }
+}
+
+// Item idx of input rows staged cols elements a row (a Vec8Rows' item) into 8 channel regions `stride` words
+// apart, row r at word r * 2 * xw, twice (the odd copy shifted by one element).
+DCLS_HD void put_row_vec8(uint32_t* smem, int stride, int xw, int cols, int idx, const uint32_t v[4]) {
+  const int r = idx / cols, e = idx - r * cols;
+DCLS_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    auto* row = reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride + r * 2 * xw);
+    const uint16_t h = half_of(v, k);
+    row[e] = h;
+    if (e >= 1) row[2 * xw + e - 1] = h;
   }
 }
 
