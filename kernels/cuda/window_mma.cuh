@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(Wind
       __syncthreads();  // the previous image's results are stored
       window_conv_keep<MT, NT>(w, j, smem, warp, lane, acc[0]);
       __syncthreads();
-      window_conv_store(w, j, smem, tid);
+      window_conv_store<window_conv_vec_store<MT, NT>()>(w, j, smem, tid);
     }
   }
 }

@@ -344,7 +344,7 @@ struct EmulatedLaunch {
         }
         for (int tid = 0; tid < kWindowCorrThreads; ++tid)
           window_conv_keep<MT, NT>(w, j, smem.data(), tid / 32, tid % 32, &acc[int64_t(tid) * NA]);
-        for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_store(w, j, smem.data(), tid);
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_conv_store<window_conv_vec_store<MT, NT>()>(w, j, smem.data(), tid);
       }
     }
   }

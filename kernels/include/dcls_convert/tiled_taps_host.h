@@ -309,8 +309,9 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
   return entries >= mma_break_even(12.0, 0.6, plane, a.Lh, a.Lw);
 }
 
-// DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load
-// (the A/B arm of the 16-byte loads; tests compare the two).
+// DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load,
+// none ahead, and store the convolution's results one element per store (the A/B arm of the 16-byte loads and
+// stores; tests compare the two).
 inline std::string staging_mode() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_MMA_STAGING");
   return e == nullptr ? std::string() : std::string(e);
@@ -428,6 +429,7 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     bind_window_conv(w, x, out, a, flip);
     w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.out_cl = w.os[1] == 1 && a.C > 1;
+    w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar";
     if (w.ok) w.band = window_conv_band(w, max_smem_bytes, conv_band_cap());
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }

@@ -45,6 +45,7 @@ struct WindowConv {
   int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
   bool x_cl = false, out_cl = false;  // channels fastest: staging and stores by 8 channels of a pixel
   bool vec8 = false;                  // input rows staged by 16-byte loads (staging_vec8)
+  bool out_vec8 = false;              // results stored by 16-byte stores of 8 channels (staging_vec8 of out)
   int mt = 1, nt = 1, ks = 1;
   int xw = 16, kp = 12;  // words per staged input row copy; per kernel row (4 mod 8: conflict-free A fragments)
   int64_t slabs = 1;     // of images per (group, row tile): the kernels are staged once per slab
@@ -332,9 +333,37 @@ DCLS_UNROLL
       }
 }
 
-// Phase 5: the result tile to the output, in the output's channel order.
-template <typename scalar_t>
+// Whether the kernel of an MT x NT tile stores channels_last results by 16-byte stores: where its registers
+// hold them beside the next round's loads without spilling (as window_conv_prefetch; the larger tiles spilled).
+template <int MT, int NT>
+constexpr bool window_conv_vec_store() {
+  return MT * NT <= 4;
+}
+
+// Phase 5: the result tile to the output, in the output's channel order (channels_last runs of 8 channels that
+// 16-byte stores can write, where Vec: a thread per pixel, its 8 channels from their 8 result regions).
+template <bool Vec, typename scalar_t>
 DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJob& j, const uint32_t* smem, int tid) {
+  if (Vec && w.out_vec8) {
+    const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0));
+    const int cols = static_cast<int>(std::min<int64_t>(w.cols(), w.Wo - j.ox0));
+    const auto* res = reinterpret_cast<const uint16_t*>(smem + w.results_offset());
+    const int64_t region = 2 * int64_t(w.res_words());  // 16-bit elements between channels' results
+    scalar_t* dst = w.out + j.n * w.os[0] + j.c0 + j.oy0 * w.os[2] + j.ox0 * w.os[3];
+    const int ys = static_cast<int>(w.os[2]), ps = static_cast<int>(w.os[3]);  // (a tile's offsets fit: plan)
+#if defined(__CUDACC__)
+#pragma unroll 1  // (the next round's loads hold registers meanwhile)
+#endif
+    for (int e = tid; e < rows * cols; e += kWindowCorrThreads) {
+      const int row = e / cols, col = e - row * cols, at = row * w.cols() + col;
+      uint32_t v[4];
+DCLS_UNROLL
+      for (int q = 0; q < 4; ++q)
+        v[q] = uint32_t(res[2 * q * region + at]) | (uint32_t(res[(2 * q + 1) * region + at]) << 16);
+      store8(dst + (row * ys + col * ps), v);
+    }
+    return;
+  }
   const StageRole s = conv_stage_role(w.out_cl, tid);
   const int64_t c = j.c0 + s.ci;
   if (c >= w.C) return;

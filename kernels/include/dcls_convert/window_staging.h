@@ -75,6 +75,14 @@ DCLS_HD void load8(const void* p, uint32_t v[4]) {
 #endif
 }
 DCLS_HD uint16_t half_of(const uint32_t v[4], int k) { return static_cast<uint16_t>(v[k >> 1] >> (16 * (k & 1))); }
+// The reverse of load8: four words (element k in word k / 2, low half first) as one 16-byte store.
+DCLS_HD void store8(void* p, const uint32_t v[4]) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint4*>(p) = make_uint4(v[0], v[1], v[2], v[3]);
+#else
+  std::memcpy(p, v, 16);
+#endif
+}
 
 // One source of a staging round of channels_last runs of 8 channels (16 bytes a pixel): rows y0 .. y0 + rows - 1
 // of one image, cols pixels per row from column x0 on. Item idx (row idx / cols, pixel idx % cols) is one 16-byte
