@@ -79,3 +79,36 @@ def test_bench_gpu_model_variants_include_tensor_cores():
     dcls = "dcls K=34 w17 shared"
     assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.TABLES,
                                                              dcls + bench_gpu.FMA]
+
+
+def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
+    """benchmarks/fit_cost_rule.py reads bench_gpu.py's --json rows: per-stage timings made from a known rule (the
+    tables linear in their entries; the tensor cores meeting them at 40 (3136 / plane)^0.5 entries in the forward,
+    at 30 (3136 / plane)^0.4 in the correlation) give back those constants; float32 rows and other windows are
+    not read."""
+    import json
+
+    import fit_cost_rule as fit
+
+    rows = []
+    for side in (56, 28, 14, 7):
+        plane = side * side
+        conv_be, corr_be = 40 * (3136 / plane) ** 0.5, 30 * (3136 / plane) ** 0.4
+        a, b = 0.05, 0.002  # the tables' forward: a + b * entries
+        tables_wgrad = 0.3
+        rows.append({"shape": f"64x96x{side}x{side}", "L": 17, "dtype": "bf16 CL",
+                     "GPU tables on-grid fwd": a + b * 34, "GPU tables fwd": a + b * 136, "GPU mma fwd": a + b * conv_be,
+                     "GPU tables wgrad": tables_wgrad, "GPU mma wgrad": tables_wgrad * corr_be / 136})
+        rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan")})
+        rows.append({**rows[-2], "L": 31, "GPU mma fwd": 1.0})
+    path = tmp_path / "layers.json"
+    path.write_text(json.dumps(rows))
+    points = fit.break_evens(rows)
+    assert [p for p, _ in points["conv"]] == [3136, 784, 196, 49]
+    for part, (A, B) in (("conv", (40, 0.5)), ("corr", (30, 0.4))):
+        a, b = fit.power_fit([(3136 / p, e) for p, e in points[part]])
+        assert abs(a - A) < 1e-6 * A and abs(b - B) < 1e-9
+    monkeypatch.setattr(sys, "argv", ["fit_cost_rule.py", str(path)])
+    fit.main()
+    out = capsys.readouterr().out
+    assert "fit: 40.0 (3136 / plane)^0.50" in out and "fit: 30.0 (3136 / plane)^0.40" in out

@@ -1,0 +1,76 @@
+"""Refit the tensor cores' cost rule (`mma_break_even` in kernels/include/dcls_convert/tiled_taps_host.h) from a
+GPU run's per-layer rows: `python benchmarks/fit_cost_rule.py layers.json`, where layers.json is what
+`bench_gpu.py --json layers.json` wrote (its bfloat16 channels_last rows at window 17, the four ConvNeXt-T stage
+planes, with the tables' and the tensor cores' arms timed: run it without --new-arms, or with arms not yet timed).
+
+The rule runs a 16-bit part on tensor cores where the tables' entry bound (4K bilinear) reaches a break-even count
+that grows as planes shrink, about A (3136 / plane)^B. Per stage this script reads the break-even from the timings:
+- forward (and input gradient, the same kernels): the tables' cost is linear in its entries, through the on-grid
+  (K entries) and off-grid (4K) timings; the break-even is where that line meets the tensor cores' time, which does
+  not depend on the entries;
+- weight and position gradients: the tables' correlation costs about the same on grid and off (both rows of every
+  tap are kept for the position gradient), so its cost is taken as proportional to the entries, 4K measured: the
+  break-even is 4K x (tensor cores / tables).
+Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
+suggestion: read it with the per-stage figures, which decide in the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+CURRENT = {"conv": (53.0, 0.45), "corr": (12.0, 0.6)}  # mma_wanted's constants
+K = 34  # bench_gpu.py's taps per channel
+
+
+def power_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """A and B of y = A x^B by least squares on (log x, log y); points (x, y) with y > 0."""
+    xs = [math.log(x) for x, _ in points]
+    ys = [math.log(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    return math.exp(my - b * mx), b
+
+
+def break_evens(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    out = {"conv": [], "corr": []}
+    for r in rows:
+        if r.get("dtype") != "bf16 CL" or r.get("L") != 17:
+            continue
+        _, _, h, w = (int(v) for v in r["shape"].split("x"))
+        plane = h * w
+        on, off, mma = r.get("GPU tables on-grid fwd"), r.get("GPU tables fwd"), r.get("GPU mma fwd")
+        if all(isinstance(v, float) and math.isfinite(v) for v in (on, off, mma)):
+            slope = (off - on) / (4 * K - K)
+            # tables never slower (flat or falling with entries) -> no break-even within reach
+            out["conv"].append((plane, (mma - (on - slope * K)) / slope if slope > 0 else math.inf))
+        tables, mma = r.get("GPU tables wgrad"), r.get("GPU mma wgrad")
+        if all(isinstance(v, float) and math.isfinite(v) for v in (tables, mma)):
+            out["corr"].append((plane, 4 * K * mma / tables))
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    with open(sys.argv[1]) as f:
+        rows = json.load(f)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    for part, points in break_evens(rows).items():
+        print(f"{part}: break-even entries per stage plane (the tables' bound at K={K} is {4 * K})")
+        for plane, e in sorted(points, reverse=True):
+            a, b = CURRENT[part]
+            print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: measured {e:.0f}, "
+                  f"current rule {a * (3136 / plane) ** b:.0f}")
+        finite = [(3136 / p, e) for p, e in points if 0 < e < math.inf]
+        if len(finite) >= 2:
+            a, b = power_fit(finite)
+            print(f"  fit: {a:.1f} (3136 / plane)^{b:.2f}   (current: {CURRENT[part][0]} (3136 / plane)^{CURRENT[part][1]})")
+        else:
+            print("  fit: too few finite break-evens")
+
+
+if __name__ == "__main__":
+    main()
