@@ -471,6 +471,10 @@ FMA = ", fma"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
+# variants whose model runs as torch.compile(mode="reduce-overhead") (inductor and CUDA graphs: the host no longer
+# queues each kernel), AMP only, against the original compiled the same way; run only when --variants names them
+# (each compiles for a minute or more)
+COMPILED = "compiled: "
 
 
 def _variants(name):
@@ -509,6 +513,7 @@ def _variants(name):
     out.update({v + MMA: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + TABLES: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + FMA: out[v] for v in (dcls_name, "partial", "bloom")})
+    out.update({COMPILED + v: out[v] for v in ("original", dcls_name, "dcls, positions off grid", "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
     return out
@@ -579,6 +584,9 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             name = variant + (f" (pass {pas + 1})" if passes > 1 else "")
             if only and not any(variant == o or (o.endswith("*") and variant.startswith(o[:-1])) for o in only):
                 continue
+            compiled = variant.startswith(COMPILED)
+            if compiled and not only:
+                continue
             try:
                 m = build().cuda().to(memory_format=torch.channels_last)
             except Exception as exc:  # a row that cannot run says why; the table goes on
@@ -596,10 +604,13 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             if variant.endswith(FMA):
                 os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
-            for amp in (True, False):
-                def step(m=m, opt=opt, amp=amp):
+            run = torch.compile(m, mode="reduce-overhead") if compiled else m
+            for amp in (True,) if compiled else (True, False):
+                def step(run=run, opt=opt, amp=amp, compiled=compiled):
+                    if compiled:
+                        torch.compiler.cudagraph_mark_step_begin()
                     with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-                        loss = F.cross_entropy(m(x), target)
+                        loss = F.cross_entropy(run(x), target)
                     loss.backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)
@@ -620,11 +631,15 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)
             bloom.CONV_BLUR_DEVICES = {"cuda"}
-            del m, opt
+            del m, opt, run
             torch.cuda.empty_cache()
-    base = {(r["model"], r["precision"], r["pass"]): r for r in rows if r["variant"].startswith("original")}
+    # ratios against the original of the same model, precision and pass, compiled alike
+    def key(r):
+        return r["model"], r["precision"], r["pass"], r["variant"].startswith(COMPILED)
+
+    base = {key(r): r for r in rows if r["variant"].removeprefix(COMPILED).startswith("original")}
     for r in rows:
-        b = base.get((r["model"], r["precision"], r["pass"]))
+        b = base.get(key(r))
         r["x original time"] = r["ms/step"] / b["ms/step"] if b else float("nan")
         r["x original GPU busy"] = r["GPU busy ms"] / b["GPU busy ms"] if b and "GPU busy ms" in r else float("nan")
         r["x original memory"] = r["peak GiB"] / b["peak GiB"] if b and "peak GiB" in r else float("nan")

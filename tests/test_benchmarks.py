@@ -68,8 +68,8 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 
 
 def test_bench_gpu_model_variants_include_tensor_cores():
-    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run) and FMA rows
-    (DCLS_CONVERT_CUDA_FMA=all) exist for every method, named so that --variants "dcls K*" picks the three dcls
+    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows and FMA rows
+    (DCLS_CONVERT_CUDA_FMA=all) exist for every method, named so that --variants "dcls K*" picks the four dcls
     rows."""
     import bench_gpu
 
@@ -79,6 +79,8 @@ def test_bench_gpu_model_variants_include_tensor_cores():
     dcls = "dcls K=34 w17 shared"
     assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.TABLES,
                                                              dcls + bench_gpu.FMA]
+    # the compiled rows (CUDA graphs), each against the original compiled alike; --variants "dcls K*" skips them
+    assert all(bench_gpu.COMPILED + v in names for v in ("original", dcls, "partial", "bloom"))
 
 
 def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
