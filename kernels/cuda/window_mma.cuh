@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(Wind
     float bias[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     Prefetch<PF> pf;
     CorrRound r = corr_first_round(w, j.n_begin);
-    window_corr_fetch(w, j, r, tid, pf);
+    window_corr_fetch(w, j, r, tid, pf);  // (a job has an image at least: slabs <= N)
     for (bool more = r.n < j.n_end; more;) {
       __syncthreads();  // the previous band's rows (or the previous job's sums) are read
       window_corr_stage(w, j, r, smem, tid, bias, pf);
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(Wind
     WindowConvJob j = window_conv_job(w, bid);
     const int64_t start = conv_start_row(w, j), end = conv_end_row(w, j);
     Prefetch<PF> pf;
-    window_conv_fetch(w, j, j.n_begin, start, tid, pf);  // in flight while the kernels are staged
+    if (j.n_begin < j.n_end) window_conv_fetch(w, j, j.n_begin, start, tid, pf);  // in flight while the kernels are staged
     __syncthreads();  // the previous job's kernels are read
     window_conv_stage_kernels(w, j, smem, tid);
     for (j.n = j.n_begin; j.n < j.n_end; ++j.n) {

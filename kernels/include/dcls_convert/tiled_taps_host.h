@@ -429,7 +429,9 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     bind_window_conv(w, x, out, a, flip);
     w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.out_cl = w.os[1] == 1 && a.C > 1;
-    w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar";
+    // (the stores' offsets within a tile are 32-bit)
+    w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar" &&
+                 (w.rows() - 1) * std::abs(w.os[2]) + (w.cols() - 1) * std::abs(w.os[3]) + 8 < (int64_t(1) << 31);
     if (w.ok) w.band = window_conv_band(w, max_smem_bytes, conv_band_cap());
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }

@@ -344,13 +344,14 @@ constexpr bool window_conv_vec_store() {
 // 16-byte stores can write, where Vec: a thread per pixel, its 8 channels from their 8 result regions).
 template <bool Vec, typename scalar_t>
 DCLS_HD void window_conv_store(const WindowConv<scalar_t>& w, const WindowConvJob& j, const uint32_t* smem, int tid) {
+  static_assert(!Vec || sizeof(scalar_t) == 2, "16-byte stores of 8 channels: 16-bit outputs");
   if (Vec && w.out_vec8) {
     const int rows = static_cast<int>(std::min<int64_t>(w.rows(), w.Ho - j.oy0));
     const int cols = static_cast<int>(std::min<int64_t>(w.cols(), w.Wo - j.ox0));
     const auto* res = reinterpret_cast<const uint16_t*>(smem + w.results_offset());
     const int64_t region = 2 * int64_t(w.res_words());  // 16-bit elements between channels' results
     scalar_t* dst = w.out + j.n * w.os[0] + j.c0 + j.oy0 * w.os[2] + j.ox0 * w.os[3];
-    const int ys = static_cast<int>(w.os[2]), ps = static_cast<int>(w.os[3]);  // (a tile's offsets fit: plan)
+    const int ys = static_cast<int>(w.os[2]), ps = static_cast<int>(w.os[3]);  // (a tile's offsets fit: the plan)
 #if defined(__CUDACC__)
 #pragma unroll 1  // (the next round's loads hold registers meanwhile)
 #endif

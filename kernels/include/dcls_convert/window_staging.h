@@ -102,7 +102,10 @@ struct Vec8Rows {
 };
 
 // A block's staging round: up to two sources (the correlation's input rows, then its output-gradient rows), items
-// numbered across both.
+// numbered across both. (So a thread's output-gradient items, and the values in its bias sums, follow from the
+// input rows' count: the correlation's bias gradient is run to run the same, its per-thread grouping not that of
+// each source staged on its own. Numbering the second source from a whole pass of threads kept that grouping
+// but made ptxas spill in the stage shapes' correlation tile.)
 struct Vec8Round {
   Vec8Rows src[2];
   DCLS_HD int items() const { return src[0].items() + src[1].items(); }
