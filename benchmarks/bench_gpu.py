@@ -198,6 +198,14 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_MMA"]
                     del os.environ["DCLS_CONVERT_CUDA_MMA_BAND"]
+            if dtype == torch.float32:  # the float32 correlation on tensor cores as 3xTF32 (opt-in, tenth session)
+                os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
+                try:
+                    arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("wgrad", "fwd+bwd")}
+                    arm["on-grid wgrad"] = tap_fns(xo, wo, po, window)["wgrad"]
+                    modes.update({("tf32", k): v for k, v in kernel_time(arm).items()})
+                finally:
+                    del os.environ["DCLS_CONVERT_CUDA_TF32"]
             # FMA over the whole window (the tensor cores off), opt-in: the forward and input gradient (float32)
             # and the weight/position gradients (any dtype); timed in the ninth session's calls 1 and 2
             fma_fns = {} if new_arms else {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
@@ -259,6 +267,10 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU mma fwd+bwd": arm_ms("mma all", "fwd+bwd"),
                 "GPU mma band-8 fwd": arm_ms("mma band-8", "fwd"),
                 "GPU mma band-8 fwd+bwd": arm_ms("mma band-8", "fwd+bwd"),
+                "GPU tf32 wgrad": arm_ms("tf32", "wgrad"),
+                "GPU tf32 wgrad/floor": arm_ms("tf32", "wgrad") / ari_ms,
+                "GPU tf32 on-grid wgrad": arm_ms("tf32", "on-grid wgrad"),
+                "GPU tf32 fwd+bwd": arm_ms("tf32", "fwd+bwd"),
                 "GPU fma fwd": arm_ms("fma", "fwd"),
                 "GPU fma fwd/floor": arm_ms("fma", "fwd") / floor,
                 "GPU fma dgrad": arm_ms("fma", "dgrad"),
@@ -297,7 +309,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "rule says, mma_wanted); 'tables': 16-bit rows with DCLS_CONVERT_CUDA_MMA=none; 'mma': tensor cores "
           "forced (16-bit rows): fwd and dgrad with =conv, "
           "wgrad with =corr, fwd+bwd with =all ('band-8': =all with DCLS_CONVERT_CUDA_MMA_BAND=8, 8 input rows staged "
-          "per round); the floors stay those of the table's float32 products; 'fma': "
+          "per round); the floors stay those of the table's float32 products; 'tf32': float32 rows with "
+          "DCLS_CONVERT_CUDA_TF32=corr (the weight and position gradients on tensor cores, 3xTF32); 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
     cols = []

@@ -27,11 +27,13 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 
     mma_seen = []
     fma_seen = []
+    tf32_seen = []
 
     def kernel_time(fns, **_):
         modes_seen.append(os.environ.get("DCLS_CONVERT_CUDA_TILES"))
         mma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_MMA"))
         fma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_FMA"))
+        tf32_seen.append((os.environ.get("DCLS_CONVERT_CUDA_TF32"), tuple(fns)))
         return {k: (fn(), 0.5)[1] for k, fn in fns.items()}
 
     monkeypatch.setattr(bench_gpu, "STAGES", [(2, 8, 14, 14)])
@@ -55,6 +57,9 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the FMA arm, both dtypes, with the tensor cores off
     assert set(fma_seen) == {None, "all"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
     assert all(m == "none" for m, f in zip(mma_seen, fma_seen) if f == "all")
+    # the float32 correlation on tensor cores (3xTF32): the float32 row's gradients, and the switch left unset
+    assert [sorted(k) for e, k in tf32_seen if e] == [["fwd+bwd", "on-grid wgrad", "wgrad"]]
+    assert "DCLS_CONVERT_CUDA_TF32" not in os.environ and rows[0]["GPU tf32 wgrad"] == 0.5
     for r in rows:
         for col in ("GPU fma fwd", "GPU fma dgrad", "GPU fma wgrad", "GPU fma fwd+bwd"):
             assert r[col] == 0.5, col

@@ -206,6 +206,31 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
         assert max_rel(got.double(), tab.double()) < 1e-4
 
 
+@pytest.mark.parametrize("shape,window,channels_last", [((64, 96, 56, 56), 17, False),
+                                                   ((16, 384, 14, 14), 17, False),
+                                                   ((16, 768, 7, 7), 17, True),
+                                                   ((4, 40, 14, 14), 9, False)])
+def test_window_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
+    """float32 weight and position gradients on tensor cores (DCLS_CONVERT_CUDA_TF32=corr, 3xTF32): against the
+    dense float64 oracle to float32's accuracy (one tf32 product alone would be ~1e-3 off), against the tables,
+    the window_corr kernel launched (not the tables'), and two runs bitwise equal."""
+    x, w, p, b, win, pad = _window_layer(shape, window, torch.float32, channels_last)
+    g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
+    tables = back(g, x, w, p, *args)[1:]
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+    assert "window_corr" in _cuda_kernels(lambda: back(g, x, w, p, *args))
+    runs = [back(g, x, w, p, *args)[1:] for _ in range(2)]
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
+    y = _dense_oracle(*ref, win, [1, 1], pad)
+    want = list(torch.autograd.grad(y, ref[1:], g.double())) + [g.double().sum((0, 2, 3))]
+    for got, tab, e in zip(runs[0], tables, want):
+        assert max_rel(got.double(), e) < 1e-4
+        assert max_rel(got.double(), tab.double()) < 1e-4
+
+
 def _cuda_kernels(fn) -> str:
     """The names of the CUDA kernels fn launches (the profiler's): which path ran."""
     from torch.profiler import ProfilerActivity, profile

@@ -648,6 +648,46 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
         assert not gp.any()
 
 
+@pytest.mark.parametrize("case", WINDOW_CORR_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last16"),
+                                           ("nearest", "contiguous")])
+def test_window_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
+    """float32 layers' weight and position gradients on tensor cores (DCLS_CONVERT_CUDA_TF32=corr): the 16-bit
+    kernel's block algorithm on mma.m16n8k8 with tf32, each value split into a tf32 head and tail and three
+    products summed (3xTF32), against the float64 oracle to float32's accuracy. One tf32 product alone would be
+    about 1e-3 off (10 mantissa bits); the tails bring it to float32 rounding. Two launches (correlation, finish)
+    instead of the tables' three where the plan fits shared memory; unset, float32 keeps the tables."""
+    window, padding = case["window"], case["padding"]
+    D = len(window)
+    x, w, p = _window_case_inputs(case, layout, torch.float32, interp, N=3)
+    C = x.shape[1]
+    stride = [1] * D
+    out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
+    g = torch.randn(out.shape)
+    if layout.startswith("channels_last") and D == 2:
+        g = g.contiguous(memory_format=torch.channels_last)
+    E.take_launches()
+    tables = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
+    assert E.take_launches() == 3
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+    _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
+    # float32 rows take twice the 16-bit ring: the 129-column case's 32x32 window passes the block's shared memory
+    fits = case is not WINDOW_CORR_CASES[7]
+    assert bool(E.window_plans(x, w, p, window, stride, padding, interp)[2]) == fits
+    assert E.take_launches() == (2 if fits else 3)
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
+           torch.zeros(C, dtype=torch.float64, requires_grad=True)]
+    want = torch.autograd.grad(reference.taps_conv(*ref, window, stride, padding, interp), ref[1:], g.double(),
+                               allow_unused=True, materialize_grads=True)
+    assert max_rel(gw.double(), want[0]) < 1e-5
+    assert max_rel(gb.double(), want[2]) < 1e-5
+    torch.testing.assert_close(gb, tables[3], rtol=1e-5, atol=1e-5)
+    if interp == "bilinear":
+        assert max_rel(gp.double(), want[1]) < 1e-5
+    else:
+        assert not gp.any()
+
+
 @pytest.mark.parametrize("dtype,stride,padding", [(torch.float32, [1, 1], [3, 3]), (torch.bfloat16, [2, 1], [3, 3]),
                                                   (torch.bfloat16, [1, 1], [7, 3])])
 def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, padding):

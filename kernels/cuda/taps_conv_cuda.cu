@@ -144,7 +144,7 @@ struct CudaLaunch {
   // a build compiles them in parallel with this one
   static bool mma_supported(const at::Tensor& like) { return window_mma_supported(like); }
   static void window_corr(const WindowCorr<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
-    if constexpr (window_corr_dtype<scalar_t>()) {
+    if constexpr (window_corr_mma_dtype<scalar_t>()) {
       launch_window_corr(w, a, like);
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_corr: 16-bit inputs only");

@@ -1,5 +1,5 @@
-// The tensor-core kernels' launchers (window_launch.h): the correlation and its finish, the window and the
-// convolution, for float16 and bfloat16.
+// The tensor-core kernels' launchers (window_launch.h): the correlation and its finish (float16, bfloat16, and
+// float32 as 3xTF32), the window and the convolution (float16 and bfloat16).
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 
@@ -69,6 +69,7 @@ void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>&
 }
 
 template void launch_window_corr(WindowCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
+template void launch_window_corr(WindowCorr<float>, const TapsArgs<float, float>&, const at::Tensor&);
 template void launch_window_corr(WindowCorr<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&);
 template void launch_window_conv(WindowConv<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&, bool);
 template void launch_window_conv(WindowConv<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&,

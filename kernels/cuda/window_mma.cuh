@@ -42,9 +42,47 @@ struct MmaDevice {
   }
 };
 
+// float32: 3xTF32 (window_corr.h). Each value split into a tf32 head and the tf32 rounding of the rest; the tail
+// products first, so that the head x head product is added to sums that already hold the small terms.
+__device__ __forceinline__ void tf32_split(uint32_t bits, uint32_t& head, uint32_t& tail) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const float v = __uint_as_float(bits);
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(head) : "f"(v));
+  const float rest = v - __uint_as_float(head);
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(tail) : "f"(rest));
+#endif
+}
+__device__ __forceinline__ void mma_tf32(float* d, const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+template <>
+struct MmaDevice<float> {
+  template <int NL, int NA, int NAR, int NBR>
+  __device__ __forceinline__ static void run(float (*acc)[NA], const uint32_t (*A)[NAR], const uint32_t (*B)[NBR],
+                                             int tile, int i, int jn) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float* d = acc[0] + 4 * tile;
+    uint32_t ah[4], at[4], bh[2], bt[2];
+    DCLS_UNROLL
+    for (int q = 0; q < 4; ++q) tf32_split(A[0][4 * i + q], ah[q], at[q]);
+    DCLS_UNROLL
+    for (int q = 0; q < 2; ++q) tf32_split(B[0][2 * jn + q], bh[q], bt[q]);
+    mma_tf32(d, at, bh);
+    mma_tf32(d, ah, bt);
+    mma_tf32(d, ah, bh);
+#else
+    __trap();
+#endif
+  }
+};
+
 template <int MT, int NT, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_corr_kernel(WindowCorr<scalar_t> w) {
-  constexpr int PF = window_corr_prefetch<MT, NT>();
+  constexpr int PF = window_corr_prefetch<MT, NT, scalar_t>();
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();

@@ -162,6 +162,58 @@ struct MmaEmulated {
   }
 };
 
+// tf32 with round-to-nearest, ties away from zero (cvt.rna.tf32.f32): a float32 with its 13 low mantissa bits
+// rounded off; infinities and NaN as they are.
+inline float tf32_rna(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+// float32 fragments: 3xTF32 over mma.m16n8k8 (row.col, tf32 in, float32 sums; the PTX ISA's "Matrix Fragments
+// for mma.m16n8k8" with .tf32: A register r holds row groupID (+8 for r = 1, 3), column threadID (+4 for r = 2,
+// 3); B register r row threadID (+4 for r = 1) of column groupID; the accumulators as for m16n8k16). Each value
+// split into head = tf32(v) and tail = tf32(v - head); three products added as the device adds them (tail x head,
+// head x tail, head x head), each a k-sum in float32 (the hardware's own order within an mma is not specified:
+// the tests allow for it).
+template <>
+struct MmaEmulated<float> {
+  template <int NL, int NA, int NAR, int NBR>
+  static void run(float (*acc)[NA], const uint32_t (*A)[NAR], const uint32_t (*B)[NBR], int tile, int i, int jn) {
+    static_assert(NL == 32, "the emulated mma takes the whole warp");
+    float a[2][16][8], b[2][8][8];  // [head, tail]
+    auto split = [](uint32_t r, float* head, float* tail) {
+      float v;
+      std::memcpy(&v, &r, 4);
+      *head = tf32_rna(v);
+      *tail = tf32_rna(v - *head);
+    };
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      const uint32_t* r = A[lane] + 4 * i;
+      split(r[0], &a[0][g][t], &a[1][g][t]);
+      split(r[1], &a[0][g + 8][t], &a[1][g + 8][t]);
+      split(r[2], &a[0][g][t + 4], &a[1][g][t + 4]);
+      split(r[3], &a[0][g + 8][t + 4], &a[1][g + 8][t + 4]);
+      split(B[lane][2 * jn], &b[0][t][g], &b[1][t][g]);
+      split(B[lane][2 * jn + 1], &b[0][t + 4][g], &b[1][t + 4][g]);
+    }
+    const int terms[3][2] = {{1, 0}, {0, 1}, {0, 0}};  // (a part, b part) per product, in the device's order
+    for (const auto& term : terms)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane >> 2, t = lane & 3;
+        for (int q = 0; q < 4; ++q) {
+          const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
+          float s = acc[lane][4 * tile + q];
+          for (int k = 0; k < 8; ++k) s += a[term[0]][row][k] * b[term[1]][k][col];
+          acc[lane][4 * tile + q] = s;
+        }
+      }
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 struct EmulatedLaunch {
   static bool gather_only() { return false; }
@@ -292,7 +344,7 @@ struct EmulatedLaunch {
   static bool mma_supported(const at::Tensor&) { return true; }
   static int64_t max_smem_bytes(const at::Tensor&) { return kEmulatedSmemBytes; }
   static void window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
-    if constexpr (window_corr_dtype<scalar_t>()) {
+    if constexpr (window_corr_mma_dtype<scalar_t>()) {
       launch({"window_corr", "window_corr_finish"});  // the correlation and its finish
       w.slabs = window_corr_slabs(w, kEmulatedBlocks);
       std::vector<float> work(w.C * w.slabs * w.values());
@@ -352,7 +404,7 @@ struct EmulatedLaunch {
   // and float32) at each image, so that a ring row a band reads before staging it shows.
   template <int MT, int NT>
   static void window_corr_blocks(const WindowCorr<scalar_t>& w) {
-    constexpr int NA = MT * NT * 4, PF = window_corr_prefetch<MT, NT>();
+    constexpr int NA = MT * NT * 4, PF = window_corr_prefetch<MT, NT, scalar_t>();
     std::vector<uint32_t> smem(w.smem_words());
     std::vector<float> acc(int64_t(kWindowCorrThreads) * NA), bias(8 * kWindowCorrThreads);
     std::vector<Prefetch<PF>> pf(kWindowCorrThreads);

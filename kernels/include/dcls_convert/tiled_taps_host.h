@@ -269,6 +269,18 @@ template <typename scalar_t>
 constexpr bool window_corr_dtype() {
   return std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
 }
+// The correlation also takes float32, as three tf32 products (window_corr.h; opt-in, tf32_wanted).
+template <typename scalar_t>
+constexpr bool window_corr_mma_dtype() {
+  return window_corr_dtype<scalar_t>() || std::is_same_v<scalar_t, float>;
+}
+
+// DCLS_CONVERT_CUDA_TF32=corr: float32 layers' weight and position gradients on tensor cores, as 3xTF32 (about
+// float32's accuracy; not yet timed on a GPU, so not a default).
+inline bool tf32_wanted(const char* part) {
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_TF32");
+  return e != nullptr && std::string(part) == "corr" && std::string(e) == "corr";
+}
 
 // The most table entries a channel's taps make: their corners, 2 per axis for bilinear taps (4 in 2-D, 2 in 1-D,
 // where the window is one row), 1 for nearest. The whole-window kernels' rules weigh their cells against it.
@@ -300,7 +312,8 @@ inline double mma_break_even(double at_56, double slope, int64_t plane, int64_t 
 // the plans' to say.
 template <typename scalar_t, typename acc_t>
 bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip = false) {
-  if constexpr (!window_corr_dtype<scalar_t>()) return false;  // (16-bit only: no work on the float32 path)
+  if constexpr (std::is_same_v<scalar_t, float>) return tf32_wanted(part);
+  if constexpr (!window_corr_dtype<scalar_t>()) return false;  // (16-bit only: no work on the float64 path)
   const PartChoice choice = part_choice("DCLS_CONVERT_CUDA_MMA", part);
   if (choice != PartChoice::kAuto) return choice == PartChoice::kOn;
   const double entries = double(corner_bound(a));
@@ -331,7 +344,7 @@ template <typename scalar_t, typename acc_t>
 WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
                                       int64_t max_smem_bytes) {
   WindowCorr<scalar_t> w;
-  if constexpr (window_corr_dtype<scalar_t>()) {
+  if constexpr (window_corr_mma_dtype<scalar_t>()) {
     int64_t xs[4];
     plane_strides(x, xs);
     w = window_corr_shape<scalar_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw,
@@ -340,8 +353,8 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
     w.g = g.data_ptr<scalar_t>();
     std::copy(xs, xs + 4, w.xs);
     plane_strides(g, w.gs);
-    w.vec8 = w.cg == 8 && staging_vec8(x.data_ptr(), w.xs, a.C) && staging_vec8(g.data_ptr(), w.gs, a.C) &&
-             staging_mode() != "scalar";
+    w.vec8 = sizeof(scalar_t) == 2 && w.cg == 8 && staging_vec8(x.data_ptr(), w.xs, a.C) &&
+             staging_vec8(g.data_ptr(), w.gs, a.C) && staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;

@@ -166,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       if (!want_taps) return;
       grads.bind_taps(a, window.size() == 2);
       if (wc.ok) {
-        if constexpr (window_corr_dtype<scalar_t>()) {
+        if constexpr (window_corr_mma_dtype<scalar_t>()) {
           auto w = wc;
           if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
           L::window_corr(w, a, input);

@@ -21,6 +21,12 @@
 // meet the ring's zero columns: 0 x Inf is NaN, so an infinite input or gradient makes NaN reach the cells of its
 // 16 x 8 tiles, not only those it touches (the tables' kernels keep it to the cells it touches). The CPU emulation runs this block algorithm over the whole grid
 // with every lane's fragments and an emulated mma (emulation/emulate_cuda.cpp).
+//
+// float32 inputs (opt-in, DCLS_CONVERT_CUDA_TF32=corr) run the same products as mma.m16n8k8 on tf32, each value
+// split into a tf32 head and a tf32 tail and three products summed (tail x head, head x tail, head x head: the
+// "3xTF32" of CUTLASS, about float32's accuracy). The fragments have the same registers per lane: a k-step takes
+// 8 outputs of a row instead of 16, one element per 32-bit word, so the input rows are staged once (no shifted
+// copy) and the word offsets of every fragment are those of the 16-bit kernel.
 #pragma once
 
 #include <algorithm>
@@ -39,6 +45,16 @@ constexpr int kWindowCorrMaxBand = 8;
 constexpr int kWindowCorrMaxWo = 256;
 constexpr int kRingOffset = 1 << 12;  // added before the ring's mask, so that negative rows wrap as positive ones
 
+// Elements per 32-bit word of the staged rows (2 for 16-bit inputs, 1 for float32), and so per k-step (16, 8).
+template <typename scalar_t>
+DCLS_HD constexpr int corr_per_word() {
+  return 4 / static_cast<int>(sizeof(scalar_t));
+}
+template <typename scalar_t>
+DCLS_HD constexpr int corr_kstep() {
+  return 8 * corr_per_word<scalar_t>();
+}
+
 template <typename scalar_t>
 struct WindowCorr {
   const scalar_t* x = nullptr;
@@ -51,19 +67,20 @@ struct WindowCorr {
   bool vec8 = false;           // channels_last input rows staged by 16-byte loads (staging_vec8)
   int mt = 1, nt = 1;          // 16-row and 8-column mma tiles per window part
   int parts_y = 1, parts_x = 1, wpc = 1, cg = 8;
-  int ks = 1;                  // 16-column steps over an output row
+  int ks = 1;                  // k-steps over an output row (corr_kstep columns each)
   int band = 8, ring = 16;     // input rows per band; output-gradient rows held (a power of two)
   int xw = 16, gp = 12;        // words (two elements) per staged input row copy; per ring row
   int64_t slabs = 1;
   bool ok = false;
 
   DCLS_HD int parts() const { return parts_y * parts_x; }
-  DCLS_HD int xe() const { return 16 * ks + parts_x * nt * 8; }  // staged elements per input row
+  DCLS_HD int xe() const { return corr_kstep<scalar_t>() * ks + parts_x * nt * 8; }  // staged elements per input row
+  DCLS_HD int copies() const { return corr_per_word<scalar_t>(); }  // of each input row (16-bit: a shifted one)
   DCLS_HD int64_t cells() const { return Lh * Lw; }
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return (C + cg - 1) / cg; }
   DCLS_HD int64_t blocks() const { return groups() * slabs; }
-  DCLS_HD int x_words() const { return channel_words(band * 2 * xw); }  // per channel
+  DCLS_HD int x_words() const { return channel_words(band * copies() * xw); }  // per channel
   DCLS_HD int g_words() const { return channel_words(ring * gp); }
   DCLS_HD int part_cells() const { return 16 * mt * 8 * nt; }
   // the warps' sums, then each thread's bias sums (8: one per channel of its 16-byte loads, or its one channel)
@@ -94,11 +111,11 @@ WindowCorr<scalar_t> window_corr_shape(int64_t N, int64_t C, int64_t H, int64_t 
   // channels_last reads 8 channels (16 bytes) per pixel; NCHW keeps 8 channels too (one warp each, rows
   // contiguous) unless the window has parts
   w.cg = kWindowCorrWarps / w.wpc;
-  w.ks = static_cast<int>((Wo + 15) / 16);
+  w.ks = static_cast<int>((Wo + corr_kstep<scalar_t>() - 1) / corr_kstep<scalar_t>());
   w.band = static_cast<int>(std::min<int64_t>(kWindowCorrMaxBand, H));
   w.ring = 16;
   while (w.ring < w.band + Lh - 1) w.ring *= 2;
-  w.xw = words_16_mod_32((w.xe() + 1) / 2);
+  w.xw = words_16_mod_32((w.xe() + w.copies() - 1) / w.copies());
   w.gp = 8 * w.ks + 4;  // 4 mod 8: the A fragments' 8 rows fall in distinct banks
   w.ok = true;
   return w;
@@ -159,8 +176,9 @@ DCLS_HD int ring_slot(int64_t oy, int ring) { return static_cast<int>((oy + kRin
 // of an MT x NT tile holds without spilling under the 128 registers of two blocks per SM (read from ptxas for
 // sm_90, CUDA 13: `cuobjdump -res-usage` shows no stack frame where there was none; more spilled. sm_80 builds
 // keep a few words on the stack in some tiles, as they did before).
-template <int MT, int NT>
+template <int MT, int NT, typename scalar_t>
 constexpr int window_corr_prefetch() {
+  if (sizeof(scalar_t) != 2) return 0;  // (float32 rows are staged one element a load: no 16-byte runs)
   return MT * NT == 8 || (MT == 1 && NT >= 3) ? 2 : 4;
 }
 
@@ -200,7 +218,7 @@ DCLS_HD Vec8Round window_corr_round(const WindowCorr<scalar_t>& w, const WindowC
   Vec8Rows& g = v.src[1];
   g.base = reinterpret_cast<const unsigned char*>(w.g + r.n * w.gs[0] + j.c0);
   g.ys = w.gs[2] * eb, g.ps = w.gs[3] * eb, g.y0 = r.lo, g.x0 = 0, g.H = w.Ho, g.W = w.Wo;
-  g.rows = static_cast<int>(corr_hi(w, r) - r.lo), g.cols = 16 * w.ks;
+  g.rows = static_cast<int>(corr_hi(w, r) - r.lo), g.cols = corr_kstep<scalar_t>() * w.ks;
   return v;
 }
 
@@ -218,37 +236,39 @@ DCLS_HD void window_corr_fetch(const WindowCorr<scalar_t>& w, const WindowCorrJo
 template <int PF, typename scalar_t>
 DCLS_HD void window_corr_stage(const WindowCorr<scalar_t>& w, const WindowCorrJob& j, const CorrRound& r,
                                uint32_t* smem, int tid, float bias[8], const Prefetch<PF>& p) {
-  const int cols = 16 * w.ks;
-  if (w.vec8) {
-    const int stride = w.x_words(), xw = w.xw, xe = w.xe(), ring = w.ring, gp = w.gp;
-    const int64_t lo = r.lo;
-    stage_round(window_corr_round(w, j, r), tid, kWindowCorrThreads, p, [&](int src, int idx, const uint32_t v[4]) {
-      if (src == 0) {
-        put_row_vec8(smem, stride, xw, xe, idx, v);
-        return;
-      }
-      const int row = idx / cols, ox = idx - row * cols, slot = ring_slot(lo + row, ring);
+  const int cols = corr_kstep<scalar_t>() * w.ks;
+  if constexpr (sizeof(scalar_t) == 2) {  // (16-byte runs of 8 channels: 16-bit inputs, the plan's vec8)
+    if (w.vec8) {
+      const int stride = w.x_words(), xw = w.xw, xe = w.xe(), ring = w.ring, gp = w.gp;
+      const int64_t lo = r.lo;
+      stage_round(window_corr_round(w, j, r), tid, kWindowCorrThreads, p, [&](int src, int idx, const uint32_t v[4]) {
+        if (src == 0) {
+          put_row_vec8(smem, stride, xw, xe, idx, v);
+          return;
+        }
+        const int row = idx / cols, ox = idx - row * cols, slot = ring_slot(lo + row, ring);
 DCLS_UNROLL
-      for (int k = 0; k < 8; ++k) {
-        auto* dst = reinterpret_cast<uint16_t*>(g_ring(w, smem, k)) + int64_t(slot) * 2 * gp;
-        const uint16_t h = half_of(v, k);
-        dst[ox] = h;
-        bias[k] += static_cast<float>(scalar_t(h, scalar_t::from_bits()));
-      }
-    });
-    return;
+        for (int k = 0; k < 8; ++k) {
+          auto* dst = reinterpret_cast<uint16_t*>(g_ring(w, smem, k)) + int64_t(slot) * 2 * gp;
+          const uint16_t h = half_of(v, k);
+          dst[ox] = h;
+          bias[k] += static_cast<float>(scalar_t(h, scalar_t::from_bits()));
+        }
+      });
+      return;
+    }
   }
   const StageRole s = stage_role(w, tid);
   const int64_t c = j.c0 + s.ci, n = r.n;
   const bool live = c < w.C;
   const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - r.iy0));
-  stage_rows_scalar(x_band(w, smem, s.ci), w.xw, w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, r.iy0, rows,
-                    w.xe(), w.H, w.W, w.pw, live, s.sub, s.nsub);
+  stage_rows_scalar(x_band(w, smem, s.ci), w.xw * w.copies(), w.copies(), w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1],
+                    w.xs, r.iy0, rows, w.xe(), w.H, w.W, w.pw, live, s.sub, s.nsub);
   auto* ring = reinterpret_cast<scalar_t*>(g_ring(w, smem, s.ci));
   const scalar_t* gsrc = w.g + n * w.gs[0] + (live ? c : 0) * w.gs[1];
   for (int64_t oy = r.lo; oy < corr_hi(w, r); ++oy) {
     const bool row_in = live && oy >= 0 && oy < w.Ho;
-    scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * 2 * w.gp;
+    scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * w.copies() * w.gp;
     for (int ox = s.sub; ox < cols; ox += s.nsub) {
       const scalar_t v = (row_in && ox < w.Wo) ? gsrc[oy * w.gs[2] + ox * w.gs[3]] : scalar_t(0);
       dst[ox] = v;
@@ -278,13 +298,24 @@ DCLS_HD void window_corr_rows(const WindowCorr<scalar_t>& w, uint32_t* smem, int
           const int64_t oy = iy + w.ph - (r.dy0 + 16 * i + gq + 8 * h);
           arow[l][i][h] = ring + ring_slot(oy, w.ring) * w.gp + t;
         }
-      const int odd = gq & 1;
-      brow[l] = band + rr * 2 * w.xw + odd * w.xw + (r.dx0 + gq - odd) / 2 + t;
+      if (corr_per_word<scalar_t>() == 1) {  // float32: element dx0 + gq + t of the row, one copy
+        brow[l] = band + rr * w.xw + r.dx0 + gq + t;
+      } else {  // pairs: the copy whose pair starts at element dx0 + gq + 2t
+        const int odd = gq & 1;
+        brow[l] = band + rr * 2 * w.xw + odd * w.xw + (r.dx0 + gq - odd) / 2 + t;
+      }
     }
     // The Toeplitz B fragments share their words: tile jn's second register is tile jn + 1's first, and the next
-    // k-step's words are these moved by two tiles. NT + 1 words per row, then two per k-step (toeplitz_words).
-    uint32_t Wv[NL][NT + 1];
-    for (int l = 0; l < NL; ++l) toeplitz_words<NT>(brow[l], Wv[l]);
+    // k-step's words are these moved by two tiles. NT + 1 words per row, then two per k-step (toeplitz_words;
+    // float32: 2 NT words, toeplitz32_words).
+    constexpr bool k32 = corr_per_word<scalar_t>() == 1;
+    uint32_t Wv[NL][k32 ? 2 * NT : NT + 1];
+    for (int l = 0; l < NL; ++l) {
+      if constexpr (k32)
+        toeplitz32_words<NT>(brow[l], Wv[l]);
+      else
+        toeplitz_words<NT>(brow[l], Wv[l]);
+    }
     for (int s = 0; s < w.ks; ++s) {
       uint32_t A[NL][MT * 4], B[NL][NT * 2];
       for (int l = 0; l < NL; ++l) {
@@ -295,8 +326,14 @@ DCLS_UNROLL
           A[l][4 * i + 2] = arow[l][i][0][8 * s + 4];
           A[l][4 * i + 3] = arow[l][i][1][8 * s + 4];
         }
-        toeplitz_pairs<NT>(Wv[l], B[l]);
-        if (s + 1 < w.ks) toeplitz_next<NT>(brow[l] + 8 * (s + 1), Wv[l]);
+        if constexpr (k32) {
+DCLS_UNROLL
+          for (int m = 0; m < 2 * NT; ++m) B[l][m] = Wv[l][m];
+          if (s + 1 < w.ks) toeplitz32_next<NT>(brow[l] + 8 * (s + 1), Wv[l]);
+        } else {
+          toeplitz_pairs<NT>(Wv[l], B[l]);
+          if (s + 1 < w.ks) toeplitz_next<NT>(brow[l] + 8 * (s + 1), Wv[l]);
+        }
       }
 DCLS_UNROLL
       for (int i = 0; i < MT; ++i)

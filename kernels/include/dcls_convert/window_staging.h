@@ -39,21 +39,22 @@ DCLS_HD StageRole stage_role(bool channels_last, int cg, int tid) {
 }
 
 // Input rows iy0 .. iy0 + rows - 1 of one channel (src: its plane; zero outside the input, or everywhere where
-// !live) into `band`, row r at element r * 4 * xw, each twice (the odd copy shifted by one element): the thread
-// stages elements sub, sub + nsub, ... of each row. Element e is input column e - pw.
+// !live) into `band`, `copies` copies of `copy` elements per row (2: the second shifted by one element, for the
+// pairs of 16-bit fragments; 1 for float32): the thread stages elements sub, sub + nsub, ... of each row. Element
+// e is input column e - pw.
 template <typename scalar_t>
-DCLS_HD void stage_rows_scalar(scalar_t* band, int xw, const scalar_t* src, const int64_t xs[4], int64_t iy0,
-                               int rows, int xe, int64_t H, int64_t W, int64_t pw, bool live, int sub, int nsub) {
-  const int copy = 2 * xw;
+DCLS_HD void stage_rows_scalar(scalar_t* band, int copy, int copies, const scalar_t* src, const int64_t xs[4],
+                               int64_t iy0, int rows, int xe, int64_t H, int64_t W, int64_t pw, bool live, int sub,
+                               int nsub) {
   for (int r = 0; r < rows; ++r) {
     const int64_t iy = iy0 + r;
     const bool row_in = live && iy >= 0 && iy < H;
-    scalar_t* dst = band + r * 2 * copy;
+    scalar_t* dst = band + r * copies * copy;
     for (int e = sub; e < xe; e += nsub) {
       const int64_t col = e - pw;
       const scalar_t v = (row_in && col >= 0 && col < W) ? src[iy * xs[2] + col * xs[3]] : scalar_t(0.f);
       dst[e] = v;
-      if (e >= 1) dst[copy + e - 1] = v;
+      if (copies == 2 && e >= 1) dst[copy + e - 1] = v;
     }
   }
 }
@@ -199,6 +200,22 @@ DCLS_UNROLL
   for (int m = 0; m + 2 <= NT; ++m) W[m] = W[m + 2];
   if (NT >= 1) W[NT - 1] = row[4 * (NT - 1)];
   W[NT] = row[4 * NT];
+}
+
+// The same for float32 rows and mma.m16n8k8 on tf32 (B register 0 holds row t of column g, register 1 row t + 4):
+// tile jn's registers are the words V[2 jn] and V[2 jn + 1], V[m] the word 4m past the lane's first (element
+// 4m on), 2 NT words a k-step of 8; the next k-step's are these moved by two, with two new (row: 8 words on).
+template <int NT>
+DCLS_HD void toeplitz32_words(const uint32_t* row, uint32_t V[2 * NT]) {
+DCLS_UNROLL
+  for (int m = 0; m < 2 * NT; ++m) V[m] = row[4 * m];
+}
+template <int NT>
+DCLS_HD void toeplitz32_next(const uint32_t* row, uint32_t V[2 * NT]) {
+DCLS_UNROLL
+  for (int m = 0; m + 2 < 2 * NT; ++m) V[m] = V[m + 2];
+  V[2 * NT - 2] = row[4 * (2 * NT - 2)];
+  V[2 * NT - 1] = row[4 * (2 * NT - 1)];
 }
 
 }  // namespace dcls_convert
