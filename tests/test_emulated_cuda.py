@@ -614,6 +614,21 @@ WINDOW_CORR_CASES = [
 ]
 
 
+def _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp):
+    """Weight, position and bias gradients against the float64 oracle on the same input values, to float32
+    rounding (nearest taps: no position gradient)."""
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
+           torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)]
+    want = torch.autograd.grad(reference.taps_conv(*ref, window, stride, padding, interp), ref[1:], g.double(),
+                               allow_unused=True, materialize_grads=True)
+    assert max_rel(gw.double(), want[0]) < 1e-5
+    assert max_rel(gb.double(), want[2]) < 1e-5
+    if interp == "bilinear":
+        assert max_rel(gp.double(), want[1]) < 1e-5
+    else:
+        assert not gp.any()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", WINDOW_CORR_CASES)
 @pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
@@ -626,7 +641,6 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     window, padding = case["window"], case["padding"]
     D = len(window)
     x, w, p = _window_case_inputs(case, layout, dtype, interp, N=3)
-    C = x.shape[1]
     stride = [1] * D
     out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
     g = torch.randn(out.shape).to(dtype)
@@ -636,16 +650,7 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     E.take_launches()
     _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
     assert E.take_launches() == 2
-    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
-           torch.zeros(C, dtype=torch.float64, requires_grad=True)]
-    want = torch.autograd.grad(reference.taps_conv(*ref, window, stride, padding, interp), ref[1:], g.double(),
-                               allow_unused=True, materialize_grads=True)
-    assert max_rel(gw.double(), want[0]) < 1e-5
-    assert max_rel(gb.double(), want[2]) < 1e-5
-    if interp == "bilinear":
-        assert max_rel(gp.double(), want[1]) < 1e-5
-    else:
-        assert not gp.any()
+    _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp)
 
 
 @pytest.mark.parametrize("case", WINDOW_CORR_CASES)
@@ -660,7 +665,6 @@ def test_window_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
     window, padding = case["window"], case["padding"]
     D = len(window)
     x, w, p = _window_case_inputs(case, layout, torch.float32, interp, N=3)
-    C = x.shape[1]
     stride = [1] * D
     out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
     g = torch.randn(out.shape)
@@ -675,17 +679,8 @@ def test_window_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
     fits = case is not WINDOW_CORR_CASES[7]
     assert bool(E.window_plans(x, w, p, window, stride, padding, interp)[2]) == fits
     assert E.take_launches() == (2 if fits else 3)
-    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_(),
-           torch.zeros(C, dtype=torch.float64, requires_grad=True)]
-    want = torch.autograd.grad(reference.taps_conv(*ref, window, stride, padding, interp), ref[1:], g.double(),
-                               allow_unused=True, materialize_grads=True)
-    assert max_rel(gw.double(), want[0]) < 1e-5
-    assert max_rel(gb.double(), want[2]) < 1e-5
+    _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp)
     torch.testing.assert_close(gb, tables[3], rtol=1e-5, atol=1e-5)
-    if interp == "bilinear":
-        assert max_rel(gp.double(), want[1]) < 1e-5
-    else:
-        assert not gp.any()
 
 
 @pytest.mark.parametrize("dtype,stride,padding", [(torch.float32, [1, 1], [3, 3]), (torch.bfloat16, [2, 1], [3, 3]),
