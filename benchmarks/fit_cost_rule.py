@@ -12,7 +12,9 @@ that grows as planes shrink, about A (3136 / plane)^B. Per stage this script rea
   tap are kept for the position gradient), so its cost is taken as proportional to the entries, 4K measured: the
   break-even is 4K x (tensor cores / tables).
 Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
-suggestion: read it with the per-stage figures, which decide in the end.
+suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
+3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
+can become float32's default.
 """
 from __future__ import annotations
 
@@ -52,6 +54,18 @@ def break_evens(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def tf32_ratios(rows: list[dict]) -> list[tuple[int, float]]:
+    """(plane, 3xTF32 correlation / tables' correlation) for the float32 rows at window 17 that timed both."""
+    out = []
+    for r in rows:
+        tf32, tables = r.get("GPU tf32 wgrad"), r.get("GPU wgrad")
+        if r.get("dtype") == "fp32 NCHW" and r.get("L") == 17 and all(
+                isinstance(v, float) and math.isfinite(v) for v in (tf32, tables)):
+            _, _, h, w = (int(v) for v in r["shape"].split("x"))
+            out.append((h * w, tf32 / tables))
+    return out
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -70,6 +84,11 @@ def main() -> None:
             print(f"  fit: {a:.1f} (3136 / plane)^{b:.2f}   (current: {CURRENT[part][0]} (3136 / plane)^{CURRENT[part][1]})")
         else:
             print("  fit: too few finite break-evens")
+    ratios = tf32_ratios(rows)
+    if ratios:
+        print("float32 weight+position gradient, 3xTF32 tensor cores / tables (below 1: tensor cores faster)")
+        for plane, q in sorted(ratios, reverse=True):
+            print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {q:.2f}")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     at 30 (3136 / plane)^0.4 in the correlation) give back those constants; float32 rows and other windows are
     not read."""
     import json
+    import math
 
     import fit_cost_rule as fit
 
@@ -106,7 +107,8 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
         rows.append({"shape": f"64x96x{side}x{side}", "L": 17, "dtype": "bf16 CL",
                      "GPU tables on-grid fwd": a + b * 34, "GPU tables fwd": a + b * 136, "GPU mma fwd": a + b * conv_be,
                      "GPU tables wgrad": tables_wgrad, "GPU mma wgrad": tables_wgrad * corr_be / 136})
-        rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan")})
+        rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan"), "GPU wgrad": 0.4,
+                     "GPU tf32 wgrad": 0.1 * side / 7})
         rows.append({**rows[-2], "L": 31, "GPU mma fwd": 1.0})
     path = tmp_path / "layers.json"
     path.write_text(json.dumps(rows))
@@ -119,3 +121,7 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     fit.main()
     out = capsys.readouterr().out
     assert "fit: 40.0 (3136 / plane)^0.50" in out and "fit: 30.0 (3136 / plane)^0.40" in out
+    ratios = fit.tf32_ratios(rows)
+    assert [p for p, _ in ratios] == [3136, 784, 196, 49]
+    assert all(abs(q - 0.25 * math.isqrt(p) / 7) < 1e-12 for p, q in ratios)
+    assert "56x56: 2.00" in out and "7x7: 0.25" in out
