@@ -683,6 +683,22 @@ def test_window_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
     torch.testing.assert_close(gb, tables[3], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tf32,mma,launches", [("corr", None, 2), ("corr", "none", 3), ("corr", "conv", 3),
+                                                ("corr", "corr", 2), ("all", None, 3), (None, "all", 3)])
+def test_tf32_switch(monkeypatch, tf32, mma, launches):
+    """float32 on tensor cores only where DCLS_CONVERT_CUDA_TF32=corr asks, and not where DCLS_CONVERT_CUDA_MMA
+    keeps the correlation off (none, or the other part); DCLS_CONVERT_CUDA_MMA alone never moves float32."""
+    x = torch.randn(2, 4, 12, 12)
+    w, p, _ = random_taps(2, 4, 1, 5, [7, 7], spread=1.4, dtype=torch.float32)
+    out = E.taps_conv(x, w, p, None, [7, 7], [1, 1], [3, 3], "bilinear")
+    for var, value in (("DCLS_CONVERT_CUDA_TF32", tf32), ("DCLS_CONVERT_CUDA_MMA", mma)):
+        if value is not None:
+            monkeypatch.setenv(var, value)
+    E.take_launches()
+    E.taps_conv_backward(torch.randn(out.shape), x, w, p, [7, 7], [1, 1], [3, 3], "bilinear", [False, True, True, False])
+    assert E.take_launches() == launches
+
+
 @pytest.mark.parametrize("dtype,stride,padding", [(torch.float32, [1, 1], [3, 3]), (torch.bfloat16, [2, 1], [3, 3]),
                                                   (torch.bfloat16, [1, 1], [7, 3])])
 def test_window_corr_applies_only_where_it_can(monkeypatch, dtype, stride, padding):

@@ -312,7 +312,9 @@ inline double mma_break_even(double at_56, double slope, int64_t plane, int64_t 
 // the plans' to say.
 template <typename scalar_t, typename acc_t>
 bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip = false) {
-  if constexpr (std::is_same_v<scalar_t, float>) return tf32_wanted(part);
+  // (float32: opt-in by DCLS_CONVERT_CUDA_TF32; DCLS_CONVERT_CUDA_MMA can still keep the part off)
+  if constexpr (std::is_same_v<scalar_t, float>)
+    return tf32_wanted(part) && part_choice("DCLS_CONVERT_CUDA_MMA", part) != PartChoice::kOff;
   if constexpr (!window_corr_dtype<scalar_t>()) return false;  // (16-bit only: no work on the float64 path)
   const PartChoice choice = part_choice("DCLS_CONVERT_CUDA_MMA", part);
   if (choice != PartChoice::kAuto) return choice == PartChoice::kOn;

@@ -1,6 +1,7 @@
-// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1, on tensor cores: the
-// correlation of the output gradient with the input at every cell of the window, G[dy][dx] = sum over (n, oy, ox)
-// of g[n, oy, ox] * x[n, oy + dy - ph, ox + dx - pw], then each tap's corners read from G (window_corr_finish).
+// The GPU tap engine's weight and position gradients for 16-bit (and, opt-in, float32) inputs at stride 1, on
+// tensor cores: the correlation of the output gradient with the input at every cell of the window,
+// G[dy][dx] = sum over (n, oy, ox) of g[n, oy, ox] * x[n, oy + dy - ph, ox + dx - pw], then each tap's corners
+// read from G (window_corr_finish).
 //
 // Why the whole window: for one input row iy, the products are a matrix product,
 //   G[dy][dx] += sum over ox of A[dy][ox] * B[ox][dx],  A[dy][ox] = g[iy + ph - dy][ox],  B[ox][dx] = x[iy][ox + dx - pw],
@@ -26,7 +27,8 @@
 // split into a tf32 head and a tf32 tail and three products summed (tail x head, head x tail, head x head: the
 // "3xTF32" of CUTLASS, about float32's accuracy). The fragments have the same registers per lane: a k-step takes
 // 8 outputs of a row instead of 16, one element per 32-bit word, so the input rows are staged once (no shifted
-// copy) and the word offsets of every fragment are those of the 16-bit kernel.
+// copy) and the word offsets of every fragment are those of the 16-bit kernel. An infinite input or gradient
+// makes its cells NaN (the tail of an infinity is inf - inf), where the 16-bit kernel may keep an infinity.
 #pragma once
 
 #include <algorithm>
@@ -69,7 +71,7 @@ struct WindowCorr {
   int parts_y = 1, parts_x = 1, wpc = 1, cg = 8;
   int ks = 1;                  // k-steps over an output row (corr_kstep columns each)
   int band = 8, ring = 16;     // input rows per band; output-gradient rows held (a power of two)
-  int xw = 16, gp = 12;        // words (two elements) per staged input row copy; per ring row
+  int xw = 16, gp = 12;        // words per staged input row copy (two 16-bit elements, or one float); per ring row
   int64_t slabs = 1;
   bool ok = false;
 
@@ -115,7 +117,8 @@ WindowCorr<scalar_t> window_corr_shape(int64_t N, int64_t C, int64_t H, int64_t 
   w.band = static_cast<int>(std::min<int64_t>(kWindowCorrMaxBand, H));
   w.ring = 16;
   while (w.ring < w.band + Lh - 1) w.ring *= 2;
-  w.xw = words_16_mod_32((w.xe() + w.copies() - 1) / w.copies());
+  // (two copies: 16 mod 32 words apart, so that their B fragments never share a bank; one copy: its length)
+  w.xw = w.copies() == 2 ? words_16_mod_32((w.xe() + 1) / 2) : w.xe();
   w.gp = 8 * w.ks + 4;  // 4 mod 8: the A fragments' 8 rows fall in distinct banks
   w.ok = true;
   return w;
