@@ -46,6 +46,7 @@ constexpr int kWindowCorrMaxWindow = 64;  // per axis: at most 2 x 2 parts of 32
 constexpr int kWindowCorrMaxBand = 8;
 constexpr int kWindowCorrMaxWo = 256;
 constexpr int kRingOffset = 1 << 12;  // added before the ring's mask, so that negative rows wrap as positive ones
+constexpr int kCorrStageBatch = 8;    // float32 staging: loads in flight per thread (batched)
 
 // Elements per 32-bit word of the staged rows (2 for 16-bit inputs, 1 for float32), and so per k-step (16, 8).
 template <typename scalar_t>
@@ -265,10 +266,36 @@ DCLS_UNROLL
   const int64_t c = j.c0 + s.ci, n = r.n;
   const bool live = c < w.C;
   const int rows = static_cast<int>(std::min<int64_t>(w.band, w.H - r.iy0));
-  stage_rows_scalar(x_band(w, smem, s.ci), w.xw * w.copies(), w.copies(), w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1],
-                    w.xs, r.iy0, rows, w.xe(), w.H, w.W, w.pw, live, s.sub, s.nsub);
+  const scalar_t* xsrc = w.x + n * w.xs[0] + (live ? c : 0) * w.xs[1];
   auto* ring = reinterpret_cast<scalar_t*>(g_ring(w, smem, s.ci));
   const scalar_t* gsrc = w.g + n * w.gs[0] + (live ? c : 0) * w.gs[1];
+  if constexpr (sizeof(scalar_t) == 4) {  // float32: the same cells and sums, kCorrStageBatch loads in flight
+    // the thread's elements e = sub, sub + nsub, ... of each row: per_x of an input row, per_g of a ring row
+    const int per_x = (w.xe() - s.sub + s.nsub - 1) / s.nsub, per_g = (cols - s.sub + s.nsub - 1) / s.nsub;
+    auto* xband = x_band(w, smem, s.ci);
+    batched<kCorrStageBatch, scalar_t>(
+        rows * per_x,
+        [&](int i) {
+          const int64_t iy = r.iy0 + i / per_x, col = s.sub + (i % per_x) * s.nsub - w.pw;
+          const bool in = live && iy >= 0 && iy < w.H && col >= 0 && col < w.W;
+          return in ? xsrc[iy * w.xs[2] + col * w.xs[3]] : scalar_t(0);
+        },
+        [&](int i, scalar_t v) { xband[(i / per_x) * w.xw + s.sub + (i % per_x) * s.nsub] = v; });
+    batched<kCorrStageBatch, scalar_t>(
+        static_cast<int>(corr_hi(w, r) - r.lo) * per_g,
+        [&](int i) {
+          const int64_t oy = r.lo + i / per_g;
+          const int ox = s.sub + (i % per_g) * s.nsub;
+          return (live && oy >= 0 && oy < w.Ho && ox < w.Wo) ? gsrc[oy * w.gs[2] + ox * w.gs[3]] : scalar_t(0);
+        },
+        [&](int i, scalar_t v) {
+          ring[int64_t(ring_slot(r.lo + i / per_g, w.ring)) * w.gp + s.sub + (i % per_g) * s.nsub] = v;
+          bias[0] += static_cast<float>(v);
+        });
+    return;
+  }
+  stage_rows_scalar(x_band(w, smem, s.ci), w.xw * w.copies(), w.copies(), xsrc, w.xs, r.iy0, rows, w.xe(), w.H,
+                    w.W, w.pw, live, s.sub, s.nsub);
   for (int64_t oy = r.lo; oy < corr_hi(w, r); ++oy) {
     const bool row_in = live && oy >= 0 && oy < w.Ho;
     scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * w.copies() * w.gp;

@@ -59,6 +59,21 @@ DCLS_HD void stage_rows_scalar(scalar_t* band, int copy, int copies, const scala
   }
 }
 
+// put(i, load(i)) for i in [0, n), B loads in flight at a time: float32 rows come one element a load (tens a
+// thread per band), and one at a time the staging waited on each (SASS: one LDG per loop trip).
+template <int B, typename T, typename Load, typename Put>
+DCLS_HD void batched(int n, Load&& load, Put&& put) {
+  for (int first = 0; first < n; first += B) {
+    T v[B];
+DCLS_UNROLL
+    for (int b = 0; b < B; ++b)
+      if (first + b < n) v[b] = load(first + b);
+DCLS_UNROLL
+    for (int b = 0; b < B; ++b)
+      if (first + b < n) put(first + b, v[b]);
+  }
+}
+
 // channels_last inputs whose 8-channel runs are 16-byte aligned (C a multiple of 8, every stride a multiple of
 // 8 elements, the data 16-byte aligned) stage one pixel's 8 channels with one 16-byte load.
 inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) {
