@@ -139,13 +139,17 @@ def construct_fns(x, w, p, window):
 MEASURED_ARMS = ("first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch")
 
 
-def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = True, new_arms: bool = False) -> list[dict]:
+def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = True, new_arms: bool = False,
+               bf16_nchw: bool = False) -> list[dict]:
     """The tap engine per stage shape against cuDNN and the floors; taps_only: the engine's own columns (to compare
-    builds of it), gather: also its fallback kernels; new_arms: only the A/B arms no GPU has timed yet."""
+    builds of it), gather: also its fallback kernels; new_arms: only the A/B arms no GPU has timed yet; bf16_nchw:
+    also bfloat16 rows not in channels_last (AMP without it: the tensor-core kernels stage those an element a
+    load)."""
     rows = []
     cases = [(s, 17) for s in STAGES] + ([] if quick else [(STAGES[0], 31), (STAGES[0], 51)])
     for shape, window in cases:
-        for dtype, cl in [(torch.float32, False), (torch.bfloat16, True)]:
+        kinds = [(torch.float32, False), (torch.bfloat16, True)] + ([(torch.bfloat16, False)] if bf16_nchw else [])
+        for dtype, cl in kinds:
             K = 34
             x, w, p = layer_inputs(shape, dtype, cl, window, K, on_grid=False)
             xo, wo, po = layer_inputs(shape, dtype, cl, window, K, on_grid=True)
@@ -235,7 +239,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
 
             row = {
                 "shape": "x".join(map(str, shape)), "L": window,
-                "dtype": "fp32 NCHW" if dtype == torch.float32 else "bf16 CL",
+                "dtype": "fp32 NCHW" if dtype == torch.float32 else "bf16 CL" if cl else "bf16 NCHW",
                 "fwd": t["fwd"], "fwd/floor": t["fwd"] / floor, "on-grid fwd": t["on-grid fwd"],
                 "dgrad": t["dgrad"], "wgrad": t["wgrad"], "wgrad/floor": t["wgrad"] / ari_ms,
                 "fwd+bwd": t["fwd+bwd"],
@@ -683,6 +687,7 @@ def main() -> None:
                     help="only what no GPU has timed yet: per layer, the tensor-core arms (not the tile modes nor "
                          "fma); no stride-2 or construct tables")
     ap.add_argument("--json", default=None, help="write the per-layer rows to this file")
+    ap.add_argument("--bf16-nchw", action="store_true", help="per layer, also bfloat16 rows not in channels_last")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA device")
@@ -692,7 +697,8 @@ def main() -> None:
     fl = floors()
     print(f"floors: copy {fl['copy'] / 1e12:.2f} TB/s (read + written), float32 GEMM {fl['f32'] / 1e12:.1f} TFLOP/s, "
           f"bfloat16 GEMM {fl['bf16'] / 1e12:.0f} TFLOP/s")
-    rows = run_layers(args.quick, fl, taps_only=args.taps_only, gather=not args.no_gather, new_arms=args.new_arms)
+    rows = run_layers(args.quick, fl, taps_only=args.taps_only, gather=not args.no_gather, new_arms=args.new_arms,
+                      bf16_nchw=args.bf16_nchw)
     if args.json:
         import json
 

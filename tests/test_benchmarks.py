@@ -70,6 +70,10 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
                                 gather=False, new_arms=True)
     assert set(modes_seen) == {None}
     assert rows[1]["GPU mma fwd+bwd"] == 0.5 and rows[1]["GPU first-tiles fwd"] != rows[1]["GPU first-tiles fwd"]
+    # --bf16-nchw: bfloat16 rows not in channels_last too
+    rows = bench_gpu.run_layers(quick=True, fl={"copy": 1e12, "f32": 5e13, "bf16": 7e14}, taps_only=True,
+                                gather=False, new_arms=True, bf16_nchw=True)
+    assert [r["dtype"] for r in rows] == ["fp32 NCHW", "bf16 CL", "bf16 NCHW"]
 
 
 def test_bench_gpu_model_variants_include_tensor_cores():
