@@ -1,5 +1,6 @@
 // Launchers of the whole-window kernels, each in its own translation unit so that a build compiles them in
-// parallel with the tables' kernels (taps_conv_cuda.cu): the tensor cores' (window_mma.cu, float16 and bfloat16)
+// parallel with the tables' kernels (taps_conv_cuda.cu): the tensor cores' (window_mma.cu, the correlation for
+// float16, bfloat16 and float32; window_mma_conv.cu, the convolution for float16 and bfloat16)
 // and the FMA ones (window_fma.cu). Each launches the kernel and its companion (the window, or the finish).
 #pragma once
 

@@ -1,5 +1,6 @@
-// The tensor-core kernels' launchers (window_launch.h): the correlation and its finish (float16, bfloat16, and
-// float32 as 3xTF32), the window and the convolution (float16 and bfloat16).
+// The tensor-core correlation's launcher (window_launch.h): the correlation and its finish (float16, bfloat16,
+// and float32 as 3xTF32), and whether a device runs the tensor-core kernels. The convolution's launcher is in
+// window_mma_conv.cu, so that a build compiles the two in parallel.
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 
@@ -7,7 +8,6 @@
 #include <mutex>
 
 #include "launch.cuh"
-#include "window_build.cuh"
 #include "window_finish.cuh"
 #include "window_launch.h"
 #include "window_mma.cuh"
@@ -50,29 +50,8 @@ void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>&
   launch_window_finish(w, a);
 }
 
-template <typename scalar_t>
-void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like, bool flip) {
-  auto kern = at::empty({w.kernel_elems()}, like.options());
-  auto* k = static_cast<scalar_t*>(kern.data_ptr());
-  w.kern = k;
-  launch_window_build(a, w.kw(), flip, k);
-  const int64_t bytes = w.smem_words() * 4;
-  auto kernel = with_conv_tiles(w.mt, w.nt, [](auto m, auto n) {
-    return window_conv_kernel<decltype(m)::value, decltype(n)::value, scalar_t>;
-  });
-  const void* kp = reinterpret_cast<const void*>(kernel);
-  allow_smem(kp, bytes);
-  const int device = like.get_device();
-  w.slabs = window_conv_slabs(w, 4 * int64_t(blocks_per_sm(kp, kWindowCorrThreads, bytes, device)) * sm_count(device));
-  kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 template void launch_window_corr(WindowCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
 template void launch_window_corr(WindowCorr<float>, const TapsArgs<float, float>&, const at::Tensor&);
 template void launch_window_corr(WindowCorr<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&);
-template void launch_window_conv(WindowConv<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&, bool);
-template void launch_window_conv(WindowConv<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&,
-                                 bool);
 
 }  // namespace dcls_convert
