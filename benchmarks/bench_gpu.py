@@ -488,6 +488,9 @@ FMA = ", fma"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
+# variants run with DCLS_CONVERT_CUDA_TF32=corr (float32 layers' weight and position gradients on tensor cores, as
+# 3xTF32; opt-in, built in the tenth session): their float32 step is the one it can change
+TF32 = ", tf32"
 # variants whose model runs as torch.compile(mode="reduce-overhead") (inductor and CUDA graphs: the host no longer
 # queues each kernel), AMP only, against the original compiled the same way; run only when --variants names them
 # (each compiles for a minute or more)
@@ -530,6 +533,7 @@ def _variants(name):
     out.update({v + MMA: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + TABLES: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + FMA: out[v] for v in (dcls_name, "partial", "bloom")})
+    out.update({v + TF32: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({COMPILED + v: out[v] for v in ("original", dcls_name, "dcls, positions off grid", "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
@@ -620,6 +624,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
             if variant.endswith(FMA):
                 os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
+            if variant.endswith(TF32):
+                os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             run = torch.compile(m, mode="reduce-overhead") if compiled else m
             for amp in (True,) if compiled else (True, False):
@@ -647,6 +653,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
             os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)
+            os.environ.pop("DCLS_CONVERT_CUDA_TF32", None)
             bloom.CONV_BLUR_DEVICES = {"cuda"}
             del m, opt, run
             torch.cuda.empty_cache()
