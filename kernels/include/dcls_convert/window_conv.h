@@ -247,7 +247,7 @@ DCLS_HD void window_conv_stage_rows(const WindowConv<scalar_t>& w, const WindowC
   const StageRole s = conv_stage_role(w.x_cl, tid);
   const int64_t c = j.c0 + s.ci;
   const bool live = c < w.C;
-  stage_rows_scalar(reinterpret_cast<scalar_t*>(smem + int64_t(s.ci) * w.x_words()), 2 * w.xw, 2,
+  stage_rows_scalar(reinterpret_cast<scalar_t*>(smem + int64_t(s.ci) * w.x_words()), w.xw,
                     w.x + j.n * w.xs[0] + (live ? c : 0) * w.xs[1], w.xs, iy0, w.band, w.xe(), w.H, w.W,
                     w.pw - j.ox0, live, s.sub, s.nsub);
 }

@@ -292,17 +292,17 @@ DCLS_UNROLL
           ring[int64_t(ring_slot(r.lo + i / per_g, w.ring)) * w.gp + s.sub + (i % per_g) * s.nsub] = v;
           bias[0] += static_cast<float>(v);
         });
-    return;
-  }
-  stage_rows_scalar(x_band(w, smem, s.ci), w.xw * w.copies(), w.copies(), xsrc, w.xs, r.iy0, rows, w.xe(), w.H,
-                    w.W, w.pw, live, s.sub, s.nsub);
-  for (int64_t oy = r.lo; oy < corr_hi(w, r); ++oy) {
-    const bool row_in = live && oy >= 0 && oy < w.Ho;
-    scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * w.copies() * w.gp;
-    for (int ox = s.sub; ox < cols; ox += s.nsub) {
-      const scalar_t v = (row_in && ox < w.Wo) ? gsrc[oy * w.gs[2] + ox * w.gs[3]] : scalar_t(0);
-      dst[ox] = v;
-      bias[0] += static_cast<float>(v);
+  } else {  // 16-bit rows not in 16-byte runs: both copies, an element a load
+    stage_rows_scalar(x_band(w, smem, s.ci), w.xw, xsrc, w.xs, r.iy0, rows, w.xe(), w.H, w.W, w.pw, live, s.sub,
+                      s.nsub);
+    for (int64_t oy = r.lo; oy < corr_hi(w, r); ++oy) {
+      const bool row_in = live && oy >= 0 && oy < w.Ho;
+      scalar_t* dst = ring + int64_t(ring_slot(oy, w.ring)) * 2 * w.gp;
+      for (int ox = s.sub; ox < cols; ox += s.nsub) {
+        const scalar_t v = (row_in && ox < w.Wo) ? gsrc[oy * w.gs[2] + ox * w.gs[3]] : scalar_t(0);
+        dst[ox] = v;
+        bias[0] += static_cast<float>(v);
+      }
     }
   }
 }

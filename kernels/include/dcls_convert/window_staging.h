@@ -39,22 +39,21 @@ DCLS_HD StageRole stage_role(bool channels_last, int cg, int tid) {
 }
 
 // Input rows iy0 .. iy0 + rows - 1 of one channel (src: its plane; zero outside the input, or everywhere where
-// !live) into `band`, `copies` copies of `copy` elements per row (2: the second shifted by one element, for the
-// pairs of 16-bit fragments; 1 for float32): the thread stages elements sub, sub + nsub, ... of each row. Element
-// e is input column e - pw.
+// !live) into `band`, row r at element r * 4 * xw, each twice (the odd copy shifted by one element): the thread
+// stages elements sub, sub + nsub, ... of each row. Element e is input column e - pw.
 template <typename scalar_t>
-DCLS_HD void stage_rows_scalar(scalar_t* band, int copy, int copies, const scalar_t* src, const int64_t xs[4],
-                               int64_t iy0, int rows, int xe, int64_t H, int64_t W, int64_t pw, bool live, int sub,
-                               int nsub) {
+DCLS_HD void stage_rows_scalar(scalar_t* band, int xw, const scalar_t* src, const int64_t xs[4], int64_t iy0,
+                               int rows, int xe, int64_t H, int64_t W, int64_t pw, bool live, int sub, int nsub) {
+  const int copy = 2 * xw;
   for (int r = 0; r < rows; ++r) {
     const int64_t iy = iy0 + r;
     const bool row_in = live && iy >= 0 && iy < H;
-    scalar_t* dst = band + r * copies * copy;
+    scalar_t* dst = band + r * 2 * copy;
     for (int e = sub; e < xe; e += nsub) {
       const int64_t col = e - pw;
       const scalar_t v = (row_in && col >= 0 && col < W) ? src[iy * xs[2] + col * xs[3]] : scalar_t(0.f);
       dst[e] = v;
-      if (copies == 2 && e >= 1) dst[copy + e - 1] = v;
+      if (e >= 1) dst[copy + e - 1] = v;
     }
   }
 }
