@@ -762,8 +762,9 @@ def test_mma_cost_rule_counts_1d_corners(monkeypatch, K, conv):
 def test_window_mma_random_shapes(data):
     """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows past the window, 1-4
     images, channels in and out of whole groups of 8) with every part on tensor cores (DCLS_CONVERT_CUDA_MMA=all;
-    float32: its correlation as 3xTF32, DCLS_CONVERT_CUDA_TF32=corr): the correlation's bands, rings and
-    prefetched rounds and the convolution's row tiles and k-steps against the float64 oracle."""
+    float32: its correlation as 3xTF32, DCLS_CONVERT_CUDA_TF32=corr; drawn: small planes by window_plane.h,
+    DCLS_CONVERT_CUDA_PLANE=conv): the correlation's bands, rings and prefetched rounds and the convolution's row
+    tiles and k-steps against the float64 oracle."""
     D = data.draw(st.integers(1, 2))
     window = data.draw(st.lists(st.integers(1, 40), min_size=D, max_size=D))
     padding = [data.draw(st.integers(0, L - 1)) for L in window]
@@ -776,10 +777,13 @@ def test_window_mma_random_shapes(data):
     x = torch.randn(N, C, *size).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    plane = data.draw(st.booleans())  # small planes' forward and input gradient by window_plane.h where they fit
     w, p, _ = random_taps(D, C, 1, 4, window, spread=1.4, dtype=torch.float32)
     with pytest.MonkeyPatch.context() as m:
         m.setenv("DCLS_CONVERT_CUDA_MMA", "all")
         m.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+        if plane:
+            m.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
         out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
         g = torch.randn(out.shape).to(dtype)
         if channels_last:
@@ -876,7 +880,7 @@ def test_window_plans_fit_the_device(size, window, padding, conv_ok, corr_ok):
     Padding past the window (more than L - 1) stops both."""
     x = torch.randn(2, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
-    ok_conv, conv_bytes, ok_corr, corr_bytes, _ = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
+    ok_conv, conv_bytes, ok_corr, corr_bytes = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[:4]
     assert (bool(ok_conv), bool(ok_corr)) == (conv_ok, corr_ok)
     for ok, nbytes in ((ok_conv, conv_bytes), (ok_corr, corr_bytes)):
         assert not ok or nbytes <= 227 * 1024
@@ -963,3 +967,120 @@ def test_window_mma_convnext_stage_shapes(monkeypatch, size, C):
     assert max_rel(gin.double(), want[0]) < 2 ** -6
     for a, e in zip((gw, gp, gb), want[1:]):
         assert max_rel(a.double(), e) < 1e-5
+
+
+WINDOW_PLANE_CASES = [
+    dict(size=[7, 7], window=[17, 17], padding=[8, 8]),      # stage 4: odd width staged at 8, 4 k-steps
+    dict(size=[14, 14], window=[17, 17], padding=[8, 8]),    # stage 3: 13 k-steps of the 16-step kernel
+    dict(size=[16, 16], window=[7, 7], padding=[3, 3]),      # 256 pixels, 16 k-steps; tiles skip far k-steps
+    dict(size=[11, 12], window=[7, 6], padding=[3, 2]),      # asymmetric window, 9 k-steps
+    dict(size=[6, 19], window=[3, 5], padding=[0, 4]),       # paddings from none to the window's edge, odd width
+    dict(size=[9, 5], window=[33, 41], padding=[16, 20]),    # a window far past the plane
+    dict(size=[50], window=[31], padding=[15]),              # 1-D
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", WINDOW_PLANE_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
+                                           ("bilinear", "channels_last16"), ("nearest", "contiguous")])
+def test_window_plane_matches_oracle(monkeypatch, dtype, case, interp, layout):
+    """Small planes' forward and input gradient as one matrix product per channel (window_plane.h,
+    DCLS_CONVERT_CUDA_PLANE=conv), block by block with every lane's mma fragments, against the dense float64
+    convolution with the window the kernels build: 18 images (a job of 16 and one of 2), to float32 sums and the
+    output's 16-bit rounding. Two launches each (the window, the product), no table."""
+    window, padding = case["window"], case["padding"]
+    D = len(window)
+    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=18)
+    C = x.shape[1]
+    b = torch.randn(C)
+    stride = [1] * D
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
+    E.take_kernels()
+    out = E.taps_conv(x, w, p, b, window, stride, padding, interp)
+    assert E.take_kernels() == ["window_kernel", "window_plane"]
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout.startswith("channels_last") and D == 2)
+    g = torch.randn(out.shape).to(dtype)
+    gin = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [True, False, False, False])[0]
+    assert E.take_kernels() == ["window_kernel", "window_plane"]
+    kern = E.window_kernel(x, w, p, window, stride, padding, interp, False).double().view(C, 1, *window)
+    conv = torch.nn.functional.conv2d if D == 2 else torch.nn.functional.conv1d
+    xd = x.double().requires_grad_()
+    want = conv(xd, kern, b.double(), padding=padding, groups=C)
+    want_gin, = torch.autograd.grad(want, xd, g.double())
+    want = want.detach()
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    # each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the scale)
+    assert ((out.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
+    assert ((gin.double() - want_gin).abs() <= step * want_gin.abs() + 1e-5 * want_gin.abs().max()).all()
+
+
+@pytest.mark.parametrize("size,window,padding,N,C", [
+    ([7, 7], [17, 17], [8, 8], 18, 16),
+    ([14, 14], [17, 17], [8, 8], 3, 24),
+    ([5, 9], [7, 7], [3, 3], 2, 8),
+])
+def test_window_plane_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
+    """channels_last with 8k channels: a pixel's 8 channels per 16-byte load and store; one element per load and
+    store (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values: outputs and input gradients bitwise
+    equal."""
+    x = torch.randn(N, C, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    b = torch.randn(C)
+    g = torch.randn(x.shape[:2] + tuple(s + 2 * q - L + 1 for s, q, L in zip(size, padding, window))).bfloat16()
+    g = g.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
+    runs = []
+    for staging in ("", "scalar"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_STAGING", staging)
+        E.take_kernels()
+        out = E.taps_conv(x, w, p, b, window, [1, 1], padding, "bilinear")
+        gin = E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [True, False, False, False])[0]
+        assert E.take_kernels() == ["window_kernel", "window_plane"] * 2
+        runs.append((out, gin))
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+
+
+@pytest.mark.parametrize("size,window,padding,ok,ks", [
+    ([7, 7], [17, 17], [8, 8], True, 4),      # ConvNeXt-T stage 4
+    ([14, 14], [17, 17], [8, 8], True, 13),   # stage 3
+    ([16, 16], [17, 17], [8, 8], True, 16),   # 256 pixels: the most
+    ([15, 17], [17, 17], [8, 8], False, 0),   # 15 rows of 18 (odd width staged even): 270 pixels
+    ([28, 28], [17, 17], [8, 8], False, 0),   # stage 2: the row kernel's (window_conv.h)
+    ([7, 7], [65, 5], [32, 2], False, 0),     # a window past 64
+])
+def test_window_plane_plan(size, window, padding, ok, ks):
+    """Where the small-plane product applies: input planes up to 256 pixels (rows at even width), windows up to
+    64; its shared memory (two blocks an SM on an H100 at stage 3)."""
+    x = torch.randn(2, 8, *size).bfloat16()
+    w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
+    plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
+    assert bool(plans[5]) == ok
+    if ok:
+        assert plans[7] == ks
+        assert plans[6] <= 113 * 1024
+
+
+@pytest.mark.parametrize("dtype,plane,mma,expect", [
+    (torch.bfloat16, "conv", None, True),
+    (torch.bfloat16, None, None, False),      # opt-in
+    (torch.bfloat16, "conv", "none", False),  # DCLS_CONVERT_CUDA_MMA keeps the tensor cores off
+    (torch.bfloat16, "conv", "corr", False),
+    (torch.bfloat16, "conv", "conv", True),
+    (torch.float32, "conv", None, False),     # 16-bit only
+])
+def test_window_plane_switch(monkeypatch, dtype, plane, mma, expect):
+    """DCLS_CONVERT_CUDA_PLANE=conv sends small planes' forward and input gradient to window_plane.h, unless
+    DCLS_CONVERT_CUDA_MMA keeps the convolution off the tensor cores; float32 never."""
+    for var, value in (("DCLS_CONVERT_CUDA_PLANE", plane), ("DCLS_CONVERT_CUDA_MMA", mma)):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    x = torch.randn(2, 8, 7, 7).to(dtype)
+    w, p, _ = random_taps(2, 8, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
+    E.take_kernels()
+    out = E.taps_conv(x, w, p, None, [17, 17], [1, 1], [8, 8], "bilinear")
+    E.taps_conv_backward(torch.randn(out.shape).to(dtype), x, w, p, [17, 17], [1, 1], [8, 8], "bilinear",
+                         [True, False, False, False])
+    assert E.take_kernels().count("window_plane") == (2 if expect else 0)

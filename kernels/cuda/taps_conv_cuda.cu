@@ -158,6 +158,14 @@ struct CudaLaunch {
       TORCH_INTERNAL_ASSERT(false, "window_conv: 16-bit inputs only");
     }
   }
+  static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
+                           bool flip) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      launch_window_plane(w, a, like, flip);
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "window_plane: 16-bit inputs only");
+    }
+  }
   static void fma_conv(const FmaConv<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
                        bool flip) {
     if constexpr (fma_conv_dtype<scalar_t>()) {

@@ -1,6 +1,6 @@
 // Launchers of the whole-window kernels, each in its own translation unit so that a build compiles them in
 // parallel with the tables' kernels (taps_conv_cuda.cu): the tensor cores' (window_mma.cu, the correlation for
-// float16, bfloat16 and float32; window_mma_conv.cu, the convolution for float16 and bfloat16)
+// float16, bfloat16 and float32; window_mma_conv.cu, the convolutions for float16 and bfloat16)
 // and the FMA ones (window_fma.cu). Each launches the kernel and its companion (the window, or the finish).
 #pragma once
 
@@ -17,6 +17,10 @@ template <typename scalar_t>
 void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like);
 template <typename scalar_t>
 void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like, bool flip);
+
+template <typename scalar_t>
+void launch_window_plane(WindowPlane<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like,
+                         bool flip);
 
 template <typename scalar_t, typename acc_t>
 void launch_fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like);

@@ -10,6 +10,7 @@
 
 #include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"
+#include "dcls_convert/window_plane.h"
 
 namespace dcls_convert {
 
@@ -141,6 +142,26 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(Wind
       __syncthreads();
       window_conv_store<window_conv_vec_store<MT, NT>()>(w, j, smem, tid);
     }
+  }
+}
+
+// window_plane.h: a block job stages its planes and windows (two phases), then each warp's products run with no
+// barrier between them.
+template <int KS, typename scalar_t>
+__global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(WindowPlane<scalar_t> w) {
+  uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t blocks = w.blocks();
+  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
+    const WindowPlaneJob j = window_plane_job(w, bid);
+    __syncthreads();  // the previous job's results are stored
+    window_plane_stage(w, j, smem, tid);
+    __syncthreads();
+    window_plane_stage_window(w, j, smem, tid);
+    __syncthreads();
+    window_plane_warp<KS, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
+    __syncthreads();
+    window_plane_store(w, j, smem, tid);
   }
 }
 

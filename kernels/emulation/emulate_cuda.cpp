@@ -364,6 +364,32 @@ struct EmulatedLaunch {
       with_conv_tiles(c.mt, c.nt, [&](auto m, auto n) { window_conv_blocks<decltype(m)::value, decltype(n)::value>(c); });
     }
   }
+  static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
+                           bool flip) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      launch({"window_kernel", "window_plane"});  // the window and the convolution
+      std::vector<scalar_t> kern(w.kernel_elems());
+      emulate_window_build(a, w.kw(), flip, kern.data());
+      auto c = w;
+      c.kern = kern.data();
+      with_plane_steps(c.ks, [&](auto s) { window_plane_blocks<decltype(s)::value>(c); });
+    }
+  }
+  // window_plane_kernel, phase by phase; shared memory poisoned with NaN (all bits set) at each block job, so that
+  // a staged word no phase wrote (an input, a pair of P, a result) shows in the outputs.
+  template <int KS>
+  static void window_plane_blocks(const WindowPlane<scalar_t>& w) {
+    std::vector<uint32_t> smem(w.smem_words());
+    for (int64_t bid = 0; bid < w.blocks(); ++bid) {
+      const WindowPlaneJob j = window_plane_job(w, bid);
+      std::fill(smem.begin(), smem.end(), 0xffffffffu);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage(w, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(w, j, smem.data(), tid);
+      for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+        window_plane_warp<KS, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store(w, j, smem.data(), tid);
+    }
+  }
   // window_conv_kernel, phase by phase; shared memory poisoned with NaN at each block job (the kernels' zero rows
   // must come from their staging) and each image's bands (no row of an earlier image may be read).
   template <int MT, int NT>
@@ -628,8 +654,8 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
           t.pitch, t.plane_stride};
 }
 
-// The tensor-core plans of a 16-bit layer (forward, correlation): whether each applies under the emulated
-// device's shared memory, and the shared memory each asks for.
+// The tensor-core plans of a 16-bit layer: the forward's (ok, shared memory bytes), the correlation's (ok, bytes),
+// the forward's band, the small-plane forward's (ok, bytes, k-steps), under the emulated device's shared memory.
 std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                           at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                           c10::string_view interpolation) {
@@ -642,7 +668,8 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     const auto v = window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto c = window_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
-    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band};
+    const auto pl = window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
+    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks};
   });
   return r;
 }

@@ -16,6 +16,7 @@
 #include "dcls_convert/formats.h"
 #include "dcls_convert/tiled_taps.h"
 #include "dcls_convert/window_conv.h"
+#include "dcls_convert/window_plane.h"
 #include "dcls_convert/window_corr.h"
 #include "dcls_convert/window_fma_conv.h"
 #include "dcls_convert/window_fma_corr.h"
@@ -324,6 +325,16 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
   return entries >= mma_break_even(12.0, 0.6, plane, a.Lh, a.Lw);
 }
 
+// DCLS_CONVERT_CUDA_PLANE=conv: the forward and input gradient of 16-bit stride-1 layers whose planes fit
+// window_plane.h (up to 256 input pixels) run as its per-channel matrix product instead of the cost rule's choice
+// (DCLS_CONVERT_CUDA_MMA=none or corr still keeps them off the tensor cores). Opt-in until a GPU has timed it.
+template <typename scalar_t, typename acc_t>
+bool plane_wanted(const TapsArgs<scalar_t, acc_t>&) {
+  if constexpr (!window_corr_dtype<scalar_t>()) return false;
+  const char* e = std::getenv("DCLS_CONVERT_CUDA_PLANE");
+  return e != nullptr && std::string(e) == "conv" && part_choice("DCLS_CONVERT_CUDA_MMA", "conv") != PartChoice::kOff;
+}
+
 // DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load,
 // none ahead, and store the convolution's results one element per store (the A/B arm of the 16-byte loads and
 // stores; tests compare the two).
@@ -448,6 +459,25 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar" &&
                  (w.rows() - 1) * std::abs(w.os[2]) + (w.cols() - 1) * std::abs(w.os[3]) + 8 < (int64_t(1) << 31);
     if (w.ok) w.band = window_conv_band(w, max_smem_bytes, conv_band_cap());
+    w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
+  }
+  return w;
+}
+
+// The tensor-core convolution of a small plane (window_plane.h) of x into out (flip as window_conv_geometry), or
+// ok = false where it does not apply or its shared memory exceeds what a block of the device may have.
+template <typename scalar_t, typename acc_t>
+WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
+                                        bool flip, int64_t max_smem_bytes) {
+  WindowPlane<scalar_t> w;
+  if constexpr (window_corr_dtype<scalar_t>()) {
+    if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
+    const WindowConvGeometry g = window_conv_geometry(a, flip);
+    w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
+    bind_window_conv(w, x, out, a, flip);
+    w.out_cl = w.os[1] == 1 && a.C > 1;
+    w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
+    w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;

@@ -19,6 +19,7 @@
 //   static int64_t max_smem_bytes(const at::Tensor& like);        shared memory a block may opt into there
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
+//   static void window_plane(WindowPlane, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + plane
 //   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
 //   static void fma_conv(FmaConv, const TapsArgs&, const at::Tensor& like, bool flip);  float32/64: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
@@ -58,13 +59,18 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
-    const auto wv = !L::gather_only() && mma_wanted("conv", a) && L::mma_supported(input)
+    const auto pv = !L::gather_only() && plane_wanted(a) && L::mma_supported(input)
+                        ? window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
+                        : WindowPlane<scalar_t>();
+    const auto wv = !pv.ok && !L::gather_only() && mma_wanted("conv", a) && L::mma_supported(input)
                         ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                         : WindowConv<scalar_t>();
-    const auto fv = !wv.ok && !L::gather_only() && fma_mode("conv")
+    const auto fv = !pv.ok && !wv.ok && !L::gather_only() && fma_mode("conv")
                         ? fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                         : FmaConv<scalar_t, acc_t>();
-    if (wv.ok) {
+    if (pv.ok) {
+      if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pv, a, input, false);
+    } else if (wv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, false);
     } else if (fv.ok) {
       L::fma_conv(fv, a, input, false);
@@ -112,14 +118,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       std::vector<Phase> phases;
       // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
       // on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), else the tables' stride phases
-      const auto wg = mask[0] && !L::gather_only() && mma_wanted("conv", a, true) && L::mma_supported(input)
+      const auto pg = mask[0] && !L::gather_only() && plane_wanted(a) && L::mma_supported(input)
+                          ? window_plane_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
+                          : WindowPlane<scalar_t>();
+      const auto wg = !pg.ok && mask[0] && !L::gather_only() && mma_wanted("conv", a, true) && L::mma_supported(input)
                           ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                           : WindowConv<scalar_t>();
       // or, opted in, the FMA convolution (float32, float64)
-      const auto fg = !wg.ok && mask[0] && !L::gather_only() && fma_mode("conv")
+      const auto fg = !pg.ok && !wg.ok && mask[0] && !L::gather_only() && fma_mode("conv")
                           ? fma_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                           : FmaConv<scalar_t, acc_t>();
-      bool tiled_gi = !wg.ok && !fg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
+      bool tiled_gi = !pg.ok && !wg.ok && !fg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
                       a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
       for (int ry = 0; tiled_gi && ry < a.sh; ++ry) {
         for (int rx = 0; tiled_gi && rx < a.sw; ++rx) {
@@ -145,7 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       }
       if (tiled_corr) tb.bind(corr, tb.add(kCornerTable, mask[2] && interp == kBilinear));
       if (tb.builds.n > 0) L::tables(a, tb.builds);
-      if (wg.ok) {
+      if (pg.ok) {
+        if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pg, a, input, true);
+      } else if (wg.ok) {
         if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wg, a, input, true);
       } else if (fg.ok) {
         L::fma_conv(fg, a, input, true);

@@ -1,0 +1,322 @@
+// The GPU tap engine's forward and input gradient for 16-bit inputs at stride 1 on small planes (up to 256 input
+// pixels: ConvNeXt-T's 14 x 14 and 7 x 7 stages), on tensor cores, as one matrix product per channel:
+//   out[n][p] = sum over q of x[n][q] * M[q][p],  M[q][p] = kern[iy - oy + ph][ix - ox + pw] (zero off the window),
+// the images n the rows of mma.m16n8k16 (16 a block job), the input pixels q (iy, ix) its k dimension, the output
+// pixels p (oy, ox) its columns.
+//
+// Why: window_conv.h runs an image at a time in rounds of input rows (barrier, staging, products, results). At
+// 14 x 14 and 7 x 7 a round is a handful of products per warp, so its time is the rounds' latencies (an H200 took
+// 0.14 ms for about 4 us of mma). Here a block stages the whole planes of 16 images once, then each warp runs its
+// channel's products from registers and shared memory with no barrier between them: one round per block job.
+//
+// M is never stored: its entry depends on (iy - oy, ix - ox) only, so M[q][p] = P[G(q) - F(p) + c0], P the window
+// placed in a zero plane of pr x pc cells (rows: the staged input rows + Ho - 1; columns: wr + Wo - 1), G(q) =
+// iy * pc + ix, F(p) = oy * pc + ox, c0 = (Ho - 1) * pc + Wo - 1. Input rows are staged at an even width wr, so a B
+// register's two input pixels (2t, 2t + 1 of a k-step) are neighbours in a row, hence two neighbouring cells of P:
+// the block stages P as its pairs, Q[e] = (P[e], P[e + 1]), and every B register is one 32-bit load at its e. The
+// warp holds its channel's A fragments (16 images x the plane) in registers for the whole job, so the staged inputs'
+// words then take its results (16 bits, plus the bias), which leave in the output's channel order (channels_last:
+// 16-byte stores of 8 channels).
+//
+// The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
+// window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
+// dense convolution keeps it to the outputs it touches), as in window_conv.h. The CPU emulation runs this block
+// algorithm with every lane's fragments and an emulated mma (emulation/emulate_cuda.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "dcls_convert/window_conv.h"
+
+namespace dcls_convert {
+
+constexpr int kPlaneImages = 16;     // images per block job: the mma's 16 rows
+constexpr int kPlaneMaxSteps = 16;   // k-steps of 16 input pixels: planes up to 256 pixels (rows at even width)
+constexpr int kPlaneBatch = 4;       // staging: loads in flight per thread (8 made ptxas spill, sm_90)
+
+template <typename scalar_t>
+struct WindowPlane {
+  const scalar_t* x = nullptr;     // (N, C, H, W): the input, or the output gradient for the input gradient
+  const scalar_t* kern = nullptr;  // (C, Lh, kw), kw = 16 * ks of window_conv.h: the dense window (window_build.h)
+  const float* bias = nullptr;     // (C) or nullptr
+  scalar_t* out = nullptr;         // (N, C, Ho, Wo)
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
+  int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
+  bool x_cl = false, out_cl = false;
+  bool vec8 = false, out_vec8 = false;  // 16-byte loads, stores of 8 channels (staging_vec8)
+  int wr = 2;     // staged input row width: W rounded up to even
+  int ks = 1;     // k-steps: 16 ks >= H wr
+  int pitch = 4;  // words per image in a channel's region: its staged inputs, then its results (4 mod 8)
+  int pr = 1, pc = 1;
+  bool ok = false;
+
+  DCLS_HD int kw() const { return static_cast<int>(16 * ((Lw + 15) / 16)); }
+  DCLS_HD int64_t outputs() const { return Ho * Wo; }
+  DCLS_HD int ntiles() const { return static_cast<int>((outputs() + 7) / 8); }
+  DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
+  DCLS_HD int64_t slabs() const { return (N + kPlaneImages - 1) / kPlaneImages; }
+  DCLS_HD int64_t blocks() const { return groups() * slabs(); }
+  DCLS_HD int c0() const { return static_cast<int>((Ho - 1) * pc + Wo - 1); }
+  DCLS_HD int x_words() const { return channel_words(kPlaneImages * pitch); }  // per channel
+  DCLS_HD int q_words() const { return channel_words(pr * pc); }
+  DCLS_HD int64_t q_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
+  DCLS_HD int64_t smem_words() const { return q_offset() + int64_t(kWindowCorrWarps) * q_words(); }
+  DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
+};
+
+// The shape of the convolution of an (N, C, H, W) input into (N, C, Ho, Wo) with an Lh x Lw window and padding
+// (ph, pw), or ok = false where it does not apply: windows up to 64, padding inside the window, input planes up to
+// 256 pixels (rows at even width), the cells of P numbered in 16 bits. (Shared memory: the plan's to check.)
+template <typename scalar_t>
+WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                                         int64_t Lh, int64_t Lw, int64_t ph, int64_t pw) {
+  WindowPlane<scalar_t> w;
+  w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
+  const int64_t wr = W + (W & 1);
+  if (Lh > kWindowConvMaxWindow || Lw > kWindowConvMaxWindow || ph > Lh - 1 || pw > Lw - 1 || ph < 0 || pw < 0 ||
+      N * C == 0 || Ho * Wo == 0 || H * W == 0 || H * wr > 16 * kPlaneMaxSteps || Ho * Wo > (int64_t(1) << 16))
+    return w;
+  w.wr = static_cast<int>(wr);
+  w.ks = static_cast<int>((H * wr + 15) / 16);
+  const int words = std::max(8 * w.ks, 4 * w.ntiles());
+  w.pitch = words + ((4 - words) % 8 + 8) % 8;
+  w.pr = (16 * w.ks + w.wr - 1) / w.wr + static_cast<int>(Ho) - 1;
+  w.pc = w.wr + static_cast<int>(Wo) - 1;
+  w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
+  return w;
+}
+
+struct WindowPlaneJob {
+  int64_t c0, n0;
+  int images;  // of the 16 rows, those with an image (the rest compute what is never stored)
+};
+template <typename scalar_t>
+DCLS_HD WindowPlaneJob window_plane_job(const WindowPlane<scalar_t>& w, int64_t bid) {
+  WindowPlaneJob j;
+  j.c0 = (bid % w.groups()) * kWindowCorrWarps;
+  j.n0 = (bid / w.groups()) * kPlaneImages;
+  j.images = static_cast<int>(std::min<int64_t>(kPlaneImages, w.N - j.n0));
+  return j;
+}
+
+struct Words4 {
+  uint32_t v[4];
+};
+
+// The thread's items tid, tid + threads, ... of n: put(item, load(item)), kPlaneBatch loads in flight.
+template <typename T, typename Load, typename Put>
+DCLS_HD void plane_items(int n, int tid, Load&& load, Put&& put) {
+  const int mine = tid < n ? (n - tid + kWindowCorrThreads - 1) / kWindowCorrThreads : 0;
+  batched<kPlaneBatch, T>(
+      mine, [&](int i) { return load(tid + i * kWindowCorrThreads); },
+      [&](int i, const T& v) { put(tid + i * kWindowCorrThreads, v); });
+}
+
+// Item idx of a job's elements one at a time, span per channel: its channel ci (channels fastest in
+// channels_last, so that 8 threads touch one pixel's 8 channels together) and its place among the channel's.
+DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci) {
+  if (channels_last) {
+    ci = idx % kWindowCorrWarps;
+    return idx / kWindowCorrWarps;
+  }
+  ci = idx / span;
+  return idx - ci * span;
+}
+
+// Phase 1 (per block job): P's pairs cleared, and the job's input planes staged, channel by channel, image row by
+// row (16-bit elements: image i's pixel q at element 2 i pitch + q), zero past the input up to the 16 ks pixels
+// the k-steps read.
+template <typename scalar_t>
+DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int tid) {
+  const int64_t qw = int64_t(kWindowCorrWarps) * w.q_words();
+  for (int64_t e = tid; e < qw; e += kWindowCorrThreads) smem[w.q_offset() + e] = 0u;
+  const int per = 16 * w.ks, stride = w.x_words(), wr = w.wr;
+  auto pixel = [&](int q, int64_t& iy, int64_t& ix) {
+    iy = q / wr;
+    ix = q - iy * wr;
+    return iy < w.H && ix < w.W;
+  };
+  if (w.vec8) {  // a thread per (image, pixel): its 8 channels in one load
+    plane_items<Words4>(
+        j.images * per, tid,
+        [&](int idx) {
+          const int i = idx / per;
+          int64_t iy, ix;
+          Words4 v{{0u, 0u, 0u, 0u}};
+          if (pixel(idx - i * per, iy, ix)) load8(w.x + (j.n0 + i) * w.xs[0] + j.c0 + iy * w.xs[2] + ix * w.xs[3], v.v);
+          return v;
+        },
+        [&](int idx, const Words4& v) {
+          const int i = idx / per, q = idx - i * per;
+DCLS_UNROLL
+          for (int k = 0; k < 8; ++k)
+            reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride)[2 * i * w.pitch + q] = half_of(v.v, k);
+        });
+    return;
+  }
+  // one element a load: channels fastest in channels_last, pixels fastest otherwise
+  const int n = kWindowCorrWarps * j.images * per;
+  auto where = [&](int idx, int& ci, int& i, int& q) {
+    const int rest = plane_channel(idx, w.x_cl, j.images * per, ci);
+    i = rest / per;
+    q = rest - i * per;
+  };
+  plane_items<scalar_t>(
+      n, tid,
+      [&](int idx) {
+        int ci, i, q;
+        where(idx, ci, i, q);
+        int64_t iy, ix;
+        const int64_t c = j.c0 + ci;
+        return c < w.C && pixel(q, iy, ix) ? w.x[(j.n0 + i) * w.xs[0] + c * w.xs[1] + iy * w.xs[2] + ix * w.xs[3]]
+                                           : scalar_t(0.f);
+      },
+      [&](int idx, const scalar_t& v) {
+        int ci, i, q;
+        where(idx, ci, i, q);
+        reinterpret_cast<scalar_t*>(smem + int64_t(ci) * stride)[2 * i * w.pitch + q] = v;
+      });
+}
+
+// Phase 2 (per block job): the group's windows into P's pairs, 8 cells a 16-byte load (the window's rows are 16 kw
+// bytes, kw a multiple of 16): cell e is the low half of word e and the high half of word e - 1. Cells outside P
+// can meet no (input, output) pair of the planes.
+template <typename scalar_t>
+DCLS_HD void window_plane_stage_window(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem,
+                                       int tid) {
+  const int chunks = w.kw() / 8, per = static_cast<int>(w.Lh) * chunks;
+  const int64_t live = std::min<int64_t>(kWindowCorrWarps, w.C - j.c0);
+  plane_items<Words4>(
+      static_cast<int>(live) * per, tid,
+      [&](int idx) {
+        const int ci = idx / per, r = idx - ci * per;
+        Words4 v;
+        load8(w.kern + ((j.c0 + ci) * w.Lh + r / chunks) * w.kw() + 8 * (r % chunks), v.v);
+        return v;
+      },
+      [&](int idx, const Words4& v) {
+        const int ci = idx / per, r = idx - ci * per, ky = r / chunks, kx0 = 8 * (r % chunks);
+        auto* q = reinterpret_cast<uint16_t*>(smem + w.q_offset() + int64_t(ci) * w.q_words());
+        const int64_t a = ky - w.ph + w.Ho - 1;
+        if (a < 0 || a >= w.pr) return;
+DCLS_UNROLL
+        for (int k = 0; k < 8; ++k) {
+          const int64_t b = kx0 + k - w.pw + w.Wo - 1;
+          if (kx0 + k >= w.Lw || b < 0 || b >= w.pc) continue;
+          const int64_t e = a * w.pc + b;
+          q[2 * e] = half_of(v.v, k);
+          if (e >= 1) q[2 * e - 1] = half_of(v.v, k);
+        }
+      });
+}
+
+template <typename scalar_t>
+DCLS_HD uint32_t pack16(scalar_t lo, scalar_t hi) {
+  return uint32_t(lo.x) | (uint32_t(hi.x) << 16);
+}
+
+// Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1, its own lane;
+// the emulation: the whole warp): its A fragments for every k-step into registers, then per tile of 8 output
+// pixels the products of the k-steps whose input rows reach it, and the tile's results (16 bits, plus the bias)
+// into the channel's region, in the staged inputs' place (the warp alone reads them, all before its first write).
+template <int KS, int NL, typename Mma, typename scalar_t>
+DCLS_HD void window_plane_warp(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int warp,
+                               int lane0) {
+  uint32_t* region = smem + int64_t(warp) * w.x_words();
+  const uint32_t* Q = smem + w.q_offset() + int64_t(warp) * w.q_words();
+  const int pitch = w.pitch, ks = w.ks, wr = w.wr, pc = w.pc;
+  uint32_t A[NL][4 * KS];
+  uint32_t G[NL][KS];  // G(q) of the lane's two input pixels a k-step (2t, 2t + 8), 16 bits each
+  for (int l = 0; l < NL; ++l) {
+    const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
+DCLS_UNROLL
+    for (int s = 0; s < KS; ++s) {
+      if (s >= ks) continue;
+      const int a = g * pitch + 8 * s + t;
+      A[l][4 * s + 0] = region[a];
+      A[l][4 * s + 1] = region[a + 8 * pitch];
+      A[l][4 * s + 2] = region[a + 4];
+      A[l][4 * s + 3] = region[a + 8 * pitch + 4];
+      const int q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / wr, y1 = q1 / wr;
+      G[l][s] = uint32_t(y0 * pc + q0 - y0 * wr) | (uint32_t(y1 * pc + q1 - y1 * wr) << 16);
+    }
+  }
+#if defined(__CUDA_ARCH__)
+  __syncwarp();  // every lane's fragments are loaded before any lane's results take their words
+#endif
+  const int64_t c = j.c0 + warp;
+  const float bias = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
+  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), c0 = w.c0();
+  for (int nt = 0; nt < w.ntiles(); ++nt) {
+    // the k-steps holding the input rows that reach the tile's output rows (warp-uniform)
+    const int oy_a = 8 * nt / Wo, oy_b = std::min(8 * nt + 7, outputs - 1) / Wo;
+    const int iy_lo = static_cast<int>(std::max<int64_t>(0, oy_a - w.ph));
+    const int iy_hi = static_cast<int>(std::min<int64_t>(w.H - 1, oy_b + w.Lh - 1 - w.ph));
+    const int s_lo = iy_lo * wr / 16, s_hi = iy_hi < iy_lo ? -1 : std::min(ks - 1, ((iy_hi + 1) * wr - 1) / 16);
+    float acc[NL][4];
+    int F[NL];  // F(p) - c0 of the lane's column (past the plane: the last pixel's, never stored)
+    for (int l = 0; l < NL; ++l) {
+      const int p = std::min(8 * nt + ((lane0 + l) >> 2), outputs - 1), oy = p / Wo;
+      F[l] = oy * pc + p - oy * Wo - c0;
+      acc[l][0] = acc[l][1] = acc[l][2] = acc[l][3] = 0.f;
+    }
+DCLS_UNROLL
+    for (int s = 0; s < KS; ++s) {
+      if (s < s_lo || s > s_hi) continue;
+      uint32_t B[NL][2];
+      for (int l = 0; l < NL; ++l) {
+        B[l][0] = Q[int(G[l][s] & 0xffffu) - F[l]];
+        B[l][1] = Q[int(G[l][s] >> 16) - F[l]];
+      }
+      Mma::template run<NL, 4, 4 * KS, 2>(acc, A, B, 0, s, 0);
+    }
+    for (int l = 0; l < NL; ++l) {
+      const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
+      region[g * pitch + 4 * nt + t] = pack16(scalar_t(acc[l][0] + bias), scalar_t(acc[l][1] + bias));
+      region[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(acc[l][2] + bias), scalar_t(acc[l][3] + bias));
+    }
+  }
+}
+
+// Phase 4 (per block job): the results to the output, in its channel order (channels_last runs of 8 channels by
+// 16-byte stores where out_vec8: a thread per (image, pixel), its 8 channels from the 8 regions).
+template <typename scalar_t>
+DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem,
+                                int tid) {
+  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), stride = w.x_words();
+  if (w.out_vec8) {
+    for (int idx = tid; idx < j.images * outputs; idx += kWindowCorrThreads) {
+      const int i = idx / outputs, p = idx - i * outputs, oy = p / Wo, ox = p - oy * Wo;
+      uint32_t v[4];
+DCLS_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        const auto* lo = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k) * stride);
+        const auto* hi = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k + 1) * stride);
+        v[k] = uint32_t(lo[2 * i * w.pitch + p]) | (uint32_t(hi[2 * i * w.pitch + p]) << 16);
+      }
+      store8(w.out + (j.n0 + i) * w.os[0] + j.c0 + oy * w.os[2] + ox * w.os[3], v);
+    }
+    return;
+  }
+  const int n = kWindowCorrWarps * j.images * outputs;
+  for (int idx = tid; idx < n; idx += kWindowCorrThreads) {
+    int ci;
+    const int rest = plane_channel(idx, w.out_cl, j.images * outputs, ci), i = rest / outputs;
+    const int64_t c = j.c0 + ci;
+    if (c >= w.C) continue;
+    const int p = rest - i * outputs, oy = p / Wo, ox = p - oy * Wo;
+    w.out[(j.n0 + i) * w.os[0] + c * w.os[1] + oy * w.os[2] + ox * w.os[3]] =
+        reinterpret_cast<const scalar_t*>(smem + int64_t(ci) * stride)[2 * i * w.pitch + p];
+  }
+}
+
+// The kernel for a plane's k-steps (4: 7 x 7; 8; 16: 14 x 14).
+template <typename Fn>
+auto with_plane_steps(int ks, Fn&& fn) {
+  if (ks <= 4) return fn(std::integral_constant<int, 4>());
+  if (ks <= 8) return fn(std::integral_constant<int, 8>());
+  return fn(std::integral_constant<int, 16>());
+}
+
+}  // namespace dcls_convert
