@@ -202,6 +202,16 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_MMA"]
                     del os.environ["DCLS_CONVERT_CUDA_MMA_BAND"]
+            if dtype != torch.float32 and shape[2] * (shape[3] + shape[3] % 2) <= 256:
+                # small planes' forward and input gradient as one product per channel (window_plane.h, opt-in,
+                # eleventh session); the weight and position gradients as the cost rule has them
+                os.environ["DCLS_CONVERT_CUDA_PLANE"] = "conv"
+                try:
+                    arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "dgrad", "fwd+bwd")}
+                    arm["on-grid fwd"] = tap_fns(xo, wo, po, window)["fwd"]
+                    modes.update({("plane", k): v for k, v in kernel_time(arm).items()})
+                finally:
+                    del os.environ["DCLS_CONVERT_CUDA_PLANE"]
             if dtype == torch.float32:  # the float32 correlation on tensor cores as 3xTF32 (opt-in, tenth session)
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
                 try:
@@ -271,6 +281,11 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU mma fwd+bwd": arm_ms("mma all", "fwd+bwd"),
                 "GPU mma band-8 fwd": arm_ms("mma band-8", "fwd"),
                 "GPU mma band-8 fwd+bwd": arm_ms("mma band-8", "fwd+bwd"),
+                "GPU plane fwd": arm_ms("plane", "fwd"),
+                "GPU plane fwd/floor": arm_ms("plane", "fwd") / floor,
+                "GPU plane dgrad": arm_ms("plane", "dgrad"),
+                "GPU plane on-grid fwd": arm_ms("plane", "on-grid fwd"),
+                "GPU plane fwd+bwd": arm_ms("plane", "fwd+bwd"),
                 "GPU tf32 wgrad": arm_ms("tf32", "wgrad"),
                 "GPU tf32 wgrad/floor": arm_ms("tf32", "wgrad") / ari_ms,
                 "GPU tf32 on-grid wgrad": arm_ms("tf32", "on-grid wgrad"),
@@ -294,6 +309,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                             "GPU fwd+bwd / cudnn7": gpu["fwd+bwd"] / gpu["cudnn7 fwd+bwd"],
                             "GPU mma fwd+bwd / cudnn7": arm_ms("mma all", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "GPU fma fwd+bwd / cudnn7": arm_ms("fma", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
+                            "GPU plane fwd+bwd / cudnn7": arm_ms("plane", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
                             "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
             rows.append(row)
@@ -313,7 +329,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "rule says, mma_wanted); 'tables': 16-bit rows with DCLS_CONVERT_CUDA_MMA=none; 'mma': tensor cores "
           "forced (16-bit rows): fwd and dgrad with =conv, "
           "wgrad with =corr, fwd+bwd with =all ('band-8': =all with DCLS_CONVERT_CUDA_MMA_BAND=8, 8 input rows staged "
-          "per round); the floors stay those of the table's float32 products; 'tf32': float32 rows with "
+          "per round); the floors stay those of the table's float32 products; 'plane': 16-bit rows of planes up to 256 "
+          "pixels with DCLS_CONVERT_CUDA_PLANE=conv (the forward and input gradient as one tensor-core product per "
+          "channel, window_plane.h; the weight gradients as the default); 'tf32': float32 rows with "
           "DCLS_CONVERT_CUDA_TF32=corr (the weight and position gradients on tensor cores, 3xTF32); 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
@@ -491,6 +509,9 @@ BLUR_ON_TAPS = "bloom, blur on tap engine"
 # variants run with DCLS_CONVERT_CUDA_TF32=corr (float32 layers' weight and position gradients on tensor cores, as
 # 3xTF32; opt-in, built in the tenth session): their float32 step is the one it can change
 TF32 = ", tf32"
+# variants run with DCLS_CONVERT_CUDA_PLANE=conv (the 16-bit forward and input gradient of planes up to 256
+# pixels, ConvNeXt-T's stages 3 and 4, as one tensor-core product per channel; opt-in, built in the eleventh session)
+PLANE = ", plane"
 # variants whose model runs as torch.compile(mode="reduce-overhead") (inductor and CUDA graphs: the host no longer
 # queues each kernel), AMP only, against the original compiled the same way; run only when --variants names them
 # (each compiles for a minute or more)
@@ -534,6 +555,7 @@ def _variants(name):
     out.update({v + TABLES: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + FMA: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + TF32: out[v] for v in (dcls_name, "partial", "bloom")})
+    out.update({v + PLANE: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
     out.update({COMPILED + v: out[v] for v in ("original", dcls_name, "dcls, positions off grid", "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
@@ -626,6 +648,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             if variant.endswith(TF32):
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
+            if variant.endswith(PLANE):
+                os.environ["DCLS_CONVERT_CUDA_PLANE"] = "conv"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             run = torch.compile(m, mode="reduce-overhead") if compiled else m
             for amp in (True,) if compiled else (True, False):
@@ -654,6 +678,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_TF32", None)
+            os.environ.pop("DCLS_CONVERT_CUDA_PLANE", None)
             bloom.CONV_BLUR_DEVICES = {"cuda"}
             del m, opt, run
             torch.cuda.empty_cache()

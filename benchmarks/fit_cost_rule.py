@@ -14,7 +14,8 @@ that grows as planes shrink, about A (3136 / plane)^B. Per stage this script rea
 Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
 3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
-can become float32's default.
+can become float32's default. For the planes the small-plane product covers (14 x 14, 7 x 7) it prints that
+forward's time against the tables' (DCLS_CONVERT_CUDA_PLANE=conv, opt-in until timed).
 """
 from __future__ import annotations
 
@@ -66,6 +67,21 @@ def tf32_ratios(rows: list[dict]) -> list[tuple[int, float]]:
     return out
 
 
+def plane_ratios(rows: list[dict]) -> list[tuple[int, float, float, float]]:
+    """(plane, small-plane product / tables' forward off grid, the same on grid, its forward+backward / the
+    default's) for the bfloat16 channels_last rows at window 17 that timed the 'plane' arm (planes up to 256
+    pixels, DCLS_CONVERT_CUDA_PLANE=conv)."""
+    out = []
+    for r in rows:
+        vals = [r.get(k) for k in ("GPU plane fwd", "GPU tables fwd", "GPU plane on-grid fwd",
+                                   "GPU tables on-grid fwd", "GPU plane fwd+bwd", "GPU fwd+bwd")]
+        if r.get("dtype") == "bf16 CL" and r.get("L") == 17 and all(
+                isinstance(v, float) and math.isfinite(v) for v in vals):
+            _, _, h, w = (int(v) for v in r["shape"].split("x"))
+            out.append((h * w, vals[0] / vals[1], vals[2] / vals[3], vals[4] / vals[5]))
+    return out
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -89,6 +105,12 @@ def main() -> None:
         print("float32 weight+position gradient, 3xTF32 tensor cores / tables (below 1: tensor cores faster)")
         for plane, q in sorted(ratios, reverse=True):
             print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {q:.2f}")
+    planes = plane_ratios(rows)
+    if planes:
+        print("small-plane forward (window_plane.h) / tables' forward, off grid and on grid; its forward+backward / "
+              "the default's (below 1 everywhere: make it the default for the planes it covers)")
+        for plane, off, on, total in sorted(planes, reverse=True):
+            print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {off:.2f} / {on:.2f}; {total:.2f}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     mma_seen = []
     fma_seen = []
     tf32_seen = []
+    plane_seen = []
 
     def kernel_time(fns, **_):
+        plane_seen.append((os.environ.get("DCLS_CONVERT_CUDA_PLANE"), tuple(sorted(fns))))
         modes_seen.append(os.environ.get("DCLS_CONVERT_CUDA_TILES"))
         mma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_MMA"))
         fma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_FMA"))
@@ -60,6 +62,10 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the float32 correlation on tensor cores (3xTF32): the float32 row's gradients, and the switch left unset
     assert [sorted(k) for e, k in tf32_seen if e] == [["fwd+bwd", "on-grid wgrad", "wgrad"]]
     assert "DCLS_CONVERT_CUDA_TF32" not in os.environ and rows[0]["GPU tf32 wgrad"] == 0.5
+    # the small-plane product (14 x 14 fits): the bfloat16 row's forward and input gradient, the switch left unset
+    assert [k for e, k in plane_seen if e] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd")]
+    assert "DCLS_CONVERT_CUDA_PLANE" not in os.environ and rows[1]["GPU plane fwd+bwd"] == 0.5
+    assert rows[0]["GPU plane fwd"] != rows[0]["GPU plane fwd"]  # (float32: NaN, not timed)
     for r in rows:
         for col in ("GPU fma fwd", "GPU fma dgrad", "GPU fma wgrad", "GPU fma fwd+bwd"):
             assert r[col] == 0.5, col
@@ -78,16 +84,20 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 
 def test_bench_gpu_model_variants_include_tensor_cores():
     """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows and FMA rows
-    (DCLS_CONVERT_CUDA_FMA=all) and float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) exist for every method,
-    named so that --variants "dcls K*" picks the five dcls rows."""
+    (DCLS_CONVERT_CUDA_FMA=all), float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) and small-plane rows
+    (DCLS_CONVERT_CUDA_PLANE=conv) exist for every method, named so that --variants "dcls K*" picks the six dcls
+    rows."""
     import bench_gpu
 
     names = list(bench_gpu._variants("convnext_tiny"))
     for base in ("dcls K=34 w17 shared", "partial", "bloom"):
-        assert all(base + v in names for v in ("", bench_gpu.MMA, bench_gpu.FMA, bench_gpu.TABLES, bench_gpu.TF32))
+        assert all(base + v in names
+                   for v in ("", bench_gpu.MMA, bench_gpu.FMA, bench_gpu.TABLES, bench_gpu.TF32, bench_gpu.PLANE))
     dcls = "dcls K=34 w17 shared"
     assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.TABLES,
-                                                             dcls + bench_gpu.FMA, dcls + bench_gpu.TF32]
+                                                             dcls + bench_gpu.FMA, dcls + bench_gpu.TF32,
+                                                             dcls + bench_gpu.PLANE]
+    assert "dcls, positions off grid" + bench_gpu.PLANE in names
     # the compiled rows (CUDA graphs), each against the original compiled alike; --variants "dcls K*" skips them
     assert all(bench_gpu.COMPILED + v in names for v in ("original", dcls, "partial", "bloom"))
 
@@ -111,6 +121,9 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
         rows.append({"shape": f"64x96x{side}x{side}", "L": 17, "dtype": "bf16 CL",
                      "GPU tables on-grid fwd": a + b * 34, "GPU tables fwd": a + b * 136, "GPU mma fwd": a + b * conv_be,
                      "GPU tables wgrad": tables_wgrad, "GPU mma wgrad": tables_wgrad * corr_be / 136})
+        if side <= 14:  # the small-plane arm: a fixed 0.02 ms forward; forward+backward 0.8 of the default's
+            rows[-1].update({"GPU plane fwd": 0.02, "GPU plane on-grid fwd": 0.02, "GPU plane fwd+bwd": 0.4,
+                             "GPU fwd+bwd": 0.5})
         rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan"), "GPU wgrad": 0.4,
                      "GPU tf32 wgrad": 0.1 * side / 7})
         rows.append({**rows[-2], "L": 31, "GPU mma fwd": 1.0})
@@ -129,3 +142,8 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert [p for p, _ in ratios] == [3136, 784, 196, 49]
     assert all(abs(q - 0.25 * math.isqrt(p) / 7) < 1e-12 for p, q in ratios)
     assert "56x56: 2.00" in out and "7x7: 0.25" in out
+    planes = fit.plane_ratios(rows)
+    assert [p for p, *_ in planes] == [196, 49]
+    assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12
+               and abs(total - 0.8) < 1e-12 for _, off, on, total in planes)
+    assert "14x14: 0.06 / 0.17; 0.80" in out
