@@ -379,6 +379,37 @@ def test_window_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
     assert max_rel(gin.double(), want_gin) < 4 * step
 
 
+@pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 384, 14, 14), 17, torch.bfloat16, True),
+                                                          ((64, 768, 7, 7), 17, torch.bfloat16, True),
+                                                          ((18, 40, 7, 7), 17, torch.float16, False),
+                                                          ((3, 24, 16, 16), 7, torch.bfloat16, True),
+                                                          ((5, 8, 1, 60), 31, torch.float16, False)])
+def test_window_plane_cuda(monkeypatch, shape, window, dtype, channels_last):
+    """Small planes' forward and input gradient as one tensor-core product per channel (window_plane.h,
+    DCLS_CONVERT_CUDA_PLANE=conv; ConvNeXt-T's stages 3 and 4 among them) against the dense float64 oracle with
+    the window rounded to the 16-bit type, to a few 16-bit steps; two runs bitwise equal; the memory format kept;
+    the kernel it names ran."""
+    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
+    back = torch.ops.dcls_convert.taps_conv_backward
+    mask = [True, False, False, False]
+    y = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    g = torch.randn_like(y)
+    gin = back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0]
+    assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    assert torch.equal(gin, back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0])
+    assert "window_plane_kernel" in _cuda_kernels(lambda: ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    assert "window_plane_kernel" in _cuda_kernels(lambda: back(g, x, w, p, win, [1, 1], pad, "bilinear", mask))
+    kern = ops.construct(w.double(), p.double(), None, win).to(dtype).double()
+    xd = x.double().requires_grad_()
+    want = F.conv2d(xd, kern, b.double(), padding=pad, groups=x.shape[1])
+    want_gin, = torch.autograd.grad(want, xd, g.double())
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    assert max_rel(y.double(), want.detach()) < 4 * step
+    assert max_rel(gin.double(), want_gin) < 4 * step
+
+
 def test_taps_conv_cuda_window_beyond_tiles():
     """A window whose tile does not fit in shared memory runs the gather kernels, still exact."""
     x = torch.randn(1, 2, 160, 170, device="cuda", dtype=torch.float64)
