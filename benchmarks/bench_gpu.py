@@ -202,13 +202,14 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_MMA"]
                     del os.environ["DCLS_CONVERT_CUDA_MMA_BAND"]
-            if dtype != torch.float32 and shape[2] * (shape[3] + shape[3] % 2) <= 256:
-                # small planes' forward and input gradient as one product per channel (window_plane.h, opt-in,
-                # eleventh session); the weight and position gradients as the cost rule has them
-                os.environ["DCLS_CONVERT_CUDA_PLANE"] = "conv"
+            if dtype != torch.float32 and shape[2] * (shape[3] + shape[3] % 2) <= 256 and shape[3] <= 16:
+                # small planes' forward and input gradient (window_plane.h) and weight and position gradients
+                # (window_plane_corr.h) as tensor-core products per channel (opt-in, eleventh session)
+                os.environ["DCLS_CONVERT_CUDA_PLANE"] = "all"
                 try:
-                    arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "dgrad", "fwd+bwd")}
+                    arm = tap_fns(x, w, p, window)
                     arm["on-grid fwd"] = tap_fns(xo, wo, po, window)["fwd"]
+                    arm["on-grid wgrad"] = tap_fns(xo, wo, po, window)["wgrad"]
                     modes.update({("plane", k): v for k, v in kernel_time(arm).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_PLANE"]
@@ -285,6 +286,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU plane fwd/floor": arm_ms("plane", "fwd") / floor,
                 "GPU plane dgrad": arm_ms("plane", "dgrad"),
                 "GPU plane on-grid fwd": arm_ms("plane", "on-grid fwd"),
+                "GPU plane wgrad": arm_ms("plane", "wgrad"),
+                "GPU plane wgrad/floor": arm_ms("plane", "wgrad") / ari_ms,
+                "GPU plane on-grid wgrad": arm_ms("plane", "on-grid wgrad"),
                 "GPU plane fwd+bwd": arm_ms("plane", "fwd+bwd"),
                 "GPU tf32 wgrad": arm_ms("tf32", "wgrad"),
                 "GPU tf32 wgrad/floor": arm_ms("tf32", "wgrad") / ari_ms,
@@ -330,8 +334,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "forced (16-bit rows): fwd and dgrad with =conv, "
           "wgrad with =corr, fwd+bwd with =all ('band-8': =all with DCLS_CONVERT_CUDA_MMA_BAND=8, 8 input rows staged "
           "per round); the floors stay those of the table's float32 products; 'plane': 16-bit rows of planes up to 256 "
-          "pixels with DCLS_CONVERT_CUDA_PLANE=conv (the forward and input gradient as one tensor-core product per "
-          "channel, window_plane.h; the weight gradients as the default); 'tf32': float32 rows with "
+          "pixels and 16 columns with DCLS_CONVERT_CUDA_PLANE=all (every part as tensor-core products per channel: "
+          "window_plane.h, window_plane_corr.h); 'tf32': float32 rows with "
           "DCLS_CONVERT_CUDA_TF32=corr (the weight and position gradients on tensor cores, 3xTF32); 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
@@ -509,8 +513,8 @@ BLUR_ON_TAPS = "bloom, blur on tap engine"
 # variants run with DCLS_CONVERT_CUDA_TF32=corr (float32 layers' weight and position gradients on tensor cores, as
 # 3xTF32; opt-in, built in the tenth session): their float32 step is the one it can change
 TF32 = ", tf32"
-# variants run with DCLS_CONVERT_CUDA_PLANE=conv (the 16-bit forward and input gradient of planes up to 256
-# pixels, ConvNeXt-T's stages 3 and 4, as one tensor-core product per channel; opt-in, built in the eleventh session)
+# variants run with DCLS_CONVERT_CUDA_PLANE=all (every part of the 16-bit layers on small planes, ConvNeXt-T's stages
+# 3 and 4, as tensor-core products per channel; opt-in, built in the eleventh session)
 PLANE = ", plane"
 # variants whose model runs as torch.compile(mode="reduce-overhead") (inductor and CUDA graphs: the host no longer
 # queues each kernel), AMP only, against the original compiled the same way; run only when --variants names them
@@ -649,7 +653,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             if variant.endswith(TF32):
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
             if variant.endswith(PLANE):
-                os.environ["DCLS_CONVERT_CUDA_PLANE"] = "conv"
+                os.environ["DCLS_CONVERT_CUDA_PLANE"] = "all"
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             run = torch.compile(m, mode="reduce-overhead") if compiled else m
             for amp in (True,) if compiled else (True, False):

@@ -62,8 +62,8 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the float32 correlation on tensor cores (3xTF32): the float32 row's gradients, and the switch left unset
     assert [sorted(k) for e, k in tf32_seen if e] == [["fwd+bwd", "on-grid wgrad", "wgrad"]]
     assert "DCLS_CONVERT_CUDA_TF32" not in os.environ and rows[0]["GPU tf32 wgrad"] == 0.5
-    # the small-plane product (14 x 14 fits): the bfloat16 row's forward and input gradient, the switch left unset
-    assert [k for e, k in plane_seen if e] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd")]
+    # the small-plane products (14 x 14 fits): the bfloat16 row's every part, the switch left unset
+    assert [k for e, k in plane_seen if e] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd", "on-grid wgrad", "wgrad")]
     assert "DCLS_CONVERT_CUDA_PLANE" not in os.environ and rows[1]["GPU plane fwd+bwd"] == 0.5
     assert rows[0]["GPU plane fwd"] != rows[0]["GPU plane fwd"]  # (float32: NaN, not timed)
     for r in rows:
@@ -85,7 +85,7 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 def test_bench_gpu_model_variants_include_tensor_cores():
     """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows and FMA rows
     (DCLS_CONVERT_CUDA_FMA=all), float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) and small-plane rows
-    (DCLS_CONVERT_CUDA_PLANE=conv) exist for every method, named so that --variants "dcls K*" picks the six dcls
+    (DCLS_CONVERT_CUDA_PLANE=all) exist for every method, named so that --variants "dcls K*" picks the six dcls
     rows."""
     import bench_gpu
 
@@ -123,7 +123,7 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
                      "GPU tables wgrad": tables_wgrad, "GPU mma wgrad": tables_wgrad * corr_be / 136})
         if side <= 14:  # the small-plane arm: a fixed 0.02 ms forward; forward+backward 0.8 of the default's
             rows[-1].update({"GPU plane fwd": 0.02, "GPU plane on-grid fwd": 0.02, "GPU plane fwd+bwd": 0.4,
-                             "GPU fwd+bwd": 0.5})
+                             "GPU fwd+bwd": 0.5, "GPU plane wgrad": 0.03, "GPU wgrad": 0.12})
         rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan"), "GPU wgrad": 0.4,
                      "GPU tf32 wgrad": 0.1 * side / 7})
         rows.append({**rows[-2], "L": 31, "GPU mma fwd": 1.0})
@@ -144,6 +144,6 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert "56x56: 2.00" in out and "7x7: 0.25" in out
     planes = fit.plane_ratios(rows)
     assert [p for p, *_ in planes] == [196, 49]
-    assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12
-               and abs(total - 0.8) < 1e-12 for _, off, on, total in planes)
-    assert "14x14: 0.06 / 0.17; 0.80" in out
+    assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12 and abs(wgrad - 0.25) < 1e-12
+               and abs(total - 0.8) < 1e-12 for _, off, on, wgrad, total in planes)
+    assert "14x14: 0.06 / 0.17; 0.25; 0.80" in out

@@ -206,6 +206,36 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
         assert max_rel(got.double(), tab.double()) < 1e-4
 
 
+@pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 384, 14, 14), 17, torch.bfloat16, True),
+                                                          ((64, 768, 7, 7), 17, torch.bfloat16, True),
+                                                          ((18, 40, 7, 7), 17, torch.float16, False),
+                                                          ((3, 24, 16, 16), 7, torch.bfloat16, True),
+                                                          ((5, 8, 1, 12), 9, torch.float16, False)])
+def test_plane_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
+    """Narrow planes' weight, position and bias gradients as tensor-core products per channel and window row
+    (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr; ConvNeXt-T's stages 3 and 4 among them) against the dense
+    float64 oracle and the tables' correlation, two runs bitwise equal, the kernel it names launched."""
+    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
+    g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
+    runs = {}
+    for mode, plane, mma in (("plane", "corr", ""), ("plane again", "corr", ""), ("tables", "", "none")):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", plane)
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", mma)
+        runs[mode] = back(g, x, w, p, *args)[1:]
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "corr")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "")
+    assert "plane_corr_kernel" in _cuda_kernels(lambda: back(g, x, w, p, *args))
+    assert all(torch.equal(a, e) for a, e in zip(runs["plane"], runs["plane again"]))
+    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
+    y = _dense_oracle(*ref, win, [1, 1], pad)
+    want = list(torch.autograd.grad(y, ref[1:], g.double())) + [g.double().sum((0, 2, 3))]
+    for got, tab, e in zip(runs["plane"], runs["tables"], want):
+        assert max_rel(got.double(), e) < 1e-4
+        assert max_rel(got.double(), tab.double()) < 1e-4
+
+
 @pytest.mark.parametrize("shape,window,channels_last", [((64, 96, 56, 56), 17, False),
                                                    ((16, 384, 14, 14), 17, False),
                                                    ((16, 768, 7, 7), 17, True),

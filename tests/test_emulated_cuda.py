@@ -762,9 +762,9 @@ def test_mma_cost_rule_counts_1d_corners(monkeypatch, K, conv):
 def test_window_mma_random_shapes(data):
     """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows past the window, 1-4
     images, channels in and out of whole groups of 8) with every part on tensor cores (DCLS_CONVERT_CUDA_MMA=all;
-    float32: its correlation as 3xTF32, DCLS_CONVERT_CUDA_TF32=corr; drawn: small planes by window_plane.h,
-    DCLS_CONVERT_CUDA_PLANE=conv): the correlation's bands, rings and prefetched rounds and the convolution's row
-    tiles and k-steps against the float64 oracle."""
+    float32: its correlation as 3xTF32, DCLS_CONVERT_CUDA_TF32=corr; drawn: small planes by window_plane.h and
+    window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=all): the correlation's bands, rings and prefetched rounds and
+    the convolution's row tiles and k-steps against the float64 oracle."""
     D = data.draw(st.integers(1, 2))
     window = data.draw(st.lists(st.integers(1, 40), min_size=D, max_size=D))
     padding = [data.draw(st.integers(0, L - 1)) for L in window]
@@ -777,13 +777,13 @@ def test_window_mma_random_shapes(data):
     x = torch.randn(N, C, *size).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    plane = data.draw(st.booleans())  # small planes' forward and input gradient by window_plane.h where they fit
+    plane = data.draw(st.booleans())  # small planes' parts by window_plane.h and window_plane_corr.h where they fit
     w, p, _ = random_taps(D, C, 1, 4, window, spread=1.4, dtype=torch.float32)
     with pytest.MonkeyPatch.context() as m:
         m.setenv("DCLS_CONVERT_CUDA_MMA", "all")
         m.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
         if plane:
-            m.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
+            m.setenv("DCLS_CONVERT_CUDA_PLANE", "all")
         out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
         g = torch.randn(out.shape).to(dtype)
         if channels_last:
@@ -1084,3 +1084,107 @@ def test_window_plane_switch(monkeypatch, dtype, plane, mma, expect):
     E.taps_conv_backward(torch.randn(out.shape).to(dtype), x, w, p, [17, 17], [1, 1], [8, 8], "bilinear",
                          [True, False, False, False])
     assert E.take_kernels().count("window_plane") == (2 if expect else 0)
+
+
+PLANE_CORR_CASES = [
+    dict(size=[7, 7], window=[17, 17], padding=[8, 8]),      # stage 4: 16 images a job, rows of 8
+    dict(size=[14, 14], window=[17, 17], padding=[8, 8]),    # stage 3: 9 images a job (126 of 128 k values)
+    dict(size=[16, 16], window=[7, 7], padding=[3, 3]),      # 16 columns: both tiles full
+    dict(size=[11, 12], window=[7, 6], padding=[3, 2]),      # asymmetric window
+    dict(size=[5, 11], window=[3, 5], padding=[0, 4]),       # paddings from none to the window's edge, odd rows, 15 out
+    dict(size=[9, 5], window=[33, 41], padding=[16, 20]),    # a window far past the plane (cells past the diagonals)
+    dict(size=[20, 9], window=[5, 3], padding=[4, 0]),       # 24 output rows of 7, 6 images a job
+    dict(size=[12], window=[9], padding=[4]),                # 1-D
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", PLANE_CORR_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
+                                           ("bilinear", "channels_last16"), ("nearest", "contiguous")])
+def test_plane_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
+    """Narrow planes' weight and position gradients as one tensor-core product per channel and window row
+    (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr), block by block with every lane's mma fragments, against
+    the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32 rounding; 18
+    images (jobs of a partial slab). Two launches (the correlation, its finish), no table."""
+    window, padding = case["window"], case["padding"]
+    D = len(window)
+    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=18)
+    stride = [1] * D
+    out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
+    g = torch.randn(out.shape).to(dtype)
+    if layout.startswith("channels_last") and D == 2:
+        g = g.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "corr")
+    E.take_kernels()
+    _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
+    assert E.take_kernels() == ["plane_corr", "window_corr_finish"]
+    _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp)
+
+
+@pytest.mark.parametrize("size,window,padding,N,C", [
+    ([7, 7], [17, 17], [8, 8], 18, 16),
+    ([14, 14], [17, 17], [8, 8], 3, 24),
+    ([5, 9], [7, 7], [3, 3], 2, 8),
+])
+def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
+    """channels_last with 8k channels stages a pixel's 8 channels per 16-byte load; one element per load
+    (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values in the same places: weight, position and bias
+    gradients bitwise equal."""
+    x = torch.randn(N, C, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    g = torch.randn(x.shape[:2] + tuple(s + 2 * q - L + 1 for s, q, L in zip(size, padding, window))).bfloat16()
+    g = g.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "corr")
+    runs = []
+    for staging in ("", "scalar"):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_STAGING", staging)
+        E.take_kernels()
+        runs.append(E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [False, True, True, True]))
+        assert E.take_kernels() == ["plane_corr", "window_corr_finish"]
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+
+
+@pytest.mark.parametrize("size,window,padding,ok,images", [
+    ([7, 7], [17, 17], [8, 8], True, 16),     # ConvNeXt-T stage 4
+    ([14, 14], [17, 17], [8, 8], True, 9),    # stage 3
+    ([16, 16], [17, 17], [8, 8], True, 8),
+    ([100, 8], [5, 5], [2, 2], True, 1),      # 100 rows: one image a job
+    ([14, 17], [17, 17], [8, 8], False, 0),   # 17 columns
+    ([28, 28], [17, 17], [8, 8], False, 0),   # stage 2: window_corr.h's
+    ([7, 7], [65, 5], [32, 2], False, 0),     # a window past 64
+])
+def test_plane_corr_plan(size, window, padding, ok, images):
+    """Where the narrow-plane correlation applies: input and output rows up to 16 columns, windows up to 64; as many
+    images a block job as 8 k-steps hold, within two blocks an SM."""
+    x = torch.randn(16, 8, *size).bfloat16()
+    w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
+    plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
+    assert bool(plans[8]) == ok
+    if ok:
+        assert plans[10] == images and plans[9] <= 113 * 1024
+
+
+@pytest.mark.parametrize("plane,mma,conv,corr", [
+    ("corr", None, False, True),
+    ("all", None, True, True),
+    ("conv", None, True, False),
+    ("all", "none", False, False),  # DCLS_CONVERT_CUDA_MMA keeps the tensor cores off
+    ("all", "corr", False, True),
+])
+def test_plane_switch_parts(monkeypatch, plane, mma, conv, corr):
+    """DCLS_CONVERT_CUDA_PLANE picks the parts (conv: forward and input gradient; corr: weight and position
+    gradients; all), and DCLS_CONVERT_CUDA_MMA can still keep a part off the tensor cores."""
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", plane)
+    if mma is None:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    else:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", mma)
+    x = torch.randn(2, 8, 7, 7).bfloat16()
+    w, p, _ = random_taps(2, 8, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
+    E.take_kernels()
+    out = E.taps_conv(x, w, p, None, [17, 17], [1, 1], [8, 8], "bilinear")
+    E.taps_conv_backward(torch.randn(out.shape).bfloat16(), x, w, p, [17, 17], [1, 1], [8, 8], "bilinear", [True] * 4)
+    kernels = E.take_kernels()
+    assert kernels.count("window_plane") == (2 if conv else 0)
+    assert ("plane_corr" in kernels) == corr

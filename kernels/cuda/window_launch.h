@@ -19,6 +19,8 @@ template <typename scalar_t>
 void launch_window_conv(WindowConv<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like, bool flip);
 
 template <typename scalar_t>
+void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like);
+template <typename scalar_t>
 void launch_window_plane(WindowPlane<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like,
                          bool flip);
 

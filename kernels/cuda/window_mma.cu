@@ -1,5 +1,5 @@
-// The tensor-core correlation's launcher (window_launch.h): the correlation and its finish (float16, bfloat16,
-// and float32 as 3xTF32), and whether a device runs the tensor-core kernels. The convolution's launcher is in
+// The tensor-core correlations' launchers (window_launch.h): the correlation and its finish (window_corr.h: float16,
+// bfloat16, and float32 as 3xTF32; window_plane_corr.h, narrow planes: float16, bfloat16), and whether a device runs the tensor-core kernels. The convolution's launcher is in
 // window_mma_conv.cu, so that a build compiles the two in parallel.
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
@@ -49,6 +49,21 @@ void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>&
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_window_finish(w, a);
 }
+
+template <typename scalar_t>
+void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like) {
+  const int64_t bytes = w.smem_words() * 4;
+  const void* k = reinterpret_cast<const void*>(plane_corr_kernel<scalar_t>);
+  allow_smem(k, bytes);
+  auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(at::kFloat));
+  w.work = static_cast<float*>(work.data_ptr());
+  plane_corr_kernel<scalar_t><<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_window_finish(w, a);
+}
+
+template void launch_plane_corr(PlaneCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
+template void launch_plane_corr(PlaneCorr<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&);
 
 template void launch_window_corr(WindowCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
 template void launch_window_corr(WindowCorr<float>, const TapsArgs<float, float>&, const at::Tensor&);

@@ -11,6 +11,7 @@
 #include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_corr.h"
 #include "dcls_convert/window_plane.h"
+#include "dcls_convert/window_plane_corr.h"
 
 namespace dcls_convert {
 
@@ -162,6 +163,23 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(Win
     window_plane_warp<KS, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
     __syncthreads();
     window_plane_store(w, j, smem, tid);
+  }
+}
+
+// window_plane_corr.h: a block job clears and stages its planes (two phases), then each warp runs every window row.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kWindowCorrThreads, 2) plane_corr_kernel(PlaneCorr<scalar_t> w) {
+  uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t blocks = w.blocks();
+  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
+    const PlaneCorrJob j = plane_corr_job(w, bid);
+    __syncthreads();  // the previous job's planes are read
+    plane_corr_clear(w, smem, tid);
+    __syncthreads();
+    plane_corr_stage(w, j, smem, tid);
+    __syncthreads();
+    plane_corr_warp<kPlaneCorrSteps, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
   }
 }
 

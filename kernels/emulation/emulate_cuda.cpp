@@ -364,6 +364,23 @@ struct EmulatedLaunch {
       with_conv_tiles(c.mt, c.nt, [&](auto m, auto n) { window_conv_blocks<decltype(m)::value, decltype(n)::value>(c); });
     }
   }
+  static void plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
+    if constexpr (window_corr_dtype<scalar_t>()) {
+      launch({"plane_corr", "window_corr_finish"});  // the correlation and its finish
+      std::vector<float> work(w.C * w.slabs * w.values(), std::numeric_limits<float>::quiet_NaN());
+      w.work = work.data();
+      std::vector<uint32_t> smem(w.smem_words());
+      for (int64_t bid = 0; bid < w.blocks(); ++bid) {  // plane_corr_kernel, phase by phase; smem poisoned per job
+        const PlaneCorrJob j = plane_corr_job(w, bid);
+        std::fill(smem.begin(), smem.end(), 0xffffffffu);
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
+        for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_stage(w, j, smem.data(), tid);
+        for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+          plane_corr_warp<kPlaneCorrSteps, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+      }
+      for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+    }
+  }
   static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
                            bool flip) {
     if constexpr (window_corr_dtype<scalar_t>()) {
@@ -655,7 +672,8 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
 }
 
 // The tensor-core plans of a 16-bit layer: the forward's (ok, shared memory bytes), the correlation's (ok, bytes),
-// the forward's band, the small-plane forward's (ok, bytes, k-steps), under the emulated device's shared memory.
+// the forward's band, the small-plane forward's (ok, bytes, k-steps), the narrow-plane correlation's (ok, bytes,
+// images a block job), under the emulated device's shared memory.
 std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                           at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                           c10::string_view interpolation) {
@@ -669,7 +687,9 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto v = window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto c = window_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     const auto pl = window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
-    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks};
+    const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
+    r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
+         pc.ok, pc.smem_words() * 4, pc.images};
   });
   return r;
 }

@@ -17,6 +17,7 @@
 #include "dcls_convert/tiled_taps.h"
 #include "dcls_convert/window_conv.h"
 #include "dcls_convert/window_plane.h"
+#include "dcls_convert/window_plane_corr.h"
 #include "dcls_convert/window_corr.h"
 #include "dcls_convert/window_fma_conv.h"
 #include "dcls_convert/window_fma_corr.h"
@@ -325,14 +326,16 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
   return entries >= mma_break_even(12.0, 0.6, plane, a.Lh, a.Lw);
 }
 
-// DCLS_CONVERT_CUDA_PLANE=conv: the forward and input gradient of 16-bit stride-1 layers whose planes fit
-// window_plane.h (up to 256 input pixels) run as its per-channel matrix product instead of the cost rule's choice
-// (DCLS_CONVERT_CUDA_MMA=none or corr still keeps them off the tensor cores). Opt-in until a GPU has timed it.
+// DCLS_CONVERT_CUDA_PLANE=conv|corr|all: the parts of 16-bit stride-1 layers on small planes that run as one
+// tensor-core product per channel instead of the cost rule's choice: "conv", the forward and input gradient
+// (window_plane.h: input planes up to 256 pixels); "corr", the weight and position gradients (window_plane_corr.h:
+// rows of up to 16 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
+// cores. Opt-in until a GPU has timed them.
 template <typename scalar_t, typename acc_t>
-bool plane_wanted(const TapsArgs<scalar_t, acc_t>&) {
+bool plane_wanted(const char* part, const TapsArgs<scalar_t, acc_t>&) {
   if constexpr (!window_corr_dtype<scalar_t>()) return false;
-  const char* e = std::getenv("DCLS_CONVERT_CUDA_PLANE");
-  return e != nullptr && std::string(e) == "conv" && part_choice("DCLS_CONVERT_CUDA_MMA", "conv") != PartChoice::kOff;
+  return part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn &&
+         part_choice("DCLS_CONVERT_CUDA_MMA", part) != PartChoice::kOff;
 }
 
 // DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load,
@@ -479,6 +482,26 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
     w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
     w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
+  }
+  return w;
+}
+
+// The tensor-core correlation of g with x on narrow planes (window_plane_corr.h), or ok = false where it does not
+// apply. The executor sets the workspace.
+template <typename scalar_t, typename acc_t>
+PlaneCorr<scalar_t> plane_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
+                                    int64_t max_smem_bytes) {
+  PlaneCorr<scalar_t> w;
+  if constexpr (window_corr_dtype<scalar_t>()) {
+    w = plane_corr_shape<scalar_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw, max_smem_bytes);
+    w.x = x.data_ptr<scalar_t>();
+    w.g = g.data_ptr<scalar_t>();
+    plane_strides(x, w.xs);
+    plane_strides(g, w.gs);
+    w.x_cl = w.xs[1] == 1 && a.C > 1;
+    w.g_cl = w.gs[1] == 1 && a.C > 1;
+    w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_vec8(g.data_ptr(), w.gs, a.C) &&
+             staging_mode() != "scalar";
   }
   return w;
 }

@@ -20,6 +20,7 @@
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
 //   static void window_plane(WindowPlane, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + plane
+//   static void plane_corr(PlaneCorr, const TapsArgs&, const at::Tensor& like);  16-bit: correlation + finish
 //   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
 //   static void fma_conv(FmaConv, const TapsArgs&, const at::Tensor& like, bool flip);  float32/64: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
@@ -59,7 +60,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
-    const auto pv = !L::gather_only() && plane_wanted(a) && L::mma_supported(input)
+    const auto pv = !L::gather_only() && plane_wanted("conv", a) && L::mma_supported(input)
                         ? window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                         : WindowPlane<scalar_t>();
     const auto wv = !pv.ok && !L::gather_only() && mma_wanted("conv", a) && L::mma_supported(input)
@@ -118,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       std::vector<Phase> phases;
       // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
       // on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), else the tables' stride phases
-      const auto pg = mask[0] && !L::gather_only() && plane_wanted(a) && L::mma_supported(input)
+      const auto pg = mask[0] && !L::gather_only() && plane_wanted("conv", a) && L::mma_supported(input)
                           ? window_plane_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                           : WindowPlane<scalar_t>();
       const auto wg = !pg.ok && mask[0] && !L::gather_only() && mma_wanted("conv", a, true) && L::mma_supported(input)
@@ -139,14 +140,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         }
       }
       // weight and position gradients: tensor cores where they apply (16-bit) and pay (mma_wanted), else the tables
-      const auto wc = want_taps && !L::gather_only() && mma_wanted("corr", a) && L::mma_supported(input)
+      const auto pc = want_taps && !L::gather_only() && plane_wanted("corr", a) && L::mma_supported(input)
+                          ? plane_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
+                          : PlaneCorr<scalar_t>();
+      const auto wc = !pc.ok && want_taps && !L::gather_only() && mma_wanted("corr", a) && L::mma_supported(input)
                           ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : WindowCorr<scalar_t>();
       // or, opted in, the FMA correlation where it applies
-      const auto fc = want_taps && !wc.ok && !L::gather_only() && fma_mode("corr")
+      const auto fc = want_taps && !pc.ok && !wc.ok && !L::gather_only() && fma_mode("corr")
                           ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                           : FmaCorr<scalar_t, acc_t>();
-      auto corr = want_taps && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
+      auto corr = want_taps && !pc.ok && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();
       TableBuffers<acc_t> tb(input, a.C, a.K, (tiled_gi ? int(phases.size()) : 0) + int(tiled_corr));
       if (tiled_gi) {
@@ -176,7 +180,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       }
       if (!want_taps) return;
       grads.bind_taps(a, window.size() == 2);
-      if (wc.ok) {
+      if (pc.ok) {
+        if constexpr (window_corr_dtype<scalar_t>()) {
+          auto w = pc;
+          if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
+          L::plane_corr(w, a, input);
+        }
+      } else if (wc.ok) {
         if constexpr (window_corr_mma_dtype<scalar_t>()) {
           auto w = wc;
           if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)

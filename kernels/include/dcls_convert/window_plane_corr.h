@@ -1,0 +1,331 @@
+// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on narrow planes (rows of up to
+// 16 columns, in and out: ConvNeXt-T's 14 x 14 and 7 x 7 stages), on tensor cores: the correlation at every cell of
+// the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each tap's
+// corners from G (window_corr_finish_thread, as for window_corr.h: the same workspace).
+//
+// Per window row ky, one product per channel with the images and input rows as its k dimension:
+//   S_ky[ix][ox] = sum over (n, iy) of x[n][iy][ix] * g[n][iy - ky + ph][ox]   (input rows whose output row exists)
+// and G[ky][kx] is the sum of S_ky's diagonal ix - ox = kx - pw. The 16 x 16 S_ky of a warp's channel is two
+// mma.m16n8k16 tiles (input columns the rows, output columns the columns); the k-steps run over (image, input row)
+// pairs, 16 at a time, 128 a block job (8 k-steps: the A fragments stay in registers for every ky).
+//
+// Why: window_corr.h runs an image at a time in rounds of input rows, and at 14 x 14 and 7 x 7 its time was the
+// rounds' latencies and tiles mostly outside the plane (an H200: 0.146 ms at both stages, the tables' time). Here a
+// block stages its images once and each warp runs every window row from registers and shared memory.
+//
+// Shared memory per channel: the inputs transposed, xs[ix][n hp + iy] (rows padded to even hp, zero past the
+// plane), so an A register is one 32-bit load; the output gradient as columns, e = m0 + ox oxs + n hz + oy (zero
+// around and between the columns), twice (the second copy shifted by one element): a B register's two k values are
+// neighbouring output rows of one column, one aligned 32-bit load from the copy of their parity, which is the same
+// for every lane at a given ky. The rows of a k-step whose output row is outside the plane (iy - ky + ph < 0 or
+// >= Ho) are masked to zero in A (their B reads land on neighbouring columns or the zero margins: finite).
+// The diagonal sums go through a per-warp scratch in a fixed order (no atomics: run to run identical); the bias
+// gradient is each channel's sum of the staged output gradient, lane by lane then in lane order.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "dcls_convert/window_plane.h"
+
+namespace dcls_convert {
+
+constexpr int kPlaneCorrCols = 16;      // input and output columns: the mma's 16 rows, two tiles of 8 columns
+constexpr int kPlaneCorrSteps = 8;      // k-steps of 16 (image, input row) pairs a block job
+constexpr int kPlaneCorrMaxImages = 16;
+constexpr int kPlaneCorrBlk = 17;       // scratch row pitch (floats): the diagonal reads spread over banks
+constexpr int kPlaneCorrScratch = kPlaneCorrCols * kPlaneCorrBlk + 32;  // floats per warp: S_ky, then 32 sums
+
+template <typename scalar_t>
+struct PlaneCorr {
+  const scalar_t* x = nullptr;
+  const scalar_t* g = nullptr;
+  float* work = nullptr;       // (C, slabs, values()), as window_corr.h's
+  float* grad_bias = nullptr;  // (C) or nullptr: written by the finish
+  int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
+  int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
+  bool x_cl = false, g_cl = false;
+  bool vec8 = false;  // both read by 16-byte loads of 8 channels (staging_vec8)
+  int images = 1;     // per block job
+  int hp = 2, hz = 2; // input rows at even count; output rows per column at even count
+  int ks = 1;         // k-steps: 16 ks >= images hp
+  int xp = 4;         // words per staged input column (4 mod 8)
+  int oxs = 8;        // elements between output-gradient columns (twice a word count 4 mod 8)
+  int m0 = 0;         // zero elements before the first column: the reads of window row Lh - 1
+  int64_t slabs = 1;
+  bool ok = false;
+
+  DCLS_HD int64_t cells() const { return Lh * Lw; }
+  DCLS_HD int64_t values() const { return cells() + 1; }
+  DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
+  DCLS_HD int64_t blocks() const { return groups() * slabs; }
+  DCLS_HD int glen() const { return m0 + kPlaneCorrCols * oxs + hp + static_cast<int>(ph) + 2; }  // per copy
+  DCLS_HD int x_words() const { return channel_words(kPlaneCorrCols * xp); }
+  DCLS_HD int copy_words() const { return (glen() + 1) / 2; }
+  DCLS_HD int g_words() const { return channel_words(2 * copy_words()); }
+  DCLS_HD int64_t g_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
+  DCLS_HD int64_t scratch_offset() const { return g_offset() + int64_t(kWindowCorrWarps) * g_words(); }
+  DCLS_HD int64_t smem_words() const { return scratch_offset() + int64_t(kWindowCorrWarps) * kPlaneCorrScratch; }
+};
+
+template <typename scalar_t>
+PlaneCorr<scalar_t> plane_corr_sized(PlaneCorr<scalar_t> w, int images) {
+  w.images = images;
+  w.ks = (images * w.hp + 15) / 16;
+  const int xw = 8 * w.ks;
+  w.xp = xw + ((4 - xw) % 8 + 8) % 8;
+  const int cw = (images * w.hz + 1) / 2;
+  w.oxs = 2 * (cw + ((4 - cw) % 8 + 8) % 8);
+  w.slabs = (w.N + images - 1) / images;
+  return w;
+}
+
+// The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 16
+// columns, input planes up to 128 rows, windows up to 64, padding inside the window; as many images a job as 8
+// k-steps hold (16 at most) while two blocks fit an SM (max_smem_bytes: a block's most, as window_conv_band's).
+template <typename scalar_t>
+PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
+                                     int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t max_smem_bytes) {
+  PlaneCorr<scalar_t> w;
+  w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
+  if (sh != 1 || sw != 1 || W > kPlaneCorrCols || Wo > kPlaneCorrCols || Lh > kWindowConvMaxWindow ||
+      Lw > kWindowConvMaxWindow || ph > Lh - 1 || pw > Lw - 1 || ph < 0 || pw < 0 || N * C == 0 || Ho * Wo == 0 ||
+      H * W == 0 || H + (H & 1) > 16 * kPlaneCorrSteps)
+    return w;
+  w.hp = static_cast<int>(H + (H & 1));
+  w.hz = static_cast<int>(Ho + (Ho & 1));
+  w.m0 = static_cast<int>(Lh - 1 - ph);
+  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, 16 * kPlaneCorrSteps / w.hp, N}));
+  const int64_t budget = (max_smem_bytes + 1024) / 2 - 1024;
+  for (int s = most; s >= 1; --s) {
+    w = plane_corr_sized(w, s);
+    if (w.smem_words() * 4 <= budget) break;
+  }
+  w.ok = w.smem_words() * 4 <= max_smem_bytes;
+  return w;
+}
+
+struct PlaneCorrJob {
+  int64_t c0, slab, n0;
+  int images;
+};
+template <typename scalar_t>
+DCLS_HD PlaneCorrJob plane_corr_job(const PlaneCorr<scalar_t>& w, int64_t bid) {
+  PlaneCorrJob j;
+  j.c0 = (bid % w.groups()) * kWindowCorrWarps;
+  j.slab = bid / w.groups();
+  j.n0 = j.slab * w.images;
+  j.images = static_cast<int>(std::min<int64_t>(w.images, w.N - j.n0));
+  return j;
+}
+
+// Phase 1 (per block job): the staged inputs and output gradients cleared (what the staging leaves is zero).
+template <typename scalar_t>
+DCLS_HD void plane_corr_clear(const PlaneCorr<scalar_t>& w, uint32_t* smem, int tid) {
+  for (int64_t e = tid; e < w.scratch_offset(); e += kWindowCorrThreads) smem[e] = 0u;
+}
+
+// Where a channel's staged elements go: input (n, iy, ix), and output-gradient (n, oy, ox) in both copies.
+template <typename scalar_t>
+DCLS_HD void plane_corr_put_x(const PlaneCorr<scalar_t>& w, uint32_t* smem, int ci, int n, int64_t iy, int64_t ix,
+                              uint16_t v) {
+  reinterpret_cast<uint16_t*>(smem + int64_t(ci) * w.x_words())[ix * 2 * w.xp + n * w.hp + iy] = v;
+}
+template <typename scalar_t>
+DCLS_HD void plane_corr_put_g(const PlaneCorr<scalar_t>& w, uint32_t* smem, int ci, int n, int64_t oy, int64_t ox,
+                              uint16_t v) {
+  auto* y = reinterpret_cast<uint16_t*>(smem + w.g_offset() + int64_t(ci) * w.g_words());
+  const int64_t e = w.m0 + ox * w.oxs + n * w.hz + oy;
+  y[e] = v;
+  if (e >= 1) y[2 * w.copy_words() + e - 1] = v;
+}
+
+template <typename scalar_t>
+DCLS_HD uint16_t bits_of(scalar_t v) {
+  return v.x;
+}
+
+// Phase 2 (per block job): the job's input planes and output-gradient planes (the images [n0, n0 + images)).
+template <typename scalar_t>
+DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
+  const int xin = j.images * static_cast<int>(w.H * w.W), gin = j.images * static_cast<int>(w.Ho * w.Wo);
+  // item -> (image, row, column) of the input (item < xin) or the output gradient
+  auto place = [&](int item, int& n, int64_t& r, int64_t& col) {
+    const bool is_x = item < xin;
+    const int64_t width = is_x ? w.W : w.Wo, plane = is_x ? w.H * w.W : w.Ho * w.Wo;
+    const int64_t i = is_x ? item : item - xin;
+    n = static_cast<int>(i / plane);
+    r = (i % plane) / width;
+    col = i % width;
+    return is_x;
+  };
+  if (w.vec8) {  // a thread per pixel: its 8 channels in one load
+    plane_items<Words4>(
+        xin + gin, tid,
+        [&](int item) {
+          int n;
+          int64_t r, col;
+          Words4 v;
+          if (place(item, n, r, col))
+            load8(w.x + (j.n0 + n) * w.xs[0] + j.c0 + r * w.xs[2] + col * w.xs[3], v.v);
+          else
+            load8(w.g + (j.n0 + n) * w.gs[0] + j.c0 + r * w.gs[2] + col * w.gs[3], v.v);
+          return v;
+        },
+        [&](int item, const Words4& v) {
+          int n;
+          int64_t r, col;
+          const bool is_x = place(item, n, r, col);
+DCLS_UNROLL
+          for (int k = 0; k < 8; ++k) {
+            if (is_x)
+              plane_corr_put_x(w, smem, k, n, r, col, half_of(v.v, k));
+            else
+              plane_corr_put_g(w, smem, k, n, r, col, half_of(v.v, k));
+          }
+        });
+    return;
+  }
+  // one element a load: channels fastest where the tensor is channels_last, pixels fastest otherwise
+  auto where = [&](int idx, int& ci, int& item) {
+    if (idx < kWindowCorrWarps * xin) {
+      item = plane_channel(idx, w.x_cl, xin, ci);
+    } else {
+      item = xin + plane_channel(idx - kWindowCorrWarps * xin, w.g_cl, gin, ci);
+    }
+  };
+  plane_items<scalar_t>(
+      kWindowCorrWarps * (xin + gin), tid,
+      [&](int idx) {
+        int ci, item, n;
+        int64_t r, col;
+        where(idx, ci, item);
+        const int64_t c = j.c0 + ci;
+        if (c >= w.C) return scalar_t(0.f);
+        return place(item, n, r, col) ? w.x[(j.n0 + n) * w.xs[0] + c * w.xs[1] + r * w.xs[2] + col * w.xs[3]]
+                                      : w.g[(j.n0 + n) * w.gs[0] + c * w.gs[1] + r * w.gs[2] + col * w.gs[3]];
+      },
+      [&](int idx, const scalar_t& v) {
+        int ci, item, n;
+        int64_t r, col;
+        where(idx, ci, item);
+        if (place(item, n, r, col))
+          plane_corr_put_x(w, smem, ci, n, r, col, bits_of(v));
+        else
+          plane_corr_put_g(w, smem, ci, n, r, col, bits_of(v));
+      });
+}
+
+// Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1; the emulation:
+// the whole warp). Its A fragments once, then per window row ky the two S_ky tiles, their diagonals through the
+// scratch, and the row's cells to the workspace; last the bias sum.
+template <int KS, int NL, typename Mma, typename scalar_t>
+DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int warp, int lane0) {
+  const uint32_t* xs = smem + int64_t(warp) * w.x_words();
+  const uint32_t* y = smem + w.g_offset() + int64_t(warp) * w.g_words();
+  float* blk = reinterpret_cast<float*>(smem + w.scratch_offset()) + warp * kPlaneCorrScratch;
+  float* sums = blk + kPlaneCorrCols * kPlaneCorrBlk;
+  const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words();
+  uint32_t A[NL][4 * KS];
+  uint32_t off[NL][KS];  // the lane's two k values a step (2t, 2t + 8) as n hz + iy, 16 bits each
+  uint32_t rows[NL][KS]; // and their input rows iy, 8 bits each
+  for (int l = 0; l < NL; ++l) {
+    const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
+DCLS_UNROLL
+    for (int s = 0; s < KS; ++s) {
+      if (s >= ks) continue;
+      const int a = g * xp + 8 * s + t;
+      A[l][4 * s + 0] = xs[a];
+      A[l][4 * s + 1] = xs[a + 8 * xp];
+      A[l][4 * s + 2] = xs[a + 4];
+      A[l][4 * s + 3] = xs[a + 8 * xp + 4];
+      const int k0 = 16 * s + 2 * t, k1 = k0 + 8, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
+      off[l][s] = uint32_t(n0 * hz + iy0) | (uint32_t(n1 * hz + iy1) << 16);
+      rows[l][s] = uint32_t(iy0) | (uint32_t(iy1) << 8);
+    }
+  }
+  const int64_t c = j.c0 + warp, V = w.values();
+  float* work = c < w.C ? w.work + (c * w.slabs + j.slab) * V : nullptr;
+  for (int ky = 0; ky < w.Lh; ++ky) {
+    // the input rows whose output row iy - ky + ph is in the plane; pk: the output-gradient element offset
+    const int lo = static_cast<int>(std::max<int64_t>(0, ky - w.ph));
+    const int hi = static_cast<int>(std::min<int64_t>(w.H, w.Ho + ky - w.ph));
+    const int pk = w.m0 + static_cast<int>(w.ph) - ky;
+    const uint32_t* yc = y + (pk & 1) * cw;  // the copy whose words start at this parity
+    float acc[NL][8];
+    for (int l = 0; l < NL; ++l)
+      for (int q = 0; q < 8; ++q) acc[l][q] = 0.f;
+DCLS_UNROLL
+    for (int s = 0; s < KS; ++s) {
+      if (s >= ks || lo >= hi) continue;
+      uint32_t Am[NL][4], B[NL][4];
+      for (int l = 0; l < NL; ++l) {
+        const int g = (lane0 + l) >> 2;
+        const int r0 = int(rows[l][s] & 0xffu), r1 = int(rows[l][s] >> 8);
+        auto keep = [&](int r) { return (r >= lo && r < hi ? 0xffffu : 0u) | (r + 1 >= lo && r + 1 < hi ? 0xffff0000u : 0u); };
+        const uint32_t m0 = keep(r0), m1 = keep(r1);
+        Am[l][0] = A[l][4 * s + 0] & m0;
+        Am[l][1] = A[l][4 * s + 1] & m0;
+        Am[l][2] = A[l][4 * s + 2] & m1;
+        Am[l][3] = A[l][4 * s + 3] & m1;
+        const int e0 = int(off[l][s] & 0xffffu) + pk, e1 = int(off[l][s] >> 16) + pk;
+DCLS_UNROLL
+        for (int nt = 0; nt < 2; ++nt) {
+          const int col = (8 * nt + g) * oxs;
+          B[l][2 * nt] = yc[(col + e0) >> 1];
+          B[l][2 * nt + 1] = yc[(col + e1) >> 1];
+        }
+      }
+      Mma::template run<NL, 8, 4, 4>(acc, Am, B, 0, 0, 0);
+      Mma::template run<NL, 8, 4, 4>(acc, Am, B, 1, 0, 1);
+    }
+    // S_ky to the scratch, its diagonals summed in input-column order, the row's cells written
+    for (int l = 0; l < NL; ++l) {
+      const int g = (lane0 + l) >> 2, t = (lane0 + l) & 3;
+      for (int q = 0; q < 8; ++q)
+        blk[(g + 8 * ((q >> 1) & 1)) * kPlaneCorrBlk + 8 * (q >> 2) + 2 * t + (q & 1)] = acc[l][q];
+    }
+#if defined(__CUDA_ARCH__)
+    __syncwarp();
+#endif
+    for (int l = 0; l < NL; ++l) {
+      const int d = lane0 + l - (kPlaneCorrCols - 1);  // ix - ox
+      float s = 0.f;
+      for (int ix = 0; ix < kPlaneCorrCols; ++ix) {
+        const int ox = ix - d;
+        if (ox >= 0 && ox < kPlaneCorrCols) s += blk[ix * kPlaneCorrBlk + ox];
+      }
+      sums[lane0 + l] = s;
+    }
+#if defined(__CUDA_ARCH__)
+    __syncwarp();
+#endif
+    for (int l = 0; l < NL; ++l) {
+      for (int64_t kx = lane0 + l; work != nullptr && kx < w.Lw; kx += 32) {
+        const int64_t d = kx - w.pw + kPlaneCorrCols - 1;
+        work[ky * w.Lw + kx] = d >= 0 && d < 2 * kPlaneCorrCols - 1 ? sums[d] : 0.f;
+      }
+    }
+#if defined(__CUDA_ARCH__)
+    __syncwarp();  // the scratch is read before the next row's tiles take it
+#endif
+  }
+  // the bias gradient's part: the staged output gradient (zero around its columns), lane by lane, then in lane order
+  const auto* g0 = reinterpret_cast<const scalar_t*>(y);
+  for (int l = 0; l < NL; ++l) {
+    float s = 0.f;
+    for (int e = lane0 + l; e < kPlaneCorrCols * oxs; e += 32) s += static_cast<float>(g0[w.m0 + e]);
+    sums[lane0 + l] = s;
+  }
+#if defined(__CUDA_ARCH__)
+  __syncwarp();
+#endif
+  for (int l = 0; l < NL; ++l) {
+    if (lane0 + l != 0 || work == nullptr) continue;
+    float s = 0.f;
+    for (int i = 0; i < 32; ++i) s += sums[i];
+    work[w.cells()] = s;
+  }
+}
+
+}  // namespace dcls_convert
