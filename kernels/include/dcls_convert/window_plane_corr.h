@@ -19,6 +19,7 @@
 // neighbouring output rows of one column, one aligned 32-bit load from the copy of their parity, which is the same
 // for every lane at a given ky. The rows of a k-step whose output row is outside the plane (iy - ky + ph < 0 or
 // >= Ho) are masked to zero in A (their B reads land on neighbouring columns or the zero margins: finite).
+// Rows of at most 8 columns (7 x 7) stage 8 input columns and compute one tile of S_ky: the other half is zero.
 // The diagonal sums go through a per-warp scratch in a fixed order (no atomics: run to run identical); the bias
 // gradient is each channel's sum of the staged output gradient, lane by lane then in lane order.
 #pragma once
@@ -52,6 +53,8 @@ struct PlaneCorr {
   int xp = 4;         // words per staged input column (4 mod 8)
   int oxs = 8;        // elements between output-gradient columns (twice a word count 4 mod 8)
   int m0 = 0;         // zero elements before the first column: the reads of window row Lh - 1
+  int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded)
+  int ntiles = 2;     // output-column tiles of 8: 1 where Wo <= 8 (the second S_ky tile is zero, not computed)
   int64_t slabs = 1;
   bool ok = false;
 
@@ -59,8 +62,8 @@ struct PlaneCorr {
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
   DCLS_HD int64_t blocks() const { return groups() * slabs; }
-  DCLS_HD int glen() const { return m0 + kPlaneCorrCols * oxs + hp + static_cast<int>(ph) + 2; }  // per copy
-  DCLS_HD int x_words() const { return channel_words(kPlaneCorrCols * xp); }
+  DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2; }  // per copy
+  DCLS_HD int x_words() const { return channel_words(xcols * xp); }
   DCLS_HD int copy_words() const { return (glen() + 1) / 2; }
   DCLS_HD int g_words() const { return channel_words(2 * copy_words()); }
   DCLS_HD int64_t g_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
@@ -95,6 +98,8 @@ PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W,
   w.hp = static_cast<int>(H + (H & 1));
   w.hz = static_cast<int>(Ho + (Ho & 1));
   w.m0 = static_cast<int>(Lh - 1 - ph);
+  w.xcols = W <= 8 ? 8 : kPlaneCorrCols;
+  w.ntiles = Wo <= 8 ? 1 : 2;
   const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, 16 * kPlaneCorrSteps / w.hp, N}));
   const int64_t budget = (max_smem_bytes + 1024) / 2 - 1024;
   for (int s = most; s >= 1; --s) {
@@ -236,9 +241,9 @@ DCLS_UNROLL
       if (s >= ks) continue;
       const int a = g * xp + 8 * s + t;
       A[l][4 * s + 0] = xs[a];
-      A[l][4 * s + 1] = xs[a + 8 * xp];
+      A[l][4 * s + 1] = w.xcols > 8 ? xs[a + 8 * xp] : 0u;
       A[l][4 * s + 2] = xs[a + 4];
-      A[l][4 * s + 3] = xs[a + 8 * xp + 4];
+      A[l][4 * s + 3] = w.xcols > 8 ? xs[a + 8 * xp + 4] : 0u;
       const int k0 = 16 * s + 2 * t, k1 = k0 + 8, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
       off[l][s] = uint32_t(n0 * hz + iy0) | (uint32_t(n1 * hz + iy1) << 16);
       rows[l][s] = uint32_t(iy0) | (uint32_t(iy1) << 8);
@@ -272,12 +277,12 @@ DCLS_UNROLL
 DCLS_UNROLL
         for (int nt = 0; nt < 2; ++nt) {
           const int col = (8 * nt + g) * oxs;
-          B[l][2 * nt] = yc[(col + e0) >> 1];
-          B[l][2 * nt + 1] = yc[(col + e1) >> 1];
+          B[l][2 * nt] = nt < w.ntiles ? yc[(col + e0) >> 1] : 0u;
+          B[l][2 * nt + 1] = nt < w.ntiles ? yc[(col + e1) >> 1] : 0u;
         }
       }
       Mma::template run<NL, 8, 4, 4>(acc, Am, B, 0, 0, 0);
-      Mma::template run<NL, 8, 4, 4>(acc, Am, B, 1, 0, 1);
+      if (w.ntiles > 1) Mma::template run<NL, 8, 4, 4>(acc, Am, B, 1, 0, 1);
     }
     // S_ky to the scratch, its diagonals summed in input-column order, the row's cells written
     for (int l = 0; l < NL; ++l) {
@@ -314,7 +319,7 @@ DCLS_UNROLL
   const auto* g0 = reinterpret_cast<const scalar_t*>(y);
   for (int l = 0; l < NL; ++l) {
     float s = 0.f;
-    for (int e = lane0 + l; e < kPlaneCorrCols * oxs; e += 32) s += static_cast<float>(g0[w.m0 + e]);
+    for (int e = lane0 + l; e < 8 * w.ntiles * oxs; e += 32) s += static_cast<float>(g0[w.m0 + e]);
     sums[lane0 + l] = s;
   }
 #if defined(__CUDA_ARCH__)
