@@ -21,11 +21,15 @@ ap.add_argument("--iters", type=int, default=3)
 ap.add_argument("--mma", default="",
                 help="tensor cores for: corr, conv, all or none (DCLS_CONVERT_CUDA_MMA; unset: the cost rule's choice)")
 ap.add_argument("--fma", default="", help="FMA over the whole window for: corr, conv or all (DCLS_CONVERT_CUDA_FMA)")
+ap.add_argument("--plane", default="",
+                help="small planes' tensor-core products for: conv, corr or all (DCLS_CONVERT_CUDA_PLANE)")
 args = ap.parse_args()
 if args.mma:
     os.environ["DCLS_CONVERT_CUDA_MMA"] = args.mma
 if args.fma:
     os.environ["DCLS_CONVERT_CUDA_FMA"] = args.fma
+if args.plane:
+    os.environ["DCLS_CONVERT_CUDA_PLANE"] = args.plane
 N, C, H, W = SHAPES[args.stage]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(N, C, H, W, device="cuda", dtype=dtype)
