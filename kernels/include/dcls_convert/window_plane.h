@@ -254,12 +254,13 @@ DCLS_UNROLL
     const int iy_lo = static_cast<int>(std::max<int64_t>(0, oy_a - w.ph));
     const int iy_hi = static_cast<int>(std::min<int64_t>(w.H - 1, oy_b + w.Lh - 1 - w.ph));
     const int s_lo = iy_lo * wr / 16, s_hi = iy_hi < iy_lo ? -1 : std::min(ks - 1, ((iy_hi + 1) * wr - 1) / 16);
-    float acc[NL][4];
+    // two accumulators, even and odd k-steps: two chains of dependent mma instead of one
+    float acc[NL][8];
     int F[NL];  // F(p) - c0 of the lane's column (past the plane: the last pixel's, never stored)
     for (int l = 0; l < NL; ++l) {
       const int p = std::min(8 * nt + ((lane0 + l) >> 2), outputs - 1), oy = p / Wo;
       F[l] = oy * pc + p - oy * Wo - c0;
-      acc[l][0] = acc[l][1] = acc[l][2] = acc[l][3] = 0.f;
+      for (int q = 0; q < 8; ++q) acc[l][q] = 0.f;
     }
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
@@ -269,12 +270,14 @@ DCLS_UNROLL
         B[l][0] = Q[int(G[l][s] & 0xffffu) - F[l]];
         B[l][1] = Q[int(G[l][s] >> 16) - F[l]];
       }
-      Mma::template run<NL, 4, 4 * KS, 2>(acc, A, B, 0, s, 0);
+      Mma::template run<NL, 8, 4 * KS, 2>(acc, A, B, s & 1, s, 0);
     }
     for (int l = 0; l < NL; ++l) {
       const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
-      region[g * pitch + 4 * nt + t] = pack16(scalar_t(acc[l][0] + bias), scalar_t(acc[l][1] + bias));
-      region[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(acc[l][2] + bias), scalar_t(acc[l][3] + bias));
+      float v[4];
+      for (int q = 0; q < 4; ++q) v[q] = acc[l][q] + acc[l][4 + q] + bias;
+      region[g * pitch + 4 * nt + t] = pack16(scalar_t(v[0]), scalar_t(v[1]));
+      region[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(v[2]), scalar_t(v[3]));
     }
   }
 }
