@@ -53,11 +53,12 @@ void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>&
 template <typename scalar_t>
 void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like) {
   const int64_t bytes = w.smem_words() * 4;
-  const void* k = reinterpret_cast<const void*>(plane_corr_kernel<scalar_t>);
+  auto kernel = with_plane_tiles(w.ntiles, [](auto n) { return plane_corr_kernel<decltype(n)::value, scalar_t>; });
+  const void* k = reinterpret_cast<const void*>(kernel);
   allow_smem(k, bytes);
   auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(at::kFloat));
   w.work = static_cast<float*>(work.data_ptr());
-  plane_corr_kernel<scalar_t><<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
+  kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_window_finish(w, a);
 }

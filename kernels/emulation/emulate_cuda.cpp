@@ -375,8 +375,10 @@ struct EmulatedLaunch {
         std::fill(smem.begin(), smem.end(), 0xffffffffu);
         for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
         for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_stage(w, j, smem.data(), tid);
-        for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-          plane_corr_warp<kPlaneCorrSteps, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+        with_plane_tiles(w.ntiles, [&](auto nt) {
+          for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+            plane_corr_warp<kPlaneCorrSteps, decltype(nt)::value, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+        });
       }
       for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
     }

@@ -224,7 +224,7 @@ DCLS_UNROLL
 // Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1; the emulation:
 // the whole warp). Its A fragments once, then per window row ky the two S_ky tiles, their diagonals through the
 // scratch, and the row's cells to the workspace; last the bias sum.
-template <int KS, int NL, typename Mma, typename scalar_t>
+template <int KS, int NT, int NL, typename Mma, typename scalar_t>
 DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int warp, int lane0) {
   const uint32_t* xs = smem + int64_t(warp) * w.x_words();
   const uint32_t* y = smem + w.g_offset() + int64_t(warp) * w.g_words();
@@ -249,13 +249,16 @@ DCLS_UNROLL
       rows[l][s] = uint32_t(iy0) | (uint32_t(iy1) << 8);
     }
   }
+  int col[NL][NT];  // the lane's output column in each tile, as an element offset
+  for (int l = 0; l < NL; ++l)
+    for (int nt = 0; nt < NT; ++nt) col[l][nt] = (8 * nt + ((lane0 + l) >> 2)) * oxs;
   const int64_t c = j.c0 + warp, V = w.values();
   float* work = c < w.C ? w.work + (c * w.slabs + j.slab) * V : nullptr;
   for (int ky = 0; ky < w.Lh; ++ky) {
     // the input rows whose output row iy - ky + ph is in the plane; pk: the output-gradient element offset
     const int lo = static_cast<int>(std::max<int64_t>(0, ky - w.ph));
     const int hi = static_cast<int>(std::min<int64_t>(w.H, w.Ho + ky - w.ph));
-    const int pk = w.m0 + static_cast<int>(w.ph) - ky;
+    const int pk = w.m0 + static_cast<int>(w.ph) - ky, u = ky + static_cast<int>(w.Ho - 1 - w.ph);
     const uint32_t* yc = y + (pk & 1) * cw;  // the copy whose words start at this parity
     float acc[NL][8];
     for (int l = 0; l < NL; ++l)
@@ -263,26 +266,28 @@ DCLS_UNROLL
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
       if (s >= ks || lo >= hi) continue;
-      uint32_t Am[NL][4], B[NL][4];
+      uint32_t Am[NL][4], B[NL][2 * NT];
       for (int l = 0; l < NL; ++l) {
-        const int g = (lane0 + l) >> 2;
-        const int r0 = int(rows[l][s] & 0xffu), r1 = int(rows[l][s] >> 8);
-        auto keep = [&](int r) { return (r >= lo && r < hi ? 0xffffu : 0u) | (r + 1 >= lo && r + 1 < hi ? 0xffff0000u : 0u); };
-        const uint32_t m0 = keep(r0), m1 = keep(r1);
+        // row r has its output row r - ky + ph in the plane iff (unsigned)(u - r) < Ho, u = ky - ph + Ho - 1
+        // (rows past H hold zeros); a register's second row is r + 1
+        auto keep = [&](int r) {
+          const uint32_t d = uint32_t(u - r);
+          return (d < uint32_t(w.Ho) ? 0xffffu : 0u) | (d - 1u < uint32_t(w.Ho) ? 0xffff0000u : 0u);
+        };
+        const uint32_t m0 = keep(int(rows[l][s] & 0xffu)), m1 = keep(int(rows[l][s] >> 8));
         Am[l][0] = A[l][4 * s + 0] & m0;
         Am[l][1] = A[l][4 * s + 1] & m0;
         Am[l][2] = A[l][4 * s + 2] & m1;
         Am[l][3] = A[l][4 * s + 3] & m1;
         const int e0 = int(off[l][s] & 0xffffu) + pk, e1 = int(off[l][s] >> 16) + pk;
 DCLS_UNROLL
-        for (int nt = 0; nt < 2; ++nt) {
-          const int col = (8 * nt + g) * oxs;
-          B[l][2 * nt] = nt < w.ntiles ? yc[(col + e0) >> 1] : 0u;
-          B[l][2 * nt + 1] = nt < w.ntiles ? yc[(col + e1) >> 1] : 0u;
+        for (int nt = 0; nt < NT; ++nt) {
+          B[l][2 * nt] = yc[(col[l][nt] + e0) >> 1];
+          B[l][2 * nt + 1] = yc[(col[l][nt] + e1) >> 1];
         }
       }
-      Mma::template run<NL, 8, 4, 4>(acc, Am, B, 0, 0, 0);
-      if (w.ntiles > 1) Mma::template run<NL, 8, 4, 4>(acc, Am, B, 1, 0, 1);
+DCLS_UNROLL
+      for (int nt = 0; nt < NT; ++nt) Mma::template run<NL, 8, 4, 2 * NT>(acc, Am, B, nt, 0, nt);
     }
     // S_ky to the scratch, its diagonals summed in input-column order, the row's cells written
     for (int l = 0; l < NL; ++l) {
@@ -331,6 +336,13 @@ DCLS_UNROLL
     for (int i = 0; i < 32; ++i) s += sums[i];
     work[w.cells()] = s;
   }
+}
+
+// The kernel for a plane's output-column tiles (1: rows of up to 8 columns; 2).
+template <typename Fn>
+auto with_plane_tiles(int ntiles, Fn&& fn) {
+  if (ntiles == 1) return fn(std::integral_constant<int, 1>());
+  return fn(std::integral_constant<int, 2>());
 }
 
 }  // namespace dcls_convert
