@@ -166,20 +166,24 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(Win
   }
 }
 
-// window_plane_corr.h: a block job clears and stages its planes (two phases), then each warp runs every window row.
+// window_plane_corr.h: per pack of images a block clears and stages its planes (two phases), then each warp runs every
+// window row.
 template <int NT, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, 2) plane_corr_kernel(PlaneCorr<scalar_t> w) {
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
-    const PlaneCorrJob j = plane_corr_job(w, bid);
-    __syncthreads();  // the previous job's planes are read
-    plane_corr_clear(w, smem, tid);
-    __syncthreads();
-    plane_corr_stage(w, j, smem, tid);
-    __syncthreads();
-    plane_corr_warp<kPlaneCorrSteps, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
+    PlaneCorrJob j = plane_corr_job(w, bid);
+    for (int64_t pack = j.pack_begin; pack < j.pack_end; ++pack) {
+      plane_corr_pack(w, j, pack);
+      __syncthreads();  // the previous pack's planes are read
+      plane_corr_clear(w, smem, tid);
+      __syncthreads();
+      plane_corr_stage(w, j, smem, tid);
+      __syncthreads();
+      plane_corr_warp<kPlaneCorrSteps, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
+    }
   }
 }
 

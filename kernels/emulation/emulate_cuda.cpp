@@ -72,6 +72,9 @@ constexpr int64_t kEmulatedSmemBytes = 227 * 1024;
 
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;
+// Blocks the emulated narrow-plane correlation aims for: two, so that a slab of small shapes takes several packs
+// (on the device a pack a block, as the workspace allows).
+constexpr int64_t kEmulatedPlaneBlocks = 2;
 
 // Kernel launches the CUDA ops would make so far, and their kernels' names (tests read and reset them: the host
 // flow's launch budget, and which path ran).
@@ -367,18 +370,22 @@ struct EmulatedLaunch {
   static void plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
     if constexpr (window_corr_dtype<scalar_t>()) {
       launch({"plane_corr", "window_corr_finish"});  // the correlation and its finish
+      w.slabs = plane_corr_slabs(w, kEmulatedPlaneBlocks);
       std::vector<float> work(w.C * w.slabs * w.values(), std::numeric_limits<float>::quiet_NaN());
       w.work = work.data();
       std::vector<uint32_t> smem(w.smem_words());
       for (int64_t bid = 0; bid < w.blocks(); ++bid) {  // plane_corr_kernel, phase by phase; smem poisoned per job
-        const PlaneCorrJob j = plane_corr_job(w, bid);
-        std::fill(smem.begin(), smem.end(), 0xffffffffu);
-        for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
-        for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_stage(w, j, smem.data(), tid);
-        with_plane_tiles(w.ntiles, [&](auto nt) {
-          for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-            plane_corr_warp<kPlaneCorrSteps, decltype(nt)::value, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
-        });
+        PlaneCorrJob j = plane_corr_job(w, bid);
+        for (int64_t pack = j.pack_begin; pack < j.pack_end; ++pack) {
+          plane_corr_pack(w, j, pack);
+          std::fill(smem.begin(), smem.end(), 0xffffffffu);
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_stage(w, j, smem.data(), tid);
+          with_plane_tiles(w.ntiles, [&](auto nt) {
+            for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+              plane_corr_warp<kPlaneCorrSteps, decltype(nt)::value, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+          });
+        }
       }
       for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
     }

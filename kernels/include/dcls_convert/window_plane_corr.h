@@ -55,9 +55,10 @@ struct PlaneCorr {
   int m0 = 0;         // zero elements before the first column: the reads of window row Lh - 1
   int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded)
   int ntiles = 2;     // output-column tiles of 8: 1 where Wo <= 8 (the second S_ky tile is zero, not computed)
-  int64_t slabs = 1;
+  int64_t slabs = 1;  // of packs (groups of `images` images) per channel group: the workspace's partial sums
   bool ok = false;
 
+  DCLS_HD int64_t packs() const { return (N + images - 1) / images; }
   DCLS_HD int64_t cells() const { return Lh * Lw; }
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
@@ -79,7 +80,6 @@ PlaneCorr<scalar_t> plane_corr_sized(PlaneCorr<scalar_t> w, int images) {
   w.xp = xw + ((4 - xw) % 8 + 8) % 8;
   const int cw = (images * w.hz + 1) / 2;
   w.oxs = 2 * (cw + ((4 - cw) % 8 + 8) % 8);
-  w.slabs = (w.N + images - 1) / images;
   return w;
 }
 
@@ -110,21 +110,38 @@ PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W,
   return w;
 }
 
+// Slabs per channel group: a pack each up to `target` blocks, within a workspace of at most 2^24 values (more
+// packs a slab: its block sums them in order).
+template <typename scalar_t>
+int64_t plane_corr_slabs(const PlaneCorr<scalar_t>& w, int64_t target) {
+  const int64_t by_blocks = (target + w.groups() - 1) / std::max<int64_t>(w.groups(), 1);
+  const int64_t by_work = (int64_t(1) << 24) / std::max<int64_t>(w.C * w.values(), 1);
+  return std::max<int64_t>(1, std::min<int64_t>({w.packs(), by_blocks, by_work}));
+}
+
+// A block job: a channel group, a slab (packs [pack_begin, pack_end)), and the pack being computed: its images
+// [n0, n0 + images).
 struct PlaneCorrJob {
-  int64_t c0, slab, n0;
+  int64_t c0, slab, pack_begin, pack_end, n0;
   int images;
 };
+template <typename scalar_t>
+DCLS_HD void plane_corr_pack(const PlaneCorr<scalar_t>& w, PlaneCorrJob& j, int64_t pack) {
+  j.n0 = pack * w.images;
+  j.images = static_cast<int>(std::min<int64_t>(w.images, w.N - j.n0));
+}
 template <typename scalar_t>
 DCLS_HD PlaneCorrJob plane_corr_job(const PlaneCorr<scalar_t>& w, int64_t bid) {
   PlaneCorrJob j;
   j.c0 = (bid % w.groups()) * kWindowCorrWarps;
   j.slab = bid / w.groups();
-  j.n0 = j.slab * w.images;
-  j.images = static_cast<int>(std::min<int64_t>(w.images, w.N - j.n0));
+  j.pack_begin = j.slab * w.packs() / w.slabs;
+  j.pack_end = (j.slab + 1) * w.packs() / w.slabs;
+  plane_corr_pack(w, j, j.pack_begin);
   return j;
 }
 
-// Phase 1 (per block job): the staged inputs and output gradients cleared (what the staging leaves is zero).
+// Phase 1 (per pack): the staged inputs and output gradients cleared (what the staging leaves is zero).
 template <typename scalar_t>
 DCLS_HD void plane_corr_clear(const PlaneCorr<scalar_t>& w, uint32_t* smem, int tid) {
   for (int64_t e = tid; e < w.scratch_offset(); e += kWindowCorrThreads) smem[e] = 0u;
@@ -150,7 +167,7 @@ DCLS_HD uint16_t bits_of(scalar_t v) {
   return v.x;
 }
 
-// Phase 2 (per block job): the job's input planes and output-gradient planes (the images [n0, n0 + images)).
+// Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)).
 template <typename scalar_t>
 DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
   const int xin = j.images * static_cast<int>(w.H * w.W), gin = j.images * static_cast<int>(w.Ho * w.Wo);
@@ -221,9 +238,10 @@ DCLS_UNROLL
       });
 }
 
-// Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1; the emulation:
-// the whole warp). Its A fragments once, then per window row ky the two S_ky tiles, their diagonals through the
-// scratch, and the row's cells to the workspace; last the bias sum.
+// Phase 3 (per pack): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1; the emulation: the
+// whole warp). Its A fragments once, then per window row ky the S_ky tiles, their diagonals through the scratch,
+// and the row's cells to the workspace (the slab's first pack writes them, the others add to them: each cell by
+// the same lane, packs in order); last the bias sum.
 template <int KS, int NT, int NL, typename Mma, typename scalar_t>
 DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int warp, int lane0) {
   const uint32_t* xs = smem + int64_t(warp) * w.x_words();
@@ -254,6 +272,7 @@ DCLS_UNROLL
     for (int nt = 0; nt < NT; ++nt) col[l][nt] = (8 * nt + ((lane0 + l) >> 2)) * oxs;
   const int64_t c = j.c0 + warp, V = w.values();
   float* work = c < w.C ? w.work + (c * w.slabs + j.slab) * V : nullptr;
+  const bool first = j.n0 == j.pack_begin * w.images;
   for (int ky = 0; ky < w.Lh; ++ky) {
     // the input rows whose output row iy - ky + ph is in the plane; pk: the output-gradient element offset
     const int lo = static_cast<int>(std::max<int64_t>(0, ky - w.ph));
@@ -313,7 +332,8 @@ DCLS_UNROLL
     for (int l = 0; l < NL; ++l) {
       for (int64_t kx = lane0 + l; work != nullptr && kx < w.Lw; kx += 32) {
         const int64_t d = kx - w.pw + kPlaneCorrCols - 1;
-        work[ky * w.Lw + kx] = d >= 0 && d < 2 * kPlaneCorrCols - 1 ? sums[d] : 0.f;
+        const float v = d >= 0 && d < 2 * kPlaneCorrCols - 1 ? sums[d] : 0.f;
+        work[ky * w.Lw + kx] = first ? v : work[ky * w.Lw + kx] + v;
       }
     }
 #if defined(__CUDA_ARCH__)
@@ -334,7 +354,7 @@ DCLS_UNROLL
     if (lane0 + l != 0 || work == nullptr) continue;
     float s = 0.f;
     for (int i = 0; i < 32; ++i) s += sums[i];
-    work[w.cells()] = s;
+    work[w.cells()] = first ? s : work[w.cells()] + s;
   }
 }
 
