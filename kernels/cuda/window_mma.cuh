@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) plane_corr_kernel(Plane
   const int64_t blocks = w.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     PlaneCorrJob j = plane_corr_job(w, bid);
-    for (int64_t pack = j.pack_begin; pack < j.pack_end; ++pack) {
+    for (int pack = j.pack_begin; pack < j.pack_end; ++pack) {
       plane_corr_pack(w, j, pack);
       __syncthreads();  // the previous pack's planes are read
       plane_corr_clear(w, smem, tid);

@@ -376,7 +376,7 @@ struct EmulatedLaunch {
       std::vector<uint32_t> smem(w.smem_words());
       for (int64_t bid = 0; bid < w.blocks(); ++bid) {  // plane_corr_kernel, phase by phase; smem poisoned per job
         PlaneCorrJob j = plane_corr_job(w, bid);
-        for (int64_t pack = j.pack_begin; pack < j.pack_end; ++pack) {
+        for (int pack = j.pack_begin; pack < j.pack_end; ++pack) {
           plane_corr_pack(w, j, pack);
           std::fill(smem.begin(), smem.end(), 0xffffffffu);
           for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);

@@ -121,22 +121,22 @@ int64_t plane_corr_slabs(const PlaneCorr<scalar_t>& w, int64_t target) {
 
 // A block job: a channel group, a slab (packs [pack_begin, pack_end)), and the pack being computed: its images
 // [n0, n0 + images).
+// (32-bit: it is live through the warps' products, where registers are short; channels and images are < 2^31)
 struct PlaneCorrJob {
-  int64_t c0, slab, pack_begin, pack_end, n0;
-  int images;
+  int c0, slab, pack_begin, pack_end, n0, images;
 };
 template <typename scalar_t>
-DCLS_HD void plane_corr_pack(const PlaneCorr<scalar_t>& w, PlaneCorrJob& j, int64_t pack) {
+DCLS_HD void plane_corr_pack(const PlaneCorr<scalar_t>& w, PlaneCorrJob& j, int pack) {
   j.n0 = pack * w.images;
   j.images = static_cast<int>(std::min<int64_t>(w.images, w.N - j.n0));
 }
 template <typename scalar_t>
 DCLS_HD PlaneCorrJob plane_corr_job(const PlaneCorr<scalar_t>& w, int64_t bid) {
   PlaneCorrJob j;
-  j.c0 = (bid % w.groups()) * kWindowCorrWarps;
-  j.slab = bid / w.groups();
-  j.pack_begin = j.slab * w.packs() / w.slabs;
-  j.pack_end = (j.slab + 1) * w.packs() / w.slabs;
+  j.c0 = static_cast<int>((bid % w.groups()) * kWindowCorrWarps);
+  j.slab = static_cast<int>(bid / w.groups());
+  j.pack_begin = static_cast<int>(j.slab * w.packs() / w.slabs);
+  j.pack_end = static_cast<int>((j.slab + 1) * w.packs() / w.slabs);
   plane_corr_pack(w, j, j.pack_begin);
   return j;
 }
