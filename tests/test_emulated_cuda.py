@@ -1095,6 +1095,8 @@ PLANE_CORR_CASES = [
     dict(size=[9, 5], window=[33, 41], padding=[16, 20]),    # a window far past the plane (cells past the diagonals)
     dict(size=[20, 9], window=[5, 3], padding=[4, 0]),       # 24 output rows of 7, 6 images a job
     dict(size=[12], window=[9], padding=[4]),                # 1-D
+    dict(size=[3, 10], window=[9, 5], padding=[8, 2]),       # 11 output rows from 3: the k-steps' padding reads far
+    dict(size=[1, 14], window=[23, 7], padding=[20, 3]),     # 19 output rows from 1 (a review's failing case)
 ]
 
 

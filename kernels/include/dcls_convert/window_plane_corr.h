@@ -18,7 +18,9 @@
 // around and between the columns), twice (the second copy shifted by one element): a B register's two k values are
 // neighbouring output rows of one column, one aligned 32-bit load from the copy of their parity, which is the same
 // for every lane at a given ky. The rows of a k-step whose output row is outside the plane (iy - ky + ph < 0 or
-// >= Ho) are masked to zero in A (their B reads land on neighbouring columns or the zero margins: finite).
+// >= Ho) are masked to zero in A (their B reads land on neighbouring columns or the zero margins: finite for finite
+// gradients; an infinite output gradient makes NaN reach cells a dense correlation keeps finite, as in
+// window_corr.h).
 // Rows of at most 8 columns (7 x 7) stage 8 input columns and compute one tile of S_ky: the other half is zero.
 // The diagonal sums go through a per-warp scratch in a fixed order (no atomics: run to run identical); the bias
 // gradient is each channel's sum of the staged output gradient, lane by lane then in lane order.
@@ -63,7 +65,13 @@ struct PlaneCorr {
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
   DCLS_HD int64_t blocks() const { return groups() * slabs; }
-  DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2; }  // per copy
+  // How far past the last column the k-steps' padding pairs (images past the job's, A zero there) read: their B
+  // values need only be finite, but must stay in the channel's region.
+  DCLS_HD int pad_reach() const {
+    const int r = ((16 * ks + hp - 1) / hp) * hz - oxs;
+    return r > 0 ? r : 0;
+  }
+  DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2 + pad_reach(); }
   DCLS_HD int x_words() const { return channel_words(xcols * xp); }
   DCLS_HD int copy_words() const { return (glen() + 1) / 2; }
   DCLS_HD int g_words() const { return channel_words(2 * copy_words()); }
@@ -251,7 +259,7 @@ DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j
   const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words();
   uint32_t A[NL][4 * KS];
   uint32_t off[NL][KS];  // the lane's two k values a step (2t, 2t + 8) as n hz + iy, 16 bits each
-  uint32_t rows[NL][KS]; // and their input rows iy, 8 bits each
+  uint32_t rows[NL][(KS + 1) / 2];  // and their input rows iy, 8 bits each, two k-steps a word (registers)
   for (int l = 0; l < NL; ++l) {
     const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
 DCLS_UNROLL
@@ -264,7 +272,8 @@ DCLS_UNROLL
       A[l][4 * s + 3] = w.xcols > 8 ? xs[a + 8 * xp + 4] : 0u;
       const int k0 = 16 * s + 2 * t, k1 = k0 + 8, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
       off[l][s] = uint32_t(n0 * hz + iy0) | (uint32_t(n1 * hz + iy1) << 16);
-      rows[l][s] = uint32_t(iy0) | (uint32_t(iy1) << 8);
+      if (s % 2 == 0) rows[l][s / 2] = 0u;
+      rows[l][s / 2] |= (uint32_t(iy0) | (uint32_t(iy1) << 8)) << (16 * (s % 2));
     }
   }
   int col[NL][NT];  // the lane's output column in each tile, as an element offset
@@ -293,7 +302,8 @@ DCLS_UNROLL
           const uint32_t d = uint32_t(u - r);
           return (d < uint32_t(w.Ho) ? 0xffffu : 0u) | (d - 1u < uint32_t(w.Ho) ? 0xffff0000u : 0u);
         };
-        const uint32_t m0 = keep(int(rows[l][s] & 0xffu)), m1 = keep(int(rows[l][s] >> 8));
+        const uint32_t rw = rows[l][s / 2] >> (16 * (s % 2));
+        const uint32_t m0 = keep(int(rw & 0xffu)), m1 = keep(int((rw >> 8) & 0xffu));
         Am[l][0] = A[l][4 * s + 0] & m0;
         Am[l][1] = A[l][4 * s + 1] & m0;
         Am[l][2] = A[l][4 * s + 2] & m1;
