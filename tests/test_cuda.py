@@ -83,14 +83,20 @@ def _dense_oracle(x, w, p, window, stride, padding):
 @pytest.mark.parametrize("shape,window", [((4, 96, 56, 56), 17), ((4, 96, 56, 56), 51), ((4, 192, 28, 28), 17),
                                           ((4, 384, 14, 14), 17), ((8, 768, 7, 7), 17), ((2, 16, 1, 300), 31)])
 @pytest.mark.parametrize("dtype,channels_last,mma", [(torch.float32, False, None), (torch.bfloat16, True, None),
-                                                     (torch.bfloat16, True, "none"), (torch.float16, False, None)])
+                                                     (torch.bfloat16, True, "none"), (torch.float16, False, None),
+                                                     (torch.bfloat16, True, "plane"), (torch.float16, False, "plane")])
 @pytest.mark.parametrize("on_grid", [False, True])
 def test_taps_conv_cuda_stage_shapes(monkeypatch, shape, window, dtype, channels_last, mma, on_grid):
     """The tiled engine at the ConvNeXt stage shapes and large windows, every gradient, against the dense oracle
     (float64 convolution of the constructed kernel on the device): 16-bit layers as the cost rule runs them (the
-    tensor cores at the large planes) and bfloat16 on the tables' kernels alone (DCLS_CONVERT_CUDA_MMA=none)."""
+    tensor cores at the large planes), bfloat16 on the tables' kernels alone (DCLS_CONVERT_CUDA_MMA=none), and
+    with the small-plane kernels where they apply (DCLS_CONVERT_CUDA_PLANE=all: 14x14 and 7x7)."""
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_PLANE", raising=False)
     if mma is None:
         monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+    elif mma == "plane":
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "all")
     else:
         monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", mma)
     N, C, H, W = shape
@@ -535,12 +541,19 @@ def _batch():
 
 @pytest.mark.parametrize("method", ["dcls", "partial", "bloom"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_converted_model_trains_under_amp_cuda(method, dtype):
+@pytest.mark.parametrize("plane", [False, True])
+def test_converted_model_trains_under_amp_cuda(monkeypatch, method, dtype, plane):
     """timm's recipe on a GPU: autocast (float16 with a GradScaler, or bfloat16), channels_last; the loss goes
-    down and every new parameter gets a finite gradient."""
+    down and every new parameter gets a finite gradient; also with the small-plane kernels
+    (DCLS_CONVERT_CUDA_PLANE=all: convnext_atto at 64x64 has planes of 16x16 and less)."""
     import math
 
     import dcls_convert as dc
+
+    if plane:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "all")
+    else:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_PLANE", raising=False)
 
     model = _converted_atto(method)
     opt = torch.optim.SGD(dc.param_groups(model, lr=0.05), lr=0.05)
