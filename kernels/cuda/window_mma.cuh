@@ -146,8 +146,8 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_conv_kernel(Wind
   }
 }
 
-// window_plane.h: a block job stages its planes and windows (two phases), each warp reads its fragments, then its
-// products run with no barrier between them.
+// window_plane.h: a block job stages its planes and windows (two phases), then each warp's products run with no
+// barrier between them.
 template <int KS, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(WindowPlane<scalar_t> w) {
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
@@ -160,10 +160,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(Win
     __syncthreads();
     window_plane_stage_window(w, j, smem, tid);
     __syncthreads();
-    uint32_t A[1][4 * KS];
-    window_plane_fragments<KS, 1>(w, smem, warp, lane, A);
-    __syncthreads();  // every warp's fragments are read before the results take the inputs' place
-    window_plane_products<KS, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane, A);
+    window_plane_warp<KS, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
     __syncthreads();
     window_plane_store(w, j, smem, tid);
   }

@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -412,11 +411,8 @@ struct EmulatedLaunch {
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage(w, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(w, j, smem.data(), tid);
-      std::vector<std::array<uint32_t, 4 * KS>> A(kWindowCorrThreads);  // each lane's registers
-      auto a = [&](int warp) { return reinterpret_cast<uint32_t (*)[4 * KS]>(A[32 * warp].data()); };
-      for (int warp = 0; warp < kWindowCorrWarps; ++warp) window_plane_fragments<KS, 32>(w, smem.data(), warp, 0, a(warp));
       for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-        window_plane_products<KS, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0, a(warp));
+        window_plane_warp<KS, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store(w, j, smem.data(), tid);
     }
   }

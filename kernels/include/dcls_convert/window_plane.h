@@ -14,10 +14,9 @@
 // iy * pc + ix, F(p) = oy * pc + ox, c0 = (Ho - 1) * pc + Wo - 1. Input rows are staged at an even width wr, so a B
 // register's two input pixels (2t, 2t + 1 of a k-step) are neighbours in a row, hence two neighbouring cells of P:
 // the block stages P as its pairs, Q[e] = (P[e], P[e + 1]), and every B register is one 32-bit load at its e. The
-// block stages its inputs as they lie in channels_last, 8 channels a pixel (16 bytes: by cp.async, no register or
-// shared store per element), each warp reads its channel's A fragments (16 images x the plane) into registers for
-// the whole job, and after a barrier the results (16 bits, plus the bias) take the inputs' place in the same layout,
-// so that they leave by 16-byte stores of 8 channels.
+// warp holds its channel's A fragments (16 images x the plane) in registers for the whole job, so the staged inputs'
+// words then take its results (16 bits, plus the bias), which leave in the output's channel order (channels_last:
+// 16-byte stores of 8 channels).
 //
 // The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
 // window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
@@ -34,7 +33,7 @@ namespace dcls_convert {
 
 constexpr int kPlaneImages = 16;     // images per block job: the mma's 16 rows
 constexpr int kPlaneMaxSteps = 16;   // k-steps of 16 input pixels: planes up to 256 pixels (rows at even width)
-constexpr int kPlaneBatch = 4;       // staging one element a load: loads in flight per thread
+constexpr int kPlaneBatch = 4;       // staging: loads in flight per thread (8 made ptxas spill, sm_90)
 
 template <typename scalar_t>
 struct WindowPlane {
@@ -48,7 +47,7 @@ struct WindowPlane {
   bool vec8 = false, out_vec8 = false;  // 16-byte loads, stores of 8 channels (staging_vec8)
   int wr = 2;     // staged input row width: W rounded up to even
   int ks = 1;     // k-steps: 16 ks >= H wr
-  int span = 16;  // pixels per image in the staged region: the k-steps' inputs, then the results
+  int pitch = 4;  // words per image in a channel's region: its staged inputs, then its results (4 mod 8)
   int pr = 1, pc = 1;
   bool ok = false;
 
@@ -59,11 +58,10 @@ struct WindowPlane {
   DCLS_HD int64_t slabs() const { return (N + kPlaneImages - 1) / kPlaneImages; }
   DCLS_HD int64_t blocks() const { return groups() * slabs(); }
   DCLS_HD int c0() const { return static_cast<int>((Ho - 1) * pc + Wo - 1); }
-  DCLS_HD int x_words() const { return kPlaneImages * span * 4; }  // 8 channels (16 bytes) a pixel, the block's
+  DCLS_HD int x_words() const { return channel_words(kPlaneImages * pitch); }  // per channel
   DCLS_HD int q_words() const { return channel_words(pr * pc); }
-  DCLS_HD int64_t q_offset() const { return x_words(); }
-  DCLS_HD int64_t g_offset() const { return q_offset() + int64_t(kWindowCorrWarps) * q_words(); }
-  DCLS_HD int64_t smem_words() const { return g_offset() + 4 * kPlaneMaxSteps; }
+  DCLS_HD int64_t q_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
+  DCLS_HD int64_t smem_words() const { return q_offset() + int64_t(kWindowCorrWarps) * q_words(); }
   DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
 };
 
@@ -81,7 +79,8 @@ WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_
     return w;
   w.wr = static_cast<int>(wr);
   w.ks = static_cast<int>((H * wr + 15) / 16);
-  w.span = std::max(16 * w.ks, 8 * w.ntiles());
+  const int words = std::max(8 * w.ks, 4 * w.ntiles());
+  w.pitch = words + ((4 - words) % 8 + 8) % 8;
   w.pr = (16 * w.ks + w.wr - 1) / w.wr + static_cast<int>(Ho) - 1;
   w.pc = w.wr + static_cast<int>(Wo) - 1;
   w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
@@ -125,41 +124,35 @@ DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci) {
   return idx - ci * span;
 }
 
-// A staged pixel: image i's pixel q, its 8 channels' 16-bit elements (the inputs, later the results).
-DCLS_HD uint16_t* plane_pixel(uint32_t* smem, int span, int i, int q) {
-  return reinterpret_cast<uint16_t*>(smem) + (int64_t(i) * span + q) * kWindowCorrWarps;
-}
-DCLS_HD const uint16_t* plane_pixel(const uint32_t* smem, int span, int i, int q) {
-  return reinterpret_cast<const uint16_t*>(smem) + (int64_t(i) * span + q) * kWindowCorrWarps;
-}
-
-// Phase 1 (per block job): the job's input planes staged, pixel q of image i at plane_pixel (row iy at q = iy wr),
-// zero past the input up to the 16 ks pixels the k-steps read; and P's pairs cleared meanwhile.
+// Phase 1 (per block job): P's pairs cleared, and the job's input planes staged, channel by channel, image row by
+// row (16-bit elements: image i's pixel q at element 2 i pitch + q), zero past the input up to the 16 ks pixels
+// the k-steps read.
 template <typename scalar_t>
 DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int tid) {
-  const int per = 16 * w.ks, wr = w.wr;
+  const int64_t qw = int64_t(kWindowCorrWarps) * w.q_words();
+  for (int64_t e = tid; e < qw; e += kWindowCorrThreads) smem[w.q_offset() + e] = 0u;
+  const int per = 16 * w.ks, stride = w.x_words(), wr = w.wr;
   auto pixel = [&](int q, int64_t& iy, int64_t& ix) {
     iy = q / wr;
     ix = q - iy * wr;
     return iy < w.H && ix < w.W;
   };
-  if (w.vec8) {  // a thread per (image, pixel): its 8 channels in one copy
-    for (int idx = tid; idx < j.images * per; idx += kWindowCorrThreads) {
-      const int i = idx / per, q = idx - i * per;
-      int64_t iy, ix;
-      const bool in = pixel(q, iy, ix);
-      const scalar_t* src = in ? w.x + (j.n0 + i) * w.xs[0] + j.c0 + iy * w.xs[2] + ix * w.xs[3] : w.x;
-      copy16_async(plane_pixel(smem, w.span, i, q), src, in);
-    }
-  }
-  const int64_t qw = int64_t(kWindowCorrWarps) * w.q_words();
-  for (int64_t e = tid; e < qw; e += kWindowCorrThreads) smem[w.q_offset() + e] = 0u;
-  if (tid < 4 * w.ks) {  // G(q) of the two input pixels (2t, 2t + 8) of k-step s, t = tid % 4: 16 bits each
-    const int q0 = 16 * (tid / 4) + 2 * (tid % 4), q1 = q0 + 8, y0 = q0 / wr, y1 = q1 / wr;
-    smem[w.g_offset() + tid] = uint32_t(y0 * w.pc + q0 - y0 * wr) | (uint32_t(y1 * w.pc + q1 - y1 * wr) << 16);
-  }
-  if (w.vec8) {
-    copy16_wait();
+  if (w.vec8) {  // a thread per (image, pixel): its 8 channels in one load
+    plane_items<Words4>(
+        j.images * per, tid,
+        [&](int idx) {
+          const int i = idx / per;
+          int64_t iy, ix;
+          Words4 v{{0u, 0u, 0u, 0u}};
+          if (pixel(idx - i * per, iy, ix)) load8(w.x + (j.n0 + i) * w.xs[0] + j.c0 + iy * w.xs[2] + ix * w.xs[3], v.v);
+          return v;
+        },
+        [&](int idx, const Words4& v) {
+          const int i = idx / per, q = idx - i * per;
+DCLS_UNROLL
+          for (int k = 0; k < 8; ++k)
+            reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride)[2 * i * w.pitch + q] = half_of(v.v, k);
+        });
     return;
   }
   // one element a load: channels fastest in channels_last, pixels fastest otherwise
@@ -182,7 +175,7 @@ DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlan
       [&](int idx, const scalar_t& v) {
         int ci, i, q;
         where(idx, ci, i, q);
-        reinterpret_cast<scalar_t*>(plane_pixel(smem, w.span, i, q))[ci] = v;
+        reinterpret_cast<scalar_t*>(smem + int64_t(ci) * stride)[2 * i * w.pitch + q] = v;
       });
 }
 
@@ -219,43 +212,39 @@ DCLS_UNROLL
 }
 
 template <typename scalar_t>
-DCLS_HD uint16_t bits_of(scalar_t v) {
-  return v.x;
+DCLS_HD uint32_t pack16(scalar_t lo, scalar_t hi) {
+  return uint32_t(lo.x) | (uint32_t(hi.x) << 16);
 }
 
 // Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1, its own lane;
-// the emulation: the whole warp): its A fragments for every k-step into registers (A[l][4 s ..]).
-template <int KS, int NL, typename scalar_t>
-DCLS_HD void window_plane_fragments(const WindowPlane<scalar_t>& w, const uint32_t* smem, int warp, int lane0,
-                                    uint32_t (*A)[4 * KS]) {
-  const int ks = w.ks, span = w.span;
+// the emulation: the whole warp): its A fragments for every k-step into registers, then per tile of 8 output
+// pixels the products of the k-steps whose input rows reach it, and the tile's results (16 bits, plus the bias)
+// into the channel's region, in the staged inputs' place (the warp alone reads them, all before its first write).
+template <int KS, int NL, typename Mma, typename scalar_t>
+DCLS_HD void window_plane_warp(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int warp,
+                               int lane0) {
+  uint32_t* region = smem + int64_t(warp) * w.x_words();
+  const uint32_t* Q = smem + w.q_offset() + int64_t(warp) * w.q_words();
+  const int pitch = w.pitch, ks = w.ks, wr = w.wr, pc = w.pc;
+  uint32_t A[NL][4 * KS];
+  uint32_t G[NL][KS];  // G(q) of the lane's two input pixels a k-step (2t, 2t + 8), 16 bits each
   for (int l = 0; l < NL; ++l) {
     const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
-    auto pair = [&](int i, int q) {  // image i's pixels q, q + 1 of the warp's channel, the first in the low half
-      return uint32_t(plane_pixel(smem, span, i, q)[warp]) | (uint32_t(plane_pixel(smem, span, i, q + 1)[warp]) << 16);
-    };
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
       if (s >= ks) continue;
-      const int q0 = 16 * s + 2 * t, q1 = q0 + 8;
-      A[l][4 * s + 0] = pair(g, q0);
-      A[l][4 * s + 1] = pair(g + 8, q0);
-      A[l][4 * s + 2] = pair(g, q1);
-      A[l][4 * s + 3] = pair(g + 8, q1);
+      const int a = g * pitch + 8 * s + t;
+      A[l][4 * s + 0] = region[a];
+      A[l][4 * s + 1] = region[a + 8 * pitch];
+      A[l][4 * s + 2] = region[a + 4];
+      A[l][4 * s + 3] = region[a + 8 * pitch + 4];
+      const int q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / wr, y1 = q1 / wr;
+      G[l][s] = uint32_t(y0 * pc + q0 - y0 * wr) | (uint32_t(y1 * pc + q1 - y1 * wr) << 16);
     }
   }
-}
-
-// Phase 4 (per block job, after a barrier: every warp's fragments are read): per tile of 8 output pixels, the
-// products of the k-steps whose input rows reach it, and the tile's results (16 bits, plus the bias) into the staged
-// pixels' place, the warp's channel of each. A B register is the pair of P at G(q) - F(p) + c0 (G: the block's
-// table of the lanes' two input pixels a k-step, read from shared memory rather than held: registers are short).
-template <int KS, int NL, typename Mma, typename scalar_t>
-DCLS_HD void window_plane_products(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int warp,
-                                   int lane0, const uint32_t (*A)[4 * KS]) {
-  const uint32_t* Q = smem + w.q_offset() + int64_t(warp) * w.q_words();
-  const uint32_t* G = smem + w.g_offset();
-  const int ks = w.ks, wr = w.wr, pc = w.pc, span = w.span;
+#if defined(__CUDA_ARCH__)
+  __syncwarp();  // every lane's fragments are loaded before any lane's results take their words
+#endif
   const int64_t c = j.c0 + warp;
   const float bias = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
   const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), c0 = w.c0();
@@ -278,33 +267,37 @@ DCLS_UNROLL
       if (s < s_lo || s > s_hi) continue;
       uint32_t B[NL][2];
       for (int l = 0; l < NL; ++l) {
-        const uint32_t gq = G[4 * s + ((lane0 + l) & 3)];
-        B[l][0] = Q[int(gq & 0xffffu) - F[l]];
-        B[l][1] = Q[int(gq >> 16) - F[l]];
+        B[l][0] = Q[int(G[l][s] & 0xffffu) - F[l]];
+        B[l][1] = Q[int(G[l][s] >> 16) - F[l]];
       }
       Mma::template run<NL, 8, 4 * KS, 2>(acc, A, B, s & 1, s, 0);
     }
     for (int l = 0; l < NL; ++l) {
-      const int lane = lane0 + l, g = lane >> 2, t = lane & 3, p = 8 * nt + 2 * t;  // (p + 1 < span: 8 ntiles)
-DCLS_UNROLL
-      for (int q = 0; q < 4; ++q)
-        plane_pixel(smem, span, g + 8 * (q >> 1), p + (q & 1))[warp] =
-            bits_of(scalar_t(acc[l][q] + acc[l][4 + q] + bias));
+      const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
+      float v[4];
+      for (int q = 0; q < 4; ++q) v[q] = acc[l][q] + acc[l][4 + q] + bias;
+      region[g * pitch + 4 * nt + t] = pack16(scalar_t(v[0]), scalar_t(v[1]));
+      region[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(v[2]), scalar_t(v[3]));
     }
   }
 }
 
-// Phase 5 (per block job): the results to the output, in its channel order (channels_last runs of 8 channels by
-// 16-byte stores where out_vec8: a thread per (image, pixel)).
+// Phase 4 (per block job): the results to the output, in its channel order (channels_last runs of 8 channels by
+// 16-byte stores where out_vec8: a thread per (image, pixel), its 8 channels from the 8 regions).
 template <typename scalar_t>
 DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem,
                                 int tid) {
-  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo);
+  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), stride = w.x_words();
   if (w.out_vec8) {
     for (int idx = tid; idx < j.images * outputs; idx += kWindowCorrThreads) {
       const int i = idx / outputs, p = idx - i * outputs, oy = p / Wo, ox = p - oy * Wo;
       uint32_t v[4];
-      load8(plane_pixel(smem, w.span, i, p), v);
+DCLS_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        const auto* lo = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k) * stride);
+        const auto* hi = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k + 1) * stride);
+        v[k] = uint32_t(lo[2 * i * w.pitch + p]) | (uint32_t(hi[2 * i * w.pitch + p]) << 16);
+      }
       store8(w.out + (j.n0 + i) * w.os[0] + j.c0 + oy * w.os[2] + ox * w.os[3], v);
     }
     return;
@@ -317,7 +310,7 @@ DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlan
     if (c >= w.C) continue;
     const int p = rest - i * outputs, oy = p / Wo, ox = p - oy * Wo;
     w.out[(j.n0 + i) * w.os[0] + c * w.os[1] + oy * w.os[2] + ox * w.os[3]] =
-        reinterpret_cast<const scalar_t*>(plane_pixel(smem, w.span, i, p))[ci];
+        reinterpret_cast<const scalar_t*>(smem + int64_t(ci) * stride)[2 * i * w.pitch + p];
   }
 }
 

@@ -99,25 +99,6 @@ DCLS_HD void store8(void* p, const uint32_t v[4]) {
 #endif
 }
 
-// 16 bytes from global src (or zeros where !valid) to shared dst, in flight until copy16_wait: cp.async on sm_80 and
-// newer (no registers, no shared store instructions: the copy lands as it arrives), a load and a store elsewhere.
-DCLS_HD void copy16_async(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
-#else
-  uint32_t v[4] = {0u, 0u, 0u, 0u};
-  if (valid) load8(src, v);
-  store8(dst, v);
-#endif
-}
-// The thread's copy16_async copies have landed (a barrier then makes them every thread's).
-DCLS_HD void copy16_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-#endif
-}
-
 // One source of a staging round of channels_last runs of 8 channels (16 bytes a pixel): rows y0 .. y0 + rows - 1
 // of one image, cols pixels per row from column x0 on. Item idx (row idx / cols, pixel idx % cols) is one 16-byte
 // load, zero outside the H x W plane.
