@@ -561,6 +561,7 @@ def _variants(name):
     out.update({v + TF32: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + PLANE: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
     out.update({COMPILED + v: out[v] for v in ("original", dcls_name, "dcls, positions off grid", "partial", "bloom")})
+    out.update({COMPILED + v + PLANE: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
     return out

@@ -100,6 +100,7 @@ def test_bench_gpu_model_variants_include_tensor_cores():
     assert "dcls, positions off grid" + bench_gpu.PLANE in names
     # the compiled rows (CUDA graphs), each against the original compiled alike; --variants "dcls K*" skips them
     assert all(bench_gpu.COMPILED + v in names for v in ("original", dcls, "partial", "bloom"))
+    assert all(bench_gpu.COMPILED + v + bench_gpu.PLANE in names for v in (dcls, "partial", "bloom"))
 
 
 def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
