@@ -1,5 +1,6 @@
 """The CUDA kernels' per-thread functions, driven on CPU over the whole launch grid, agree with the reference."""
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -614,6 +615,29 @@ WINDOW_CORR_CASES = [
 ]
 
 
+def _window_grad_like(out, layout, dtype):
+    """A random output gradient in the case's 16-bit type and layout."""
+    g = torch.randn(out.shape).to(dtype)
+    if layout.startswith("channels_last") and out.dim() == 4:
+        g = g.contiguous(memory_format=torch.channels_last)
+    return g
+
+
+def _corr_case(monkeypatch, case, layout, dtype, interp, N, var, value):
+    """A case's inputs, output gradient and weight, position and bias gradients with the switch var=value, and the
+    kernels the backward launched."""
+    window, padding = case["window"], case["padding"]
+    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=N)
+    stride = [1] * len(window)
+    g = _window_grad_like(E.taps_conv(x, w, p, None, window, stride, padding, interp), layout, dtype)
+    monkeypatch.setenv(var, value)
+    E.take_kernels()
+    _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
+    kernels = E.take_kernels()
+    _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp)
+    return kernels
+
+
 def _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp):
     """Weight, position and bias gradients against the float64 oracle on the same input values, to float32
     rounding (nearest taps: no position gradient)."""
@@ -638,19 +662,7 @@ def test_window_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     against the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32
     rounding. It replaces the corner table and its correlation: one launch fewer (2 instead of 3). channels_last
     with 10 channels: a partial group, staged an element per load; with 16: 16-byte loads of 8 channels."""
-    window, padding = case["window"], case["padding"]
-    D = len(window)
-    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=3)
-    stride = [1] * D
-    out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
-    g = torch.randn(out.shape).to(dtype)
-    if layout.startswith("channels_last") and D == 2:
-        g = g.contiguous(memory_format=torch.channels_last)
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "corr")
-    E.take_launches()
-    _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
-    assert E.take_launches() == 2
-    _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp)
+    assert len(_corr_case(monkeypatch, case, layout, dtype, interp, 3, "DCLS_CONVERT_CUDA_MMA", "corr")) == 2
 
 
 @pytest.mark.parametrize("case", WINDOW_CORR_CASES)
@@ -812,6 +824,39 @@ def test_window_mma_random_shapes(data):
     assert ((gin.double() - want[0]).abs() <= 4 * step * gin_scale + sub).all()
 
 
+def _conv_case(monkeypatch, case, layout, dtype, interp, N, var, value):
+    """A case's forward (with a bias) and input gradient with the switch var=value, the kernels each launched, the
+    window the kernels build (C, Lh, Lw) and the dense float64 convolution with it (output, input gradient)."""
+    window, padding = case["window"], case["padding"]
+    D = len(window)
+    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=N)
+    C = x.shape[1]
+    b = torch.randn(C)
+    stride = [1] * D
+    monkeypatch.setenv(var, value)
+    E.take_kernels()
+    out = E.taps_conv(x, w, p, b, window, stride, padding, interp)
+    fwd_kernels = E.take_kernels()
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout.startswith("channels_last") and D == 2)
+    g = torch.randn(out.shape).to(dtype)
+    gin = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [True, False, False, False])[0]
+    bwd_kernels = E.take_kernels()
+    kern = E.window_kernel(x, w, p, window, stride, padding, interp, False)
+    conv = torch.nn.functional.conv2d if D == 2 else torch.nn.functional.conv1d
+    xd = x.double().requires_grad_()
+    want = conv(xd, kern.double().view(C, 1, *window), b.double(), padding=padding, groups=C)
+    want_gin, = torch.autograd.grad(want, xd, g.double())
+    return SimpleNamespace(x=x, w=w, p=p, out=out, gin=gin, fwd_kernels=fwd_kernels, bwd_kernels=bwd_kernels,
+                           kern=kern, want=want.detach(), want_gin=want_gin)
+
+
+def _assert_within_step(got, want, dtype):
+    """Each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the
+    scale)."""
+    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    assert ((got.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
+
+
 WINDOW_CONV_CASES = [
     dict(size=[11, 12], window=[7, 6], padding=[3, 2]),      # one 16-row tile, one k-step
     dict(size=[40, 23], window=[17, 17], padding=[8, 8]),    # two 32-row tiles, two k-steps, bands of 8 rows
@@ -834,37 +879,18 @@ def test_window_conv_matches_oracle(monkeypatch, dtype, case, interp, layout):
     one (a dense convolution under autocast rounds its weight the same way), and the convolution with that window
     to float32 sums and the output's 16-bit rounding. Two launches each (the window, the convolution), no table."""
     window, padding = case["window"], case["padding"]
-    D = len(window)
-    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=2)
-    C = x.shape[1]
-    b = torch.randn(C)
-    stride = [1] * D
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "conv")
-    E.take_launches()
-    out = E.taps_conv(x, w, p, b, window, stride, padding, interp)
-    assert E.take_launches() == 2
-    assert out.is_contiguous(memory_format=torch.channels_last) == (layout.startswith("channels_last") and D == 2)
-    g = torch.randn(out.shape).to(dtype)
-    gin = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [True, False, False, False])[0]
-    assert E.take_launches() == 2
+    r = _conv_case(monkeypatch, case, layout, dtype, interp, 2, "DCLS_CONVERT_CUDA_MMA", "conv")
+    assert len(r.fwd_kernels) == 2 and len(r.bwd_kernels) == 2
     # the window as the kernels build it (float32 sums in tap order, one 16-bit rounding): within a 16-bit step
     # of the oracle's; a cell near a rounding boundary may round the other way than the float64 sum would
-    kern = E.window_kernel(x, w, p, window, stride, padding, interp, False)
-    exact = reference.construct(w.double(), p.double(), None, window, interp).view(kern.shape)
+    exact = reference.construct(r.w.double(), r.p.double(), None, window, interp).view(r.kern.shape)
     step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
-    assert ((kern.double() - exact).abs() <= step * exact.abs() + 1e-6 * exact.abs().max()).all()
-    torch.testing.assert_close(E.window_kernel(x, w, p, window, stride, padding, interp, True), kern.flip([1, 2]),
-                               rtol=0, atol=0)
-    kern = kern.double().view(C, 1, *window)
-    conv = torch.nn.functional.conv2d if D == 2 else torch.nn.functional.conv1d
-    xd = x.double().requires_grad_()
-    want = conv(xd, kern, b.double(), padding=padding, groups=C)
-    want_gin, = torch.autograd.grad(want, xd, g.double())
-    want = want.detach()
-    assert max_rel(out.double(), want) < 2 ** -7  # the output's own 16-bit rounding
-    assert max_rel(gin.double(), want_gin) < 2 ** -7
-    # each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the scale)
-    assert ((out.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
+    assert ((r.kern.double() - exact).abs() <= step * exact.abs() + 1e-6 * exact.abs().max()).all()
+    torch.testing.assert_close(E.window_kernel(r.x, r.w, r.p, window, [1] * len(window), padding, interp, True),
+                               r.kern.flip([1, 2]), rtol=0, atol=0)
+    assert max_rel(r.out.double(), r.want) < 2 ** -7  # the output's own 16-bit rounding
+    assert max_rel(r.gin.double(), r.want_gin) < 2 ** -7
+    _assert_within_step(r.out, r.want, dtype)
 
 
 @pytest.mark.parametrize("size,window,padding,conv_ok,corr_ok", [
@@ -989,30 +1015,10 @@ def test_window_plane_matches_oracle(monkeypatch, dtype, case, interp, layout):
     DCLS_CONVERT_CUDA_PLANE=conv), block by block with every lane's mma fragments, against the dense float64
     convolution with the window the kernels build: 18 images (a job of 16 and one of 2), to float32 sums and the
     output's 16-bit rounding. Two launches each (the window, the product), no table."""
-    window, padding = case["window"], case["padding"]
-    D = len(window)
-    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=18)
-    C = x.shape[1]
-    b = torch.randn(C)
-    stride = [1] * D
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
-    E.take_kernels()
-    out = E.taps_conv(x, w, p, b, window, stride, padding, interp)
-    assert E.take_kernels() == ["window_kernel", "window_plane"]
-    assert out.is_contiguous(memory_format=torch.channels_last) == (layout.startswith("channels_last") and D == 2)
-    g = torch.randn(out.shape).to(dtype)
-    gin = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [True, False, False, False])[0]
-    assert E.take_kernels() == ["window_kernel", "window_plane"]
-    kern = E.window_kernel(x, w, p, window, stride, padding, interp, False).double().view(C, 1, *window)
-    conv = torch.nn.functional.conv2d if D == 2 else torch.nn.functional.conv1d
-    xd = x.double().requires_grad_()
-    want = conv(xd, kern, b.double(), padding=padding, groups=C)
-    want_gin, = torch.autograd.grad(want, xd, g.double())
-    want = want.detach()
-    step = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
-    # each output within one 16-bit step of the exact value (plus the float32 sums' error, relative to the scale)
-    assert ((out.double() - want).abs() <= step * want.abs() + 1e-5 * want.abs().max()).all()
-    assert ((gin.double() - want_gin).abs() <= step * want_gin.abs() + 1e-5 * want_gin.abs().max()).all()
+    r = _conv_case(monkeypatch, case, layout, dtype, interp, 18, "DCLS_CONVERT_CUDA_PLANE", "conv")
+    assert r.fwd_kernels == r.bwd_kernels == ["window_kernel", "window_plane"]
+    _assert_within_step(r.out, r.want, dtype)
+    _assert_within_step(r.gin, r.want_gin, dtype)
 
 
 @pytest.mark.parametrize("size,window,padding,N,C", [
@@ -1109,19 +1115,8 @@ def test_plane_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr), block by block with every lane's mma fragments, against
     the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32 rounding; 18
     images (jobs of a partial slab). Two launches (the correlation, its finish), no table."""
-    window, padding = case["window"], case["padding"]
-    D = len(window)
-    x, w, p = _window_case_inputs(case, layout, dtype, interp, N=18)
-    stride = [1] * D
-    out = E.taps_conv(x, w, p, None, window, stride, padding, interp)
-    g = torch.randn(out.shape).to(dtype)
-    if layout.startswith("channels_last") and D == 2:
-        g = g.contiguous(memory_format=torch.channels_last)
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "corr")
-    E.take_kernels()
-    _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
-    assert E.take_kernels() == ["plane_corr", "window_corr_finish"]
-    _assert_corr_grads(gw, gp, gb, x, w, p, g, window, stride, padding, interp)
+    kernels = _corr_case(monkeypatch, case, layout, dtype, interp, 18, "DCLS_CONVERT_CUDA_PLANE", "corr")
+    assert kernels == ["plane_corr", "window_corr_finish"]
 
 
 @pytest.mark.parametrize("size,window,padding,N,C", [

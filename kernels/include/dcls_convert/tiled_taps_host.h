@@ -426,6 +426,17 @@ void bind_window_conv(Plan& w, const at::Tensor& x, const at::Tensor& out, const
   w.x_cl = w.xs[1] == 1 && a.C > 1;
 }
 
+// The tensor-core convolutions' staging (WindowConv, WindowPlane): 16-byte loads of 8 channels where x allows
+// them, the output's channel order, 16-byte stores where out allows them (DCLS_CONVERT_CUDA_MMA_STAGING=scalar:
+// neither).
+template <typename Plan>
+void bind_mma_staging(Plan& w, const at::Tensor& x, const at::Tensor& out, int64_t C) {
+  const bool vec = staging_mode() != "scalar";
+  w.vec8 = vec && staging_vec8(x.data_ptr(), w.xs, C);
+  w.out_cl = w.os[1] == 1 && C > 1;
+  w.out_vec8 = vec && staging_vec8(out.data_ptr(), w.os, C);
+}
+
 // The FMA convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply. The
 // executor builds the window and sets the slabs.
 template <typename scalar_t, typename acc_t>
@@ -456,10 +467,9 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
     const WindowConvGeometry g = window_conv_geometry(a, flip);
     w = window_conv_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
     bind_window_conv(w, x, out, a, flip);
-    w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
-    w.out_cl = w.os[1] == 1 && a.C > 1;
+    bind_mma_staging(w, x, out, a.C);
     // (the stores' offsets within a tile are 32-bit)
-    w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar" &&
+    w.out_vec8 = w.out_vec8 &&
                  (w.rows() - 1) * std::abs(w.os[2]) + (w.cols() - 1) * std::abs(w.os[3]) + 8 < (int64_t(1) << 31);
     if (w.ok) w.band = window_conv_band(w, max_smem_bytes, conv_band_cap());
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
@@ -478,9 +488,7 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
     const WindowConvGeometry g = window_conv_geometry(a, flip);
     w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
     bind_window_conv(w, x, out, a, flip);
-    w.out_cl = w.os[1] == 1 && a.C > 1;
-    w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_mode() != "scalar";
-    w.out_vec8 = staging_vec8(out.data_ptr(), w.os, a.C) && staging_mode() != "scalar";
+    bind_mma_staging(w, x, out, a.C);
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;

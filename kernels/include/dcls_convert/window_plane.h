@@ -212,8 +212,12 @@ DCLS_UNROLL
 }
 
 template <typename scalar_t>
+DCLS_HD uint16_t bits_of(scalar_t v) {
+  return v.x;
+}
+template <typename scalar_t>
 DCLS_HD uint32_t pack16(scalar_t lo, scalar_t hi) {
-  return uint32_t(lo.x) | (uint32_t(hi.x) << 16);
+  return uint32_t(bits_of(lo)) | (uint32_t(bits_of(hi)) << 16);
 }
 
 // Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1, its own lane;

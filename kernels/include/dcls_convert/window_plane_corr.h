@@ -170,11 +170,6 @@ DCLS_HD void plane_corr_put_g(const PlaneCorr<scalar_t>& w, uint32_t* smem, int 
   if (e >= 1) y[2 * w.copy_words() + e - 1] = v;
 }
 
-template <typename scalar_t>
-DCLS_HD uint16_t bits_of(scalar_t v) {
-  return v.x;
-}
-
 // Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)).
 template <typename scalar_t>
 DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
