@@ -139,6 +139,11 @@ def construct_fns(x, w, p, window):
 MEASURED_ARMS = ("first", "direct", "one-load", "fitted-cl", "unpaired", "runtime-pitch")
 
 
+def tuned_of(tuned: dict, part: str) -> str:
+    """The paths tuning chose for part ("forward", "grad_input", "grad_taps") of a layer, '+' between several."""
+    return "+".join(sorted({path for key, path in tuned.items() if key.startswith(part)})) or "-"
+
+
 def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = True, new_arms: bool = False,
                bf16_nchw: bool = False) -> list[dict]:
     """The tap engine per stage shape against cuDNN and the floors; taps_only: the engine's own columns (to compare
@@ -213,6 +218,18 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                     modes.update({("plane", k): v for k, v in kernel_time(arm).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_PLANE"]
+            # tuning (path_tuning.h, twelfth session): each part on the path that was fastest when timed on this
+            # card, the tables' timed with off-grid taps; the paths it chose go in the row
+            os.environ["DCLS_CONVERT_CUDA_TUNE"] = "on"
+            ops.clear_tuned_paths()
+            try:
+                arm = tap_fns(x, w, p, window)
+                arm["on-grid fwd"] = tap_fns(xo, wo, po, window)["fwd"]
+                modes.update({("tuned", k): v for k, v in kernel_time(arm).items()})
+                tuned = ops.tuned_paths()
+            finally:
+                del os.environ["DCLS_CONVERT_CUDA_TUNE"]
+                ops.clear_tuned_paths()
             if dtype == torch.float32:  # the float32 correlation on tensor cores as 3xTF32 (opt-in, tenth session)
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
                 try:
@@ -290,6 +307,11 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU plane wgrad/floor": arm_ms("plane", "wgrad") / ari_ms,
                 "GPU plane on-grid wgrad": arm_ms("plane", "on-grid wgrad"),
                 "GPU plane fwd+bwd": arm_ms("plane", "fwd+bwd"),
+                "GPU tuned fwd": arm_ms("tuned", "fwd"),
+                "GPU tuned dgrad": arm_ms("tuned", "dgrad"),
+                "GPU tuned wgrad": arm_ms("tuned", "wgrad"),
+                "GPU tuned fwd+bwd": arm_ms("tuned", "fwd+bwd"),
+                "tuned paths": "/".join(tuned_of(tuned, part) for part in ("forward", "grad_input", "grad_taps")),
                 "GPU tf32 wgrad": arm_ms("tf32", "wgrad"),
                 "GPU tf32 wgrad/floor": arm_ms("tf32", "wgrad") / ari_ms,
                 "GPU tf32 on-grid wgrad": arm_ms("tf32", "on-grid wgrad"),
@@ -314,6 +336,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                             "GPU mma fwd+bwd / cudnn7": arm_ms("mma all", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "GPU fma fwd+bwd / cudnn7": arm_ms("fma", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "GPU plane fwd+bwd / cudnn7": arm_ms("plane", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
+                            "GPU tuned fwd+bwd / cudnn7": arm_ms("tuned", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
                             "construct+cudnn fwd+bwd": t["construct+cudnn fwd+bwd"]})
             rows.append(row)
@@ -335,7 +358,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "wgrad with =corr, fwd+bwd with =all ('band-8': =all with DCLS_CONVERT_CUDA_MMA_BAND=8, 8 input rows staged "
           "per round); the floors stay those of the table's float32 products; 'plane': 16-bit rows of planes up to 256 "
           "pixels and 16 columns with DCLS_CONVERT_CUDA_PLANE=all (every part as tensor-core products per channel: "
-          "window_plane.h, window_plane_corr.h); 'tf32': float32 rows with "
+          "window_plane.h, window_plane_corr.h); 'tuned': DCLS_CONVERT_CUDA_TUNE=on (each part on the path "
+          "that was fastest when timed here; 'tuned paths': forward/input gradient/weight+position gradients); "
+          "'tf32': float32 rows with "
           "DCLS_CONVERT_CUDA_TF32=corr (the weight and position gradients on tensor cores, 3xTF32); 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
@@ -516,6 +541,9 @@ TF32 = ", tf32"
 # variants run with DCLS_CONVERT_CUDA_PLANE=all (every part of the 16-bit layers on small planes, ConvNeXt-T's stages
 # 3 and 4, as tensor-core products per channel; opt-in, built in the eleventh session)
 PLANE = ", plane"
+# variants run with DCLS_CONVERT_CUDA_TUNE=on (each part of each layer on the path that was fastest when timed on
+# this card, the first step timing them; twelfth session)
+TUNED = ", tuned"
 # variants whose model runs as torch.compile(mode="reduce-overhead") (inductor and CUDA graphs: the host no longer
 # queues each kernel), AMP only, against the original compiled the same way; run only when --variants names them
 # (each compiles for a minute or more)
@@ -562,6 +590,8 @@ def _variants(name):
     out.update({v + PLANE: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
     out.update({COMPILED + v: out[v] for v in ("original", dcls_name, "dcls, positions off grid", "partial", "bloom")})
     out.update({COMPILED + v + PLANE: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
+    out.update({v + TUNED: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
+    out.update({COMPILED + v + TUNED: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
     if available() and name.startswith("convnext"):
         out["dcls package 0.1.1 (v0)"] = lambda: _swap_in_dcls_package(convert("dcls", **dcls_options)())
     return out
@@ -655,6 +685,9 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
             if variant.endswith(PLANE):
                 os.environ["DCLS_CONVERT_CUDA_PLANE"] = "all"
+            if variant.endswith(TUNED):
+                os.environ["DCLS_CONVERT_CUDA_TUNE"] = "on"
+                ops.clear_tuned_paths()
             bloom.CONV_BLUR_DEVICES = set() if variant == BLUR_ON_TAPS else {"cuda"}
             run = torch.compile(m, mode="reduce-overhead") if compiled else m
             for amp in (True,) if compiled else (True, False):
@@ -684,6 +717,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_TF32", None)
             os.environ.pop("DCLS_CONVERT_CUDA_PLANE", None)
+            os.environ.pop("DCLS_CONVERT_CUDA_TUNE", None)
             bloom.CONV_BLUR_DEVICES = {"cuda"}
             del m, opt, run
             torch.cuda.empty_cache()

@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "dcls_convert/path_tuning.h"
+
 extern "C" {
 // Importing dcls_convert._C loads this library, which runs the registrations below.
 PyObject* PyInit__C(void) {
@@ -23,4 +25,8 @@ TORCH_LIBRARY(dcls_convert, m) {
         "int[] padding, str interpolation) -> Tensor");
   m.def("taps_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, int[] window, "
         "int[] stride, int[] padding, str interpolation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The paths tuning chose on CUDA ("<part key> -> <path>", kernels/include/dcls_convert/path_tuning.h), and a
+  // way to forget them (the next call of each shape times its paths again).
+  m.def("tuned_paths() -> str[]", &dcls_convert::tuned_paths);
+  m.def("clear_tuned_paths() -> ()", &dcls_convert::clear_tuned_paths);
 }

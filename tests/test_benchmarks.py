@@ -85,22 +85,24 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
 def test_bench_gpu_model_variants_include_tensor_cores():
     """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows and FMA rows
     (DCLS_CONVERT_CUDA_FMA=all), float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) and small-plane rows
-    (DCLS_CONVERT_CUDA_PLANE=all) exist for every method, named so that --variants "dcls K*" picks the six dcls
-    rows."""
+    (DCLS_CONVERT_CUDA_PLANE=all) and tuned rows (DCLS_CONVERT_CUDA_TUNE=on) exist for every method, named so that
+    --variants "dcls K*" picks the seven dcls rows."""
     import bench_gpu
 
     names = list(bench_gpu._variants("convnext_tiny"))
     for base in ("dcls K=34 w17 shared", "partial", "bloom"):
         assert all(base + v in names
-                   for v in ("", bench_gpu.MMA, bench_gpu.FMA, bench_gpu.TABLES, bench_gpu.TF32, bench_gpu.PLANE))
+                   for v in ("", bench_gpu.MMA, bench_gpu.FMA, bench_gpu.TABLES, bench_gpu.TF32, bench_gpu.PLANE,
+                         bench_gpu.TUNED))
     dcls = "dcls K=34 w17 shared"
     assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.TABLES,
                                                              dcls + bench_gpu.FMA, dcls + bench_gpu.TF32,
-                                                             dcls + bench_gpu.PLANE]
+                                                             dcls + bench_gpu.PLANE, dcls + bench_gpu.TUNED]
     assert "dcls, positions off grid" + bench_gpu.PLANE in names
     # the compiled rows (CUDA graphs), each against the original compiled alike; --variants "dcls K*" skips them
     assert all(bench_gpu.COMPILED + v in names for v in ("original", dcls, "partial", "bloom"))
     assert all(bench_gpu.COMPILED + v + bench_gpu.PLANE in names for v in (dcls, "partial", "bloom"))
+    assert all(bench_gpu.COMPILED + v + bench_gpu.TUNED in names for v in (dcls, "partial", "bloom"))
 
 
 def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):

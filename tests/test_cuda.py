@@ -431,6 +431,73 @@ def test_window_conv_cuda(monkeypatch, path, shape, window, dtype, channels_last
     assert max_rel(gin.double(), want_gin) < 4 * step
 
 
+FORCE = {"plane": "DCLS_CONVERT_CUDA_PLANE", "mma": "DCLS_CONVERT_CUDA_MMA", "fma": "DCLS_CONVERT_CUDA_FMA",
+         "tables": None}
+
+
+@pytest.mark.parametrize("shape,dtype,channels_last", [((32, 768, 7, 7), torch.bfloat16, True),
+                                                       ((16, 96, 56, 56), torch.bfloat16, True),
+                                                       ((8, 192, 28, 28), torch.float32, False)])
+def test_tuning_cuda(monkeypatch, shape, dtype, channels_last):
+    """Tuning (DCLS_CONVERT_CUDA_TUNE=on, or torch.backends.cudnn.benchmark): the first call times the paths on
+    the card and runs the fastest; the results are bitwise those of that path forced; later calls reuse the
+    choice; no tuning while a CUDA graph is captured, and a captured graph replays the cached choice."""
+    for var in list(FORCE.values()) + ["DCLS_CONVERT_CUDA_TF32"]:
+        if var:
+            monkeypatch.delenv(var, raising=False)
+    ops.clear_tuned_paths()
+    x, w, p, b, win, pad = _window_layer(shape, 17, dtype, channels_last)
+    back = torch.ops.dcls_convert.taps_conv_backward
+    mask = [True, True, True, True]
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+        y = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
+        g = torch.randn_like(y)
+        grads = back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)
+        tuned = ops.tuned_paths()
+        assert sorted(k.split(" ")[0] for k in tuned) == ["forward", "grad_input", "grad_taps"]
+        assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+        assert len(ops.tuned_paths()) == 3
+    print(tuned)
+    part_of = {"forward": "conv", "grad_input": "conv", "grad_taps": "corr"}
+    for key, path in tuned.items():
+        part = key.split(" ")[0]
+        with monkeypatch.context() as m:  # the chosen path forced: bitwise the tuned results
+            if FORCE[path]:
+                m.setenv(FORCE[path], part_of[part])
+                if path == "fma":
+                    m.setenv("DCLS_CONVERT_CUDA_MMA", "none")
+            else:
+                m.setenv("DCLS_CONVERT_CUDA_MMA", "none")
+                m.setenv("DCLS_CONVERT_CUDA_FMA", "none")
+            if path == "mma" and dtype == torch.float32:
+                m.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+            if part == "forward":
+                assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+            else:
+                forced = back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)
+                pick = [0] if part == "grad_input" else [1, 2, 3]
+                assert all(torch.equal(grads[i], forced[i]) for i in pick), (key, path)
+    # a shape first met under capture: the cost rule, nothing timed or stored; the cached shape replays its choice
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+    x2 = x[: shape[0] // 2].clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.taps_conv(x, w, p, b, win, [1, 1], pad)  # (warm: no lazy initialisation inside the capture)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_graph = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
+        y2_graph = ops.taps_conv(x2, w, p, b, win, [1, 1], pad)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y_graph, y)
+    assert len(ops.tuned_paths()) == 3
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TUNE")
+    assert torch.equal(y2_graph, ops.taps_conv(x2, w, p, b, win, [1, 1], pad))  # the cost rule's path
+    ops.clear_tuned_paths()
+
+
 def test_taps_conv_cuda_window_beyond_tiles():
     """A window whose tile does not fit in shared memory runs the gather kernels, still exact."""
     x = torch.randn(1, 2, 160, 170, device="cuda", dtype=torch.float64)

@@ -10,7 +10,8 @@ from . import reference
 from ._autocast import cast_for_taps
 from ._library import backend_info, compiled_for, has_compiled_ops
 
-__all__ = ["construct", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for"]
+__all__ = ["construct", "taps_conv", "backend_info", "has_compiled_ops", "compiled_for", "tuned_paths",
+           "clear_tuned_paths"]
 
 if has_compiled_ops():  # (autograd is registered by the compiled library itself: kernels/autograd.cpp)
     from ._fake import register_fakes
@@ -53,3 +54,24 @@ def taps_conv(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, bi
     if compiled:
         return torch.ops.dcls_convert.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
     return reference.taps_conv(x, weight, positions, bias, window, stride, padding, interpolation)
+
+
+def tuned_paths() -> dict[str, str]:
+    """The kernels each tuned part of a CUDA tap convolution runs: {what the choice depends on: path}.
+
+    With tuning on (``torch.backends.cudnn.benchmark = True``, as timm's train.py sets it, or
+    ``DCLS_CONVERT_CUDA_TUNE=on``), the first call of each shape times every path that applies to the part
+    (forward, input gradient, weight/position gradients) on the device and keeps the fastest: "plane" or "mma"
+    (tensor cores), "fma", "tables". Keys name the part, device, dtype, sizes and memory formats, e.g.
+    "forward cuda:0 BFloat16 N64 C768 7x7->7x7 window 17x17 stride 1x1 padding 8x8 K34 bilinear cl cl".
+    Empty without the compiled library, on CPU, or before any tuned call.
+    """
+    if not has_compiled_ops():
+        return {}
+    return dict(entry.split(" -> ") for entry in torch.ops.dcls_convert.tuned_paths())
+
+
+def clear_tuned_paths() -> None:
+    """Forgets the tuned choices: the next call of each shape times its paths again."""
+    if has_compiled_ops():
+        torch.ops.dcls_convert.clear_tuned_paths()

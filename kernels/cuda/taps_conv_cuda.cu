@@ -4,11 +4,16 @@
 // (window_mma.cu, window_fma.cu) are compiled in their own translation units, in parallel. No atomics: results
 // are identical run to run.
 #include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <functional>
 #include <string>
 
 #include "dcls_convert/tiled_taps_ops.h"
@@ -116,6 +121,34 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   }
 }
 
+// Tuning's timer (path_tuning.h): the median of 3 timed runs of `run`'s launches after one untimed (which pays
+// for first launches: kernel attributes, module loading), by CUDA events on the current stream.
+double time_launches_ms(const std::function<void()>& run) {
+  struct Events {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    Events() {
+      C10_CUDA_CHECK(cudaEventCreate(&start));
+      C10_CUDA_CHECK(cudaEventCreate(&stop));
+    }
+    ~Events() {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+  } ev;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  run();
+  std::array<float, 3> ms{};
+  for (auto& t : ms) {
+    C10_CUDA_CHECK(cudaEventRecord(ev.start, stream));
+    run();
+    C10_CUDA_CHECK(cudaEventRecord(ev.stop, stream));
+    C10_CUDA_CHECK(cudaEventSynchronize(ev.stop));
+    C10_CUDA_CHECK(cudaEventElapsedTime(&t, ev.start, ev.stop));
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[1];
+}
+
 // The launch policy of tiled_taps_ops.h on the current CUDA stream.
 template <typename scalar_t, typename acc_t>
 struct CudaLaunch {
@@ -125,6 +158,11 @@ struct CudaLaunch {
     const char* e = std::getenv("DCLS_CONVERT_CUDA_TAPS");
     return e != nullptr && std::string(e) == "gather";
   }
+  // no timing while the stream is being captured into a CUDA graph (it would end the capture)
+  static bool may_tune(const at::Tensor&) {
+    return c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
+  }
+  static auto timer(const at::Tensor&) { return time_launches_ms; }
   static void tables(const TapsArgs<scalar_t, acc_t>& a, const TableBuilds<acc_t>& builds) {
     if (a.C == 0) return;
     auto kernel = build_tables_kernel<scalar_t, acc_t>;

@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -90,6 +92,30 @@ int64_t take_launches() {
   kernels_run.clear();
   return n;
 }
+// Tuning's timer here (path_tuning.h): the cost of the kernels a run launches, from set_kernel_costs (1 for a
+// kernel it does not name), so that the tests decide which path is fastest.
+std::map<std::string, double> kernel_costs;
+void set_kernel_costs(std::vector<std::string> names, std::vector<double> costs) {
+  TORCH_CHECK(names.size() == costs.size(), "set_kernel_costs: as many costs as names");
+  kernel_costs.clear();
+  for (size_t i = 0; i < names.size(); ++i) kernel_costs[names[i]] = costs[i];
+}
+double emulated_ms(const std::function<void()>& run) {
+  const size_t first = kernels_run.size();
+  run();
+  double ms = 0.0;
+  for (size_t i = first; i < kernels_run.size(); ++i) {
+    const auto it = kernel_costs.find(kernels_run[i]);
+    ms += it == kernel_costs.end() ? 1.0 : it->second;
+  }
+  return ms;
+}
+std::vector<std::string> list_tuned_paths() { return tuned_paths(); }
+at::Tensor emulate_between_cells(const at::Tensor& positions, at::IntArrayRef window) {
+  return between_cells(positions, window);
+}
+void forget_tuned_paths() { clear_tuned_paths(); }
+
 std::vector<std::string> take_kernels() {
   auto names = std::move(kernels_run);
   kernels_run.clear();
@@ -220,6 +246,8 @@ struct MmaEmulated<float> {
 template <typename scalar_t, typename acc_t>
 struct EmulatedLaunch {
   static bool gather_only() { return false; }
+  static bool may_tune(const at::Tensor&) { return true; }
+  static auto timer(const at::Tensor&) { return emulated_ms; }
 
   static void tables(const TapsArgs<scalar_t, acc_t>& a, const TableBuilds<acc_t>& builds) {
     launch({"tables"});
@@ -795,6 +823,10 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "str interpolation, bool flip, bool reference=False) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
   m.def("take_kernels() -> str[]", &take_kernels);
+  m.def("set_kernel_costs(str[] names, float[] costs) -> ()", &set_kernel_costs);
+  m.def("tuned_paths() -> str[]", &list_tuned_paths);
+  m.def("clear_tuned_paths() -> ()", &forget_tuned_paths);
+  m.def("between_cells(Tensor positions, int[] window) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
@@ -808,6 +840,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("window_plans", &emulate_window_plans);
   m.impl("window_kernel", &emulate_window_kernel);
   m.impl("fma_plan", &emulate_fma_plan);
+  m.impl("between_cells", &emulate_between_cells);
 }
 
 }  // namespace dcls_convert

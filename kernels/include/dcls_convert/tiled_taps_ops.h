@@ -2,6 +2,9 @@
 // A Launch<scalar_t, acc_t> policy runs the kernels: CUDA launches (cuda/taps_conv_cuda.cu) or the CPU
 // emulation's block-by-block loops (emulation/emulate_cuda.cpp), so the tests run this very flow.
 //
+// Which path runs a part: the cost rule and the switches (tiled_taps_host.h), or, tuning (path_tuning.h), the
+// fastest of those that apply, timed once per shape.
+//
 // Launches per call (the tiled engine): forward 2 (table, forward); backward 4 at stride 1 (the mirrored and
 // corner tables in one launch, the input gradient, the correlation, its finish, which also writes the bias
 // gradient); a strided layer's input gradient takes one launch per stride phase (PhaseAxis). The whole-window
@@ -12,6 +15,8 @@
 //
 // Launch<scalar_t, acc_t> provides:
 //   static bool gather_only();                                   kernels of taps_threads.h everywhere
+//   static bool may_tune(const at::Tensor& like);                 whether paths may be timed now (path_tuning.h)
+//   static auto timer(const at::Tensor& like);                    ms of a std::function<void()>'s launches
 //   static void tables(const TapsArgs&, const TableBuilds&);     every listed table, one launch
 //   static void forward(const TiledConv&);                       tiled forward (or mirrored: input gradient)
 //   static void corr(TiledCorr, const TapsArgs&, const at::Tensor& like);  correlation + finish
@@ -39,12 +44,73 @@
 
 #include "dcls_convert/args.h"
 #include "dcls_convert/grad_buffers.h"
+#include "dcls_convert/path_tuning.h"
 #include "dcls_convert/tiled_taps_host.h"
 
 namespace dcls_convert {
 
 // Bound on the stride phases' tables of one backward (each reserves a channel's full capacity, 2K entries).
 constexpr int64_t kMaxTableBytes = int64_t(256) << 20;
+
+// Whether the switches leave path p a candidate of tuning for part ("conv" or "corr"); whether it applies to a
+// layer is its plan's to say. Tensor cores: 16-bit, or float32 correlations as 3xTF32.
+template <typename scalar_t>
+bool tuning_allows(Path p, const char* part) {
+  const bool mma_off = part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOff;
+  switch (p) {
+    case Path::kPlane:
+      return window_corr_dtype<scalar_t>() && !mma_off &&
+             part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff;
+    case Path::kMma:
+      if constexpr (std::is_same_v<scalar_t, float>)
+        return std::string(part) == "corr" && !mma_off &&
+               part_choice("DCLS_CONVERT_CUDA_TF32", part) != PartChoice::kOff;
+      return window_corr_dtype<scalar_t>() && !mma_off;
+    case Path::kFma:
+      return part_choice("DCLS_CONVERT_CUDA_FMA", part) != PartChoice::kOff;
+    default:
+      return true;
+  }
+}
+
+// A switch that forces a path on for part: the part keeps the forced path, untuned.
+inline bool path_forced(const char* part) {
+  return part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOn ||
+         part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn ||
+         part_choice("DCLS_CONVERT_CUDA_FMA", part) == PartChoice::kOn || tf32_wanted(part);
+}
+
+// The plans of the paths not chosen switched off, so that the run below takes the chosen one.
+template <typename P, typename W, typename F>
+void keep_only(Path chosen, P& plane, W& mma, F& fma) {
+  plane.ok = plane.ok && chosen == Path::kPlane;
+  mma.ok = mma.ok && chosen == Path::kMma;
+  fma.ok = fma.ok && chosen == Path::kFma;
+}
+
+// a's positions pointed at pos (D, C, 1, K), as make_taps_args lays them out.
+template <typename scalar_t, typename acc_t>
+void point_positions(TapsArgs<scalar_t, acc_t>& a, const at::Tensor& pos) {
+  const acc_t* p = pos.data_ptr<acc_t>();
+  const bool two_d = a.pos_h != nullptr;
+  a.pos_h = two_d ? p : nullptr;
+  a.pos_w = two_d ? p + a.C * a.K : p;
+}
+
+// The whole-window paths of a convolution part (the forward, or with flip the input gradient) whose plans apply,
+// as tuning's candidates (the plans, a and input outlive them).
+template <typename L, typename scalar_t, typename acc_t>
+void add_window_candidates(std::vector<Candidate>& cands, const WindowPlane<scalar_t>& pv,
+                           const WindowConv<scalar_t>& wv, const FmaConv<scalar_t, acc_t>& fv,
+                           const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& input, bool flip) {
+  if (pv.ok) cands.push_back({Path::kPlane, [&pv, &a, &input, flip] {
+    if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pv, a, input, flip);
+  }});
+  if (wv.ok) cands.push_back({Path::kMma, [&wv, &a, &input, flip] {
+    if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, flip);
+  }});
+  if (fv.ok) cands.push_back({Path::kFma, [&fv, &a, &input, flip] { L::fma_conv(fv, a, input, flip); }});
+}
 
 template <template <typename, typename> class Launch>
 at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
@@ -60,15 +126,40 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
-    const auto pv = !L::gather_only() && plane_wanted("conv", a) && L::mma_supported(input)
-                        ? window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
-                        : WindowPlane<scalar_t>();
-    const auto wv = !pv.ok && !L::gather_only() && mma_wanted("conv", a) && L::mma_supported(input)
-                        ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
-                        : WindowConv<scalar_t>();
-    const auto fv = !pv.ok && !wv.ok && !L::gather_only() && fma_mode("conv")
-                        ? fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
-                        : FmaConv<scalar_t, acc_t>();
+    const bool whole = !L::gather_only() && L::mma_supported(input);  // the tensor-core kernels may run
+    const auto sel = L::gather_only() ? PathSelect()
+                                      : path_select(
+                                          path_forced("conv"), [&] { return tune_key("forward", a, {input, out}); },
+                                          [&] { return L::may_tune(input); });
+    auto pv = whole && sel.consider(Path::kPlane, plane_wanted("conv", a), tuning_allows<scalar_t>(Path::kPlane, "conv"))
+                  ? window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
+                  : WindowPlane<scalar_t>();
+    auto wv = sel.after(pv.ok) && whole &&
+                      sel.consider(Path::kMma, mma_wanted("conv", a), tuning_allows<scalar_t>(Path::kMma, "conv"))
+                  ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
+                  : WindowConv<scalar_t>();
+    auto fv = sel.after(pv.ok || wv.ok) && !L::gather_only() &&
+                      sel.consider(Path::kFma, fma_mode("conv"), tuning_allows<scalar_t>(Path::kFma, "conv"))
+                  ? fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
+                  : FmaConv<scalar_t, acc_t>();
+    // the tables' forward: its table and the convolution, for the positions `at` points at
+    auto tables_forward = [&](const TapsArgs<scalar_t, acc_t>& at, TiledConv<scalar_t, acc_t> p) {
+      TableBuffers<acc_t> tb(input, a.C, a.K, 1);
+      tb.bind(p, tb.add(kForwardTable));
+      L::tables(at, tb.builds);
+      L::forward(p);
+    };
+    if (sel.mode == PathSelect::kTune) {  // every path that applies, timed; the tables' with moved positions
+      std::vector<Candidate> cands;
+      add_window_candidates<L>(cands, pv, wv, fv, a, input, false);
+      const at::Tensor moved = plan.cfg.ok ? between_cells(in.pos, window) : at::Tensor();
+      auto am = a;
+      if (plan.cfg.ok) point_positions(am, moved);
+      if (plan.cfg.ok) cands.push_back({Path::kTables, [&] {
+        tables_forward(am, forward_plan<scalar_t, acc_t>(in.x, out, am));
+      }});
+      if (!cands.empty()) keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv, fv);
+    }
     if (pv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pv, a, input, false);
     } else if (wv.ok) {
@@ -76,10 +167,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     } else if (fv.ok) {
       L::fma_conv(fv, a, input, false);
     } else if (plan.cfg.ok && !L::gather_only()) {
-      TableBuffers<acc_t> tb(input, a.C, a.K, 1);
-      tb.bind(plan, tb.add(kForwardTable));
-      L::tables(a, tb.builds);
-      L::forward(plan);
+      tables_forward(a, plan);
     } else {  // the gather kernel indexes NCHW
       const auto x = in.x.contiguous();
       auto o = out.is_contiguous() ? out : at::empty(out.sizes(), out.options().memory_format(at::MemoryFormat::Contiguous));
@@ -109,49 +197,137 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "taps_conv_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using L = Launch<scalar_t, acc_t>;
+      using Args = TapsArgs<scalar_t, acc_t>;
       auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
       const bool want_taps = grads.want_taps() && a.C * a.K > 0;
-      // the input gradient: one tiled forward per stride phase with outputs (one at stride 1)
+      if (want_taps) grads.bind_taps(a, window.size() == 2);
+      const bool whole = !L::gather_only() && L::mma_supported(input);  // the tensor-core kernels may run
+      at::Tensor moved;  // (tuning: the positions the tables' paths are timed with, between grid cells)
+      auto moved_args = [&] {
+        if (!moved.defined()) moved = between_cells(in.pos, window);
+        auto am = a;
+        point_positions(am, moved);
+        return am;
+      };
+
+      // The input gradient: on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), or, opted
+      // in, the FMA convolution (float32, float64), else one tiled forward of the tables per stride phase with
+      // outputs (one at stride 1: the mirrored taps), the phase tables within kMaxTableBytes, else the gather kernel.
+      const auto gsel = L::gather_only() || !mask[0]
+                            ? PathSelect()
+                            : path_select(
+                                  path_forced("conv"), [&] { return tune_key("grad_input", a, {input, g}); },
+                                  [&] { return L::may_tune(input); });
+      auto pg = mask[0] && whole &&
+                        gsel.consider(Path::kPlane, plane_wanted("conv", a), tuning_allows<scalar_t>(Path::kPlane, "conv"))
+                    ? window_plane_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
+                    : WindowPlane<scalar_t>();
+      auto wg = gsel.after(pg.ok) && mask[0] && whole &&
+                        gsel.consider(Path::kMma, mma_wanted("conv", a, true), tuning_allows<scalar_t>(Path::kMma, "conv"))
+                    ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
+                    : WindowConv<scalar_t>();
+      auto fg = gsel.after(pg.ok || wg.ok) && mask[0] && !L::gather_only() &&
+                        gsel.consider(Path::kFma, fma_mode("conv"), tuning_allows<scalar_t>(Path::kFma, "conv"))
+                    ? fma_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
+                    : FmaConv<scalar_t, acc_t>();
       struct Phase {
         int ry, rx;
         TiledConv<scalar_t, acc_t> plan;
       };
-      std::vector<Phase> phases;
-      // (and the phase tables, full capacity each, within kMaxTableBytes: else the gather kernel)
-      // on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), else the tables' stride phases
-      const auto pg = mask[0] && !L::gather_only() && plane_wanted("conv", a) && L::mma_supported(input)
-                          ? window_plane_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
-                          : WindowPlane<scalar_t>();
-      const auto wg = !pg.ok && mask[0] && !L::gather_only() && mma_wanted("conv", a, true) && L::mma_supported(input)
-                          ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
-                          : WindowConv<scalar_t>();
-      // or, opted in, the FMA convolution (float32, float64)
-      const auto fg = !pg.ok && !wg.ok && mask[0] && !L::gather_only() && fma_mode("conv")
-                          ? fma_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
-                          : FmaConv<scalar_t, acc_t>();
-      bool tiled_gi = !pg.ok && !wg.ok && !fg.ok && mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
-                      a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
-      for (int ry = 0; tiled_gi && ry < a.sh; ++ry) {
-        for (int rx = 0; tiled_gi && rx < a.sw; ++rx) {
-          const auto plan = grad_input_plan<scalar_t, acc_t>(g, grads.gin, a, ry, rx);
-          if (plan.Ho == 0 || plan.Wo == 0) continue;  // no input position in this phase
-          phases.push_back({ry, rx, plan});
-          tiled_gi = plan.cfg.ok;
+      // the stride phases' plans for the positions `at` points at; false where the tables cannot run them
+      auto phase_plans = [&](const Args& at, std::vector<Phase>& out) {
+        bool ok = mask[0] && a.sh * a.sw <= kMaxPhases && !L::gather_only() &&
+                  a.sh * a.sw * a.C * table_capacity(a.K) * int64_t(sizeof(TapEntry<acc_t>)) <= kMaxTableBytes;
+        for (int ry = 0; ok && ry < a.sh; ++ry) {
+          for (int rx = 0; ok && rx < a.sw; ++rx) {
+            const auto plan = grad_input_plan<scalar_t, acc_t>(g, grads.gin, at, ry, rx);
+            if (plan.Ho == 0 || plan.Wo == 0) continue;  // no input position in this phase
+            out.push_back({ry, rx, plan});
+            ok = plan.cfg.ok;
+          }
         }
+        return ok;
+      };
+      if (gsel.mode == PathSelect::kTune) {
+        std::vector<Candidate> cands;
+        add_window_candidates<L>(cands, pg, wg, fg, a, input, true);
+        const Args am = moved_args();
+        std::vector<Phase> mp;
+        if (phase_plans(am, mp)) cands.push_back({Path::kTables, [&] {
+          TableBuffers<acc_t> tb(input, a.C, a.K, int(mp.size()));
+          for (auto& p : mp) tb.bind(p.plan, tb.add(kMirroredTable, false, p.ry, p.rx));
+          L::tables(am, tb.builds);
+          for (const auto& p : mp) L::forward(p.plan);
+        }});
+        if (!cands.empty()) keep_only(tune_paths(gsel, cands, L::timer(input)), pg, wg, fg);
       }
-      // weight and position gradients: tensor cores where they apply (16-bit) and pay (mma_wanted), else the tables
-      const auto pc = want_taps && !L::gather_only() && plane_wanted("corr", a) && L::mma_supported(input)
-                          ? plane_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
-                          : PlaneCorr<scalar_t>();
-      const auto wc = !pc.ok && want_taps && !L::gather_only() && mma_wanted("corr", a) && L::mma_supported(input)
-                          ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
-                          : WindowCorr<scalar_t>();
-      // or, opted in, the FMA correlation where it applies
-      const auto fc = want_taps && !pc.ok && !wc.ok && !L::gather_only() && fma_mode("corr")
-                          ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
-                          : FmaCorr<scalar_t, acc_t>();
+      std::vector<Phase> phases;
+      const bool tiled_gi = !pg.ok && !wg.ok && !fg.ok && phase_plans(a, phases);
+
+      // The weight and position gradients (and the bias's): tensor cores where they apply (16-bit) and pay
+      // (mma_wanted), or, opted in, the FMA correlation, else the tables' correlation, else one block per tap.
+      // Each path's correlation and finish write every asked gradient once.
+      const auto csel = L::gather_only() || !want_taps
+                            ? PathSelect()
+                            : path_select(
+                                  path_forced("corr"),
+                                  [&] {
+                                    return tune_key(std::string("grad_taps ") + (mask[1] ? "w" : "") +
+                                                        (mask[2] ? "p" : "") + (mask[3] ? "b" : ""),
+                                                    a, {input, g});
+                                  },
+                                  [&] { return L::may_tune(input); });
+      auto pc = want_taps && whole &&
+                        csel.consider(Path::kPlane, plane_wanted("corr", a), tuning_allows<scalar_t>(Path::kPlane, "corr"))
+                    ? plane_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
+                    : PlaneCorr<scalar_t>();
+      auto wc = csel.after(pc.ok) && want_taps && whole &&
+                        csel.consider(Path::kMma, mma_wanted("corr", a), tuning_allows<scalar_t>(Path::kMma, "corr"))
+                    ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
+                    : WindowCorr<scalar_t>();
+      auto fc = csel.after(pc.ok || wc.ok) && want_taps && !L::gather_only() &&
+                        csel.consider(Path::kFma, fma_mode("corr"), tuning_allows<scalar_t>(Path::kFma, "corr"))
+                    ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
+                    : FmaCorr<scalar_t, acc_t>();
+      auto plane_corr = [&](PlaneCorr<scalar_t> w) {
+        if constexpr (window_corr_dtype<scalar_t>()) {
+          if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
+          L::plane_corr(w, a, input);
+        }
+      };
+      auto window_corr = [&](WindowCorr<scalar_t> w) {
+        if constexpr (window_corr_mma_dtype<scalar_t>()) {
+          if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
+          L::window_corr(w, a, input);
+        }
+      };
+      auto fma_corr = [&](FmaCorr<scalar_t, acc_t> w) {
+        if (mask[3]) w.grad_bias = grads.template bind_bias<acc_t>(weight);
+        L::fma_corr(w, a, input);
+      };
+      auto tables_corr = [&](const Args& at, TiledCorr<scalar_t, acc_t> w) {
+        if (mask[3]) w.grad_bias = grads.template bind_bias<acc_t>(weight);
+        L::corr(w, at, input);
+      };
+      if (csel.mode == PathSelect::kTune) {
+        std::vector<Candidate> cands;
+        if (pc.ok) cands.push_back({Path::kPlane, [&] { plane_corr(pc); }});
+        if (wc.ok) cands.push_back({Path::kMma, [&] { window_corr(wc); }});
+        if (fc.ok) cands.push_back({Path::kFma, [&] { fma_corr(fc); }});
+        const Args am = moved_args();
+        auto cm = corr_plan<scalar_t, acc_t>(in.x, g, am);
+        if (cm.cfg.ok && !L::gather_only()) cands.push_back({Path::kTables, [&] {
+          TableBuffers<acc_t> tb(input, a.C, a.K, 1);
+          tb.bind(cm, tb.add(kCornerTable, mask[2] && interp == kBilinear));
+          L::tables(am, tb.builds);
+          tables_corr(am, cm);
+        }});
+        if (!cands.empty()) keep_only(tune_paths(csel, cands, L::timer(input)), pc, wc, fc);
+      }
       auto corr = want_taps && !pc.ok && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();
+
+      // The run: every table of the tables' paths in one launch, then the input gradient, then the correlation.
       TableBuffers<acc_t> tb(input, a.C, a.K, (tiled_gi ? int(phases.size()) : 0) + int(tiled_corr));
       if (tiled_gi) {
         for (auto& p : phases) tb.bind(p.plan, tb.add(kMirroredTable, false, p.ry, p.rx));
@@ -179,26 +355,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         a.grad_in = nullptr;
       }
       if (!want_taps) return;
-      grads.bind_taps(a, window.size() == 2);
       if (pc.ok) {
-        if constexpr (window_corr_dtype<scalar_t>()) {
-          auto w = pc;
-          if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
-          L::plane_corr(w, a, input);
-        }
+        plane_corr(pc);
       } else if (wc.ok) {
-        if constexpr (window_corr_mma_dtype<scalar_t>()) {
-          auto w = wc;
-          if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
-          L::window_corr(w, a, input);
-        }
+        window_corr(wc);
       } else if (fc.ok) {
-        auto w = fc;
-        if (mask[3]) w.grad_bias = grads.template bind_bias<acc_t>(weight);
-        L::fma_corr(w, a, input);
+        fma_corr(fc);
       } else if (tiled_corr) {
-        if (mask[3]) corr.grad_bias = grads.template bind_bias<acc_t>(weight);
-        L::corr(corr, a, input);
+        tables_corr(a, corr);
       } else {  // one block per tap
         const auto x = in.x.contiguous(), gc = g.contiguous();
         a.x = x.data_ptr<scalar_t>();
