@@ -442,7 +442,8 @@ def test_tuning_cuda(monkeypatch, shape, dtype, channels_last):
     """Tuning (DCLS_CONVERT_CUDA_TUNE=on, or torch.backends.cudnn.benchmark): the first call times the paths on
     the card and runs the fastest; the results are bitwise those of that path forced; later calls reuse the
     choice; no tuning while a CUDA graph is captured, and a captured graph replays the cached choice."""
-    for var in list(FORCE.values()) + ["DCLS_CONVERT_CUDA_TF32"]:
+    for var in list(FORCE.values()) + ["DCLS_CONVERT_CUDA_TF32", "DCLS_CONVERT_CUDA_TUNE", "DCLS_CONVERT_CUDA_TAPS",
+                                       "DCLS_CONVERT_CUDA_TILES"]:
         if var:
             monkeypatch.delenv(var, raising=False)
     ops.clear_tuned_paths()
@@ -478,13 +479,15 @@ def test_tuning_cuda(monkeypatch, shape, dtype, channels_last):
                 pick = [0] if part == "grad_input" else [1, 2, 3]
                 assert all(torch.equal(grads[i], forced[i]) for i in pick), (key, path)
     # a shape first met under capture: the cost rule, nothing timed or stored; the cached shape replays its choice
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
     x2 = x[: shape[0] // 2].clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        ops.taps_conv(x, w, p, b, win, [1, 1], pad)  # (warm: no lazy initialisation inside the capture)
+    with torch.cuda.stream(side):  # (warm, untuned: no lazy kernel loading inside the capture)
+        ops.taps_conv(x2, w, p, b, win, [1, 1], pad)
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+        ops.taps_conv(x, w, p, b, win, [1, 1], pad)
     torch.cuda.current_stream().wait_stream(side)
+    assert len(ops.tuned_paths()) == 3
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y_graph = ops.taps_conv(x, w, p, b, win, [1, 1], pad)

@@ -269,3 +269,57 @@ def test_tables_timed_on_positions_between_cells(window):
     assert int(E.table_counts(x, w, p, *args, 0)[0]) == K
     # (the forward table's entries: a column's two rows each, so 2 per tap in 2-D as in 1-D)
     assert int(E.table_counts(x, w, E.between_cells(p, window), *args, 0)[0]) == 2 * K
+
+
+def test_cached_choice_gives_way_to_a_switch(clean):
+    """Switches are read at every call: a cached path that a switch has since turned off is not run (the cost rule
+    decides while the switch holds), and the cached choice comes back when it is lifted."""
+    clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+    _costs(window_conv=0.01)
+    layer = _layer()
+    _forward(*layer)
+    assert list(_tuned("forward").values()) == ["mma"]
+    clean.setenv("DCLS_CONVERT_CUDA_MMA", "none")
+    assert _forward(*layer)[1] == KERNELS["forward", "tables"]
+    clean.delenv("DCLS_CONVERT_CUDA_MMA")
+    assert _forward(*layer)[1] == KERNELS["forward", "mma"]
+
+
+def test_candidate_out_of_memory_is_skipped(clean):
+    """A path whose run fails for device memory is skipped (as cuDNN's benchmark mode skips an algorithm whose
+    workspace does not fit); when every timed path fails, nothing is stored and the call still returns."""
+    clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+    _costs(window_plane=-1.0, window_conv=0.5)
+    layer = _layer()
+    out, _ = _forward(*layer)
+    assert list(_tuned("forward").values()) == ["mma"]
+    assert torch.equal(out, _forced_forward(clean, "mma", layer))
+    E.clear_tuned_paths()
+    _costs(window_plane=-1.0, window_conv=-1.0, tiled_forward=-1.0)
+    out, kernels = _forward(*layer)
+    assert E.tuned_paths() == [] and kernels[-2:] == KERNELS["forward", "plane"]
+    assert torch.equal(out, _forced_forward(clean, "plane", layer))
+
+
+def test_shape_without_candidates_is_stored_once(clean):
+    """An input gradient of 25 stride phases runs the gather kernel, which tuning does not time: the shape is stored
+    (as the tables, whose plans fall back) so later calls do no tuning work."""
+    clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+    x, w, p, _ = _layer(size=(30, 30))
+    g = torch.randn(3, 16, 6, 6, dtype=torch.bfloat16)
+    args = (WINDOW, [5, 5], PADDING, "bilinear", [True, False, False, False])
+    E.taps_conv_backward(g, x, w, p, *args)
+    assert E.take_kernels() == ["gather_grad_input"]
+    assert list(_tuned("grad_input").values()) == ["tables"]
+
+
+def test_forced_switch_that_cannot_apply_keeps_tuning(clean):
+    """DCLS_CONVERT_CUDA_MMA=all forces the tensor cores on 16-bit layers; a float32 forward, which they do not
+    take, is still tuned."""
+    clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+    clean.setenv("DCLS_CONVERT_CUDA_MMA", "all")
+    _forward(*_layer(dtype=torch.float32, channels_last=False))
+    assert list(_tuned("forward")) != []
+    E.clear_tuned_paths()
+    _forward(*_layer())
+    assert E.tuned_paths() == []

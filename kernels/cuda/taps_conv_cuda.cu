@@ -10,8 +10,6 @@
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <array>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -121,32 +119,40 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(TapsArgs<sc
   }
 }
 
-// Tuning's timer (path_tuning.h): the median of 3 timed runs of `run`'s launches after one untimed (which pays
-// for first launches: kernel attributes, module loading), by CUDA events on the current stream.
+// Holds the stream for `cycles` clock cycles, so that the launches the host queues behind it run back to back.
+__global__ void hold_stream_kernel(long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+}
+
+// Tuning's timer (path_tuning.h): the GPU time of `run`'s launches, the mean of 3 runs queued back to back behind
+// a kernel that holds the stream (about 1 ms), so that the host's queueing (allocations, plans, launch calls) is
+// not what is timed; one untimed run first pays for first launches (kernel attributes, module loading) and fills
+// the caching allocator.
 double time_launches_ms(const std::function<void()>& run) {
+  constexpr int kRuns = 3;
+  constexpr long long kHoldCycles = 2000000;
   struct Events {
     cudaEvent_t start = nullptr, stop = nullptr;
-    Events() {
-      C10_CUDA_CHECK(cudaEventCreate(&start));
-      C10_CUDA_CHECK(cudaEventCreate(&stop));
-    }
     ~Events() {
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
+      if (start) cudaEventDestroy(start);
+      if (stop) cudaEventDestroy(stop);
     }
   } ev;
+  C10_CUDA_CHECK(cudaEventCreate(&ev.start));
+  C10_CUDA_CHECK(cudaEventCreate(&ev.stop));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   run();
-  std::array<float, 3> ms{};
-  for (auto& t : ms) {
-    C10_CUDA_CHECK(cudaEventRecord(ev.start, stream));
-    run();
-    C10_CUDA_CHECK(cudaEventRecord(ev.stop, stream));
-    C10_CUDA_CHECK(cudaEventSynchronize(ev.stop));
-    C10_CUDA_CHECK(cudaEventElapsedTime(&t, ev.start, ev.stop));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[1];
+  hold_stream_kernel<<<1, 1, 0, stream>>>(kHoldCycles);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cudaEventRecord(ev.start, stream));
+  for (int r = 0; r < kRuns; ++r) run();
+  C10_CUDA_CHECK(cudaEventRecord(ev.stop, stream));
+  C10_CUDA_CHECK(cudaEventSynchronize(ev.stop));
+  float ms = 0.0f;
+  C10_CUDA_CHECK(cudaEventElapsedTime(&ms, ev.start, ev.stop));
+  return double(ms) / kRuns;
 }
 
 // The launch policy of tiled_taps_ops.h on the current CUDA stream.

@@ -93,7 +93,8 @@ int64_t take_launches() {
   return n;
 }
 // Tuning's timer here (path_tuning.h): the cost of the kernels a run launches, from set_kernel_costs (1 for a
-// kernel it does not name), so that the tests decide which path is fastest.
+// kernel it does not name), so that the tests decide which path is fastest; a kernel of negative cost fails as if
+// out of device memory.
 std::map<std::string, double> kernel_costs;
 void set_kernel_costs(std::vector<std::string> names, std::vector<double> costs) {
   TORCH_CHECK(names.size() == costs.size(), "set_kernel_costs: as many costs as names");
@@ -106,7 +107,9 @@ double emulated_ms(const std::function<void()>& run) {
   double ms = 0.0;
   for (size_t i = first; i < kernels_run.size(); ++i) {
     const auto it = kernel_costs.find(kernels_run[i]);
-    ms += it == kernel_costs.end() ? 1.0 : it->second;
+    const double cost = it == kernel_costs.end() ? 1.0 : it->second;
+    TORCH_CHECK_WITH(OutOfMemoryError, cost >= 0.0, "emulated: ", kernels_run[i], " out of device memory");
+    ms += cost;
   }
   return ms;
 }

@@ -17,6 +17,7 @@
 #include <ATen/Context.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
@@ -50,24 +51,67 @@ inline bool tuning_on() {
   return ctx.benchmarkCuDNN() && !ctx.deterministicAlgorithms() && !ctx.deterministicCuDNN();
 }
 
-// The process's tuned choices, keyed by tune_key.
+// What a part's choice depends on: the part (forward, input gradient, or the taps' gradients with those asked),
+// the device, the dtype, the layer's sizes and the memory formats of the tensors its kernels read. Plain integers,
+// so that a cached lookup costs a hash, not a string (describe() spells it out for tuned_paths()).
+enum TunePart : int64_t { kTuneForward, kTuneGradInput, kTuneGradTaps };
+struct TuneKey {
+  std::array<int64_t, 24> v{};
+  bool operator==(const TuneKey& o) const { return v == o.v; }
+};
+struct TuneKeyHash {
+  size_t operator()(const TuneKey& k) const {
+    size_t h = 0;
+    for (int64_t x : k.v) h = h * 1000003u ^ std::hash<int64_t>()(x);
+    return h;
+  }
+};
+
+inline int64_t memory_format_code(const at::Tensor& t) {
+  return t.is_contiguous() ? 0 : t.is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 2;
+}
+
+// mask: the gradients asked of a kTuneGradTaps part (weight, positions, bias as bits 0-2); x, y: the tensors its
+// kernels read (the input and the output or its gradient).
+template <typename Args>
+TuneKey tune_key(TunePart part, int64_t mask, const Args& a, const at::Tensor& x, const at::Tensor& y) {
+  return TuneKey{{part, mask, int64_t(x.device().type()), x.device().index(), int64_t(x.scalar_type()), a.N, a.C,
+                  a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw, a.K, a.interp, memory_format_code(x),
+                  memory_format_code(y)}};
+}
+
+inline std::string describe(const TuneKey& k) {
+  const auto& v = k.v;
+  static const char* parts[] = {"forward", "grad_input", "grad_taps"};
+  static const char* formats[] = {"nchw", "cl", "strided"};
+  std::ostringstream s;
+  s << parts[v[0]];
+  if (v[0] == kTuneGradTaps) s << " " << (v[1] & 1 ? "w" : "") << (v[1] & 2 ? "p" : "") << (v[1] & 4 ? "b" : "");
+  s << " " << c10::Device(c10::DeviceType(v[2]), c10::DeviceIndex(v[3])) << " " << c10::ScalarType(v[4]) << " N"
+    << v[5] << " C" << v[6] << " " << v[7] << "x" << v[8] << "->" << v[9] << "x" << v[10] << " window " << v[11]
+    << "x" << v[12] << " stride " << v[13] << "x" << v[14] << " padding " << v[15] << "x" << v[16] << " K" << v[17]
+    << (v[18] == kBilinear ? " bilinear" : " nearest") << " " << formats[v[19]] << " " << formats[v[20]];
+  return s.str();
+}
+
+// The process's tuned choices.
 class PathCache {
  public:
-  bool find(const std::string& key, Path* p) {
+  bool find(const TuneKey& key, Path* p) {
     std::lock_guard<std::mutex> lock(mu_);
     const auto it = map_.find(key);
     if (it == map_.end()) return false;
     *p = it->second;
     return true;
   }
-  void store(const std::string& key, Path p) {
+  void store(const TuneKey& key, Path p) {
     std::lock_guard<std::mutex> lock(mu_);
     map_[key] = p;
   }
   std::vector<std::string> list() {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<std::string> r;
-    for (const auto& kv : map_) r.push_back(kv.first + " -> " + path_name(kv.second));
+    for (const auto& kv : map_) r.push_back(describe(kv.first) + " -> " + path_name(kv.second));
     std::sort(r.begin(), r.end());
     return r;
   }
@@ -78,7 +122,7 @@ class PathCache {
 
  private:
   std::mutex mu_;
-  std::unordered_map<std::string, Path> map_;
+  std::unordered_map<TuneKey, Path, TuneKeyHash> map_;
 };
 
 inline PathCache& path_cache() {
@@ -88,28 +132,12 @@ inline PathCache& path_cache() {
 inline std::vector<std::string> tuned_paths() { return path_cache().list(); }
 inline void clear_tuned_paths() { path_cache().clear(); }
 
-// What a part's choice depends on: the part ("forward", "grad_input", "grad_taps" with the gradients asked), the
-// device, the dtype, the sizes of the layer and the strides (memory formats) of the tensors its kernels read and
-// write. Readable, since tuned_paths() lists them.
-template <typename Args>
-std::string tune_key(const std::string& part, const Args& a, std::initializer_list<at::Tensor> tensors) {
-  std::ostringstream s;
-  const at::Tensor& first = *tensors.begin();
-  s << part << " " << first.device() << " " << first.scalar_type() << " N" << a.N << " C" << a.C << " " << a.H
-    << "x" << a.W << "->" << a.Ho << "x" << a.Wo << " window " << a.Lh << "x" << a.Lw << " stride " << a.sh << "x"
-    << a.sw << " padding " << a.ph << "x" << a.pw << " K" << a.K << (a.interp == kBilinear ? " bilinear" : " nearest");
-  for (const auto& t : tensors) {
-    s << (t.is_contiguous() ? " nchw" : t.is_contiguous(at::MemoryFormat::ChannelsLast) ? " cl" : " strided");
-  }
-  return s.str();
-}
-
 // How a part picks its path: by the cost rule (kRule), from the cache (kCached: only that path is planned), or by
 // timing every allowed path that applies (kTune).
 struct PathSelect {
   enum Mode { kRule, kCached, kTune } mode = kRule;
   Path cached = Path::kTables;
-  std::string key;
+  TuneKey key;
   // Whether to plan path p: rule_wants under the cost rule, the cached path only, or every path the switches allow.
   bool consider(Path p, bool rule_wants, bool allowed) const {
     if (mode == kRule) return rule_wants;
@@ -120,18 +148,19 @@ struct PathSelect {
   bool after(bool earlier_ok) const { return mode != kRule || !earlier_ok; }
 };
 
-// forced: a switch forces a path for this part; key(): the part's tune_key; may_tune(): no CUDA graph is being
-// captured on the current stream. (Neither is asked for unless tuning is on: no cost per call otherwise.)
-template <typename KeyFn, typename MayTuneFn>
-PathSelect path_select(bool forced, KeyFn key, MayTuneFn may_tune) {
+// forced: a switch forces a path for this part; key(): the part's TuneKey; may_tune(): no CUDA graph is being
+// captured on the current stream; allows(path): the switches leave path a candidate (read at every call, so a
+// cached choice that a switch has since turned off gives way to the cost rule). None is asked unless tuning is on.
+template <typename KeyFn, typename MayTuneFn, typename AllowsFn>
+PathSelect path_select(bool forced, KeyFn key, MayTuneFn may_tune, AllowsFn allows) {
   PathSelect s;
   if (forced || !tuning_on()) return s;
-  std::string k = key();
+  const TuneKey k = key();
   if (path_cache().find(k, &s.cached)) {
-    s.mode = PathSelect::kCached;
+    if (allows(s.cached)) s.mode = PathSelect::kCached;
   } else if (may_tune()) {
     s.mode = PathSelect::kTune;
-    s.key = std::move(k);
+    s.key = k;
   }
   return s;
 }
@@ -142,19 +171,29 @@ struct Candidate {
 };
 
 // The fastest candidate by time_ms (a launch policy's timer: CUDA events, or the emulation's kernel costs), stored
-// for the key. One candidate is stored untimed.
+// for the key; one candidate is stored untimed, none as the tables (whose plans then fall back, as without tuning,
+// so a shape no path applies to is not tuned again). A candidate that runs out of device memory is skipped, as
+// cuDNN's benchmark mode skips such algorithms (its workspace, not the layer, was too large); if every timed
+// candidate does, nothing is stored.
 template <typename TimeMs>
 Path tune_paths(const PathSelect& sel, const std::vector<Candidate>& candidates, TimeMs time_ms) {
-  Path best = Path::kTables;
+  Path best = candidates.empty() ? Path::kTables : candidates[0].path;
+  bool timed = candidates.size() <= 1;
   double best_ms = 0.0;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const double ms = candidates.size() == 1 ? 0.0 : time_ms(candidates[i].run);
-    if (i == 0 || ms < best_ms) {
+  for (size_t i = 0; candidates.size() > 1 && i < candidates.size(); ++i) {
+    double ms = 0.0;
+    try {
+      ms = time_ms(candidates[i].run);
+    } catch (const c10::OutOfMemoryError&) {
+      continue;
+    }
+    if (!timed || ms < best_ms) {
       best = candidates[i].path;
       best_ms = ms;
+      timed = true;
     }
   }
-  path_cache().store(sel.key, best);
+  if (timed) path_cache().store(sel.key, best);
   return best;
 }
 

@@ -73,11 +73,13 @@ bool tuning_allows(Path p, const char* part) {
   }
 }
 
-// A switch that forces a path on for part: the part keeps the forced path, untuned.
-inline bool path_forced(const char* part) {
-  return part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOn ||
-         part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn ||
-         part_choice("DCLS_CONVERT_CUDA_FMA", part) == PartChoice::kOn || tf32_wanted(part);
+// A switch that forces a path on for part where it can apply to scalar_t: the part keeps the forced path, untuned.
+template <typename scalar_t>
+bool path_forced(const char* part) {
+  const bool on_16 = window_corr_dtype<scalar_t>() && (part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOn ||
+                                                       part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn);
+  const bool on_32 = std::is_same_v<scalar_t, float> && tf32_wanted(part);
+  return on_16 || on_32 || part_choice("DCLS_CONVERT_CUDA_FMA", part) == PartChoice::kOn;
 }
 
 // The plans of the paths not chosen switched off, so that the run below takes the chosen one.
@@ -129,8 +131,10 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     const bool whole = !L::gather_only() && L::mma_supported(input);  // the tensor-core kernels may run
     const auto sel = L::gather_only() ? PathSelect()
                                       : path_select(
-                                          path_forced("conv"), [&] { return tune_key("forward", a, {input, out}); },
-                                          [&] { return L::may_tune(input); });
+                                          path_forced<scalar_t>("conv"),
+                                          [&] { return tune_key(kTuneForward, 0, a, input, out); },
+                                          [&] { return L::may_tune(input); },
+                                          [](Path p) { return tuning_allows<scalar_t>(p, "conv"); });
     auto pv = whole && sel.consider(Path::kPlane, plane_wanted("conv", a), tuning_allows<scalar_t>(Path::kPlane, "conv"))
                   ? window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                   : WindowPlane<scalar_t>();
@@ -158,7 +162,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
       if (plan.cfg.ok) cands.push_back({Path::kTables, [&] {
         tables_forward(am, forward_plan<scalar_t, acc_t>(in.x, out, am));
       }});
-      if (!cands.empty()) keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv, fv);
+      keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv, fv);
     }
     if (pv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pv, a, input, false);
@@ -216,8 +220,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       const auto gsel = L::gather_only() || !mask[0]
                             ? PathSelect()
                             : path_select(
-                                  path_forced("conv"), [&] { return tune_key("grad_input", a, {input, g}); },
-                                  [&] { return L::may_tune(input); });
+                                  path_forced<scalar_t>("conv"), [&] { return tune_key(kTuneGradInput, 0, a, input, g); },
+                                  [&] { return L::may_tune(input); },
+                                  [](Path p) { return tuning_allows<scalar_t>(p, "conv"); });
       auto pg = mask[0] && whole &&
                         gsel.consider(Path::kPlane, plane_wanted("conv", a), tuning_allows<scalar_t>(Path::kPlane, "conv"))
                     ? window_plane_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
@@ -259,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           L::tables(am, tb.builds);
           for (const auto& p : mp) L::forward(p.plan);
         }});
-        if (!cands.empty()) keep_only(tune_paths(gsel, cands, L::timer(input)), pg, wg, fg);
+        keep_only(tune_paths(gsel, cands, L::timer(input)), pg, wg, fg);
       }
       std::vector<Phase> phases;
       const bool tiled_gi = !pg.ok && !wg.ok && !fg.ok && phase_plans(a, phases);
@@ -270,13 +275,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       const auto csel = L::gather_only() || !want_taps
                             ? PathSelect()
                             : path_select(
-                                  path_forced("corr"),
+                                  path_forced<scalar_t>("corr"),
                                   [&] {
-                                    return tune_key(std::string("grad_taps ") + (mask[1] ? "w" : "") +
-                                                        (mask[2] ? "p" : "") + (mask[3] ? "b" : ""),
-                                                    a, {input, g});
+                                    return tune_key(kTuneGradTaps, int64_t(mask[1]) | int64_t(mask[2]) << 1 |
+                                                                       int64_t(mask[3]) << 2,
+                                                    a, input, g);
                                   },
-                                  [&] { return L::may_tune(input); });
+                                  [&] { return L::may_tune(input); },
+                                  [](Path p) { return tuning_allows<scalar_t>(p, "corr"); });
       auto pc = want_taps && whole &&
                         csel.consider(Path::kPlane, plane_wanted("corr", a), tuning_allows<scalar_t>(Path::kPlane, "corr"))
                     ? plane_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
@@ -322,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           L::tables(am, tb.builds);
           tables_corr(am, cm);
         }});
-        if (!cands.empty()) keep_only(tune_paths(csel, cands, L::timer(input)), pc, wc, fc);
+        keep_only(tune_paths(csel, cands, L::timer(input)), pc, wc, fc);
       }
       auto corr = want_taps && !pc.ok && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();
