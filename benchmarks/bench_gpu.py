@@ -712,6 +712,9 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                              "peak GiB": peak, "note": ""})
                 print(f"  measured {model_name} / {name} / {rows[-1]['precision']}: {ms:.1f} ms/step, "
                       f"{rows[-1]['peak GiB']:.2f} GiB", flush=True)
+            if variant.endswith(TUNED):  # what the card picked, per layer shape and part
+                print("    tuned: " + "\n    tuned: ".join(f"{k} -> {v}" for k, v in ops.tuned_paths().items()),
+                      flush=True)
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
             os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)

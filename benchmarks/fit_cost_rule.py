@@ -15,7 +15,10 @@ Then A and B by least squares on the logarithms, with the rule's current constan
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
 3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
 can become float32's default. For the planes the small-plane products cover (14 x 14, 7 x 7) it prints their
-times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in until timed).
+times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in until timed). Last, per row, the
+paths tuning picked on the card (forward / input gradient / weight and position gradients; DCLS_CONVERT_CUDA_TUNE=on)
+and its forward+backward against the default's: where the picks differ from what the rule runs, the rule is the one
+to change.
 """
 from __future__ import annotations
 
@@ -83,6 +86,18 @@ def plane_ratios(rows: list[dict]) -> list[tuple[int, float, float, float, float
     return out
 
 
+def tuned_rows(rows: list[dict]) -> list[tuple[str, str, str, float]]:
+    """(shape, dtype, the paths tuning picked, its forward+backward / the default's) for the rows that ran the
+    'tuned' arm."""
+    out = []
+    for r in rows:
+        tuned, default = r.get("GPU tuned fwd+bwd"), r.get("GPU fwd+bwd")
+        if r.get("L") == 17 and "tuned paths" in r and all(
+                isinstance(v, float) and math.isfinite(v) for v in (tuned, default)):
+            out.append((r["shape"], r["dtype"], r["tuned paths"], tuned / default))
+    return out
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -112,6 +127,12 @@ def main() -> None:
               "gradient / the default's; forward+backward / the default's (below 1: make them the default there)")
         for plane, off, on, wgrad, total in sorted(planes, reverse=True):
             print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {off:.2f} / {on:.2f}; {wgrad:.2f}; {total:.2f}")
+    tuned = tuned_rows(rows)
+    if tuned:
+        print("tuning (DCLS_CONVERT_CUDA_TUNE=on): paths picked (forward / input gradient / weight+position "
+              "gradients) and forward+backward / the default's (below 1: the rule leaves time on the table)")
+        for shape, dtype, paths, q in tuned:
+            print(f"  {shape} {dtype}: {paths}; {q:.2f}")
 
 
 if __name__ == "__main__":
