@@ -66,8 +66,8 @@ def main(argv=None):
     print(report)
     device = torch.device(args.device)
     model = model.to(device)
-    if device.type == "cuda":  # as timm's train.py: cuDNN, and the tap engine too, time their paths per shape
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":  # as timm's train.py: cuDNN times its algorithms per shape (and the tap engine its
+        torch.backends.cudnn.benchmark = True  # kernel paths, with DCLS_CONVERT_CUDA_TUNE=benchmark)
     if args.amp and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))

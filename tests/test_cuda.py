@@ -439,13 +439,14 @@ FORCE = {"plane": "DCLS_CONVERT_CUDA_PLANE", "mma": "DCLS_CONVERT_CUDA_MMA", "fm
                                                        ((16, 96, 56, 56), torch.bfloat16, True),
                                                        ((8, 192, 28, 28), torch.float32, False)])
 def test_tuning_cuda(monkeypatch, shape, dtype, channels_last):
-    """Tuning (DCLS_CONVERT_CUDA_TUNE=on, or torch.backends.cudnn.benchmark): the first call times the paths on
+    """Tuning (DCLS_CONVERT_CUDA_TUNE=benchmark with torch.backends.cudnn.benchmark): the first call times the paths on
     the card and runs the fastest; the results are bitwise those of that path forced; later calls reuse the
     choice; no tuning while a CUDA graph is captured, and a captured graph replays the cached choice."""
     for var in list(FORCE.values()) + ["DCLS_CONVERT_CUDA_TF32", "DCLS_CONVERT_CUDA_TUNE", "DCLS_CONVERT_CUDA_TAPS",
                                        "DCLS_CONVERT_CUDA_TILES"]:
         if var:
             monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TUNE", "benchmark")  # (unset: off until this test has passed on a card)
     ops.clear_tuned_paths()
     x, w, p, b, win, pad = _window_layer(shape, 17, dtype, channels_last)
     back = torch.ops.dcls_convert.taps_conv_backward
@@ -659,7 +660,8 @@ def test_timm_example_runs_on_cuda(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "examples", "timm_convert_finetune.py"), "--device", "cuda",
                         "--amp", "--samples", "256", "--size", "32", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1", DCLS_CONVERT_CUDA_TUNE="benchmark"))
     assert r.returncode == 0 and "test accuracy" in r.stdout, r.stderr[-1000:]
 
 

@@ -171,11 +171,15 @@ def test_tuned_forward_on_grid_is_the_chosen_paths(clean, path):
 
 def test_switches_and_benchmark_mode(clean):
     layer = _layer()
-    _forward(*layer)
-    assert E.tuned_paths() == []  # unset, and torch.backends.cudnn.benchmark off: the cost rule
     with torch.backends.cudnn.flags(enabled=True, benchmark=True):
         _forward(*layer)
-        assert list(_tuned("forward")) != []  # follows cuDNN's benchmark mode
+        assert E.tuned_paths() == []  # unset: the cost rule, cudnn.benchmark or not (until a GPU has run tuning)
+    clean.setenv("DCLS_CONVERT_CUDA_TUNE", "benchmark")
+    _forward(*layer)
+    assert E.tuned_paths() == []  # =benchmark follows torch.backends.cudnn.benchmark, off here
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+        _forward(*layer)
+        assert list(_tuned("forward")) != []
         E.clear_tuned_paths()
         with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=True):
             _forward(*layer)

@@ -3,12 +3,13 @@
 // times every path that applies and the switches allow, then the choice is cached for the process (keyed by
 // device, part, dtype, memory formats and sizes). The cost rule of tiled_taps_host.h decides otherwise.
 //
-// DCLS_CONVERT_CUDA_TUNE: "on"/"1" tunes, "off"/"0" does not; unset (or "auto") follows
-// torch.backends.cudnn.benchmark, except under torch.use_deterministic_algorithms(True) or
-// torch.backends.cudnn.deterministic (every path is deterministic, but which one wins may differ between
-// processes, so the bits would). A switch that forces a path on for a part (DCLS_CONVERT_CUDA_MMA,
-// _PLANE, _FMA, _TF32 naming it) turns tuning off for that part; one that keeps a path off removes it from the
-// candidates. The tables' path is timed with every tap between grid cells (4 corners each): what a layer in
+// DCLS_CONVERT_CUDA_TUNE: "on"/"1" tunes; "benchmark" follows torch.backends.cudnn.benchmark, except under
+// torch.use_deterministic_algorithms(True) or torch.backends.cudnn.deterministic (every path is deterministic, but
+// which one wins may differ between processes, so the bits would); unset, "auto", "off" or "0": no tuning. Unset
+// is to mean "benchmark" once a GPU run has passed the tuning and small-plane tests (RESULTS.md, twelfth session):
+// until then a training script that sets cudnn.benchmark, as timm's does, keeps the cost rule.
+// A switch that forces a path on for a part (DCLS_CONVERT_CUDA_MMA, _PLANE, _FMA, _TF32 naming it) turns tuning off
+// for that part; one that keeps a path off removes it from the candidates. The tables' path is timed with every tap between grid cells (4 corners each): what a layer in
 // training has once its positions move, not the on-grid taps of a fresh conversion, which would flatter it.
 // No tuning while a CUDA graph is being captured (a cached choice still applies).
 #pragma once
@@ -46,7 +47,7 @@ inline bool tuning_on() {
   const char* e = std::getenv("DCLS_CONVERT_CUDA_TUNE");
   const std::string v = e == nullptr ? "" : e;
   if (v == "on" || v == "1") return true;
-  if (v == "off" || v == "0") return false;
+  if (v != "benchmark") return false;
   const auto& ctx = at::globalContext();
   return ctx.benchmarkCuDNN() && !ctx.deterministicAlgorithms() && !ctx.deterministicCuDNN();
 }
