@@ -386,6 +386,7 @@ def test_fma_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
 
 MMA_CONV = ("DCLS_CONVERT_CUDA_MMA", None)  # the row kernel (window_conv.h), whichever kernel name
 PLANE_CONV = ("DCLS_CONVERT_CUDA_PLANE", "window_plane_kernel")  # small planes (window_plane.h)
+STRIP_CONV = ("DCLS_CONVERT_CUDA_PLANE", "window_strip_kernel")  # larger planes in strips (window_plane.h)
 
 
 @pytest.mark.parametrize("path,shape,window,dtype,channels_last", [
@@ -400,10 +401,13 @@ PLANE_CONV = ("DCLS_CONVERT_CUDA_PLANE", "window_plane_kernel")  # small planes 
     (PLANE_CONV, (64, 768, 7, 7), 17, torch.bfloat16, True),
     (PLANE_CONV, (18, 40, 7, 7), 17, torch.float16, False),
     (PLANE_CONV, (3, 24, 16, 16), 7, torch.bfloat16, True),
-    (PLANE_CONV, (5, 8, 1, 60), 31, torch.float16, False)])
+    (PLANE_CONV, (5, 8, 1, 60), 31, torch.float16, False),
+    (STRIP_CONV, (64, 192, 28, 28), 17, torch.bfloat16, True),  # ConvNeXt-T's stage 2
+    (STRIP_CONV, (18, 40, 20, 23), 7, torch.float16, False),
+    (STRIP_CONV, (4, 16, 12, 64), 5, torch.bfloat16, True)])
 def test_window_conv_cuda(monkeypatch, path, shape, window, dtype, channels_last):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv; small planes as one product per
-    channel, DCLS_CONVERT_CUDA_PLANE=conv, the kernel it names launched) against the dense float64 oracle with the
+    channel, and larger ones in strips of output rows, DCLS_CONVERT_CUDA_PLANE=conv, the kernel it names launched) against the dense float64 oracle with the
     window rounded to the 16-bit type (as the kernels take it), to a few 16-bit steps; two runs bitwise equal; the
     memory format kept."""
     var, kernel = path

@@ -1003,6 +1003,13 @@ WINDOW_PLANE_CASES = [
     dict(size=[6, 19], window=[3, 5], padding=[0, 4]),       # paddings from none to the window's edge, odd width
     dict(size=[9, 5], window=[33, 41], padding=[16, 20]),    # a window far past the plane
     dict(size=[50], window=[31], padding=[15]),              # 1-D
+    # strips (past 256 pixels): A read from shared memory, a strip of output rows a block job
+    dict(size=[28, 28], window=[17, 17], padding=[8, 8]),    # stage 2: strips of 8 rows, the last of 4
+    dict(size=[20, 23], window=[7, 6], padding=[3, 2]),      # odd width, asymmetric window
+    dict(size=[30, 9], window=[33, 5], padding=[16, 2]),     # a window taller than a strip's rows
+    dict(size=[19, 40], window=[5, 9], padding=[0, 4]),      # no padding above: a strip reads from its own row
+    dict(size=[10, 30], window=[9, 9], padding=[8, 8]),      # more output rows than input rows
+    dict(size=[12, 64], window=[5, 5], padding=[2, 2]),      # rows of 64 columns: the widest, strips of 3 rows
 ]
 
 
@@ -1047,24 +1054,29 @@ def test_window_plane_vector_staging_changes_no_bit(monkeypatch, size, window, p
     assert all(torch.equal(a, e) for a, e in zip(*runs))
 
 
-@pytest.mark.parametrize("size,window,padding,ok,ks", [
-    ([7, 7], [17, 17], [8, 8], True, 4),      # ConvNeXt-T stage 4
-    ([14, 14], [17, 17], [8, 8], True, 13),   # stage 3
-    ([16, 16], [17, 17], [8, 8], True, 16),   # 256 pixels: the most
-    ([15, 17], [17, 17], [8, 8], False, 0),   # 15 rows of 18 (odd width staged even): 270 pixels
-    ([28, 28], [17, 17], [8, 8], False, 0),   # stage 2: the row kernel's (window_conv.h)
-    ([7, 7], [65, 5], [32, 2], False, 0),     # a window past 64
+@pytest.mark.parametrize("size,window,padding,ok,ks,strip", [
+    ([7, 7], [17, 17], [8, 8], True, 4, 0),      # ConvNeXt-T stage 4
+    ([14, 14], [17, 17], [8, 8], True, 13, 0),   # stage 3
+    ([16, 16], [17, 17], [8, 8], True, 16, 0),   # 256 pixels: the most in registers
+    ([15, 17], [17, 17], [8, 8], True, 17, 8),   # 15 rows of 18 (odd width staged even): 270 pixels, strips
+    ([28, 28], [17, 17], [8, 8], True, 35, 4),   # stage 2: strips of 4 output rows (20 staged rows), 213 KiB
+    ([56, 56], [17, 17], [8, 8], False, 0, 0),   # stage 1: 17 staged rows of 56 columns for 8 channels: too many
+    ([12, 64], [5, 5], [2, 2], True, 28, 3),     # rows of 64 columns: the widest
+    ([9, 80], [17, 17], [8, 8], False, 0, 0),    # rows past 64 columns: the row kernel's (window_conv.h)
+    ([7, 7], [65, 5], [32, 2], False, 0, 0),     # a window past 64
 ])
-def test_window_plane_plan(size, window, padding, ok, ks):
-    """Where the small-plane product applies: input planes up to 256 pixels (rows at even width), windows up to
-    64; its shared memory (two blocks an SM on an H100 at stage 3)."""
+def test_window_plane_plan(size, window, padding, ok, ks, strip):
+    """Where the small-plane product applies: input planes up to 256 pixels (rows at even width) whole, larger ones
+    with rows up to 64 columns in strips of up to 8 output rows (as many as fit the shared memory: stage 1's 56
+    columns under a 17-row window do not); windows up to 64; its shared memory (two blocks an SM on an H100 at
+    stage 3)."""
     x = torch.randn(2, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
     plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert bool(plans[5]) == ok
     if ok:
-        assert plans[7] == ks
-        assert plans[6] <= 113 * 1024
+        assert (plans[7], plans[11]) == (ks, strip)
+        assert plans[6] <= (113 if strip == 0 else 227) * 1024
 
 
 @pytest.mark.parametrize("dtype,plane,mma,expect", [

@@ -166,6 +166,29 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(Win
   }
 }
 
+// window_plane.h's strips: per block job its strip as a plane of its own (strip_view), staged with the k-steps' G
+// table, then each warp's products with A read from shared memory, then the results. One block an SM at ConvNeXt's
+// 28 x 28 (213 KiB).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kWindowCorrThreads, 1) window_strip_kernel(WindowPlane<scalar_t> w) {
+  uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t blocks = w.blocks();
+  for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
+    const WindowPlaneJob j = window_plane_job(w, bid);
+    const WindowPlane<scalar_t> v = strip_view(w, j);
+    __syncthreads();  // the previous job's results are stored
+    window_plane_stage(v, j, smem, tid);
+    __syncthreads();
+    window_plane_stage_window(v, j, smem, tid);
+    window_strip_stage_g(v, smem, tid);
+    __syncthreads();
+    window_strip_warp<1, MmaDevice<scalar_t>>(v, j, smem, smem + v.r_off, warp, lane);
+    __syncthreads();
+    window_plane_store(v, j, smem, tid);
+  }
+}
+
 // window_plane_corr.h: per pack of images a block clears and stages its planes (two phases), then each warp runs every
 // window row.
 template <int NT, typename scalar_t>

@@ -38,7 +38,8 @@ void launch_window_plane(WindowPlane<scalar_t> w, const TapsArgs<scalar_t, float
   w.kern = k;
   launch_window_build(a, w.kw(), flip, k);
   const int64_t bytes = w.smem_words() * 4;
-  auto kernel = with_plane_steps(w.ks, [](auto s) { return window_plane_kernel<decltype(s)::value, scalar_t>; });
+  auto kernel = w.strip > 0 ? window_strip_kernel<scalar_t>
+                            : with_plane_steps(w.ks, [](auto s) { return window_plane_kernel<decltype(s)::value, scalar_t>; });
   const void* kp = reinterpret_cast<const void*>(kernel);
   allow_smem(kp, bytes);
   kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);

@@ -429,11 +429,30 @@ struct EmulatedLaunch {
       emulate_window_build(a, w.kw(), flip, kern.data());
       auto c = w;
       c.kern = kern.data();
-      with_plane_steps(c.ks, [&](auto s) { window_plane_blocks<decltype(s)::value>(c); });
+      if (c.strip > 0) {
+        window_strip_blocks(c);
+      } else {
+        with_plane_steps(c.ks, [&](auto s) { window_plane_blocks<decltype(s)::value>(c); });
+      }
     }
   }
   // window_plane_kernel, phase by phase; shared memory poisoned with NaN (all bits set) at each block job, so that
   // a staged word no phase wrote (an input, a pair of P, a result) shows in the outputs.
+  // strips: each block job's strip as a plane of its own (strip_view), A read from shared memory
+  static void window_strip_blocks(const WindowPlane<scalar_t>& w) {
+    std::vector<uint32_t> smem(w.smem_words());
+    for (int64_t bid = 0; bid < w.blocks(); ++bid) {
+      const WindowPlaneJob j = window_plane_job(w, bid);
+      const WindowPlane<scalar_t> v = strip_view(w, j);
+      std::fill(smem.begin(), smem.end(), 0xffffffffu);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage(v, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(v, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_strip_stage_g(v, smem.data(), tid);
+      for (int warp = 0; warp < kWindowCorrWarps; ++warp)
+        window_strip_warp<32, MmaEmulated<scalar_t>>(v, j, smem.data(), smem.data() + v.r_off, warp, 0);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store(v, j, smem.data(), tid);
+    }
+  }
   template <int KS>
   static void window_plane_blocks(const WindowPlane<scalar_t>& w) {
     std::vector<uint32_t> smem(w.smem_words());
@@ -729,7 +748,7 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto pl = window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
-         pc.ok, pc.smem_words() * 4, pc.images};
+         pc.ok, pc.smem_words() * 4, pc.images, pl.strip};
   });
   return r;
 }

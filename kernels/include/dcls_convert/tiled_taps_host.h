@@ -328,7 +328,8 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
 
 // DCLS_CONVERT_CUDA_PLANE=conv|corr|all: the parts of 16-bit stride-1 layers on small planes that run as one
 // tensor-core product per channel instead of the cost rule's choice: "conv", the forward and input gradient
-// (window_plane.h: input planes up to 256 pixels); "corr", the weight and position gradients (window_plane_corr.h:
+// (window_plane.h: input planes up to 256 pixels, larger ones with rows up to 64 columns in strips of output rows);
+// "corr", the weight and position gradients (window_plane_corr.h:
 // rows of up to 16 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
 // cores. Opt-in until a GPU has timed them.
 template <typename scalar_t, typename acc_t>
@@ -487,6 +488,10 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
     if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
     const WindowConvGeometry g = window_conv_geometry(a, flip);
     w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
+    // past 256 pixels (or not fitting): strips of as many output rows as fit, up to kPlaneMaxStrip
+    for (int R = std::min<int64_t>(kPlaneMaxStrip, g.Ho); R >= 1 && !(w.ok && w.smem_words() * 4 <= max_smem_bytes);
+         --R)
+      w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, R);
     bind_window_conv(w, x, out, a, flip);
     bind_mma_staging(w, x, out, a.C);
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;

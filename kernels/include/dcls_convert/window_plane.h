@@ -18,6 +18,12 @@
 // words then take its results (16 bits, plus the bias), which leave in the output's channel order (channels_last:
 // 16-byte stores of 8 channels).
 //
+// Larger planes (rows up to 64 columns: ConvNeXt-T's 28 x 28) run in strips of output rows, a strip a block job:
+// the rows a strip reads make a small-plane problem of their own (strip_view), but too many pixels for A in
+// registers, so each k-step's A fragments are read from the staged inputs (window_strip_warp) and the results go to
+// regions of their own. Strips take as many output rows (up to 8) as fit the shared memory: 4 at 28 x 28 under a
+// 17 x 17 window (213 KiB, one block an SM); 56 x 56 does not fit with 8 channels a block.
+//
 // The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
 // window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
 // dense convolution keeps it to the outputs it touches), as in window_conv.h. The CPU emulation runs this block
@@ -26,6 +32,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "dcls_convert/window_conv.h"
 
@@ -34,6 +41,8 @@ namespace dcls_convert {
 constexpr int kPlaneImages = 16;     // images per block job: the mma's 16 rows
 constexpr int kPlaneMaxSteps = 16;   // k-steps of 16 input pixels: planes up to 256 pixels (rows at even width)
 constexpr int kPlaneBatch = 4;       // staging: loads in flight per thread (8 made ptxas spill, sm_90)
+constexpr int kPlaneMaxStripWidth = 64;  // strips: input rows (at even width) up to 64 pixels: ConvNeXt's 56 x 56
+constexpr int kPlaneMaxStrip = 8;        // strips: the most output rows a block job computes
 
 template <typename scalar_t>
 struct WindowPlane {
@@ -49,6 +58,11 @@ struct WindowPlane {
   int ks = 1;     // k-steps: 16 ks >= H wr
   int pitch = 4;  // words per image in a channel's region: its staged inputs, then its results (4 mod 8)
   int pr = 1, pc = 1;
+  // Strips (planes past 256 pixels): a block job computes `strip` output rows from the inputs they read, with A
+  // read from shared memory a k-step at a time (window_strip_warp); 0: the whole plane, A in registers.
+  int strip = 0, strips = 1;
+  int rpitch = 4;  // strips: words per image in a channel's results region (4 mod 8)
+  int64_t r_off = 0, g_off = 0;  // strips: the results regions and the k-steps' G table, in words
   bool ok = false;
 
   DCLS_HD int kw() const { return static_cast<int>(16 * ((Lw + 15) / 16)); }
@@ -56,33 +70,55 @@ struct WindowPlane {
   DCLS_HD int ntiles() const { return static_cast<int>((outputs() + 7) / 8); }
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
   DCLS_HD int64_t slabs() const { return (N + kPlaneImages - 1) / kPlaneImages; }
-  DCLS_HD int64_t blocks() const { return groups() * slabs(); }
+  DCLS_HD int64_t blocks() const { return groups() * slabs() * strips; }
   DCLS_HD int c0() const { return static_cast<int>((Ho - 1) * pc + Wo - 1); }
   DCLS_HD int x_words() const { return channel_words(kPlaneImages * pitch); }  // per channel
   DCLS_HD int q_words() const { return channel_words(pr * pc); }
   DCLS_HD int64_t q_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
-  DCLS_HD int64_t smem_words() const { return q_offset() + int64_t(kWindowCorrWarps) * q_words(); }
+  DCLS_HD int r_words() const { return channel_words(kPlaneImages * rpitch); }  // strips: per channel
+  DCLS_HD int64_t smem_words() const {
+    return strip > 0 ? g_off + 4 * ks : q_offset() + int64_t(kWindowCorrWarps) * q_words();
+  }
   DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
 };
 
 // The shape of the convolution of an (N, C, H, W) input into (N, C, Ho, Wo) with an Lh x Lw window and padding
 // (ph, pw), or ok = false where it does not apply: windows up to 64, padding inside the window, input planes up to
 // 256 pixels (rows at even width), the cells of P numbered in 16 bits. (Shared memory: the plan's to check.)
+// strip_rows: 0 for the whole plane (up to 256 pixels), else strips of that many output rows (any plane whose rows
+// are at most kPlaneMaxStripWidth wide, at even width).
 template <typename scalar_t>
 WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-                                         int64_t Lh, int64_t Lw, int64_t ph, int64_t pw) {
+                                         int64_t Lh, int64_t Lw, int64_t ph, int64_t pw, int strip_rows = 0) {
   WindowPlane<scalar_t> w;
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
   const int64_t wr = W + (W & 1);
   if (Lh > kWindowConvMaxWindow || Lw > kWindowConvMaxWindow || ph > Lh - 1 || pw > Lw - 1 || ph < 0 || pw < 0 ||
-      N * C == 0 || Ho * Wo == 0 || H * W == 0 || H * wr > 16 * kPlaneMaxSteps || Ho * Wo > (int64_t(1) << 16))
+      N * C == 0 || Ho * Wo == 0 || H * W == 0 || Ho * Wo > (int64_t(1) << 16))
     return w;
   w.wr = static_cast<int>(wr);
-  w.ks = static_cast<int>((H * wr + 15) / 16);
-  const int words = std::max(8 * w.ks, 4 * w.ntiles());
-  w.pitch = words + ((4 - words) % 8 + 8) % 8;
-  w.pr = (16 * w.ks + w.wr - 1) / w.wr + static_cast<int>(Ho) - 1;
   w.pc = w.wr + static_cast<int>(Wo) - 1;
+  if (H * wr <= 16 * kPlaneMaxSteps && strip_rows == 0) {  // the whole plane, A in registers
+    w.ks = static_cast<int>((H * wr + 15) / 16);
+    const int words = std::max(8 * w.ks, 4 * w.ntiles());
+    w.pitch = words + ((4 - words) % 8 + 8) % 8;
+    w.pr = (16 * w.ks + w.wr - 1) / w.wr + static_cast<int>(Ho) - 1;
+    w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
+    return w;
+  }
+  if (strip_rows <= 0 || wr > kPlaneMaxStripWidth) return w;
+  // strips of R output rows: sizes of the largest (the staged rows of a strip reach R + Lh - 1)
+  const int R = static_cast<int>(std::min<int64_t>(strip_rows, Ho));
+  const int64_t rows = std::min<int64_t>(H, R + Lh - 1);
+  w.strip = R;
+  w.strips = static_cast<int>((Ho + R - 1) / R);
+  w.ks = static_cast<int>((rows * wr + 15) / 16);
+  w.pitch = 8 * w.ks + ((4 - 8 * w.ks) % 8 + 8) % 8;
+  const int rwords = 4 * static_cast<int>((R * Wo + 7) / 8);
+  w.rpitch = rwords + ((4 - rwords) % 8 + 8) % 8;
+  w.pr = (16 * w.ks + w.wr - 1) / w.wr + R - 1;
+  w.r_off = w.q_offset() + int64_t(kWindowCorrWarps) * w.q_words();
+  w.g_off = w.r_off + int64_t(kWindowCorrWarps) * w.r_words();
   w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
   return w;
 }
@@ -90,14 +126,38 @@ WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_
 struct WindowPlaneJob {
   int64_t c0, n0;
   int images;  // of the 16 rows, those with an image (the rest compute what is never stored)
+  int strip;   // strips: which (0 for the whole plane)
 };
 template <typename scalar_t>
 DCLS_HD WindowPlaneJob window_plane_job(const WindowPlane<scalar_t>& w, int64_t bid) {
   WindowPlaneJob j;
+  const int64_t per_strip = w.groups() * w.slabs();
+  j.strip = static_cast<int>(bid / per_strip);
+  bid -= int64_t(j.strip) * per_strip;
   j.c0 = (bid % w.groups()) * kWindowCorrWarps;
   j.n0 = (bid / w.groups()) * kPlaneImages;
   j.images = static_cast<int>(std::min<int64_t>(kPlaneImages, w.N - j.n0));
   return j;
+}
+
+// A strip as a small-plane problem of its own: output rows oy0 .. oy0 + Ho' - 1 read input rows iy0 = max(0, oy0 -
+// ph) .. (those their window rows reach), whose window row for (iy, oy) is iy - oy + ph = (iy - iy0) - (oy - oy0) +
+// ph', ph' = ph + iy0 - oy0: the same geometry with the pointers moved to those rows, so that the phases of the
+// whole plane run it unchanged. The layout's sizes (pitch, the regions) stay those of the largest strip.
+template <typename scalar_t>
+DCLS_HD WindowPlane<scalar_t> strip_view(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j) {
+  if (w.strip == 0) return w;
+  WindowPlane<scalar_t> v = w;
+  const int64_t oy0 = int64_t(j.strip) * w.strip;
+  const int64_t iy0 = std::max<int64_t>(0, oy0 - w.ph);
+  v.Ho = std::min<int64_t>(w.strip, w.Ho - oy0);
+  v.H = std::min<int64_t>(w.H, oy0 + v.Ho - 1 - w.ph + w.Lh) - iy0;
+  v.ph = w.ph + iy0 - oy0;
+  v.x = w.x + iy0 * w.xs[2];
+  v.out = w.out + oy0 * w.os[2];
+  v.ks = static_cast<int>((v.H * w.wr + 15) / 16);
+  v.pr = (16 * v.ks + w.wr - 1) / w.wr + static_cast<int>(v.Ho) - 1;
+  return v;
 }
 
 struct Words4 {
@@ -220,6 +280,38 @@ DCLS_HD uint32_t pack16(scalar_t lo, scalar_t hi) {
   return uint32_t(bits_of(lo)) | (uint32_t(bits_of(hi)) << 16);
 }
 
+// Output tile nt (8 output pixels) of a warp: the k-steps holding the input rows that reach its output rows
+// (warp-uniform), each lane's F(p) - c0 (past the plane: the last pixel's, never stored), its accumulators cleared.
+template <int NL, typename scalar_t>
+struct PlaneTile {
+  int s_lo, s_hi;
+  int F[NL];
+  float acc[NL][8];  // two accumulators: two chains of dependent mma instead of one
+  DCLS_HD PlaneTile(const WindowPlane<scalar_t>& w, int nt, int lane0) {
+    const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), wr = w.wr;
+    const int oy_a = 8 * nt / Wo, oy_b = std::min(8 * nt + 7, outputs - 1) / Wo;
+    const int iy_lo = static_cast<int>(std::max<int64_t>(0, oy_a - w.ph));
+    const int iy_hi = static_cast<int>(std::min<int64_t>(w.H - 1, oy_b + w.Lh - 1 - w.ph));
+    s_lo = iy_lo * wr / 16;
+    s_hi = iy_hi < iy_lo ? -1 : std::min(w.ks - 1, ((iy_hi + 1) * wr - 1) / 16);
+    for (int l = 0; l < NL; ++l) {
+      const int p = std::min(8 * nt + ((lane0 + l) >> 2), outputs - 1), oy = p / Wo;
+      F[l] = oy * w.pc + p - oy * Wo - w.c0();
+      for (int q = 0; q < 8; ++q) acc[l][q] = 0.f;
+    }
+  }
+  // the tile's results (16 bits, plus the bias) at words 4 nt + t of rows g and g + 8 of `out` (pitch words a row)
+  DCLS_HD void write(uint32_t* out, int pitch, int nt, float bias, int lane0) const {
+    for (int l = 0; l < NL; ++l) {
+      const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
+      float v[4];
+      for (int q = 0; q < 4; ++q) v[q] = acc[l][q] + acc[l][4 + q] + bias;
+      out[g * pitch + 4 * nt + t] = pack16(scalar_t(v[0]), scalar_t(v[1]));
+      out[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(v[2]), scalar_t(v[3]));
+    }
+  }
+};
+
 // Phase 3 (per block job): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1, its own lane;
 // the emulation: the whole warp): its A fragments for every k-step into registers, then per tile of 8 output
 // pixels the products of the k-steps whose input rows reach it, and the tile's results (16 bits, plus the bias)
@@ -251,47 +343,83 @@ DCLS_UNROLL
 #endif
   const int64_t c = j.c0 + warp;
   const float bias = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
-  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), c0 = w.c0();
   for (int nt = 0; nt < w.ntiles(); ++nt) {
-    // the k-steps holding the input rows that reach the tile's output rows (warp-uniform)
-    const int oy_a = 8 * nt / Wo, oy_b = std::min(8 * nt + 7, outputs - 1) / Wo;
-    const int iy_lo = static_cast<int>(std::max<int64_t>(0, oy_a - w.ph));
-    const int iy_hi = static_cast<int>(std::min<int64_t>(w.H - 1, oy_b + w.Lh - 1 - w.ph));
-    const int s_lo = iy_lo * wr / 16, s_hi = iy_hi < iy_lo ? -1 : std::min(ks - 1, ((iy_hi + 1) * wr - 1) / 16);
-    // two accumulators, even and odd k-steps: two chains of dependent mma instead of one
-    float acc[NL][8];
-    int F[NL];  // F(p) - c0 of the lane's column (past the plane: the last pixel's, never stored)
-    for (int l = 0; l < NL; ++l) {
-      const int p = std::min(8 * nt + ((lane0 + l) >> 2), outputs - 1), oy = p / Wo;
-      F[l] = oy * pc + p - oy * Wo - c0;
-      for (int q = 0; q < 8; ++q) acc[l][q] = 0.f;
-    }
+    PlaneTile<NL, scalar_t> tile(w, nt, lane0);
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
-      if (s < s_lo || s > s_hi) continue;
+      if (s < tile.s_lo || s > tile.s_hi) continue;
       uint32_t B[NL][2];
       for (int l = 0; l < NL; ++l) {
-        B[l][0] = Q[int(G[l][s] & 0xffffu) - F[l]];
-        B[l][1] = Q[int(G[l][s] >> 16) - F[l]];
+        B[l][0] = Q[int(G[l][s] & 0xffffu) - tile.F[l]];
+        B[l][1] = Q[int(G[l][s] >> 16) - tile.F[l]];
       }
-      Mma::template run<NL, 8, 4 * KS, 2>(acc, A, B, s & 1, s, 0);
+      Mma::template run<NL, 8, 4 * KS, 2>(tile.acc, A, B, s & 1, s, 0);
     }
-    for (int l = 0; l < NL; ++l) {
-      const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
-      float v[4];
-      for (int q = 0; q < 4; ++q) v[q] = acc[l][q] + acc[l][4 + q] + bias;
-      region[g * pitch + 4 * nt + t] = pack16(scalar_t(v[0]), scalar_t(v[1]));
-      region[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(v[2]), scalar_t(v[3]));
+    tile.write(region, pitch, nt, bias, lane0);
+  }
+}
+
+// Strips, phase 2b (per block job): the k-steps' G table, G(q) of each lane's two input pixels (2t, 2t + 8) a
+// k-step, 16 bits each (word 4 s + t): the same for every strip and job, staged so that no lane divides by wr.
+template <typename scalar_t>
+DCLS_HD void window_strip_stage_g(const WindowPlane<scalar_t>& w, uint32_t* smem, int tid) {
+  for (int e = tid; e < 4 * w.ks; e += kWindowCorrThreads) {
+    const int s = e / 4, t = e % 4, q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / w.wr, y1 = q1 / w.wr;
+    smem[w.g_off + e] = uint32_t(y0 * w.pc + q0 - y0 * w.wr) | (uint32_t(y1 * w.pc + q1 - y1 * w.wr) << 16);
+  }
+}
+
+// Strips, phase 3 (per block job): warp `warp`'s channel over the strip's tiles of 8 output pixels, lanes lane0 ..
+// lane0 + NL - 1 (the device: NL = 1; the emulation: 32), as window_plane_warp but with each k-step's A fragments
+// read from the staged inputs (a strip's k-steps do not fit in registers) and the results into the channel's own
+// results region (the inputs stay live until the last tile).
+template <int NL, typename Mma, typename scalar_t>
+DCLS_HD void window_strip_warp(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem,
+                               uint32_t* results, int warp, int lane0) {
+  const uint32_t* region = smem + int64_t(warp) * w.x_words();
+  const uint32_t* Q = smem + w.q_offset() + int64_t(warp) * w.q_words();
+  const uint32_t* Gt = smem + w.g_off;
+  uint32_t* out = results + int64_t(warp) * w.r_words();
+  const int pitch = w.pitch;
+  const int64_t c = j.c0 + warp;
+  const float bias = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
+  for (int nt = 0; nt < w.ntiles(); ++nt) {
+    PlaneTile<NL, scalar_t> tile(w, nt, lane0);
+    // k-steps s_lo, s_lo + 2, ... into the first accumulator, the others into the second (a constant index each:
+    // the accumulators stay in registers)
+    auto step = [&](int s, auto half) {
+      uint32_t A[NL][4], B[NL][2];
+      for (int l = 0; l < NL; ++l) {
+        const int lane = lane0 + l, g = lane >> 2, t = lane & 3, a = g * pitch + 8 * s + t;
+        A[l][0] = region[a];
+        A[l][1] = region[a + 8 * pitch];
+        A[l][2] = region[a + 4];
+        A[l][3] = region[a + 8 * pitch + 4];
+        const uint32_t G = Gt[4 * s + t];
+        B[l][0] = Q[int(G & 0xffffu) - tile.F[l]];
+        B[l][1] = Q[int(G >> 16) - tile.F[l]];
+      }
+      Mma::template run<NL, 8, 4, 2>(tile.acc, A, B, decltype(half)::value, 0, 0);
+    };
+    int s = tile.s_lo;
+    for (; s + 1 <= tile.s_hi; s += 2) {
+      step(s, std::integral_constant<int, 0>());
+      step(s + 1, std::integral_constant<int, 1>());
     }
+    if (s <= tile.s_hi) step(s, std::integral_constant<int, 0>());
+    tile.write(out, w.rpitch, nt, bias, lane0);
   }
 }
 
 // Phase 4 (per block job): the results to the output, in its channel order (channels_last runs of 8 channels by
 // 16-byte stores where out_vec8: a thread per (image, pixel), its 8 channels from the 8 regions).
 template <typename scalar_t>
-DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem,
+DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem_all,
                                 int tid) {
-  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), stride = w.x_words();
+  // the results: in the staged inputs' place (the whole plane), or in their own regions (strips)
+  const uint32_t* smem = smem_all + (w.strip > 0 ? w.r_off : 0);
+  const int stride = w.strip > 0 ? w.r_words() : w.x_words(), pitch = w.strip > 0 ? w.rpitch : w.pitch;
+  const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo);
   if (w.out_vec8) {
     for (int idx = tid; idx < j.images * outputs; idx += kWindowCorrThreads) {
       const int i = idx / outputs, p = idx - i * outputs, oy = p / Wo, ox = p - oy * Wo;
@@ -300,7 +428,7 @@ DCLS_UNROLL
       for (int k = 0; k < 4; ++k) {
         const auto* lo = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k) * stride);
         const auto* hi = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k + 1) * stride);
-        v[k] = uint32_t(lo[2 * i * w.pitch + p]) | (uint32_t(hi[2 * i * w.pitch + p]) << 16);
+        v[k] = uint32_t(lo[2 * i * pitch + p]) | (uint32_t(hi[2 * i * pitch + p]) << 16);
       }
       store8(w.out + (j.n0 + i) * w.os[0] + j.c0 + oy * w.os[2] + ox * w.os[3], v);
     }
@@ -314,7 +442,7 @@ DCLS_UNROLL
     if (c >= w.C) continue;
     const int p = rest - i * outputs, oy = p / Wo, ox = p - oy * Wo;
     w.out[(j.n0 + i) * w.os[0] + c * w.os[1] + oy * w.os[2] + ox * w.os[3]] =
-        reinterpret_cast<const scalar_t*>(smem + int64_t(ci) * stride)[2 * i * w.pitch + p];
+        reinterpret_cast<const scalar_t*>(smem + int64_t(ci) * stride)[2 * i * pitch + p];
   }
 }
 
