@@ -411,6 +411,9 @@ def test_window_conv_cuda(monkeypatch, path, shape, window, dtype, channels_last
     window rounded to the 16-bit type (as the kernels take it), to a few 16-bit steps; two runs bitwise equal; the
     memory format kept."""
     var, kernel = path
+    optin = getattr(torch.cuda.get_device_properties(0), "shared_memory_per_block_optin", 0)
+    if path == STRIP_CONV and optin < 218032:  # (28 x 28 needs 213 KiB: an A100's 163 KiB takes the row kernel)
+        pytest.skip(f"strips of these planes need more shared memory than this card's {optin} bytes a block")
     x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
     monkeypatch.setenv(var, "conv")
     back = torch.ops.dcls_convert.taps_conv_backward

@@ -1004,8 +1004,8 @@ WINDOW_PLANE_CASES = [
     dict(size=[9, 5], window=[33, 41], padding=[16, 20]),    # a window far past the plane
     dict(size=[50], window=[31], padding=[15]),              # 1-D
     # strips (past 256 pixels): A read from shared memory, a strip of output rows a block job
-    dict(size=[28, 28], window=[17, 17], padding=[8, 8]),    # stage 2: strips of 8 rows, the last of 4
-    dict(size=[20, 23], window=[7, 6], padding=[3, 2]),      # odd width, asymmetric window
+    dict(size=[28, 28], window=[17, 17], padding=[8, 8]),    # stage 2: 7 strips of 4 rows
+    dict(size=[20, 23], window=[7, 6], padding=[3, 2]),      # odd width, asymmetric window, a shorter last strip
     dict(size=[30, 9], window=[33, 5], padding=[16, 2]),     # a window taller than a strip's rows
     dict(size=[19, 40], window=[5, 9], padding=[0, 4]),      # no padding above: a strip reads from its own row
     dict(size=[10, 30], window=[9, 9], padding=[8, 8]),      # more output rows than input rows
