@@ -14,7 +14,7 @@ that grows as planes shrink, about A (3136 / plane)^B. Per stage this script rea
 Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
 3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
-can become float32's default. For the planes the small-plane products cover (14 x 14, 7 x 7) it prints their
+can become float32's default. For the planes the small-plane products cover (28 x 28 in strips, 14 x 14, 7 x 7) it prints their
 times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in until timed). Last, per row, the
 paths tuning picked on the card (forward / input gradient / weight and position gradients; DCLS_CONVERT_CUDA_TUNE=on)
 and its forward+backward against the default's: where the picks differ from what the rule runs, the rule is the one
