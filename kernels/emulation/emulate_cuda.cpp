@@ -113,11 +113,6 @@ double emulated_ms(const std::function<void()>& run) {
   }
   return ms;
 }
-std::vector<std::string> list_tuned_paths() { return tuned_paths(); }
-at::Tensor emulate_between_cells(const at::Tensor& positions, at::IntArrayRef window) {
-  return between_cells(positions, window);
-}
-void forget_tuned_paths() { clear_tuned_paths(); }
 
 std::vector<std::string> take_kernels() {
   auto names = std::move(kernels_run);
@@ -846,8 +841,8 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
   m.def("take_launches() -> int", &take_launches);
   m.def("take_kernels() -> str[]", &take_kernels);
   m.def("set_kernel_costs(str[] names, float[] costs) -> ()", &set_kernel_costs);
-  m.def("tuned_paths() -> str[]", &list_tuned_paths);
-  m.def("clear_tuned_paths() -> ()", &forget_tuned_paths);
+  m.def("tuned_paths() -> str[]", &tuned_paths);
+  m.def("clear_tuned_paths() -> ()", &clear_tuned_paths);
   m.def("between_cells(Tensor positions, int[] window) -> Tensor");
 }
 
@@ -862,7 +857,7 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("window_plans", &emulate_window_plans);
   m.impl("window_kernel", &emulate_window_kernel);
   m.impl("fma_plan", &emulate_fma_plan);
-  m.impl("between_cells", &emulate_between_cells);
+  m.impl("between_cells", &between_cells);
 }
 
 }  // namespace dcls_convert

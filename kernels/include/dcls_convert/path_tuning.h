@@ -57,7 +57,7 @@ inline bool tuning_on() {
 // so that a cached lookup costs a hash, not a string (describe() spells it out for tuned_paths()).
 enum TunePart : int64_t { kTuneForward, kTuneGradInput, kTuneGradTaps };
 struct TuneKey {
-  std::array<int64_t, 24> v{};
+  std::array<int64_t, 21> v{};
   bool operator==(const TuneKey& o) const { return v == o.v; }
 };
 struct TuneKeyHash {
@@ -139,23 +139,17 @@ struct PathSelect {
   enum Mode { kRule, kCached, kTune } mode = kRule;
   Path cached = Path::kTables;
   TuneKey key;
-  // Whether to plan path p: rule_wants under the cost rule, the cached path only, or every path the switches allow.
-  bool consider(Path p, bool rule_wants, bool allowed) const {
-    if (mode == kRule) return rule_wants;
-    if (mode == kCached) return p == cached;
-    return allowed;
-  }
   // Under the cost rule a path is planned only where the ones before it (plane, mma, fma) did not apply.
   bool after(bool earlier_ok) const { return mode != kRule || !earlier_ok; }
 };
 
-// forced: a switch forces a path for this part; key(): the part's TuneKey; may_tune(): no CUDA graph is being
+// forced(): a switch forces a path for this part; key(): the part's TuneKey; may_tune(): no CUDA graph is being
 // captured on the current stream; allows(path): the switches leave path a candidate (read at every call, so a
 // cached choice that a switch has since turned off gives way to the cost rule). None is asked unless tuning is on.
-template <typename KeyFn, typename MayTuneFn, typename AllowsFn>
-PathSelect path_select(bool forced, KeyFn key, MayTuneFn may_tune, AllowsFn allows) {
+template <typename ForcedFn, typename KeyFn, typename MayTuneFn, typename AllowsFn>
+PathSelect path_select(ForcedFn forced, KeyFn key, MayTuneFn may_tune, AllowsFn allows) {
   PathSelect s;
-  if (forced || !tuning_on()) return s;
+  if (!tuning_on() || forced()) return s;
   const TuneKey k = key();
   if (path_cache().find(k, &s.cached)) {
     if (allows(s.cached)) s.mode = PathSelect::kCached;

@@ -82,6 +82,24 @@ bool path_forced(const char* part) {
   return on_16 || on_32 || part_choice("DCLS_CONVERT_CUDA_FMA", part) == PartChoice::kOn;
 }
 
+// How part ("conv" or "corr") of a scalar_t layer picks its path (path_tuning.h): the cost rule, unless tuning is
+// on. key(): the part's TuneKey.
+template <typename L, typename scalar_t, typename KeyFn>
+PathSelect select_path(const char* part, const at::Tensor& input, KeyFn key) {
+  if (L::gather_only()) return PathSelect();
+  return path_select([part] { return path_forced<scalar_t>(part); }, key, [&input] { return L::may_tune(input); },
+                     [part](Path p) { return tuning_allows<scalar_t>(p, part); });
+}
+
+// Whether path p of part is planned: what the cost rule wants (rule(), asked under the rule only), the cached path
+// alone, or, tuning, every path the switches allow.
+template <typename scalar_t, typename RuleFn>
+bool consider(const PathSelect& sel, Path p, const char* part, RuleFn rule) {
+  if (sel.mode == PathSelect::kRule) return rule();
+  if (sel.mode == PathSelect::kCached) return p == sel.cached;
+  return tuning_allows<scalar_t>(p, part);
+}
+
 // The plans of the paths not chosen switched off, so that the run below takes the chosen one.
 template <typename P, typename W, typename F>
 void keep_only(Path chosen, P& plane, W& mma, F& fma) {
@@ -129,21 +147,17 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     a.bias = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     auto plan = forward_plan<scalar_t, acc_t>(in.x, out, a);
     const bool whole = !L::gather_only() && L::mma_supported(input);  // the tensor-core kernels may run
-    const auto sel = L::gather_only() ? PathSelect()
-                                      : path_select(
-                                          path_forced<scalar_t>("conv"),
-                                          [&] { return tune_key(kTuneForward, 0, a, input, out); },
-                                          [&] { return L::may_tune(input); },
-                                          [](Path p) { return tuning_allows<scalar_t>(p, "conv"); });
-    auto pv = whole && sel.consider(Path::kPlane, plane_wanted("conv", a), tuning_allows<scalar_t>(Path::kPlane, "conv"))
+    const auto sel =
+        select_path<L, scalar_t>("conv", input, [&] { return tune_key(kTuneForward, 0, a, input, out); });
+    auto pv = whole && consider<scalar_t>(sel, Path::kPlane, "conv", [&] { return plane_wanted("conv", a); })
                   ? window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                   : WindowPlane<scalar_t>();
     auto wv = sel.after(pv.ok) && whole &&
-                      sel.consider(Path::kMma, mma_wanted("conv", a), tuning_allows<scalar_t>(Path::kMma, "conv"))
+                      consider<scalar_t>(sel, Path::kMma, "conv", [&] { return mma_wanted("conv", a); })
                   ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                   : WindowConv<scalar_t>();
     auto fv = sel.after(pv.ok || wv.ok) && !L::gather_only() &&
-                      sel.consider(Path::kFma, fma_mode("conv"), tuning_allows<scalar_t>(Path::kFma, "conv"))
+                      consider<scalar_t>(sel, Path::kFma, "conv", [&] { return fma_mode("conv"); })
                   ? fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                   : FmaConv<scalar_t, acc_t>();
     // the tables' forward: its table and the convolution, for the positions `at` points at
@@ -156,12 +170,13 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     if (sel.mode == PathSelect::kTune) {  // every path that applies, timed; the tables' with moved positions
       std::vector<Candidate> cands;
       add_window_candidates<L>(cands, pv, wv, fv, a, input, false);
-      const at::Tensor moved = plan.cfg.ok ? between_cells(in.pos, window) : at::Tensor();
+      at::Tensor moved;
       auto am = a;
-      if (plan.cfg.ok) point_positions(am, moved);
-      if (plan.cfg.ok) cands.push_back({Path::kTables, [&] {
-        tables_forward(am, forward_plan<scalar_t, acc_t>(in.x, out, am));
-      }});
+      if (plan.cfg.ok) {
+        moved = between_cells(in.pos, window);
+        point_positions(am, moved);
+        cands.push_back({Path::kTables, [&] { tables_forward(am, forward_plan<scalar_t, acc_t>(in.x, out, am)); }});
+      }
       keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv, fv);
     }
     if (pv.ok) {
@@ -217,22 +232,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       // The input gradient: on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), or, opted
       // in, the FMA convolution (float32, float64), else one tiled forward of the tables per stride phase with
       // outputs (one at stride 1: the mirrored taps), the phase tables within kMaxTableBytes, else the gather kernel.
-      const auto gsel = L::gather_only() || !mask[0]
-                            ? PathSelect()
-                            : path_select(
-                                  path_forced<scalar_t>("conv"), [&] { return tune_key(kTuneGradInput, 0, a, input, g); },
-                                  [&] { return L::may_tune(input); },
-                                  [](Path p) { return tuning_allows<scalar_t>(p, "conv"); });
+      const auto gsel = !mask[0] ? PathSelect()
+                                 : select_path<L, scalar_t>(
+                                       "conv", input, [&] { return tune_key(kTuneGradInput, 0, a, input, g); });
       auto pg = mask[0] && whole &&
-                        gsel.consider(Path::kPlane, plane_wanted("conv", a), tuning_allows<scalar_t>(Path::kPlane, "conv"))
+                        consider<scalar_t>(gsel, Path::kPlane, "conv", [&] { return plane_wanted("conv", a); })
                     ? window_plane_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                     : WindowPlane<scalar_t>();
       auto wg = gsel.after(pg.ok) && mask[0] && whole &&
-                        gsel.consider(Path::kMma, mma_wanted("conv", a, true), tuning_allows<scalar_t>(Path::kMma, "conv"))
+                        consider<scalar_t>(gsel, Path::kMma, "conv", [&] { return mma_wanted("conv", a, true); })
                     ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                     : WindowConv<scalar_t>();
       auto fg = gsel.after(pg.ok || wg.ok) && mask[0] && !L::gather_only() &&
-                        gsel.consider(Path::kFma, fma_mode("conv"), tuning_allows<scalar_t>(Path::kFma, "conv"))
+                        consider<scalar_t>(gsel, Path::kFma, "conv", [&] { return fma_mode("conv"); })
                     ? fma_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                     : FmaConv<scalar_t, acc_t>();
       struct Phase {
@@ -272,27 +284,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       // The weight and position gradients (and the bias's): tensor cores where they apply (16-bit) and pay
       // (mma_wanted), or, opted in, the FMA correlation, else the tables' correlation, else one block per tap.
       // Each path's correlation and finish write every asked gradient once.
-      const auto csel = L::gather_only() || !want_taps
-                            ? PathSelect()
-                            : path_select(
-                                  path_forced<scalar_t>("corr"),
-                                  [&] {
-                                    return tune_key(kTuneGradTaps, int64_t(mask[1]) | int64_t(mask[2]) << 1 |
-                                                                       int64_t(mask[3]) << 2,
-                                                    a, input, g);
-                                  },
-                                  [&] { return L::may_tune(input); },
-                                  [](Path p) { return tuning_allows<scalar_t>(p, "corr"); });
+      const int64_t asked = int64_t(mask[1]) | int64_t(mask[2]) << 1 | int64_t(mask[3]) << 2;
+      const auto csel = !want_taps ? PathSelect()
+                                   : select_path<L, scalar_t>(
+                                         "corr", input, [&] { return tune_key(kTuneGradTaps, asked, a, input, g); });
       auto pc = want_taps && whole &&
-                        csel.consider(Path::kPlane, plane_wanted("corr", a), tuning_allows<scalar_t>(Path::kPlane, "corr"))
+                        consider<scalar_t>(csel, Path::kPlane, "corr", [&] { return plane_wanted("corr", a); })
                     ? plane_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                     : PlaneCorr<scalar_t>();
       auto wc = csel.after(pc.ok) && want_taps && whole &&
-                        csel.consider(Path::kMma, mma_wanted("corr", a), tuning_allows<scalar_t>(Path::kMma, "corr"))
+                        consider<scalar_t>(csel, Path::kMma, "corr", [&] { return mma_wanted("corr", a); })
                     ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                     : WindowCorr<scalar_t>();
       auto fc = csel.after(pc.ok || wc.ok) && want_taps && !L::gather_only() &&
-                        csel.consider(Path::kFma, fma_mode("corr"), tuning_allows<scalar_t>(Path::kFma, "corr"))
+                        consider<scalar_t>(csel, Path::kFma, "corr", [&] { return fma_mode("corr"); })
                     ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                     : FmaCorr<scalar_t, acc_t>();
       auto plane_corr = [&](PlaneCorr<scalar_t> w) {

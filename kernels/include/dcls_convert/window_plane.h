@@ -280,6 +280,22 @@ DCLS_HD uint32_t pack16(scalar_t lo, scalar_t hi) {
   return uint32_t(bits_of(lo)) | (uint32_t(bits_of(hi)) << 16);
 }
 
+// Lane `lane`'s A fragment of k-step s (images g and g + 8, input pixels 2t, 2t + 1 and 2t + 8, 2t + 9 of the
+// step) from a channel's staged inputs, `pitch` words an image.
+DCLS_HD void plane_a_fragment(const uint32_t* region, int pitch, int lane, int s, uint32_t* a4) {
+  const int a = (lane >> 2) * pitch + 8 * s + (lane & 3);
+  a4[0] = region[a];
+  a4[1] = region[a + 8 * pitch];
+  a4[2] = region[a + 4];
+  a4[3] = region[a + 8 * pitch + 4];
+}
+
+// G(q) = iy pc + ix of the two input pixels (2t, 2t + 8) of k-step s, 16 bits each, rows staged wr pixels wide.
+DCLS_HD uint32_t plane_g_pair(int s, int t, int wr, int pc) {
+  const int q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / wr, y1 = q1 / wr;
+  return uint32_t(y0 * pc + q0 - y0 * wr) | (uint32_t(y1 * pc + q1 - y1 * wr) << 16);
+}
+
 // Output tile nt (8 output pixels) of a warp: the k-steps holding the input rows that reach its output rows
 // (warp-uniform), each lane's F(p) - c0 (past the plane: the last pixel's, never stored), its accumulators cleared.
 template <int NL, typename scalar_t>
@@ -325,17 +341,12 @@ DCLS_HD void window_plane_warp(const WindowPlane<scalar_t>& w, const WindowPlane
   uint32_t A[NL][4 * KS];
   uint32_t G[NL][KS];  // G(q) of the lane's two input pixels a k-step (2t, 2t + 8), 16 bits each
   for (int l = 0; l < NL; ++l) {
-    const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
+    const int lane = lane0 + l, t = lane & 3;
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
       if (s >= ks) continue;
-      const int a = g * pitch + 8 * s + t;
-      A[l][4 * s + 0] = region[a];
-      A[l][4 * s + 1] = region[a + 8 * pitch];
-      A[l][4 * s + 2] = region[a + 4];
-      A[l][4 * s + 3] = region[a + 8 * pitch + 4];
-      const int q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / wr, y1 = q1 / wr;
-      G[l][s] = uint32_t(y0 * pc + q0 - y0 * wr) | (uint32_t(y1 * pc + q1 - y1 * wr) << 16);
+      plane_a_fragment(region, pitch, lane, s, &A[l][4 * s]);
+      G[l][s] = plane_g_pair(s, t, wr, pc);
     }
   }
 #if defined(__CUDA_ARCH__)
@@ -363,10 +374,7 @@ DCLS_UNROLL
 // k-step, 16 bits each (word 4 s + t): the same for every strip and job, staged so that no lane divides by wr.
 template <typename scalar_t>
 DCLS_HD void window_strip_stage_g(const WindowPlane<scalar_t>& w, uint32_t* smem, int tid) {
-  for (int e = tid; e < 4 * w.ks; e += kWindowCorrThreads) {
-    const int s = e / 4, t = e % 4, q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / w.wr, y1 = q1 / w.wr;
-    smem[w.g_off + e] = uint32_t(y0 * w.pc + q0 - y0 * w.wr) | (uint32_t(y1 * w.pc + q1 - y1 * w.wr) << 16);
-  }
+  for (int e = tid; e < 4 * w.ks; e += kWindowCorrThreads) smem[w.g_off + e] = plane_g_pair(e / 4, e % 4, w.wr, w.pc);
 }
 
 // Strips, phase 3 (per block job): warp `warp`'s channel over the strip's tiles of 8 output pixels, lanes lane0 ..
@@ -390,12 +398,8 @@ DCLS_HD void window_strip_warp(const WindowPlane<scalar_t>& w, const WindowPlane
     auto step = [&](int s, auto half) {
       uint32_t A[NL][4], B[NL][2];
       for (int l = 0; l < NL; ++l) {
-        const int lane = lane0 + l, g = lane >> 2, t = lane & 3, a = g * pitch + 8 * s + t;
-        A[l][0] = region[a];
-        A[l][1] = region[a + 8 * pitch];
-        A[l][2] = region[a + 4];
-        A[l][3] = region[a + 8 * pitch + 4];
-        const uint32_t G = Gt[4 * s + t];
+        plane_a_fragment(region, pitch, lane0 + l, s, A[l]);
+        const uint32_t G = Gt[4 * s + ((lane0 + l) & 3)];
         B[l][0] = Q[int(G & 0xffffu) - tile.F[l]];
         B[l][1] = Q[int(G >> 16) - tile.F[l]];
       }
