@@ -17,9 +17,22 @@ BUDGET=${BUDGET:-570}
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
 # min(cap, left - reserve), at least 20 s
 cap() { local l; l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 20 ] && l=20; echo "$l"; }
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=16 DCLS_CONVERT_CUDA=1 \
-  python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
+ARCH=${TORCH_CUDA_ARCH_LIST:-9.0}
+# An extension built beforehand by benchmarks/prebuild_device.sh (carried as .prebuilt) is used where its stamp is
+# what this machine computes for the sources, Python, torch and architectures here, and it loads; else the build.
+prebuilt=0
+if [ -f .prebuilt/stamp ] && [ "$(python3 benchmarks/build_stamp.py --arch "$ARCH" 2>&1)" = "$(cat .prebuilt/stamp)" ]; then
+  cp .prebuilt/_C.*.so dcls_convert/ && python3 -c "import torch, dcls_convert._C" > "$OUT/build.log" 2>&1 && prebuilt=1 ||
+    rm -f dcls_convert/_C.*.so
+fi
+if [ $prebuilt = 1 ]; then
+  echo "build: prebuilt ($(cat .prebuilt/stamp)), $(( $(date +%s) - start )) s"
+else
+  [ -f .prebuilt/stamp ] && echo "prebuilt not used: $(cat .prebuilt/stamp) here $(python3 benchmarks/build_stamp.py --arch "$ARCH" 2>&1)"
+  TORCH_CUDA_ARCH_LIST=$ARCH MAX_JOBS=16 DCLS_CONVERT_CUDA=1 \
+    python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - start )) s"
+fi
 # TESTS_K: a pytest -k expression (a call short of time runs the tests of what it changed)
 timeout "$(cap 150 ${TEST_RESERVE:-300})" python3 -m pytest tests/test_cuda.py -q -rfE -n 8 -p no:cacheprovider \
   ${TESTS_K:+-k "$TESTS_K"} > "$OUT/test_cuda.log" 2>&1

@@ -155,3 +155,27 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert [r for r in fit.tuned_rows(rows) if r[1] == "bf16 CL"] == [("64x96x14x14", "bf16 CL", "plane/plane/plane", 0.35 / 0.5),
                                     ("64x96x7x7", "bf16 CL", "plane/plane/plane", 0.35 / 0.5)]
     assert "64x96x7x7 bf16 CL: plane/plane/plane; 0.70" in out
+
+
+def test_build_stamp_follows_the_sources(tmp_path):
+    """A prebuilt extension is run on the device only where the stamp matches: it must change with any compiled
+    source or setup.py, and not with files a build does not read."""
+    import build_stamp
+
+    (tmp_path / "kernels" / "cuda").mkdir(parents=True)
+    (tmp_path / "kernels" / "include").mkdir()
+    (tmp_path / "setup.py").write_text("setup()\n")
+    (tmp_path / "kernels" / "cuda" / "a.cu").write_text("__global__ void k() {}\n")
+    (tmp_path / "kernels" / "include" / "b.h").write_text("#pragma once\n")
+    assert build_stamp.source_files(str(tmp_path)) == ["kernels/cuda/a.cu", "kernels/include/b.h", "setup.py"]
+    first = build_stamp.sources_hash(str(tmp_path))
+    assert build_stamp.sources_hash(str(tmp_path)) == first
+    (tmp_path / "kernels" / "notes.txt").write_text("not compiled\n")
+    assert build_stamp.sources_hash(str(tmp_path)) == first
+    (tmp_path / "kernels" / "include" / "b.h").write_text("#pragma once\n// changed\n")
+    second = build_stamp.sources_hash(str(tmp_path))
+    assert second != first
+    (tmp_path / "setup.py").write_text("setup(name='x')\n")
+    assert build_stamp.sources_hash(str(tmp_path)) != second
+    line = build_stamp.stamp("9.0", str(tmp_path))
+    assert line.startswith(f"sources={build_stamp.sources_hash(str(tmp_path))} python=cp") and line.endswith(" arch=9.0")
