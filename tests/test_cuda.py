@@ -404,7 +404,9 @@ STRIP_CONV = ("DCLS_CONVERT_CUDA_PLANE", "window_strip_kernel")  # larger planes
     (PLANE_CONV, (5, 8, 1, 60), 31, torch.float16, False),
     (STRIP_CONV, (64, 192, 28, 28), 17, torch.bfloat16, True),  # ConvNeXt-T's stage 2
     (STRIP_CONV, (18, 40, 20, 23), 7, torch.float16, False),
-    (STRIP_CONV, (4, 16, 12, 64), 5, torch.bfloat16, True)])
+    (STRIP_CONV, (4, 16, 12, 64), 5, torch.bfloat16, True),
+    (STRIP_CONV, (64, 96, 56, 56), 17, torch.bfloat16, True),  # stage 1: 4 channels a block
+    (STRIP_CONV, (18, 10, 20, 56), 17, torch.float16, False)])
 def test_window_conv_cuda(monkeypatch, path, shape, window, dtype, channels_last):
     """The tensor-core forward and input gradient (DCLS_CONVERT_CUDA_MMA=conv; small planes as one product per
     channel, and larger ones in strips of output rows, DCLS_CONVERT_CUDA_PLANE=conv, the kernel it names launched) against the dense float64 oracle with the

@@ -1010,6 +1010,10 @@ WINDOW_PLANE_CASES = [
     dict(size=[19, 40], window=[5, 9], padding=[0, 4]),      # no padding above: a strip reads from its own row
     dict(size=[10, 30], window=[9, 9], padding=[8, 8]),      # more output rows than input rows
     dict(size=[12, 64], window=[5, 5], padding=[2, 2]),      # rows of 64 columns: the widest, strips of 3 rows
+    # strips of 4 channels a block (8 do not fit), two warps a channel taking turns at its tile groups
+    dict(size=[20, 56], window=[17, 17], padding=[8, 8]),    # stage 1's rows: strips of 5
+    dict(size=[23, 50], window=[15, 19], padding=[7, 9]),    # asymmetric window, strips of 7, the last of 2
+    dict(size=[30, 62], window=[13, 11], padding=[0, 5]),    # no padding above, fewer output rows than input rows
 ]
 
 
@@ -1032,11 +1036,13 @@ def test_window_plane_matches_oracle(monkeypatch, dtype, case, interp, layout):
     ([7, 7], [17, 17], [8, 8], 18, 16),
     ([14, 14], [17, 17], [8, 8], 3, 24),
     ([5, 9], [7, 7], [3, 3], 2, 8),
+    ([28, 28], [17, 17], [8, 8], 3, 16),   # strips
+    ([20, 56], [17, 17], [8, 8], 3, 12),   # strips of 4 channels a block: 8-byte loads and stores
 ])
 def test_window_plane_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
-    """channels_last with 8k channels: a pixel's 8 channels per 16-byte load and store; one element per load and
-    store (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values: outputs and input gradients bitwise
-    equal."""
+    """channels_last with 8k channels: a pixel's 8 channels per 16-byte load and store (4 channels, 8 bytes, where
+    a block holds 4); one element per load and store (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same
+    values: outputs and input gradients bitwise equal."""
     x = torch.randn(N, C, *size).bfloat16().contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=torch.float32)
     b = torch.randn(C)
@@ -1054,28 +1060,30 @@ def test_window_plane_vector_staging_changes_no_bit(monkeypatch, size, window, p
     assert all(torch.equal(a, e) for a, e in zip(*runs))
 
 
-@pytest.mark.parametrize("size,window,padding,ok,ks,strip", [
-    ([7, 7], [17, 17], [8, 8], True, 4, 0),      # ConvNeXt-T stage 4
-    ([14, 14], [17, 17], [8, 8], True, 13, 0),   # stage 3
-    ([16, 16], [17, 17], [8, 8], True, 16, 0),   # 256 pixels: the most in registers
-    ([15, 17], [17, 17], [8, 8], True, 17, 8),   # 15 rows of 18 (odd width staged even): 270 pixels, strips
-    ([28, 28], [17, 17], [8, 8], True, 35, 4),   # stage 2: strips of 4 output rows (20 staged rows), 213 KiB
-    ([56, 56], [17, 17], [8, 8], False, 0, 0),   # stage 1: 17 staged rows of 56 columns for 8 channels: too many
-    ([12, 64], [5, 5], [2, 2], True, 28, 3),     # rows of 64 columns: the widest
-    ([9, 80], [17, 17], [8, 8], False, 0, 0),    # rows past 64 columns: the row kernel's (window_conv.h)
-    ([7, 7], [65, 5], [32, 2], False, 0, 0),     # a window past 64
+@pytest.mark.parametrize("size,window,padding,ok,ks,strip,cpb", [
+    ([7, 7], [17, 17], [8, 8], True, 4, 0, 8),      # ConvNeXt-T stage 4
+    ([14, 14], [17, 17], [8, 8], True, 13, 0, 8),   # stage 3
+    ([16, 16], [17, 17], [8, 8], True, 16, 0, 8),   # 256 pixels: the most in registers
+    ([15, 17], [17, 17], [8, 8], True, 17, 8, 8),   # 15 rows of 18 (odd width staged even): 270 pixels, strips
+    ([28, 28], [17, 17], [8, 8], True, 35, 4, 8),   # stage 2: strips of 4 output rows (20 staged rows), 213 KiB
+    ([56, 56], [17, 17], [8, 8], True, 70, 4, 4),   # stage 1: 17 staged rows of 56 columns are 244 KiB for 8
+                                                    # channels: 4 channels a block, strips of 4 rows, 211 KiB
+    ([56, 56], [31, 31], [15, 15], False, 0, 0, 0),  # window 31 at 56 x 56: 31 staged rows do not fit
+    ([12, 64], [5, 5], [2, 2], True, 28, 3, 8),     # rows of 64 columns: the widest
+    ([9, 80], [17, 17], [8, 8], False, 0, 0, 0),    # rows past 64 columns: the row kernel's (window_conv.h)
+    ([7, 7], [65, 5], [32, 2], False, 0, 0, 0),     # a window past 64
 ])
-def test_window_plane_plan(size, window, padding, ok, ks, strip):
+def test_window_plane_plan(size, window, padding, ok, ks, strip, cpb):
     """Where the small-plane product applies: input planes up to 256 pixels (rows at even width) whole, larger ones
-    with rows up to 64 columns in strips of up to 8 output rows (as many as fit the shared memory: stage 1's 56
-    columns under a 17-row window do not); windows up to 64; its shared memory (two blocks an SM on an H100 at
-    stage 3)."""
+    with rows up to 64 columns in strips of up to 8 output rows (as many as fit the shared memory, 8 channels a
+    block, else 4: stage 1's 56 columns under a 17-row window); windows up to 64; its shared memory (two blocks an
+    SM on an H100 at stage 3)."""
     x = torch.randn(2, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
     plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert bool(plans[5]) == ok
     if ok:
-        assert (plans[7], plans[11]) == (ks, strip)
+        assert (plans[7], plans[11], plans[12]) == (ks, strip, cpb)
         assert plans[6] <= (113 if strip == 0 else 227) * 1024
 
 

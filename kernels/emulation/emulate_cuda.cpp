@@ -440,12 +440,12 @@ struct EmulatedLaunch {
       const WindowPlaneJob j = window_plane_job(w, bid);
       const WindowPlane<scalar_t> v = strip_view(w, j);
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage(v, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<0>(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_strip_stage_g(v, smem.data(), tid);
       for (int warp = 0; warp < kWindowCorrWarps; ++warp)
         window_strip_warp<32, MmaEmulated<scalar_t>>(v, j, smem.data(), smem.data() + v.r_off, warp, 0);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store(v, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store<0>(v, j, smem.data(), tid);
     }
   }
   template <int KS>
@@ -454,11 +454,11 @@ struct EmulatedLaunch {
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
       const WindowPlaneJob j = window_plane_job(w, bid);
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage(w, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<kWindowCorrWarps>(w, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(w, j, smem.data(), tid);
       for (int warp = 0; warp < kWindowCorrWarps; ++warp)
         window_plane_warp<KS, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store(w, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store<kWindowCorrWarps>(w, j, smem.data(), tid);
     }
   }
   // window_conv_kernel, phase by phase; shared memory poisoned with NaN at each block job (the kernels' zero rows
@@ -727,7 +727,8 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
 
 // The tensor-core plans of a 16-bit layer: the forward's (ok, shared memory bytes), the correlation's (ok, bytes),
 // the forward's band, the small-plane forward's (ok, bytes, k-steps), the narrow-plane correlation's (ok, bytes,
-// images a block job), under the emulated device's shared memory.
+// images a block job), the small-plane forward's strip rows and channels a block, under the emulated device's shared
+// memory.
 std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                           at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                           c10::string_view interpolation) {
@@ -743,7 +744,7 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto pl = window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
-         pc.ok, pc.smem_words() * 4, pc.images, pl.strip};
+         pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb};
   });
   return r;
 }

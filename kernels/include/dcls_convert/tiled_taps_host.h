@@ -488,13 +488,20 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
     if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
     const WindowConvGeometry g = window_conv_geometry(a, flip);
     w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
-    // past 256 pixels (or not fitting): strips of as many output rows as fit, up to kPlaneMaxStrip
-    for (int R = std::min<int64_t>(kPlaneMaxStrip, g.Ho); R >= 1 && !(w.ok && w.smem_words() * 4 <= max_smem_bytes);
-         --R)
-      w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, R);
+    // past 256 pixels (or not fitting): strips of as many output rows as fit, up to kPlaneMaxStrip, 8 channels a
+    // block, else 4 (ConvNeXt-T's 56 x 56: 17 staged rows of 56 columns are 244 KiB for 8 channels)
+    auto fits = [&] { return w.ok && w.smem_words() * 4 <= max_smem_bytes; };
+    for (int cpb = kWindowCorrWarps; cpb >= kWindowCorrWarps / 2 && !fits(); cpb /= 2)
+      for (int R = std::min<int64_t>(kPlaneMaxStrip, g.Ho); R >= 1 && !fits(); --R)
+        w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, R, cpb);
     bind_window_conv(w, x, out, a, flip);
     bind_mma_staging(w, x, out, a.C);
-    w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
+    if (w.cpb != kWindowCorrWarps) {  // 4 channels a pixel: 8-byte loads and stores
+      const bool vec = staging_mode() != "scalar";
+      w.vec8 = vec && staging_vec4(x.data_ptr(), w.xs, a.C);
+      w.out_vec8 = vec && staging_vec4(out.data_ptr(), w.os, a.C);
+    }
+    w.ok = fits();
   }
   return w;
 }

@@ -22,7 +22,8 @@
 // the rows a strip reads make a small-plane problem of their own (strip_view), but too many pixels for A in
 // registers, so each k-step's A fragments are read from the staged inputs (window_strip_warp) and the results go to
 // regions of their own. Strips take as many output rows (up to 8) as fit the shared memory: 4 at 28 x 28 under a
-// 17 x 17 window (213 KiB, one block an SM); 56 x 56 does not fit with 8 channels a block.
+// 17 x 17 window (213 KiB, one block an SM). Where no strip fits with 8 channels a block, 4 channels (two warps a
+// channel, taking turns at its tiles): ConvNeXt-T's 56 x 56 in strips of 4 rows (211 KiB).
 //
 // The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
 // window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
@@ -53,7 +54,8 @@ struct WindowPlane {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
   bool x_cl = false, out_cl = false;
-  bool vec8 = false, out_vec8 = false;  // 16-byte loads, stores of 8 channels (staging_vec8)
+  // loads, stores of a pixel's cpb channels at once: 16 bytes for 8 (staging_vec8), 8 for 4 (staging_vec4)
+  bool vec8 = false, out_vec8 = false;
   int wr = 2;     // staged input row width: W rounded up to even
   int ks = 1;     // k-steps: 16 ks >= H wr
   int pitch = 4;  // words per image in a channel's region: its staged inputs, then its results (4 mod 8)
@@ -63,21 +65,23 @@ struct WindowPlane {
   int strip = 0, strips = 1;
   int rpitch = 4;  // strips: words per image in a channel's results region (4 mod 8)
   int64_t r_off = 0, g_off = 0;  // strips: the results regions and the k-steps' G table, in words
+  // Channels a block: a warp each, or (strips too large for 8) 4, two warps each splitting the strip's tiles.
+  int cpb = kWindowCorrWarps;
   bool ok = false;
 
   DCLS_HD int kw() const { return static_cast<int>(16 * ((Lw + 15) / 16)); }
   DCLS_HD int64_t outputs() const { return Ho * Wo; }
   DCLS_HD int ntiles() const { return static_cast<int>((outputs() + 7) / 8); }
-  DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
+  DCLS_HD int64_t groups() const { return (C + cpb - 1) / cpb; }
   DCLS_HD int64_t slabs() const { return (N + kPlaneImages - 1) / kPlaneImages; }
   DCLS_HD int64_t blocks() const { return groups() * slabs() * strips; }
   DCLS_HD int c0() const { return static_cast<int>((Ho - 1) * pc + Wo - 1); }
   DCLS_HD int x_words() const { return channel_words(kPlaneImages * pitch); }  // per channel
   DCLS_HD int q_words() const { return channel_words(pr * pc); }
-  DCLS_HD int64_t q_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
+  DCLS_HD int64_t q_offset() const { return int64_t(cpb) * x_words(); }
   DCLS_HD int r_words() const { return channel_words(kPlaneImages * rpitch); }  // strips: per channel
   DCLS_HD int64_t smem_words() const {
-    return strip > 0 ? g_off + 4 * ks : q_offset() + int64_t(kWindowCorrWarps) * q_words();
+    return strip > 0 ? g_off + 4 * ks : q_offset() + int64_t(cpb) * q_words();
   }
   DCLS_HD int64_t kernel_elems() const { return C * Lh * kw(); }
 };
@@ -86,10 +90,11 @@ struct WindowPlane {
 // (ph, pw), or ok = false where it does not apply: windows up to 64, padding inside the window, input planes up to
 // 256 pixels (rows at even width), the cells of P numbered in 16 bits. (Shared memory: the plan's to check.)
 // strip_rows: 0 for the whole plane (up to 256 pixels), else strips of that many output rows (any plane whose rows
-// are at most kPlaneMaxStripWidth wide, at even width).
+// are at most kPlaneMaxStripWidth wide, at even width), cpb channels a block (8, or 4).
 template <typename scalar_t>
 WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-                                         int64_t Lh, int64_t Lw, int64_t ph, int64_t pw, int strip_rows = 0) {
+                                         int64_t Lh, int64_t Lw, int64_t ph, int64_t pw, int strip_rows = 0,
+                                         int cpb = kWindowCorrWarps) {
   WindowPlane<scalar_t> w;
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
   const int64_t wr = W + (W & 1);
@@ -106,7 +111,9 @@ WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_
     w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
     return w;
   }
-  if (strip_rows <= 0 || wr > kPlaneMaxStripWidth) return w;
+  if (strip_rows <= 0 || wr > kPlaneMaxStripWidth || (cpb != kWindowCorrWarps && cpb != kWindowCorrWarps / 2))
+    return w;
+  w.cpb = cpb;
   // strips of R output rows: sizes of the largest (the staged rows of a strip reach R + Lh - 1)
   const int R = static_cast<int>(std::min<int64_t>(strip_rows, Ho));
   const int64_t rows = std::min<int64_t>(H, R + Lh - 1);
@@ -117,8 +124,8 @@ WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_
   const int rwords = 4 * static_cast<int>((R * Wo + 7) / 8);
   w.rpitch = rwords + ((4 - rwords) % 8 + 8) % 8;
   w.pr = (16 * w.ks + w.wr - 1) / w.wr + R - 1;
-  w.r_off = w.q_offset() + int64_t(kWindowCorrWarps) * w.q_words();
-  w.g_off = w.r_off + int64_t(kWindowCorrWarps) * w.r_words();
+  w.r_off = w.q_offset() + int64_t(w.cpb) * w.q_words();
+  w.g_off = w.r_off + int64_t(w.cpb) * w.r_words();
   w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
   return w;
 }
@@ -134,7 +141,7 @@ DCLS_HD WindowPlaneJob window_plane_job(const WindowPlane<scalar_t>& w, int64_t 
   const int64_t per_strip = w.groups() * w.slabs();
   j.strip = static_cast<int>(bid / per_strip);
   bid -= int64_t(j.strip) * per_strip;
-  j.c0 = (bid % w.groups()) * kWindowCorrWarps;
+  j.c0 = (bid % w.groups()) * w.cpb;
   j.n0 = (bid / w.groups()) * kPlaneImages;
   j.images = static_cast<int>(std::min<int64_t>(kPlaneImages, w.N - j.n0));
   return j;
@@ -175,10 +182,10 @@ DCLS_HD void plane_items(int n, int tid, Load&& load, Put&& put) {
 
 // Item idx of a job's elements one at a time, span per channel: its channel ci (channels fastest in
 // channels_last, so that 8 threads touch one pixel's 8 channels together) and its place among the channel's.
-DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci) {
+DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci, int channels = kWindowCorrWarps) {
   if (channels_last) {
-    ci = idx % kWindowCorrWarps;
-    return idx / kWindowCorrWarps;
+    ci = idx % channels;
+    return idx / channels;
   }
   ci = idx / span;
   return idx - ci * span;
@@ -187,9 +194,11 @@ DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci) {
 // Phase 1 (per block job): P's pairs cleared, and the job's input planes staged, channel by channel, image row by
 // row (16-bit elements: image i's pixel q at element 2 i pitch + q), zero past the input up to the 16 ks pixels
 // the k-steps read.
-template <typename scalar_t>
+// Channels: the channels a block where the kernel knows them (8: the whole plane's), else 0 (the plan's, cpb).
+template <int Channels, typename scalar_t>
 DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int tid) {
-  const int64_t qw = int64_t(kWindowCorrWarps) * w.q_words();
+  const int cpb = Channels > 0 ? Channels : w.cpb;
+  const int64_t qw = int64_t(cpb) * w.q_words();
   for (int64_t e = tid; e < qw; e += kWindowCorrThreads) smem[w.q_offset() + e] = 0u;
   const int per = 16 * w.ks, stride = w.x_words(), wr = w.wr;
   auto pixel = [&](int q, int64_t& iy, int64_t& ix) {
@@ -197,28 +206,36 @@ DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlan
     ix = q - iy * wr;
     return iy < w.H && ix < w.W;
   };
-  if (w.vec8) {  // a thread per (image, pixel): its 8 channels in one load
-    plane_items<Words4>(
-        j.images * per, tid,
-        [&](int idx) {
-          const int i = idx / per;
-          int64_t iy, ix;
-          Words4 v{{0u, 0u, 0u, 0u}};
-          if (pixel(idx - i * per, iy, ix)) load8(w.x + (j.n0 + i) * w.xs[0] + j.c0 + iy * w.xs[2] + ix * w.xs[3], v.v);
-          return v;
-        },
-        [&](int idx, const Words4& v) {
-          const int i = idx / per, q = idx - i * per;
+  if (w.vec8) {  // a thread per (image, pixel): its cpb channels in one load
+    auto stage = [&](auto nch) {
+      constexpr int NC = decltype(nch)::value;
+      plane_items<Words4>(
+          j.images * per, tid,
+          [&](int idx) {
+            const int i = idx / per;
+            int64_t iy, ix;
+            Words4 v{{0u, 0u, 0u, 0u}};
+            if (pixel(idx - i * per, iy, ix)) {
+              const scalar_t* p = w.x + (j.n0 + i) * w.xs[0] + j.c0 + iy * w.xs[2] + ix * w.xs[3];
+              if (NC == 8) load8(p, v.v); else load4(p, v.v);
+            }
+            return v;
+          },
+          [&](int idx, const Words4& v) {
+            const int i = idx / per, q = idx - i * per;
 DCLS_UNROLL
-          for (int k = 0; k < 8; ++k)
-            reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride)[2 * i * w.pitch + q] = half_of(v.v, k);
-        });
+            for (int k = 0; k < NC; ++k)
+              reinterpret_cast<uint16_t*>(smem + int64_t(k) * stride)[2 * i * w.pitch + q] = half_of(v.v, k);
+          });
+    };
+    if (cpb == kWindowCorrWarps) stage(std::integral_constant<int, kWindowCorrWarps>());
+    else stage(std::integral_constant<int, kWindowCorrWarps / 2>());
     return;
   }
   // one element a load: channels fastest in channels_last, pixels fastest otherwise
-  const int n = kWindowCorrWarps * j.images * per;
+  const int n = cpb * j.images * per;
   auto where = [&](int idx, int& ci, int& i, int& q) {
-    const int rest = plane_channel(idx, w.x_cl, j.images * per, ci);
+    const int rest = plane_channel(idx, w.x_cl, j.images * per, ci, cpb);
     i = rest / per;
     q = rest - i * per;
   };
@@ -246,7 +263,7 @@ template <typename scalar_t>
 DCLS_HD void window_plane_stage_window(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem,
                                        int tid) {
   const int chunks = w.kw() / 8, per = static_cast<int>(w.Lh) * chunks;
-  const int64_t live = std::min<int64_t>(kWindowCorrWarps, w.C - j.c0);
+  const int64_t live = std::min<int64_t>(w.cpb, w.C - j.c0);
   plane_items<Words4>(
       static_cast<int>(live) * per, tid,
       [&](int idx) {
@@ -391,12 +408,15 @@ constexpr int kStripTiles = 4;
 template <int NL, typename Mma, typename scalar_t>
 DCLS_HD void window_strip_warp(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem,
                                uint32_t* results, int warp, int lane0) {
-  const uint32_t* region = smem + int64_t(warp) * w.x_words();
-  const uint32_t* Q = smem + w.q_offset() + int64_t(warp) * w.q_words();
+  // the warp's channel, and which of its warps (with 4 channels a block, two warps share a channel: the strip's
+  // tile groups alternate between them)
+  const int wpc = kWindowCorrWarps / w.cpb, ci = warp / wpc, part = warp - ci * wpc;
+  const uint32_t* region = smem + int64_t(ci) * w.x_words();
+  const uint32_t* Q = smem + w.q_offset() + int64_t(ci) * w.q_words();
   const uint32_t* Gt = smem + w.g_off;
-  uint32_t* out = results + int64_t(warp) * w.r_words();
+  uint32_t* out = results + int64_t(ci) * w.r_words();
   const int pitch = w.pitch, ntiles = w.ntiles();
-  const int64_t c = j.c0 + warp;
+  const int64_t c = j.c0 + ci;
   const float bias = (w.bias != nullptr && c < w.C) ? w.bias[c] : 0.f;
   // tiles nt0 .. nt0 + TG - 1 (all in the strip)
   auto group = [&](int nt0, auto tg) {
@@ -434,39 +454,45 @@ DCLS_UNROLL
 DCLS_UNROLL
     for (int i = 0; i < TG; ++i) tiles[i].write(out, w.rpitch, nt0 + i, bias, lane0);
   };
-  int nt = 0;
-  for (; nt + kStripTiles <= ntiles; nt += kStripTiles) group(nt, std::integral_constant<int, kStripTiles>());
-  for (; nt + 2 <= ntiles; nt += 2) group(nt, std::integral_constant<int, 2>());
-  if (nt < ntiles) group(nt, std::integral_constant<int, 1>());
+  int nt = 0, k = 0;  // the k-th group is part k % wpc's
+  for (; nt + kStripTiles <= ntiles; nt += kStripTiles, ++k)
+    if (k % wpc == part) group(nt, std::integral_constant<int, kStripTiles>());
+  for (; nt + 2 <= ntiles; nt += 2, ++k)
+    if (k % wpc == part) group(nt, std::integral_constant<int, 2>());
+  if (nt < ntiles && k % wpc == part) group(nt, std::integral_constant<int, 1>());
 }
 
 // Phase 4 (per block job): the results to the output, in its channel order (channels_last runs of 8 channels by
 // 16-byte stores where out_vec8: a thread per (image, pixel), its 8 channels from the 8 regions).
-template <typename scalar_t>
+template <int Channels, typename scalar_t>
 DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem_all,
                                 int tid) {
+  const int cpb = Channels > 0 ? Channels : w.cpb;  // (as window_plane_stage)
   // the results: in the staged inputs' place (the whole plane), or in their own regions (strips)
   const uint32_t* smem = smem_all + (w.strip > 0 ? w.r_off : 0);
   const int stride = w.strip > 0 ? w.r_words() : w.x_words(), pitch = w.strip > 0 ? w.rpitch : w.pitch;
   const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo);
-  if (w.out_vec8) {
+  if (w.out_vec8) {  // a thread per (image, pixel): its cpb channels in one store
+    const int words = cpb / 2;
     for (int idx = tid; idx < j.images * outputs; idx += kWindowCorrThreads) {
       const int i = idx / outputs, p = idx - i * outputs, oy = p / Wo, ox = p - oy * Wo;
       uint32_t v[4];
 DCLS_UNROLL
       for (int k = 0; k < 4; ++k) {
+        if (k >= words) break;
         const auto* lo = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k) * stride);
         const auto* hi = reinterpret_cast<const uint16_t*>(smem + int64_t(2 * k + 1) * stride);
         v[k] = uint32_t(lo[2 * i * pitch + p]) | (uint32_t(hi[2 * i * pitch + p]) << 16);
       }
-      store8(w.out + (j.n0 + i) * w.os[0] + j.c0 + oy * w.os[2] + ox * w.os[3], v);
+      scalar_t* q = w.out + (j.n0 + i) * w.os[0] + j.c0 + oy * w.os[2] + ox * w.os[3];
+      if (words == 4) store8(q, v); else store4(q, v);
     }
     return;
   }
-  const int n = kWindowCorrWarps * j.images * outputs;
+  const int n = cpb * j.images * outputs;
   for (int idx = tid; idx < n; idx += kWindowCorrThreads) {
     int ci;
-    const int rest = plane_channel(idx, w.out_cl, j.images * outputs, ci), i = rest / outputs;
+    const int rest = plane_channel(idx, w.out_cl, j.images * outputs, ci, cpb), i = rest / outputs;
     const int64_t c = j.c0 + ci;
     if (c >= w.C) continue;
     const int p = rest - i * outputs, oy = p / Wo, ox = p - oy * Wo;

@@ -80,6 +80,12 @@ inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) {
          reinterpret_cast<uintptr_t>(data) % 16 == 0;
 }
 
+// The same for runs of 4 channels (8 bytes a pixel: load4, store4).
+inline bool staging_vec4(const void* data, const int64_t s[4], int64_t C) {
+  return s[1] == 1 && C % 4 == 0 && s[0] % 4 == 0 && s[2] % 4 == 0 && s[3] % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(data) % 8 == 0;
+}
+
 // Eight 16-bit values (one pixel's 8 channels) as four words: element k in word k / 2, low half first.
 DCLS_HD void load8(const void* p, uint32_t v[4]) {
 #if defined(__CUDA_ARCH__)
@@ -96,6 +102,22 @@ DCLS_HD void store8(void* p, const uint32_t v[4]) {
   *reinterpret_cast<uint4*>(p) = make_uint4(v[0], v[1], v[2], v[3]);
 #else
   std::memcpy(p, v, 16);
+#endif
+}
+// Four 16-bit values (one pixel's 4 channels) as two words, and back.
+DCLS_HD void load4(const void* p, uint32_t v[2]) {
+#if defined(__CUDA_ARCH__)
+  const uint2 q = *reinterpret_cast<const uint2*>(p);
+  v[0] = q.x, v[1] = q.y;
+#else
+  std::memcpy(v, p, 8);
+#endif
+}
+DCLS_HD void store4(void* p, const uint32_t v[2]) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint2*>(p) = make_uint2(v[0], v[1]);
+#else
+  std::memcpy(p, v, 8);
 #endif
 }
 
