@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) window_plane_kernel(Win
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     const WindowPlaneJob j = window_plane_job(w, bid);
     __syncthreads();  // the previous job's results are stored
-    window_plane_stage<kWindowCorrWarps>(w, j, smem, tid);
+    window_plane_stage<kWindowCorrWarps, kPlaneBatch>(w, j, smem, tid);
     __syncthreads();
     window_plane_stage_window(w, j, smem, tid);
     __syncthreads();
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 1) window_strip_kernel(Win
     const WindowPlaneJob j = window_plane_job(w, bid);
     const WindowPlane<scalar_t> v = strip_view(w, j);
     __syncthreads();  // the previous job's results are stored
-    window_plane_stage<0>(v, j, smem, tid);
+    window_plane_stage<0, kStripBatch>(v, j, smem, tid);
     __syncthreads();
     window_plane_stage_window(v, j, smem, tid);
     window_strip_stage_g(v, smem, tid);

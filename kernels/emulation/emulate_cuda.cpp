@@ -440,7 +440,7 @@ struct EmulatedLaunch {
       const WindowPlaneJob j = window_plane_job(w, bid);
       const WindowPlane<scalar_t> v = strip_view(w, j);
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<0>(v, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<0, kStripBatch>(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_strip_stage_g(v, smem.data(), tid);
       for (int warp = 0; warp < kWindowCorrWarps; ++warp)
@@ -454,7 +454,7 @@ struct EmulatedLaunch {
     for (int64_t bid = 0; bid < w.blocks(); ++bid) {
       const WindowPlaneJob j = window_plane_job(w, bid);
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
-      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<kWindowCorrWarps>(w, j, smem.data(), tid);
+      for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<kWindowCorrWarps, kPlaneBatch>(w, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(w, j, smem.data(), tid);
       for (int warp = 0; warp < kWindowCorrWarps; ++warp)
         window_plane_warp<KS, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);

@@ -42,6 +42,7 @@ namespace dcls_convert {
 constexpr int kPlaneImages = 16;     // images per block job: the mma's 16 rows
 constexpr int kPlaneMaxSteps = 16;   // k-steps of 16 input pixels: planes up to 256 pixels (rows at even width)
 constexpr int kPlaneBatch = 4;       // staging: loads in flight per thread (8 made ptxas spill, sm_90)
+constexpr int kStripBatch = 8;       // the strips' staging (one block an SM: registers to spare)
 constexpr int kPlaneMaxStripWidth = 64;  // strips: input rows (at even width) up to 64 pixels: ConvNeXt's 56 x 56
 constexpr int kPlaneMaxStrip = 8;        // strips: the most output rows a block job computes
 
@@ -171,11 +172,11 @@ struct Words4 {
   uint32_t v[4];
 };
 
-// The thread's items tid, tid + threads, ... of n: put(item, load(item)), kPlaneBatch loads in flight.
-template <typename T, typename Load, typename Put>
+// The thread's items tid, tid + threads, ... of n: put(item, load(item)), Batch loads in flight.
+template <typename T, int Batch = kPlaneBatch, typename Load, typename Put>
 DCLS_HD void plane_items(int n, int tid, Load&& load, Put&& put) {
   const int mine = tid < n ? (n - tid + kWindowCorrThreads - 1) / kWindowCorrThreads : 0;
-  batched<kPlaneBatch, T>(
+  batched<Batch, T>(
       mine, [&](int i) { return load(tid + i * kWindowCorrThreads); },
       [&](int i, const T& v) { put(tid + i * kWindowCorrThreads, v); });
 }
@@ -195,7 +196,9 @@ DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci, int ch
 // row (16-bit elements: image i's pixel q at element 2 i pitch + q), zero past the input up to the 16 ks pixels
 // the k-steps read.
 // Channels: the channels a block where the kernel knows them (8: the whole plane's), else 0 (the plan's, cpb).
-template <int Channels, typename scalar_t>
+// Batch: loads in flight a thread (the strips' kernel, one block an SM with registers to spare, takes more: its
+// staging is not hidden behind another block's products).
+template <int Channels, int Batch, typename scalar_t>
 DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int tid) {
   const int cpb = Channels > 0 ? Channels : w.cpb;
   const int64_t qw = int64_t(cpb) * w.q_words();
@@ -209,7 +212,7 @@ DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlan
   if (w.vec8) {  // a thread per (image, pixel): its cpb channels in one load
     auto stage = [&](auto nch) {
       constexpr int NC = decltype(nch)::value;
-      plane_items<Words4>(
+      plane_items<Words4, Batch>(
           j.images * per, tid,
           [&](int idx) {
             const int i = idx / per;
@@ -239,7 +242,7 @@ DCLS_UNROLL
     i = rest / per;
     q = rest - i * per;
   };
-  plane_items<scalar_t>(
+  plane_items<scalar_t, Batch>(
       n, tid,
       [&](int idx) {
         int ci, i, q;
