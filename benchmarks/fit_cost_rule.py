@@ -14,8 +14,8 @@ that grows as planes shrink, about A (3136 / plane)^B. Per stage this script rea
 Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
 3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
-can become float32's default. For the planes the small-plane products cover (28 x 28 in strips, 14 x 14, 7 x 7) it prints their
-times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in until timed). Last, per row, the
+can become float32's default. For the planes the small-plane products cover (56 x 56 and 28 x 28 in strips,
+14 x 14, 7 x 7) it prints their times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in until timed). Last, per row, the
 paths tuning picked on the card (forward / input gradient / weight and position gradients; DCLS_CONVERT_CUDA_TUNE=on)
 and its forward+backward against the default's: where the picks differ from what the rule runs, the rule is the one
 to change.
@@ -70,19 +70,21 @@ def tf32_ratios(rows: list[dict]) -> list[tuple[int, float]]:
     return out
 
 
-def plane_ratios(rows: list[dict]) -> list[tuple[int, float, float, float, float]]:
-    """(plane, small-plane forward / tables' off grid, the same on grid, small-plane weight gradient / the default's,
-    its forward+backward / the default's) for the bfloat16 channels_last rows at window 17 that timed the 'plane'
-    arm (DCLS_CONVERT_CUDA_PLANE=all: window_plane.h and window_plane_corr.h)."""
+def plane_ratios(rows: list[dict]) -> list[tuple[int, float, float, float, float, float]]:
+    """(plane, small-plane forward / tables' off grid, the same on grid, small-plane forward / the default's,
+    small-plane weight gradient / the default's, its forward+backward / the default's) for the bfloat16
+    channels_last rows at window 17 that timed the 'plane' arm (DCLS_CONVERT_CUDA_PLANE=all: window_plane.h and
+    window_plane_corr.h)."""
     out = []
     for r in rows:
         vals = [r.get(k) for k in ("GPU plane fwd", "GPU tables fwd", "GPU plane on-grid fwd",
-                                   "GPU tables on-grid fwd", "GPU plane wgrad", "GPU wgrad", "GPU plane fwd+bwd",
-                                   "GPU fwd+bwd")]
+                                   "GPU tables on-grid fwd", "GPU fwd", "GPU plane wgrad", "GPU wgrad",
+                                   "GPU plane fwd+bwd", "GPU fwd+bwd")]
         if r.get("dtype") == "bf16 CL" and r.get("L") == 17 and all(
                 isinstance(v, float) and math.isfinite(v) for v in vals):
             _, _, h, w = (int(v) for v in r["shape"].split("x"))
-            out.append((h * w, vals[0] / vals[1], vals[2] / vals[3], vals[4] / vals[5], vals[6] / vals[7]))
+            out.append((h * w, vals[0] / vals[1], vals[2] / vals[3], vals[0] / vals[4], vals[5] / vals[6],
+                        vals[7] / vals[8]))
     return out
 
 
@@ -123,10 +125,12 @@ def main() -> None:
             print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {q:.2f}")
     planes = plane_ratios(rows)
     if planes:
-        print("small planes (DCLS_CONVERT_CUDA_PLANE=all): forward / tables' forward, off grid and on grid; weight "
-              "gradient / the default's; forward+backward / the default's (below 1: make them the default there)")
-        for plane, off, on, wgrad, total in sorted(planes, reverse=True):
-            print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {off:.2f} / {on:.2f}; {wgrad:.2f}; {total:.2f}")
+        print("small planes (DCLS_CONVERT_CUDA_PLANE=all): forward / tables' forward, off grid and on grid; forward / "
+              "the default's; weight gradient / the default's; forward+backward / the default's (below 1: make them "
+              "the default there)")
+        for plane, off, on, fwd, wgrad, total in sorted(planes, reverse=True):
+            print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {off:.2f} / {on:.2f}; {fwd:.2f}; {wgrad:.2f}; "
+                  f"{total:.2f}")
     tuned = tuned_rows(rows)
     if tuned:
         print("tuning (DCLS_CONVERT_CUDA_TUNE=on): paths picked (forward / input gradient / weight+position "

@@ -126,7 +126,7 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
                      "GPU tables wgrad": tables_wgrad, "GPU mma wgrad": tables_wgrad * corr_be / 136})
         if side <= 14:  # the small-plane arm: a fixed 0.02 ms forward; forward+backward 0.8 of the default's
             rows[-1].update({"GPU plane fwd": 0.02, "GPU plane on-grid fwd": 0.02, "GPU plane fwd+bwd": 0.4,
-                             "GPU fwd+bwd": 0.5, "GPU plane wgrad": 0.03, "GPU wgrad": 0.12})
+                             "GPU fwd+bwd": 0.5, "GPU fwd": 0.05, "GPU plane wgrad": 0.03, "GPU wgrad": 0.12})
             rows[-1].update({"GPU tuned fwd+bwd": 0.35, "tuned paths": "plane/plane/plane"})
         rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan"), "GPU wgrad": 0.4,
                      "GPU tf32 wgrad": 0.1 * side / 7})
@@ -148,9 +148,9 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert "56x56: 2.00" in out and "7x7: 0.25" in out
     planes = fit.plane_ratios(rows)
     assert [p for p, *_ in planes] == [196, 49]
-    assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12 and abs(wgrad - 0.25) < 1e-12
-               and abs(total - 0.8) < 1e-12 for _, off, on, wgrad, total in planes)
-    assert "14x14: 0.06 / 0.17; 0.25; 0.80" in out
+    assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12 and abs(fwd - 0.4) < 1e-12
+               and abs(wgrad - 0.25) < 1e-12 and abs(total - 0.8) < 1e-12 for _, off, on, fwd, wgrad, total in planes)
+    assert "14x14: 0.06 / 0.17; 0.40; 0.25; 0.80" in out
     # the paths tuning picked, and its forward+backward against the default's (window 17; the float32 rows copy them)
     assert [r for r in fit.tuned_rows(rows) if r[1] == "bf16 CL"] == [("64x96x14x14", "bf16 CL", "plane/plane/plane", 0.35 / 0.5),
                                     ("64x96x7x7", "bf16 CL", "plane/plane/plane", 0.35 / 0.5)]
