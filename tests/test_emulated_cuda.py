@@ -1010,7 +1010,7 @@ WINDOW_PLANE_CASES = [
     dict(size=[19, 40], window=[5, 9], padding=[0, 4]),      # no padding above: a strip reads from its own row
     dict(size=[10, 30], window=[9, 9], padding=[8, 8]),      # more output rows than input rows
     dict(size=[12, 64], window=[5, 5], padding=[2, 2]),      # rows of 64 columns: the widest, strips of 3 rows
-    # strips of 4 channels a block (8 do not fit), two warps a channel taking turns at its tile groups
+    # strips of 4 channels a block (8 do not fit), two warps a channel, each half its tiles
     dict(size=[20, 56], window=[17, 17], padding=[8, 8]),    # stage 1's rows: strips of 5
     dict(size=[23, 50], window=[15, 19], padding=[7, 9]),    # asymmetric window, strips of 7, the last of 2
     dict(size=[30, 62], window=[13, 11], padding=[0, 5]),    # no padding above, fewer output rows than input rows

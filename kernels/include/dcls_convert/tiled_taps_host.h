@@ -501,6 +501,8 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
       w.vec8 = vec && staging_vec4(x.data_ptr(), w.xs, a.C);
       w.out_vec8 = vec && staging_vec4(out.data_ptr(), w.os, a.C);
     }
+    // (the whole-plane kernels are compiled for 8 channels a block)
+    TORCH_INTERNAL_ASSERT(w.strip > 0 || w.cpb == kWindowCorrWarps, "window_plane_plan: whole planes take 8 channels");
     w.ok = fits();
   }
   return w;

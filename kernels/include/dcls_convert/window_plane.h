@@ -23,7 +23,7 @@
 // registers, so each k-step's A fragments are read from the staged inputs (window_strip_warp) and the results go to
 // regions of their own. Strips take as many output rows (up to 8) as fit the shared memory: 4 at 28 x 28 under a
 // 17 x 17 window (213 KiB, one block an SM). Where no strip fits with 8 channels a block, 4 channels (two warps a
-// channel, taking turns at its tiles): ConvNeXt-T's 56 x 56 in strips of 4 rows (211 KiB).
+// channel, each half its tiles): ConvNeXt-T's 56 x 56 in strips of 4 rows (211 KiB).
 //
 // The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
 // window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
@@ -181,8 +181,9 @@ DCLS_HD void plane_items(int n, int tid, Load&& load, Put&& put) {
       [&](int i, const T& v) { put(tid + i * kWindowCorrThreads, v); });
 }
 
-// Item idx of a job's elements one at a time, span per channel: its channel ci (channels fastest in
-// channels_last, so that 8 threads touch one pixel's 8 channels together) and its place among the channel's.
+// Item idx of a job's elements one at a time, span per channel: its channel ci of `channels` (channels fastest in
+// channels_last, so that neighbouring threads touch one pixel's channels together) and its place among the
+// channel's.
 DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci, int channels = kWindowCorrWarps) {
   if (channels_last) {
     ci = idx % channels;
@@ -411,8 +412,8 @@ constexpr int kStripTiles = 4;
 template <int NL, typename Mma, typename scalar_t>
 DCLS_HD void window_strip_warp(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem,
                                uint32_t* results, int warp, int lane0) {
-  // the warp's channel, and which of its warps (with 4 channels a block, two warps share a channel: the strip's
-  // tile groups alternate between them)
+  // the warp's channel, and which of its warps (with 4 channels a block, two warps share a channel, each taking
+  // half the strip's tiles)
   const int wpc = kWindowCorrWarps / w.cpb, ci = warp / wpc, part = warp - ci * wpc;
   const uint32_t* region = smem + int64_t(ci) * w.x_words();
   const uint32_t* Q = smem + w.q_offset() + int64_t(ci) * w.q_words();
@@ -457,16 +458,16 @@ DCLS_UNROLL
 DCLS_UNROLL
     for (int i = 0; i < TG; ++i) tiles[i].write(out, w.rpitch, nt0 + i, bias, lane0);
   };
-  int nt = 0, k = 0;  // the k-th group is part k % wpc's
-  for (; nt + kStripTiles <= ntiles; nt += kStripTiles, ++k)
-    if (k % wpc == part) group(nt, std::integral_constant<int, kStripTiles>());
-  for (; nt + 2 <= ntiles; nt += 2, ++k)
-    if (k % wpc == part) group(nt, std::integral_constant<int, 2>());
-  if (nt < ntiles && k % wpc == part) group(nt, std::integral_constant<int, 1>());
+  // the part's tiles: an even share of the strip's (28 at 56 x 56: 14 a warp, groups of 4, 4, 4, 2)
+  const int end = (part + 1) * ntiles / wpc;
+  int nt = part * ntiles / wpc;
+  for (; nt + kStripTiles <= end; nt += kStripTiles) group(nt, std::integral_constant<int, kStripTiles>());
+  for (; nt + 2 <= end; nt += 2) group(nt, std::integral_constant<int, 2>());
+  if (nt < end) group(nt, std::integral_constant<int, 1>());
 }
 
-// Phase 4 (per block job): the results to the output, in its channel order (channels_last runs of 8 channels by
-// 16-byte stores where out_vec8: a thread per (image, pixel), its 8 channels from the 8 regions).
+// Phase 4 (per block job): the results to the output, in its channel order (channels_last runs of the block's
+// channels by one store where out_vec8: a thread per (image, pixel), its 8 (or 4) channels from their regions).
 template <int Channels, typename scalar_t>
 DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, const uint32_t* smem_all,
                                 int tid) {
