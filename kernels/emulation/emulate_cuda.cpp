@@ -443,8 +443,27 @@ struct EmulatedLaunch {
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<0, kStripBatch>(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_strip_stage_g(v, smem.data(), tid);
-      for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-        window_strip_warp<32, MmaEmulated<scalar_t>>(v, j, smem.data(), smem.data() + v.r_off, warp, 0);
+      // The products warp by warp, each on its own copy of the staged state, so that what a warp writes is seen
+      // apart from the others' (run in turn on one copy, two warps writing a word alike would pass unseen): only
+      // words of its own channel's results region, none written by another warp (each was poison before, and a
+      // result of finite inputs never is). Then the writes merged, as the device's warps leave them.
+      const std::vector<uint32_t> staged = smem;
+      std::vector<int> owner(smem.size(), -1);
+      const int wpc = kWindowCorrWarps / v.cpb;
+      for (int warp = 0; warp < kWindowCorrWarps; ++warp) {
+        std::vector<uint32_t> mine = staged;
+        window_strip_warp<32, MmaEmulated<scalar_t>>(v, j, mine.data(), mine.data() + v.r_off, warp, 0);
+        const int64_t lo = v.r_off + int64_t(warp / wpc) * v.r_words(), hi = lo + v.r_words();
+        for (size_t e = 0; e < mine.size(); ++e) {
+          if (mine[e] == staged[e]) continue;
+          TORCH_CHECK(int64_t(e) >= lo && int64_t(e) < hi, "window_strip_warp: warp ", warp, " wrote shared word ",
+                      e, " outside its channel's results [", lo, ", ", hi, ")");
+          TORCH_CHECK(owner[e] < 0, "window_strip_warp: shared word ", e, " written by warps ", owner[e], " and ",
+                      warp);
+          owner[e] = warp;
+          smem[e] = mine[e];
+        }
+      }
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store<0>(v, j, smem.data(), tid);
     }
   }
