@@ -431,6 +431,29 @@ struct EmulatedLaunch {
       }
     }
   }
+  // A block's product phase warp by warp, each on its own copy of the staged state, so that what a warp writes is
+  // seen apart from the others' (run in turn on one copy, two warps writing a word alike would pass unseen): a word
+  // it changes must lie in its own region [first(warp), first(warp) + words) and be changed by no other warp. Then
+  // the writes merged, as the device's warps leave them. (A write of the value already there goes unseen: the
+  // regions start as poison or as staged inputs, which a result seldom equals.)
+  template <typename Run, typename First>
+  static void warps_apart(std::vector<uint32_t>& smem, const char* what, Run&& run, First&& first, int64_t words) {
+    const std::vector<uint32_t> staged = smem;
+    std::vector<int> owner(smem.size(), -1);
+    for (int warp = 0; warp < kWindowCorrWarps; ++warp) {
+      std::vector<uint32_t> mine = staged;
+      run(warp, mine.data());
+      const int64_t lo = first(warp), hi = lo + words;
+      for (size_t e = 0; e < mine.size(); ++e) {
+        if (mine[e] == staged[e]) continue;
+        TORCH_CHECK(int64_t(e) >= lo && int64_t(e) < hi, what, ": warp ", warp, " wrote shared word ", e,
+                    " outside its region [", lo, ", ", hi, ")");
+        TORCH_CHECK(owner[e] < 0, what, ": shared word ", e, " written by warps ", owner[e], " and ", warp);
+        owner[e] = warp;
+        smem[e] = mine[e];
+      }
+    }
+  }
   // window_plane_kernel, phase by phase; shared memory poisoned with NaN (all bits set) at each block job, so that
   // a staged word no phase wrote (an input, a pair of P, a result) shows in the outputs.
   // strips: each block job's strip as a plane of its own (strip_view), A read from shared memory
@@ -443,27 +466,13 @@ struct EmulatedLaunch {
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<0, kStripBatch>(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(v, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_strip_stage_g(v, smem.data(), tid);
-      // The products warp by warp, each on its own copy of the staged state, so that what a warp writes is seen
-      // apart from the others' (run in turn on one copy, two warps writing a word alike would pass unseen): only
-      // words of its own channel's results region, none written by another warp (each was poison before, and a
-      // result of finite inputs never is). Then the writes merged, as the device's warps leave them.
-      const std::vector<uint32_t> staged = smem;
-      std::vector<int> owner(smem.size(), -1);
       const int wpc = kWindowCorrWarps / v.cpb;
-      for (int warp = 0; warp < kWindowCorrWarps; ++warp) {
-        std::vector<uint32_t> mine = staged;
-        window_strip_warp<32, MmaEmulated<scalar_t>>(v, j, mine.data(), mine.data() + v.r_off, warp, 0);
-        const int64_t lo = v.r_off + int64_t(warp / wpc) * v.r_words(), hi = lo + v.r_words();
-        for (size_t e = 0; e < mine.size(); ++e) {
-          if (mine[e] == staged[e]) continue;
-          TORCH_CHECK(int64_t(e) >= lo && int64_t(e) < hi, "window_strip_warp: warp ", warp, " wrote shared word ",
-                      e, " outside its channel's results [", lo, ", ", hi, ")");
-          TORCH_CHECK(owner[e] < 0, "window_strip_warp: shared word ", e, " written by warps ", owner[e], " and ",
-                      warp);
-          owner[e] = warp;
-          smem[e] = mine[e];
-        }
-      }
+      warps_apart(
+          smem, "window_strip_warp",
+          [&](int warp, uint32_t* mine) {
+            window_strip_warp<32, MmaEmulated<scalar_t>>(v, j, mine, mine + v.r_off, warp, 0);
+          },
+          [&](int warp) { return v.r_off + int64_t(warp / wpc) * v.r_words(); }, v.r_words());
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store<0>(v, j, smem.data(), tid);
     }
   }
@@ -475,8 +484,10 @@ struct EmulatedLaunch {
       std::fill(smem.begin(), smem.end(), 0xffffffffu);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage<kWindowCorrWarps, kPlaneBatch>(w, j, smem.data(), tid);
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_stage_window(w, j, smem.data(), tid);
-      for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-        window_plane_warp<KS, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+      warps_apart(
+          smem, "window_plane_warp",
+          [&](int warp, uint32_t* mine) { window_plane_warp<KS, 32, MmaEmulated<scalar_t>>(w, j, mine, warp, 0); },
+          [&](int warp) { return int64_t(warp) * w.x_words(); }, w.x_words());
       for (int tid = 0; tid < kWindowCorrThreads; ++tid) window_plane_store<kWindowCorrWarps>(w, j, smem.data(), tid);
     }
   }
