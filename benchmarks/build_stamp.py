@@ -16,10 +16,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def source_files(root: str = ROOT) -> list[str]:
-    """The files a build compiles or configures from, relative to root, sorted."""
+    """The files a build compiles or configures from, relative to root, sorted (not kernels/emulation: the tests'
+    CPU emulation, never part of the extension)."""
     files = ["setup.py"]
     for base, dirs, names in os.walk(os.path.join(root, "kernels")):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (base == os.path.join(root, "kernels")
+                                                                          and d == "emulation"))
         for name in names:
             if name.endswith((".h", ".cuh", ".cpp", ".cu")):
                 files.append(os.path.relpath(os.path.join(base, name), root))

@@ -171,6 +171,8 @@ def test_build_stamp_follows_the_sources(tmp_path):
     first = build_stamp.sources_hash(str(tmp_path))
     assert build_stamp.sources_hash(str(tmp_path)) == first
     (tmp_path / "kernels" / "notes.txt").write_text("not compiled\n")
+    (tmp_path / "kernels" / "emulation").mkdir()
+    (tmp_path / "kernels" / "emulation" / "emulate.cpp").write_text("// the tests' emulation, not in the build\n")
     assert build_stamp.sources_hash(str(tmp_path)) == first
     (tmp_path / "kernels" / "include" / "b.h").write_text("#pragma once\n// changed\n")
     second = build_stamp.sources_hash(str(tmp_path))
