@@ -40,6 +40,16 @@ echo "tests rc=$? after $(( $(date +%s) - start )) s"; grep -E "^(FAILED|ERROR)|
 PYTHONUNBUFFERED=1 timeout "$(cap ${BENCH_TIMEOUT:-400} ${PROFILE_RESERVE:-5})" python3 benchmarks/bench_gpu.py "$@" \
   > "$OUT/bench_gpu.log" 2>&1
 echo "bench rc=$? after $(( $(date +%s) - start )) s"; cat "$OUT/bench_gpu.log"
+# SANITIZE=1: compute-sanitizer's racecheck and memcheck over the small-plane kernels at small shapes (after the
+# timings; needs a runtime that supports it: the Firecracker machines did, gVisor's refused the device)
+if [ -n "${SANITIZE:-}" ]; then
+  for tool in racecheck memcheck; do
+    [ "$(left)" -lt 60 ] && { echo "sanitize skipped ($tool): $(left) s left"; continue; }
+    timeout "$(cap 150 ${PROFILE_RESERVE:-5})" compute-sanitizer --tool $tool --print-limit 20 \
+      python3 benchmarks/sanitize_planes.py > "$OUT/sanitize_$tool.log" 2>&1
+    echo "sanitize $tool rc=$? after $(( $(date +%s) - start )) s"; tail -4 "$OUT/sanitize_$tool.log"
+  done
+fi
 if [ $profile = 1 ]; then
   # after the timings (what the targets are read by), stall reasons with what is left: PROFILE_RESERVE seconds
   # are kept from the benchmark for them

@@ -181,3 +181,12 @@ def test_build_stamp_follows_the_sources(tmp_path):
     assert build_stamp.sources_hash(str(tmp_path)) != second
     line = build_stamp.stamp("9.0", str(tmp_path))
     assert line.startswith(f"sources={build_stamp.sources_hash(str(tmp_path))} python=cp") and line.endswith(" arch=9.0")
+
+
+@requires_compiled
+def test_sanitize_planes_runs():
+    """benchmarks/sanitize_planes.py is run under compute-sanitizer on a GPU machine: a Python error there would
+    waste the call. On CPU both of its paths are the CPU engine's, so they agree exactly."""
+    import sanitize_planes
+
+    assert sanitize_planes.run_case(sanitize_planes.CASES[0], "cpu", torch.bfloat16) == 0.0

@@ -1,0 +1,62 @@
+"""The small-plane tensor-core kernels once each, at small shapes, for compute-sanitizer on a GPU machine whose
+runtime supports it (racecheck finds shared-memory races between a block's threads, memcheck out-of-bounds and
+misaligned accesses: what the CPU emulation cannot show). Each case runs forward and backward with
+DCLS_CONVERT_CUDA_PLANE=all and checks the results against the gather kernels' (DCLS_CONVERT_CUDA_TAPS=gather).
+
+    compute-sanitizer --tool racecheck python3 benchmarks/sanitize_planes.py
+    python benchmarks/sanitize_planes.py --device cpu     # the script itself, on CPU (the tests run it so)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+# (N, C, H, W, window): the whole plane at 7 x 7 and 14 x 14 (and its correlation), strips of 8 channels a block
+# at 28 x 28, strips of 4 channels a block (stage 1's rows), each in channels_last with C a multiple of 8 (vector
+# staging) and, for the strips, C = 10 (element staging, a partial channel group)
+CASES = [(16, 16, 7, 7, 17), (16, 8, 14, 14, 17), (16, 8, 28, 28, 17), (16, 10, 28, 28, 17),
+         (16, 8, 20, 56, 17), (16, 12, 20, 56, 17), (16, 10, 20, 56, 17)]
+
+
+def run_case(case, device: str, dtype: torch.dtype) -> float:
+    """The largest difference between the small-plane kernels' and the gather kernels' results, relative to the
+    largest result (forward, input, weight and position gradients)."""
+    from dcls_convert import ops
+
+    N, C, H, W, L = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, H, W, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, 1, 34, generator=g) * 0.1).to(device)
+    p = ((torch.rand(2, C, 1, 34, generator=g) - 0.5) * (L - 1)).to(device)
+    results = []
+    for env in ({"DCLS_CONVERT_CUDA_PLANE": "all"}, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
+        os.environ.update(env)
+        try:
+            xs, ws, ps = (t.detach().clone().requires_grad_() for t in (x, w, p))
+            y = ops.taps_conv(xs, ws, ps, None, [L, L], [1, 1], [L // 2, L // 2])
+            y.backward(torch.ones_like(y))
+            results.append([y.float(), xs.grad.float(), ws.grad.float(), ps.grad.float()])
+        finally:
+            for k in env:
+                del os.environ[k]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(*results))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    dtype = torch.bfloat16
+    for case in CASES:
+        err = run_case(case, args.device, dtype)
+        print(f"{'x'.join(map(str, case[:4]))} window {case[4]}: plane vs gather, max rel diff {err:.2e}", flush=True)
+        # (16-bit outputs and a window rounded to 16 bits: a few bfloat16 steps)
+        assert err < 0.05, f"the small-plane kernels disagree with the gather kernels at {case}"
+
+
+if __name__ == "__main__":
+    main()
