@@ -427,15 +427,15 @@ void bind_window_conv(Plan& w, const at::Tensor& x, const at::Tensor& out, const
   w.x_cl = w.xs[1] == 1 && a.C > 1;
 }
 
-// The tensor-core convolutions' staging (WindowConv, WindowPlane): 16-byte loads of 8 channels where x allows
-// them, the output's channel order, 16-byte stores where out allows them (DCLS_CONVERT_CUDA_MMA_STAGING=scalar:
-// neither).
+// The tensor-core convolutions' staging (WindowConv, WindowPlane): loads of a pixel's `run` channels (a block's:
+// 8, or 4 for 4-channel strips) where x allows them, the output's channel order, stores of as many where out allows
+// them (DCLS_CONVERT_CUDA_MMA_STAGING=scalar: neither).
 template <typename Plan>
-void bind_mma_staging(Plan& w, const at::Tensor& x, const at::Tensor& out, int64_t C) {
+void bind_mma_staging(Plan& w, const at::Tensor& x, const at::Tensor& out, int64_t C, int run = 8) {
   const bool vec = staging_mode() != "scalar";
-  w.vec8 = vec && staging_vec8(x.data_ptr(), w.xs, C);
+  w.vec8 = vec && staging_vec(x.data_ptr(), w.xs, C, run);
   w.out_cl = w.os[1] == 1 && C > 1;
-  w.out_vec8 = vec && staging_vec8(out.data_ptr(), w.os, C);
+  w.out_vec8 = vec && staging_vec(out.data_ptr(), w.os, C, run);
 }
 
 // The FMA convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply. The
@@ -495,12 +495,7 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
       for (int R = std::min<int64_t>(kPlaneMaxStrip, g.Ho); R >= 1 && !fits(); --R)
         w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, R, cpb);
     bind_window_conv(w, x, out, a, flip);
-    bind_mma_staging(w, x, out, a.C);
-    if (w.cpb != kWindowCorrWarps) {  // 4 channels a pixel: 8-byte loads and stores
-      const bool vec = staging_mode() != "scalar";
-      w.vec8 = vec && staging_vec4(x.data_ptr(), w.xs, a.C);
-      w.out_vec8 = vec && staging_vec4(out.data_ptr(), w.os, a.C);
-    }
+    bind_mma_staging(w, x, out, a.C, w.cpb);
     // (the whole-plane kernels are compiled for 8 channels a block)
     TORCH_INTERNAL_ASSERT(w.strip > 0 || w.cpb == kWindowCorrWarps, "window_plane_plan: whole planes take 8 channels");
     w.ok = fits();

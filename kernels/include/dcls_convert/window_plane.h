@@ -55,7 +55,7 @@ struct WindowPlane {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
   bool x_cl = false, out_cl = false;
-  // loads, stores of a pixel's cpb channels at once: 16 bytes for 8 (staging_vec8), 8 for 4 (staging_vec4)
+  // loads, stores of a pixel's cpb channels at once: 16 bytes for 8, 8 for 4 (staging_vec)
   bool vec8 = false, out_vec8 = false;
   int wr = 2;     // staged input row width: W rounded up to even
   int ks = 1;     // k-steps: 16 ks >= H wr

@@ -73,18 +73,14 @@ DCLS_UNROLL
   }
 }
 
-// channels_last inputs whose 8-channel runs are 16-byte aligned (C a multiple of 8, every stride a multiple of
-// 8 elements, the data 16-byte aligned) stage one pixel's 8 channels with one 16-byte load.
-inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) {
-  return s[1] == 1 && C % 8 == 0 && s[0] % 8 == 0 && s[2] % 8 == 0 && s[3] % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(data) % 16 == 0;
+// channels_last 16-bit data whose runs of `run` channels are aligned (C a multiple of run, every stride a
+// multiple of run elements, the data aligned to 2 run bytes) move one pixel's run with one load or store: 16 bytes
+// for 8 channels (load8, store8), 8 for 4 (load4, store4).
+inline bool staging_vec(const void* data, const int64_t s[4], int64_t C, int run = 8) {
+  return s[1] == 1 && C % run == 0 && s[0] % run == 0 && s[2] % run == 0 && s[3] % run == 0 &&
+         reinterpret_cast<uintptr_t>(data) % (2 * run) == 0;
 }
-
-// The same for runs of 4 channels (8 bytes a pixel: load4, store4).
-inline bool staging_vec4(const void* data, const int64_t s[4], int64_t C) {
-  return s[1] == 1 && C % 4 == 0 && s[0] % 4 == 0 && s[2] % 4 == 0 && s[3] % 4 == 0 &&
-         reinterpret_cast<uintptr_t>(data) % 8 == 0;
-}
+inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) { return staging_vec(data, s, C, 8); }
 
 // Eight 16-bit values (one pixel's 8 channels) as four words: element k in word k / 2, low half first.
 DCLS_HD void load8(const void* p, uint32_t v[4]) {
