@@ -216,10 +216,12 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
                                                           ((64, 768, 7, 7), 17, torch.bfloat16, True),
                                                           ((18, 40, 7, 7), 17, torch.float16, False),
                                                           ((3, 24, 16, 16), 7, torch.bfloat16, True),
-                                                          ((5, 8, 1, 12), 9, torch.float16, False)])
+                                                          ((5, 8, 1, 12), 9, torch.float16, False),
+                                                          ((64, 192, 28, 28), 17, torch.bfloat16, True),
+                                                          ((7, 12, 20, 23), 9, torch.float16, False)])
 def test_plane_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
-    """Narrow planes' weight, position and bias gradients as tensor-core products per channel and window row
-    (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr; ConvNeXt-T's stages 3 and 4 among them) against the dense
+    """Small planes' weight, position and bias gradients as tensor-core products per channel and window row
+    (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr; ConvNeXt-T's stages 2, 3 and 4 among them) against the dense
     float64 oracle and the tables' correlation, two runs bitwise equal, the kernel it names launched."""
     x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))

@@ -1123,6 +1123,14 @@ PLANE_CORR_CASES = [
     dict(size=[12], window=[9], padding=[4]),                # 1-D
     dict(size=[3, 10], window=[9, 5], padding=[8, 2]),       # 11 output rows from 3: the k-steps' padding reads far
     dict(size=[1, 14], window=[23, 7], padding=[20, 3]),     # 19 output rows from 1 (a review's failing case)
+    # wide rows (17 to 32 columns): two by four tiles, those holding no window cell skipped
+    dict(size=[28, 28], window=[17, 17], padding=[8, 8]),    # stage 2: 2 images a job, 6 of 8 tiles
+    dict(size=[20, 23], window=[7, 9], padding=[3, 4]),      # asymmetric window, odd width, 3 images a job
+    dict(size=[9, 32], window=[5, 31], padding=[2, 15]),     # 32 columns, a window as wide: every J
+    dict(size=[6, 12], window=[3, 27], padding=[1, 20]),     # narrow input, 26 output columns (the tiles past W off)
+    dict(size=[30, 18], window=[3, 3], padding=[1, 1]),      # a small window: 3 tiles of 8
+    dict(size=[33, 25], window=[5, 5], padding=[4, 0]),      # 37 output rows of 21: one image a job, 3 k-steps
+    dict(size=[29], window=[9], padding=[4]),                # 1-D
 ]
 
 
@@ -1131,7 +1139,7 @@ PLANE_CORR_CASES = [
 @pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
                                            ("bilinear", "channels_last16"), ("nearest", "contiguous")])
 def test_plane_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
-    """Narrow planes' weight and position gradients as one tensor-core product per channel and window row
+    """Small planes' weight and position gradients as one tensor-core product per channel and window row
     (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr), block by block with every lane's mma fragments, against
     the float64 oracle on the same 16-bit values: weight, position and bias gradients to float32 rounding; 18
     images (jobs of a partial slab). Two launches (the correlation, its finish), no table."""
@@ -1143,6 +1151,7 @@ def test_plane_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     ([7, 7], [17, 17], [8, 8], 18, 16),
     ([14, 14], [17, 17], [8, 8], 3, 24),
     ([5, 9], [7, 7], [3, 3], 2, 8),
+    ([28, 28], [17, 17], [8, 8], 3, 16),
 ])
 def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
     """channels_last with 8k channels stages a pixel's 8 channels per 16-byte load; one element per load
@@ -1162,24 +1171,32 @@ def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, pad
     assert all(torch.equal(a, e) for a, e in zip(*runs))
 
 
-@pytest.mark.parametrize("size,window,padding,ok,images", [
-    ([7, 7], [17, 17], [8, 8], True, 16),     # ConvNeXt-T stage 4
-    ([14, 14], [17, 17], [8, 8], True, 9),    # stage 3
-    ([16, 16], [17, 17], [8, 8], True, 8),
-    ([100, 8], [5, 5], [2, 2], True, 1),      # 100 rows: one image a job
-    ([14, 17], [17, 17], [8, 8], False, 0),   # 17 columns
-    ([28, 28], [17, 17], [8, 8], False, 0),   # stage 2: window_corr.h's
-    ([7, 7], [65, 5], [32, 2], False, 0),     # a window past 64
+@pytest.mark.parametrize("size,window,padding,ok,images,mt,tiles,j", [
+    ([7, 7], [17, 17], [8, 8], True, 16, 1, 0b1, (0, 1)),         # ConvNeXt-T stage 4 (one tile: J of 0 and 1)
+    ([14, 14], [17, 17], [8, 8], True, 9, 1, 0b11, (-1, 1)),      # stage 3
+    ([16, 16], [17, 17], [8, 8], True, 8, 1, 0b11, (-1, 1)),
+    ([16, 16], [3, 3], [1, 1], True, 8, 1, 0b11, (-1, 1)),
+    ([100, 8], [5, 5], [2, 2], True, 1, 1, 0b1, (0, 1)),          # 100 rows: one image a job
+    ([28, 28], [17, 17], [8, 8], True, 2, 2, 0b11100111, (-1, 1)),  # stage 2: tiles (0, 3) and (1, 0) hold no cell
+    ([14, 17], [17, 17], [8, 8], True, 4, 2, 0b1100111, (-1, 1)),  # 17 columns: wide, three output-column tiles
+    ([28, 28], [3, 3], [1, 1], True, 2, 2, 0b11100111, (-1, 1)),  # a small window: the same tiles (they hold d = 0)
+    ([9, 32], [5, 63], [2, 31], True, 5, 2, 0b11111111, (-3, 3)),  # every tile, every J
+    ([66, 20], [5, 5], [2, 2], False, 0, 0, 0, 0),                # wide rows, 66 rows: past 4 k-steps
+    ([28, 33], [17, 17], [8, 8], False, 0, 0, 0, 0),              # 33 columns
+    ([56, 56], [17, 17], [8, 8], False, 0, 0, 0, 0),              # stage 1: window_corr.h's
+    ([7, 7], [65, 5], [32, 2], False, 0, 0, 0, 0),                # a window past 64
 ])
-def test_plane_corr_plan(size, window, padding, ok, images):
-    """Where the narrow-plane correlation applies: input and output rows up to 16 columns, windows up to 64; as many
-    images a block job as 8 k-steps hold, within two blocks an SM."""
+def test_plane_corr_plan(size, window, padding, ok, images, mt, tiles, j):
+    """Where the small-plane correlation applies: input and output rows up to 32 columns (narrow up to 16), windows
+    up to 64; as many images a block job as the k-steps hold (8 narrow, 4 wide), within two blocks an SM; the
+    tiles computed (bit mi * NT + nt, NT = 4 wide) and the J whose diagonals hold window cells."""
     x = torch.randn(16, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
     plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert bool(plans[8]) == ok
     if ok:
         assert plans[10] == images and plans[9] <= 113 * 1024
+        assert (plans[13], plans[14], (plans[15], plans[16])) == (mt, tiles, j)
 
 
 @pytest.mark.parametrize("plane,mma,conv,corr", [

@@ -1,5 +1,5 @@
 // The tensor-core correlations' launchers (window_launch.h): the correlation and its finish (window_corr.h: float16,
-// bfloat16, and float32 as 3xTF32; window_plane_corr.h, narrow planes: float16, bfloat16), and whether a device runs the tensor-core kernels. The convolution's launcher is in
+// bfloat16, and float32 as 3xTF32; window_plane_corr.h, small planes: float16, bfloat16), and whether a device runs the tensor-core kernels. The convolution's launcher is in
 // window_mma_conv.cu, so that a build compiles the two in parallel.
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
@@ -53,7 +53,8 @@ void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>&
 template <typename scalar_t>
 void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like) {
   const int64_t bytes = w.smem_words() * 4;
-  auto kernel = with_plane_tiles(w.ntiles, [](auto n) { return plane_corr_kernel<decltype(n)::value, scalar_t>; });
+  auto kernel = with_plane_corr_tiles(
+      w, [](auto m, auto n) { return plane_corr_kernel<decltype(m)::value, decltype(n)::value, scalar_t>; });
   const void* k = reinterpret_cast<const void*>(kernel);
   allow_smem(k, bytes);
   w.slabs = plane_corr_slabs(w, w.packs() * w.groups());  // a pack a block (within the workspace's bound)

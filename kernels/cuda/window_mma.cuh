@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 1) window_strip_kernel(Win
 
 // window_plane_corr.h: per pack of images a block clears and stages its planes (two phases), then each warp runs every
 // window row.
-template <int NT, typename scalar_t>
+template <int MT, int NT, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, 2) plane_corr_kernel(PlaneCorr<scalar_t> w) {
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 2) plane_corr_kernel(Plane
       __syncthreads();
       plane_corr_stage(w, j, smem, tid);
       __syncthreads();
-      plane_corr_warp<kPlaneCorrSteps, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
+      plane_corr_warp<MT, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
     }
   }
 }

@@ -74,7 +74,7 @@ constexpr int64_t kEmulatedSmemBytes = 227 * 1024;
 
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;
-// Blocks the emulated narrow-plane correlation aims for: two, so that a slab of small shapes takes several packs
+// Blocks the emulated small-plane correlation aims for: two, so that a slab of small shapes takes several packs
 // (on the device a pack a block, as the workspace allows).
 constexpr int64_t kEmulatedPlaneBlocks = 2;
 
@@ -407,9 +407,10 @@ struct EmulatedLaunch {
           std::fill(smem.begin(), smem.end(), 0xffffffffu);
           for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
           for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_stage(w, j, smem.data(), tid);
-          with_plane_tiles(w.ntiles, [&](auto nt) {
+          with_plane_corr_tiles(w, [&](auto mt, auto nt) {
             for (int warp = 0; warp < kWindowCorrWarps; ++warp)
-              plane_corr_warp<kPlaneCorrSteps, decltype(nt)::value, 32, MmaEmulated<scalar_t>>(w, j, smem.data(), warp, 0);
+              plane_corr_warp<decltype(mt)::value, decltype(nt)::value, 32, MmaEmulated<scalar_t>>(w, j, smem.data(),
+                                                                                                     warp, 0);
           });
         }
       }
@@ -756,9 +757,9 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
 }
 
 // The tensor-core plans of a 16-bit layer: the forward's (ok, shared memory bytes), the correlation's (ok, bytes),
-// the forward's band, the small-plane forward's (ok, bytes, k-steps), the narrow-plane correlation's (ok, bytes,
-// images a block job), the small-plane forward's strip rows and channels a block, under the emulated device's shared
-// memory.
+// the forward's band, the small-plane forward's (ok, bytes, k-steps), the small-plane correlation's (ok, bytes,
+// images a block job), the small-plane forward's strip rows and channels a block, the small-plane correlation's
+// input-column tiles, tile mask and J range, under the emulated device's shared memory.
 std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                           at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                           c10::string_view interpolation) {
@@ -774,7 +775,7 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto pl = window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
-         pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb};
+         pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb, pc.mt, pc.tiles, pc.jlo, pc.jhi};
   });
   return r;
 }

@@ -1,17 +1,20 @@
-// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on narrow planes (rows of up to
-// 16 columns, in and out: ConvNeXt-T's 14 x 14 and 7 x 7 stages), on tensor cores: the correlation at every cell of
-// the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each tap's
-// corners from G (window_corr_finish_thread, as for window_corr.h: the same workspace).
+// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on planes with rows of up to 32
+// columns, in and out (ConvNeXt-T's 28 x 28, 14 x 14 and 7 x 7 stages), on tensor cores: the correlation at every
+// cell of the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each
+// tap's corners from G (window_corr_finish_thread, as for window_corr.h: the same workspace).
 //
 // Per window row ky, one product per channel with the images and input rows as its k dimension:
 //   S_ky[ix][ox] = sum over (n, iy) of x[n][iy][ix] * g[n][iy - ky + ph][ox]   (input rows whose output row exists)
-// and G[ky][kx] is the sum of S_ky's diagonal ix - ox = kx - pw. The 16 x 16 S_ky of a warp's channel is two
-// mma.m16n8k16 tiles (input columns the rows, output columns the columns); the k-steps run over (image, input row)
-// pairs, 16 at a time, 128 a block job (8 k-steps: the A fragments stay in registers for every ky).
+// and G[ky][kx] is the sum of S_ky's diagonal ix - ox = kx - pw. S_ky is cut into mma.m16n8k16 tiles (16 input
+// columns by 8 output columns): one by two tiles where rows have up to 16 columns ("narrow"), two by four up to 32
+// ("wide"). A tile none of whose diagonals is a window cell is not computed (at 28 x 28 under a 17 x 17 window, 6 of
+// the 8). The k-steps run over (image, input row) pairs, 16 at a time: 128 a block job where narrow, 64 where wide
+// (the A fragments stay in registers for every ky).
 //
 // Why: window_corr.h runs an image at a time in rounds of input rows, and at 14 x 14 and 7 x 7 its time was the
-// rounds' latencies and tiles mostly outside the plane (an H200: 0.146 ms at both stages, the tables' time). Here a
-// block stages its images once and each warp runs every window row from registers and shared memory.
+// rounds' latencies and tiles mostly outside the plane (an H200: 0.146 ms at both stages, the tables' time; 0.208 ms
+// at 28 x 28, 4x the arithmetic floor). Here a block stages its images once and each warp runs every window row from
+// registers and shared memory.
 //
 // Shared memory per channel: the inputs transposed, xs[ix][n hp + iy] (rows padded to even hp, zero past the
 // plane), so an A register is one 32-bit load; the output gradient as columns, e = m0 + ox oxs + n hz + oy (zero
@@ -22,8 +25,13 @@
 // gradients; an infinite output gradient makes NaN reach cells a dense correlation keeps finite, as in
 // window_corr.h).
 // Rows of at most 8 columns (7 x 7) stage 8 input columns and compute one tile of S_ky: the other half is zero.
-// The diagonal sums go through a per-warp scratch in a fixed order (no atomics: run to run identical); the bias
-// gradient is each channel's sum of the staged output gradient, lane by lane then in lane order.
+//
+// The diagonals: a lane's accumulator q of tile (mi, nt) holds S_ky[16 mi + g + 8h][8 nt + 2t + b] (g = lane / 4,
+// t = lane % 4, q = 2h + b), on diagonal 8 (2 mi - nt + h) + (g - 2t - b). So tiles of equal 2 mi - nt (a "class")
+// share accumulators, and a lane's values per J = 2 mi - nt + h and b go through a per-warp scratch, from which
+// each window cell's lane sums its diagonal (e = d - 8J in [-7, 7], two J at most) in a fixed order: no atomics,
+// run to run identical. The bias gradient is each channel's sum of the staged output gradient, lane by lane then in
+// lane order.
 #pragma once
 
 #include <algorithm>
@@ -33,11 +41,13 @@
 
 namespace dcls_convert {
 
-constexpr int kPlaneCorrCols = 16;      // input and output columns: the mma's 16 rows, two tiles of 8 columns
-constexpr int kPlaneCorrSteps = 8;      // k-steps of 16 (image, input row) pairs a block job
+constexpr int kPlaneCorrCols = 16;      // narrow rows: one tile of 16 input columns, two of 8 output columns
+constexpr int kPlaneCorrWideCols = 32;  // wide rows: two by four tiles
 constexpr int kPlaneCorrMaxImages = 16;
-constexpr int kPlaneCorrBlk = 17;       // scratch row pitch (floats): the diagonal reads spread over banks
-constexpr int kPlaneCorrScratch = kPlaneCorrCols * kPlaneCorrBlk + 32;  // floats per warp: S_ky, then 32 sums
+
+// The kernel's tiles of S_ky (input-column tiles MT, output-column tiles NT) and its k-steps a block job.
+constexpr int plane_corr_steps(int mt) { return mt == 1 ? 8 : 4; }
+DCLS_HD int floor_div8(int v) { return v >= 0 ? v / 8 : -((7 - v) / 8); }
 
 template <typename scalar_t>
 struct PlaneCorr {
@@ -55,8 +65,11 @@ struct PlaneCorr {
   int xp = 4;         // words per staged input column (4 mod 8)
   int oxs = 8;        // elements between output-gradient columns (twice a word count 4 mod 8)
   int m0 = 0;         // zero elements before the first column: the reads of window row Lh - 1
-  int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded)
-  int ntiles = 2;     // output-column tiles of 8: 1 where Wo <= 8 (the second S_ky tile is zero, not computed)
+  int mt = 1;         // the kernel's input-column tiles: 1 (narrow rows) or 2 (wide)
+  int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded), 32 wide
+  int ntiles = 2;     // output-column tiles of 8 holding the plane's columns (the others are not computed)
+  uint32_t tiles = 0; // the tiles computed, bit mi * nt_k() + nt: inside the plane, holding a window cell's diagonal
+  int jlo = 0, jhi = 0;  // the J = 2 mi - nt + h whose diagonals hold window cells (within the kernel's tiles)
   int64_t slabs = 1;  // of packs (groups of `images` images) per channel group: the workspace's partial sums
   bool ok = false;
 
@@ -71,13 +84,15 @@ struct PlaneCorr {
     const int r = ((16 * ks + hp - 1) / hp) * hz - oxs;
     return r > 0 ? r : 0;
   }
+  DCLS_HD int nt_k() const { return mt == 2 ? 4 : ntiles; }  // the kernel's output-column tiles
+  DCLS_HD int scratch_words() const { return 64 * (jhi - jlo + 1) + 32; }  // per warp: J x b x lane, then 32 sums
   DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2 + pad_reach(); }
   DCLS_HD int x_words() const { return channel_words(xcols * xp); }
   DCLS_HD int copy_words() const { return (glen() + 1) / 2; }
   DCLS_HD int g_words() const { return channel_words(2 * copy_words()); }
   DCLS_HD int64_t g_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
   DCLS_HD int64_t scratch_offset() const { return g_offset() + int64_t(kWindowCorrWarps) * g_words(); }
-  DCLS_HD int64_t smem_words() const { return scratch_offset() + int64_t(kWindowCorrWarps) * kPlaneCorrScratch; }
+  DCLS_HD int64_t smem_words() const { return scratch_offset() + int64_t(kWindowCorrWarps) * scratch_words(); }
 };
 
 template <typename scalar_t>
@@ -91,24 +106,47 @@ PlaneCorr<scalar_t> plane_corr_sized(PlaneCorr<scalar_t> w, int images) {
   return w;
 }
 
-// The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 16
-// columns, input planes up to 128 rows, windows up to 64, padding inside the window; as many images a job as 8
-// k-steps hold (16 at most) while two blocks fit an SM (max_smem_bytes: a block's most, as window_conv_band's).
+// The tiles of S_ky a kernel computes and the J its scratch holds (plane_corr_shape). A tile (mi, nt) covers the
+// diagonals ix - ox of its columns inside the plane; it is computed where one of them is a window cell.
+template <typename scalar_t>
+void plane_corr_tiles(PlaneCorr<scalar_t>& w) {
+  const int dlo = -static_cast<int>(w.pw), dhi = static_cast<int>(w.Lw - 1 - w.pw);
+  const int W = static_cast<int>(w.W), Wo = static_cast<int>(w.Wo), NT = w.nt_k();
+  w.tiles = 0;
+  for (int mi = 0; mi < w.mt; ++mi)
+    for (int nt = 0; nt < NT; ++nt) {
+      if (16 * mi >= W || 8 * nt >= Wo) continue;
+      const int lo = 16 * mi - std::min(8 * nt + 7, Wo - 1), hi = std::min(16 * mi + 15, W - 1) - 8 * nt;
+      if (hi >= dlo && lo <= dhi) w.tiles |= 1u << (mi * NT + nt);
+    }
+  // J's values lie on diagonals 8 J - 7 .. 8 J + 7; the kernel's J run from 1 - NT to 2 mt - 1
+  w.jlo = std::max(1 - NT, -floor_div8(7 - dlo));  // the least J with 8 J + 7 >= dlo
+  w.jhi = std::min(2 * w.mt - 1, floor_div8(dhi + 7));
+}
+
+// The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 32
+// columns, input planes up to 128 rows (narrow) or 64 (wide), windows up to 64, padding inside the window; as many
+// images a job as the k-steps hold (16 at most) while two blocks fit an SM (max_smem_bytes: a block's most, as
+// window_conv_band's).
 template <typename scalar_t>
 PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
                                      int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t max_smem_bytes) {
   PlaneCorr<scalar_t> w;
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
-  if (sh != 1 || sw != 1 || W > kPlaneCorrCols || Wo > kPlaneCorrCols || Lh > kWindowConvMaxWindow ||
+  if (sh != 1 || sw != 1 || W > kPlaneCorrWideCols || Wo > kPlaneCorrWideCols || Lh > kWindowConvMaxWindow ||
       Lw > kWindowConvMaxWindow || ph > Lh - 1 || pw > Lw - 1 || ph < 0 || pw < 0 || N * C == 0 || Ho * Wo == 0 ||
-      H * W == 0 || H + (H & 1) > 16 * kPlaneCorrSteps)
+      H * W == 0)
     return w;
+  w.mt = W > kPlaneCorrCols || Wo > kPlaneCorrCols ? 2 : 1;
+  const int steps = plane_corr_steps(w.mt);
+  if (H + (H & 1) > 16 * steps) return w;
   w.hp = static_cast<int>(H + (H & 1));
   w.hz = static_cast<int>(Ho + (Ho & 1));
   w.m0 = static_cast<int>(Lh - 1 - ph);
-  w.xcols = W <= 8 ? 8 : kPlaneCorrCols;
-  w.ntiles = Wo <= 8 ? 1 : 2;
-  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, 16 * kPlaneCorrSteps / w.hp, N}));
+  w.xcols = w.mt == 2 ? kPlaneCorrWideCols : W <= 8 ? 8 : kPlaneCorrCols;
+  w.ntiles = static_cast<int>((Wo + 7) / 8);
+  plane_corr_tiles(w);
+  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, 16 * steps / w.hp, N}));
   const int64_t budget = (max_smem_bytes + 1024) / 2 - 1024;
   for (int s = most; s >= 1; --s) {
     w = plane_corr_sized(w, s);
@@ -242,17 +280,20 @@ DCLS_UNROLL
 }
 
 // Phase 3 (per pack): warp `warp`'s channel, lanes lane0 .. lane0 + NL - 1 (the device: NL = 1; the emulation: the
-// whole warp). Its A fragments once, then per window row ky the S_ky tiles, their diagonals through the scratch,
-// and the row's cells to the workspace (the slab's first pack writes them, the others add to them: each cell by
-// the same lane, packs in order); last the bias sum.
-template <int KS, int NT, int NL, typename Mma, typename scalar_t>
+// whole warp). Its A fragments once, then per window row ky the S_ky tiles into the class accumulators, their
+// values per J through the scratch, and the row's cells to the workspace (the slab's first pack writes them, the
+// others add to them: each cell by the same lane, packs in order); last the bias sum.
+template <int MT, int NT, int NL, typename Mma, typename scalar_t>
 DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int warp, int lane0) {
+  constexpr int KS = plane_corr_steps(MT);
+  constexpr int ND = 2 * MT + NT - 2;  // classes 2 mi - nt, from 1 - NT to 2 MT - 2 (accumulator c: class c + 1 - NT)
   const uint32_t* xs = smem + int64_t(warp) * w.x_words();
   const uint32_t* y = smem + w.g_offset() + int64_t(warp) * w.g_words();
-  float* blk = reinterpret_cast<float*>(smem + w.scratch_offset()) + warp * kPlaneCorrScratch;
-  float* sums = blk + kPlaneCorrCols * kPlaneCorrBlk;
-  const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words();
-  uint32_t A[NL][4 * KS];
+  float* blk = reinterpret_cast<float*>(smem + w.scratch_offset()) + warp * w.scratch_words();
+  float* sums = blk + 64 * (w.jhi - w.jlo + 1);
+  const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words(), jlo = w.jlo, jhi = w.jhi;
+  const uint32_t tiles = w.tiles;
+  uint32_t A[NL][4 * MT * KS];  // k-step s, input-column tile mi: registers 4 (s MT + mi) ..
   uint32_t off[NL][KS];  // the lane's two k values a step (2t, 2t + 8) as n hz + iy, 16 bits each
   uint32_t rows[NL][(KS + 1) / 2];  // and their input rows iy, 8 bits each, two k-steps a word (registers)
   for (int l = 0; l < NL; ++l) {
@@ -260,11 +301,15 @@ DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
       if (s >= ks) continue;
-      const int a = g * xp + 8 * s + t;
-      A[l][4 * s + 0] = xs[a];
-      A[l][4 * s + 1] = w.xcols > 8 ? xs[a + 8 * xp] : 0u;
-      A[l][4 * s + 2] = xs[a + 4];
-      A[l][4 * s + 3] = w.xcols > 8 ? xs[a + 8 * xp + 4] : 0u;
+DCLS_UNROLL
+      for (int mi = 0; mi < MT; ++mi) {
+        const int a = (16 * mi + g) * xp + 8 * s + t;
+        uint32_t* r = A[l] + 4 * (s * MT + mi);
+        r[0] = xs[a];
+        r[1] = w.xcols > 8 ? xs[a + 8 * xp] : 0u;
+        r[2] = xs[a + 4];
+        r[3] = w.xcols > 8 ? xs[a + 8 * xp + 4] : 0u;
+      }
       const int k0 = 16 * s + 2 * t, k1 = k0 + 8, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
       off[l][s] = uint32_t(n0 * hz + iy0) | (uint32_t(n1 * hz + iy1) << 16);
       if (s % 2 == 0) rows[l][s / 2] = 0u;
@@ -283,13 +328,13 @@ DCLS_UNROLL
     const int hi = static_cast<int>(std::min<int64_t>(w.H, w.Ho + ky - w.ph));
     const int pk = w.m0 + static_cast<int>(w.ph) - ky, u = ky + static_cast<int>(w.Ho - 1 - w.ph);
     const uint32_t* yc = y + (pk & 1) * cw;  // the copy whose words start at this parity
-    float acc[NL][8];
+    float acc[NL][4 * ND];
     for (int l = 0; l < NL; ++l)
-      for (int q = 0; q < 8; ++q) acc[l][q] = 0.f;
+      for (int q = 0; q < 4 * ND; ++q) acc[l][q] = 0.f;
 DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
       if (s >= ks || lo >= hi) continue;
-      uint32_t Am[NL][4], B[NL][2 * NT];
+      uint32_t Am[NL][4 * MT], B[NL][2 * NT];
       for (int l = 0; l < NL; ++l) {
         // row r has its output row r - ky + ph in the plane iff (unsigned)(u - r) < Ho, u = ky - ph + Ho - 1
         // (rows past H hold zeros); a register's second row is r + 1
@@ -299,50 +344,61 @@ DCLS_UNROLL
         };
         const uint32_t rw = rows[l][s / 2] >> (16 * (s % 2));
         const uint32_t m0 = keep(int(rw & 0xffu)), m1 = keep(int((rw >> 8) & 0xffu));
-        Am[l][0] = A[l][4 * s + 0] & m0;
-        Am[l][1] = A[l][4 * s + 1] & m0;
-        Am[l][2] = A[l][4 * s + 2] & m1;
-        Am[l][3] = A[l][4 * s + 3] & m1;
+DCLS_UNROLL
+        for (int mi = 0; mi < MT; ++mi) {
+          const uint32_t* r = A[l] + 4 * (s * MT + mi);
+          Am[l][4 * mi + 0] = r[0] & m0;
+          Am[l][4 * mi + 1] = r[1] & m0;
+          Am[l][4 * mi + 2] = r[2] & m1;
+          Am[l][4 * mi + 3] = r[3] & m1;
+        }
         const int e0 = int(off[l][s] & 0xffffu) + pk, e1 = int(off[l][s] >> 16) + pk;
 DCLS_UNROLL
         for (int nt = 0; nt < NT; ++nt) {
-          B[l][2 * nt] = yc[(col[l][nt] + e0) >> 1];
-          B[l][2 * nt + 1] = yc[(col[l][nt] + e1) >> 1];
+          const bool in = NT <= 2 || nt < w.ntiles;  // (the wide kernel's tiles past the plane: not computed)
+          B[l][2 * nt] = in ? yc[(col[l][nt] + e0) >> 1] : 0u;
+          B[l][2 * nt + 1] = in ? yc[(col[l][nt] + e1) >> 1] : 0u;
         }
       }
 DCLS_UNROLL
-      for (int nt = 0; nt < NT; ++nt) Mma::template run<NL, 8, 4, 2 * NT>(acc, Am, B, nt, 0, nt);
+      for (int mi = 0; mi < MT; ++mi)
+DCLS_UNROLL
+        for (int nt = 0; nt < NT; ++nt)
+          if ((tiles >> (mi * NT + nt)) & 1u)
+            Mma::template run<NL, 4 * ND, 4 * MT, 2 * NT>(acc, Am, B, 2 * mi - nt + NT - 1, mi, nt);
     }
-    // S_ky to the scratch, its diagonals summed in input-column order, the row's cells written
+    // a lane's values per J (class J, h = 0; class J - 1, h = 1) and b to the scratch, then each cell's diagonal
     for (int l = 0; l < NL; ++l) {
-      const int g = (lane0 + l) >> 2, t = (lane0 + l) & 3;
-      for (int q = 0; q < 8; ++q)
-        blk[(g + 8 * ((q >> 1) & 1)) * kPlaneCorrBlk + 8 * (q >> 2) + 2 * t + (q & 1)] = acc[l][q];
-    }
-#if defined(__CUDA_ARCH__)
-    __syncwarp();
-#endif
-    for (int l = 0; l < NL; ++l) {
-      const int d = lane0 + l - (kPlaneCorrCols - 1);  // ix - ox
-      float s = 0.f;
-      for (int ix = 0; ix < kPlaneCorrCols; ++ix) {
-        const int ox = ix - d;
-        if (ox >= 0 && ox < kPlaneCorrCols) s += blk[ix * kPlaneCorrBlk + ox];
+DCLS_UNROLL
+      for (int J = 1 - NT; J <= 2 * MT - 1; ++J) {
+        if (J < jlo || J > jhi) continue;
+        float v0 = 0.f, v1 = 0.f;
+        if (J <= 2 * MT - 2) v0 += acc[l][4 * (J + NT - 1)], v1 += acc[l][4 * (J + NT - 1) + 1];
+        if (J - 1 >= 1 - NT) v0 += acc[l][4 * (J + NT - 2) + 2], v1 += acc[l][4 * (J + NT - 2) + 3];
+        blk[(2 * (J - jlo)) * 32 + lane0 + l] = v0;
+        blk[(2 * (J - jlo) + 1) * 32 + lane0 + l] = v1;
       }
-      sums[lane0 + l] = s;
     }
 #if defined(__CUDA_ARCH__)
     __syncwarp();
 #endif
     for (int l = 0; l < NL; ++l) {
       for (int64_t kx = lane0 + l; work != nullptr && kx < w.Lw; kx += 32) {
-        const int64_t d = kx - w.pw + kPlaneCorrCols - 1;
-        const float v = d >= 0 && d < 2 * kPlaneCorrCols - 1 ? sums[d] : 0.f;
+        const int d = static_cast<int>(kx - w.pw);  // ix - ox = 8 J + (g - 2t - b)
+        float v = 0.f;
+        for (int J = std::max(jlo, -floor_div8(7 - d)); J <= std::min(jhi, floor_div8(d + 7)); ++J) {
+          const int e = d - 8 * J;
+          for (int t = 0; t < 4; ++t)
+            for (int b = 0; b < 2; ++b) {
+              const int g = e + 2 * t + b;
+              if (g >= 0 && g < 8) v += blk[(2 * (J - jlo) + b) * 32 + 4 * g + t];
+            }
+        }
         work[ky * w.Lw + kx] = first ? v : work[ky * w.Lw + kx] + v;
       }
     }
 #if defined(__CUDA_ARCH__)
-    __syncwarp();  // the scratch is read before the next row's tiles take it
+    __syncwarp();  // the scratch is read before the next row's values take it
 #endif
   }
   // the bias gradient's part: the staged output gradient (zero around its columns), lane by lane, then in lane order
@@ -363,11 +419,14 @@ DCLS_UNROLL
   }
 }
 
-// The kernel for a plane's output-column tiles (1: rows of up to 8 columns; 2).
-template <typename Fn>
-auto with_plane_tiles(int ntiles, Fn&& fn) {
-  if (ntiles == 1) return fn(std::integral_constant<int, 1>());
-  return fn(std::integral_constant<int, 2>());
+// The kernel for a plane's tiles (MT, NT): narrow rows of up to 8 output columns (1, 1) or 16 (1, 2); wide (2, 4).
+template <typename scalar_t, typename Fn>
+auto with_plane_corr_tiles(const PlaneCorr<scalar_t>& w, Fn&& fn) {
+  using one = std::integral_constant<int, 1>;
+  using two = std::integral_constant<int, 2>;
+  if (w.mt == 2) return fn(two(), std::integral_constant<int, 4>());
+  if (w.ntiles == 1) return fn(one(), one());
+  return fn(one(), two());
 }
 
 }  // namespace dcls_convert
