@@ -4,6 +4,7 @@ misaligned accesses: what the CPU emulation cannot show). Each case runs forward
 DCLS_CONVERT_CUDA_PLANE=all and checks the results against the gather kernels' (DCLS_CONVERT_CUDA_TAPS=gather).
 
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_planes.py
+    python3 benchmarks/sanitize_planes.py --part corr     # one part, no sanitizer: run_gpu.sh's smoke run
     python benchmarks/sanitize_planes.py --device cpu     # the script itself, on CPU (the tests run it so)
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ CASES = [(16, 16, 7, 7, 17), (16, 8, 14, 14, 17), (16, 8, 28, 28, 17), (16, 10, 
          (16, 8, 20, 56, 17), (16, 12, 20, 56, 17), (16, 10, 20, 56, 17)]
 
 
-def run_case(case, device: str, dtype: torch.dtype) -> float:
+def run_case(case, device: str, dtype: torch.dtype, part: str = "all") -> float:
     """The largest difference between the small-plane kernels' and the gather kernels' results, relative to the
     largest result (forward, input, weight and position gradients)."""
     from dcls_convert import ops
@@ -31,7 +32,7 @@ def run_case(case, device: str, dtype: torch.dtype) -> float:
     w = (torch.randn(C, 1, 34, generator=g) * 0.1).to(device)
     p = ((torch.rand(2, C, 1, 34, generator=g) - 0.5) * (L - 1)).to(device)
     results = []
-    for env in ({"DCLS_CONVERT_CUDA_PLANE": "all"}, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
+    for env in ({"DCLS_CONVERT_CUDA_PLANE": part}, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
         os.environ.update(env)
         try:
             xs, ws, ps = (t.detach().clone().requires_grad_() for t in (x, w, p))
@@ -49,10 +50,12 @@ def run_case(case, device: str, dtype: torch.dtype) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--part", default="all", choices=["all", "conv", "corr"],
+                    help="the small-plane parts run (DCLS_CONVERT_CUDA_PLANE): run_gpu.sh's smoke run takes each alone")
     args = ap.parse_args()
     dtype = torch.bfloat16
     for case in CASES:
-        err = run_case(case, args.device, dtype)
+        err = run_case(case, args.device, dtype, args.part)
         print(f"{'x'.join(map(str, case[:4]))} window {case[4]}: plane vs gather, max rel diff {err:.2e}", flush=True)
         # (16-bit outputs and a window rounded to 16 bits: a few bfloat16 steps)
         assert err < 0.05, f"the small-plane kernels disagree with the gather kernels at {case}"

@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,3 +26,22 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_context_alive(request):
+    """A test that faults on the GPU (an illegal address leaves the process's CUDA context unusable) ends its
+    process: under pytest-xdist the worker is replaced, so the crash names its test and later tests run in a fresh
+    context instead of all failing; without xdist the run stops there and says why."""
+    yield
+    if not torch.cuda.is_initialized():
+        return
+    try:
+        torch.cuda.synchronize()
+    except Exception as exc:  # (torch.AcceleratorError, a RuntimeError: "CUDA error: ...")
+        message = f"CUDA context unusable after {request.node.nodeid}: {exc}"
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+            os._exit(70)
+        pytest.exit(message, returncode=70)
