@@ -27,9 +27,10 @@
 // Rows of at most 8 columns (7 x 7) stage 8 input columns and compute one tile of S_ky: the other half is zero.
 //
 // The diagonals: a lane's accumulator q of tile (mi, nt) holds S_ky[16 mi + g + 8h][8 nt + 2t + b] (g = lane / 4,
-// t = lane % 4, q = 2h + b), on diagonal 8 (2 mi - nt + h) + (g - 2t - b). So tiles of equal 2 mi - nt (a "class")
-// share accumulators, and a lane's values per J = 2 mi - nt + h and b go through a per-warp scratch, from which
-// each window cell's lane sums its diagonal (e = d - 8J in [-7, 7], two J at most) in a fixed order: no atomics,
+// t = lane % 4, q = 2h + b), on diagonal d = 8 (2 mi - nt + h) + (g - 2t - b). So tiles of equal 2 mi - nt (a
+// "class") share accumulators, and a lane sums its values per J = 2 mi - nt + h and b. For a diagonal d and a pair
+// (t, b) exactly one J and g meet, so a per-warp scratch has 8 slots a window cell, slot 2t + b written by one lane
+// (slots whose J the kernel does not hold stay zero), and the cell's lane sums its 8 slots in order: no atomics,
 // run to run identical. The bias gradient is each channel's sum of the staged output gradient, lane by lane then in
 // lane order.
 #pragma once
@@ -85,7 +86,7 @@ struct PlaneCorr {
     return r > 0 ? r : 0;
   }
   DCLS_HD int nt_k() const { return mt == 2 ? 4 : ntiles; }  // the kernel's output-column tiles
-  DCLS_HD int scratch_words() const { return 64 * (jhi - jlo + 1) + 32; }  // per warp: J x b x lane, then 32 sums
+  DCLS_HD int scratch_words() const { return 8 * static_cast<int>(Lw) + 32; }  // per warp: 8 slots a cell, 32 sums
   DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2 + pad_reach(); }
   DCLS_HD int x_words() const { return channel_words(xcols * xp); }
   DCLS_HD int copy_words() const { return (glen() + 1) / 2; }
@@ -187,10 +188,11 @@ DCLS_HD PlaneCorrJob plane_corr_job(const PlaneCorr<scalar_t>& w, int64_t bid) {
   return j;
 }
 
-// Phase 1 (per pack): the staged inputs and output gradients cleared (what the staging leaves is zero).
+// Phase 1 (per pack): the staged inputs and output gradients cleared (what the staging leaves is zero), and the
+// scratch (its slots no lane writes read as zero).
 template <typename scalar_t>
 DCLS_HD void plane_corr_clear(const PlaneCorr<scalar_t>& w, uint32_t* smem, int tid) {
-  for (int64_t e = tid; e < w.scratch_offset(); e += kWindowCorrThreads) smem[e] = 0u;
+  for (int64_t e = tid; e < w.smem_words(); e += kWindowCorrThreads) smem[e] = 0u;
 }
 
 // Where a channel's staged elements go: input (n, iy, ix), and output-gradient (n, oy, ox) in both copies.
@@ -290,7 +292,7 @@ DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j
   const uint32_t* xs = smem + int64_t(warp) * w.x_words();
   const uint32_t* y = smem + w.g_offset() + int64_t(warp) * w.g_words();
   float* blk = reinterpret_cast<float*>(smem + w.scratch_offset()) + warp * w.scratch_words();
-  float* sums = blk + 64 * (w.jhi - w.jlo + 1);
+  float* sums = blk + 8 * w.Lw;
   const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words(), jlo = w.jlo, jhi = w.jhi;
   const uint32_t tiles = w.tiles;
   uint32_t A[NL][4 * MT * KS];  // k-step s, input-column tile mi: registers 4 (s MT + mi) ..
@@ -367,16 +369,19 @@ DCLS_UNROLL
           if ((tiles >> (mi * NT + nt)) & 1u)
             Mma::template run<NL, 4 * ND, 4 * MT, 2 * NT>(acc, Am, B, 2 * mi - nt + NT - 1, mi, nt);
     }
-    // a lane's values per J (class J, h = 0; class J - 1, h = 1) and b to the scratch, then each cell's diagonal
+    // a lane's values per J (class J, h = 0; class J - 1, h = 1) and b to its slots (2t + b) of the cells on their
+    // diagonals, then each cell's 8 slots in order
     for (int l = 0; l < NL; ++l) {
+      const int lane = lane0 + l, e0 = (lane >> 2) - 2 * (lane & 3) + static_cast<int>(w.pw), slot = 2 * (lane & 3);
 DCLS_UNROLL
       for (int J = 1 - NT; J <= 2 * MT - 1; ++J) {
         if (J < jlo || J > jhi) continue;
         float v0 = 0.f, v1 = 0.f;
         if (J <= 2 * MT - 2) v0 += acc[l][4 * (J + NT - 1)], v1 += acc[l][4 * (J + NT - 1) + 1];
         if (J - 1 >= 1 - NT) v0 += acc[l][4 * (J + NT - 2) + 2], v1 += acc[l][4 * (J + NT - 2) + 3];
-        blk[(2 * (J - jlo)) * 32 + lane0 + l] = v0;
-        blk[(2 * (J - jlo) + 1) * 32 + lane0 + l] = v1;
+        const int kx = 8 * J + e0;  // the cell of b = 0; b = 1's is kx - 1
+        if (kx >= 0 && kx < w.Lw) blk[8 * kx + slot] = v0;
+        if (kx >= 1 && kx <= w.Lw) blk[8 * (kx - 1) + slot + 1] = v1;
       }
     }
 #if defined(__CUDA_ARCH__)
@@ -384,16 +389,8 @@ DCLS_UNROLL
 #endif
     for (int l = 0; l < NL; ++l) {
       for (int64_t kx = lane0 + l; work != nullptr && kx < w.Lw; kx += 32) {
-        const int d = static_cast<int>(kx - w.pw);  // ix - ox = 8 J + (g - 2t - b)
         float v = 0.f;
-        for (int J = std::max(jlo, -floor_div8(7 - d)); J <= std::min(jhi, floor_div8(d + 7)); ++J) {
-          const int e = d - 8 * J;
-          for (int t = 0; t < 4; ++t)
-            for (int b = 0; b < 2; ++b) {
-              const int g = e + 2 * t + b;
-              if (g >= 0 && g < 8) v += blk[(2 * (J - jlo) + b) * 32 + 4 * g + t];
-            }
-        }
+        for (int q = 0; q < 8; ++q) v += blk[8 * kx + q];
         work[ky * w.Lw + kx] = first ? v : work[ky * w.Lw + kx] + v;
       }
     }
