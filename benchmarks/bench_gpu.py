@@ -213,7 +213,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             if dtype != torch.float32 and not PLANE_OFF:
                 # small planes' forward and input gradient (window_plane.h; 28 x 28 in strips of output rows,
                 # twelfth session; 56 x 56 in strips of 4 channels a block, thirteenth) and weight and position
-                # gradients (window_plane_corr.h, rows up to 16 columns, eleventh session; up to 32, fourteenth)
+                # gradients (window_plane_corr.h, rows up to 16 columns, eleventh session; up to 64, fourteenth)
                 # as tensor-core products per channel (opt-in)
                 os.environ["DCLS_CONVERT_CUDA_PLANE"] = "all"
                 try:
@@ -363,8 +363,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "wgrad with =corr, fwd+bwd with =all ('band-8': =all with DCLS_CONVERT_CUDA_MMA_BAND=8, 8 input rows staged "
           "per round); the floors stay those of the table's float32 products; 'plane': 16-bit rows of planes up to 256 "
           "pixels with DCLS_CONVERT_CUDA_PLANE=all (every part as tensor-core products per channel: "
-          "window_plane.h, window_plane_corr.h; 28 x 28 and 56 x 56: the forward and input gradient in strips; the "
-          "weight gradient on rows up to 32 columns, 56 x 56's the default's); 'tuned': DCLS_CONVERT_CUDA_TUNE=on (each part on the path "
+          "window_plane.h, window_plane_corr.h; 28 x 28 and 56 x 56: the forward and input gradient in strips); 'tuned': DCLS_CONVERT_CUDA_TUNE=on (each part on the path "
           "that was fastest when timed here; 'tuned paths': forward/input gradient/weight+position gradients); "
           "'tf32': float32 rows with "
           "DCLS_CONVERT_CUDA_TF32=corr (the weight and position gradients on tensor cores, 3xTF32); 'fma': "

@@ -15,7 +15,8 @@ import os
 import torch
 
 # (N, C, H, W, window): the whole plane at 7 x 7 and 14 x 14 (and its correlation), strips of 8 channels a block
-# at 28 x 28 (and the correlation's wide rows), strips of 4 channels a block (stage 1's rows), each in channels_last with C a multiple of 8 (vector
+# at 28 x 28 (and the correlation's rows of 17-32 columns), strips of 4 channels a block (stage 1's rows; the
+# correlation's rows of 33-64 columns), each in channels_last with C a multiple of 8 (vector
 # staging) and, for the strips, C = 10 (element staging, a partial channel group)
 CASES = [(16, 16, 7, 7, 17), (16, 8, 14, 14, 17), (16, 8, 28, 28, 17), (16, 10, 28, 28, 17),
          (16, 8, 20, 56, 17), (16, 12, 20, 56, 17), (16, 10, 20, 56, 17)]

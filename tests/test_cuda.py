@@ -218,10 +218,12 @@ def test_window_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
                                                           ((3, 24, 16, 16), 7, torch.bfloat16, True),
                                                           ((5, 8, 1, 12), 9, torch.float16, False),
                                                           ((64, 192, 28, 28), 17, torch.bfloat16, True),
-                                                          ((7, 12, 20, 23), 9, torch.float16, False)])
+                                                          ((7, 12, 20, 23), 9, torch.float16, False),
+                                                          ((64, 96, 56, 56), 17, torch.bfloat16, True),
+                                                          ((3, 10, 12, 45), 9, torch.float16, False)])
 def test_plane_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
     """Small planes' weight, position and bias gradients as tensor-core products per channel and window row
-    (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr; ConvNeXt-T's stages 2, 3 and 4 among them) against the dense
+    (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr; ConvNeXt-T's four stages among them) against the dense
     float64 oracle and the tables' correlation, two runs bitwise equal, the kernel it names launched."""
     x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))

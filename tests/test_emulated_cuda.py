@@ -1131,6 +1131,11 @@ PLANE_CORR_CASES = [
     dict(size=[30, 18], window=[3, 3], padding=[1, 1]),      # a small window: 3 tiles of 8
     dict(size=[33, 25], window=[5, 5], padding=[4, 0]),      # 37 output rows of 21: one image a job, 3 k-steps
     dict(size=[29], window=[9], padding=[4]),                # 1-D
+    # rows of 33 to 64 columns: four by eight tiles, one block an SM
+    dict(size=[20, 56], window=[17, 17], padding=[8, 8]),    # stage 1's rows: 13 of 32 tiles, 3 images a job
+    dict(size=[12, 45], window=[5, 9], padding=[2, 1]),      # asymmetric window and padding, odd width
+    dict(size=[6, 40], window=[3, 63], padding=[1, 31]),     # a window wider than the plane: J from -4 to 4
+    dict(size=[60], window=[17], padding=[8]),               # 1-D
 ]
 
 
@@ -1181,21 +1186,23 @@ def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, pad
     ([14, 17], [17, 17], [8, 8], True, 4, 2, 0b1100111, (-1, 1)),  # 17 columns: wide, three output-column tiles
     ([28, 28], [3, 3], [1, 1], True, 2, 2, 0b11100111, (-1, 1)),  # a small window: the same tiles (they hold d = 0)
     ([9, 32], [5, 63], [2, 31], True, 5, 2, 0b11111111, (-3, 3)),  # every tile, every J
+    ([56, 56], [17, 17], [8, 8], True, 1, 4, 0x60781e07, (-1, 1)),  # stage 1: 4 x 8 tiles, 13 of them (a byte a mi)
+    ([56, 56], [31, 31], [15, 15], True, 1, 4, 0x707c3f0f, (-2, 2)),
+    ([28, 33], [17, 17], [8, 8], True, 1, 4, 0x181e07, (-1, 1)),  # 33 columns: 4 x 8 tiles, one image a job
     ([66, 20], [5, 5], [2, 2], False, 0, 0, 0, 0),                # wide rows, 66 rows: past 4 k-steps
-    ([28, 33], [17, 17], [8, 8], False, 0, 0, 0, 0),              # 33 columns
-    ([56, 56], [17, 17], [8, 8], False, 0, 0, 0, 0),              # stage 1: window_corr.h's
+    ([28, 65], [17, 17], [8, 8], False, 0, 0, 0, 0),              # 65 columns
     ([7, 7], [65, 5], [32, 2], False, 0, 0, 0, 0),                # a window past 64
 ])
 def test_plane_corr_plan(size, window, padding, ok, images, mt, tiles, j):
-    """Where the small-plane correlation applies: input and output rows up to 32 columns (narrow up to 16), windows
-    up to 64; as many images a block job as the k-steps hold (8 narrow, 4 wide), within two blocks an SM; the
-    tiles computed (bit mi * NT + nt, NT = 4 wide) and the J whose diagonals hold window cells."""
+    """Where the small-plane correlation applies: input and output rows up to 64 columns (narrow up to 16), windows
+    up to 64; as many images a block job as the k-steps hold (8 narrow, 4 wide), within two blocks an SM where
+    they fit; the tiles computed (bit mi * NT + nt, NT = 2 mt wide) and the J whose diagonals hold window cells."""
     x = torch.randn(16, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
     plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert bool(plans[8]) == ok
     if ok:
-        assert plans[10] == images and plans[9] <= 113 * 1024
+        assert plans[10] == images and plans[9] <= (113 if mt < 4 else 227) * 1024
         assert (plans[13], plans[14], (plans[15], plans[16])) == (mt, tiles, j)
 
 

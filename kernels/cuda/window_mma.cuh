@@ -191,8 +191,9 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 1) window_strip_kernel(Win
 
 // window_plane_corr.h: per pack of images a block clears and stages its planes (two phases), then each warp runs every
 // window row.
+// (Rows past 32 columns: one block an SM, whose shared memory a job of one image already takes: 255 registers.)
 template <int MT, int NT, typename scalar_t>
-__global__ void __launch_bounds__(kWindowCorrThreads, 2) plane_corr_kernel(PlaneCorr<scalar_t> w) {
+__global__ void __launch_bounds__(kWindowCorrThreads, MT >= 4 ? 1 : 2) plane_corr_kernel(PlaneCorr<scalar_t> w) {
   uint32_t* smem = reinterpret_cast<uint32_t*>(window_corr_smem);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = w.blocks();

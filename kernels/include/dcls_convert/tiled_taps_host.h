@@ -330,7 +330,7 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
 // tensor-core product per channel instead of the cost rule's choice: "conv", the forward and input gradient
 // (window_plane.h: input planes up to 256 pixels, larger ones with rows up to 64 columns in strips of output rows);
 // "corr", the weight and position gradients (window_plane_corr.h:
-// rows of up to 32 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
+// rows of up to 64 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
 // cores. Opt-in until a GPU has timed them.
 template <typename scalar_t, typename acc_t>
 bool plane_wanted(const char* part, const TapsArgs<scalar_t, acc_t>&) {

@@ -1,15 +1,15 @@
-// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on planes with rows of up to 32
-// columns, in and out (ConvNeXt-T's 28 x 28, 14 x 14 and 7 x 7 stages), on tensor cores: the correlation at every
+// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on planes with rows of up to 64
+// columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7), on tensor cores: the correlation at every
 // cell of the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each
 // tap's corners from G (window_corr_finish_thread, as for window_corr.h: the same workspace).
 //
 // Per window row ky, one product per channel with the images and input rows as its k dimension:
 //   S_ky[ix][ox] = sum over (n, iy) of x[n][iy][ix] * g[n][iy - ky + ph][ox]   (input rows whose output row exists)
 // and G[ky][kx] is the sum of S_ky's diagonal ix - ox = kx - pw. S_ky is cut into mma.m16n8k16 tiles (16 input
-// columns by 8 output columns): one by two tiles where rows have up to 16 columns ("narrow"), two by four up to 32
-// ("wide"). A tile none of whose diagonals is a window cell is not computed (at 28 x 28 under a 17 x 17 window, 6 of
-// the 8). The k-steps run over (image, input row) pairs, 16 at a time: 128 a block job where narrow, 64 where wide
-// (the A fragments stay in registers for every ky).
+// columns by 8 output columns): one by two tiles where rows have up to 16 columns ("narrow"), two by four up to 32,
+// four by eight up to 64 ("wide"). A tile none of whose diagonals is a window cell is not computed (under a 17 x 17
+// window: at 28 x 28, 6 of 8; at 56 x 56, 19 of 32). The k-steps run over (image, input row) pairs, 16 at a time:
+// 128 a block job where narrow, 64 where wide (the A fragments stay in registers for every ky).
 //
 // Why: window_corr.h runs an image at a time in rounds of input rows, and at 14 x 14 and 7 x 7 its time was the
 // rounds' latencies and tiles mostly outside the plane (an H200: 0.146 ms at both stages, the tables' time; 0.208 ms
@@ -43,7 +43,7 @@
 namespace dcls_convert {
 
 constexpr int kPlaneCorrCols = 16;      // narrow rows: one tile of 16 input columns, two of 8 output columns
-constexpr int kPlaneCorrWideCols = 32;  // wide rows: two by four tiles
+constexpr int kPlaneCorrMaxCols = 64;   // wide rows: two by four tiles up to 32 columns, four by eight up to 64
 constexpr int kPlaneCorrMaxImages = 16;
 
 // The kernel's tiles of S_ky (input-column tiles MT, output-column tiles NT) and its k-steps a block job.
@@ -66,8 +66,8 @@ struct PlaneCorr {
   int xp = 4;         // words per staged input column (4 mod 8)
   int oxs = 8;        // elements between output-gradient columns (twice a word count 4 mod 8)
   int m0 = 0;         // zero elements before the first column: the reads of window row Lh - 1
-  int mt = 1;         // the kernel's input-column tiles: 1 (narrow rows) or 2 (wide)
-  int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded), 32 wide
+  int mt = 1;         // the kernel's input-column tiles: 1 (narrow rows), 2 or 4 (wide)
+  int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded), 16 mt wide
   int ntiles = 2;     // output-column tiles of 8 holding the plane's columns (the others are not computed)
   uint32_t tiles = 0; // the tiles computed, bit mi * nt_k() + nt: inside the plane, holding a window cell's diagonal
   int jlo = 0, jhi = 0;  // the J = 2 mi - nt + h whose diagonals hold window cells (within the kernel's tiles)
@@ -85,7 +85,7 @@ struct PlaneCorr {
     const int r = ((16 * ks + hp - 1) / hp) * hz - oxs;
     return r > 0 ? r : 0;
   }
-  DCLS_HD int nt_k() const { return mt == 2 ? 4 : ntiles; }  // the kernel's output-column tiles
+  DCLS_HD int nt_k() const { return mt > 1 ? 2 * mt : ntiles; }  // the kernel's output-column tiles
   DCLS_HD int scratch_words() const { return 8 * static_cast<int>(Lw) + 32; }  // per warp: 8 slots a cell, 32 sums
   DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2 + pad_reach(); }
   DCLS_HD int x_words() const { return channel_words(xcols * xp); }
@@ -134,17 +134,18 @@ PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W,
                                      int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t max_smem_bytes) {
   PlaneCorr<scalar_t> w;
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
-  if (sh != 1 || sw != 1 || W > kPlaneCorrWideCols || Wo > kPlaneCorrWideCols || Lh > kWindowConvMaxWindow ||
+  if (sh != 1 || sw != 1 || W > kPlaneCorrMaxCols || Wo > kPlaneCorrMaxCols || Lh > kWindowConvMaxWindow ||
       Lw > kWindowConvMaxWindow || ph > Lh - 1 || pw > Lw - 1 || ph < 0 || pw < 0 || N * C == 0 || Ho * Wo == 0 ||
       H * W == 0)
     return w;
-  w.mt = W > kPlaneCorrCols || Wo > kPlaneCorrCols ? 2 : 1;
+  const int64_t cols = std::max(W, Wo);
+  w.mt = cols > 2 * kPlaneCorrCols ? 4 : cols > kPlaneCorrCols ? 2 : 1;
   const int steps = plane_corr_steps(w.mt);
   if (H + (H & 1) > 16 * steps) return w;
   w.hp = static_cast<int>(H + (H & 1));
   w.hz = static_cast<int>(Ho + (Ho & 1));
   w.m0 = static_cast<int>(Lh - 1 - ph);
-  w.xcols = w.mt == 2 ? kPlaneCorrWideCols : W <= 8 ? 8 : kPlaneCorrCols;
+  w.xcols = w.mt > 1 ? kPlaneCorrCols * w.mt : W <= 8 ? 8 : kPlaneCorrCols;
   w.ntiles = static_cast<int>((Wo + 7) / 8);
   plane_corr_tiles(w);
   const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, 16 * steps / w.hp, N}));
@@ -416,11 +417,13 @@ DCLS_UNROLL
   }
 }
 
-// The kernel for a plane's tiles (MT, NT): narrow rows of up to 8 output columns (1, 1) or 16 (1, 2); wide (2, 4).
+// The kernel for a plane's tiles (MT, NT): narrow rows of up to 8 output columns (1, 1) or 16 (1, 2); wide, up to
+// 32 columns (2, 4) or 64 (4, 8).
 template <typename scalar_t, typename Fn>
 auto with_plane_corr_tiles(const PlaneCorr<scalar_t>& w, Fn&& fn) {
   using one = std::integral_constant<int, 1>;
   using two = std::integral_constant<int, 2>;
+  if (w.mt == 4) return fn(std::integral_constant<int, 4>(), std::integral_constant<int, 8>());
   if (w.mt == 2) return fn(two(), std::integral_constant<int, 4>());
   if (w.ntiles == 1) return fn(one(), one());
   return fn(one(), two());
