@@ -1128,7 +1128,7 @@ PLANE_CORR_CASES = [
     dict(size=[20, 23], window=[7, 9], padding=[3, 4]),      # asymmetric window, odd width, 3 images a job
     dict(size=[9, 32], window=[5, 31], padding=[2, 15]),     # 32 columns, a window as wide: every J
     dict(size=[6, 12], window=[3, 27], padding=[1, 20]),     # narrow input, 26 output columns (the tiles past W off)
-    dict(size=[30, 18], window=[3, 3], padding=[1, 1]),      # a small window: 3 tiles of 8
+    dict(size=[30, 18], window=[3, 3], padding=[1, 1]),      # a small window, three output-column tiles
     dict(size=[33, 25], window=[5, 5], padding=[4, 0]),      # 37 output rows of 21: one image a job, 3 k-steps
     dict(size=[29], window=[9], padding=[4]),                # 1-D
     # rows of 33 to 64 columns: four by eight tiles, one block an SM

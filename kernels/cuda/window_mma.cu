@@ -52,6 +52,8 @@ void launch_window_corr(WindowCorr<scalar_t> w, const TapsArgs<scalar_t, float>&
 
 template <typename scalar_t>
 void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like) {
+  // (the kernel's tiles, tile mask and J range come from plane_corr_shape: tile (0, 0) always holds diagonal 0)
+  TORCH_INTERNAL_ASSERT(w.ok && (w.tiles & 1u), "launch_plane_corr: a plan from plane_corr_shape");
   const int64_t bytes = w.smem_words() * 4;
   auto kernel = with_plane_corr_tiles(
       w, [](auto m, auto n) { return plane_corr_kernel<decltype(m)::value, decltype(n)::value, scalar_t>; });

@@ -395,6 +395,7 @@ struct EmulatedLaunch {
   }
   static void plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
     if constexpr (window_corr_dtype<scalar_t>()) {
+      TORCH_INTERNAL_ASSERT(w.ok && (w.tiles & 1u), "plane_corr: a plan from plane_corr_shape");
       launch({"plane_corr", "window_corr_finish"});  // the correlation and its finish
       w.slabs = plane_corr_slabs(w, kEmulatedPlaneBlocks);
       std::vector<float> work(w.C * w.slabs * w.values(), std::numeric_limits<float>::quiet_NaN());

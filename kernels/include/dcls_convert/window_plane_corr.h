@@ -8,7 +8,7 @@
 // and G[ky][kx] is the sum of S_ky's diagonal ix - ox = kx - pw. S_ky is cut into mma.m16n8k16 tiles (16 input
 // columns by 8 output columns): one by two tiles where rows have up to 16 columns ("narrow"), two by four up to 32,
 // four by eight up to 64 ("wide"). A tile none of whose diagonals is a window cell is not computed (under a 17 x 17
-// window: at 28 x 28, 6 of 8; at 56 x 56, 19 of 32). The k-steps run over (image, input row) pairs, 16 at a time:
+// window 6 tiles of 8 are computed at 28 x 28, 13 of 32 at 56 x 56). The k-steps run over (image, input row) pairs, 16 at a time:
 // 128 a block job where narrow, 64 where wide (the A fragments stay in registers for every ky).
 //
 // Why: window_corr.h runs an image at a time in rounds of input rows, and at 14 x 14 and 7 x 7 its time was the
