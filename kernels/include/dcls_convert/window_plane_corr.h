@@ -211,8 +211,9 @@ DCLS_HD void plane_corr_put_g(const PlaneCorr<scalar_t>& w, uint32_t* smem, int 
   if (e >= 1) y[2 * w.copy_words() + e - 1] = v;
 }
 
-// Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)).
-template <typename scalar_t>
+// Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)), Batch loads in
+// flight a thread (rows past 32 columns, one block an SM with registers to spare: more, as the strips).
+template <int Batch = kPlaneBatch, typename scalar_t>
 DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
   const int xin = j.images * static_cast<int>(w.H * w.W), gin = j.images * static_cast<int>(w.Ho * w.Wo);
   // item -> (image, row, column) of the input (item < xin) or the output gradient
@@ -226,7 +227,7 @@ DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& 
     return is_x;
   };
   if (w.vec8) {  // a thread per pixel: its 8 channels in one load
-    plane_items<Words4>(
+    plane_items<Words4, Batch>(
         xin + gin, tid,
         [&](int item) {
           int n;
@@ -260,7 +261,7 @@ DCLS_UNROLL
       item = xin + plane_channel(idx - kWindowCorrWarps * xin, w.g_cl, gin, ci);
     }
   };
-  plane_items<scalar_t>(
+  plane_items<scalar_t, Batch>(
       kWindowCorrWarps * (xin + gin), tid,
       [&](int idx) {
         int ci, item, n;
