@@ -1157,6 +1157,7 @@ def test_plane_corr_matches_oracle(monkeypatch, dtype, case, interp, layout):
     ([14, 14], [17, 17], [8, 8], 3, 24),
     ([5, 9], [7, 7], [3, 3], 2, 8),
     ([28, 28], [17, 17], [8, 8], 3, 16),
+    ([20, 56], [17, 17], [8, 8], 2, 16),   # rows past 32 columns: 8 loads in flight
 ])
 def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
     """channels_last with 8k channels stages a pixel's 8 channels per 16-byte load; one element per load

@@ -74,6 +74,16 @@ constexpr int64_t kEmulatedSmemBytes = 227 * 1024;
 
 // Blocks the emulated correlation aims for (small, so that small shapes still split into several slabs).
 constexpr int64_t kEmulatedBlocks = 16;
+// window_finish_kernel, phase by phase: a block per channel, its cells summed over the slabs into G, then its taps.
+template <typename Corr, typename scalar_t, typename acc_t>
+void emulate_window_finish(const Corr& w, const TapsArgs<scalar_t, acc_t>& a) {
+  std::vector<acc_t> G(w.values(), std::numeric_limits<acc_t>::quiet_NaN());
+  for (int64_t c = 0; c < a.C; ++c) {
+    for (int64_t e = 0; e < w.values(); ++e) window_corr_finish_cell(c, e, w, G.data());
+    for (int64_t k = 0; k < a.K; ++k) window_corr_finish_tap(c, k, w, a, G.data());
+  }
+}
+
 // Blocks the emulated small-plane correlation aims for: two, so that a slab of small shapes takes several packs
 // (on the device a pack a block, as the workspace allows).
 constexpr int64_t kEmulatedPlaneBlocks = 2;
@@ -379,7 +389,7 @@ struct EmulatedLaunch {
       std::vector<float> work(w.C * w.slabs * w.values());
       w.work = work.data();
       with_window_tiles(w.mt, w.nt, [&](auto m, auto n) { window_corr_blocks<decltype(m)::value, decltype(n)::value>(w); });
-      for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+      emulate_window_finish(w, a);
     }
   }
   static void window_conv(const WindowConv<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
@@ -416,7 +426,7 @@ struct EmulatedLaunch {
           });
         }
       }
-      for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+      emulate_window_finish(w, a);
     }
   }
   static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
@@ -618,7 +628,7 @@ struct EmulatedLaunch {
     TORCH_CHECK(std::equal(work.begin(), work.end(), again.begin(), [](acc_t p, acc_t q) {
                   return std::memcmp(&p, &q, sizeof(acc_t)) == 0;
                 }), "fma_corr: the workspace depends on the order of the blocks");
-    for (int64_t ck = 0; ck < a.C * a.K; ++ck) window_corr_finish_thread(ck, w, a);
+    emulate_window_finish(w, a);
   }
   // fma_corr_kernel, phase by phase; shared memory poisoned with NaN at each band, so that a value the walk reads
   // before the band stages it shows.

@@ -1,7 +1,7 @@
 // The GPU tap engine's weight and position gradients for 16-bit (and, opt-in, float32) inputs at stride 1, on
 // tensor cores: the correlation of the output gradient with the input at every cell of the window,
 // G[dy][dx] = sum over (n, oy, ox) of g[n, oy, ox] * x[n, oy + dy - ph, ox + dx - pw], then each tap's corners
-// read from G (window_corr_finish).
+// read from G (window_corr_finish_cell, window_corr_finish_tap).
 //
 // Why the whole window: for one input row iy, the products are a matrix product,
 //   G[dy][dx] += sum over ox of A[dy][ox] * B[ox][dx],  A[dy][ox] = g[iy + ph - dy][ox],  B[ox][dx] = x[iy][ox + dx - pw],
@@ -423,27 +423,29 @@ DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJo
   }
 }
 
-// Second kernel, one thread per tap (c, k): its corners' correlations summed over slabs in order, mapped to the
-// weight and position gradients (taps_wgrad_finish); thread (c, 0) also writes the bias gradient. Corr: this
-// correlation or the FMA one (window_fma_corr.h), whose workspaces have the same layout.
+// Second kernel, a block per channel, in two phases. Phase 1: each of the channel's cells (and its bias sum) summed
+// over the slabs in order, by a thread per cell (neighbouring threads read neighbouring cells), into the block's G.
+// Phase 2: a thread per tap (c, k) maps its corners' sums from G to the weight and position gradients
+// (taps_wgrad_finish); tap 0 also writes the bias gradient. Corr: this correlation, the FMA one
+// (window_fma_corr.h) or the small-plane one (window_plane_corr.h), whose workspaces have the same layout.
+// (A thread per tap summing its own corners over the slabs read them scattered, one slab after another: at 64
+// slabs, 256 loads a thread on a grid of a few blocks.)
+template <typename Corr, typename acc_t>
+DCLS_HD void window_corr_finish_cell(int64_t c, int64_t e, const Corr& w, acc_t* G) {
+  const int64_t V = w.values();
+  acc_t s = 0;
+  for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + e];
+  G[e] = s;
+}
 template <typename Corr, typename scalar_t, typename acc_t>
-DCLS_HD void window_corr_finish_thread(int64_t ck, const Corr& w, const TapsArgs<scalar_t, acc_t>& a) {
-  const int64_t c = ck / a.K, k = ck % a.K, V = w.values();
+DCLS_HD void window_corr_finish_tap(int64_t c, int64_t k, const Corr& w, const TapsArgs<scalar_t, acc_t>& a,
+                                    const acc_t* G) {
   const TapCorners<acc_t> t = tap_corners(a, c, k);
   acc_t S[4] = {0, 0, 0, 0};
   for (int bh = 0; bh < t.n_h; ++bh)
-    for (int bw = 0; bw < t.n_w; ++bw) {
-      const int64_t cell = (t.h.cell + bh) * a.Lw + t.w.cell + bw;
-      acc_t s = 0;
-      for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + cell];
-      S[bh * 2 + bw] = s;
-    }
+    for (int bw = 0; bw < t.n_w; ++bw) S[bh * 2 + bw] = G[(t.h.cell + bh) * a.Lw + t.w.cell + bw];
   taps_wgrad_finish(c, k, t, S, a);
-  if (w.grad_bias != nullptr && k == 0) {
-    acc_t s = 0;
-    for (int64_t sl = 0; sl < w.slabs; ++sl) s += w.work[(c * w.slabs + sl) * V + w.cells()];
-    w.grad_bias[c] = s;
-  }
+  if (w.grad_bias != nullptr && k == 0) w.grad_bias[c] = G[w.cells()];
 }
 
 // The kernel for a shape's tiles per part.
