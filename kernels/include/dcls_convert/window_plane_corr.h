@@ -8,8 +8,8 @@
 // and G[ky][kx] is the sum of S_ky's diagonal ix - ox = kx - pw. S_ky is cut into mma.m16n8k16 tiles (16 input
 // columns by 8 output columns): one by two tiles where rows have up to 16 columns ("narrow"), two by four up to 32,
 // four by eight up to 64 ("wide"). A tile none of whose diagonals is a window cell is not computed (under a 17 x 17
-// window 6 tiles of 8 are computed at 28 x 28, 13 of 32 at 56 x 56). The k-steps run over (image, input row) pairs, 16 at a time:
-// 128 a block job where narrow, 64 where wide (the A fragments stay in registers for every ky).
+// window, 6 tiles of 8 are computed at 28 x 28 and 13 of 32 at 56 x 56). The k-steps run over (image, input row)
+// pairs, 16 at a time: 128 a block job where narrow, 64 where wide (the A fragments stay in registers for every ky).
 //
 // Why: window_corr.h runs an image at a time in rounds of input rows, and at 14 x 14 and 7 x 7 its time was the
 // rounds' latencies and tiles mostly outside the plane (an H200: 0.146 ms at both stages, the tables' time; 0.208 ms
@@ -125,10 +125,10 @@ void plane_corr_tiles(PlaneCorr<scalar_t>& w) {
   w.jhi = std::min(2 * w.mt - 1, floor_div8(dhi + 7));
 }
 
-// The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 32
+// The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 64
 // columns, input planes up to 128 rows (narrow) or 64 (wide), windows up to 64, padding inside the window; as many
-// images a job as the k-steps hold (16 at most) while two blocks fit an SM (max_smem_bytes: a block's most, as
-// window_conv_band's).
+// images a job as the k-steps hold (16 at most) while two blocks fit an SM, else one (max_smem_bytes: a block's
+// most, as window_conv_band's).
 template <typename scalar_t>
 PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
                                      int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t max_smem_bytes) {
