@@ -226,6 +226,18 @@ def test_plane_corr_cuda(monkeypatch, shape, window, dtype, channels_last):
     (window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=corr; ConvNeXt-T's four stages among them) against the dense
     float64 oracle and the tables' correlation, two runs bitwise equal, the kernel it names launched."""
     x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
+    _check_plane_corr(monkeypatch, x, w, p, b, win, pad)
+
+
+def test_plane_corr_more_output_columns_cuda(monkeypatch):
+    """12 input columns, 26 output columns (padding 20 of a window 27 wide): the correlation's 2 x 4 tiles with the
+    second input-column tile past the plane, not computed."""
+    x = torch.randn(3, 8, 6, 12, device="cuda").half()
+    w, p, _ = random_taps(2, 8, 1, 20, [3, 27], dtype=torch.float32, device="cuda")
+    _check_plane_corr(monkeypatch, x, w, p, torch.randn(8, device="cuda"), [3, 27], [1, 20])
+
+
+def _check_plane_corr(monkeypatch, x, w, p, b, win, pad):
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward
     args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
