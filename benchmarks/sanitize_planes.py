@@ -5,12 +5,16 @@ DCLS_CONVERT_CUDA_PLANE=all and checks the results against the gather kernels' (
 
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_planes.py
     python3 benchmarks/sanitize_planes.py --part corr     # one part, no sanitizer: run_gpu.sh's smoke run
+
+Exit status: 0 agreed; 2 wrong results (the CUDA context still sound); 3 a fault (an exception: for a CUDA error, the
+process's context is unusable).
     python benchmarks/sanitize_planes.py --device cpu     # the script itself, on CPU (the tests run it so)
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
@@ -55,11 +59,20 @@ def main() -> None:
                     help="the small-plane parts run (DCLS_CONVERT_CUDA_PLANE): run_gpu.sh's smoke run takes each alone")
     args = ap.parse_args()
     dtype = torch.bfloat16
+    wrong = []
     for case in CASES:
-        err = run_case(case, args.device, dtype, args.part)
+        try:
+            err = run_case(case, args.device, dtype, args.part)
+        except Exception as exc:  # a fault (an illegal address: the CUDA context is gone for this process)
+            print(f"FAULT at {case}: {type(exc).__name__}: {exc}", flush=True)
+            sys.exit(3)
         print(f"{'x'.join(map(str, case[:4]))} window {case[4]}: plane vs gather, max rel diff {err:.2e}", flush=True)
         # (16-bit outputs and a window rounded to 16 bits: a few bfloat16 steps)
-        assert err < 0.05, f"the small-plane kernels disagree with the gather kernels at {case}"
+        if not err < 0.05:
+            wrong.append(case)
+    if wrong:  # wrong results, but the context is sound: a benchmark may still time the kernels
+        print(f"WRONG: the small-plane kernels disagree with the gather kernels at {wrong}", flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
