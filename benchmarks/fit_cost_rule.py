@@ -15,7 +15,8 @@ Then A and B by least squares on the logarithms, with the rule's current constan
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
 3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
 can become float32's default. For the planes the small-plane products cover (56 x 56 and 28 x 28 in strips,
-14 x 14, 7 x 7) it prints their times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in until timed). Last, per row, the
+14 x 14, 7 x 7) it prints their times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in
+until timed), and per part the planes up to which they win at every stage (plane_wanted's default). Last, per row, the
 paths tuning picked on the card (forward / input gradient / weight and position gradients; DCLS_CONVERT_CUDA_TUNE=on)
 and its forward+backward against the default's: where the picks differ from what the rule runs, the rule is the one
 to change.
@@ -88,6 +89,21 @@ def plane_ratios(rows: list[dict]) -> list[tuple[int, float, float, float, float
     return out
 
 
+def plane_rule(planes) -> dict[str, int]:
+    """Per part ('conv': forward and input gradient; 'corr': weight and position gradients), the largest plane
+    (pixels) up to which the small-plane kernels beat the default at every measured stage: plane_wanted's default
+    for that part could cover planes up to it (0: none)."""
+    out = {}
+    for part, col in (("conv", 3), ("corr", 4)):
+        most = 0
+        for p in sorted(r[0] for r in planes):
+            if next(r[col] for r in planes if r[0] == p) >= 1:
+                break
+            most = p
+        out[part] = most
+    return out
+
+
 def tuned_rows(rows: list[dict]) -> list[tuple[str, str, str, float]]:
     """(shape, dtype, the paths tuning picked, its forward+backward / the default's) for the rows that ran the
     'tuned' arm."""
@@ -131,6 +147,9 @@ def main() -> None:
         for plane, off, on, fwd, wgrad, total in sorted(planes, reverse=True):
             print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {off:.2f} / {on:.2f}; {fwd:.2f}; {wgrad:.2f}; "
                   f"{total:.2f}")
+        for part, most in plane_rule(planes).items():
+            where = f"planes up to {most} pixels" if most else "no measured plane"
+            print(f"  suggested plane_wanted default for {part}: {where} (every smaller stage measured wins too)")
     tuned = tuned_rows(rows)
     if tuned:
         print("tuning (DCLS_CONVERT_CUDA_TUNE=on): paths picked (forward / input gradient / weight+position "

@@ -151,6 +151,11 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12 and abs(fwd - 0.4) < 1e-12
                and abs(wgrad - 0.25) < 1e-12 and abs(total - 0.8) < 1e-12 for _, off, on, fwd, wgrad, total in planes)
     assert "14x14: 0.06 / 0.17; 0.40; 0.25; 0.80" in out
+    # where they win at every measured stage up to a plane: plane_wanted's default could cover it
+    assert fit.plane_rule(planes) == {"conv": 196, "corr": 196}
+    assert "suggested plane_wanted default for corr: planes up to 196 pixels" in out
+    # a loss at 7 x 7 stops the rule there, whatever larger planes do
+    assert fit.plane_rule([(49, 1, 1, 1.2, 0.5, 1), (196, 1, 1, 0.5, 1.5, 1)]) == {"conv": 0, "corr": 49}
     # the paths tuning picked, and its forward+backward against the default's (window 17; the float32 rows copy them)
     assert [r for r in fit.tuned_rows(rows) if r[1] == "bf16 CL"] == [("64x96x14x14", "bf16 CL", "plane/plane/plane", 0.35 / 0.5),
                                     ("64x96x7x7", "bf16 CL", "plane/plane/plane", 0.35 / 0.5)]
