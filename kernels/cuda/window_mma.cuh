@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, MT >= 4 ? 1 : 2) plane_cor
       __syncthreads();  // the previous pack's planes are read
       plane_corr_clear(w, smem, tid);
       __syncthreads();
-      plane_corr_stage<MT >= 4 ? kStripBatch : kPlaneBatch>(w, j, smem, tid);
+      plane_corr_stage<plane_corr_batch(MT)>(w, j, smem, tid);
       __syncthreads();
       plane_corr_warp<MT, NT, 1, MmaDevice<scalar_t>>(w, j, smem, warp, lane);
     }

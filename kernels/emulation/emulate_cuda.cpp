@@ -417,9 +417,9 @@ struct EmulatedLaunch {
           plane_corr_pack(w, j, pack);
           std::fill(smem.begin(), smem.end(), 0xffffffffu);
           for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
-          for (int tid = 0; tid < kWindowCorrThreads; ++tid)  // (the kernel's loads in flight)
-            w.mt >= 4 ? plane_corr_stage<kStripBatch>(w, j, smem.data(), tid) : plane_corr_stage(w, j, smem.data(), tid);
           with_plane_corr_tiles(w, [&](auto mt, auto nt) {
+            for (int tid = 0; tid < kWindowCorrThreads; ++tid)
+              plane_corr_stage<plane_corr_batch(decltype(mt)::value)>(w, j, smem.data(), tid);
             for (int warp = 0; warp < kWindowCorrWarps; ++warp)
               plane_corr_warp<decltype(mt)::value, decltype(nt)::value, 32, MmaEmulated<scalar_t>>(w, j, smem.data(),
                                                                                                      warp, 0);

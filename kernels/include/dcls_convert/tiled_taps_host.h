@@ -370,8 +370,8 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
     w.g = g.data_ptr<scalar_t>();
     std::copy(xs, xs + 4, w.xs);
     plane_strides(g, w.gs);
-    w.vec8 = sizeof(scalar_t) == 2 && w.cg == 8 && staging_vec8(x.data_ptr(), w.xs, a.C) &&
-             staging_vec8(g.data_ptr(), w.gs, a.C) && staging_mode() != "scalar";
+    w.vec8 = sizeof(scalar_t) == 2 && w.cg == 8 && staging_vec(x.data_ptr(), w.xs, a.C) &&
+             staging_vec(g.data_ptr(), w.gs, a.C) && staging_mode() != "scalar";
     w.ok = w.ok && w.smem_words() * 4 <= max_smem_bytes;
   }
   return w;
@@ -517,7 +517,7 @@ PlaneCorr<scalar_t> plane_corr_plan(const at::Tensor& x, const at::Tensor& g, co
     plane_strides(g, w.gs);
     w.x_cl = w.xs[1] == 1 && a.C > 1;
     w.g_cl = w.gs[1] == 1 && a.C > 1;
-    w.vec8 = staging_vec8(x.data_ptr(), w.xs, a.C) && staging_vec8(g.data_ptr(), w.gs, a.C) &&
+    w.vec8 = staging_vec(x.data_ptr(), w.xs, a.C) && staging_vec(g.data_ptr(), w.gs, a.C) &&
              staging_mode() != "scalar";
   }
   return w;

@@ -44,8 +44,8 @@ struct WindowConv {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, os[4] = {0, 0, 0, 0};
   bool x_cl = false, out_cl = false;  // channels fastest: staging and stores by 8 channels of a pixel
-  bool vec8 = false;                  // input rows staged by 16-byte loads (staging_vec8)
-  bool out_vec8 = false;              // results stored by 16-byte stores of 8 channels (staging_vec8 of out)
+  bool vec8 = false;                  // input rows staged by 16-byte loads (staging_vec)
+  bool out_vec8 = false;              // results stored by 16-byte stores of 8 channels (staging_vec of out)
   int mt = 1, nt = 1, ks = 1;
   int xw = 16, kp = 12;  // words per staged input row copy; per kernel row (4 mod 8: conflict-free A fragments)
   int64_t slabs = 1;     // of images per (group, row tile): the kernels are staged once per slab

@@ -67,7 +67,7 @@ struct WindowCorr {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
   bool channels_last = false;  // staging order: channels fastest (one 16-byte run of 8 channels per pixel)
-  bool vec8 = false;           // channels_last input rows staged by 16-byte loads (staging_vec8)
+  bool vec8 = false;           // channels_last input rows staged by 16-byte loads (staging_vec)
   int mt = 1, nt = 1;          // 16-row and 8-column mma tiles per window part
   int parts_y = 1, parts_x = 1, wpc = 1, cg = 8;
   int ks = 1;                  // k-steps over an output row (corr_kstep columns each)

@@ -46,9 +46,10 @@ constexpr int kPlaneCorrCols = 16;      // narrow rows: one tile of 16 input col
 constexpr int kPlaneCorrMaxCols = 64;   // wide rows: two by four tiles up to 32 columns, four by eight up to 64
 constexpr int kPlaneCorrMaxImages = 16;
 
-// The kernel's tiles of S_ky (input-column tiles MT, output-column tiles NT) and its k-steps a block job.
+// The kernel's tiles of S_ky (input-column tiles MT, output-column tiles NT), its k-steps a block job, and its
+// staging's loads in flight a thread (rows past 32 columns: one block an SM with registers to spare, as the strips).
 constexpr int plane_corr_steps(int mt) { return mt == 1 ? 8 : 4; }
-DCLS_HD int floor_div8(int v) { return v >= 0 ? v / 8 : -((7 - v) / 8); }
+constexpr int plane_corr_batch(int mt) { return mt >= 4 ? kStripBatch : kPlaneBatch; }
 
 template <typename scalar_t>
 struct PlaneCorr {
@@ -59,7 +60,7 @@ struct PlaneCorr {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
   bool x_cl = false, g_cl = false;
-  bool vec8 = false;  // both read by 16-byte loads of 8 channels (staging_vec8)
+  bool vec8 = false;  // both read by 16-byte loads of 8 channels (staging_vec)
   int images = 1;     // per block job
   int hp = 2, hz = 2; // input rows at even count; output rows per column at even count
   int ks = 1;         // k-steps: 16 ks >= images hp
@@ -121,8 +122,8 @@ void plane_corr_tiles(PlaneCorr<scalar_t>& w) {
       if (hi >= dlo && lo <= dhi) w.tiles |= 1u << (mi * NT + nt);
     }
   // J's values lie on diagonals 8 J - 7 .. 8 J + 7; the kernel's J run from 1 - NT to 2 mt - 1
-  w.jlo = std::max(1 - NT, -floor_div8(7 - dlo));  // the least J with 8 J + 7 >= dlo
-  w.jhi = std::min(2 * w.mt - 1, floor_div8(dhi + 7));
+  w.jlo = std::max(1 - NT, -static_cast<int>(div_floor(7 - dlo, 8)));  // the least J with 8 J + 7 >= dlo
+  w.jhi = std::min(2 * w.mt - 1, static_cast<int>(div_floor(dhi + 7, 8)));
 }
 
 // The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 64
@@ -212,8 +213,8 @@ DCLS_HD void plane_corr_put_g(const PlaneCorr<scalar_t>& w, uint32_t* smem, int 
 }
 
 // Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)), Batch loads in
-// flight a thread (rows past 32 columns, one block an SM with registers to spare: more, as the strips).
-template <int Batch = kPlaneBatch, typename scalar_t>
+// flight a thread (plane_corr_batch).
+template <int Batch, typename scalar_t>
 DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
   const int xin = j.images * static_cast<int>(w.H * w.W), gin = j.images * static_cast<int>(w.Ho * w.Wo);
   // item -> (image, row, column) of the input (item < xin) or the output gradient

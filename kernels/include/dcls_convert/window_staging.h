@@ -80,7 +80,6 @@ inline bool staging_vec(const void* data, const int64_t s[4], int64_t C, int run
   return s[1] == 1 && C % run == 0 && s[0] % run == 0 && s[2] % run == 0 && s[3] % run == 0 &&
          reinterpret_cast<uintptr_t>(data) % (2 * run) == 0;
 }
-inline bool staging_vec8(const void* data, const int64_t s[4], int64_t C) { return staging_vec(data, s, C, 8); }
 
 // Eight 16-bit values (one pixel's 8 channels) as four words: element k in word k / 2, low half first.
 DCLS_HD void load8(const void* p, uint32_t v[4]) {
