@@ -235,10 +235,11 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             finally:
                 del os.environ["DCLS_CONVERT_CUDA_TUNE"]
                 ops.clear_tuned_paths()
-            if dtype == torch.float32:  # the float32 correlation on tensor cores as 3xTF32 (opt-in, tenth session)
-                os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
+            if dtype == torch.float32:  # float32 on tensor cores as 3xTF32 (opt-in): the correlation on rows (tenth
+                # session), the forward and input gradient in strips (fifteenth)
+                os.environ["DCLS_CONVERT_CUDA_TF32"] = "all"
                 try:
-                    arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("wgrad", "fwd+bwd")}
+                    arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "dgrad", "wgrad", "fwd+bwd")}
                     arm["on-grid wgrad"] = tap_fns(xo, wo, po, window)["wgrad"]
                     modes.update({("tf32", k): v for k, v in kernel_time(arm).items()})
                 finally:
@@ -317,6 +318,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU tuned wgrad": arm_ms("tuned", "wgrad"),
                 "GPU tuned fwd+bwd": arm_ms("tuned", "fwd+bwd"),
                 "tuned paths": "/".join(tuned_of(tuned, part) for part in ("forward", "grad_input", "grad_taps")),
+                "GPU tf32 fwd": arm_ms("tf32", "fwd"),
+                "GPU tf32 fwd/floor": arm_ms("tf32", "fwd") / floor,
+                "GPU tf32 dgrad": arm_ms("tf32", "dgrad"),
                 "GPU tf32 wgrad": arm_ms("tf32", "wgrad"),
                 "GPU tf32 wgrad/floor": arm_ms("tf32", "wgrad") / ari_ms,
                 "GPU tf32 on-grid wgrad": arm_ms("tf32", "on-grid wgrad"),
@@ -367,7 +371,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "'tuned': DCLS_CONVERT_CUDA_TUNE=on (each part on the path "
           "that was fastest when timed here; 'tuned paths': forward/input gradient/weight+position gradients); "
           "'tf32': float32 rows with "
-          "DCLS_CONVERT_CUDA_TF32=corr (the weight and position gradients on tensor cores, 3xTF32); 'fma': "
+          "DCLS_CONVERT_CUDA_TF32=all (on tensor cores as 3xTF32: the weight and position gradients on rows, the "
+          "forward and input gradient in strips); 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
     cols = []
@@ -541,8 +546,9 @@ FMA = ", fma"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
-# variants run with DCLS_CONVERT_CUDA_TF32=corr (float32 layers' weight and position gradients on tensor cores, as
-# 3xTF32; opt-in, built in the tenth session): their float32 step is the one it can change
+# variants run with DCLS_CONVERT_CUDA_TF32=all (float32 layers on tensor cores as 3xTF32, opt-in: the weight and
+# position gradients on rows, tenth session; the forward and input gradient in strips, fifteenth): their float32
+# step is the one it can change
 TF32 = ", tf32"
 # variants run with DCLS_CONVERT_CUDA_PLANE=all (every part of the 16-bit layers on small planes, ConvNeXt-T's stages
 # 3 and 4, as tensor-core products per channel; opt-in, built in the eleventh session)
@@ -688,7 +694,7 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
             if variant.endswith(FMA):
                 os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             if variant.endswith(TF32):
-                os.environ["DCLS_CONVERT_CUDA_TF32"] = "corr"
+                os.environ["DCLS_CONVERT_CUDA_TF32"] = "all"
             if variant.endswith(PLANE) and PLANE_OFF:
                 rows.append({"model": model_name, "variant": name, "pass": pas, "precision": "-",
                              "ms/step": float("nan"), "note": "skipped: the small-plane smoke run failed"})

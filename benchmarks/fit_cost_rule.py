@@ -13,8 +13,8 @@ that grows as planes shrink, about A (3136 / plane)^B. Per stage this script rea
   break-even is 4K x (tensor cores / tables).
 Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
-3xTF32 correlation (DCLS_CONVERT_CUDA_TF32=corr) against the tables' per stage: where it wins at every stage, it
-can become float32's default. For the planes the small-plane products cover (56 x 56 and 28 x 28 in strips,
+3xTF32 kernels (DCLS_CONVERT_CUDA_TF32=all: the correlation on rows, the forward and input gradient in strips)
+against the tables' per stage and part: where they win, they can become float32's default there. For the planes the small-plane products cover (56 x 56 and 28 x 28 in strips,
 14 x 14, 7 x 7) it prints their times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in
 until timed), and per part the planes up to which they win at every stage (plane_wanted's default). Last, per row, the
 paths tuning picked on the card (forward / input gradient / weight and position gradients; DCLS_CONVERT_CUDA_TUNE=on)
@@ -59,15 +59,16 @@ def break_evens(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def tf32_ratios(rows: list[dict]) -> list[tuple[int, float]]:
-    """(plane, 3xTF32 correlation / tables' correlation) for the float32 rows at window 17 that timed both."""
+def tf32_ratios(rows: list[dict], part: str = "wgrad") -> list[tuple[int, float]]:
+    """(plane, 3xTF32 / the default's) for part ("wgrad": the correlation; "fwd", "dgrad": the strips) of the
+    float32 rows at window 17 that timed both (the default's input gradient: its tables' arm)."""
     out = []
     for r in rows:
-        tf32, tables = r.get("GPU tf32 wgrad"), r.get("GPU wgrad")
+        tf32, default = r.get(f"GPU tf32 {part}"), r.get(f"GPU {part}", r.get(f"GPU tables {part}"))
         if r.get("dtype") == "fp32 NCHW" and r.get("L") == 17 and all(
-                isinstance(v, float) and math.isfinite(v) for v in (tf32, tables)):
+                isinstance(v, float) and math.isfinite(v) for v in (tf32, default)):
             _, _, h, w = (int(v) for v in r["shape"].split("x"))
-            out.append((h * w, tf32 / tables))
+            out.append((h * w, tf32 / default))
     return out
 
 
@@ -134,11 +135,12 @@ def main() -> None:
             print(f"  fit: {a:.1f} (3136 / plane)^{b:.2f}   (current: {CURRENT[part][0]} (3136 / plane)^{CURRENT[part][1]})")
         else:
             print("  fit: too few finite break-evens")
-    ratios = tf32_ratios(rows)
-    if ratios:
-        print("float32 weight+position gradient, 3xTF32 tensor cores / tables (below 1: tensor cores faster)")
-        for plane, q in sorted(ratios, reverse=True):
-            print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {q:.2f}")
+    for part, what in (("wgrad", "weight+position gradient"), ("fwd", "forward"), ("dgrad", "input gradient")):
+        ratios = tf32_ratios(rows, part)
+        if ratios:
+            print(f"float32 {what}, 3xTF32 tensor cores / the default (the tables; below 1: tensor cores faster)")
+            for plane, q in sorted(ratios, reverse=True):
+                print(f"  {int(math.sqrt(plane))}x{int(math.sqrt(plane))}: {q:.2f}")
     planes = plane_ratios(rows)
     if planes:
         print("small planes (DCLS_CONVERT_CUDA_PLANE=all): forward / tables' forward, off grid and on grid; forward / "

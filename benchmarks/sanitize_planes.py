@@ -1,7 +1,8 @@
 """The small-plane tensor-core kernels once each, at small shapes, for compute-sanitizer on a GPU machine whose
 runtime supports it (racecheck finds shared-memory races between a block's threads, memcheck out-of-bounds and
 misaligned accesses: what the CPU emulation cannot show). Each case runs forward and backward with
-DCLS_CONVERT_CUDA_PLANE=all and checks the results against the gather kernels' (DCLS_CONVERT_CUDA_TAPS=gather).
+DCLS_CONVERT_CUDA_PLANE=all and checks the results against the gather kernels' (DCLS_CONVERT_CUDA_TAPS=gather);
+then float32 cases with DCLS_CONVERT_CUDA_TF32=conv (the forward and input gradient in strips, as 3xTF32).
 
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_planes.py
     python3 benchmarks/sanitize_planes.py --part corr     # one part, no sanitizer: run_gpu.sh's smoke run
@@ -24,6 +25,9 @@ import torch
 # staging) and, for the strips, C = 10 (element staging, a partial channel group)
 CASES = [(16, 16, 7, 7, 17), (16, 8, 14, 14, 17), (16, 8, 28, 28, 17), (16, 10, 28, 28, 17),
          (16, 8, 20, 56, 17), (16, 12, 20, 56, 17), (16, 10, 20, 56, 17)]
+# float32 strips: 8 channels a block (16: 16-byte loads of 4 channels; 12: a partial group, element loads), 4 at
+# 28 x 28, 2 at 56 columns
+FLOAT_CASES = [(16, 16, 7, 7, 17), (16, 12, 14, 14, 17), (16, 8, 28, 28, 17), (16, 8, 20, 56, 17)]
 
 
 def run_case(case, device: str, dtype: torch.dtype, part: str = "all") -> float:
@@ -37,7 +41,8 @@ def run_case(case, device: str, dtype: torch.dtype, part: str = "all") -> float:
     w = (torch.randn(C, 1, 34, generator=g) * 0.1).to(device)
     p = ((torch.rand(2, C, 1, 34, generator=g) - 0.5) * (L - 1)).to(device)
     results = []
-    for env in ({"DCLS_CONVERT_CUDA_PLANE": part}, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
+    tried = {"DCLS_CONVERT_CUDA_TF32": "conv"} if dtype == torch.float32 else {"DCLS_CONVERT_CUDA_PLANE": part}
+    for env in (tried, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
         os.environ.update(env)
         try:
             xs, ws, ps = (t.detach().clone().requires_grad_() for t in (x, w, p))
@@ -58,18 +63,21 @@ def main() -> None:
     ap.add_argument("--part", default="all", choices=["all", "conv", "corr"],
                     help="the small-plane parts run (DCLS_CONVERT_CUDA_PLANE): run_gpu.sh's smoke run takes each alone")
     args = ap.parse_args()
-    dtype = torch.bfloat16
     wrong = []
-    for case in CASES:
+    runs = [(c, torch.bfloat16) for c in CASES]
+    if args.part != "corr":
+        runs += [(c, torch.float32) for c in FLOAT_CASES]
+    for case, dtype in runs:
         try:
             err = run_case(case, args.device, dtype, args.part)
         except Exception as exc:  # a fault (an illegal address: the CUDA context is gone for this process)
-            print(f"FAULT at {case}: {type(exc).__name__}: {exc}", flush=True)
+            print(f"FAULT at {case} {dtype}: {type(exc).__name__}: {exc}", flush=True)
             sys.exit(3)
-        print(f"{'x'.join(map(str, case[:4]))} window {case[4]}: plane vs gather, max rel diff {err:.2e}", flush=True)
-        # (16-bit outputs and a window rounded to 16 bits: a few bfloat16 steps)
-        if not err < 0.05:
-            wrong.append(case)
+        print(f"{'x'.join(map(str, case[:4]))} window {case[4]} {str(dtype)[6:]}: plane vs gather, max rel diff "
+              f"{err:.2e}", flush=True)
+        # (16-bit outputs and a window rounded to 16 bits: a few bfloat16 steps; float32: 3xTF32)
+        if not err < (0.05 if dtype == torch.bfloat16 else 1e-4):
+            wrong.append((case, dtype))
     if wrong:  # wrong results, but the context is sound: a benchmark may still time the kernels
         print(f"WRONG: the small-plane kernels disagree with the gather kernels at {wrong}", flush=True)
         sys.exit(2)

@@ -59,9 +59,12 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the FMA arm, both dtypes, with the tensor cores off
     assert set(fma_seen) == {None, "all"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
     assert all(m == "none" for m, f in zip(mma_seen, fma_seen) if f == "all")
-    # the float32 correlation on tensor cores (3xTF32): the float32 row's gradients, and the switch left unset
-    assert [sorted(k) for e, k in tf32_seen if e] == [["fwd+bwd", "on-grid wgrad", "wgrad"]]
-    assert "DCLS_CONVERT_CUDA_TF32" not in os.environ and rows[0]["GPU tf32 wgrad"] == 0.5
+    # float32 on tensor cores (3xTF32, DCLS_CONVERT_CUDA_TF32=all): the float32 row's every part, the switch left
+    # unset
+    assert [sorted(k) for e, k in tf32_seen if e] == [["dgrad", "fwd", "fwd+bwd", "on-grid wgrad", "wgrad"]]
+    assert {e for e, _ in tf32_seen if e} == {"all"}
+    assert "DCLS_CONVERT_CUDA_TF32" not in os.environ
+    assert rows[0]["GPU tf32 wgrad"] == rows[0]["GPU tf32 fwd"] == rows[0]["GPU tf32 dgrad"] == 0.5
     # the small-plane products (14 x 14 fits): the bfloat16 row's every part, the switch left unset
     assert [k for e, k in plane_seen if e] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd", "on-grid wgrad", "wgrad")]
     assert "DCLS_CONVERT_CUDA_PLANE" not in os.environ and rows[1]["GPU plane fwd+bwd"] == 0.5
@@ -129,7 +132,7 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
                              "GPU fwd+bwd": 0.5, "GPU fwd": 0.05, "GPU plane wgrad": 0.03, "GPU wgrad": 0.12})
             rows[-1].update({"GPU tuned fwd+bwd": 0.35, "tuned paths": "plane/plane/plane"})
         rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan"), "GPU wgrad": 0.4,
-                     "GPU tf32 wgrad": 0.1 * side / 7})
+                     "GPU tf32 wgrad": 0.1 * side / 7, "GPU fwd": 0.2, "GPU tf32 fwd": 0.1})
         rows.append({**rows[-2], "L": 31, "GPU mma fwd": 1.0})
     path = tmp_path / "layers.json"
     path.write_text(json.dumps(rows))
@@ -146,6 +149,9 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert [p for p, _ in ratios] == [3136, 784, 196, 49]
     assert all(abs(q - 0.25 * math.isqrt(p) / 7) < 1e-12 for p, q in ratios)
     assert "56x56: 2.00" in out and "7x7: 0.25" in out
+    assert [q for _, q in fit.tf32_ratios(rows, "fwd")] == [0.5] * 4
+    assert "float32 forward, 3xTF32 tensor cores / the default" in out
+    assert "float32 input gradient" not in out  # no row timed it
     planes = fit.plane_ratios(rows)
     assert [p for p, *_ in planes] == [196, 49]
     assert all(abs(off - 0.02 / 0.322) < 1e-12 and abs(on - 0.02 / 0.118) < 1e-12 and abs(fwd - 0.4) < 1e-12
@@ -189,9 +195,13 @@ def test_build_stamp_follows_the_sources(tmp_path):
 
 
 @requires_compiled
-def test_sanitize_planes_runs():
+def test_sanitize_planes_runs(monkeypatch):
     """benchmarks/sanitize_planes.py is run under compute-sanitizer on a GPU machine: a Python error there would
-    waste the call. On CPU both of its paths are the CPU engine's, so they agree exactly."""
+    waste the call. On CPU both of its paths are the CPU engine's, so they agree exactly, and the whole run (every
+    16-bit and float32 case) exits normally."""
     import sanitize_planes
 
     assert sanitize_planes.run_case(sanitize_planes.CASES[0], "cpu", torch.bfloat16) == 0.0
+    assert sanitize_planes.run_case(sanitize_planes.FLOAT_CASES[0], "cpu", torch.float32) == 0.0
+    monkeypatch.setattr(sys, "argv", ["sanitize_planes.py", "--device", "cpu"])
+    sanitize_planes.main()  # (sys.exit(2 or 3) on a disagreement or an exception)

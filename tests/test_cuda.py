@@ -84,15 +84,21 @@ def _dense_oracle(x, w, p, window, stride, padding):
                                           ((4, 384, 14, 14), 17), ((8, 768, 7, 7), 17), ((2, 16, 1, 300), 31)])
 @pytest.mark.parametrize("dtype,channels_last,mma", [(torch.float32, False, None), (torch.bfloat16, True, None),
                                                      (torch.bfloat16, True, "none"), (torch.float16, False, None),
-                                                     (torch.bfloat16, True, "plane"), (torch.float16, False, "plane")])
+                                                     (torch.bfloat16, True, "plane"), (torch.float16, False, "plane"),
+                                                     (torch.float32, True, "tf32")])
 @pytest.mark.parametrize("on_grid", [False, True])
 def test_taps_conv_cuda_stage_shapes(monkeypatch, shape, window, dtype, channels_last, mma, on_grid):
     """The tiled engine at the ConvNeXt stage shapes and large windows, every gradient, against the dense oracle
     (float64 convolution of the constructed kernel on the device): 16-bit layers as the cost rule runs them (the
-    tensor cores at the large planes), bfloat16 on the tables' kernels alone (DCLS_CONVERT_CUDA_MMA=none), and
-    with the small-plane kernels where they apply (DCLS_CONVERT_CUDA_PLANE=all: 14x14 and 7x7)."""
+    tensor cores at the large planes), bfloat16 on the tables' kernels alone (DCLS_CONVERT_CUDA_MMA=none), with
+    the small-plane kernels where they apply (DCLS_CONVERT_CUDA_PLANE=all), and float32 channels_last on tensor
+    cores as 3xTF32 (DCLS_CONVERT_CUDA_TF32=all: the strips and the rows' correlation)."""
     monkeypatch.delenv("DCLS_CONVERT_CUDA_PLANE", raising=False)
-    if mma is None:
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TF32", raising=False)
+    if mma == "tf32":
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "all")
+    elif mma is None:
         monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
     elif mma == "plane":
         monkeypatch.delenv("DCLS_CONVERT_CUDA_MMA", raising=False)
@@ -281,6 +287,39 @@ def test_window_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
     for got, tab, e in zip(runs[0], tables, want):
         assert max_rel(got.double(), e) < 1e-4
         assert max_rel(got.double(), tab.double()) < 1e-4
+
+
+@pytest.mark.parametrize("shape,window,channels_last", [((64, 96, 56, 56), 17, False),
+                                                   ((64, 192, 28, 28), 17, True),
+                                                   ((64, 384, 14, 14), 17, True),
+                                                   ((64, 768, 7, 7), 17, False),
+                                                   ((3, 12, 20, 23), 9, True),
+                                                   ((18, 8, 1, 60), 31, False)])
+def test_window_plane_tf32_cuda(monkeypatch, shape, window, channels_last):
+    """float32 forward and input gradient on tensor cores (DCLS_CONVERT_CUDA_TF32=conv: window_plane.h's strips as
+    3xTF32; ConvNeXt-T's four stages, 8, 4 and 2 channels a block): against the dense float64 oracle to float32's
+    accuracy (one tf32 product alone would be ~1e-3 off), against the tables' forward, the strip kernel launched,
+    and two runs bitwise equal."""
+    x, w, p, b, win, pad = _window_layer(shape, window, torch.float32, channels_last)
+    g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
+    back = torch.ops.dcls_convert.taps_conv_backward
+    args = (win, [1, 1], pad, "bilinear", [True, False, False, False])
+
+    def run():
+        return ops.taps_conv(x, w, p, b, win, [1, 1], pad), back(g, x, w, p, *args)[0]
+
+    tables = run()
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "conv")
+    assert "window_strip_kernel" in _cuda_kernels(run)
+    runs = [run() for _ in range(2)]
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+    xd = x.double().requires_grad_()
+    y = _dense_oracle(xd, w, p, win, [1, 1], pad) + b.double().view(-1, 1, 1)
+    want = (y.detach(), torch.autograd.grad(y, xd, g.double())[0])
+    for got, tab, e in zip(runs[0], tables, want):
+        assert max_rel(got.double(), e) < 1e-5
+        assert max_rel(got.double(), tab.double()) < 1e-5
+    assert runs[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def _cuda_kernels(fn) -> str:

@@ -696,10 +696,12 @@ def test_window_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
 
 
 @pytest.mark.parametrize("tf32,mma,launches", [("corr", None, 2), ("corr", "none", 3), ("corr", "conv", 3),
-                                                ("corr", "corr", 2), ("all", None, 3), (None, "all", 3)])
+                                                ("corr", "corr", 2), ("all", None, 2), ("conv", None, 3),
+                                                (None, "all", 3)])
 def test_tf32_switch(monkeypatch, tf32, mma, launches):
-    """float32 on tensor cores only where DCLS_CONVERT_CUDA_TF32=corr asks, and not where DCLS_CONVERT_CUDA_MMA
-    keeps the correlation off (none, or the other part); DCLS_CONVERT_CUDA_MMA alone never moves float32."""
+    """float32 correlations on tensor cores only where DCLS_CONVERT_CUDA_TF32=corr (or all) asks, and not where
+    DCLS_CONVERT_CUDA_MMA keeps the correlation off (none, or the other part); DCLS_CONVERT_CUDA_MMA alone never
+    moves float32."""
     x = torch.randn(2, 4, 12, 12)
     w, p, _ = random_taps(2, 4, 1, 5, [7, 7], spread=1.4, dtype=torch.float32)
     out = E.taps_conv(x, w, p, None, [7, 7], [1, 1], [3, 3], "bilinear")
@@ -775,8 +777,9 @@ def test_window_mma_random_shapes(data):
     """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows past the window, 1-4
     images, channels in and out of whole groups of 8) with every part on tensor cores (DCLS_CONVERT_CUDA_MMA=all;
     float32: its correlation as 3xTF32, DCLS_CONVERT_CUDA_TF32=corr; drawn: small planes by window_plane.h and
-    window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=all): the correlation's bands, rings and prefetched rounds and
-    the convolution's row tiles and k-steps against the float64 oracle."""
+    window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=all, and float32's forward and input gradient by window_plane.h's
+    strips as 3xTF32, DCLS_CONVERT_CUDA_TF32=all): the correlation's bands, rings and prefetched rounds and the
+    convolution's row tiles and k-steps against the float64 oracle."""
     D = data.draw(st.integers(1, 2))
     window = data.draw(st.lists(st.integers(1, 40), min_size=D, max_size=D))
     padding = [data.draw(st.integers(0, L - 1)) for L in window]
@@ -793,7 +796,7 @@ def test_window_mma_random_shapes(data):
     w, p, _ = random_taps(D, C, 1, 4, window, spread=1.4, dtype=torch.float32)
     with pytest.MonkeyPatch.context() as m:
         m.setenv("DCLS_CONVERT_CUDA_MMA", "all")
-        m.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+        m.setenv("DCLS_CONVERT_CUDA_TF32", "all" if plane else "corr")
         if plane:
             m.setenv("DCLS_CONVERT_CUDA_PLANE", "all")
         out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
@@ -805,13 +808,17 @@ def test_window_mma_random_shapes(data):
            torch.zeros(C, dtype=torch.float64, requires_grad=True)]
     y = reference.taps_conv(*ref, window, [1] * D, padding, "bilinear")
     want = torch.autograd.grad(y, ref, g.double())
-    for a, e in zip((gw, gp, gb), want[1:]):  # float32 sums: 3e-5 leaves room for a few channels' cancellation
-        assert max_rel(a.double(), e) < 3e-5
+    # float32 sums: 3e-5 of the largest gradient leaves room for a few channels' cancellation; where the sums cancel
+    # to almost nothing (a window of one cell: every tap's gradient the same small sum), float32's rounding of the
+    # terms' magnitudes (bounded by every output's |g| times the largest |x| and |w|)
+    terms = float(g.double().abs().sum() * x.double().abs().max() * max(1.0, float(w.abs().max())))
+    for a, e in zip((gw, gp, gb), want[1:]):
+        assert float((a.double() - e).abs().max()) <= 3e-5 * float(e.abs().max()) + 1e-6 * terms
     # the forward and input gradient with the window in 16 bits: each output within a few 16-bit steps of the
     # sum of its products' magnitudes (the same op on |x| and |w|: a bound of it), as the window's rounding allows
     # whatever cancellation the sum has
-    # (float32: the tables' kernels, whose corner weights come from float32 positions as large as the window: a
-    # bound relative to the largest sum, not to each)
+    # (float32: the tables' kernels, whose corner weights come from float32 positions as large as the window, or
+    # the strips' float32 window: a bound relative to the largest sum, not to each)
     step = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10, torch.float32: 2.0 ** -17}[dtype]
     xa = x.double().abs().requires_grad_()
     scale = reference.taps_conv(xa, w.double().abs(), p.double(), None, window, [1] * D, padding, "bilinear")
@@ -1043,12 +1050,20 @@ def test_window_plane_vector_staging_changes_no_bit(monkeypatch, size, window, p
     """channels_last with 8k channels: a pixel's 8 channels per 16-byte load and store (4 channels, 8 bytes, where
     a block holds 4); one element per load and store (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same
     values: outputs and input gradients bitwise equal."""
-    x = torch.randn(N, C, *size).bfloat16().contiguous(memory_format=torch.channels_last)
+    runs, _ = _plane_staging_runs(monkeypatch, torch.bfloat16, size, window, padding, N, C, "DCLS_CONVERT_CUDA_PLANE")
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+
+
+def _plane_staging_runs(monkeypatch, dtype, size, window, padding, N, C, switch):
+    """A channels_last layer's forward (with a bias) and input gradient by window_plane.h (switch=conv), with
+    vector staging and with one element a load and store (DCLS_CONVERT_CUDA_MMA_STAGING=scalar): both runs' (output,
+    input gradient), and the layer's (x, w, p, b)."""
+    x = torch.randn(N, C, *size).to(dtype).contiguous(memory_format=torch.channels_last)
     w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=torch.float32)
     b = torch.randn(C)
-    g = torch.randn(x.shape[:2] + tuple(s + 2 * q - L + 1 for s, q, L in zip(size, padding, window))).bfloat16()
+    g = torch.randn(x.shape[:2] + tuple(s + 2 * q - L + 1 for s, q, L in zip(size, padding, window))).to(dtype)
     g = g.contiguous(memory_format=torch.channels_last)
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "conv")
+    monkeypatch.setenv(switch, "conv")
     runs = []
     for staging in ("", "scalar"):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_STAGING", staging)
@@ -1056,8 +1071,9 @@ def test_window_plane_vector_staging_changes_no_bit(monkeypatch, size, window, p
         out = E.taps_conv(x, w, p, b, window, [1, 1], padding, "bilinear")
         gin = E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [True, False, False, False])[0]
         assert E.take_kernels() == ["window_kernel", "window_plane"] * 2
+        assert out.is_contiguous(memory_format=torch.channels_last)
         runs.append((out, gin))
-    assert all(torch.equal(a, e) for a, e in zip(*runs))
+    return runs, (x, w, p, b)
 
 
 @pytest.mark.parametrize("size,window,padding,ok,ks,strip,cpb", [
@@ -1087,18 +1103,26 @@ def test_window_plane_plan(size, window, padding, ok, ks, strip, cpb):
         assert plans[6] <= (113 if strip == 0 else 227) * 1024
 
 
-@pytest.mark.parametrize("dtype,plane,mma,expect", [
-    (torch.bfloat16, "conv", None, True),
-    (torch.bfloat16, None, None, False),      # opt-in
-    (torch.bfloat16, "conv", "none", False),  # DCLS_CONVERT_CUDA_MMA keeps the tensor cores off
-    (torch.bfloat16, "conv", "corr", False),
-    (torch.bfloat16, "conv", "conv", True),
-    (torch.float32, "conv", None, False),     # 16-bit only
+@pytest.mark.parametrize("dtype,plane,mma,tf32,expect", [
+    (torch.bfloat16, "conv", None, None, True),
+    (torch.bfloat16, None, None, None, False),      # opt-in
+    (torch.bfloat16, "conv", "none", None, False),  # DCLS_CONVERT_CUDA_MMA keeps the tensor cores off
+    (torch.bfloat16, "conv", "corr", None, False),
+    (torch.bfloat16, "conv", "conv", None, True),
+    (torch.bfloat16, None, None, "conv", False),    # the tf32 switch moves float32 only
+    (torch.float32, "conv", None, None, False),     # float32: by DCLS_CONVERT_CUDA_TF32 alone
+    (torch.float32, None, None, "conv", True),
+    (torch.float32, None, None, "all", True),
+    (torch.float32, None, None, "corr", False),
+    (torch.float32, "none", None, "conv", False),   # DCLS_CONVERT_CUDA_PLANE=none keeps it off
+    (torch.float32, None, "none", "conv", False),
 ])
-def test_window_plane_switch(monkeypatch, dtype, plane, mma, expect):
-    """DCLS_CONVERT_CUDA_PLANE=conv sends small planes' forward and input gradient to window_plane.h, unless
-    DCLS_CONVERT_CUDA_MMA keeps the convolution off the tensor cores; float32 never."""
-    for var, value in (("DCLS_CONVERT_CUDA_PLANE", plane), ("DCLS_CONVERT_CUDA_MMA", mma)):
+def test_window_plane_switch(monkeypatch, dtype, plane, mma, tf32, expect):
+    """DCLS_CONVERT_CUDA_PLANE=conv sends 16-bit small planes' forward and input gradient to window_plane.h, and
+    DCLS_CONVERT_CUDA_TF32=conv (or all) float32 ones (its strips, as 3xTF32), unless DCLS_CONVERT_CUDA_MMA keeps
+    the convolution off the tensor cores (or DCLS_CONVERT_CUDA_PLANE=none the small planes)."""
+    for var, value in (("DCLS_CONVERT_CUDA_PLANE", plane), ("DCLS_CONVERT_CUDA_MMA", mma),
+                       ("DCLS_CONVERT_CUDA_TF32", tf32)):
         if value is None:
             monkeypatch.delenv(var, raising=False)
         else:
@@ -1110,6 +1134,68 @@ def test_window_plane_switch(monkeypatch, dtype, plane, mma, expect):
     E.taps_conv_backward(torch.randn(out.shape).to(dtype), x, w, p, [17, 17], [1, 1], [8, 8], "bilinear",
                          [True, False, False, False])
     assert E.take_kernels().count("window_plane") == (2 if expect else 0)
+
+
+# float32 strips (3xTF32): whole small planes are one strip here (a float32 plane's fragments do not fit in
+# registers), and ConvNeXt-T's 56-column rows take 2 channels a block
+WINDOW_PLANE_TF32_CASES = [WINDOW_PLANE_CASES[i] for i in (0, 1, 3, 4, 5, 6, 7, 8, 11, 13, 15)]
+
+
+@pytest.mark.parametrize("case", WINDOW_PLANE_TF32_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
+                                           ("bilinear", "channels_last16"), ("nearest", "contiguous")])
+def test_window_plane_tf32_matches_oracle(monkeypatch, case, interp, layout):
+    """float32 layers' forward and input gradient on tensor cores (DCLS_CONVERT_CUDA_TF32=conv): window_plane.h's
+    strips on mma.m16n8k8 with tf32, each value split into a tf32 head and tail and three products summed
+    (3xTF32), block by block with every lane's fragments, against the dense float64 convolution with the window
+    the kernels build (float32, no rounding) to float32's accuracy: one tf32 product alone would be about 1e-3 off.
+    18 images (a job of 16 and one of 2); channels_last with 16 channels: 16-byte loads and stores of 4 channels.
+    Two launches each (the window, the product) instead of the tables' two (the table, the forward)."""
+    r = _conv_case(monkeypatch, case, layout, torch.float32, interp, 18, "DCLS_CONVERT_CUDA_TF32", "conv")
+    assert r.fwd_kernels == r.bwd_kernels == ["window_kernel", "window_plane"]
+    assert r.out.dtype == r.gin.dtype == torch.float32
+    exact = reference.construct(r.w.double(), r.p.double(), None, case["window"], interp).view(r.kern.shape)
+    assert max_rel(r.kern.double(), exact) < 1e-5  # the window's float32 sums, not rounded further
+    assert max_rel(r.out.double(), r.want) < 1e-5
+    assert max_rel(r.gin.double(), r.want_gin) < 1e-5
+
+
+@pytest.mark.parametrize("size,window,padding,ks,strip,cpb", [
+    ([7, 7], [17, 17], [8, 8], 7, 7, 8),      # ConvNeXt-T stage 4: one strip of the 7 rows, 66 KiB
+    ([14, 14], [17, 17], [8, 8], 25, 8, 8),   # stage 3: strips of 8 rows, 180 KiB
+    ([28, 28], [17, 17], [8, 8], 77, 6, 4),   # stage 2: 4 channels a block, strips of 6 (22 staged rows)
+    ([56, 56], [17, 17], [8, 8], 154, 6, 2),  # stage 1: 2 channels a block (4 warps each), strips of 6
+    ([50], [31], [15], 7, 1, 8),              # 1-D: one row
+])
+def test_window_plane_tf32_plan(size, window, padding, ks, strip, cpb):
+    """float32 takes the strips at every ConvNeXt-T stage: twice the 16-bit bytes a pixel and half its pixels a
+    k-step (mma.m16n8k8), so fewer rows a strip and, at 56 columns, 2 channels a block; within the H200's 227 KiB
+    a block (one block an SM). Windows of 31 at 56 x 56 do not fit, as for 16 bits."""
+    x = torch.randn(2, 8, *size)
+    w, p, _ = random_taps(len(size), 8, 1, 5, window, spread=1.4, dtype=torch.float32)
+    plans = E.window_plans(x, w, p, window, [1] * len(size), padding, "bilinear")
+    assert plans[5] and (plans[7], plans[11], plans[12]) == (ks, strip, cpb)
+    assert plans[6] <= 227 * 1024
+    x = torch.randn(2, 8, 56, 56)
+    w, p, _ = random_taps(2, 8, 1, 5, [31, 31], spread=1.4, dtype=torch.float32)
+    assert not E.window_plans(x, w, p, [31, 31], [1, 1], [15, 15], "bilinear")[5]
+
+
+@pytest.mark.parametrize("size,window,padding,N,C", [
+    ([7, 7], [17, 17], [8, 8], 18, 16),     # 8 channels a block: two 16-byte loads a pixel
+    ([7, 7], [17, 17], [8, 8], 3, 12),      # 8 channels a block, the last group of 4: one element a load
+    ([28, 28], [17, 17], [8, 8], 3, 12),    # 4 channels a block: one
+    ([20, 56], [17, 17], [8, 8], 2, 8),     # 2 channels a block: one element a load either way
+])
+def test_window_plane_tf32_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
+    """float32 channels_last whose blocks hold whole runs of 4 or 8 channels: a pixel's 4 channels per 16-byte load
+    and store; one element per load and store (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values: outputs
+    and input gradients bitwise equal, and equal to the tables' forward to float32's accuracy."""
+    runs, (x, w, p, b) = _plane_staging_runs(monkeypatch, torch.float32, size, window, padding, N, C,
+                                             "DCLS_CONVERT_CUDA_TF32")
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TF32")
+    assert max_rel(runs[0][0], E.taps_conv(x, w, p, b, window, [1, 1], padding, "bilinear")) < 1e-5
 
 
 PLANE_CORR_CASES = [

@@ -191,7 +191,7 @@ struct CudaLaunch {
     if constexpr (window_corr_mma_dtype<scalar_t>()) {
       launch_window_corr(w, a, like);
     } else {
-      TORCH_INTERNAL_ASSERT(false, "window_corr: 16-bit inputs only");
+      TORCH_INTERNAL_ASSERT(false, "window_corr: 16-bit and float32 inputs only");
     }
   }
   static void window_conv(const WindowConv<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
@@ -211,10 +211,10 @@ struct CudaLaunch {
   }
   static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
                            bool flip) {
-    if constexpr (window_corr_dtype<scalar_t>()) {
+    if constexpr (window_corr_mma_dtype<scalar_t>()) {
       launch_window_plane(w, a, like, flip);
     } else {
-      TORCH_INTERNAL_ASSERT(false, "window_plane: 16-bit inputs only");
+      TORCH_INTERNAL_ASSERT(false, "window_plane: 16-bit and float32 inputs only");
     }
   }
   static void fma_conv(const FmaConv<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,

@@ -431,7 +431,7 @@ struct EmulatedLaunch {
   }
   static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&,
                            bool flip) {
-    if constexpr (window_corr_dtype<scalar_t>()) {
+    if constexpr (window_corr_mma_dtype<scalar_t>()) {
       launch({"window_kernel", "window_plane"});  // the window and the convolution
       std::vector<scalar_t> kern(w.kernel_elems());
       emulate_window_build(a, w.kw(), flip, kern.data());
@@ -439,7 +439,7 @@ struct EmulatedLaunch {
       c.kern = kern.data();
       if (c.strip > 0) {
         window_strip_blocks(c);
-      } else {
+      } else if constexpr (WindowPlane<scalar_t>::kE == 2) {
         with_plane_steps(c.ks, [&](auto s) { window_plane_blocks<decltype(s)::value>(c); });
       }
     }

@@ -277,12 +277,10 @@ constexpr bool window_corr_mma_dtype() {
   return window_corr_dtype<scalar_t>() || std::is_same_v<scalar_t, float>;
 }
 
-// DCLS_CONVERT_CUDA_TF32=corr: float32 layers' weight and position gradients on tensor cores, as 3xTF32 (about
-// float32's accuracy; not yet timed on a GPU, so not a default).
-inline bool tf32_wanted(const char* part) {
-  const char* e = std::getenv("DCLS_CONVERT_CUDA_TF32");
-  return e != nullptr && std::string(part) == "corr" && std::string(e) == "corr";
-}
+// DCLS_CONVERT_CUDA_TF32=corr|conv|all: float32 layers' parts on tensor cores, as 3xTF32 (about float32's
+// accuracy; not yet timed on a GPU, so not a default): "corr", the weight and position gradients (window_corr.h);
+// "conv", the forward and input gradient, in strips of output rows (window_plane.h).
+inline bool tf32_wanted(const char* part) { return part_choice("DCLS_CONVERT_CUDA_TF32", part) == PartChoice::kOn; }
 
 // The most table entries a channel's taps make: their corners, 2 per axis for bilinear taps (4 in 2-D, 2 in 1-D,
 // where the window is one row), 1 for nearest. The whole-window kernels' rules weigh their cells against it.
@@ -332,11 +330,16 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
 // "corr", the weight and position gradients (window_plane_corr.h:
 // rows of up to 64 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
 // cores. Opt-in until a GPU has timed them.
+// float32's forward and input gradient take the strips as 3xTF32 where DCLS_CONVERT_CUDA_TF32 opts the part in
+// (DCLS_CONVERT_CUDA_PLANE=none and DCLS_CONVERT_CUDA_MMA=none still keep them off).
 template <typename scalar_t, typename acc_t>
 bool plane_wanted(const char* part, const TapsArgs<scalar_t, acc_t>&) {
+  const bool mma_on = part_choice("DCLS_CONVERT_CUDA_MMA", part) != PartChoice::kOff;
+  if constexpr (std::is_same_v<scalar_t, float>)
+    return std::string(part) == "conv" && tf32_wanted(part) && mma_on &&
+           part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff;
   if constexpr (!window_corr_dtype<scalar_t>()) return false;
-  return part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn &&
-         part_choice("DCLS_CONVERT_CUDA_MMA", part) != PartChoice::kOff;
+  return part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn && mma_on;
 }
 
 // DCLS_CONVERT_CUDA_MMA_STAGING=scalar: the tensor-core kernels stage channels_last rows one element per load,
@@ -430,12 +433,15 @@ void bind_window_conv(Plan& w, const at::Tensor& x, const at::Tensor& out, const
 // The tensor-core convolutions' staging (WindowConv, WindowPlane): loads of a pixel's `run` channels (a block's:
 // 8, or 4 for 4-channel strips) where x allows them, the output's channel order, stores of as many where out allows
 // them (DCLS_CONVERT_CUDA_MMA_STAGING=scalar: neither).
+// float32 (WindowPlane): 16-byte loads and stores of 4 channels, where a block's run of channels (8 or 4) is whole.
 template <typename Plan>
 void bind_mma_staging(Plan& w, const at::Tensor& x, const at::Tensor& out, int64_t C, int run = 8) {
-  const bool vec = staging_mode() != "scalar";
-  w.vec8 = vec && staging_vec(x.data_ptr(), w.xs, C, run);
+  const bool f32 = x.element_size() == 4;
+  const bool vec = staging_mode() != "scalar" && (!f32 || run % 4 == 0);
+  const int access = f32 ? 16 : 0;
+  w.vec8 = vec && staging_vec(x.data_ptr(), w.xs, C, run, access);
   w.out_cl = w.os[1] == 1 && C > 1;
-  w.out_vec8 = vec && staging_vec(out.data_ptr(), w.os, C, run);
+  w.out_vec8 = vec && staging_vec(out.data_ptr(), w.os, C, run, access);
 }
 
 // The FMA convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply. The
@@ -480,18 +486,20 @@ WindowConv<scalar_t> window_conv_plan(const at::Tensor& x, const at::Tensor& out
 
 // The tensor-core convolution of a small plane (window_plane.h) of x into out (flip as window_conv_geometry), or
 // ok = false where it does not apply or its shared memory exceeds what a block of the device may have.
+// float32: strips only (3xTF32), down to 2 channels a block (ConvNeXt-T's 56 x 56).
 template <typename scalar_t, typename acc_t>
 WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
                                         bool flip, int64_t max_smem_bytes) {
   WindowPlane<scalar_t> w;
-  if constexpr (window_corr_dtype<scalar_t>()) {
+  if constexpr (window_corr_mma_dtype<scalar_t>()) {
     if (a.sh != 1 || a.sw != 1 || a.ph > a.Lh - 1 || a.pw > a.Lw - 1) return w;
     const WindowConvGeometry g = window_conv_geometry(a, flip);
     w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw);
     // past 256 pixels (or not fitting): strips of as many output rows as fit, up to kPlaneMaxStrip, 8 channels a
     // block, else 4 (ConvNeXt-T's 56 x 56: 17 staged rows of 56 columns are 244 KiB for 8 channels)
     auto fits = [&] { return w.ok && w.smem_words() * 4 <= max_smem_bytes; };
-    for (int cpb = kWindowCorrWarps; cpb >= kWindowCorrWarps / 2 && !fits(); cpb /= 2)
+    const int least_cpb = WindowPlane<scalar_t>::kE == 1 ? 2 : kWindowCorrWarps / 2;
+    for (int cpb = kWindowCorrWarps; cpb >= least_cpb && !fits(); cpb /= 2)
       for (int R = std::min<int64_t>(kPlaneMaxStrip, g.Ho); R >= 1 && !fits(); --R)
         w = window_plane_shape<scalar_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, R, cpb);
     bind_window_conv(w, x, out, a, flip);

@@ -22,9 +22,9 @@
 //   static void corr(TiledCorr, const TapsArgs&, const at::Tensor& like);  correlation + finish
 //   static bool mma_supported(const at::Tensor& like);            tensor cores on like's device
 //   static int64_t max_smem_bytes(const at::Tensor& like);        shared memory a block may opt into there
-//   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit only: + finish
+//   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit, float32: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
-//   static void window_plane(WindowPlane, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + plane
+//   static void window_plane(WindowPlane, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit, float32: window + plane
 //   static void plane_corr(PlaneCorr, const TapsArgs&, const at::Tensor& like);  16-bit: correlation + finish
 //   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
 //   static void fma_conv(FmaConv, const TapsArgs&, const at::Tensor& like, bool flip);  float32/64: window + conv
@@ -53,12 +53,17 @@ namespace dcls_convert {
 constexpr int64_t kMaxTableBytes = int64_t(256) << 20;
 
 // Whether the switches leave path p a candidate of tuning for part ("conv" or "corr"); whether it applies to a
-// layer is its plan's to say. Tensor cores: 16-bit, or float32 correlations as 3xTF32.
+// layer is its plan's to say. Tensor cores: 16-bit, or float32 as 3xTF32 (the correlation on rows, the forward and
+// input gradient in strips).
 template <typename scalar_t>
 bool tuning_allows(Path p, const char* part) {
   const bool mma_off = part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOff;
   switch (p) {
     case Path::kPlane:
+      if constexpr (std::is_same_v<scalar_t, float>)
+        return std::string(part) == "conv" && !mma_off &&
+               part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff &&
+               part_choice("DCLS_CONVERT_CUDA_TF32", part) != PartChoice::kOff;
       return window_corr_dtype<scalar_t>() && !mma_off &&
              part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff;
     case Path::kMma:
@@ -124,7 +129,7 @@ void add_window_candidates(std::vector<Candidate>& cands, const WindowPlane<scal
                            const WindowConv<scalar_t>& wv, const FmaConv<scalar_t, acc_t>& fv,
                            const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& input, bool flip) {
   if (pv.ok) cands.push_back({Path::kPlane, [&pv, &a, &input, flip] {
-    if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pv, a, input, flip);
+    if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pv, a, input, flip);
   }});
   if (wv.ok) cands.push_back({Path::kMma, [&wv, &a, &input, flip] {
     if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, flip);
@@ -180,7 +185,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
       keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv, fv);
     }
     if (pv.ok) {
-      if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pv, a, input, false);
+      if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pv, a, input, false);
     } else if (wv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, false);
     } else if (fv.ok) {
@@ -346,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       if (tiled_corr) tb.bind(corr, tb.add(kCornerTable, mask[2] && interp == kBilinear));
       if (tb.builds.n > 0) L::tables(a, tb.builds);
       if (pg.ok) {
-        if constexpr (window_corr_dtype<scalar_t>()) L::window_plane(pg, a, input, true);
+        if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pg, a, input, true);
       } else if (wg.ok) {
         if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wg, a, input, true);
       } else if (fg.ok) {

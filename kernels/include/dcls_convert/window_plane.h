@@ -48,6 +48,11 @@ constexpr int kPlaneMaxStrip = 8;        // strips: the most output rows a block
 
 template <typename scalar_t>
 struct WindowPlane {
+  // Elements a 32-bit word holds, and input pixels a k-step takes: 16-bit inputs pair two in a word under
+  // mma.m16n8k16; float32 ones take a word each under mma.m16n8k8 on tf32, as 3xTF32 (strips only: a strip's
+  // fragments come from shared memory, and a float32 plane's would not fit in registers).
+  static constexpr int kE = sizeof(scalar_t) == 2 ? 2 : 1;
+  static constexpr int kKP = 8 * kE;
   const scalar_t* x = nullptr;     // (N, C, H, W): the input, or the output gradient for the input gradient
   const scalar_t* kern = nullptr;  // (C, Lh, kw), kw = 16 * ks of window_conv.h: the dense window (window_build.h)
   const float* bias = nullptr;     // (C) or nullptr
@@ -58,7 +63,7 @@ struct WindowPlane {
   // loads, stores of a pixel's cpb channels at once: 16 bytes for 8, 8 for 4 (staging_vec)
   bool vec8 = false, out_vec8 = false;
   int wr = 2;     // staged input row width: W rounded up to even
-  int ks = 1;     // k-steps: 16 ks >= H wr
+  int ks = 1;     // k-steps: kKP ks >= H wr
   int pitch = 4;  // words per image in a channel's region: its staged inputs, then its results (4 mod 8)
   int pr = 1, pc = 1;
   // Strips (planes past 256 pixels): a block job computes `strip` output rows from the inputs they read, with A
@@ -66,7 +71,8 @@ struct WindowPlane {
   int strip = 0, strips = 1;
   int rpitch = 4;  // strips: words per image in a channel's results region (4 mod 8)
   int64_t r_off = 0, g_off = 0;  // strips: the results regions and the k-steps' G table, in words
-  // Channels a block: a warp each, or (strips too large for 8) 4, two warps each splitting the strip's tiles.
+  // Channels a block: a warp each, or (strips too large for 8) 4 or 2, the warps of a channel splitting the strip's
+  // tiles (2: float32 only, its 56 x 56 strips).
   int cpb = kWindowCorrWarps;
   bool ok = false;
 
@@ -90,13 +96,15 @@ struct WindowPlane {
 // The shape of the convolution of an (N, C, H, W) input into (N, C, Ho, Wo) with an Lh x Lw window and padding
 // (ph, pw), or ok = false where it does not apply: windows up to 64, padding inside the window, input planes up to
 // 256 pixels (rows at even width), the cells of P numbered in 16 bits. (Shared memory: the plan's to check.)
-// strip_rows: 0 for the whole plane (up to 256 pixels), else strips of that many output rows (any plane whose rows
-// are at most kPlaneMaxStripWidth wide, at even width), cpb channels a block (8, or 4).
+// strip_rows: 0 for the whole plane (up to 256 pixels; 16-bit only), else strips of that many output rows (any plane
+// whose rows are at most kPlaneMaxStripWidth wide, at even width), cpb channels a block (8 or 4; float32 also 2).
 template <typename scalar_t>
 WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
                                          int64_t Lh, int64_t Lw, int64_t ph, int64_t pw, int strip_rows = 0,
                                          int cpb = kWindowCorrWarps) {
-  WindowPlane<scalar_t> w;
+  using Plane = WindowPlane<scalar_t>;
+  constexpr int KP = Plane::kKP;
+  Plane w;
   w.N = N, w.C = C, w.H = H, w.W = W, w.Ho = Ho, w.Wo = Wo, w.Lh = Lh, w.Lw = Lw, w.ph = ph, w.pw = pw;
   const int64_t wr = W + (W & 1);
   if (Lh > kWindowConvMaxWindow || Lw > kWindowConvMaxWindow || ph > Lh - 1 || pw > Lw - 1 || ph < 0 || pw < 0 ||
@@ -104,7 +112,7 @@ WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_
     return w;
   w.wr = static_cast<int>(wr);
   w.pc = w.wr + static_cast<int>(Wo) - 1;
-  if (H * wr <= 16 * kPlaneMaxSteps && strip_rows == 0) {  // the whole plane, A in registers
+  if (H * wr <= 16 * kPlaneMaxSteps && strip_rows == 0 && Plane::kE == 2) {  // the whole plane, A in registers
     w.ks = static_cast<int>((H * wr + 15) / 16);
     const int words = std::max(8 * w.ks, 4 * w.ntiles());
     w.pitch = words + ((4 - words) % 8 + 8) % 8;
@@ -112,19 +120,19 @@ WindowPlane<scalar_t> window_plane_shape(int64_t N, int64_t C, int64_t H, int64_
     w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
     return w;
   }
-  if (strip_rows <= 0 || wr > kPlaneMaxStripWidth || (cpb != kWindowCorrWarps && cpb != kWindowCorrWarps / 2))
-    return w;
+  const bool cpb_ok = cpb == kWindowCorrWarps || cpb == kWindowCorrWarps / 2 || (cpb == 2 && Plane::kE == 1);
+  if (strip_rows <= 0 || wr > kPlaneMaxStripWidth || !cpb_ok) return w;
   w.cpb = cpb;
   // strips of R output rows: sizes of the largest (the staged rows of a strip reach R + Lh - 1)
   const int R = static_cast<int>(std::min<int64_t>(strip_rows, Ho));
   const int64_t rows = std::min<int64_t>(H, R + Lh - 1);
   w.strip = R;
   w.strips = static_cast<int>((Ho + R - 1) / R);
-  w.ks = static_cast<int>((rows * wr + 15) / 16);
+  w.ks = static_cast<int>((rows * wr + KP - 1) / KP);
   w.pitch = 8 * w.ks + ((4 - 8 * w.ks) % 8 + 8) % 8;
-  const int rwords = 4 * static_cast<int>((R * Wo + 7) / 8);
+  const int rwords = (8 / Plane::kE) * static_cast<int>((R * Wo + 7) / 8);  // a tile's 8 results a row
   w.rpitch = rwords + ((4 - rwords) % 8 + 8) % 8;
-  w.pr = (16 * w.ks + w.wr - 1) / w.wr + R - 1;
+  w.pr = (KP * w.ks + w.wr - 1) / w.wr + R - 1;
   w.r_off = w.q_offset() + int64_t(w.cpb) * w.q_words();
   w.g_off = w.r_off + int64_t(w.cpb) * w.r_words();
   w.ok = int64_t(w.pr) * w.pc < (int64_t(1) << 16);
@@ -163,8 +171,9 @@ DCLS_HD WindowPlane<scalar_t> strip_view(const WindowPlane<scalar_t>& w, const W
   v.ph = w.ph + iy0 - oy0;
   v.x = w.x + iy0 * w.xs[2];
   v.out = w.out + oy0 * w.os[2];
-  v.ks = static_cast<int>((v.H * w.wr + 15) / 16);
-  v.pr = (16 * v.ks + w.wr - 1) / w.wr + static_cast<int>(v.Ho) - 1;
+  constexpr int KP = WindowPlane<scalar_t>::kKP;
+  v.ks = static_cast<int>((v.H * w.wr + KP - 1) / KP);
+  v.pr = (KP * v.ks + w.wr - 1) / w.wr + static_cast<int>(v.Ho) - 1;
   return v;
 }
 
@@ -194,22 +203,42 @@ DCLS_HD int plane_channel(int idx, bool channels_last, int span, int& ci, int ch
 }
 
 // Phase 1 (per block job): P's pairs cleared, and the job's input planes staged, channel by channel, image row by
-// row (16-bit elements: image i's pixel q at element 2 i pitch + q), zero past the input up to the 16 ks pixels
-// the k-steps read.
+// row (image i's pixel q at element kE i pitch + q: 16-bit elements, or float32 words), zero past the input up to
+// the kKP ks pixels the k-steps read.
 // Channels: the channels a block where the kernel knows them (8: the whole plane's), else 0 (the plan's, cpb).
 // Batch: loads in flight a thread (the strips' kernel, one block an SM with registers to spare, takes more: its
 // staging is not hidden behind another block's products).
 template <int Channels, int Batch, typename scalar_t>
 DCLS_HD void window_plane_stage(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem, int tid) {
+  constexpr int E = WindowPlane<scalar_t>::kE;
   const int cpb = Channels > 0 ? Channels : w.cpb;
   const int64_t qw = int64_t(cpb) * w.q_words();
   for (int64_t e = tid; e < qw; e += kWindowCorrThreads) smem[w.q_offset() + e] = 0u;
-  const int per = 16 * w.ks, stride = w.x_words(), wr = w.wr;
+  const int per = WindowPlane<scalar_t>::kKP * w.ks, stride = w.x_words(), wr = w.wr;
   auto pixel = [&](int q, int64_t& iy, int64_t& ix) {
     iy = q / wr;
     ix = q - iy * wr;
     return iy < w.H && ix < w.W;
   };
+  if (w.vec8 && E == 1) {  // float32: a thread per (image, pixel, 4 channels), one 16-byte load (cpb 8 or 4)
+    const int quads = cpb / 4;
+    plane_items<Words4, Batch>(
+        j.images * per * quads, tid,
+        [&](int idx) {
+          const int rest = idx / quads, i = rest / per;
+          int64_t iy, ix;
+          Words4 v{{0u, 0u, 0u, 0u}};
+          if (pixel(rest - i * per, iy, ix))
+            load8(w.x + (j.n0 + i) * w.xs[0] + j.c0 + 4 * (idx - rest * quads) + iy * w.xs[2] + ix * w.xs[3], v.v);
+          return v;
+        },
+        [&](int idx, const Words4& v) {
+          const int rest = idx / quads, i = rest / per, q = rest - i * per, c4 = 4 * (idx - rest * quads);
+DCLS_UNROLL
+          for (int k = 0; k < 4; ++k) smem[int64_t(c4 + k) * stride + i * w.pitch + q] = v.v[k];
+        });
+    return;
+  }
   if (w.vec8) {  // a thread per (image, pixel): its cpb channels in one load
     auto stage = [&](auto nch) {
       constexpr int NC = decltype(nch)::value;
@@ -256,36 +285,42 @@ DCLS_UNROLL
       [&](int idx, const scalar_t& v) {
         int ci, i, q;
         where(idx, ci, i, q);
-        reinterpret_cast<scalar_t*>(smem + int64_t(ci) * stride)[2 * i * w.pitch + q] = v;
+        reinterpret_cast<scalar_t*>(smem + int64_t(ci) * stride)[E * i * w.pitch + q] = v;
       });
 }
 
 // Phase 2 (per block job): the group's windows into P's pairs, 8 cells a 16-byte load (the window's rows are 16 kw
 // bytes, kw a multiple of 16): cell e is the low half of word e and the high half of word e - 1. Cells outside P
-// can meet no (input, output) pair of the planes.
+// can meet no (input, output) pair of the planes. float32: P itself (cell e is word e), 4 cells a load.
 template <typename scalar_t>
 DCLS_HD void window_plane_stage_window(const WindowPlane<scalar_t>& w, const WindowPlaneJob& j, uint32_t* smem,
                                        int tid) {
-  const int chunks = w.kw() / 8, per = static_cast<int>(w.Lh) * chunks;
+  constexpr int E = WindowPlane<scalar_t>::kE, CELLS = 4 * E;  // cells a 16-byte load
+  const int chunks = w.kw() / CELLS, per = static_cast<int>(w.Lh) * chunks;
   const int64_t live = std::min<int64_t>(w.cpb, w.C - j.c0);
   plane_items<Words4>(
       static_cast<int>(live) * per, tid,
       [&](int idx) {
         const int ci = idx / per, r = idx - ci * per;
         Words4 v;
-        load8(w.kern + ((j.c0 + ci) * w.Lh + r / chunks) * w.kw() + 8 * (r % chunks), v.v);
+        load8(w.kern + ((j.c0 + ci) * w.Lh + r / chunks) * w.kw() + CELLS * (r % chunks), v.v);
         return v;
       },
       [&](int idx, const Words4& v) {
-        const int ci = idx / per, r = idx - ci * per, ky = r / chunks, kx0 = 8 * (r % chunks);
-        auto* q = reinterpret_cast<uint16_t*>(smem + w.q_offset() + int64_t(ci) * w.q_words());
+        const int ci = idx / per, r = idx - ci * per, ky = r / chunks, kx0 = CELLS * (r % chunks);
+        uint32_t* q32 = smem + w.q_offset() + int64_t(ci) * w.q_words();
+        auto* q = reinterpret_cast<uint16_t*>(q32);
         const int64_t a = ky - w.ph + w.Ho - 1;
         if (a < 0 || a >= w.pr) return;
 DCLS_UNROLL
-        for (int k = 0; k < 8; ++k) {
+        for (int k = 0; k < CELLS; ++k) {
           const int64_t b = kx0 + k - w.pw + w.Wo - 1;
           if (kx0 + k >= w.Lw || b < 0 || b >= w.pc) continue;
           const int64_t e = a * w.pc + b;
+          if (E == 1) {
+            q32[e] = v.v[k];
+            continue;
+          }
           q[2 * e] = half_of(v.v, k);
           if (e >= 1) q[2 * e - 1] = half_of(v.v, k);
         }
@@ -311,9 +346,11 @@ DCLS_HD void plane_a_fragment(const uint32_t* region, int pitch, int lane, int s
   a4[3] = region[a + 8 * pitch + 4];
 }
 
-// G(q) = iy pc + ix of the two input pixels (2t, 2t + 8) of k-step s, 16 bits each, rows staged wr pixels wide.
+// G(q) = iy pc + ix of a lane's two input pixels of k-step s (KP of them: 16-bit, 2t and 2t + 8; float32, t and
+// t + 4), 16 bits each, rows staged wr pixels wide.
+template <int KP = 16>
 DCLS_HD uint32_t plane_g_pair(int s, int t, int wr, int pc) {
-  const int q0 = 16 * s + 2 * t, q1 = q0 + 8, y0 = q0 / wr, y1 = q1 / wr;
+  const int q0 = KP * s + (KP / 8) * t, q1 = q0 + KP / 2, y0 = q0 / wr, y1 = q1 / wr;
   return uint32_t(y0 * pc + q0 - y0 * wr) | (uint32_t(y1 * pc + q1 - y1 * wr) << 16);
 }
 
@@ -326,26 +363,34 @@ struct PlaneTile {
   float acc[NL][8];  // two accumulators: two chains of dependent mma instead of one
   PlaneTile() = default;  // (a group's tiles, assigned before use)
   DCLS_HD PlaneTile(const WindowPlane<scalar_t>& w, int nt, int lane0) {
+    constexpr int KP = WindowPlane<scalar_t>::kKP;
     const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo), wr = w.wr;
     const int oy_a = 8 * nt / Wo, oy_b = std::min(8 * nt + 7, outputs - 1) / Wo;
     const int iy_lo = static_cast<int>(std::max<int64_t>(0, oy_a - w.ph));
     const int iy_hi = static_cast<int>(std::min<int64_t>(w.H - 1, oy_b + w.Lh - 1 - w.ph));
-    s_lo = iy_lo * wr / 16;
-    s_hi = iy_hi < iy_lo ? -1 : std::min(w.ks - 1, ((iy_hi + 1) * wr - 1) / 16);
+    s_lo = iy_lo * wr / KP;
+    s_hi = iy_hi < iy_lo ? -1 : std::min(w.ks - 1, ((iy_hi + 1) * wr - 1) / KP);
     for (int l = 0; l < NL; ++l) {
       const int p = std::min(8 * nt + ((lane0 + l) >> 2), outputs - 1), oy = p / Wo;
       F[l] = oy * w.pc + p - oy * Wo - w.c0();
       for (int q = 0; q < 8; ++q) acc[l][q] = 0.f;
     }
   }
-  // the tile's results (16 bits, plus the bias) at words 4 nt + t of rows g and g + 8 of `out` (pitch words a row)
+  // the tile's results (16 bits, plus the bias) at words 4 nt + t of rows g and g + 8 of `out` (pitch words a row);
+  // float32: at words 8 nt + 2t and the next
   DCLS_HD void write(uint32_t* out, int pitch, int nt, float bias, int lane0) const {
     for (int l = 0; l < NL; ++l) {
       const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
       float v[4];
       for (int q = 0; q < 4; ++q) v[q] = acc[l][q] + acc[l][4 + q] + bias;
-      out[g * pitch + 4 * nt + t] = pack16(scalar_t(v[0]), scalar_t(v[1]));
-      out[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(v[2]), scalar_t(v[3]));
+      if constexpr (WindowPlane<scalar_t>::kE == 1) {
+        float* o = reinterpret_cast<float*>(out) + 8 * nt + 2 * t;
+        o[g * pitch] = v[0], o[g * pitch + 1] = v[1];
+        o[(g + 8) * pitch] = v[2], o[(g + 8) * pitch + 1] = v[3];
+      } else {
+        out[g * pitch + 4 * nt + t] = pack16(scalar_t(v[0]), scalar_t(v[1]));
+        out[(g + 8) * pitch + 4 * nt + t] = pack16(scalar_t(v[2]), scalar_t(v[3]));
+      }
     }
   }
 };
@@ -368,7 +413,7 @@ DCLS_UNROLL
     for (int s = 0; s < KS; ++s) {
       if (s >= ks) continue;
       plane_a_fragment(region, pitch, lane, s, &A[l][4 * s]);
-      G[l][s] = plane_g_pair(s, t, wr, pc);
+      G[l][s] = plane_g_pair<16>(s, t, wr, pc);
     }
   }
 #if defined(__CUDA_ARCH__)
@@ -396,7 +441,8 @@ DCLS_UNROLL
 // k-step, 16 bits each (word 4 s + t): the same for every strip and job, staged so that no lane divides by wr.
 template <typename scalar_t>
 DCLS_HD void window_strip_stage_g(const WindowPlane<scalar_t>& w, uint32_t* smem, int tid) {
-  for (int e = tid; e < 4 * w.ks; e += kWindowCorrThreads) smem[w.g_off + e] = plane_g_pair(e / 4, e % 4, w.wr, w.pc);
+  for (int e = tid; e < 4 * w.ks; e += kWindowCorrThreads)
+    smem[w.g_off + e] = plane_g_pair<WindowPlane<scalar_t>::kKP>(e / 4, e % 4, w.wr, w.pc);
 }
 
 // Strips, phase 3 (per block job): warp `warp`'s channel over the strip's tiles of 8 output pixels, lanes lane0 ..
@@ -473,9 +519,22 @@ DCLS_HD void window_plane_store(const WindowPlane<scalar_t>& w, const WindowPlan
                                 int tid) {
   const int cpb = Channels > 0 ? Channels : w.cpb;  // (as window_plane_stage)
   // the results: in the staged inputs' place (the whole plane), or in their own regions (strips)
+  constexpr int E = WindowPlane<scalar_t>::kE;
   const uint32_t* smem = smem_all + (w.strip > 0 ? w.r_off : 0);
   const int stride = w.strip > 0 ? w.r_words() : w.x_words(), pitch = w.strip > 0 ? w.rpitch : w.pitch;
   const int outputs = static_cast<int>(w.outputs()), Wo = static_cast<int>(w.Wo);
+  if (w.out_vec8 && E == 1) {  // float32: a thread per (image, pixel, 4 channels), one 16-byte store
+    const int quads = cpb / 4;
+    for (int idx = tid; idx < j.images * outputs * quads; idx += kWindowCorrThreads) {
+      const int rest = idx / quads, c4 = 4 * (idx - rest * quads), i = rest / outputs, p = rest - i * outputs;
+      const int oy = p / Wo, ox = p - oy * Wo;
+      uint32_t v[4];
+DCLS_UNROLL
+      for (int k = 0; k < 4; ++k) v[k] = smem[int64_t(c4 + k) * stride + i * pitch + p];
+      store8(w.out + (j.n0 + i) * w.os[0] + j.c0 + c4 + oy * w.os[2] + ox * w.os[3], v);
+    }
+    return;
+  }
   if (w.out_vec8) {  // a thread per (image, pixel): its cpb channels in one store
     const int words = cpb / 2;
     for (int idx = tid; idx < j.images * outputs; idx += kWindowCorrThreads) {
@@ -501,7 +560,7 @@ DCLS_UNROLL
     if (c >= w.C) continue;
     const int p = rest - i * outputs, oy = p / Wo, ox = p - oy * Wo;
     w.out[(j.n0 + i) * w.os[0] + c * w.os[1] + oy * w.os[2] + ox * w.os[3]] =
-        reinterpret_cast<const scalar_t*>(smem + int64_t(ci) * stride)[2 * i * pitch + p];
+        reinterpret_cast<const scalar_t*>(smem + int64_t(ci) * stride)[E * i * pitch + p];
   }
 }
 

@@ -75,10 +75,11 @@ DCLS_UNROLL
 
 // channels_last 16-bit data whose runs of `run` channels are aligned (C a multiple of run, every stride a
 // multiple of run elements, the data aligned to 2 run bytes) move one pixel's run with one load or store: 16 bytes
-// for 8 channels (load8, store8), 8 for 4 (load4, store4).
-inline bool staging_vec(const void* data, const int64_t s[4], int64_t C, int run = 8) {
+// for 8 channels (load8, store8), 8 for 4 (load4, store4). access: the bytes of one access where it is not the
+// run's (float32 runs of 8 or 4 channels: 16 bytes, 4 channels).
+inline bool staging_vec(const void* data, const int64_t s[4], int64_t C, int run = 8, int access = 0) {
   return s[1] == 1 && C % run == 0 && s[0] % run == 0 && s[2] % run == 0 && s[3] % run == 0 &&
-         reinterpret_cast<uintptr_t>(data) % (2 * run) == 0;
+         reinterpret_cast<uintptr_t>(data) % (access > 0 ? access : 2 * run) == 0;
 }
 
 // Eight 16-bit values (one pixel's 8 channels) as four words: element k in word k / 2, low half first.
