@@ -247,6 +247,32 @@ def test_float32_taps_gradients_may_take_3xtf32(clean):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("cheap,path", [("window_plane", "plane"), ("tiled_forward", "tables")])
+def test_float32_forward_may_take_3xtf32_strips(clean, cheap, path):
+    """float32: the forward's candidates are the 3xTF32 strips (window_plane.h) and the tables (the FMA forward
+    where it applies); the tuned choice runs bitwise what its path gives forced; DCLS_CONVERT_CUDA_TF32=corr (the
+    correlation only) leaves the strips out."""
+    clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
+    _costs(**{cheap: 0.01})
+    layer = _layer(dtype=torch.float32, channels_last=True)
+    out, first = _forward(*layer)
+    for candidate in ("plane", "tables"):
+        names = KERNELS["forward", candidate]
+        assert any(first[i:i + len(names)] == names for i in range(len(first) - len(names)))
+    assert list(_tuned("forward").values()) == [path]
+    assert first[-2:] == KERNELS["forward", path]
+    with clean.context() as m:
+        m.delenv("DCLS_CONVERT_CUDA_TUNE")
+        m.setenv(*(("DCLS_CONVERT_CUDA_TF32", "conv") if path == "plane" else ("DCLS_CONVERT_CUDA_MMA", "none")))
+        forced, kernels = _forward(*layer)
+    assert kernels == KERNELS["forward", path] and torch.equal(out, forced)
+    assert max_rel(out.double(), _oracle_forward(*layer)) < 1e-5
+    E.clear_tuned_paths()
+    clean.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+    _, first = _forward(*layer)
+    assert "window_plane" not in first
+
+
 @pytest.mark.parametrize("window", [[17, 17], [7, 9], [1, 9]])
 def test_tables_timed_on_positions_between_cells(window):
     """Tuning times the tables' path on positions moved between grid cells (the same cell, clamped into the

@@ -1,5 +1,6 @@
-// The GPU tap engine's forward and input gradient for 16-bit inputs at stride 1 on small planes (up to 256 input
-// pixels: ConvNeXt-T's 14 x 14 and 7 x 7 stages), on tensor cores, as one matrix product per channel:
+// The GPU tap engine's forward and input gradient for 16-bit inputs (and, in strips, float32) at stride 1 on small
+// planes (up to 256 input pixels: ConvNeXt-T's 14 x 14 and 7 x 7 stages), on tensor cores, as one matrix product
+// per channel:
 //   out[n][p] = sum over q of x[n][q] * M[q][p],  M[q][p] = kern[iy - oy + ph][ix - ox + pw] (zero off the window),
 // the images n the rows of mma.m16n8k16 (16 a block job), the input pixels q (iy, ix) its k dimension, the output
 // pixels p (oy, ox) its columns.
@@ -24,6 +25,13 @@
 // regions of their own. Strips take as many output rows (up to 8) as fit the shared memory: 4 at 28 x 28 under a
 // 17 x 17 window (213 KiB, one block an SM). Where no strip fits with 8 channels a block, 4 channels (two warps a
 // channel, each half its tiles): ConvNeXt-T's 56 x 56 in strips of 4 rows (211 KiB).
+//
+// float32 (opt-in, DCLS_CONVERT_CUDA_TF32=conv) runs the strips at every plane size as 3xTF32 on mma.m16n8k8: each
+// value split into a tf32 head and tail, three products summed (window_corr.h's, about float32's accuracy). A word
+// holds one pixel, so a k-step takes 8 input pixels (lane pixels t and t + 4) with the same word offsets for A and
+// B as the 16-bit k-step of 16, and P is staged as itself (a B register is one cell). Twice the bytes a pixel: 8
+// rows a strip at 14 x 14 (180 KiB), 6 at 28 x 28 with 4 channels a block and 6 at 56 x 56 with 2 (four warps a
+// channel), one block an SM. Its window stays float32 (built as the 16-bit one, not rounded).
 //
 // The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
 // window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
