@@ -23,6 +23,8 @@ ap.add_argument("--mma", default="",
 ap.add_argument("--fma", default="", help="FMA over the whole window for: corr, conv or all (DCLS_CONVERT_CUDA_FMA)")
 ap.add_argument("--plane", default="",
                 help="small planes' tensor-core products for: conv, corr or all (DCLS_CONVERT_CUDA_PLANE)")
+ap.add_argument("--tf32", default="",
+                help="float32 on tensor cores as 3xTF32 for: corr, conv or all (DCLS_CONVERT_CUDA_TF32)")
 args = ap.parse_args()
 if args.mma:
     os.environ["DCLS_CONVERT_CUDA_MMA"] = args.mma
@@ -30,6 +32,8 @@ if args.fma:
     os.environ["DCLS_CONVERT_CUDA_FMA"] = args.fma
 if args.plane:
     os.environ["DCLS_CONVERT_CUDA_PLANE"] = args.plane
+if args.tf32:
+    os.environ["DCLS_CONVERT_CUDA_TF32"] = args.tf32
 N, C, H, W = SHAPES[args.stage]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(N, C, H, W, device="cuda", dtype=dtype)

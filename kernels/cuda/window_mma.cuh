@@ -44,16 +44,8 @@ struct MmaDevice {
   }
 };
 
-// float32: 3xTF32 (window_corr.h). Each value split into a tf32 head and the tf32 rounding of the rest; the tail
-// products first, so that the head x head product is added to sums that already hold the small terms.
-__device__ __forceinline__ void tf32_split(uint32_t bits, uint32_t& head, uint32_t& tail) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const float v = __uint_as_float(bits);
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(head) : "f"(v));
-  const float rest = v - __uint_as_float(head);
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(tail) : "f"(rest));
-#endif
-}
+// float32: 3xTF32 (window_corr.h's tf32_split); the tail products first, so that the head x head product is added
+// to sums that already hold the small terms.
 __device__ __forceinline__ void mma_tf32(float* d, const uint32_t a[4], const uint32_t b[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"

@@ -199,22 +199,12 @@ struct MmaEmulated {
   }
 };
 
-// tf32 with round-to-nearest, ties away from zero (cvt.rna.tf32.f32): a float32 with its 13 low mantissa bits
-// rounded off; infinities and NaN as they are.
-inline float tf32_rna(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
-
 // float32 fragments: 3xTF32 over mma.m16n8k8 (row.col, tf32 in, float32 sums; the PTX ISA's "Matrix Fragments
 // for mma.m16n8k8" with .tf32: A register r holds row groupID (+8 for r = 1, 3), column threadID (+4 for r = 2,
 // 3); B register r row threadID (+4 for r = 1) of column groupID; the accumulators as for m16n8k16). Each value
-// split into head = tf32(v) and tail = tf32(v - head); three products added as the device adds them (tail x head,
-// head x tail, head x head), each a k-sum in float32 (the hardware's own order within an mma is not specified:
-// the tests allow for it).
+// split as the device splits it (tf32_split: head and tail truncated); three products added as it adds them (tail
+// x head, head x tail, head x head), each a k-sum in float32 (the hardware's own order within an mma is not
+// specified: the tests allow for it).
 template <>
 struct MmaEmulated<float> {
   template <int NL, int NA, int NAR, int NBR>
@@ -222,10 +212,10 @@ struct MmaEmulated<float> {
     static_assert(NL == 32, "the emulated mma takes the whole warp");
     float a[2][16][8], b[2][8][8];  // [head, tail]
     auto split = [](uint32_t r, float* head, float* tail) {
-      float v;
-      std::memcpy(&v, &r, 4);
-      *head = tf32_rna(v);
-      *tail = tf32_rna(v - *head);
+      uint32_t h, t;
+      tf32_split(r, h, t);
+      std::memcpy(head, &h, 4);
+      std::memcpy(tail, &t, 4);
     };
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane >> 2, t = lane & 3;
