@@ -272,6 +272,7 @@ def test_window_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
     """float32 weight and position gradients on tensor cores (DCLS_CONVERT_CUDA_TF32=corr, 3xTF32): against the
     dense float64 oracle to float32's accuracy (one tf32 product alone would be ~1e-3 off), against the tables,
     the window_corr kernel launched (not the tables'), and two runs bitwise equal."""
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TF32", raising=False)  # (the baseline: the tables)
     x, w, p, b, win, pad = _window_layer(shape, window, torch.float32, channels_last)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward
@@ -300,6 +301,7 @@ def test_window_plane_tf32_cuda(monkeypatch, shape, window, channels_last):
     3xTF32; ConvNeXt-T's four stages, 8, 4 and 2 channels a block): against the dense float64 oracle to float32's
     accuracy (one tf32 product alone would be ~1e-3 off), against the tables' forward, the strip kernel launched,
     and two runs bitwise equal."""
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_TF32", raising=False)  # (the baseline: the tables)
     x, w, p, b, win, pad = _window_layer(shape, window, torch.float32, channels_last)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward

@@ -758,10 +758,11 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
           t.pitch, t.plane_stride};
 }
 
-// The tensor-core plans of a 16-bit layer: the forward's (ok, shared memory bytes), the correlation's (ok, bytes),
-// the forward's band, the small-plane forward's (ok, bytes, k-steps), the small-plane correlation's (ok, bytes,
-// images a block job), the small-plane forward's strip rows and channels a block, the small-plane correlation's
-// input-column tiles, tile mask and J range, under the emulated device's shared memory.
+// The tensor-core plans of a layer (16-bit; float32: the correlation's and the small-plane forward's): the
+// forward's (ok, shared memory bytes), the correlation's (ok, bytes), the forward's band, the small-plane forward's
+// (ok, bytes, k-steps), the small-plane correlation's (ok, bytes, images a block job), the small-plane forward's
+// strip rows and channels a block, the small-plane correlation's input-column tiles, tile mask and J range, the
+// small-plane forward's vector loads and stores, under the emulated device's shared memory.
 std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                           at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                           c10::string_view interpolation) {
@@ -777,7 +778,8 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto pl = window_plane_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
     const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
-         pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb, pc.mt, pc.tiles, pc.jlo, pc.jhi};
+         pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb, pc.mt, pc.tiles, pc.jlo, pc.jhi, pl.vec8,
+         pl.out_vec8};
   });
   return r;
 }
