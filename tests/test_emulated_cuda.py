@@ -1169,6 +1169,28 @@ def test_window_plane_tf32_matches_oracle(monkeypatch, case, interp, layout):
     assert max_rel(r.gin.double(), r.want_gin) < 1e-5
 
 
+@pytest.mark.parametrize("dtype,switch", [(torch.float32, "DCLS_CONVERT_CUDA_TF32"),
+                                          (torch.bfloat16, "DCLS_CONVERT_CUDA_PLANE")])
+def test_window_plane_strips_past_the_input_rows(monkeypatch, dtype, switch):
+    """A layer of stride 32 keeping one output row runs at stride 1 (make_taps_args), so its input gradient's strips
+    of rows 3-19 reach no row of the one-row output gradient: those strips have no input rows (their outputs are
+    zero), where they had a negative count and read shared memory out of bounds (a review's case). Against the
+    float64 oracle."""
+    monkeypatch.setenv(switch, "conv")
+    x = torch.randn(2, 8, 20, 56).to(dtype)
+    w, p, _ = random_taps(2, 8, 1, 5, [3, 17], spread=1.4, dtype=torch.float32)
+    args = ([3, 17], [32, 1], [0, 8], "bilinear")
+    out = E.taps_conv(x, w, p, None, *args)
+    g = torch.randn(out.shape).to(dtype)
+    E.take_kernels()
+    gin = E.taps_conv_backward(g, x, w, p, *args, [True, False, False, False])[0]
+    assert E.take_kernels() == ["window_kernel", "window_plane"]
+    xd = x.double().requires_grad_()
+    want, = torch.autograd.grad(reference.taps_conv(xd, w.double(), p.double(), None, *args), xd, g.double())
+    assert not gin[:, :, 3:].any()
+    assert max_rel(gin.double(), want) < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
 @pytest.mark.parametrize("size,window,padding,ks,strip,cpb", [
     ([7, 7], [17, 17], [8, 8], 7, 7, 8),      # ConvNeXt-T stage 4: one strip of the 7 rows, 66 KiB
     ([14, 14], [17, 17], [8, 8], 25, 8, 8),   # stage 3: strips of 8 rows, 180 KiB

@@ -34,8 +34,9 @@
 // channel), one block an SM. Its window stays float32 (built as the 16-bit one, not rounded).
 //
 // The products past the plane (the k-steps' padding, the odd column of odd widths) meet staged zeros, and the
-// window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (a
-// dense convolution keeps it to the outputs it touches), as in window_conv.h. The CPU emulation runs this block
+// window's zero cells meet inputs: an infinite input makes NaN reach every output of its image and channel (of its
+// strip, or of the column blocks whose reach holds it where strips align with rows; a dense convolution keeps it to
+// the outputs it touches), as in window_conv.h. The CPU emulation runs this block
 // algorithm with every lane's fragments and an emulated mma (emulation/emulate_cuda.cpp).
 #pragma once
 
@@ -175,7 +176,9 @@ DCLS_HD WindowPlane<scalar_t> strip_view(const WindowPlane<scalar_t>& w, const W
   const int64_t oy0 = int64_t(j.strip) * w.strip;
   const int64_t iy0 = std::max<int64_t>(0, oy0 - w.ph);
   v.Ho = std::min<int64_t>(w.strip, w.Ho - oy0);
-  v.H = std::min<int64_t>(w.H, oy0 + v.Ho - 1 - w.ph + w.Lh) - iy0;
+  // (none where the strip's output rows reach no input row: an input gradient whose layer kept one output row of
+  // a large stride, which the op runs at stride 1; those outputs are the bias alone)
+  v.H = std::max<int64_t>(0, std::min<int64_t>(w.H, oy0 + v.Ho - 1 - w.ph + w.Lh) - iy0);
   v.ph = w.ph + iy0 - oy0;
   v.x = w.x + iy0 * w.xs[2];
   v.out = w.out + oy0 * w.os[2];
@@ -465,7 +468,7 @@ DCLS_HD void window_strip_stage_g(const WindowPlane<scalar_t>& w, uint32_t* smem
 // instead, to load zeros, cost 11 instructions a tile and k-step in the SASS, a third of the loop.)
 // Where tiles align with output rows and k-steps with input rows (Wo a multiple of 8, rows staged at a multiple of
 // kKP pixels: float32's 56 x 56), a group is instead up to kStripTiles tiles of one column block in consecutive
-// output rows, run over only the k-steps of the input columns their window reaches: under a 17 x 17 window 3 or 4
+// output rows, run over only the k-steps of the input columns their window reaches: under a 17 x 17 window 2 or 3
 // of a 56-pixel row's 7, so float32's stage 1 takes 21.6 million products instead of 50.2 (by count).
 constexpr int kStripTiles = 4;
 
