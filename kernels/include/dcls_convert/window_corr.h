@@ -25,9 +25,9 @@
 //
 // float32 inputs (opt-in, DCLS_CONVERT_CUDA_TF32=corr) run the same products as mma.m16n8k8 on tf32, each value
 // split into a tf32 head and a tf32 tail and three products summed (tail x head, head x tail, head x head: the
-// "3xTF32" of CUTLASS, about float32's accuracy; tf32_split). The fragments have the same registers per lane: a k-step takes
-// 8 outputs of a row instead of 16, one element per 32-bit word, so the input rows are staged once (no shifted
-// copy) and the word offsets of every fragment are those of the 16-bit kernel. An infinite input or gradient
+// "3xTF32" of CUTLASS, about float32's accuracy; tf32_split). The fragments have the same registers per lane: a
+// k-step takes 8 outputs of a row instead of 16, one element per 32-bit word, so the input rows are staged once
+// (no shifted copy) and the word offsets of every fragment are those of the 16-bit kernel. An infinite input or gradient
 // makes its cells NaN (the tail of an infinity is inf - inf), where the 16-bit kernel may keep an infinity.
 #pragma once
 
@@ -46,24 +46,16 @@ namespace dcls_convert {
 // keeps infinities and NaN it took about 8 instructions a value, two thirds of the float32 strips' inner loop
 // (SASS), where a mask is one. A NaN stays NaN (a canonical NaN's top mantissa bits are set; one with only low bits
 // set becomes an infinity whose tail, inf - inf, is NaN).
+constexpr uint32_t kTf32Bits = 0xffffe000u;  // a float32's sign, exponent and top 10 mantissa bits
 DCLS_HD void tf32_split(uint32_t bits, uint32_t& head, uint32_t& tail) {
-  head = bits & 0xffffe000u;
-  float v, h;
-#if defined(__CUDA_ARCH__)
-  v = __uint_as_float(bits), h = __uint_as_float(head);
-  tail = __float_as_uint(v - h) & 0xffffe000u;
-#else
+  head = bits & kTf32Bits;
+  float v, h, rest;
   std::memcpy(&v, &bits, 4);
   std::memcpy(&h, &head, 4);
-  const float rest = v - h;
+  rest = v - h;
   std::memcpy(&tail, &rest, 4);
-  tail &= 0xffffe000u;
-#endif
+  tail &= kTf32Bits;
 }
-
-}  // namespace dcls_convert
-
-namespace dcls_convert {
 
 constexpr int kWindowCorrWarps = 8;
 constexpr int kWindowCorrThreads = 32 * kWindowCorrWarps;
