@@ -235,15 +235,20 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
             finally:
                 del os.environ["DCLS_CONVERT_CUDA_TUNE"]
                 ops.clear_tuned_paths()
-            if dtype == torch.float32:  # float32 on tensor cores as 3xTF32 (opt-in): the correlation on rows (tenth
-                # session), the forward and input gradient in strips (fifteenth)
+            if dtype == torch.float32:  # float32 on tensor cores as 3xTF32 (opt-in): the correlation on small
+                # planes (sixteenth session) or rows (tenth), the forward and input gradient in strips (fifteenth);
+                # "tf32 rows": the rows' correlation where the small planes' would run
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "all"
                 try:
                     arm = {k: v for k, v in tap_fns(x, w, p, window).items() if k in ("fwd", "dgrad", "wgrad", "fwd+bwd")}
                     arm["on-grid wgrad"] = tap_fns(xo, wo, po, window)["wgrad"]
                     modes.update({("tf32", k): v for k, v in kernel_time(arm).items()})
+                    os.environ["DCLS_CONVERT_CUDA_PLANE"] = "none"
+                    modes.update({("tf32 rows", k): v for k, v in kernel_time(
+                        {"wgrad": tap_fns(x, w, p, window)["wgrad"]}).items()})
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TF32"]
+                    os.environ.pop("DCLS_CONVERT_CUDA_PLANE", None)
             # FMA over the whole window (the tensor cores off), opt-in: the forward and input gradient (float32)
             # and the weight/position gradients (any dtype); timed in the ninth session's calls 1 and 2
             fma_fns = {} if new_arms else {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
@@ -325,6 +330,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU tf32 wgrad/floor": arm_ms("tf32", "wgrad") / ari_ms,
                 "GPU tf32 on-grid wgrad": arm_ms("tf32", "on-grid wgrad"),
                 "GPU tf32 fwd+bwd": arm_ms("tf32", "fwd+bwd"),
+                "GPU tf32 rows wgrad": arm_ms("tf32 rows", "wgrad"),
                 "GPU fma fwd": arm_ms("fma", "fwd"),
                 "GPU fma fwd/floor": arm_ms("fma", "fwd") / floor,
                 "GPU fma dgrad": arm_ms("fma", "dgrad"),
@@ -371,8 +377,9 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "'tuned': DCLS_CONVERT_CUDA_TUNE=on (each part on the path "
           "that was fastest when timed here; 'tuned paths': forward/input gradient/weight+position gradients); "
           "'tf32': float32 rows with "
-          "DCLS_CONVERT_CUDA_TF32=all (on tensor cores as 3xTF32: the weight and position gradients on rows, the "
-          "forward and input gradient in strips); 'fma': "
+          "DCLS_CONVERT_CUDA_TF32=all (on tensor cores as 3xTF32: the weight and position gradients on small planes "
+          "up to 32 columns, else on rows, the forward and input gradient in strips; 'tf32 rows': the weight and "
+          "position gradients on rows everywhere, DCLS_CONVERT_CUDA_PLANE=none); 'fma': "
           "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
           "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
     cols = []
@@ -547,7 +554,8 @@ FMA = ", fma"
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
 # variants run with DCLS_CONVERT_CUDA_TF32=all (float32 layers on tensor cores as 3xTF32, opt-in: the weight and
-# position gradients on rows, tenth session; the forward and input gradient in strips, fifteenth): their float32
+# position gradients on rows, tenth session, or small planes, sixteenth; the forward and input gradient in strips,
+# fifteenth): their float32
 # step is the one it can change
 TF32 = ", tf32"
 # variants run with DCLS_CONVERT_CUDA_PLANE=all (every part of the 16-bit layers on small planes, ConvNeXt-T's stages

@@ -13,7 +13,8 @@ that grows as planes shrink, about A (3136 / plane)^B. Per stage this script rea
   break-even is 4K x (tensor cores / tables).
 Then A and B by least squares on the logarithms, with the rule's current constants beside them. The output is a
 suggestion: read it with the per-stage figures, which decide in the end. For float32 rows it prints the opt-in
-3xTF32 kernels (DCLS_CONVERT_CUDA_TF32=all: the correlation on rows, the forward and input gradient in strips)
+3xTF32 kernels (DCLS_CONVERT_CUDA_TF32=all: the correlation on small planes or rows, the forward and input
+gradient in strips; and the correlation on rows alone, "tf32 rows")
 against the tables' per stage and part: where they win, they can become float32's default there. For the planes the small-plane products cover (56 x 56 and 28 x 28 in strips,
 14 x 14, 7 x 7) it prints their times against the tables' and the default's (DCLS_CONVERT_CUDA_PLANE=all, opt-in
 until timed), and per part the planes up to which they win at every stage (plane_wanted's default). Last, per row, the
@@ -59,12 +60,13 @@ def break_evens(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def tf32_ratios(rows: list[dict], part: str = "wgrad") -> list[tuple[int, float]]:
+def tf32_ratios(rows: list[dict], part: str = "wgrad", arm: str = "tf32") -> list[tuple[int, float]]:
     """(plane, 3xTF32 / the default's) for part ("wgrad": the correlation; "fwd", "dgrad": the strips) of the
-    float32 rows at window 17 that timed both (the default's input gradient: its tables' arm)."""
+    float32 rows at window 17 that timed both (the default's input gradient: its tables' arm); arm "tf32 rows":
+    the correlation on rows where the small planes' would run."""
     out = []
     for r in rows:
-        tf32, default = r.get(f"GPU tf32 {part}"), r.get(f"GPU {part}", r.get(f"GPU tables {part}"))
+        tf32, default = r.get(f"GPU {arm} {part}"), r.get(f"GPU {part}", r.get(f"GPU tables {part}"))
         if r.get("dtype") == "fp32 NCHW" and r.get("L") == 17 and all(
                 isinstance(v, float) and math.isfinite(v) for v in (tf32, default)):
             _, _, h, w = (int(v) for v in r["shape"].split("x"))
@@ -135,8 +137,10 @@ def main() -> None:
             print(f"  fit: {a:.1f} (3136 / plane)^{b:.2f}   (current: {CURRENT[part][0]} (3136 / plane)^{CURRENT[part][1]})")
         else:
             print("  fit: too few finite break-evens")
-    for part, what in (("wgrad", "weight+position gradient"), ("fwd", "forward"), ("dgrad", "input gradient")):
-        ratios = tf32_ratios(rows, part)
+    for part, arm, what in (("wgrad", "tf32", "weight+position gradient (small planes up to 32 columns, else rows)"),
+                            ("wgrad", "tf32 rows", "weight+position gradient on rows"), ("fwd", "tf32", "forward"),
+                            ("dgrad", "tf32", "input gradient")):
+        ratios = tf32_ratios(rows, part, arm)
         if ratios:
             print(f"float32 {what}, 3xTF32 tensor cores / the default (the tables; below 1: tensor cores faster)")
             for plane, q in sorted(ratios, reverse=True):

@@ -2,7 +2,8 @@
 runtime supports it (racecheck finds shared-memory races between a block's threads, memcheck out-of-bounds and
 misaligned accesses: what the CPU emulation cannot show). Each case runs forward and backward with
 DCLS_CONVERT_CUDA_PLANE=all and checks the results against the gather kernels' (DCLS_CONVERT_CUDA_TAPS=gather);
-then float32 cases with DCLS_CONVERT_CUDA_TF32=conv (the forward and input gradient in strips, as 3xTF32).
+then float32 cases with DCLS_CONVERT_CUDA_TF32=all (the forward and input gradient in strips, the weight and
+position gradients by the small-plane correlation, as 3xTF32).
 
     compute-sanitizer --tool racecheck python3 benchmarks/sanitize_planes.py
     python3 benchmarks/sanitize_planes.py --part corr     # one part, no sanitizer: run_gpu.sh's smoke run
@@ -26,7 +27,7 @@ import torch
 CASES = [(16, 16, 7, 7, 17), (16, 8, 14, 14, 17), (16, 8, 28, 28, 17), (16, 10, 28, 28, 17),
          (16, 8, 20, 56, 17), (16, 12, 20, 56, 17), (16, 10, 20, 56, 17)]
 # float32 strips: 8 channels a block (16: 16-byte loads of 4 channels; 12: a partial group, element loads), 4 at
-# 28 x 28, 2 at 56 columns
+# 28 x 28, 2 at 56 columns; float32's correlation: 8 images a job at 7 x 7, 4 at 14 x 14, one in the wide kernels
 FLOAT_CASES = [(16, 16, 7, 7, 17), (16, 12, 14, 14, 17), (16, 8, 28, 28, 17), (16, 8, 20, 56, 17)]
 
 
@@ -41,7 +42,7 @@ def run_case(case, device: str, dtype: torch.dtype, part: str = "all") -> float:
     w = (torch.randn(C, 1, 34, generator=g) * 0.1).to(device)
     p = ((torch.rand(2, C, 1, 34, generator=g) - 0.5) * (L - 1)).to(device)
     results = []
-    tried = {"DCLS_CONVERT_CUDA_TF32": "conv"} if dtype == torch.float32 else {"DCLS_CONVERT_CUDA_PLANE": part}
+    tried = {"DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE": part}
     for env in (tried, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
         os.environ.update(env)
         try:
@@ -61,12 +62,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--part", default="all", choices=["all", "conv", "corr"],
-                    help="the small-plane parts run (DCLS_CONVERT_CUDA_PLANE): run_gpu.sh's smoke run takes each alone")
+                    help="the small-plane parts run (DCLS_CONVERT_CUDA_PLANE, float32's DCLS_CONVERT_CUDA_TF32): "
+                         "run_gpu.sh's smoke run takes each alone")
     args = ap.parse_args()
     wrong = []
-    runs = [(c, torch.bfloat16) for c in CASES]
-    if args.part != "corr":
-        runs += [(c, torch.float32) for c in FLOAT_CASES]
+    runs = [(c, torch.bfloat16) for c in CASES] + [(c, torch.float32) for c in FLOAT_CASES]
     for case, dtype in runs:
         try:
             err = run_case(case, args.device, dtype, args.part)

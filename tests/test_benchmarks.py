@@ -59,14 +59,17 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # the FMA arm, both dtypes, with the tensor cores off
     assert set(fma_seen) == {None, "all"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
     assert all(m == "none" for m, f in zip(mma_seen, fma_seen) if f == "all")
-    # float32 on tensor cores (3xTF32, DCLS_CONVERT_CUDA_TF32=all): the float32 row's every part, the switch left
-    # unset
-    assert [sorted(k) for e, k in tf32_seen if e] == [["dgrad", "fwd", "fwd+bwd", "on-grid wgrad", "wgrad"]]
+    # float32 on tensor cores (3xTF32, DCLS_CONVERT_CUDA_TF32=all): the float32 row's every part, then its
+    # correlation on rows (DCLS_CONVERT_CUDA_PLANE=none), the switches left unset
+    assert [sorted(k) for e, k in tf32_seen if e] == [["dgrad", "fwd", "fwd+bwd", "on-grid wgrad", "wgrad"], ["wgrad"]]
     assert {e for e, _ in tf32_seen if e} == {"all"}
+    assert [p for (p, _), (t, _) in zip(plane_seen, tf32_seen) if t] == [None, "none"]
     assert "DCLS_CONVERT_CUDA_TF32" not in os.environ
     assert rows[0]["GPU tf32 wgrad"] == rows[0]["GPU tf32 fwd"] == rows[0]["GPU tf32 dgrad"] == 0.5
+    assert rows[0]["GPU tf32 rows wgrad"] == 0.5
     # the small-plane products (14 x 14 fits): the bfloat16 row's every part, the switch left unset
-    assert [k for e, k in plane_seen if e] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd", "on-grid wgrad", "wgrad")]
+    assert [k for e, k in plane_seen if e == "all"] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd", "on-grid wgrad",
+                                                         "wgrad")]
     assert "DCLS_CONVERT_CUDA_PLANE" not in os.environ and rows[1]["GPU plane fwd+bwd"] == 0.5
     assert rows[0]["GPU plane fwd"] != rows[0]["GPU plane fwd"]  # (float32: NaN, not timed)
     for r in rows:
@@ -132,7 +135,8 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
                              "GPU fwd+bwd": 0.5, "GPU fwd": 0.05, "GPU plane wgrad": 0.03, "GPU wgrad": 0.12})
             rows[-1].update({"GPU tuned fwd+bwd": 0.35, "tuned paths": "plane/plane/plane"})
         rows.append({**rows[-1], "dtype": "fp32 NCHW", "GPU mma fwd": float("nan"), "GPU wgrad": 0.4,
-                     "GPU tf32 wgrad": 0.1 * side / 7, "GPU fwd": 0.2, "GPU tf32 fwd": 0.1})
+                     "GPU tf32 wgrad": 0.1 * side / 7, "GPU fwd": 0.2, "GPU tf32 fwd": 0.1,
+                     "GPU tf32 rows wgrad": 0.2})
         rows.append({**rows[-2], "L": 31, "GPU mma fwd": 1.0})
     path = tmp_path / "layers.json"
     path.write_text(json.dumps(rows))
@@ -150,6 +154,8 @@ def test_fit_cost_rule_recovers_a_power_law(tmp_path, capsys, monkeypatch):
     assert all(abs(q - 0.25 * math.isqrt(p) / 7) < 1e-12 for p, q in ratios)
     assert "56x56: 2.00" in out and "7x7: 0.25" in out
     assert [q for _, q in fit.tf32_ratios(rows, "fwd")] == [0.5] * 4
+    assert [q for _, q in fit.tf32_ratios(rows, "wgrad", "tf32 rows")] == [0.5] * 4
+    assert "float32 weight+position gradient on rows, 3xTF32" in out
     assert "float32 forward, 3xTF32 tensor cores / the default" in out
     assert "float32 input gradient" not in out  # no row timed it
     planes = fit.plane_ratios(rows)

@@ -92,7 +92,7 @@ def test_taps_conv_cuda_stage_shapes(monkeypatch, shape, window, dtype, channels
     (float64 convolution of the constructed kernel on the device): 16-bit layers as the cost rule runs them (the
     tensor cores at the large planes), bfloat16 on the tables' kernels alone (DCLS_CONVERT_CUDA_MMA=none), with
     the small-plane kernels where they apply (DCLS_CONVERT_CUDA_PLANE=all), and float32 channels_last on tensor
-    cores as 3xTF32 (DCLS_CONVERT_CUDA_TF32=all: the strips and the rows' correlation)."""
+    cores as 3xTF32 (DCLS_CONVERT_CUDA_TF32=all: the strips, and the correlation on small planes or rows)."""
     monkeypatch.delenv("DCLS_CONVERT_CUDA_PLANE", raising=False)
     monkeypatch.delenv("DCLS_CONVERT_CUDA_TF32", raising=False)
     if mma == "tf32":
@@ -269,17 +269,38 @@ def _check_plane_corr(monkeypatch, x, w, p, b, win, pad):
                                                    ((16, 768, 7, 7), 17, True),
                                                    ((4, 40, 14, 14), 9, False)])
 def test_window_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
-    """float32 weight and position gradients on tensor cores (DCLS_CONVERT_CUDA_TF32=corr, 3xTF32): against the
-    dense float64 oracle to float32's accuracy (one tf32 product alone would be ~1e-3 off), against the tables,
-    the window_corr kernel launched (not the tables'), and two runs bitwise equal."""
+    """float32 weight and position gradients on tensor cores (DCLS_CONVERT_CUDA_TF32=corr, 3xTF32) on rows
+    (DCLS_CONVERT_CUDA_PLANE=none: window_corr.h): against the dense float64 oracle to float32's accuracy (one
+    tf32 product alone would be ~1e-3 off), against the tables, the window_corr kernel launched (not the tables'),
+    and two runs bitwise equal."""
+    _check_tf32_corr(monkeypatch, shape, window, channels_last, "none", "window_corr_kernel")
+
+
+@pytest.mark.parametrize("shape,window,channels_last", [((64, 768, 7, 7), 17, True),
+                                                   ((64, 384, 14, 14), 17, False),
+                                                   ((64, 192, 28, 28), 17, True),
+                                                   ((18, 12, 7, 7), 17, True),
+                                                   ((3, 10, 20, 23), 9, False),
+                                                   ((4, 16, 20, 56), 17, True)])
+def test_plane_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
+    """float32's small-plane weight, position and bias gradients (DCLS_CONVERT_CUDA_TF32=corr:
+    window_plane_corr.h as 3xTF32; ConvNeXt-T's stages 2-4, a partial channel group, rows past 32 columns):
+    as test_window_corr_tf32_cuda, the plane_corr kernel launched."""
+    _check_tf32_corr(monkeypatch, shape, window, channels_last, None, "plane_corr_kernel")
+
+
+def _check_tf32_corr(monkeypatch, shape, window, channels_last, plane, kernel):
     monkeypatch.delenv("DCLS_CONVERT_CUDA_TF32", raising=False)  # (the baseline: the tables)
+    monkeypatch.delenv("DCLS_CONVERT_CUDA_PLANE", raising=False)
     x, w, p, b, win, pad = _window_layer(shape, window, torch.float32, channels_last)
     g = torch.randn_like(ops.taps_conv(x, w, p, b, win, [1, 1], pad))
     back = torch.ops.dcls_convert.taps_conv_backward
     args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
     tables = back(g, x, w, p, *args)[1:]
     monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
-    assert "window_corr" in _cuda_kernels(lambda: back(g, x, w, p, *args))
+    if plane is not None:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", plane)
+    assert kernel in _cuda_kernels(lambda: back(g, x, w, p, *args))
     runs = [back(g, x, w, p, *args)[1:] for _ in range(2)]
     assert all(torch.equal(a, e) for a, e in zip(*runs))
     ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
@@ -537,8 +558,10 @@ def test_tuning_cuda(monkeypatch, shape, dtype, channels_last):
             else:
                 m.setenv("DCLS_CONVERT_CUDA_MMA", "none")
                 m.setenv("DCLS_CONVERT_CUDA_FMA", "none")
-            if path == "mma" and dtype == torch.float32:
-                m.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+            if path in ("mma", "plane") and dtype == torch.float32:  # float32's tensor cores: 3xTF32, opted in
+                m.setenv("DCLS_CONVERT_CUDA_TF32", part_of[part])
+                if path == "mma":  # (the rows' correlation, not the small planes')
+                    m.setenv("DCLS_CONVERT_CUDA_PLANE", "none")
             if part == "forward":
                 assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
             else:

@@ -686,6 +686,7 @@ def test_window_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
     tables = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
     assert E.take_launches() == 3
     monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "none")  # the rows' kernel (small planes take window_plane_corr.h)
     _, gw, gp, gb = E.taps_conv_backward(g, x, w, p, window, stride, padding, interp, [False, True, True, True])
     # float32 rows take twice the 16-bit ring: the 129-column case's 32x32 window passes the block's shared memory
     fits = case is not WINDOW_CORR_CASES[7]
@@ -1288,6 +1289,7 @@ def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, pad
     runs = []
     for staging in ("", "scalar"):
         monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_STAGING", staging)
+        assert bool(E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[19]) == (staging == "")
         E.take_kernels()
         runs.append(E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [False, True, True, True]))
         assert E.take_kernels() == ["plane_corr", "window_corr_finish"]
@@ -1322,6 +1324,94 @@ def test_plane_corr_plan(size, window, padding, ok, images, mt, tiles, j):
     if ok:
         assert plans[10] == images and plans[9] <= (113 if mt < 4 else 227) * 1024
         assert (plans[13], plans[14], (plans[15], plans[16])) == (mt, tiles, j)
+
+
+# float32 takes half the k values a k-step: rows of up to 64 input rows (narrow), 32 (wide); 33 x 25 is past them
+PLANE_CORR_TF32_CASES = [c for c in PLANE_CORR_CASES if c["size"] != [33, 25]]
+
+
+@pytest.mark.parametrize("case", PLANE_CORR_TF32_CASES)
+@pytest.mark.parametrize("interp,layout", [("bilinear", "contiguous"), ("bilinear", "channels_last"),
+                                           ("bilinear", "channels_last16"), ("nearest", "contiguous")])
+def test_plane_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
+    """float32's small-plane weight and position gradients (DCLS_CONVERT_CUDA_TF32=corr): window_plane_corr.h's
+    block algorithm on mma.m16n8k8 with tf32, 3xTF32, against the float64 oracle to float32's accuracy (one tf32
+    product alone is about 1e-3 off); 18 images. Two launches (the correlation, its finish), no table."""
+    kernels = _corr_case(monkeypatch, case, layout, torch.float32, interp, 18, "DCLS_CONVERT_CUDA_TF32", "corr")
+    assert kernels == ["plane_corr", "window_corr_finish"]
+
+
+@pytest.mark.parametrize("size,window,padding,ok,images,mt", [
+    ([7, 7], [17, 17], [8, 8], True, 8, 1),      # ConvNeXt-T stage 4: 8 images of 8 rows in 8 k-steps of 8
+    ([14, 14], [17, 17], [8, 8], True, 4, 1),    # stage 3
+    ([28, 28], [17, 17], [8, 8], True, 1, 2),    # stage 2: one image a job
+    ([64, 9], [5, 5], [2, 2], True, 1, 1),       # 64 rows: the narrow kernel's k-steps
+    ([66, 9], [5, 5], [2, 2], False, 0, 0),
+    ([32, 20], [5, 5], [2, 2], True, 1, 2),      # 32 rows: the wide kernel's
+    ([33, 25], [5, 5], [4, 0], False, 0, 0),
+    ([20, 56], [17, 17], [8, 8], True, 1, 4),    # rows past 32 columns, 20 of them
+    ([56, 56], [17, 17], [8, 8], False, 0, 0),   # stage 1: the rows' correlation
+])
+def test_plane_corr_tf32_plan(size, window, padding, ok, images, mt):
+    """float32's small-plane correlation: k-steps of 8 (one float32 a word), so half the rows a job of the 16-bit
+    kernel's registers hold; images a job as many as those fit."""
+    x = torch.randn(16, 8, *size)
+    w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
+    plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
+    assert bool(plans[8]) == ok
+    if ok:
+        assert (plans[10], plans[13]) == (images, mt) and plans[9] <= (113 if mt < 4 else 227) * 1024
+
+
+@pytest.mark.parametrize("size,window,padding,N,C", [
+    ([7, 7], [17, 17], [8, 8], 18, 16),
+    ([14, 14], [17, 17], [8, 8], 5, 24),
+    ([28, 28], [17, 17], [8, 8], 2, 8),
+    ([20, 56], [17, 17], [8, 8], 2, 16),
+])
+def test_plane_corr_tf32_vector_staging_changes_no_bit(monkeypatch, size, window, padding, N, C):
+    """float32 channels_last with 8k channels stages a pixel's 8 channels in two 16-byte loads of 4; one element
+    per load (DCLS_CONVERT_CUDA_MMA_STAGING=scalar) stages the same values: gradients bitwise equal."""
+    x = torch.randn(N, C, *size).contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, C, 1, 6, window, spread=1.4, dtype=torch.float32)
+    g = torch.randn(x.shape[:2] + tuple(s + 2 * q - L + 1 for s, q, L in zip(size, padding, window)))
+    g = g.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+    runs = []
+    for staging, vec in (("", True), ("scalar", False)):
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA_STAGING", staging)
+        assert bool(E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[19]) == vec
+        E.take_kernels()
+        runs.append(E.taps_conv_backward(g, x, w, p, window, [1, 1], padding, "bilinear", [False, True, True, True]))
+        assert E.take_kernels() == ["plane_corr", "window_corr_finish"]
+    assert all(torch.equal(a, e) for a, e in zip(*runs))
+
+
+@pytest.mark.parametrize("tf32,plane,mma,kernel", [
+    ("corr", None, None, "plane_corr"),
+    ("all", None, None, "plane_corr"),
+    ("corr", "none", None, "window_corr"),   # the rows' 3xTF32 correlation
+    ("corr", "conv", None, "window_corr"),
+    ("corr", None, "none", "tiled_corr"),    # the tensor cores off
+    ("conv", None, None, "tiled_corr"),
+    (None, "all", None, "tiled_corr"),       # DCLS_CONVERT_CUDA_PLANE alone never moves float32
+])
+def test_plane_corr_tf32_switch(monkeypatch, tf32, plane, mma, kernel):
+    """float32's small planes take the 3xTF32 plane correlation where DCLS_CONVERT_CUDA_TF32 opts the correlation
+    in, unless DCLS_CONVERT_CUDA_PLANE (the rows' kernel then) or DCLS_CONVERT_CUDA_MMA keeps it off."""
+    for var, value in (("DCLS_CONVERT_CUDA_TF32", tf32), ("DCLS_CONVERT_CUDA_PLANE", plane),
+                       ("DCLS_CONVERT_CUDA_MMA", mma)):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    x = torch.randn(2, 8, 7, 7)
+    w, p, _ = random_taps(2, 8, 1, 34, [17, 17], spread=1.4, dtype=torch.float32)
+    out = E.taps_conv(x, w, p, None, [17, 17], [1, 1], [8, 8], "bilinear")
+    E.take_kernels()
+    E.taps_conv_backward(torch.randn(out.shape), x, w, p, [17, 17], [1, 1], [8, 8], "bilinear",
+                         [False, True, True, True])
+    assert kernel in E.take_kernels()
 
 
 @pytest.mark.parametrize("plane,mma,conv,corr", [

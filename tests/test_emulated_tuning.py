@@ -226,23 +226,30 @@ def test_strided_layer_has_one_candidate(clean):
     assert list(_tuned("forward").values()) == ["tables"]
 
 
-def test_float32_taps_gradients_may_take_3xtf32(clean):
-    """float32: the weight and position gradients' candidates are the 3xTF32 tensor cores, the FMA correlation and
-    the tables where they apply; the tuned result is bitwise the forced 3xTF32 run's."""
+@pytest.mark.parametrize("cheap,path,force", [
+    ("window_corr", "mma", {"DCLS_CONVERT_CUDA_TF32": "corr", "DCLS_CONVERT_CUDA_PLANE": "none"}),
+    ("plane_corr", "plane", {"DCLS_CONVERT_CUDA_TF32": "corr"}),
+    ("tables tiled_corr tiled_corr_finish", "tables", {}),
+])
+def test_float32_taps_gradients_may_take_3xtf32(clean, cheap, path, force):
+    """float32: the weight and position gradients' candidates are the 3xTF32 tensor cores (rows and small planes),
+    the FMA correlation and the tables where they apply; the tuned result is bitwise the forced run's of the path
+    that won."""
     clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
-    _costs(window_corr=0.01, window_corr_finish=0.01)
+    _costs(**{name: 0.01 for name in cheap.split()})
     layer = _layer(dtype=torch.float32, channels_last=False)
     g, (_, gw, gp, gb), first = _backward(layer, mask=(False, True, True, True))
-    assert first[-2:] == KERNELS["grad_taps", "mma"]
-    for candidate in ("mma", "tables"):  # (the FMA correlation does not apply to this plane)
+    assert first[-len(KERNELS["grad_taps", path]):] == KERNELS["grad_taps", path]
+    for candidate in ("plane", "mma", "tables"):  # (the FMA correlation does not apply to this plane)
         names = KERNELS["grad_taps", candidate]
         assert any(first[i:i + len(names)] == names for i in range(len(first)))
-    assert list(_tuned("grad_taps").values()) == ["mma"]
+    assert list(_tuned("grad_taps").values()) == [path]
     with clean.context() as m:
         m.delenv("DCLS_CONVERT_CUDA_TUNE")
-        m.setenv("DCLS_CONVERT_CUDA_TF32", "corr")
+        for var, value in force.items():
+            m.setenv(var, value)
         _, forced, kernels = _backward(layer, g, mask=(False, True, True, True))
-    assert kernels == KERNELS["grad_taps", "mma"]
+    assert kernels == KERNELS["grad_taps", path]
     for got, want in zip((gw, gp, gb), forced[1:]):
         assert torch.equal(got, want)
 

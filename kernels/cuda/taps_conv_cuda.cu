@@ -203,10 +203,10 @@ struct CudaLaunch {
     }
   }
   static void plane_corr(const PlaneCorr<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
-    if constexpr (window_corr_dtype<scalar_t>()) {
+    if constexpr (window_corr_mma_dtype<scalar_t>()) {
       launch_plane_corr(w, a, like);
     } else {
-      TORCH_INTERNAL_ASSERT(false, "plane_corr: 16-bit inputs only");
+      TORCH_INTERNAL_ASSERT(false, "plane_corr: 16-bit and float32 inputs only");
     }
   }
   static void window_plane(const WindowPlane<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,

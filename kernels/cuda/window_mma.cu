@@ -1,6 +1,7 @@
 // The tensor-core correlations' launchers (window_launch.h): the correlation and its finish (window_corr.h: float16,
-// bfloat16, and float32 as 3xTF32; window_plane_corr.h, small planes: float16, bfloat16), and whether a device runs the tensor-core kernels. The convolution's launcher is in
-// window_mma_conv.cu, so that a build compiles the two in parallel.
+// bfloat16, and float32 as 3xTF32; window_plane_corr.h, small planes: the same), and whether a device runs the
+// tensor-core kernels. The convolution's launcher is in window_mma_conv.cu, so that a build compiles the two in
+// parallel.
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 
@@ -69,6 +70,7 @@ void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a
 
 template void launch_plane_corr(PlaneCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
 template void launch_plane_corr(PlaneCorr<c10::BFloat16>, const TapsArgs<c10::BFloat16, float>&, const at::Tensor&);
+template void launch_plane_corr(PlaneCorr<float>, const TapsArgs<float, float>&, const at::Tensor&);
 
 template void launch_window_corr(WindowCorr<c10::Half>, const TapsArgs<c10::Half, float>&, const at::Tensor&);
 template void launch_window_corr(WindowCorr<float>, const TapsArgs<float, float>&, const at::Tensor&);

@@ -394,7 +394,7 @@ struct EmulatedLaunch {
     }
   }
   static void plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
-    if constexpr (window_corr_dtype<scalar_t>()) {
+    if constexpr (window_corr_mma_dtype<scalar_t>()) {
       TORCH_INTERNAL_ASSERT(w.ok && (w.tiles & 1u), "plane_corr: a plan from plane_corr_shape");
       launch({"plane_corr", "window_corr_finish"});  // the correlation and its finish
       w.slabs = plane_corr_slabs(w, kEmulatedPlaneBlocks);
@@ -779,7 +779,7 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
          pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb, pc.mt, pc.tiles, pc.jlo, pc.jhi, pl.vec8,
-         pl.out_vec8};
+         pl.out_vec8, pc.vec8};
   });
   return r;
 }

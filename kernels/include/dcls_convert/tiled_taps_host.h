@@ -330,14 +330,14 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
 // "corr", the weight and position gradients (window_plane_corr.h:
 // rows of up to 64 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
 // cores. Opt-in until a GPU has timed them.
-// float32's forward and input gradient take the strips as 3xTF32 where DCLS_CONVERT_CUDA_TF32 opts the part in
-// (DCLS_CONVERT_CUDA_PLANE=none and DCLS_CONVERT_CUDA_MMA=none still keep them off).
+// float32's parts take them as 3xTF32 where DCLS_CONVERT_CUDA_TF32 opts the part in: the forward and input
+// gradient the strips, the weight and position gradients the small-plane correlation (rows up to 32 columns, the
+// rows' correlation past them) (DCLS_CONVERT_CUDA_PLANE=none and DCLS_CONVERT_CUDA_MMA=none still keep them off).
 template <typename scalar_t, typename acc_t>
 bool plane_wanted(const char* part, const TapsArgs<scalar_t, acc_t>&) {
   const bool mma_on = part_choice("DCLS_CONVERT_CUDA_MMA", part) != PartChoice::kOff;
   if constexpr (std::is_same_v<scalar_t, float>)
-    return std::string(part) == "conv" && tf32_wanted(part) && mma_on &&
-           part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff;
+    return tf32_wanted(part) && mma_on && part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff;
   if constexpr (!window_corr_dtype<scalar_t>()) return false;
   return part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn && mma_on;
 }
@@ -511,13 +511,13 @@ WindowPlane<scalar_t> window_plane_plan(const at::Tensor& x, const at::Tensor& o
   return w;
 }
 
-// The tensor-core correlation of g with x on small planes (window_plane_corr.h), or ok = false where it does not
-// apply. The executor sets the workspace.
+// The tensor-core correlation of g with x on small planes (window_plane_corr.h; float32 as 3xTF32), or ok = false
+// where it does not apply. The executor sets the workspace.
 template <typename scalar_t, typename acc_t>
 PlaneCorr<scalar_t> plane_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
                                     int64_t max_smem_bytes) {
   PlaneCorr<scalar_t> w;
-  if constexpr (window_corr_dtype<scalar_t>()) {
+  if constexpr (window_corr_mma_dtype<scalar_t>()) {
     w = plane_corr_shape<scalar_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw, max_smem_bytes);
     w.x = x.data_ptr<scalar_t>();
     w.g = g.data_ptr<scalar_t>();
@@ -525,7 +525,8 @@ PlaneCorr<scalar_t> plane_corr_plan(const at::Tensor& x, const at::Tensor& g, co
     plane_strides(g, w.gs);
     w.x_cl = w.xs[1] == 1 && a.C > 1;
     w.g_cl = w.gs[1] == 1 && a.C > 1;
-    w.vec8 = staging_vec(x.data_ptr(), w.xs, a.C) && staging_vec(g.data_ptr(), w.gs, a.C) &&
+    const int access = sizeof(scalar_t) == 4 ? 16 : 0;  // float32: 8 channels a block in two 16-byte loads
+    w.vec8 = staging_vec(x.data_ptr(), w.xs, a.C, 8, access) && staging_vec(g.data_ptr(), w.gs, a.C, 8, access) &&
              staging_mode() != "scalar";
   }
   return w;

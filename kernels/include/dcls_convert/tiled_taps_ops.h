@@ -25,7 +25,7 @@
 //   static void window_corr(WindowCorr, const TapsArgs&, const at::Tensor& like);  16-bit, float32: + finish
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
 //   static void window_plane(WindowPlane, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit, float32: window + plane
-//   static void plane_corr(PlaneCorr, const TapsArgs&, const at::Tensor& like);  16-bit: correlation + finish
+//   static void plane_corr(PlaneCorr, const TapsArgs&, const at::Tensor& like);  16-bit, float32: correlation + finish
 //   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
 //   static void fma_conv(FmaConv, const TapsArgs&, const at::Tensor& like, bool flip);  float32/64: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
@@ -53,16 +53,15 @@ namespace dcls_convert {
 constexpr int64_t kMaxTableBytes = int64_t(256) << 20;
 
 // Whether the switches leave path p a candidate of tuning for part ("conv" or "corr"); whether it applies to a
-// layer is its plan's to say. Tensor cores: 16-bit, or float32 as 3xTF32 (the correlation on rows, the forward and
-// input gradient in strips).
+// layer is its plan's to say. Tensor cores: 16-bit, or float32 as 3xTF32 (the correlation on rows or small planes,
+// the forward and input gradient in strips).
 template <typename scalar_t>
 bool tuning_allows(Path p, const char* part) {
   const bool mma_off = part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOff;
   switch (p) {
     case Path::kPlane:
       if constexpr (std::is_same_v<scalar_t, float>)
-        return std::string(part) == "conv" && !mma_off &&
-               part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff &&
+        return !mma_off && part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff &&
                part_choice("DCLS_CONVERT_CUDA_TF32", part) != PartChoice::kOff;
       return window_corr_dtype<scalar_t>() && !mma_off &&
              part_choice("DCLS_CONVERT_CUDA_PLANE", part) != PartChoice::kOff;
@@ -306,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
                     ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                     : FmaCorr<scalar_t, acc_t>();
       auto plane_corr = [&](PlaneCorr<scalar_t> w) {
-        if constexpr (window_corr_dtype<scalar_t>()) {
+        if constexpr (window_corr_mma_dtype<scalar_t>()) {
           if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
           L::plane_corr(w, a, input);
         }

@@ -1,5 +1,6 @@
 // The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on planes with rows of up to 64
-// columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7), on tensor cores: the correlation at every
+// columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7), and for float32 as 3xTF32 on planes of up
+// to 64 rows (32 where rows pass 16 columns: stages 2-4), on tensor cores: the correlation at every
 // cell of the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each
 // tap's corners from G (window_corr_finish_cell and _tap, as for window_corr.h: the same workspace).
 //
@@ -25,6 +26,11 @@
 // gradients; an infinite output gradient makes NaN reach cells a dense correlation keeps finite, as in
 // window_corr.h).
 // Rows of at most 8 columns (7 x 7) stage 8 input columns and compute one tile of S_ky: the other half is zero.
+//
+// float32 (kE = 1): mma.m16n8k8 on tf32, each value split into a tf32 head and tail and three products summed
+// (window_corr.h's tf32_split). A word holds one element, so a k-step takes 8 k values (lane k values t and t + 4)
+// with the 16-bit kernel's word offsets for A, the same registers a lane, and half the rows a job; B's register is
+// one output-gradient element, read from the one copy of the columns (no parity); a row's mask is the whole word.
 //
 // The diagonals: a lane's accumulator q of tile (mi, nt) holds S_ky[16 mi + g + 8h][8 nt + 2t + b] (g = lane / 4,
 // t = lane % 4, q = 2h + b), on diagonal d = 8 (2 mi - nt + h) + (g - 2t - b). So tiles of equal 2 mi - nt (a
@@ -53,6 +59,11 @@ constexpr int plane_corr_batch(int mt) { return mt >= 4 ? kStripBatch : kPlaneBa
 
 template <typename scalar_t>
 struct PlaneCorr {
+  // Elements a 32-bit word and k values a k-step: 16-bit inputs two and 16 (mma.m16n8k16), float32 one and 8
+  // (mma.m16n8k8 on tf32, as 3xTF32): the same words per lane and k-step, so A's and B's word offsets are the
+  // 16-bit kernel's.
+  static constexpr int kE = sizeof(scalar_t) == 2 ? 2 : 1;
+  static constexpr int kKP = 8 * kE;
   const scalar_t* x = nullptr;
   const scalar_t* g = nullptr;
   float* work = nullptr;       // (C, slabs, values()), as window_corr.h's
@@ -60,12 +71,12 @@ struct PlaneCorr {
   int64_t N = 0, C = 0, H = 1, W = 1, Ho = 1, Wo = 1, Lh = 1, Lw = 1, ph = 0, pw = 0;
   int64_t xs[4] = {0, 0, 0, 0}, gs[4] = {0, 0, 0, 0};
   bool x_cl = false, g_cl = false;
-  bool vec8 = false;  // both read by 16-byte loads of 8 channels (staging_vec)
+  bool vec8 = false;  // both read by 16-byte loads: 8 channels (16-bit), or two of 4 (float32) (staging_vec)
   int images = 1;     // per block job
   int hp = 2, hz = 2; // input rows at even count; output rows per column at even count
-  int ks = 1;         // k-steps: 16 ks >= images hp
+  int ks = 1;         // k-steps: kKP ks >= images hp
   int xp = 4;         // words per staged input column (4 mod 8)
-  int oxs = 8;        // elements between output-gradient columns (twice a word count 4 mod 8)
+  int oxs = 8;        // elements between output-gradient columns (kE times a word count 4 mod 8)
   int m0 = 0;         // zero elements before the first column: the reads of window row Lh - 1
   int mt = 1;         // the kernel's input-column tiles: 1 (narrow rows), 2 or 4 (wide)
   int xcols = 16;     // input columns staged: 8 where W <= 8 (the A rows past them are zero, not loaded), 16 mt wide
@@ -83,15 +94,15 @@ struct PlaneCorr {
   // How far past the last column the k-steps' padding pairs (images past the job's, A zero there) read: their B
   // values need only be finite, but must stay in the channel's region.
   DCLS_HD int pad_reach() const {
-    const int r = ((16 * ks + hp - 1) / hp) * hz - oxs;
+    const int r = ((kKP * ks + hp - 1) / hp) * hz - oxs;
     return r > 0 ? r : 0;
   }
   DCLS_HD int nt_k() const { return mt > 1 ? 2 * mt : ntiles; }  // the kernel's output-column tiles
   DCLS_HD int scratch_words() const { return 8 * static_cast<int>(Lw) + 32; }  // per warp: 8 slots a cell, 32 sums
   DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2 + pad_reach(); }
   DCLS_HD int x_words() const { return channel_words(xcols * xp); }
-  DCLS_HD int copy_words() const { return (glen() + 1) / 2; }
-  DCLS_HD int g_words() const { return channel_words(2 * copy_words()); }
+  DCLS_HD int copy_words() const { return (glen() + 1) / 2; }  // 16-bit: two copies (float32: one, of glen words)
+  DCLS_HD int g_words() const { return channel_words(kE == 2 ? 2 * copy_words() : glen()); }
   DCLS_HD int64_t g_offset() const { return int64_t(kWindowCorrWarps) * x_words(); }
   DCLS_HD int64_t scratch_offset() const { return g_offset() + int64_t(kWindowCorrWarps) * g_words(); }
   DCLS_HD int64_t smem_words() const { return scratch_offset() + int64_t(kWindowCorrWarps) * scratch_words(); }
@@ -99,12 +110,13 @@ struct PlaneCorr {
 
 template <typename scalar_t>
 PlaneCorr<scalar_t> plane_corr_sized(PlaneCorr<scalar_t> w, int images) {
+  constexpr int E = PlaneCorr<scalar_t>::kE, KP = PlaneCorr<scalar_t>::kKP;
   w.images = images;
-  w.ks = (images * w.hp + 15) / 16;
+  w.ks = (images * w.hp + KP - 1) / KP;
   const int xw = 8 * w.ks;
   w.xp = xw + ((4 - xw) % 8 + 8) % 8;
-  const int cw = (images * w.hz + 1) / 2;
-  w.oxs = 2 * (cw + ((4 - cw) % 8 + 8) % 8);
+  const int cw = (images * w.hz + E - 1) / E;
+  w.oxs = E * (cw + ((4 - cw) % 8 + 8) % 8);
   return w;
 }
 
@@ -127,9 +139,9 @@ void plane_corr_tiles(PlaneCorr<scalar_t>& w) {
 }
 
 // The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 64
-// columns, input planes up to 128 rows (narrow) or 64 (wide), windows up to 64, padding inside the window; as many
-// images a job as the k-steps hold (16 at most) while two blocks fit an SM, else one (max_smem_bytes: a block's
-// most, as window_conv_band's).
+// columns, input planes up to 128 rows (narrow) or 64 (wide; float32: half those), windows up to 64, padding
+// inside the window; as many images a job as the k-steps hold (16 at most) while two blocks fit an SM, else one
+// (max_smem_bytes: a block's most, as window_conv_band's).
 template <typename scalar_t>
 PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
                                      int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t max_smem_bytes) {
@@ -141,15 +153,15 @@ PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W,
     return w;
   const int64_t cols = std::max(W, Wo);
   w.mt = cols > 2 * kPlaneCorrCols ? 4 : cols > kPlaneCorrCols ? 2 : 1;
-  const int steps = plane_corr_steps(w.mt);
-  if (H + (H & 1) > 16 * steps) return w;
+  const int steps = plane_corr_steps(w.mt), KP = PlaneCorr<scalar_t>::kKP;
+  if (H + (H & 1) > KP * steps) return w;
   w.hp = static_cast<int>(H + (H & 1));
   w.hz = static_cast<int>(Ho + (Ho & 1));
   w.m0 = static_cast<int>(Lh - 1 - ph);
   w.xcols = w.mt > 1 ? kPlaneCorrCols * w.mt : W <= 8 ? 8 : kPlaneCorrCols;
   w.ntiles = static_cast<int>((Wo + 7) / 8);
   plane_corr_tiles(w);
-  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, 16 * steps / w.hp, N}));
+  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, KP * steps / w.hp, N}));
   const int64_t budget = (max_smem_bytes + 1024) / 2 - 1024;
   for (int s = most; s >= 1; --s) {
     w = plane_corr_sized(w, s);
@@ -197,25 +209,36 @@ DCLS_HD void plane_corr_clear(const PlaneCorr<scalar_t>& w, uint32_t* smem, int 
   for (int64_t e = tid; e < w.smem_words(); e += kWindowCorrThreads) smem[e] = 0u;
 }
 
-// Where a channel's staged elements go: input (n, iy, ix), and output-gradient (n, oy, ox) in both copies.
-template <typename scalar_t>
+// Where a channel's staged elements go (T: the element's bits or value, of its size): input (n, iy, ix), and
+// output-gradient (n, oy, ox), in both copies where 16-bit.
+template <typename T, typename scalar_t>
 DCLS_HD void plane_corr_put_x(const PlaneCorr<scalar_t>& w, uint32_t* smem, int ci, int n, int64_t iy, int64_t ix,
-                              uint16_t v) {
-  reinterpret_cast<uint16_t*>(smem + int64_t(ci) * w.x_words())[ix * 2 * w.xp + n * w.hp + iy] = v;
+                              T v) {
+  static_assert(sizeof(T) == sizeof(scalar_t), "an element's bits");
+  reinterpret_cast<T*>(smem + int64_t(ci) * w.x_words())[ix * PlaneCorr<scalar_t>::kE * w.xp + n * w.hp + iy] = v;
 }
-template <typename scalar_t>
+template <typename T, typename scalar_t>
 DCLS_HD void plane_corr_put_g(const PlaneCorr<scalar_t>& w, uint32_t* smem, int ci, int n, int64_t oy, int64_t ox,
-                              uint16_t v) {
-  auto* y = reinterpret_cast<uint16_t*>(smem + w.g_offset() + int64_t(ci) * w.g_words());
+                              T v) {
+  static_assert(sizeof(T) == sizeof(scalar_t), "an element's bits");
+  auto* y = reinterpret_cast<T*>(smem + w.g_offset() + int64_t(ci) * w.g_words());
   const int64_t e = w.m0 + ox * w.oxs + n * w.hz + oy;
   y[e] = v;
-  if (e >= 1) y[2 * w.copy_words() + e - 1] = v;
+  if (PlaneCorr<scalar_t>::kE == 2 && e >= 1) y[2 * w.copy_words() + e - 1] = v;
+}
+
+// An element as staged: a 16-bit value's bits, float32's value.
+template <typename scalar_t>
+DCLS_HD auto plane_corr_elem(scalar_t v) {
+  if constexpr (sizeof(scalar_t) == 2) return bits_of(v);
+  else return v;
 }
 
 // Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)), Batch loads in
 // flight a thread (plane_corr_batch).
 template <int Batch, typename scalar_t>
 DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
+  constexpr int E = PlaneCorr<scalar_t>::kE;
   const int xin = j.images * static_cast<int>(w.H * w.W), gin = j.images * static_cast<int>(w.Ho * w.Wo);
   // item -> (image, row, column) of the input (item < xin) or the output gradient
   auto place = [&](int item, int& n, int64_t& r, int64_t& col) {
@@ -227,7 +250,37 @@ DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& 
     col = i % width;
     return is_x;
   };
-  if (w.vec8) {  // a thread per pixel: its 8 channels in one load
+  if constexpr (E == 1) {
+    if (w.vec8) {  // float32: a thread per (pixel, 4 channels), one 16-byte load
+      plane_items<Words4, Batch>(
+          2 * (xin + gin), tid,
+          [&](int idx) {
+            int n;
+            int64_t r, col;
+            Words4 v;
+            const int64_t c = j.c0 + 4 * (idx & 1);
+            if (place(idx >> 1, n, r, col))
+              load8(w.x + (j.n0 + n) * w.xs[0] + c + r * w.xs[2] + col * w.xs[3], v.v);
+            else
+              load8(w.g + (j.n0 + n) * w.gs[0] + c + r * w.gs[2] + col * w.gs[3], v.v);
+            return v;
+          },
+          [&](int idx, const Words4& v) {
+            int n;
+            int64_t r, col;
+            const bool is_x = place(idx >> 1, n, r, col);
+            const int c4 = 4 * (idx & 1);
+DCLS_UNROLL
+            for (int k = 0; k < 4; ++k) {
+              if (is_x)
+                plane_corr_put_x(w, smem, c4 + k, n, r, col, v.v[k]);
+              else
+                plane_corr_put_g(w, smem, c4 + k, n, r, col, v.v[k]);
+            }
+          });
+      return;
+    }
+  } else if (w.vec8) {  // a thread per pixel: its 8 channels in one load
     plane_items<Words4, Batch>(
         xin + gin, tid,
         [&](int item) {
@@ -278,9 +331,9 @@ DCLS_UNROLL
         int64_t r, col;
         where(idx, ci, item);
         if (place(item, n, r, col))
-          plane_corr_put_x(w, smem, ci, n, r, col, bits_of(v));
+          plane_corr_put_x(w, smem, ci, n, r, col, plane_corr_elem(v));
         else
-          plane_corr_put_g(w, smem, ci, n, r, col, bits_of(v));
+          plane_corr_put_g(w, smem, ci, n, r, col, plane_corr_elem(v));
       });
 }
 
@@ -290,7 +343,7 @@ DCLS_UNROLL
 // others add to them: each cell by the same lane, packs in order); last the bias sum.
 template <int MT, int NT, int NL, typename Mma, typename scalar_t>
 DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int warp, int lane0) {
-  constexpr int KS = plane_corr_steps(MT);
+  constexpr int KS = plane_corr_steps(MT), E = PlaneCorr<scalar_t>::kE, KP = PlaneCorr<scalar_t>::kKP;
   constexpr int ND = 2 * MT + NT - 2;  // classes 2 mi - nt, from 1 - NT to 2 MT - 2 (accumulator c: class c + 1 - NT)
   const uint32_t* xs = smem + int64_t(warp) * w.x_words();
   const uint32_t* y = smem + w.g_offset() + int64_t(warp) * w.g_words();
@@ -299,7 +352,7 @@ DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j
   const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words(), jlo = w.jlo, jhi = w.jhi;
   const uint32_t tiles = w.tiles;
   uint32_t A[NL][4 * MT * KS];  // k-step s, input-column tile mi: registers 4 (s MT + mi) ..
-  uint32_t off[NL][KS];  // the lane's two k values a step (2t, 2t + 8) as n hz + iy, 16 bits each
+  uint32_t off[NL][KS];  // the lane's two k values a step (E t, E t + KP / 2) as n hz + iy, 16 bits each
   uint32_t rows[NL][(KS + 1) / 2];  // and their input rows iy, 8 bits each, two k-steps a word (registers)
   for (int l = 0; l < NL; ++l) {
     const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
@@ -315,7 +368,7 @@ DCLS_UNROLL
         r[2] = xs[a + 4];
         r[3] = w.xcols > 8 ? xs[a + 8 * xp + 4] : 0u;
       }
-      const int k0 = 16 * s + 2 * t, k1 = k0 + 8, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
+      const int k0 = KP * s + E * t, k1 = k0 + KP / 2, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
       off[l][s] = uint32_t(n0 * hz + iy0) | (uint32_t(n1 * hz + iy1) << 16);
       if (s % 2 == 0) rows[l][s / 2] = 0u;
       rows[l][s / 2] |= (uint32_t(iy0) | (uint32_t(iy1) << 8)) << (16 * (s % 2));
@@ -332,7 +385,7 @@ DCLS_UNROLL
     const int lo = static_cast<int>(std::max<int64_t>(0, ky - w.ph));
     const int hi = static_cast<int>(std::min<int64_t>(w.H, w.Ho + ky - w.ph));
     const int pk = w.m0 + static_cast<int>(w.ph) - ky, u = ky + static_cast<int>(w.Ho - 1 - w.ph);
-    const uint32_t* yc = y + (pk & 1) * cw;  // the copy whose words start at this parity
+    [[maybe_unused]] const uint32_t* yc = y + (pk & 1) * cw;  // 16-bit: the copy whose words start at this parity
     float acc[NL][4 * ND];
     for (int l = 0; l < NL; ++l)
       for (int q = 0; q < 4 * ND; ++q) acc[l][q] = 0.f;
@@ -342,9 +395,10 @@ DCLS_UNROLL
       uint32_t Am[NL][4 * MT], B[NL][2 * NT];
       for (int l = 0; l < NL; ++l) {
         // row r has its output row r - ky + ph in the plane iff (unsigned)(u - r) < Ho, u = ky - ph + Ho - 1
-        // (rows past H hold zeros); a register's second row is r + 1
+        // (rows past H hold zeros); a 16-bit register's second row is r + 1
         auto keep = [&](int r) {
           const uint32_t d = uint32_t(u - r);
+          if constexpr (E == 1) return d < uint32_t(w.Ho) ? 0xffffffffu : 0u;
           return (d < uint32_t(w.Ho) ? 0xffffu : 0u) | (d - 1u < uint32_t(w.Ho) ? 0xffff0000u : 0u);
         };
         const uint32_t rw = rows[l][s / 2] >> (16 * (s % 2));
@@ -361,8 +415,13 @@ DCLS_UNROLL
 DCLS_UNROLL
         for (int nt = 0; nt < NT; ++nt) {
           const bool in = NT <= 2 || nt < w.ntiles;  // (the wide kernel's tiles past the plane: not computed)
-          B[l][2 * nt] = in ? yc[(col[l][nt] + e0) >> 1] : 0u;
-          B[l][2 * nt + 1] = in ? yc[(col[l][nt] + e1) >> 1] : 0u;
+          if constexpr (E == 1) {  // a word an element: one copy
+            B[l][2 * nt] = in ? y[col[l][nt] + e0] : 0u;
+            B[l][2 * nt + 1] = in ? y[col[l][nt] + e1] : 0u;
+          } else {
+            B[l][2 * nt] = in ? yc[(col[l][nt] + e0) >> 1] : 0u;
+            B[l][2 * nt + 1] = in ? yc[(col[l][nt] + e1) >> 1] : 0u;
+          }
         }
       }
 DCLS_UNROLL
