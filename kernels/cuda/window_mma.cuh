@@ -58,16 +58,24 @@ struct MmaDevice<float> {
   template <int NL, int NA, int NAR, int NBR>
   __device__ __forceinline__ static void run(float (*acc)[NA], const uint32_t (*A)[NAR], const uint32_t (*B)[NBR],
                                              int tile, int i, int jn) {
+    uint32_t ah[1][4], at[1][4];
+    DCLS_UNROLL
+    for (int q = 0; q < 4; ++q) tf32_split(A[0][4 * i + q], ah[0][q], at[0][q]);
+    run_split<NL, NA, 4, NBR>(acc, ah, at, B, tile, 0, jn);
+  }
+  // A already split (AH heads, AT tails: tf32_split's), where a kernel's branches would otherwise split it per tile
+  template <int NL, int NA, int NAR, int NBR>
+  __device__ __forceinline__ static void run_split(float (*acc)[NA], const uint32_t (*AH)[NAR],
+                                                   const uint32_t (*AT)[NAR], const uint32_t (*B)[NBR], int tile,
+                                                   int i, int jn) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     float* d = acc[0] + 4 * tile;
-    uint32_t ah[4], at[4], bh[2], bt[2];
-    DCLS_UNROLL
-    for (int q = 0; q < 4; ++q) tf32_split(A[0][4 * i + q], ah[q], at[q]);
+    uint32_t bh[2], bt[2];
     DCLS_UNROLL
     for (int q = 0; q < 2; ++q) tf32_split(B[0][2 * jn + q], bh[q], bt[q]);
-    mma_tf32(d, at, bh);
-    mma_tf32(d, ah, bt);
-    mma_tf32(d, ah, bh);
+    mma_tf32(d, AT[0] + 4 * i, bh);
+    mma_tf32(d, AH[0] + 4 * i, bt);
+    mma_tf32(d, AH[0] + 4 * i, bh);
 #else
     __trap();
 #endif

@@ -210,6 +210,16 @@ struct MmaEmulated<float> {
   template <int NL, int NA, int NAR, int NBR>
   static void run(float (*acc)[NA], const uint32_t (*A)[NAR], const uint32_t (*B)[NBR], int tile, int i, int jn) {
     static_assert(NL == 32, "the emulated mma takes the whole warp");
+    uint32_t ah[32][4], at[32][4];
+    for (int lane = 0; lane < 32; ++lane)
+      for (int q = 0; q < 4; ++q) tf32_split(A[lane][4 * i + q], ah[lane][q], at[lane][q]);
+    run_split<NL, NA, 4, NBR>(acc, ah, at, B, tile, 0, jn);
+  }
+  // A already split, as the device's run_split
+  template <int NL, int NA, int NAR, int NBR>
+  static void run_split(float (*acc)[NA], const uint32_t (*AH)[NAR], const uint32_t (*AT)[NAR],
+                        const uint32_t (*B)[NBR], int tile, int i, int jn) {
+    static_assert(NL == 32, "the emulated mma takes the whole warp");
     float a[2][16][8], b[2][8][8];  // [head, tail]
     auto split = [](uint32_t r, float* head, float* tail) {
       uint32_t h, t;
@@ -217,13 +227,17 @@ struct MmaEmulated<float> {
       std::memcpy(head, &h, 4);
       std::memcpy(tail, &t, 4);
     };
+    auto put = [](const uint32_t* h, const uint32_t* t, int q, float (*part)[16][8], int row, int col) {
+      std::memcpy(&part[0][row][col], h + q, 4);
+      std::memcpy(&part[1][row][col], t + q, 4);
+    };
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane >> 2, t = lane & 3;
-      const uint32_t* r = A[lane] + 4 * i;
-      split(r[0], &a[0][g][t], &a[1][g][t]);
-      split(r[1], &a[0][g + 8][t], &a[1][g + 8][t]);
-      split(r[2], &a[0][g][t + 4], &a[1][g][t + 4]);
-      split(r[3], &a[0][g + 8][t + 4], &a[1][g + 8][t + 4]);
+      const uint32_t *h = AH[lane] + 4 * i, *tl = AT[lane] + 4 * i;
+      put(h, tl, 0, a, g, t);
+      put(h, tl, 1, a, g + 8, t);
+      put(h, tl, 2, a, g, t + 4);
+      put(h, tl, 3, a, g + 8, t + 4);
       split(B[lane][2 * jn], &b[0][t][g], &b[1][t][g]);
       split(B[lane][2 * jn + 1], &b[0][t + 4][g], &b[1][t + 4][g]);
     }

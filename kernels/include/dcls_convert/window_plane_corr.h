@@ -424,12 +424,24 @@ DCLS_UNROLL
           }
         }
       }
+      // float32: A's 3xTF32 split once a k-step (split per call, the tile mask's branches kept the compiler from
+      // sharing it between a row's tiles: twice to four times the splits, SASS)
+      [[maybe_unused]] uint32_t Ah[E == 1 ? NL : 1][4 * MT], At[E == 1 ? NL : 1][4 * MT];
+      if constexpr (E == 1) {
+        for (int l = 0; l < NL; ++l)
+DCLS_UNROLL
+          for (int q = 0; q < 4 * MT; ++q) tf32_split(Am[l][q], Ah[l][q], At[l][q]);
+      }
 DCLS_UNROLL
       for (int mi = 0; mi < MT; ++mi)
 DCLS_UNROLL
         for (int nt = 0; nt < NT; ++nt)
-          if ((tiles >> (mi * NT + nt)) & 1u)
-            Mma::template run<NL, 4 * ND, 4 * MT, 2 * NT>(acc, Am, B, 2 * mi - nt + NT - 1, mi, nt);
+          if ((tiles >> (mi * NT + nt)) & 1u) {
+            if constexpr (E == 1)
+              Mma::template run_split<NL, 4 * ND, 4 * MT, 2 * NT>(acc, Ah, At, B, 2 * mi - nt + NT - 1, mi, nt);
+            else
+              Mma::template run<NL, 4 * ND, 4 * MT, 2 * NT>(acc, Am, B, 2 * mi - nt + NT - 1, mi, nt);
+          }
     }
     // a lane's values per J (class J, h = 0; class J - 1, h = 1) and b to its slots (2t + b) of the cells on their
     // diagonals, then each cell's 8 slots in order
