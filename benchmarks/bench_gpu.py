@@ -249,6 +249,8 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 finally:
                     del os.environ["DCLS_CONVERT_CUDA_TF32"]
                     os.environ.pop("DCLS_CONVERT_CUDA_PLANE", None)
+                    if PLANE_OFF:  # (run_gpu.sh's, after a smoke fault: kept for every later arm)
+                        os.environ["DCLS_CONVERT_CUDA_PLANE"] = "none"
             # FMA over the whole window (the tensor cores off), opt-in: the forward and input gradient (float32)
             # and the weight/position gradients (any dtype); timed in the ninth session's calls 1 and 2
             fma_fns = {} if new_arms else {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}

@@ -3,6 +3,7 @@ must show here, not on the card. Timings are stubbed and the layers run small on
 import os
 import sys
 
+import pytest
 import torch
 
 from helpers import requires_compiled
@@ -11,8 +12,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 @requires_compiled
-def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
+@pytest.mark.parametrize("plane_off", [False, True])
+def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
+    """plane_off: run_gpu.sh's DCLS_CONVERT_CUDA_PLANE=none after a smoke fault, kept through every arm."""
     import bench_gpu
+
+    if plane_off:
+        monkeypatch.setenv("DCLS_CONVERT_CUDA_PLANE", "none")
+        monkeypatch.setattr(bench_gpu, "PLANE_OFF", True)
+    else:
+        monkeypatch.delenv("DCLS_CONVERT_CUDA_PLANE", raising=False)
 
     def cpu_inputs(shape, dtype, channels_last, window, K, on_grid, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -63,11 +72,14 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys):
     # correlation on rows (DCLS_CONVERT_CUDA_PLANE=none), the switches left unset
     assert [sorted(k) for e, k in tf32_seen if e] == [["dgrad", "fwd", "fwd+bwd", "on-grid wgrad", "wgrad"], ["wgrad"]]
     assert {e for e, _ in tf32_seen if e} == {"all"}
-    assert [p for (p, _), (t, _) in zip(plane_seen, tf32_seen) if t] == [None, "none"]
+    assert [p for (p, _), (t, _) in zip(plane_seen, tf32_seen) if t] == ["none" if plane_off else None, "none"]
     assert "DCLS_CONVERT_CUDA_TF32" not in os.environ
     assert rows[0]["GPU tf32 wgrad"] == rows[0]["GPU tf32 fwd"] == rows[0]["GPU tf32 dgrad"] == 0.5
     assert rows[0]["GPU tf32 rows wgrad"] == 0.5
     # the small-plane products (14 x 14 fits): the bfloat16 row's every part, the switch left unset
+    if plane_off:  # no arm ran the small-plane kernels, and the switch stayed set
+        assert {e for e, _ in plane_seen} == {"none"} and os.environ["DCLS_CONVERT_CUDA_PLANE"] == "none"
+        return
     assert [k for e, k in plane_seen if e == "all"] == [("dgrad", "fwd", "fwd+bwd", "on-grid fwd", "on-grid wgrad",
                                                          "wgrad")]
     assert "DCLS_CONVERT_CUDA_PLANE" not in os.environ and rows[1]["GPU plane fwd+bwd"] == 0.5
