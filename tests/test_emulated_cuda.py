@@ -777,10 +777,10 @@ def test_mma_cost_rule_counts_1d_corners(monkeypatch, K, conv):
 def test_window_mma_random_shapes(data):
     """Random stride-1 shapes (windows to 40, paddings inside the window, planes to 30 rows past the window, 1-4
     images, channels in and out of whole groups of 8) with every part on tensor cores (DCLS_CONVERT_CUDA_MMA=all;
-    float32: its correlation as 3xTF32, DCLS_CONVERT_CUDA_TF32=corr; drawn: small planes by window_plane.h and
-    window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=all, and float32's forward and input gradient by window_plane.h's
-    strips as 3xTF32, DCLS_CONVERT_CUDA_TF32=all): the correlation's bands, rings and prefetched rounds and the
-    convolution's row tiles and k-steps against the float64 oracle."""
+    float32: its correlation as 3xTF32 on rows, DCLS_CONVERT_CUDA_TF32=corr; drawn: small planes by window_plane.h
+    and window_plane_corr.h, DCLS_CONVERT_CUDA_PLANE=all, and float32's by window_plane.h's strips and
+    window_plane_corr.h as 3xTF32, DCLS_CONVERT_CUDA_TF32=all): the correlation's bands, rings and prefetched rounds
+    and the convolution's row tiles and k-steps against the float64 oracle."""
     D = data.draw(st.integers(1, 2))
     window = data.draw(st.lists(st.integers(1, 40), min_size=D, max_size=D))
     padding = [data.draw(st.integers(0, L - 1)) for L in window]
@@ -798,8 +798,7 @@ def test_window_mma_random_shapes(data):
     with pytest.MonkeyPatch.context() as m:
         m.setenv("DCLS_CONVERT_CUDA_MMA", "all")
         m.setenv("DCLS_CONVERT_CUDA_TF32", "all" if plane else "corr")
-        if plane:
-            m.setenv("DCLS_CONVERT_CUDA_PLANE", "all")
+        m.setenv("DCLS_CONVERT_CUDA_PLANE", "all" if plane else "none")  # (none: float32's correlation on rows)
         out = E.taps_conv(x, w, p, None, window, [1] * D, padding, "bilinear")
         g = torch.randn(out.shape).to(dtype)
         if channels_last:
