@@ -488,6 +488,11 @@ DCLS_HD void window_strip_warp(const WindowPlane<scalar_t>& w, const WindowPlane
   constexpr int KP = WindowPlane<scalar_t>::kKP;
   const int kpr = w.wr / KP, tpr = static_cast<int>(w.Wo / 8);  // k-steps an input row, tiles an output row
   const bool aligned = w.Wo % 8 == 0 && w.wr % KP == 0;
+  // aligned: the input columns column block cb's window reaches inside the plane (an input row's)
+  auto reach = [&](int cb, int& ix0, int& ix1) {
+    ix0 = static_cast<int>(std::max<int64_t>(0, 8 * cb - w.pw));
+    ix1 = static_cast<int>(std::min<int64_t>(w.W - 1, 8 * cb + 6 + w.Lw - w.pw));
+  };
   // tiles nt0, nt0 + nstep, .. (TG of them, all in the strip)
   auto group = [&](int nt0, int nstep, auto tg) {
     constexpr int TG = decltype(tg)::value;
@@ -524,10 +529,8 @@ DCLS_UNROLL
       }
       if (s <= hi && s >= lo) step(s, h0());
     } else if (lo <= hi) {
-      // the input columns the column block's window reaches inside the plane, per input row of the group
-      const int ox0 = 8 * (nt0 % tpr);
-      const int ix0 = static_cast<int>(std::max<int64_t>(0, ox0 - w.pw));
-      const int ix1 = static_cast<int>(std::min<int64_t>(w.W - 1, ox0 + 6 + w.Lw - w.pw));
+      int ix0, ix1;
+      reach(nt0 % tpr, ix0, ix1);
       for (int r = lo / kpr; ix0 <= ix1 && r <= hi / kpr; ++r) {
         const int s1 = r * kpr + ix1 / KP;
         int s = r * kpr + ix0 / KP;
@@ -548,18 +551,26 @@ DCLS_UNROLL
     // A fragments), x the k-steps a row its column block reaches, + 1 (its writes). (An even share of the units
     // left the slowest of a float32 channel's four warps at 56 x 56 with 1.26x the mean's products; by cost, 1.07x.)
     const int rows = static_cast<int>(w.Ho), rblocks = (rows + kStripTiles - 1) / kStripTiles, units = rblocks * tpr;
-    auto unit_cost = [&](int u) {
+    // unit u's groups: fn(column block, first output row, TG), of 4 rows, else of 2 and 1
+    auto unit_groups = [&](int u, auto&& fn) {
       const int cb = u / rblocks, r0 = (u - cb * rblocks) * kStripTiles, n = std::min(rows - r0, int(kStripTiles));
-      const int64_t ox0 = 8 * cb, ix0 = std::max<int64_t>(0, ox0 - w.pw);
-      const int64_t ix1 = std::min<int64_t>(w.W - 1, ox0 + 6 + w.Lw - w.pw);
-      auto input_rows = [&](int a, int m) {  // of output rows a .. a + m - 1
-        const int64_t lo = std::max<int64_t>(0, a - w.ph), hi = std::min<int64_t>(w.H - 1, a + m - 1 + w.Lh - 1 - w.ph);
-        return static_cast<int>(hi >= lo ? hi - lo + 1 : 0);
-      };
-      int c = n == kStripTiles ? input_rows(r0, n) * (2 * n + 1) : 0;
-      if (n < kStripTiles && n >= 2) c += input_rows(r0, 2) * 5;
-      if (n < kStripTiles && n % 2 == 1) c += input_rows(r0 + n - 1, 1) * 3;
-      return (ix0 <= ix1 ? c * static_cast<int>(ix1 / KP - ix0 / KP + 1) : 0) + 1;
+      if (n == kStripTiles) {
+        fn(cb, r0, g4());
+      } else {
+        if (n >= 2) fn(cb, r0, g2());
+        if (n % 2 == 1) fn(cb, r0 + n - 1, g1());
+      }
+    };
+    auto unit_cost = [&](int u) {
+      int c = 1;
+      unit_groups(u, [&](int cb, int a, auto tg) {
+        constexpr int TG = decltype(tg)::value;
+        int ix0, ix1;
+        reach(cb, ix0, ix1);
+        const int64_t lo = std::max<int64_t>(0, a - w.ph), hi = std::min<int64_t>(w.H - 1, a + TG - 2 + w.Lh - w.ph);
+        if (ix0 <= ix1 && lo <= hi) c += static_cast<int>(hi - lo + 1) * (2 * TG + 1) * (ix1 / KP - ix0 / KP + 1);
+      });
+      return c;
     };
     int64_t total = 0, before = 0;
     for (int u = 0; u < units; ++u) total += unit_cost(u);
@@ -568,14 +579,7 @@ DCLS_UNROLL
       const int64_t mid = 2 * before + c;  // twice the midpoint, in (0, 2 total)
       before += c;
       if (mid * wpc < 2 * total * part || mid * wpc >= 2 * total * (part + 1)) continue;
-      const int cb = u / rblocks, r0 = (u - cb * rblocks) * kStripTiles, n = std::min(rows - r0, int(kStripTiles));
-      const int nt0 = r0 * tpr + cb;
-      if (n == kStripTiles) {
-        group(nt0, tpr, g4());
-      } else {
-        if (n >= 2) group(nt0, tpr, g2());
-        if (n % 2 == 1) group(nt0 + (n - 1) * tpr, tpr, g1());
-      }
+      unit_groups(u, [&](int cb, int a, auto tg) { group(a * tpr + cb, tpr, tg); });
     }
     return;
   }

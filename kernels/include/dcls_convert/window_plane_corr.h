@@ -250,59 +250,36 @@ DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& 
     col = i % width;
     return is_x;
   };
-  if constexpr (E == 1) {
-    if (w.vec8) {  // float32: a thread per (pixel, 4 channels), one 16-byte load
-      plane_items<Words4, Batch>(
-          2 * (xin + gin), tid,
-          [&](int idx) {
-            int n;
-            int64_t r, col;
-            Words4 v;
-            const int64_t c = j.c0 + 4 * (idx & 1);
-            if (place(idx >> 1, n, r, col))
-              load8(w.x + (j.n0 + n) * w.xs[0] + c + r * w.xs[2] + col * w.xs[3], v.v);
-            else
-              load8(w.g + (j.n0 + n) * w.gs[0] + c + r * w.gs[2] + col * w.gs[3], v.v);
-            return v;
-          },
-          [&](int idx, const Words4& v) {
-            int n;
-            int64_t r, col;
-            const bool is_x = place(idx >> 1, n, r, col);
-            const int c4 = 4 * (idx & 1);
-DCLS_UNROLL
-            for (int k = 0; k < 4; ++k) {
-              if (is_x)
-                plane_corr_put_x(w, smem, c4 + k, n, r, col, v.v[k]);
-              else
-                plane_corr_put_g(w, smem, c4 + k, n, r, col, v.v[k]);
-            }
-          });
-      return;
-    }
-  } else if (w.vec8) {  // a thread per pixel: its 8 channels in one load
+  if (w.vec8) {  // a thread per (pixel, run of channels): 16 bytes, 8 channels (16-bit) or 4 (float32, two a pixel)
+    constexpr int Q = 3 - E, NC = 8 / Q;  // loads a pixel, channels a load
+    auto elem = [](const Words4& v, int k) {  // channel k's bits
+      if constexpr (E == 1) return v.v[k];
+      else return half_of(v.v, k);
+    };
     plane_items<Words4, Batch>(
-        xin + gin, tid,
-        [&](int item) {
+        Q * (xin + gin), tid,
+        [&](int idx) {
           int n;
           int64_t r, col;
           Words4 v;
-          if (place(item, n, r, col))
-            load8(w.x + (j.n0 + n) * w.xs[0] + j.c0 + r * w.xs[2] + col * w.xs[3], v.v);
+          const int64_t c = j.c0 + NC * (idx % Q);
+          if (place(idx / Q, n, r, col))
+            load8(w.x + (j.n0 + n) * w.xs[0] + c + r * w.xs[2] + col * w.xs[3], v.v);
           else
-            load8(w.g + (j.n0 + n) * w.gs[0] + j.c0 + r * w.gs[2] + col * w.gs[3], v.v);
+            load8(w.g + (j.n0 + n) * w.gs[0] + c + r * w.gs[2] + col * w.gs[3], v.v);
           return v;
         },
-        [&](int item, const Words4& v) {
+        [&](int idx, const Words4& v) {
           int n;
           int64_t r, col;
-          const bool is_x = place(item, n, r, col);
+          const bool is_x = place(idx / Q, n, r, col);
+          const int c0 = NC * (idx % Q);
 DCLS_UNROLL
-          for (int k = 0; k < 8; ++k) {
+          for (int k = 0; k < NC; ++k) {
             if (is_x)
-              plane_corr_put_x(w, smem, k, n, r, col, half_of(v.v, k));
+              plane_corr_put_x(w, smem, c0 + k, n, r, col, elem(v, k));
             else
-              plane_corr_put_g(w, smem, k, n, r, col, half_of(v.v, k));
+              plane_corr_put_g(w, smem, c0 + k, n, r, col, elem(v, k));
           }
         });
     return;
@@ -385,7 +362,8 @@ DCLS_UNROLL
     const int lo = static_cast<int>(std::max<int64_t>(0, ky - w.ph));
     const int hi = static_cast<int>(std::min<int64_t>(w.H, w.Ho + ky - w.ph));
     const int pk = w.m0 + static_cast<int>(w.ph) - ky, u = ky + static_cast<int>(w.Ho - 1 - w.ph);
-    [[maybe_unused]] const uint32_t* yc = y + (pk & 1) * cw;  // 16-bit: the copy whose words start at this parity
+    // B's words: 16-bit, the copy whose words start at this parity (element e in word e / 2); float32, the one copy
+    const uint32_t* yc = E == 1 ? y : y + (pk & 1) * cw;
     float acc[NL][4 * ND];
     for (int l = 0; l < NL; ++l)
       for (int q = 0; q < 4 * ND; ++q) acc[l][q] = 0.f;
@@ -415,13 +393,8 @@ DCLS_UNROLL
 DCLS_UNROLL
         for (int nt = 0; nt < NT; ++nt) {
           const bool in = NT <= 2 || nt < w.ntiles;  // (the wide kernel's tiles past the plane: not computed)
-          if constexpr (E == 1) {  // a word an element: one copy
-            B[l][2 * nt] = in ? y[col[l][nt] + e0] : 0u;
-            B[l][2 * nt + 1] = in ? y[col[l][nt] + e1] : 0u;
-          } else {
-            B[l][2 * nt] = in ? yc[(col[l][nt] + e0) >> 1] : 0u;
-            B[l][2 * nt + 1] = in ? yc[(col[l][nt] + e1) >> 1] : 0u;
-          }
+          B[l][2 * nt] = in ? yc[(col[l][nt] + e0) >> (E - 1)] : 0u;
+          B[l][2 * nt + 1] = in ? yc[(col[l][nt] + e1) >> (E - 1)] : 0u;
         }
       }
       // float32: A's 3xTF32 split once a k-step (split per call, the tile mask's branches kept the compiler from
