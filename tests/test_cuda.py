@@ -281,11 +281,13 @@ def test_window_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
                                                    ((64, 192, 28, 28), 17, True),
                                                    ((18, 12, 7, 7), 17, True),
                                                    ((3, 10, 20, 23), 9, False),
-                                                   ((4, 16, 20, 56), 17, True)])
+                                                   ((4, 16, 20, 56), 17, True),
+                                                   ((64, 96, 56, 56), 17, True),
+                                                   ((5, 24, 45, 50), 31, False)])
 def test_plane_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
     """float32's small-plane weight, position and bias gradients (DCLS_CONVERT_CUDA_TF32=corr:
-    window_plane_corr.h as 3xTF32; ConvNeXt-T's stages 2-4, a partial channel group, rows past 32 columns):
-    as test_window_corr_tf32_cuda, the plane_corr kernel launched."""
+    window_plane_corr.h as 3xTF32; ConvNeXt-T's stages 1-4, stage 1 in bands of rows, a partial channel group, rows
+    past 32 columns, a window taller than a band): as test_window_corr_tf32_cuda, the plane_corr kernel launched."""
     _check_tf32_corr(monkeypatch, shape, window, channels_last, None, "plane_corr_kernel")
 
 

@@ -1253,6 +1253,9 @@ PLANE_CORR_CASES = [
     dict(size=[12, 45], window=[5, 9], padding=[2, 1]),      # asymmetric window and padding, odd width
     dict(size=[6, 40], window=[3, 63], padding=[1, 31]),     # a window wider than the plane: J from -4 to 4
     dict(size=[60], window=[17], padding=[8]),               # 1-D
+    # planes past the k-steps' rows (16-bit: 128 narrow, 64 wide): bands of them, an image a job
+    dict(size=[70, 40], window=[9, 17], padding=[4, 8]),     # wide: bands of 64 rows, the second of 6
+    dict(size=[130, 9], window=[5, 3], padding=[4, 0]),      # narrow: bands of 128, 134 output rows
 ]
 
 
@@ -1308,25 +1311,35 @@ def test_plane_corr_vector_staging_changes_no_bit(monkeypatch, size, window, pad
     ([56, 56], [17, 17], [8, 8], True, 1, 4, 0x60781e07, (-1, 1)),  # stage 1: 4 x 8 tiles, 13 of them (a byte a mi)
     ([56, 56], [31, 31], [15, 15], True, 1, 4, 0x707c3f0f, (-2, 2)),
     ([28, 33], [17, 17], [8, 8], True, 1, 4, 0x181e07, (-1, 1)),  # 33 columns: 4 x 8 tiles, one image a job
-    ([66, 20], [5, 5], [2, 2], False, 0, 0, 0, 0),                # wide rows, 66 rows: past 4 k-steps
+    ([66, 20], [5, 5], [2, 2], True, 1, 2, 0b1100111, (-1, 1)),   # wide rows, 66 rows: 2 bands of 64
+    ([150, 30], [5, 5], [2, 2], True, 1, 2, 0b11100111, (-1, 1)),  # 3 bands (the output gradient: one block an SM)
+    ([256, 8], [5, 5], [2, 2], True, 1, 1, 0b1, (0, 1)),          # narrow: 2 bands of 128, 256 rows the most
+    ([257, 8], [5, 5], [2, 2], False, 0, 0, 0, 0),                # past 256 rows
+    ([256, 30], [5, 5], [2, 2], False, 0, 0, 0, 0),               # the whole output gradient past 227 KiB
     ([28, 65], [17, 17], [8, 8], False, 0, 0, 0, 0),              # 65 columns
     ([7, 7], [65, 5], [32, 2], False, 0, 0, 0, 0),                # a window past 64
 ])
 def test_plane_corr_plan(size, window, padding, ok, images, mt, tiles, j):
     """Where the small-plane correlation applies: input and output rows up to 64 columns (narrow up to 16), windows
-    up to 64; as many images a block job as the k-steps hold (8 narrow, 4 wide), within two blocks an SM where
-    they fit; the tiles computed (bit mi * NT + nt, NT = 2 mt wide) and the J whose diagonals hold window cells."""
+    up to 64, input planes up to 256 rows; as many images a block job as the k-steps hold (8 narrow, 4 wide), within
+    two blocks an SM where they fit; taller planes an image a job in bands of the k-steps' rows; the tiles computed
+    (bit mi * NT + nt, NT = 2 mt wide) and the J whose diagonals hold window cells."""
     x = torch.randn(16, 8, *size).bfloat16()
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
     plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert bool(plans[8]) == ok
     if ok:
-        assert plans[10] == images and plans[9] <= (113 if mt < 4 else 227) * 1024
+        assert plans[10] == images and plans[9] <= (113 if mt < 4 and plans[20] == 1 else 227) * 1024
         assert (plans[13], plans[14], (plans[15], plans[16])) == (mt, tiles, j)
+        assert plans[20] == -(-size[0] // (128 if mt == 1 else 64))
 
 
-# float32 takes half the k values a k-step: rows of up to 64 input rows (narrow), 32 (wide); 33 x 25 is past them
-PLANE_CORR_TF32_CASES = [c for c in PLANE_CORR_CASES if c["size"] != [33, 25]]
+# float32 takes half the k values a k-step: bands of 64 input rows (narrow), 32 (wide); every 16-bit case (33 x 25
+# and 20 x 56 in bands of 32, 70 x 40 of 32 with a last of 6) and stage 1's rows
+PLANE_CORR_TF32_CASES = PLANE_CORR_CASES + [
+    dict(size=[56, 56], window=[17, 17], padding=[8, 8]),    # ConvNeXt-T stage 1: bands of 32 and 24 rows
+    dict(size=[45, 50], window=[31, 5], padding=[15, 2]),    # a window taller than a band: 3 k-steps in the second
+]
 
 
 @pytest.mark.parametrize("case", PLANE_CORR_TF32_CASES)
@@ -1340,26 +1353,30 @@ def test_plane_corr_tf32_matches_oracle(monkeypatch, case, interp, layout):
     assert kernels == ["plane_corr", "window_corr_finish"]
 
 
-@pytest.mark.parametrize("size,window,padding,ok,images,mt", [
-    ([7, 7], [17, 17], [8, 8], True, 8, 1),      # ConvNeXt-T stage 4: 8 images of 8 rows in 8 k-steps of 8
-    ([14, 14], [17, 17], [8, 8], True, 4, 1),    # stage 3
-    ([28, 28], [17, 17], [8, 8], True, 1, 2),    # stage 2: one image a job
-    ([64, 9], [5, 5], [2, 2], True, 1, 1),       # 64 rows: the narrow kernel's k-steps
-    ([66, 9], [5, 5], [2, 2], False, 0, 0),
-    ([32, 20], [5, 5], [2, 2], True, 1, 2),      # 32 rows: the wide kernel's
-    ([33, 25], [5, 5], [4, 0], False, 0, 0),
-    ([20, 56], [17, 17], [8, 8], True, 1, 4),    # rows past 32 columns, 20 of them
-    ([56, 56], [17, 17], [8, 8], False, 0, 0),   # stage 1: the rows' correlation
+@pytest.mark.parametrize("size,window,padding,ok,images,mt,bands", [
+    ([7, 7], [17, 17], [8, 8], True, 8, 1, 1),      # ConvNeXt-T stage 4: 8 images of 8 rows in 8 k-steps of 8
+    ([14, 14], [17, 17], [8, 8], True, 4, 1, 1),    # stage 3
+    ([28, 28], [17, 17], [8, 8], True, 1, 2, 1),    # stage 2: one image a job
+    ([64, 9], [5, 5], [2, 2], True, 1, 1, 1),       # 64 rows: the narrow kernel's k-steps
+    ([66, 9], [5, 5], [2, 2], True, 1, 1, 2),       # past them: bands of 64
+    ([32, 20], [5, 5], [2, 2], True, 1, 2, 1),      # 32 rows: the wide kernel's
+    ([33, 25], [5, 5], [4, 0], True, 1, 2, 2),      # bands of 32
+    ([20, 56], [17, 17], [8, 8], True, 1, 4, 1),    # rows past 32 columns, 20 of them
+    ([56, 56], [17, 17], [8, 8], True, 1, 4, 2),    # stage 1: bands of 32 and 24 rows, 186 KiB
+    ([56, 56], [31, 31], [15, 15], True, 1, 4, 2),  # a window of 31: 189 KiB
+    ([257, 9], [5, 5], [2, 2], False, 0, 0, 0),     # past 256 rows
 ])
-def test_plane_corr_tf32_plan(size, window, padding, ok, images, mt):
+def test_plane_corr_tf32_plan(size, window, padding, ok, images, mt, bands):
     """float32's small-plane correlation: k-steps of 8 (one float32 a word), so half the rows a job of the 16-bit
-    kernel's registers hold; images a job as many as those fit."""
+    kernel's registers hold; images a job as many as those fit, and taller planes in bands of those rows (ConvNeXt-T's
+    stage 1 within an H100's or H200's 227 KiB a block, one block an SM)."""
     x = torch.randn(16, 8, *size)
     w, p, _ = random_taps(2, 8, 1, 5, window, spread=1.4, dtype=torch.float32)
     plans = E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")
     assert bool(plans[8]) == ok
     if ok:
-        assert (plans[10], plans[13]) == (images, mt) and plans[9] <= (113 if mt < 4 else 227) * 1024
+        assert (plans[10], plans[13], plans[20]) == (images, mt, bands)
+        assert plans[9] <= (113 if mt < 4 else 227) * 1024
 
 
 @pytest.mark.parametrize("size,window,padding,N,C", [

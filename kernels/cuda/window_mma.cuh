@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, MT >= 4 ? 1 : 2) plane_cor
     for (int pack = j.pack_begin; pack < j.pack_end; ++pack) {
       plane_corr_pack(w, j, pack);
       __syncthreads();  // the previous pack's planes are read
-      plane_corr_clear(w, smem, tid);
+      plane_corr_clear(w, j, smem, tid);
       __syncthreads();
       plane_corr_stage<plane_corr_batch(MT)>(w, j, smem, tid);
       __syncthreads();

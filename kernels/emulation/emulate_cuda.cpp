@@ -419,8 +419,9 @@ struct EmulatedLaunch {
         PlaneCorrJob j = plane_corr_job(w, bid);
         for (int pack = j.pack_begin; pack < j.pack_end; ++pack) {
           plane_corr_pack(w, j, pack);
-          std::fill(smem.begin(), smem.end(), 0xffffffffu);
-          for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, smem.data(), tid);
+          for (int64_t e = 0; e < w.smem_words(); ++e)  // (a band's kept output gradient is not poisoned)
+            if (!plane_corr_pack_of(w, j).keep_g || e < w.g_offset() || e >= w.scratch_offset()) smem[e] = 0xffffffffu;
+          for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, j, smem.data(), tid);
           with_plane_corr_tiles(w, [&](auto mt, auto nt) {
             for (int tid = 0; tid < kWindowCorrThreads; ++tid)
               plane_corr_stage<plane_corr_batch(decltype(mt)::value)>(w, j, smem.data(), tid);
@@ -776,7 +777,8 @@ std::vector<int64_t> emulate_tile_config(const at::Tensor& input, const at::Tens
 // forward's (ok, shared memory bytes), the correlation's (ok, bytes), the forward's band, the small-plane forward's
 // (ok, bytes, k-steps), the small-plane correlation's (ok, bytes, images a block job), the small-plane forward's
 // strip rows and channels a block, the small-plane correlation's input-column tiles, tile mask and J range, the
-// small-plane forward's vector loads and stores, under the emulated device's shared memory.
+// small-plane forward's vector loads and stores, the small-plane correlation's 16-byte staging and its row bands an
+// image, under the emulated device's shared memory.
 std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                           at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
                                           c10::string_view interpolation) {
@@ -793,7 +795,7 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
     const auto pc = plane_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
     r = {v.ok, v.smem_words() * 4, c.ok, c.smem_words() * 4, v.band, pl.ok, pl.smem_words() * 4, pl.ks,
          pc.ok, pc.smem_words() * 4, pc.images, pl.strip, pl.cpb, pc.mt, pc.tiles, pc.jlo, pc.jhi, pl.vec8,
-         pl.out_vec8, pc.vec8};
+         pl.out_vec8, pc.vec8, pc.bands};
   });
   return r;
 }

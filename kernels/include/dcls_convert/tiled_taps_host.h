@@ -279,8 +279,9 @@ constexpr bool window_corr_mma_dtype() {
 
 // DCLS_CONVERT_CUDA_TF32=corr|conv|all: float32 layers' parts on tensor cores, as 3xTF32 (about float32's
 // accuracy; not yet timed on a GPU, so not a default): "corr", the weight and position gradients (window_plane_corr.h
-// where it applies, planes up to 64 rows, 32 past 16 columns; else window_corr.h's rows, and there everywhere with
-// DCLS_CONVERT_CUDA_PLANE=none); "conv", the forward and input gradient, in strips of output rows (window_plane.h).
+// where it applies, rows up to 64 columns, taller planes in bands of rows; else window_corr.h's rows, and there
+// everywhere with DCLS_CONVERT_CUDA_PLANE=none); "conv", the forward and input gradient, in strips of output rows
+// (window_plane.h).
 inline bool tf32_wanted(const char* part) { return part_choice("DCLS_CONVERT_CUDA_TF32", part) == PartChoice::kOn; }
 
 // The most table entries a channel's taps make: their corners, 2 per axis for bilinear taps (4 in 2-D, 2 in 1-D,
@@ -332,8 +333,8 @@ bool mma_wanted(const char* part, const TapsArgs<scalar_t, acc_t>& a, bool flip 
 // rows of up to 64 columns). DCLS_CONVERT_CUDA_MMA=none (or the other part) still keeps a part off the tensor
 // cores. Opt-in until a GPU has timed them.
 // float32's parts take them as 3xTF32 where DCLS_CONVERT_CUDA_TF32 opts the part in: the forward and input
-// gradient the strips, the weight and position gradients the small-plane correlation (planes up to 64 rows, 32 where
-// rows pass 16 columns; the rows' correlation past them) (DCLS_CONVERT_CUDA_PLANE=none and DCLS_CONVERT_CUDA_MMA=none
+// gradient the strips, the weight and position gradients the small-plane correlation (rows up to 64 columns, stage
+// 1's 56 rows in bands of 32; the rows' correlation past them) (DCLS_CONVERT_CUDA_PLANE=none and DCLS_CONVERT_CUDA_MMA=none
 // still keep them off).
 template <typename scalar_t, typename acc_t>
 bool plane_wanted(const char* part, const TapsArgs<scalar_t, acc_t>&) {

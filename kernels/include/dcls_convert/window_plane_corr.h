@@ -1,6 +1,6 @@
 // The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on planes with rows of up to 64
-// columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7), and for float32 as 3xTF32 on planes of up
-// to 64 rows (32 where rows pass 16 columns: stages 2-4), on tensor cores: the correlation at every
+// columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7), and for float32 as 3xTF32, on tensor
+// cores: the correlation at every
 // cell of the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each
 // tap's corners from G (window_corr_finish_cell and _tap, as for window_corr.h: the same workspace).
 //
@@ -11,6 +11,9 @@
 // four by eight up to 64 ("wide"). A tile none of whose diagonals is a window cell is not computed (under a 17 x 17
 // window, 6 tiles of 8 are computed at 28 x 28 and 13 of 32 at 56 x 56). The k-steps run over (image, input row)
 // pairs, 16 at a time: 128 a block job where narrow, 64 where wide (the A fragments stay in registers for every ky).
+// Taller planes (float32 takes half those rows: ConvNeXt-T's stage 1) run one image a job in bands of as many input
+// rows: a pack a band, in order, each adding its products to the workspace; the image's output gradient is staged
+// once for its bands (a slab holds whole images), and the bias sum is taken at its first band.
 //
 // Why: window_corr.h runs an image at a time in rounds of input rows, and at 14 x 14 and 7 x 7 its time was the
 // rounds' latencies and tiles mostly outside the plane (an H200: 0.146 ms at both stages, the tables' time; 0.208 ms
@@ -51,6 +54,7 @@ namespace dcls_convert {
 constexpr int kPlaneCorrCols = 16;      // narrow rows: one tile of 16 input columns, two of 8 output columns
 constexpr int kPlaneCorrMaxCols = 64;   // wide rows: two by four tiles up to 32 columns, four by eight up to 64
 constexpr int kPlaneCorrMaxImages = 16;
+constexpr int kPlaneCorrMaxRows = 256;  // input rows, bands padded: a k value's row is held in 8 bits
 
 // The kernel's tiles of S_ky (input-column tiles MT, output-column tiles NT), its k-steps a block job, and its
 // staging's loads in flight a thread (rows past 32 columns: one block an SM with registers to spare, as the strips).
@@ -73,7 +77,8 @@ struct PlaneCorr {
   bool x_cl = false, g_cl = false;
   bool vec8 = false;  // both read by 16-byte loads: 8 channels (16-bit), or two of 4 (float32) (staging_vec)
   int images = 1;     // per block job
-  int hp = 2, hz = 2; // input rows at even count; output rows per column at even count
+  int hp = 2, hz = 2; // input rows a job stages per image, at even count (a band's); output rows per column, even
+  int bands = 1;      // row bands an image (> 1: one image a job, hp rows a band, the output gradient whole)
   int ks = 1;         // k-steps: kKP ks >= images hp
   int xp = 4;         // words per staged input column (4 mod 8)
   int oxs = 8;        // elements between output-gradient columns (kE times a word count 4 mod 8)
@@ -83,10 +88,12 @@ struct PlaneCorr {
   int ntiles = 2;     // output-column tiles of 8 holding the plane's columns (the others are not computed)
   uint32_t tiles = 0; // the tiles computed, bit mi * nt_k() + nt: inside the plane, holding a window cell's diagonal
   int jlo = 0, jhi = 0;  // the J = 2 mi - nt + h whose diagonals hold window cells (within the kernel's tiles)
-  int64_t slabs = 1;  // of packs (groups of `images` images) per channel group: the workspace's partial sums
+  int64_t slabs = 1;  // of image packs (groups of `images` images) per channel group: the workspace's partial sums
   bool ok = false;
 
-  DCLS_HD int64_t packs() const { return (N + images - 1) / images; }
+  DCLS_HD int64_t image_packs() const { return (N + images - 1) / images; }
+  DCLS_HD int64_t packs() const { return image_packs() * bands; }  // (image pack, band), bands fastest
+  DCLS_HD int hreach() const { return bands * hp; }                // the input rows' extent, bands padded
   DCLS_HD int64_t cells() const { return Lh * Lw; }
   DCLS_HD int64_t values() const { return cells() + 1; }
   DCLS_HD int64_t groups() const { return (C + kWindowCorrWarps - 1) / kWindowCorrWarps; }
@@ -99,7 +106,7 @@ struct PlaneCorr {
   }
   DCLS_HD int nt_k() const { return mt > 1 ? 2 * mt : ntiles; }  // the kernel's output-column tiles
   DCLS_HD int scratch_words() const { return 8 * static_cast<int>(Lw) + 32; }  // per warp: 8 slots a cell, 32 sums
-  DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hp + static_cast<int>(ph) + 2 + pad_reach(); }
+  DCLS_HD int glen() const { return m0 + 8 * ntiles * oxs + hreach() + static_cast<int>(ph) + 2 + pad_reach(); }
   DCLS_HD int x_words() const { return channel_words(xcols * xp); }
   DCLS_HD int copy_words() const { return (glen() + 1) / 2; }  // 16-bit: two copies (float32: one, of glen words)
   DCLS_HD int g_words() const { return channel_words(kE == 2 ? 2 * copy_words() : glen()); }
@@ -139,9 +146,10 @@ void plane_corr_tiles(PlaneCorr<scalar_t>& w) {
 }
 
 // The shape of the correlation, or ok = false where it does not apply: stride 1, input and output rows of up to 64
-// columns, input planes up to 128 rows (narrow) or 64 (wide; float32: half those), windows up to 64, padding
-// inside the window; as many images a job as the k-steps hold (16 at most) while two blocks fit an SM, else one
-// (max_smem_bytes: a block's most, as window_conv_band's).
+// columns, input planes up to 256 rows, windows up to 64, padding inside the window; as many images a job as the
+// k-steps hold (16 at most) while two blocks fit an SM, else one (max_smem_bytes: a block's most, as
+// window_conv_band's). Planes of more rows than the k-steps hold (128 narrow, 64 wide; float32: half those) take
+// one image a job in bands of that many rows.
 template <typename scalar_t>
 PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t Lh,
                                      int64_t Lw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t max_smem_bytes) {
@@ -154,14 +162,16 @@ PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W,
   const int64_t cols = std::max(W, Wo);
   w.mt = cols > 2 * kPlaneCorrCols ? 4 : cols > kPlaneCorrCols ? 2 : 1;
   const int steps = plane_corr_steps(w.mt), KP = PlaneCorr<scalar_t>::kKP;
-  if (H + (H & 1) > KP * steps) return w;
-  w.hp = static_cast<int>(H + (H & 1));
+  // planes past the k-steps' rows: bands of them, an image a job (absolute input rows held in 8 bits)
+  w.bands = static_cast<int>((H + KP * steps - 1) / (KP * steps));
+  if (w.bands * KP * steps > kPlaneCorrMaxRows) return w;
+  w.hp = w.bands > 1 ? KP * steps : static_cast<int>(H + (H & 1));
   w.hz = static_cast<int>(Ho + (Ho & 1));
   w.m0 = static_cast<int>(Lh - 1 - ph);
   w.xcols = w.mt > 1 ? kPlaneCorrCols * w.mt : W <= 8 ? 8 : kPlaneCorrCols;
   w.ntiles = static_cast<int>((Wo + 7) / 8);
   plane_corr_tiles(w);
-  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, KP * steps / w.hp, N}));
+  const int most = static_cast<int>(std::min<int64_t>({kPlaneCorrMaxImages, KP * steps / w.hp, N}));  // bands: 1
   const int64_t budget = (max_smem_bytes + 1024) / 2 - 1024;
   for (int s = most; s >= 1; --s) {
     w = plane_corr_sized(w, s);
@@ -171,46 +181,77 @@ PlaneCorr<scalar_t> plane_corr_shape(int64_t N, int64_t C, int64_t H, int64_t W,
   return w;
 }
 
-// Slabs per channel group: a pack each up to `target` blocks, within a workspace of at most 2^24 values (more
-// packs a slab: its block sums them in order).
+// Slabs per channel group: an image pack each (all its bands) up to `target` blocks, within a workspace of at most
+// 2^24 values (more packs a slab: its block sums them in order).
 template <typename scalar_t>
 int64_t plane_corr_slabs(const PlaneCorr<scalar_t>& w, int64_t target) {
   const int64_t by_blocks = (target + w.groups() - 1) / std::max<int64_t>(w.groups(), 1);
   const int64_t by_work = (int64_t(1) << 24) / std::max<int64_t>(w.C * w.values(), 1);
-  return std::max<int64_t>(1, std::min<int64_t>({w.packs(), by_blocks, by_work}));
+  return std::max<int64_t>(1, std::min<int64_t>({w.image_packs(), by_blocks, by_work}));
 }
 
-// A block job: a channel group, a slab (packs [pack_begin, pack_end)), and the pack being computed: its images
-// [n0, n0 + images).
-// (32-bit: it is live through the warps' products, where registers are short; channels and images are < 2^31)
+// A block job: a channel group, a slab (packs [pack_begin, pack_end): whole image packs, so an image's bands share
+// its staged output gradient), and the pack being computed.
+// (32-bit and few: it is live through the warps' products, where registers are short; channels and images are
+// < 2^31)
 struct PlaneCorrJob {
-  int c0, slab, pack_begin, pack_end, n0, images;
+  int c0, slab, pack_begin, pack_end, pack;
 };
 template <typename scalar_t>
-DCLS_HD void plane_corr_pack(const PlaneCorr<scalar_t>& w, PlaneCorrJob& j, int pack) {
-  j.n0 = pack * w.images;
-  j.images = static_cast<int>(std::min<int64_t>(w.images, w.N - j.n0));
+DCLS_HD void plane_corr_pack(const PlaneCorr<scalar_t>&, PlaneCorrJob& j, int pack) {
+  j.pack = pack;
+}
+// The pack's images [n0, n0 + images), its input rows [r0, r0 + rows) (a band's: the last band's rows past H are not
+// staged), and whether the previous pack staged the same output gradient (keep_g); worked out where used.
+struct PlaneCorrPack {
+  int n0, images, r0, rows;
+  bool keep_g;
+};
+template <typename scalar_t>
+DCLS_HD PlaneCorrPack plane_corr_pack_of(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j) {
+  PlaneCorrPack p;
+  p.n0 = j.pack / w.bands * w.images;
+  p.images = static_cast<int>(std::min<int64_t>(w.images, w.N - p.n0));
+  p.r0 = j.pack % w.bands * w.hp;
+  p.rows = static_cast<int>(std::min<int64_t>(w.hp, w.H - p.r0));
+  p.keep_g = j.pack > j.pack_begin && p.r0 > 0;
+  return p;
 }
 template <typename scalar_t>
 DCLS_HD PlaneCorrJob plane_corr_job(const PlaneCorr<scalar_t>& w, int64_t bid) {
   PlaneCorrJob j;
   j.c0 = static_cast<int>((bid % w.groups()) * kWindowCorrWarps);
   j.slab = static_cast<int>(bid / w.groups());
-  j.pack_begin = static_cast<int>(j.slab * w.packs() / w.slabs);
-  j.pack_end = static_cast<int>((j.slab + 1) * w.packs() / w.slabs);
+  j.pack_begin = static_cast<int>(j.slab * w.image_packs() / w.slabs) * w.bands;
+  j.pack_end = static_cast<int>((j.slab + 1) * w.image_packs() / w.slabs) * w.bands;
   plane_corr_pack(w, j, j.pack_begin);
   return j;
 }
 
-// Phase 1 (per pack): the staged inputs and output gradients cleared (what the staging leaves is zero), and the
-// scratch (its slots no lane writes read as zero).
+// A pack's k-steps (a band's rows; packs of images: the plan's).
 template <typename scalar_t>
-DCLS_HD void plane_corr_clear(const PlaneCorr<scalar_t>& w, uint32_t* smem, int tid) {
-  for (int64_t e = tid; e < w.smem_words(); e += kWindowCorrThreads) smem[e] = 0u;
+DCLS_HD int plane_corr_ks(const PlaneCorr<scalar_t>& w, const PlaneCorrPack& p) {
+  constexpr int KP = PlaneCorr<scalar_t>::kKP;
+  return w.bands > 1 ? (p.rows + KP - 1) / KP : w.ks;
 }
 
-// Where a channel's staged elements go (T: the element's bits or value, of its size): input (n, iy, ix), and
-// output-gradient (n, oy, ox), in both copies where 16-bit.
+// Phase 1 (per pack): the staged inputs and output gradients cleared (what the staging leaves is zero), and the
+// scratch (its slots no lane writes read as zero); the output gradient kept where the pack shares it (keep_g).
+template <typename scalar_t>
+DCLS_HD void plane_corr_clear(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
+  auto clear = [&](int64_t lo, int64_t hi) {
+    for (int64_t e = lo + tid; e < hi; e += kWindowCorrThreads) smem[e] = 0u;
+  };
+  if (plane_corr_pack_of(w, j).keep_g) {
+    clear(0, w.g_offset());
+    clear(w.scratch_offset(), w.smem_words());
+  } else {
+    clear(0, w.smem_words());
+  }
+}
+
+// Where a channel's staged elements go (T: the element's bits or value, of its size): input (n, iy, ix) (iy: the
+// row in the pack's band), and output-gradient (n, oy, ox), in both copies where 16-bit.
 template <typename T, typename scalar_t>
 DCLS_HD void plane_corr_put_x(const PlaneCorr<scalar_t>& w, uint32_t* smem, int ci, int n, int64_t iy, int64_t ix,
                               T v) {
@@ -234,22 +275,26 @@ DCLS_HD auto plane_corr_elem(scalar_t v) {
   else return v;
 }
 
-// Phase 2 (per pack): its input planes and output-gradient planes (the images [n0, n0 + images)), Batch loads in
-// flight a thread (plane_corr_batch).
+// Phase 2 (per pack): its input rows and output-gradient planes (the images [n0, n0 + images); the input rows of
+// its band, the output gradient unless the previous pack staged it), Batch loads in flight a thread
+// (plane_corr_batch).
 template <int Batch, typename scalar_t>
 DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j, uint32_t* smem, int tid) {
   constexpr int E = PlaneCorr<scalar_t>::kE;
-  const int xin = j.images * static_cast<int>(w.H * w.W), gin = j.images * static_cast<int>(w.Ho * w.Wo);
-  // item -> (image, row, column) of the input (item < xin) or the output gradient
+  const PlaneCorrPack pk = plane_corr_pack_of(w, j);
+  const int rows = pk.rows, xin = pk.images * rows * static_cast<int>(w.W);
+  const int gin = pk.keep_g ? 0 : pk.images * static_cast<int>(w.Ho * w.Wo);
+  // item -> (image, row, column) of the input (item < xin; the row in the band) or the output gradient
   auto place = [&](int item, int& n, int64_t& r, int64_t& col) {
     const bool is_x = item < xin;
-    const int64_t width = is_x ? w.W : w.Wo, plane = is_x ? w.H * w.W : w.Ho * w.Wo;
+    const int64_t width = is_x ? w.W : w.Wo, plane = is_x ? rows * w.W : w.Ho * w.Wo;
     const int64_t i = is_x ? item : item - xin;
     n = static_cast<int>(i / plane);
     r = (i % plane) / width;
     col = i % width;
     return is_x;
   };
+  const int64_t r0 = pk.r0, n0 = pk.n0;  // the pack's first row (a band's) and image
   if (w.vec8) {  // a thread per (pixel, run of channels): 16 bytes, 8 channels (16-bit) or 4 (float32, two a pixel)
     constexpr int Q = 3 - E, NC = 8 / Q;  // loads a pixel, channels a load
     auto elem = [](const Words4& v, int k) {  // channel k's bits
@@ -264,9 +309,9 @@ DCLS_HD void plane_corr_stage(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& 
           Words4 v;
           const int64_t c = j.c0 + NC * (idx % Q);
           if (place(idx / Q, n, r, col))
-            load8(w.x + (j.n0 + n) * w.xs[0] + c + r * w.xs[2] + col * w.xs[3], v.v);
+            load8(w.x + (n0 + n) * w.xs[0] + c + (r0 + r) * w.xs[2] + col * w.xs[3], v.v);
           else
-            load8(w.g + (j.n0 + n) * w.gs[0] + c + r * w.gs[2] + col * w.gs[3], v.v);
+            load8(w.g + (n0 + n) * w.gs[0] + c + r * w.gs[2] + col * w.gs[3], v.v);
           return v;
         },
         [&](int idx, const Words4& v) {
@@ -300,8 +345,8 @@ DCLS_UNROLL
         where(idx, ci, item);
         const int64_t c = j.c0 + ci;
         if (c >= w.C) return scalar_t(0.f);
-        return place(item, n, r, col) ? w.x[(j.n0 + n) * w.xs[0] + c * w.xs[1] + r * w.xs[2] + col * w.xs[3]]
-                                      : w.g[(j.n0 + n) * w.gs[0] + c * w.gs[1] + r * w.gs[2] + col * w.gs[3]];
+        return place(item, n, r, col) ? w.x[(n0 + n) * w.xs[0] + c * w.xs[1] + (r0 + r) * w.xs[2] + col * w.xs[3]]
+                                      : w.g[(n0 + n) * w.gs[0] + c * w.gs[1] + r * w.gs[2] + col * w.gs[3]];
       },
       [&](int idx, const scalar_t& v) {
         int ci, item, n;
@@ -326,11 +371,13 @@ DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j
   const uint32_t* y = smem + w.g_offset() + int64_t(warp) * w.g_words();
   float* blk = reinterpret_cast<float*>(smem + w.scratch_offset()) + warp * w.scratch_words();
   float* sums = blk + 8 * w.Lw;
-  const int xp = w.xp, ks = w.ks, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words(), jlo = w.jlo, jhi = w.jhi;
+  const int xp = w.xp, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words(), jlo = w.jlo, jhi = w.jhi;
+  const PlaneCorrPack pack = plane_corr_pack_of(w, j);
+  const int ks = plane_corr_ks(w, pack), r0 = pack.r0;
   const uint32_t tiles = w.tiles;
   uint32_t A[NL][4 * MT * KS];  // k-step s, input-column tile mi: registers 4 (s MT + mi) ..
   uint32_t off[NL][KS];  // the lane's two k values a step (E t, E t + KP / 2) as n hz + iy, 16 bits each
-  uint32_t rows[NL][(KS + 1) / 2];  // and their input rows iy, 8 bits each, two k-steps a word (registers)
+  uint32_t rows[NL][(KS + 1) / 2];  // and their input rows iy (in the plane), 8 bits each, two k-steps a word
   for (int l = 0; l < NL; ++l) {
     const int lane = lane0 + l, g = lane >> 2, t = lane & 3;
 DCLS_UNROLL
@@ -345,7 +392,8 @@ DCLS_UNROLL
         r[2] = xs[a + 4];
         r[3] = w.xcols > 8 ? xs[a + 8 * xp + 4] : 0u;
       }
-      const int k0 = KP * s + E * t, k1 = k0 + KP / 2, n0 = k0 / hp, n1 = k1 / hp, iy0 = k0 - n0 * hp, iy1 = k1 - n1 * hp;
+      const int k0 = KP * s + E * t, k1 = k0 + KP / 2, n0 = k0 / hp, n1 = k1 / hp;
+      const int iy0 = r0 + k0 - n0 * hp, iy1 = r0 + k1 - n1 * hp;
       off[l][s] = uint32_t(n0 * hz + iy0) | (uint32_t(n1 * hz + iy1) << 16);
       if (s % 2 == 0) rows[l][s / 2] = 0u;
       rows[l][s / 2] |= (uint32_t(iy0) | (uint32_t(iy1) << 8)) << (16 * (s % 2));
@@ -356,7 +404,7 @@ DCLS_UNROLL
     for (int nt = 0; nt < NT; ++nt) col[l][nt] = (8 * nt + ((lane0 + l) >> 2)) * oxs;
   const int64_t c = j.c0 + warp, V = w.values();
   float* work = c < w.C ? w.work + (c * w.slabs + j.slab) * V : nullptr;
-  const bool first = j.n0 == j.pack_begin * w.images;
+  const bool first = j.pack == j.pack_begin;
   for (int ky = 0; ky < w.Lh; ++ky) {
     // the input rows whose output row iy - ky + ph is in the plane; pk: the output-gradient element offset
     const int lo = static_cast<int>(std::max<int64_t>(0, ky - w.ph));
@@ -446,10 +494,12 @@ DCLS_UNROLL
 #endif
   }
   // the bias gradient's part: the staged output gradient (zero around its columns), lane by lane, then in lane order
+  // (an image's first band alone)
   const auto* g0 = reinterpret_cast<const scalar_t*>(y);
+  const bool bias = j.pack % w.bands == 0;
   for (int l = 0; l < NL; ++l) {
     float s = 0.f;
-    for (int e = lane0 + l; e < 8 * w.ntiles * oxs; e += 32) s += static_cast<float>(g0[w.m0 + e]);
+    for (int e = lane0 + l; bias && e < 8 * w.ntiles * oxs; e += 32) s += static_cast<float>(g0[w.m0 + e]);
     sums[lane0 + l] = s;
   }
 #if defined(__CUDA_ARCH__)
