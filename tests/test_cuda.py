@@ -287,7 +287,8 @@ def test_window_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
 def test_plane_corr_tf32_cuda(monkeypatch, shape, window, channels_last):
     """float32's small-plane weight, position and bias gradients (DCLS_CONVERT_CUDA_TF32=corr:
     window_plane_corr.h as 3xTF32; ConvNeXt-T's stages 1-4, stage 1 in bands of rows, a partial channel group, rows
-    past 32 columns, a window taller than a band): as test_window_corr_tf32_cuda, the plane_corr kernel launched."""
+    past 32 columns, a window taller than the last band): as test_window_corr_tf32_cuda, the plane_corr kernel
+    launched."""
     _check_tf32_corr(monkeypatch, shape, window, channels_last, None, "plane_corr_kernel")
 
 

@@ -1335,10 +1335,10 @@ def test_plane_corr_plan(size, window, padding, ok, images, mt, tiles, j):
 
 
 # float32 takes half the k values a k-step: bands of 64 input rows (narrow), 32 (wide); every 16-bit case (33 x 25
-# and 20 x 56 in bands of 32, 70 x 40 of 32 with a last of 6) and stage 1's rows
+# in bands of 32 and 2 rows, 70 x 40 of 32 with a last of 6, 130 x 9 of 64) and stage 1's rows
 PLANE_CORR_TF32_CASES = PLANE_CORR_CASES + [
     dict(size=[56, 56], window=[17, 17], padding=[8, 8]),    # ConvNeXt-T stage 1: bands of 32 and 24 rows
-    dict(size=[45, 50], window=[31, 5], padding=[15, 2]),    # a window taller than a band: 3 k-steps in the second
+    dict(size=[45, 50], window=[31, 5], padding=[15, 2]),    # a window of 31 rows, the second band of 13 (2 k-steps)
 ]
 
 
@@ -1377,6 +1377,23 @@ def test_plane_corr_tf32_plan(size, window, padding, ok, images, mt, bands):
     if ok:
         assert (plans[10], plans[13], plans[20]) == (images, mt, bands)
         assert plans[9] <= (113 if mt < 4 else 227) * 1024
+
+
+@pytest.mark.parametrize("dtype,size,window,padding,N", [
+    (torch.float32, [56, 56], [17, 17], [8, 8], 5),   # stage 1's bands of 32 and 24 rows
+    (torch.float32, [40, 20], [9, 5], [4, 2], 7),     # bands of 32 and 8
+    (torch.bfloat16, [70, 40], [9, 17], [4, 8], 3),   # bands of 64 and 6
+])
+def test_plane_corr_bands_split_between_slabs(monkeypatch, dtype, size, window, padding, N):
+    """Banded planes whose images do not divide evenly between the emulated grid's 2 slabs: a slab takes whole
+    images (an image's bands share its staged output gradient), so every band is computed once and the bias summed
+    once an image; against the float64 oracle."""
+    case = dict(size=size, window=window, padding=padding)
+    var = "DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE"
+    x, w, p = _window_case_inputs(case, "contiguous", dtype, "bilinear", N=N)
+    assert E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[20] == 2
+    assert _corr_case(monkeypatch, case, "contiguous", dtype, "bilinear", N, var, "corr") == ["plane_corr",
+                                                                                               "window_corr_finish"]
 
 
 @pytest.mark.parametrize("size,window,padding,N,C", [

@@ -60,7 +60,7 @@ void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a
       w, [](auto m, auto n) { return plane_corr_kernel<decltype(m)::value, decltype(n)::value, scalar_t>; });
   const void* k = reinterpret_cast<const void*>(kernel);
   allow_smem(k, bytes);
-  w.slabs = plane_corr_slabs(w, w.packs() * w.groups());  // a pack a block (within the workspace's bound)
+  w.slabs = plane_corr_slabs(w, w.packs() * w.groups());  // an image pack a block (within the workspace's bound)
   auto work = at::empty({w.C * w.slabs * w.values()}, like.options().dtype(at::kFloat));
   w.work = static_cast<float*>(work.data_ptr());
   kernel<<<grid_blocks(w.blocks()), kWindowCorrThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(w);

@@ -189,8 +189,8 @@ __global__ void __launch_bounds__(kWindowCorrThreads, 1) window_strip_kernel(Win
   }
 }
 
-// window_plane_corr.h: per pack of images a block clears and stages its planes (two phases), then each warp runs every
-// window row.
+// window_plane_corr.h: per pack (of images, or an image's band of rows) a block clears and stages its planes (two
+// phases; a band keeps the output gradient its image's previous band staged), then each warp runs every window row.
 // (Rows past 32 columns: one block an SM, whose shared memory a job of one image already takes: 255 registers.)
 template <int MT, int NT, typename scalar_t>
 __global__ void __launch_bounds__(kWindowCorrThreads, MT >= 4 ? 1 : 2) plane_corr_kernel(PlaneCorr<scalar_t> w) {

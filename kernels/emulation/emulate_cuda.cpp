@@ -3,6 +3,7 @@
 // its launch sequence on machines without a GPU. Built by the tests only
 // (tests/emulation.py compiles it with torch.utils.cpp_extension), never shipped in dcls_convert._C. Its ops live
 // in their own namespace, dcls_convert_emulation; small shapes only, single-threaded on purpose.
+#define DCLS_EMULATION  // the kernels' index checks (interpolation.h)
 #include <torch/library.h>
 
 #include <algorithm>

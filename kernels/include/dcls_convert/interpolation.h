@@ -26,6 +26,21 @@
 #define DCLS_UNROLL
 #endif
 
+// Index checks run by the CPU emulation alone (kernels/emulation/ defines DCLS_EMULATION; other builds compile them
+// away): a shared-memory read past its region can return finite values that a masked product multiplies by zero,
+// which no result would show.
+#if defined(DCLS_EMULATION) && !defined(__CUDACC__)
+#include <stdexcept>
+#define DCLS_EMULATION_CHECK(cond)                                               \
+  do {                                                                           \
+    if (!(cond)) throw std::out_of_range("emulated kernel index check: " #cond); \
+  } while (0)
+#else
+#define DCLS_EMULATION_CHECK(cond) \
+  do {                             \
+  } while (0)
+#endif
+
 namespace dcls_convert {
 
 enum Interp : int { kBilinear = 0, kGaussian = 1, kNearest = 2 };

@@ -209,11 +209,12 @@ struct PlaneCorrPack {
 };
 template <typename scalar_t>
 DCLS_HD PlaneCorrPack plane_corr_pack_of(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j) {
-  PlaneCorrPack p;
-  p.n0 = j.pack / w.bands * w.images;
-  p.images = static_cast<int>(std::min<int64_t>(w.images, w.N - p.n0));
-  p.r0 = j.pack % w.bands * w.hp;
-  p.rows = static_cast<int>(std::min<int64_t>(w.hp, w.H - p.r0));
+  PlaneCorrPack p;  // (32-bit: bands hold one image and at most 256 rows)
+  const bool banded = w.bands > 1;
+  p.n0 = banded ? j.pack / w.bands : j.pack * w.images;
+  p.images = banded ? 1 : static_cast<int>(std::min<int64_t>(w.images, w.N - p.n0));
+  p.r0 = banded ? (j.pack - p.n0 * w.bands) * w.hp : 0;
+  p.rows = banded ? std::min(w.hp, static_cast<int>(w.H) - p.r0) : static_cast<int>(w.H);
   p.keep_g = j.pack > j.pack_begin && p.r0 > 0;
   return p;
 }
@@ -256,6 +257,8 @@ template <typename T, typename scalar_t>
 DCLS_HD void plane_corr_put_x(const PlaneCorr<scalar_t>& w, uint32_t* smem, int ci, int n, int64_t iy, int64_t ix,
                               T v) {
   static_assert(sizeof(T) == sizeof(scalar_t), "an element's bits");
+  DCLS_EMULATION_CHECK(ix >= 0 && ix < w.xcols && iy >= 0 && iy < w.hp &&
+                       n * w.hp + iy < PlaneCorr<scalar_t>::kKP * w.ks);
   reinterpret_cast<T*>(smem + int64_t(ci) * w.x_words())[ix * PlaneCorr<scalar_t>::kE * w.xp + n * w.hp + iy] = v;
 }
 template <typename T, typename scalar_t>
@@ -264,6 +267,7 @@ DCLS_HD void plane_corr_put_g(const PlaneCorr<scalar_t>& w, uint32_t* smem, int 
   static_assert(sizeof(T) == sizeof(scalar_t), "an element's bits");
   auto* y = reinterpret_cast<T*>(smem + w.g_offset() + int64_t(ci) * w.g_words());
   const int64_t e = w.m0 + ox * w.oxs + n * w.hz + oy;
+  DCLS_EMULATION_CHECK(oy >= 0 && oy < w.hz && n < w.images && e < w.glen());
   y[e] = v;
   if (PlaneCorr<scalar_t>::kE == 2 && e >= 1) y[2 * w.copy_words() + e - 1] = v;
 }
@@ -373,7 +377,10 @@ DCLS_HD void plane_corr_warp(const PlaneCorr<scalar_t>& w, const PlaneCorrJob& j
   float* sums = blk + 8 * w.Lw;
   const int xp = w.xp, hp = w.hp, hz = w.hz, oxs = w.oxs, cw = w.copy_words(), jlo = w.jlo, jhi = w.jhi;
   const PlaneCorrPack pack = plane_corr_pack_of(w, j);
-  const int ks = plane_corr_ks(w, pack), r0 = pack.r0;
+  // k-steps: a band's own in float32's wide kernel (its 56 x 56 bands take 4 and 3, not 4 and 4); elsewhere the
+  // plan's, a constant: held in a register through the window-row loop, it cost the other loops up to 14 % more
+  // instructions (SASS, sm_90), and rows past a band's are zero either way
+  const int ks = E == 1 && MT == 4 ? plane_corr_ks(w, pack) : w.ks, r0 = pack.r0;
   const uint32_t tiles = w.tiles;
   uint32_t A[NL][4 * MT * KS];  // k-step s, input-column tile mi: registers 4 (s MT + mi) ..
   uint32_t off[NL][KS];  // the lane's two k values a step (E t, E t + KP / 2) as n hz + iy, 16 bits each
@@ -386,6 +393,7 @@ DCLS_UNROLL
 DCLS_UNROLL
       for (int mi = 0; mi < MT; ++mi) {
         const int a = (16 * mi + g) * xp + 8 * s + t;
+        DCLS_EMULATION_CHECK(8 * s + t + 4 < xp && 16 * mi + g + (w.xcols > 8 ? 8 : 0) < w.xcols);
         uint32_t* r = A[l] + 4 * (s * MT + mi);
         r[0] = xs[a];
         r[1] = w.xcols > 8 ? xs[a + 8 * xp] : 0u;
@@ -441,6 +449,9 @@ DCLS_UNROLL
 DCLS_UNROLL
         for (int nt = 0; nt < NT; ++nt) {
           const bool in = NT <= 2 || nt < w.ntiles;  // (the wide kernel's tiles past the plane: not computed)
+          // (B's words inside the channel's copy, or its one region)
+          DCLS_EMULATION_CHECK(!in || (col[l][nt] + std::min(e0, e1) >= 0 &&
+                                       ((col[l][nt] + std::max(e0, e1)) >> (E - 1)) < (E == 1 ? w.glen() : cw)));
           B[l][2 * nt] = in ? yc[(col[l][nt] + e0) >> (E - 1)] : 0u;
           B[l][2 * nt + 1] = in ? yc[(col[l][nt] + e1) >> (E - 1)] : 0u;
         }
