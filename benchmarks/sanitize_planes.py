@@ -34,7 +34,7 @@ FLOAT_CASES = [(16, 16, 7, 7, 17), (16, 12, 14, 14, 17), (16, 8, 28, 28, 17), (1
 
 def run_case(case, device: str, dtype: torch.dtype, part: str = "all") -> float:
     """The largest difference between the small-plane kernels' and the gather kernels' results, relative to the
-    largest result (forward, input, weight and position gradients)."""
+    largest result (forward, input, weight, position and bias gradients)."""
     from dcls_convert import ops
 
     N, C, H, W, L = case
@@ -42,15 +42,18 @@ def run_case(case, device: str, dtype: torch.dtype, part: str = "all") -> float:
     x = torch.randn(N, C, H, W, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
     w = (torch.randn(C, 1, 34, generator=g) * 0.1).to(device)
     p = ((torch.rand(2, C, 1, 34, generator=g) - 0.5) * (L - 1)).to(device)
+    b = torch.randn(C, generator=g).to(device)
+    # a different output gradient for every image (a kernel that mixes images up, or sums the bias twice, shows)
+    gy = torch.randn(N, C, H, W, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
     results = []
     tried = {"DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE": part}
     for env in (tried, {"DCLS_CONVERT_CUDA_TAPS": "gather"}):
         os.environ.update(env)
         try:
-            xs, ws, ps = (t.detach().clone().requires_grad_() for t in (x, w, p))
-            y = ops.taps_conv(xs, ws, ps, None, [L, L], [1, 1], [L // 2, L // 2])
-            y.backward(torch.ones_like(y))
-            results.append([y.float(), xs.grad.float(), ws.grad.float(), ps.grad.float()])
+            xs, ws, ps, bs = (t.detach().clone().requires_grad_() for t in (x, w, p, b))
+            y = ops.taps_conv(xs, ws, ps, bs, [L, L], [1, 1], [L // 2, L // 2])
+            y.backward(gy)
+            results.append([y.float(), xs.grad.float(), ws.grad.float(), ps.grad.float(), bs.grad.float()])
         finally:
             for k in env:
                 del os.environ[k]
