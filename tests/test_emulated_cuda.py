@@ -1396,6 +1396,20 @@ def test_plane_corr_bands_split_between_slabs(monkeypatch, dtype, size, window, 
                                                                                                "window_corr_finish"]
 
 
+@pytest.mark.parametrize("dtype,size,window,padding,N", [
+    (torch.float32, [158, 16], [56, 3], [0, 2], 1),      # 5 bands of 32 (narrow float32: 64 rows a job)
+    (torch.bfloat16, [66, 27], [63, 63], [0, 31], 20),   # 2 bands of 64
+])
+def test_plane_corr_reads_stay_in_their_region(monkeypatch, dtype, size, window, padding, N):
+    """Tall windows without padding above read the output gradient farthest past its last column (rows past the
+    last band's, masked): the emulation's index checks (DCLS_EMULATION_CHECK) hold every read inside its channel's
+    region, where one past it would return finite values a masked product hides from the oracle."""
+    case = dict(size=size, window=window, padding=padding)
+    var = "DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE"
+    assert _corr_case(monkeypatch, case, "contiguous", dtype, "bilinear", N, var, "corr") == ["plane_corr",
+                                                                                               "window_corr_finish"]
+
+
 @pytest.mark.parametrize("size,window,padding,N,C", [
     ([7, 7], [17, 17], [8, 8], 18, 16),
     ([14, 14], [17, 17], [8, 8], 5, 24),
