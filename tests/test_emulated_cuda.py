@@ -1389,9 +1389,14 @@ def test_plane_corr_bands_split_between_slabs(monkeypatch, dtype, size, window, 
     images (an image's bands share its staged output gradient), so every band is computed once and the bias summed
     once an image; against the float64 oracle."""
     case = dict(size=size, window=window, padding=padding)
-    var = "DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE"
     x, w, p = _window_case_inputs(case, "contiguous", dtype, "bilinear", N=N)
     assert E.window_plans(x, w, p, window, [1, 1], padding, "bilinear")[20] == 2
+    _band_case(monkeypatch, dtype, case, N)
+
+
+def _band_case(monkeypatch, dtype, case, N):
+    """A case's correlation on the small-plane kernel (float32 as 3xTF32), checked against the float64 oracle."""
+    var = "DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE"
     assert _corr_case(monkeypatch, case, "contiguous", dtype, "bilinear", N, var, "corr") == ["plane_corr",
                                                                                                "window_corr_finish"]
 
@@ -1404,10 +1409,7 @@ def test_plane_corr_reads_stay_in_their_region(monkeypatch, dtype, size, window,
     """Tall windows without padding above read the output gradient farthest past its last column (rows past the
     last band's, masked): the emulation's index checks (DCLS_EMULATION_CHECK) hold every read inside its channel's
     region, where one past it would return finite values a masked product hides from the oracle."""
-    case = dict(size=size, window=window, padding=padding)
-    var = "DCLS_CONVERT_CUDA_TF32" if dtype == torch.float32 else "DCLS_CONVERT_CUDA_PLANE"
-    assert _corr_case(monkeypatch, case, "contiguous", dtype, "bilinear", N, var, "corr") == ["plane_corr",
-                                                                                               "window_corr_finish"]
+    _band_case(monkeypatch, dtype, dict(size=size, window=window, padding=padding), N)
 
 
 @pytest.mark.parametrize("size,window,padding,N,C", [

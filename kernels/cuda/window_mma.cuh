@@ -199,8 +199,7 @@ __global__ void __launch_bounds__(kWindowCorrThreads, MT >= 4 ? 1 : 2) plane_cor
   const int64_t blocks = w.blocks();
   for (int64_t bid = blockIdx.x; bid < blocks; bid += gridDim.x) {
     PlaneCorrJob j = plane_corr_job(w, bid);
-    for (int pack = j.pack_begin; pack < j.pack_end; ++pack) {
-      plane_corr_pack(w, j, pack);
+    for (; j.pack < j.pack_end; ++j.pack) {
       __syncthreads();  // the previous pack's planes are read
       plane_corr_clear(w, j, smem, tid);
       __syncthreads();

@@ -418,10 +418,10 @@ struct EmulatedLaunch {
       std::vector<uint32_t> smem(w.smem_words());
       for (int64_t bid = 0; bid < w.blocks(); ++bid) {  // plane_corr_kernel, phase by phase; smem poisoned per job
         PlaneCorrJob j = plane_corr_job(w, bid);
-        for (int pack = j.pack_begin; pack < j.pack_end; ++pack) {
-          plane_corr_pack(w, j, pack);
-          for (int64_t e = 0; e < w.smem_words(); ++e)  // (a band's kept output gradient is not poisoned)
-            if (!plane_corr_pack_of(w, j).keep_g || e < w.g_offset() || e >= w.scratch_offset()) smem[e] = 0xffffffffu;
+        for (; j.pack < j.pack_end; ++j.pack) {
+          const bool keep_g = plane_corr_pack_of(w, j).keep_g;  // (a band's kept output gradient is not poisoned)
+          for (int64_t e = 0; e < w.smem_words(); ++e)
+            if (!keep_g || e < w.g_offset() || e >= w.scratch_offset()) smem[e] = 0xffffffffu;
           for (int tid = 0; tid < kWindowCorrThreads; ++tid) plane_corr_clear(w, j, smem.data(), tid);
           with_plane_corr_tiles(w, [&](auto mt, auto nt) {
             for (int tid = 0; tid < kWindowCorrThreads; ++tid)

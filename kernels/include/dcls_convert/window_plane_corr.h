@@ -191,16 +191,12 @@ int64_t plane_corr_slabs(const PlaneCorr<scalar_t>& w, int64_t target) {
 }
 
 // A block job: a channel group, a slab (packs [pack_begin, pack_end): whole image packs, so an image's bands share
-// its staged output gradient), and the pack being computed.
+// its staged output gradient), and the pack being computed (from pack_begin).
 // (32-bit and few: it is live through the warps' products, where registers are short; channels and images are
 // < 2^31)
 struct PlaneCorrJob {
   int c0, slab, pack_begin, pack_end, pack;
 };
-template <typename scalar_t>
-DCLS_HD void plane_corr_pack(const PlaneCorr<scalar_t>&, PlaneCorrJob& j, int pack) {
-  j.pack = pack;
-}
 // The pack's images [n0, n0 + images), its input rows [r0, r0 + rows) (a band's: the last band's rows past H are not
 // staged), and whether the previous pack staged the same output gradient (keep_g); worked out where used.
 struct PlaneCorrPack {
@@ -225,7 +221,7 @@ DCLS_HD PlaneCorrJob plane_corr_job(const PlaneCorr<scalar_t>& w, int64_t bid) {
   j.slab = static_cast<int>(bid / w.groups());
   j.pack_begin = static_cast<int>(j.slab * w.image_packs() / w.slabs) * w.bands;
   j.pack_end = static_cast<int>((j.slab + 1) * w.image_packs() / w.slabs) * w.bands;
-  plane_corr_pack(w, j, j.pack_begin);
+  j.pack = j.pack_begin;
   return j;
 }
 
@@ -507,7 +503,7 @@ DCLS_UNROLL
   // the bias gradient's part: the staged output gradient (zero around its columns), lane by lane, then in lane order
   // (an image's first band alone)
   const auto* g0 = reinterpret_cast<const scalar_t*>(y);
-  const bool bias = j.pack % w.bands == 0;
+  const bool bias = plane_corr_pack_of(w, j).r0 == 0;  // (worked out again: r0 is not held through the loop)
   for (int l = 0; l < NL; ++l) {
     float s = 0.f;
     for (int e = lane0 + l; bias && e < 8 * w.ntiles * oxs; e += 32) s += static_cast<float>(g0[w.m0 + e]);
