@@ -251,16 +251,6 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                     os.environ.pop("DCLS_CONVERT_CUDA_PLANE", None)
                     if PLANE_OFF:  # (run_gpu.sh's, after a smoke fault: kept for every later arm)
                         os.environ["DCLS_CONVERT_CUDA_PLANE"] = "none"
-            # FMA over the whole window (the tensor cores off), opt-in: the forward and input gradient (float32)
-            # and the weight/position gradients (any dtype); timed in the ninth session's calls 1 and 2
-            fma_fns = {} if new_arms else {**tap_fns(x, w, p, window), "on-grid fwd": tap_fns(xo, wo, po, window)["fwd"]}
-            os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
-            os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
-            try:
-                modes.update({("fma", k): v for k, v in kernel_time(fma_fns).items()})
-            finally:
-                del os.environ["DCLS_CONVERT_CUDA_FMA"]
-                del os.environ["DCLS_CONVERT_CUDA_MMA"]
             if gather and not taps_only:
                 os.environ["DCLS_CONVERT_CUDA_TAPS"] = "gather"  # the kernels before the tiled engine
                 try:
@@ -333,13 +323,6 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                 "GPU tf32 on-grid wgrad": arm_ms("tf32", "on-grid wgrad"),
                 "GPU tf32 fwd+bwd": arm_ms("tf32", "fwd+bwd"),
                 "GPU tf32 rows wgrad": arm_ms("tf32 rows", "wgrad"),
-                "GPU fma fwd": arm_ms("fma", "fwd"),
-                "GPU fma fwd/floor": arm_ms("fma", "fwd") / floor,
-                "GPU fma dgrad": arm_ms("fma", "dgrad"),
-                "GPU fma wgrad": arm_ms("fma", "wgrad"),
-                "GPU fma wgrad/floor": arm_ms("fma", "wgrad") / ari_ms,
-                "GPU fma fwd+bwd": arm_ms("fma", "fwd+bwd"),
-                "GPU fma on-grid fwd": arm_ms("fma", "on-grid fwd"),
                 "floor mem/arith": f"{mem_ms:.3f}/{ari_ms:.3f}",
             }
             if "gather fwd" in t:
@@ -351,7 +334,6 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
                             "fwd+bwd / cudnn7": t["fwd+bwd"] / t["cudnn7 fwd+bwd"],
                             "GPU fwd+bwd / cudnn7": gpu["fwd+bwd"] / gpu["cudnn7 fwd+bwd"],
                             "GPU mma fwd+bwd / cudnn7": arm_ms("mma all", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
-                            "GPU fma fwd+bwd / cudnn7": arm_ms("fma", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "GPU plane fwd+bwd / cudnn7": arm_ms("plane", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "GPU tuned fwd+bwd / cudnn7": arm_ms("tuned", "fwd+bwd") / gpu["cudnn7 fwd+bwd"],
                             "cudnn17 fwd+bwd": t.get("cudnn17 fwd+bwd", nan),
@@ -381,9 +363,7 @@ def run_layers(quick: bool, fl: dict, taps_only: bool = False, gather: bool = Tr
           "'tf32': float32 rows with "
           "DCLS_CONVERT_CUDA_TF32=all (on tensor cores as 3xTF32: the weight and position gradients on small planes "
           "up to 32 columns, else on rows, the forward and input gradient in strips; 'tf32 rows': the weight and "
-          "position gradients on rows everywhere, DCLS_CONVERT_CUDA_PLANE=none); 'fma': "
-          "FMA over the whole window (DCLS_CONVERT_CUDA_FMA=all, tensor cores off): the forward and input "
-          "gradient in float32 rows (bfloat16 rows keep the tables'), the weight and position gradients in both.")
+          "position gradients on rows everywhere, DCLS_CONVERT_CUDA_PLANE=none).")
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -549,9 +529,6 @@ FIRST_TILES = "dcls, first tiles"
 MMA = ", tensor cores"
 # variants run with DCLS_CONVERT_CUDA_MMA=none (the tables' kernels for every part, as before the cost rule)
 TABLES = ", tables"
-# variants run with DCLS_CONVERT_CUDA_FMA=all (FMA over the whole window: float32 forward and input gradient, the
-# weight and position gradients of any dtype; opt-in, slower than the tables on the H200)
-FMA = ", fma"
 # bloom with its fixed blur on the tap engine too (bloom.CONV_BLUR_DEVICES emptied; by default the blur runs on
 # cuDNN and the dilated taps on the tap engine)
 BLUR_ON_TAPS = "bloom, blur on tap engine"
@@ -607,7 +584,6 @@ def _variants(name):
     dcls_name = "dcls" + (" K=34 w17 shared" if dcls_options else "")
     out.update({v + MMA: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + TABLES: out[v] for v in (dcls_name, "partial", "bloom")})
-    out.update({v + FMA: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + TF32: out[v] for v in (dcls_name, "partial", "bloom")})
     out.update({v + PLANE: out[v] for v in (dcls_name, "dcls, positions off grid", "partial", "bloom")})
     out.update({COMPILED + v: out[v] for v in ("original", dcls_name, "dcls, positions off grid", "partial", "bloom")})
@@ -699,10 +675,8 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
             if variant.endswith(MMA):
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "all"
-            if variant.endswith(TABLES) or variant.endswith(FMA):
+            if variant.endswith(TABLES):
                 os.environ["DCLS_CONVERT_CUDA_MMA"] = "none"
-            if variant.endswith(FMA):
-                os.environ["DCLS_CONVERT_CUDA_FMA"] = "all"
             if variant.endswith(TF32):
                 os.environ["DCLS_CONVERT_CUDA_TF32"] = "all"
             if variant.endswith(PLANE) and PLANE_OFF:
@@ -743,7 +717,6 @@ def run_model(breakdown: bool = False, models=("convnext_tiny", "resnet50"), onl
                       flush=True)
             os.environ.pop("DCLS_CONVERT_CUDA_TILES", None)
             os.environ.pop("DCLS_CONVERT_CUDA_MMA", None)
-            os.environ.pop("DCLS_CONVERT_CUDA_FMA", None)
             os.environ.pop("DCLS_CONVERT_CUDA_TF32", None)
             os.environ.pop("DCLS_CONVERT_CUDA_PLANE", None)
             if PLANE_OFF:
@@ -786,8 +759,8 @@ def main() -> None:
     ap.add_argument("--taps-only", action="store_true", help="per layer, the tap engine's own columns")
     ap.add_argument("--no-gather", action="store_true", help="per layer, skip the gather fallback")
     ap.add_argument("--new-arms", action="store_true",
-                    help="only what no GPU has timed yet: per layer, the tensor-core arms (not the tile modes nor "
-                         "fma); no stride-2 or construct tables")
+                    help="only what no GPU has timed yet: per layer, the tensor-core arms (not the tile modes); "
+                         "no stride-2 or construct tables")
     ap.add_argument("--json", default=None, help="write the per-layer rows to this file")
     ap.add_argument("--bf16-nchw", action="store_true", help="per layer, also bfloat16 rows not in channels_last")
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """Runs the tap convolution's forward + backward a few times at one ConvNeXt-T stage shape, for a profiler:
 
-    ncu --kernel-name regex:"tiled|build_tables|window_|fma_" --launch-skip 6 --launch-count 6 \\
+    ncu --kernel-name regex:"tiled|build_tables|window_|plane_" --launch-skip 6 --launch-count 6 \\
         python benchmarks/profile_taps.py --stage 1 --dtype float32
 """
 import argparse
@@ -20,7 +20,6 @@ ap.add_argument("--window", type=int, default=17)
 ap.add_argument("--iters", type=int, default=3)
 ap.add_argument("--mma", default="",
                 help="tensor cores for: corr, conv, all or none (DCLS_CONVERT_CUDA_MMA; unset: the cost rule's choice)")
-ap.add_argument("--fma", default="", help="FMA over the whole window for: corr, conv or all (DCLS_CONVERT_CUDA_FMA)")
 ap.add_argument("--plane", default="",
                 help="small planes' tensor-core products for: conv, corr or all (DCLS_CONVERT_CUDA_PLANE)")
 ap.add_argument("--tf32", default="",
@@ -28,8 +27,6 @@ ap.add_argument("--tf32", default="",
 args = ap.parse_args()
 if args.mma:
     os.environ["DCLS_CONVERT_CUDA_MMA"] = args.mma
-if args.fma:
-    os.environ["DCLS_CONVERT_CUDA_FMA"] = args.fma
 if args.plane:
     os.environ["DCLS_CONVERT_CUDA_PLANE"] = args.plane
 if args.tf32:

@@ -82,7 +82,7 @@ if [ $profile = 1 ]; then
   IFS=';' read -ra cfgs <<< "${PROFILES:---stage 1 --dtype float32;--stage 1 --dtype bfloat16 --channels-last;--stage 4 --dtype float32}"
   for cfg in "${cfgs[@]}"; do
     [ "$(left)" -lt "${PROFILE_MIN:-300}" ] && { echo "profile skipped ($cfg): $(left) s left"; continue; }
-    timeout 75 ncu --clock-control none --kernel-name regex:"tiled|build_tables|window_|fma_|plane_" --launch-skip 5 --launch-count 5 \
+    timeout 75 ncu --clock-control none --kernel-name regex:"tiled|build_tables|window_|plane_" --launch-skip 5 --launch-count 5 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section InstructionStats --section SourceCounters \
       --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_taps.py $cfg \

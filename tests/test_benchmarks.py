@@ -35,7 +35,6 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
     modes_seen = []
 
     mma_seen = []
-    fma_seen = []
     tf32_seen = []
     plane_seen = []
 
@@ -43,7 +42,6 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
         plane_seen.append((os.environ.get("DCLS_CONVERT_CUDA_PLANE"), tuple(sorted(fns))))
         modes_seen.append(os.environ.get("DCLS_CONVERT_CUDA_TILES"))
         mma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_MMA"))
-        fma_seen.append(os.environ.get("DCLS_CONVERT_CUDA_FMA"))
         tf32_seen.append((os.environ.get("DCLS_CONVERT_CUDA_TF32"), tuple(fns)))
         return {k: (fn(), 0.5)[1] for k, fn in fns.items()}
 
@@ -65,9 +63,6 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
     # the tensor-core arms (16-bit rows only), each part alone, all together and none, and the switch left unset
     assert set(mma_seen) == {None, "all", "corr", "conv", "none"}
     assert "DCLS_CONVERT_CUDA_MMA" not in os.environ
-    # the FMA arm, both dtypes, with the tensor cores off
-    assert set(fma_seen) == {None, "all"} and "DCLS_CONVERT_CUDA_FMA" not in os.environ
-    assert all(m == "none" for m, f in zip(mma_seen, fma_seen) if f == "all")
     # float32 on tensor cores (3xTF32, DCLS_CONVERT_CUDA_TF32=all): the float32 row's every part, then its
     # correlation on rows (DCLS_CONVERT_CUDA_PLANE=none), the switches left unset
     assert [sorted(k) for e, k in tf32_seen if e] == [["dgrad", "fwd", "fwd+bwd", "on-grid wgrad", "wgrad"], ["wgrad"]]
@@ -84,9 +79,6 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
                                                          "wgrad")]
     assert "DCLS_CONVERT_CUDA_PLANE" not in os.environ and rows[1]["GPU plane fwd+bwd"] == 0.5
     assert rows[0]["GPU plane fwd"] != rows[0]["GPU plane fwd"]  # (float32: NaN, not timed)
-    for r in rows:
-        for col in ("GPU fma fwd", "GPU fma dgrad", "GPU fma wgrad", "GPU fma fwd+bwd"):
-            assert r[col] == 0.5, col
     assert "GPU one-load fwd" in capsys.readouterr().out  # the table, and each row as it was measured
     # --new-arms: no tile-mode arm (all timed); the others' columns stay, empty
     modes_seen.clear()
@@ -101,20 +93,19 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
 
 
 def test_bench_gpu_model_variants_include_tensor_cores():
-    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows and FMA rows
-    (DCLS_CONVERT_CUDA_FMA=all), float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) and small-plane rows
+    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows, float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) and small-plane rows
     (DCLS_CONVERT_CUDA_PLANE=all) and tuned rows (DCLS_CONVERT_CUDA_TUNE=on) exist for every method, named so that
-    --variants "dcls K*" picks the seven dcls rows."""
+    --variants "dcls K*" picks the six dcls rows."""
     import bench_gpu
 
     names = list(bench_gpu._variants("convnext_tiny"))
     for base in ("dcls K=34 w17 shared", "partial", "bloom"):
         assert all(base + v in names
-                   for v in ("", bench_gpu.MMA, bench_gpu.FMA, bench_gpu.TABLES, bench_gpu.TF32, bench_gpu.PLANE,
+                   for v in ("", bench_gpu.MMA, bench_gpu.TABLES, bench_gpu.TF32, bench_gpu.PLANE,
                          bench_gpu.TUNED))
     dcls = "dcls K=34 w17 shared"
     assert [n for n in names if n.startswith("dcls K")] == [dcls, dcls + bench_gpu.MMA, dcls + bench_gpu.TABLES,
-                                                             dcls + bench_gpu.FMA, dcls + bench_gpu.TF32,
+                                                             dcls + bench_gpu.TF32,
                                                              dcls + bench_gpu.PLANE, dcls + bench_gpu.TUNED]
     assert "dcls, positions off grid" + bench_gpu.PLANE in names
     # the compiled rows (CUDA graphs), each against the original compiled alike; --variants "dcls K*" skips them

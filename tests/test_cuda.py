@@ -180,7 +180,7 @@ def test_taps_conv_cuda_tile_choice_changes_no_bit(monkeypatch, shape, dtype, ch
 
 
 def _window_layer(shape, window, dtype, channels_last, K=34):
-    """A depthwise layer for the tensor-core and FMA tests: input, K taps (float32, as under autocast), bias, and
+    """A depthwise layer for the tensor-core tests: input, K taps (float32, as under autocast), bias, and
     its window and padding (one row for 1-D shapes)."""
     N, C, H, W = shape
     Lh = 1 if H == 1 else window
@@ -389,82 +389,6 @@ def test_mma_cost_rule_cuda(monkeypatch, shape, conv, corr):
     assert ("tiled_forward_kernel" in names) == (not conv)
 
 
-@pytest.mark.parametrize("shape,window,K,dtype,channels_last", [((64, 96, 56, 56), 17, 34, torch.float32, False),
-                                                            ((8, 192, 28, 28), 17, 34, torch.float32, True),
-                                                            ((16, 384, 14, 14), 17, 34, torch.float32, False),
-                                                            ((16, 768, 7, 7), 17, 34, torch.float32, True),
-                                                            ((16, 96, 56, 56), 17, 34, torch.bfloat16, True),
-                                                            ((4, 32, 28, 28), 17, 34, torch.float16, True),
-                                                            ((4, 32, 20, 150), 17, 34, torch.float32, False),
-                                                            ((2, 4, 112, 112), 17, 34, torch.float32, False),
-                                                            ((2, 4, 9, 40), 51, 60, torch.float32, False),
-                                                            ((2, 8, 30, 30), 17, 34, torch.float64, False)])
-def test_fma_corr_cuda(monkeypatch, shape, window, K, dtype, channels_last):
-    """The FMA correlation (DCLS_CONVERT_CUDA_FMA=corr; the tensor cores off): weight, position and bias gradients
-    against the dense float64 oracle and the tables' correlation, and two runs bitwise equal, at ConvNeXt-T's
-    stage shapes, 16-bit inputs, a 150-wide plane (five column passes), a 112x112 plane (two bands of rows), a
-    window of 51 on a 9x40 plane (its cell blocks split over three blocks per channel) and float64; the
-    profiler shows that fma_corr_kernel ran."""
-    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last, K)
-    if dtype == torch.float64:
-        w, p = w.double(), p.double()
-    g = torch.randn_like(ops.taps_conv(x, w, p, b.to(w.dtype), win, [1, 1], pad))
-    back = torch.ops.dcls_convert.taps_conv_backward
-    args = (win, [1, 1], pad, "bilinear", [False, True, True, True])
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_MMA", "none")
-    runs = {}
-    for mode, env in (("fma", "corr"), ("fma again", "corr"), ("tables", "")):
-        monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", env)
-        runs[mode] = back(g, x, w, p, *args)[1:]
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "corr")
-    assert "fma_corr_kernel" in _cuda_kernels(lambda: back(g, x, w, p, *args))
-    assert all(torch.equal(a, e) for a, e in zip(runs["fma"], runs["fma again"]))
-    ref = [x.double(), w.double().requires_grad_(), p.double().requires_grad_()]
-    y = _dense_oracle(*ref, win, [1, 1], pad)
-    want = list(torch.autograd.grad(y, ref[1:], g.double())) + [g.double().sum((0, 2, 3))]
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for got, tab, e in zip(runs["fma"], runs["tables"], want):
-        assert max_rel(got.double(), e) < tol
-        assert max_rel(got.double(), tab.double()) < tol
-
-
-@pytest.mark.parametrize("shape,window,dtype,channels_last", [((64, 96, 56, 56), 17, torch.float32, False),
-                                                          ((8, 192, 28, 28), 17, torch.float32, True),
-                                                          ((16, 384, 14, 14), 17, torch.float32, False),
-                                                          ((16, 768, 7, 7), 17, torch.float32, True),
-                                                          ((4, 32, 20, 150), 17, torch.float32, False),
-                                                          ((2, 4, 300, 100), 9, torch.float32, False),
-                                                          ((2, 8, 30, 30), 17, torch.float64, False)])
-def test_fma_conv_cuda(monkeypatch, shape, window, dtype, channels_last):
-    """The FMA forward and input gradient (DCLS_CONVERT_CUDA_FMA=conv) against the dense float64 oracle and the
-    tables' kernels, two runs bitwise equal, the memory format kept; the profiler shows that fma_conv_kernel ran.
-    Shapes: ConvNeXt-T's stages, a 150-wide plane, a 300-row plane (row blocks in several jobs), float64."""
-    x, w, p, b, win, pad = _window_layer(shape, window, dtype, channels_last)
-    if dtype == torch.float64:
-        w, p, b = w.double(), p.double(), b.double()
-    back = torch.ops.dcls_convert.taps_conv_backward
-    mask = [True, False, False, False]
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "conv")
-    y = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
-    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
-    g = torch.randn_like(y)
-    gin = back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0]
-    assert torch.equal(y, ops.taps_conv(x, w, p, b, win, [1, 1], pad))
-    assert torch.equal(gin, back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0])
-    assert "fma_conv_kernel" in _cuda_kernels(lambda: ops.taps_conv(x, w, p, b, win, [1, 1], pad))
-    assert "fma_conv_kernel" in _cuda_kernels(lambda: back(g, x, w, p, win, [1, 1], pad, "bilinear", mask))
-    monkeypatch.setenv("DCLS_CONVERT_CUDA_FMA", "")
-    y_tab = ops.taps_conv(x, w, p, b, win, [1, 1], pad)
-    gin_tab = back(g, x, w, p, win, [1, 1], pad, "bilinear", mask)[0]
-    xd = x.double().requires_grad_()
-    want = _dense_oracle(xd, w, p, win, [1, 1], pad) + b.double().view(1, -1, 1, 1)
-    want_gin, = torch.autograd.grad(want, xd, g.double())
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for got, tab, e in ((y, y_tab, want.detach()), (gin, gin_tab, want_gin)):
-        assert max_rel(got.double(), e) < tol
-        assert max_rel(got.double(), tab.double()) < tol
-
-
 MMA_CONV = ("DCLS_CONVERT_CUDA_MMA", None)  # the row kernel (window_conv.h), whichever kernel name
 PLANE_CONV = ("DCLS_CONVERT_CUDA_PLANE", "window_plane_kernel")  # small planes (window_plane.h)
 STRIP_CONV = ("DCLS_CONVERT_CUDA_PLANE", "window_strip_kernel")  # larger planes in strips (window_plane.h)
@@ -521,8 +445,7 @@ def test_window_conv_cuda(monkeypatch, path, shape, window, dtype, channels_last
     assert max_rel(gin.double(), want_gin) < 4 * step
 
 
-FORCE = {"plane": "DCLS_CONVERT_CUDA_PLANE", "mma": "DCLS_CONVERT_CUDA_MMA", "fma": "DCLS_CONVERT_CUDA_FMA",
-         "tables": None}
+FORCE = {"plane": "DCLS_CONVERT_CUDA_PLANE", "mma": "DCLS_CONVERT_CUDA_MMA", "tables": None}
 
 
 @pytest.mark.parametrize("shape,dtype,channels_last", [((32, 768, 7, 7), torch.bfloat16, True),
@@ -556,11 +479,8 @@ def test_tuning_cuda(monkeypatch, shape, dtype, channels_last):
         with monkeypatch.context() as m:  # the chosen path forced: bitwise the tuned results
             if FORCE[path]:
                 m.setenv(FORCE[path], part_of[part])
-                if path == "fma":
-                    m.setenv("DCLS_CONVERT_CUDA_MMA", "none")
             else:
                 m.setenv("DCLS_CONVERT_CUDA_MMA", "none")
-                m.setenv("DCLS_CONVERT_CUDA_FMA", "none")
             if path in ("mma", "plane") and dtype == torch.float32:  # float32's tensor cores: 3xTF32, opted in
                 m.setenv("DCLS_CONVERT_CUDA_TF32", part_of[part])
                 if path == "mma":  # (the rows' correlation, not the small planes')

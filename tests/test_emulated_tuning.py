@@ -9,8 +9,7 @@ from emulation import emulation_ops
 from helpers import max_rel, random_taps
 
 E = emulation_ops()
-SWITCHES = ["DCLS_CONVERT_CUDA_MMA", "DCLS_CONVERT_CUDA_PLANE", "DCLS_CONVERT_CUDA_FMA", "DCLS_CONVERT_CUDA_TF32",
-            "DCLS_CONVERT_CUDA_TUNE"]
+SWITCHES = ["DCLS_CONVERT_CUDA_MMA", "DCLS_CONVERT_CUDA_PLANE", "DCLS_CONVERT_CUDA_TF32", "DCLS_CONVERT_CUDA_TUNE"]
 WINDOW, PADDING, STRIDE = [17, 17], [8, 8], [1, 1]
 # each path's kernels, in launch order
 KERNELS = {
@@ -19,7 +18,6 @@ KERNELS = {
     ("forward", "tables"): ["tables", "tiled_forward"],
     ("grad_taps", "plane"): ["plane_corr", "window_corr_finish"],
     ("grad_taps", "mma"): ["window_corr", "window_corr_finish"],
-    ("grad_taps", "fma"): ["fma_corr", "fma_corr_finish"],
     ("grad_taps", "tables"): ["tables", "tiled_corr", "tiled_corr_finish"],
 }
 # the switches that force each forward path (the reference runs)
@@ -127,8 +125,8 @@ def test_backward_parts_tuned_apart_and_exact(clean, on_grid):
     between cells, which the returned gradients must not show): each part its own choice, the result the float64
     oracle's, and later calls launch only the chosen kernels."""
     clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
-    _costs(window_kernel=0.5, window_plane=0.1, window_conv=5, plane_corr=5, window_corr=5, fma_corr=5,
-           tables=0.1, tiled_forward=5, tiled_corr=0.1, tiled_corr_finish=0.1)
+    _costs(window_kernel=0.5, window_plane=0.1, window_conv=5, plane_corr=5, window_corr=5, tables=0.1,
+           tiled_forward=5, tiled_corr=0.1, tiled_corr_finish=0.1)
     layer = _layer(on_grid=on_grid)
     g, (gin, gw, gp, gb), first = _backward(layer)
     # the run after the timing: the tables' one launch (the corner table alone), the input gradient, the correlation
@@ -233,14 +231,14 @@ def test_strided_layer_has_one_candidate(clean):
 ])
 def test_float32_taps_gradients_may_take_3xtf32(clean, cheap, path, force):
     """float32: the weight and position gradients' candidates are the 3xTF32 tensor cores (rows and small planes),
-    the FMA correlation and the tables where they apply; the tuned result is bitwise the forced run's of the path
+    and the tables; the tuned result is bitwise the forced run's of the path
     that won."""
     clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
     _costs(**{name: 0.01 for name in cheap.split()})
     layer = _layer(dtype=torch.float32, channels_last=False)
     g, (_, gw, gp, gb), first = _backward(layer, mask=(False, True, True, True))
     assert first[-len(KERNELS["grad_taps", path]):] == KERNELS["grad_taps", path]
-    for candidate in ("plane", "mma", "tables"):  # (the FMA correlation does not apply to this plane)
+    for candidate in ("plane", "mma", "tables"):
         names = KERNELS["grad_taps", candidate]
         assert any(first[i:i + len(names)] == names for i in range(len(first)))
     assert list(_tuned("grad_taps").values()) == [path]
@@ -256,9 +254,9 @@ def test_float32_taps_gradients_may_take_3xtf32(clean, cheap, path, force):
 
 @pytest.mark.parametrize("cheap,path", [("window_plane", "plane"), ("tiled_forward", "tables")])
 def test_float32_forward_may_take_3xtf32_strips(clean, cheap, path):
-    """float32: the forward's candidates are the 3xTF32 strips (window_plane.h) and the tables (the FMA forward
-    where it applies); the tuned choice runs bitwise what its path gives forced; DCLS_CONVERT_CUDA_TF32=corr (the
-    correlation only) leaves the strips out."""
+    """float32: the forward's candidates are the 3xTF32 strips (window_plane.h) and the tables; the tuned choice
+    runs bitwise what its path gives forced; DCLS_CONVERT_CUDA_TF32=corr (the correlation only) leaves the strips
+    out."""
     clean.setenv("DCLS_CONVERT_CUDA_TUNE", "on")
     _costs(**{cheap: 0.01})
     layer = _layer(dtype=torch.float32, channels_last=True)

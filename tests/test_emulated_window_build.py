@@ -32,7 +32,7 @@ def _inputs(dtype, C, K, window, interp, on_grid=False, seed=0):
 def test_window_build_equals_cell_reference(dtype, K, interp, flip):
     """Bitwise the reference's window: the same sums in the same order, across chunks of taps (K past one and two
     chunks), either interpolation, turned or not, every dtype's output type (16-bit for the tensor cores, the
-    accumulation type for the FMA convolution)."""
+    accumulation type for float32's 3xTF32 strips; float64 keeps the build exact for the oracle tests below)."""
     window = [19, 23]
     x, w, p = _inputs(dtype, 3, K, window, interp, seed=K)
     args = (x, w, p, window, [1, 1], [9, 11], interp, flip)

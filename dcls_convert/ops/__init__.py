@@ -62,7 +62,7 @@ def tuned_paths() -> dict[str, str]:
     With tuning on (``DCLS_CONVERT_CUDA_TUNE=on``, or ``=benchmark`` with ``torch.backends.cudnn.benchmark = True``
     as timm's train.py sets it), the first call of each shape times every path that applies to the part
     (forward, input gradient, weight/position gradients) on the device and keeps the fastest: "plane" or "mma"
-    (tensor cores), "fma", "tables". Keys name the part, device, dtype, sizes and memory formats, e.g.
+    (tensor cores) or "tables". Keys name the part, device, dtype, sizes and memory formats, e.g.
     "forward cuda:0 BFloat16 N64 C768 7x7->7x7 window 17x17 stride 1x1 padding 8x8 K34 bilinear cl cl".
     Empty without the compiled library, on CPU, or before any tuned call.
     """

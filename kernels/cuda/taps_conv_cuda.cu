@@ -1,7 +1,7 @@
 // Depthwise tap convolution on CUDA: the op flow of tiled_taps_ops.h over the CUDA launch policy, the tiled
 // engine's table build and the gather fallback's kernels (taps_threads.h). The tiled forward and correlation
 // (tiled_forward.cu; tiled_corr.cuh in tiled_corr_16.cu and tiled_corr_32.cu) and the whole-window kernels
-// (window_mma.cu, window_fma.cu) are compiled in their own translation units, in parallel. No atomics: results
+// (window_mma.cu, window_mma_conv.cu) are compiled in their own translation units, in parallel. No atomics: results
 // are identical run to run.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -184,8 +184,8 @@ struct CudaLaunch {
     launch_tiled_corr(w, a, like);
   }
   static int64_t max_smem_bytes(const at::Tensor& like) { return max_smem_optin(like.get_device()); }
-  // the tensor-core and FMA kernels live in their own translation units (window_mma.cu, window_fma.cu), so that
-  // a build compiles them in parallel with this one
+  // the tensor-core kernels live in their own translation units (window_mma.cu, window_mma_conv.cu), so that a
+  // build compiles them in parallel with this one
   static bool mma_supported(const at::Tensor& like) { return window_mma_supported(like); }
   static void window_corr(const WindowCorr<scalar_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
     if constexpr (window_corr_mma_dtype<scalar_t>()) {
@@ -216,17 +216,6 @@ struct CudaLaunch {
     } else {
       TORCH_INTERNAL_ASSERT(false, "window_plane: 16-bit and float32 inputs only");
     }
-  }
-  static void fma_conv(const FmaConv<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like,
-                       bool flip) {
-    if constexpr (fma_conv_dtype<scalar_t>()) {
-      launch_fma_conv(w, a, like, flip);
-    } else {
-      TORCH_INTERNAL_ASSERT(false, "fma_conv: float32 and float64 only");
-    }
-  }
-  static void fma_corr(const FmaCorr<scalar_t, acc_t>& w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like) {
-    launch_fma_corr(w, a, like);
   }
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
     launch_grid_stride<ForwardFn<scalar_t, acc_t>>(n, a);

@@ -1,5 +1,5 @@
-// The dense window's build (window_build.h) as a kernel and its launch, for the tensor cores' window (16-bit out)
-// and the FMA one (the accumulation type out): a block per channel.
+// The dense window's build (window_build.h) as a kernel and its launch, for the tensor cores' window (in the
+// input's type: 16-bit, or float32 for the 3xTF32 strips): a block per channel.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>

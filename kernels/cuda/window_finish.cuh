@@ -1,5 +1,5 @@
 // The whole-window correlations' finish (window_corr_finish_cell, window_corr_finish_tap: a block per channel): the
-// tensor cores' (WindowCorr, PlaneCorr) and the FMA one (FmaCorr) read each tap's corners from their workspace the
+// tensor cores' rows (WindowCorr) and small planes (PlaneCorr) read each tap's corners from their workspace the
 // same way.
 #pragma once
 

@@ -1,7 +1,7 @@
 // Launchers of the whole-window kernels, each in its own translation unit so that a build compiles them in
 // parallel with the tables' kernels (taps_conv_cuda.cu): the tensor cores' (window_mma.cu, the correlation for
-// float16, bfloat16 and float32; window_mma_conv.cu, the convolutions for float16 and bfloat16)
-// and the FMA ones (window_fma.cu). Each launches the kernel and its companion (the window, or the finish).
+// float16, bfloat16 and float32; window_mma_conv.cu, the convolutions). Each launches the kernel and its companion
+// (the window, or the finish).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,10 +23,5 @@ void launch_plane_corr(PlaneCorr<scalar_t> w, const TapsArgs<scalar_t, float>& a
 template <typename scalar_t>
 void launch_window_plane(WindowPlane<scalar_t> w, const TapsArgs<scalar_t, float>& a, const at::Tensor& like,
                          bool flip);
-
-template <typename scalar_t, typename acc_t>
-void launch_fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like);
-template <typename scalar_t, typename acc_t>
-void launch_fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& like, bool flip);
 
 }  // namespace dcls_convert

@@ -588,80 +588,6 @@ struct EmulatedLaunch {
     for (auto& p : pf) std::memset(p.v, 0xff, sizeof(p.v));
   }
 
-  static void fma_conv(FmaConv<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&, bool flip) {
-    if constexpr (fma_conv_dtype<scalar_t>()) {
-      launch({"fma_window", "fma_conv"});  // the window and the convolution
-      std::vector<acc_t> kern(w.kernel_elems());
-      emulate_window_build(a, static_cast<int>(a.Lw), flip, kern.data());
-      w.kern = kern.data();
-      w.slabs = fma_conv_slabs(w, kEmulatedBlocks);
-      with_fma_conv_tiles<acc_t>(w.ro, w.ry, [&](auto o, auto r) { fma_conv_blocks<decltype(o)::value, decltype(r)::value>(w); });
-    }
-  }
-  // fma_conv_kernel, phase by phase; shared memory poisoned with NaN at each job, each image and (transposed
-  // stores) before the outputs take the staged rows' place.
-  template <int RO, int RY>
-  static void fma_conv_blocks(const FmaConv<scalar_t, acc_t>& w) {
-    const int T = w.threads();
-    std::vector<acc_t> smem(w.smem_elems()), kept(int64_t(T) * RO);
-    for (int64_t bid = 0; bid < w.blocks(); ++bid) {
-      const FmaConvJob j = fma_conv_job(w, bid);
-      poison(smem, w.smem_elems());
-      for (int tid = 0; tid < T; ++tid) fma_conv_stage_kernels(w, j, smem.data(), tid);
-      for (int64_t n = j.n_begin; n < j.n_end; ++n) {
-        std::fill(smem.begin() + w.cg * w.k_elems(), smem.end(), std::numeric_limits<acc_t>::quiet_NaN());
-        for (int tid = 0; tid < T; ++tid) fma_conv_stage_rows(w, j, n, smem.data(), tid);
-        for (int tid = 0; tid < T; ++tid) fma_conv_rows<RO, RY>(w, j, n, smem.data(), tid, &kept[int64_t(tid) * RO]);
-        if (w.transposed) {
-          std::fill(smem.begin() + w.cg * w.k_elems(), smem.end(), std::numeric_limits<acc_t>::quiet_NaN());
-          for (int tid = 0; tid < T; ++tid) fma_conv_keep<RO>(w, j, smem.data(), tid, &kept[int64_t(tid) * RO]);
-          for (int tid = 0; tid < T; ++tid) fma_conv_store(w, j, n, smem.data(), tid);
-        }
-      }
-    }
-  }
-  static void fma_corr(FmaCorr<scalar_t, acc_t> w, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor&) {
-    launch({"fma_corr", "fma_corr_finish"});  // the correlation and its finish
-    w.slabs = window_corr_slabs(w, kEmulatedBlocks);
-    // the blocks first to last, then last to first: a workspace value two blocks write (a split's cell written by
-    // another split) differs between the orders, as it could on the device
-    std::vector<acc_t> work(w.C * w.slabs * w.values()), again(work.size());
-    auto v = w;
-    v.work = again.data();
-    with_fma_rows(w.ry, [&](auto r) { fma_corr_blocks<decltype(r)::value>(v, true); });
-    w.work = work.data();
-    with_fma_rows(w.ry, [&](auto r) { fma_corr_blocks<decltype(r)::value>(w, false); });
-    TORCH_CHECK(std::equal(work.begin(), work.end(), again.begin(), [](acc_t p, acc_t q) {
-                  return std::memcmp(&p, &q, sizeof(acc_t)) == 0;
-                }), "fma_corr: the workspace depends on the order of the blocks");
-    emulate_window_finish(w, a);
-  }
-  // fma_corr_kernel, phase by phase; shared memory poisoned with NaN at each band, so that a value the walk reads
-  // before the band stages it shows.
-  template <int RY>
-  static void fma_corr_blocks(const FmaCorr<scalar_t, acc_t>& w, bool last_first) {
-    constexpr int NA = RY * kFmaRX;
-    const int T = w.threads();
-    std::vector<acc_t> smem(w.smem_elems()), acc(int64_t(T) * NA), bias(T);
-    for (int64_t b = 0; b < w.blocks(); ++b) {
-      const FmaCorrJob j = fma_corr_job(w, last_first ? w.blocks() - 1 - b : b);
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      std::fill(bias.begin(), bias.end(), acc_t(0));
-      for (int64_t n = j.n_begin; n < j.n_end; ++n) {
-        int64_t lo = std::numeric_limits<int64_t>::min();
-        for (int64_t iy0 = 0; iy0 < w.H; iy0 += w.band) {
-          poison(smem, w.smem_elems());
-          for (int tid = 0; tid < T; ++tid) fma_corr_stage(w, j, n, iy0, lo, smem.data(), tid, bias[tid]);
-          for (int tid = 0; tid < T; ++tid) fma_corr_rows<RY>(w, j, smem.data(), tid, iy0, &acc[int64_t(tid) * NA]);
-          lo = iy0 + w.ph - w.dy_last() + w.g_rows();
-        }
-      }
-      poison(smem, w.smem_elems());
-      for (int tid = 0; tid < T; ++tid) fma_corr_keep<RY>(w, smem.data(), tid, &acc[int64_t(tid) * NA], bias[tid]);
-      for (int tid = 0; tid < T; ++tid) fma_corr_write(w, j, smem.data(), tid);
-    }
-  }
-
   static void gather_forward(const TapsArgs<scalar_t, acc_t>& a, int64_t n) {
     launch({"gather_forward"});
     for (int64_t i = 0; i < n; ++i) taps_forward_thread(i, a);
@@ -801,33 +727,8 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
   return r;
 }
 
-// The FMA plans for a layer under the emulated device's shared memory. The correlation's: ok, rows of cells per
-// thread, cell blocks (rows, columns), lanes per block, blocks per warp, warps per channel, splits, channels per
-// block, rows per band, threads, shared memory bytes; then the forward's: ok, output rows per task, window rows
-// per block, blocks, window columns, lanes per task, tasks per warp, channels and row blocks per job, warps,
-// shared memory bytes, outputs stored through shared memory.
-std::vector<int64_t> emulate_fma_plan(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
-                                      at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef padding,
-                                      c10::string_view interpolation) {
-  const int interp = parse_interp(std::string(interpolation));
-  auto out = checked_taps_output(input, weight, positions, c10::nullopt, window, stride, padding, interp);
-  const TapsInputs in(input, weight, positions, c10::nullopt, /*keep_input_layout=*/true);
-  std::vector<int64_t> r;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "emulate_fma_plan", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto a = make_taps_args<scalar_t, acc_t>(in.x, in.weight, in.pos, window, stride, padding, interp);
-    const auto w = fma_corr_plan<scalar_t, acc_t>(in.x, out, a, kEmulatedSmemBytes);
-    r = {w.ok, w.ry, w.ny, w.nx, w.span, w.per_warp, w.wpc, w.splits, w.cg, w.band, w.threads(), w.smem_bytes()};
-    const auto v = fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, kEmulatedSmemBytes);
-    const std::vector<int64_t> conv{v.ok, v.ro, v.ry, v.ny, v.ew, v.span, v.per_warp, v.cg, v.bj, v.warps,
-                                    v.smem_bytes(), v.transposed};
-    r.insert(r.end(), conv.begin(), conv.end());
-  });
-  return r;
-}
-
 // The dense window as the whole-window kernels take it: 16-bit inputs (the tensor cores) in their type, kw the
-// width rounded up to 16; others (the FMA convolution) in the accumulation type, kw = Lw. reference: by
+// width rounded up to 16; float32 (the 3xTF32 strips) in the accumulation type, kw = Lw. reference: by
 // window_kernel_thread, one cell at a time, else by the block build the kernels run (window_build.h).
 template <typename scalar_t, typename acc_t>
 at::Tensor window_kernel_of(const TapsArgs<scalar_t, acc_t>& a, bool flip, bool reference,
@@ -887,8 +788,6 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
         "str interpolation, int kind) -> int[]");
   m.def("window_plans(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation) -> int[]");
-  m.def("fma_plan(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
-        "str interpolation) -> int[]");
   m.def("window_kernel(Tensor input, Tensor weight, Tensor positions, int[] window, int[] stride, int[] padding, "
         "str interpolation, bool flip, bool reference=False) -> Tensor");
   m.def("take_launches() -> int", &take_launches);
@@ -909,7 +808,6 @@ TORCH_LIBRARY_IMPL(dcls_convert_emulation, CPU, m) {
   m.impl("tile_config", &emulate_tile_config);
   m.impl("window_plans", &emulate_window_plans);
   m.impl("window_kernel", &emulate_window_kernel);
-  m.impl("fma_plan", &emulate_fma_plan);
   m.impl("between_cells", &between_cells);
 }
 

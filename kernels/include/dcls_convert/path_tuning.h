@@ -8,7 +8,7 @@
 // which one wins may differ between processes, so the bits would); unset, "auto", "off" or "0": no tuning. Unset
 // is to mean "benchmark" once a GPU run has passed the tuning and small-plane tests (RESULTS.md, twelfth session):
 // until then a training script that sets cudnn.benchmark, as timm's does, keeps the cost rule.
-// A switch that forces a path on for a part (DCLS_CONVERT_CUDA_MMA, _PLANE, _FMA, _TF32 naming it) turns tuning off
+// A switch that forces a path on for a part (DCLS_CONVERT_CUDA_MMA, _PLANE, _TF32 naming it) turns tuning off
 // for that part; one that keeps a path off removes it from the candidates. The tables' path is timed with every tap between grid cells (4 corners each): what a layer in
 // training has once its positions move, not the on-grid taps of a fresh conversion, which would flatter it.
 // No tuning while a CUDA graph is being captured (a cached choice still applies).
@@ -32,13 +32,12 @@
 
 namespace dcls_convert {
 
-enum class Path { kPlane, kMma, kFma, kTables };
+enum class Path { kPlane, kMma, kTables };
 
 inline const char* path_name(Path p) {
   switch (p) {
     case Path::kPlane: return "plane";
     case Path::kMma: return "mma";
-    case Path::kFma: return "fma";
     default: return "tables";
   }
 }
@@ -139,7 +138,7 @@ struct PathSelect {
   enum Mode { kRule, kCached, kTune } mode = kRule;
   Path cached = Path::kTables;
   TuneKey key;
-  // Under the cost rule a path is planned only where the ones before it (plane, mma, fma) did not apply.
+  // Under the cost rule a path is planned only where the ones before it (plane, mma) did not apply.
   bool after(bool earlier_ok) const { return mode != kRule || !earlier_ok; }
 };
 

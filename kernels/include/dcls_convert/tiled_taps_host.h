@@ -19,8 +19,6 @@
 #include "dcls_convert/window_plane.h"
 #include "dcls_convert/window_plane_corr.h"
 #include "dcls_convert/window_corr.h"
-#include "dcls_convert/window_fma_conv.h"
-#include "dcls_convert/window_fma_corr.h"
 
 namespace dcls_convert {
 
@@ -264,7 +262,6 @@ inline PartChoice part_choice(const char* var, const char* part) {
   if (v.empty() || v == "auto") return PartChoice::kAuto;
   return v == "all" || v == part ? PartChoice::kOn : PartChoice::kOff;
 }
-inline bool part_selected(const char* var, const char* part) { return part_choice(var, part) == PartChoice::kOn; }
 
 // The dtypes the tensor cores take (mma.m16n8k16: float16, bfloat16).
 template <typename scalar_t>
@@ -383,33 +380,6 @@ WindowCorr<scalar_t> window_corr_plan(const at::Tensor& x, const at::Tensor& g, 
   return w;
 }
 
-// DCLS_CONVERT_CUDA_FMA: the parts of a layer the tensor cores do not take that run by FMA over the whole window
-// where it applies: "corr" (weight and position gradients, window_fma_corr.h), "conv" (forward and input
-// gradient, float32 and float64, window_fma_conv.h) or "all"; unset, none (the tables'). Opt-in: on an H200 they
-// were slower than the tables at every ConvNeXt-T stage but the stage-1 correlation (RESULTS.md, ninth session).
-inline bool fma_mode(const char* part) { return part_selected("DCLS_CONVERT_CUDA_FMA", part); }
-
-// The FMA kernels' staging offsets within a plane are 31-bit (RegionWalk): a plane of h x wd with strides s (n, c,
-// y, x), kFmaWalkMargin rows and kFmaMaxWindow columns beyond it on each side.
-inline bool plane_offsets_fit(const int64_t* s, int64_t h, int64_t wd) {
-  return (h + 2 * kFmaWalkMargin) * std::abs(s[2]) + (wd + 2 * kFmaMaxWindow) * std::abs(s[3]) < (int64_t(1) << 31);
-}
-
-// The FMA correlation of g with x, or ok = false where it does not apply. The executor sets the slabs and the
-// workspace.
-template <typename scalar_t, typename acc_t>
-FmaCorr<scalar_t, acc_t> fma_corr_plan(const at::Tensor& x, const at::Tensor& g, const TapsArgs<scalar_t, acc_t>& a,
-                                       int64_t max_smem_bytes) {
-  auto w = fma_corr_shape<scalar_t, acc_t>(a.N, a.C, a.H, a.W, a.Ho, a.Wo, a.Lh, a.Lw, a.sh, a.sw, a.ph, a.pw,
-                                           corner_bound(a), max_smem_bytes);
-  w.x = x.data_ptr<scalar_t>();
-  w.g = g.data_ptr<scalar_t>();
-  plane_strides(x, w.xs);
-  plane_strides(g, w.gs);
-  if (!plane_offsets_fit(w.xs, a.H, a.W) || !plane_offsets_fit(w.gs, a.Ho, a.Wo)) w.ok = false;
-  return w;
-}
-
 // What a whole-window convolution of x into out reads, writes and spans: the forward's planes, or with flip the
 // input gradient's (x the output gradient, out the input's gradient, the window turned and the padding L - 1 - p).
 struct WindowConvGeometry {
@@ -420,7 +390,7 @@ WindowConvGeometry window_conv_geometry(const TapsArgs<scalar_t, acc_t>& a, bool
   if (!flip) return {a.H, a.W, a.Ho, a.Wo, a.ph, a.pw};
   return {a.Ho, a.Wo, a.H, a.W, a.Lh - 1 - a.ph, a.Lw - 1 - a.pw};
 }
-// The tensors of a whole-window convolution's plan (WindowConv, FmaConv): pointers, strides, the bias (none for
+// The tensors of a whole-window convolution's plan (WindowConv, WindowPlane): pointers, strides, the bias (none for
 // the input gradient) and whether the input is channels_last.
 template <typename Plan, typename scalar_t, typename acc_t>
 void bind_window_conv(Plan& w, const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
@@ -445,25 +415,6 @@ void bind_mma_staging(Plan& w, const at::Tensor& x, const at::Tensor& out, int64
   w.vec8 = vec && staging_vec(x.data_ptr(), w.xs, C, run, access);
   w.out_cl = w.os[1] == 1 && C > 1;
   w.out_vec8 = vec && staging_vec(out.data_ptr(), w.os, C, run, access);
-}
-
-// The FMA convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply. The
-// executor builds the window and sets the slabs.
-template <typename scalar_t, typename acc_t>
-FmaConv<scalar_t, acc_t> fma_conv_plan(const at::Tensor& x, const at::Tensor& out, const TapsArgs<scalar_t, acc_t>& a,
-                                       bool flip, int64_t max_smem_bytes) {
-  FmaConv<scalar_t, acc_t> w;
-  if constexpr (fma_conv_dtype<scalar_t>()) {
-    if (a.sh != 1 || a.sw != 1) return w;
-    const WindowConvGeometry g = window_conv_geometry(a, flip);
-    w = fma_conv_shape<scalar_t, acc_t>(a.N, a.C, g.H, g.W, g.Ho, g.Wo, a.Lh, a.Lw, g.ph, g.pw, corner_bound(a),
-                                        max_smem_bytes);
-    bind_window_conv(w, x, out, a, flip);
-    // channels_last outputs of one column pass per thread go through shared memory (coalesced stores)
-    w.transposed = w.os[1] == 1 && a.C > 1 && w.cg > 1 && g.Wo <= w.span;
-    if (!plane_offsets_fit(w.xs, g.H, g.W)) w.ok = false;
-  }
-  return w;
 }
 
 // The tensor-core convolution of x into out (flip as window_conv_geometry), or ok = false where it does not apply

@@ -8,8 +8,8 @@
 // Launches per call (the tiled engine): forward 2 (table, forward); backward 4 at stride 1 (the mirrored and
 // corner tables in one launch, the input gradient, the correlation, its finish, which also writes the bias
 // gradient); a strided layer's input gradient takes one launch per stride phase (PhaseAxis). The whole-window
-// parts (tensor cores, DCLS_CONVERT_CUDA_MMA; FMA, DCLS_CONVERT_CUDA_FMA) take 2 each: the window and the
-// convolution, or the correlation and its finish; a backward mixing them with the tables' takes 4 or 5.
+// parts (tensor cores: DCLS_CONVERT_CUDA_MMA, _PLANE, _TF32) take 2 each: the window and the convolution, or the
+// correlation and its finish; a backward mixing them with the tables' takes 4 or 5.
 // Each gradient is written once (no zero fills), the taps' in the accumulation type: no casts for the float32
 // parameters of a layer under autocast.
 //
@@ -26,8 +26,6 @@
 //   static void window_conv(WindowConv, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit: window + conv
 //   static void window_plane(WindowPlane, const TapsArgs&, const at::Tensor& like, bool flip);  16-bit, float32: window + plane
 //   static void plane_corr(PlaneCorr, const TapsArgs&, const at::Tensor& like);  16-bit, float32: correlation + finish
-//   static void fma_corr(FmaCorr, const TapsArgs&, const at::Tensor& like);  whole-window FMA correlation + finish
-//   static void fma_conv(FmaConv, const TapsArgs&, const at::Tensor& like, bool flip);  float32/64: window + conv
 //   static void gather_forward(const TapsArgs&, int64_t outputs);          NCHW, one thread per output
 //   static void gather_grad_input(const TapsArgs&, int64_t inputs);        NCHW, one thread per input
 //   static void tap_blocks(const TapsArgs&);                     weight/position gradients, one block per tap
@@ -70,8 +68,6 @@ bool tuning_allows(Path p, const char* part) {
         return std::string(part) == "corr" && !mma_off &&
                part_choice("DCLS_CONVERT_CUDA_TF32", part) != PartChoice::kOff;
       return window_corr_dtype<scalar_t>() && !mma_off;
-    case Path::kFma:
-      return part_choice("DCLS_CONVERT_CUDA_FMA", part) != PartChoice::kOff;
     default:
       return true;
   }
@@ -83,7 +79,7 @@ bool path_forced(const char* part) {
   const bool on_16 = window_corr_dtype<scalar_t>() && (part_choice("DCLS_CONVERT_CUDA_MMA", part) == PartChoice::kOn ||
                                                        part_choice("DCLS_CONVERT_CUDA_PLANE", part) == PartChoice::kOn);
   const bool on_32 = std::is_same_v<scalar_t, float> && tf32_wanted(part);
-  return on_16 || on_32 || part_choice("DCLS_CONVERT_CUDA_FMA", part) == PartChoice::kOn;
+  return on_16 || on_32;
 }
 
 // How part ("conv" or "corr") of a scalar_t layer picks its path (path_tuning.h): the cost rule, unless tuning is
@@ -105,11 +101,10 @@ bool consider(const PathSelect& sel, Path p, const char* part, RuleFn rule) {
 }
 
 // The plans of the paths not chosen switched off, so that the run below takes the chosen one.
-template <typename P, typename W, typename F>
-void keep_only(Path chosen, P& plane, W& mma, F& fma) {
+template <typename P, typename W>
+void keep_only(Path chosen, P& plane, W& mma) {
   plane.ok = plane.ok && chosen == Path::kPlane;
   mma.ok = mma.ok && chosen == Path::kMma;
-  fma.ok = fma.ok && chosen == Path::kFma;
 }
 
 // a's positions pointed at pos (D, C, 1, K), as make_taps_args lays them out.
@@ -125,15 +120,13 @@ void point_positions(TapsArgs<scalar_t, acc_t>& a, const at::Tensor& pos) {
 // as tuning's candidates (the plans, a and input outlive them).
 template <typename L, typename scalar_t, typename acc_t>
 void add_window_candidates(std::vector<Candidate>& cands, const WindowPlane<scalar_t>& pv,
-                           const WindowConv<scalar_t>& wv, const FmaConv<scalar_t, acc_t>& fv,
-                           const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& input, bool flip) {
+                           const WindowConv<scalar_t>& wv, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& input, bool flip) {
   if (pv.ok) cands.push_back({Path::kPlane, [&pv, &a, &input, flip] {
     if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pv, a, input, flip);
   }});
   if (wv.ok) cands.push_back({Path::kMma, [&wv, &a, &input, flip] {
     if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, flip);
   }});
-  if (fv.ok) cands.push_back({Path::kFma, [&fv, &a, &input, flip] { L::fma_conv(fv, a, input, flip); }});
 }
 
 template <template <typename, typename> class Launch>
@@ -160,10 +153,6 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
                       consider<scalar_t>(sel, Path::kMma, "conv", [&] { return mma_wanted("conv", a); })
                   ? window_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
                   : WindowConv<scalar_t>();
-    auto fv = sel.after(pv.ok || wv.ok) && !L::gather_only() &&
-                      consider<scalar_t>(sel, Path::kFma, "conv", [&] { return fma_mode("conv"); })
-                  ? fma_conv_plan<scalar_t, acc_t>(in.x, out, a, false, L::max_smem_bytes(input))
-                  : FmaConv<scalar_t, acc_t>();
     // the tables' forward: its table and the convolution, for the positions `at` points at
     auto tables_forward = [&](const TapsArgs<scalar_t, acc_t>& at, TiledConv<scalar_t, acc_t> p) {
       TableBuffers<acc_t> tb(input, a.C, a.K, 1);
@@ -173,7 +162,7 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
     };
     if (sel.mode == PathSelect::kTune) {  // every path that applies, timed; the tables' with moved positions
       std::vector<Candidate> cands;
-      add_window_candidates<L>(cands, pv, wv, fv, a, input, false);
+      add_window_candidates<L>(cands, pv, wv, a, input, false);
       at::Tensor moved;
       auto am = a;
       if (plan.cfg.ok) {
@@ -181,14 +170,12 @@ at::Tensor tiled_taps_conv(const at::Tensor& input, const at::Tensor& weight, co
         point_positions(am, moved);
         cands.push_back({Path::kTables, [&] { tables_forward(am, forward_plan<scalar_t, acc_t>(in.x, out, am)); }});
       }
-      keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv, fv);
+      keep_only(tune_paths(sel, cands, L::timer(input)), pv, wv);
     }
     if (pv.ok) {
       if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pv, a, input, false);
     } else if (wv.ok) {
       if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wv, a, input, false);
-    } else if (fv.ok) {
-      L::fma_conv(fv, a, input, false);
     } else if (plan.cfg.ok && !L::gather_only()) {
       tables_forward(a, plan);
     } else {  // the gather kernel indexes NCHW
@@ -233,8 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         return am;
       };
 
-      // The input gradient: on tensor cores where they apply (16-bit, stride 1) and pay (mma_wanted), or, opted
-      // in, the FMA convolution (float32, float64), else one tiled forward of the tables per stride phase with
+      // The input gradient: on tensor cores where they apply (16-bit, stride 1; float32 opted in) and pay
+      // (plane_wanted, mma_wanted), else one tiled forward of the tables per stride phase with
       // outputs (one at stride 1: the mirrored taps), the phase tables within kMaxTableBytes, else the gather kernel.
       const auto gsel = !mask[0] ? PathSelect()
                                  : select_path<L, scalar_t>(
@@ -247,10 +234,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
                         consider<scalar_t>(gsel, Path::kMma, "conv", [&] { return mma_wanted("conv", a, true); })
                     ? window_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
                     : WindowConv<scalar_t>();
-      auto fg = gsel.after(pg.ok || wg.ok) && mask[0] && !L::gather_only() &&
-                        consider<scalar_t>(gsel, Path::kFma, "conv", [&] { return fma_mode("conv"); })
-                    ? fma_conv_plan<scalar_t, acc_t>(g, grads.gin, a, true, L::max_smem_bytes(input))
-                    : FmaConv<scalar_t, acc_t>();
       struct Phase {
         int ry, rx;
         TiledConv<scalar_t, acc_t> plan;
@@ -271,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
       };
       if (gsel.mode == PathSelect::kTune) {
         std::vector<Candidate> cands;
-        add_window_candidates<L>(cands, pg, wg, fg, a, input, true);
+        add_window_candidates<L>(cands, pg, wg, a, input, true);
         const Args am = moved_args();
         std::vector<Phase> mp;
         if (phase_plans(am, mp)) cands.push_back({Path::kTables, [&] {
@@ -280,13 +263,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           L::tables(am, tb.builds);
           for (const auto& p : mp) L::forward(p.plan);
         }});
-        keep_only(tune_paths(gsel, cands, L::timer(input)), pg, wg, fg);
+        keep_only(tune_paths(gsel, cands, L::timer(input)), pg, wg);
       }
       std::vector<Phase> phases;
-      const bool tiled_gi = !pg.ok && !wg.ok && !fg.ok && phase_plans(a, phases);
+      const bool tiled_gi = !pg.ok && !wg.ok && phase_plans(a, phases);
 
-      // The weight and position gradients (and the bias's): tensor cores where they apply (16-bit) and pay
-      // (mma_wanted), or, opted in, the FMA correlation, else the tables' correlation, else one block per tap.
+      // The weight and position gradients (and the bias's): tensor cores where they apply (16-bit; float32 opted
+      // in) and pay (plane_wanted, mma_wanted), else the tables' correlation, else one block per tap.
       // Each path's correlation and finish write every asked gradient once.
       const int64_t asked = int64_t(mask[1]) | int64_t(mask[2]) << 1 | int64_t(mask[3]) << 2;
       const auto csel = !want_taps ? PathSelect()
@@ -300,10 +283,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
                         consider<scalar_t>(csel, Path::kMma, "corr", [&] { return mma_wanted("corr", a); })
                     ? window_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
                     : WindowCorr<scalar_t>();
-      auto fc = csel.after(pc.ok || wc.ok) && want_taps && !L::gather_only() &&
-                        consider<scalar_t>(csel, Path::kFma, "corr", [&] { return fma_mode("corr"); })
-                    ? fma_corr_plan<scalar_t, acc_t>(in.x, g, a, L::max_smem_bytes(input))
-                    : FmaCorr<scalar_t, acc_t>();
       auto plane_corr = [&](PlaneCorr<scalar_t> w) {
         if constexpr (window_corr_mma_dtype<scalar_t>()) {
           if (mask[3]) w.grad_bias = grads.template bind_bias<float>(weight);  // (acc_t: float for 16-bit inputs)
@@ -316,10 +295,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           L::window_corr(w, a, input);
         }
       };
-      auto fma_corr = [&](FmaCorr<scalar_t, acc_t> w) {
-        if (mask[3]) w.grad_bias = grads.template bind_bias<acc_t>(weight);
-        L::fma_corr(w, a, input);
-      };
       auto tables_corr = [&](const Args& at, TiledCorr<scalar_t, acc_t> w) {
         if (mask[3]) w.grad_bias = grads.template bind_bias<acc_t>(weight);
         L::corr(w, at, input);
@@ -328,7 +303,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         std::vector<Candidate> cands;
         if (pc.ok) cands.push_back({Path::kPlane, [&] { plane_corr(pc); }});
         if (wc.ok) cands.push_back({Path::kMma, [&] { window_corr(wc); }});
-        if (fc.ok) cands.push_back({Path::kFma, [&] { fma_corr(fc); }});
         const Args am = moved_args();
         auto cm = corr_plan<scalar_t, acc_t>(in.x, g, am);
         if (cm.cfg.ok && !L::gather_only()) cands.push_back({Path::kTables, [&] {
@@ -337,9 +311,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
           L::tables(am, tb.builds);
           tables_corr(am, cm);
         }});
-        keep_only(tune_paths(csel, cands, L::timer(input)), pc, wc, fc);
+        keep_only(tune_paths(csel, cands, L::timer(input)), pc, wc);
       }
-      auto corr = want_taps && !pc.ok && !wc.ok && !fc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
+      auto corr = want_taps && !pc.ok && !wc.ok ? corr_plan<scalar_t, acc_t>(in.x, g, a) : TiledCorr<scalar_t, acc_t>();
       const bool tiled_corr = corr.cfg.ok && !L::gather_only();
 
       // The run: every table of the tables' paths in one launch, then the input gradient, then the correlation.
@@ -353,8 +327,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pg, a, input, true);
       } else if (wg.ok) {
         if constexpr (window_corr_dtype<scalar_t>()) L::window_conv(wg, a, input, true);
-      } else if (fg.ok) {
-        L::fma_conv(fg, a, input, true);
       } else if (tiled_gi) {
         for (const auto& p : phases) L::forward(p.plan);
       } else if (mask[0]) {  // more than kMaxPhases phases, or tiles too large: the gather kernel, NCHW
@@ -374,8 +346,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tiled_taps_conv_backw
         plane_corr(pc);
       } else if (wc.ok) {
         window_corr(wc);
-      } else if (fc.ok) {
-        fma_corr(fc);
       } else if (tiled_corr) {
         tables_corr(a, corr);
       } else {  // one block per tap

@@ -143,7 +143,7 @@ WindowCorr<scalar_t> window_corr_shape(int64_t N, int64_t C, int64_t H, int64_t 
 }
 
 // Slabs of images per channel group: about `target` blocks, at least one image per slab, and a workspace of at
-// most 2^24 values. Corr: this correlation or the FMA one (window_fma_corr.h).
+// most 2^24 values.
 template <typename Corr>
 int64_t window_corr_slabs(const Corr& w, int64_t target) {
   const int64_t by_blocks = (target + w.groups() - 1) / std::max<int64_t>(w.groups(), 1);
@@ -443,8 +443,8 @@ DCLS_HD void window_corr_write(const WindowCorr<scalar_t>& w, const WindowCorrJo
 // Second kernel, a block per channel, in two phases. Phase 1: each of the channel's cells (and its bias sum) summed
 // over the slabs in order, by a thread per cell (neighbouring threads read neighbouring cells), into the block's G.
 // Phase 2: a thread per tap (c, k) maps its corners' sums from G to the weight and position gradients
-// (taps_wgrad_finish); tap 0 also writes the bias gradient. Corr: this correlation, the FMA one
-// (window_fma_corr.h) or the small-plane one (window_plane_corr.h), whose workspaces have the same layout.
+// (taps_wgrad_finish); tap 0 also writes the bias gradient. Corr: this correlation or the small-plane one
+// (window_plane_corr.h), whose workspaces have the same layout.
 // (A thread per tap summing its own corners over the slabs read them scattered, one slab after another: at 64
 // slabs, 256 loads a thread on a grid of a few blocks.)
 template <typename Corr, typename acc_t>
