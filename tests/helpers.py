@@ -85,17 +85,3 @@ def check_taps_against_oracle(c, device):
 
 
 requires_compiled = pytest.mark.skipif(not ops.has_compiled_ops(), reason="compiled library not built")
-
-
-def draw_stride1_layer(data, max_taps):
-    """A random 2-D stride-1 layer in float64 for hypothesis tests: input (1-3 images, 1-10 channels, either memory
-    format; planes to 40 past the window), taps (windows to 30, up to max_taps), window and padding (inside it)."""
-    window = data.draw(st.lists(st.integers(1, 30), min_size=2, max_size=2))
-    padding = [data.draw(st.integers(0, L - 1)) for L in window]
-    size = [data.draw(st.integers(max(1, L - 2 * p), max(1, L - 2 * p) + 40)) for L, p in zip(window, padding)]
-    C = data.draw(st.integers(1, 10))
-    x = torch.randn(data.draw(st.integers(1, 3)), C, *size, dtype=torch.float64)
-    if data.draw(st.booleans()):
-        x = x.contiguous(memory_format=torch.channels_last)
-    w, p, _ = random_taps(2, C, 1, data.draw(st.integers(1, max_taps)), window, spread=1.4)
-    return x, w, p, window, padding

@@ -93,9 +93,9 @@ def test_bench_gpu_layer_table_builds(monkeypatch, capsys, plane_off):
 
 
 def test_bench_gpu_model_variants_include_tensor_cores():
-    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows, float32 3xTF32 rows (DCLS_CONVERT_CUDA_TF32=corr) and small-plane rows
-    (DCLS_CONVERT_CUDA_PLANE=all) and tuned rows (DCLS_CONVERT_CUDA_TUNE=on) exist for every method, named so that
-    --variants "dcls K*" picks the six dcls rows."""
+    """The model table's tensor-core rows (DCLS_CONVERT_CUDA_MMA=all while they run), tables rows, float32 3xTF32
+    rows (DCLS_CONVERT_CUDA_TF32=all), small-plane rows (DCLS_CONVERT_CUDA_PLANE=all) and tuned rows
+    (DCLS_CONVERT_CUDA_TUNE=on) exist for every method, named so that --variants "dcls K*" picks the six dcls rows."""
     import bench_gpu
 
     names = list(bench_gpu._variants("convnext_tiny"))

@@ -728,7 +728,8 @@ std::vector<int64_t> emulate_window_plans(const at::Tensor& input, const at::Ten
 }
 
 // The dense window as the whole-window kernels take it: 16-bit inputs (the tensor cores) in their type, kw the
-// width rounded up to 16; float32 (the 3xTF32 strips) in the accumulation type, kw = Lw. reference: by
+// width rounded up to 16; float32 and float64 in the accumulation type, kw = Lw (the build tests'; the 3xTF32 strips
+// build float32 with kw rounded to 16, WindowPlane::kw()). reference: by
 // window_kernel_thread, one cell at a time, else by the block build the kernels run (window_build.h).
 template <typename scalar_t, typename acc_t>
 at::Tensor window_kernel_of(const TapsArgs<scalar_t, acc_t>& a, bool flip, bool reference,

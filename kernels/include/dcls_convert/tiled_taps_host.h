@@ -282,7 +282,8 @@ constexpr bool window_corr_mma_dtype() {
 inline bool tf32_wanted(const char* part) { return part_choice("DCLS_CONVERT_CUDA_TF32", part) == PartChoice::kOn; }
 
 // The most table entries a channel's taps make: their corners, 2 per axis for bilinear taps (4 in 2-D, 2 in 1-D,
-// where the window is one row), 1 for nearest. The whole-window kernels' rules weigh their cells against it.
+// where the window is one row), 1 for nearest. The cost rule (mma_wanted) weighs the tensor cores' cells against
+// it.
 template <typename scalar_t, typename acc_t>
 int64_t corner_bound(const TapsArgs<scalar_t, acc_t>& a) {
   return a.K * (a.interp == kBilinear ? (a.Lh > 1 ? 4 : 2) : 1);

@@ -120,7 +120,8 @@ void point_positions(TapsArgs<scalar_t, acc_t>& a, const at::Tensor& pos) {
 // as tuning's candidates (the plans, a and input outlive them).
 template <typename L, typename scalar_t, typename acc_t>
 void add_window_candidates(std::vector<Candidate>& cands, const WindowPlane<scalar_t>& pv,
-                           const WindowConv<scalar_t>& wv, const TapsArgs<scalar_t, acc_t>& a, const at::Tensor& input, bool flip) {
+                           const WindowConv<scalar_t>& wv, const TapsArgs<scalar_t, acc_t>& a,
+                           const at::Tensor& input, bool flip) {
   if (pv.ok) cands.push_back({Path::kPlane, [&pv, &a, &input, flip] {
     if constexpr (window_corr_mma_dtype<scalar_t>()) L::window_plane(pv, a, input, flip);
   }});
