@@ -119,7 +119,9 @@ def test_taps_conv_cuda_stage_shapes(monkeypatch, shape, window, dtype, channels
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
     ref = [t.detach().double().requires_grad_() for t in leaves]
     want = _dense_oracle(*ref, win, [1, 1], pad)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    # float32 as 3xTF32: the card's tensor cores round their float32 sums toward zero (the emulation's to nearest),
+    # about 2e-6 of the largest output in a model of stage 1; a wrong index shows at 1e-3 or more
+    tol = {torch.float32: 3e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
     assert max_rel(y.double(), want) < tol
     g = torch.randn_like(want)
     for a, e in zip(torch.autograd.grad(y, leaves, g.to(dtype)), torch.autograd.grad(want, ref, g)):
@@ -343,8 +345,8 @@ def test_window_plane_tf32_cuda(monkeypatch, shape, window, channels_last):
     y = _dense_oracle(xd, w, p, win, [1, 1], pad) + b.double().view(-1, 1, 1)
     want = (y.detach(), torch.autograd.grad(y, xd, g.double())[0])
     for got, tab, e in zip(runs[0], tables, want):
-        assert max_rel(got.double(), e) < 1e-5
-        assert max_rel(got.double(), tab.double()) < 1e-5
+        assert max_rel(got.double(), e) < 3e-5  # (3xTF32's sums round toward zero on the card: see above)
+        assert max_rel(got.double(), tab.double()) < 3e-5
     assert runs[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
