@@ -1,8 +1,8 @@
-// The GPU tap engine's weight and position gradients for 16-bit inputs at stride 1 on planes with rows of up to 64
-// columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7), and for float32 as 3xTF32, on tensor
-// cores: the correlation at every
-// cell of the window, G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw], then each
-// tap's corners from G (window_corr_finish_cell and _tap, as for window_corr.h: the same workspace).
+// The GPU tap engine's weight and position gradients on tensor cores, for 16-bit inputs (and float32 as 3xTF32) at
+// stride 1 on planes with rows of up to 64 columns, in and out (each of ConvNeXt-T's stages, 56 x 56 to 7 x 7).
+// The correlation at every cell of the window,
+//   G[ky][kx] = sum over (n, oy, ox) of g[n][oy][ox] x[n][oy + ky - ph][ox + kx - pw],
+// then each tap's corners from G (window_corr_finish_cell and _tap, as for window_corr.h: the same workspace).
 //
 // Per window row ky, one product per channel with the images and input rows as its k dimension:
 //   S_ky[ix][ox] = sum over (n, iy) of x[n][iy][ix] * g[n][iy - ky + ph][ox]   (input rows whose output row exists)
