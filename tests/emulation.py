@@ -1,5 +1,5 @@
 """The CPU emulation of the CUDA kernels (kernels/emulation/), built for the tests only: it is never part of the
-shipped dcls_convert._C. The first build takes about a minute on 2 cores; later runs reuse build/emulation/."""
+shipped dcls_convert._C. The first build takes about 40 s on 2 cores; later runs reuse build/emulation/."""
 import functools
 import os
 
