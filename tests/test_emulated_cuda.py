@@ -1486,3 +1486,43 @@ def test_plane_switch_parts(monkeypatch, plane, mma, conv, corr):
     kernels = E.take_kernels()
     assert kernels.count("window_plane") == (2 if conv else 0)
     assert ("plane_corr" in kernels) == corr
+
+
+@pytest.fixture
+def truncating_mma():
+    """The emulated mma rounding each product's sum toward zero, as the tensor cores do (set_mma_rounding), for
+    the duration of a test."""
+    E.set_mma_rounding("zero")
+    yield
+    E.set_mma_rounding("nearest")
+
+
+@pytest.mark.parametrize("size,window,padding,kernels", [
+    ([56, 56], [17, 17], [8, 8], ["window_plane", "plane_corr"]),   # ConvNeXt-T stage 1: strips, bands of rows
+    ([14, 14], [17, 17], [8, 8], ["window_plane", "plane_corr"]),   # stage 3
+    ([20, 80], [17, 17], [8, 8], ["window_corr"]),  # rows past 64 columns: the rows' correlation (the tables' forward)
+])
+def test_float32_tensor_cores_within_device_tolerance_when_sums_truncate(monkeypatch, truncating_mma, size, window,
+                                                                        padding, kernels):
+    """The card's tensor cores round an mma's float32 sum toward zero, which the emulation's default (each product
+    added in turn, to nearest) does not show. With every mma of float32's 3xTF32 kernels (DCLS_CONVERT_CUDA_TF32=all)
+    rounding that way, every gradient still meets the device tests' tolerances (tests/test_cuda.py: 3e-5 for the
+    forward and input gradient, 1e-4 for the weight, position and bias gradients) against the float64 oracle, and
+    the weight gradient differs from the default rounding's (the switch took effect)."""
+    monkeypatch.setenv("DCLS_CONVERT_CUDA_TF32", "all")
+    x = torch.randn(2, 8, *size).contiguous(memory_format=torch.channels_last)
+    w, p, _ = random_taps(2, 8, 1, 34, window, spread=1.4, dtype=torch.float32)
+    b = torch.randn(8)
+    args = (window, [1, 1], padding, "bilinear")
+    out = E.taps_conv(x, w, p, b, *args)
+    g = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
+    E.take_kernels()
+    grads = E.taps_conv_backward(g, x, w, p, *args, [True, True, True, True])
+    assert [k for k in E.take_kernels() if k in kernels] == kernels
+    leaves = [t.double().requires_grad_() for t in (x, w, p, b)]
+    y = reference.taps_conv(*leaves, *args)
+    want = (y.detach(), *torch.autograd.grad(y, leaves, g.double()))
+    for got, e, tol in zip((out, *grads), want, (3e-5, 3e-5, 1e-4, 1e-4, 1e-4)):
+        assert max_rel(got.double(), e) < tol
+    E.set_mma_rounding("nearest")
+    assert not torch.equal(grads[1], E.taps_conv_backward(g, x, w, p, *args, [False, True, False, False])[1])

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -159,6 +160,28 @@ void emulate_window_build(const TapsArgs<scalar_t, acc_t>& a, int kw, bool flip,
   }
 }
 
+// How the emulated mma rounds its float32 sums. Nearest (the default): each product added in turn, rounded to
+// nearest, as the tests' bitwise comparisons of paths assume. Toward zero (set_mma_rounding("zero")): an mma's
+// products and accumulator summed in double, then rounded toward zero once, as the tensor cores truncate (their
+// order and internal width are not specified): the device tests' float32 tolerances are checked under it.
+bool g_mma_round_zero = false;
+void set_mma_rounding(std::string mode) {
+  TORCH_CHECK(mode == "nearest" || mode == "zero", "set_mma_rounding: 'nearest' or 'zero', not '", mode, "'");
+  g_mma_round_zero = mode == "zero";
+}
+// acc plus the n products a[k] * b[k] (k = 0 .. n - 1, with stride sb in b), rounded as set_mma_rounding says.
+inline float mma_sum(float acc, const float* a, const float* b, int n, int sb) {
+  if (!g_mma_round_zero) {
+    for (int k = 0; k < n; ++k) acc += a[k] * b[k * sb];
+    return acc;
+  }
+  double d = acc;
+  for (int k = 0; k < n; ++k) d += double(a[k]) * double(b[k * sb]);
+  float f = static_cast<float>(d);
+  if (std::isfinite(f) && std::fabs(double(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
+  return f;
+}
+
 // A 16-bit value's float from its bits (the low or high half of a fragment register).
 template <typename scalar_t>
 float half_bits(uint32_t r, int high) {
@@ -192,9 +215,7 @@ struct MmaEmulated {
       const int g = lane >> 2, t = lane & 3;
       for (int q = 0; q < 4; ++q) {
         const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
-        float s = acc[lane][4 * tile + q];
-        for (int k = 0; k < 16; ++k) s += a[row][k] * b[k][col];
-        acc[lane][4 * tile + q] = s;
+        acc[lane][4 * tile + q] = mma_sum(acc[lane][4 * tile + q], a[row], &b[0][col], 16, 8);
       }
     }
   }
@@ -248,9 +269,7 @@ struct MmaEmulated<float> {
         const int g = lane >> 2, t = lane & 3;
         for (int q = 0; q < 4; ++q) {
           const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
-          float s = acc[lane][4 * tile + q];
-          for (int k = 0; k < 8; ++k) s += a[term[0]][row][k] * b[term[1]][k][col];
-          acc[lane][4 * tile + q] = s;
+          acc[lane][4 * tile + q] = mma_sum(acc[lane][4 * tile + q], a[term[0]][row], &b[term[1]][0][col], 8, 8);
         }
       }
   }
@@ -796,6 +815,7 @@ TORCH_LIBRARY(dcls_convert_emulation, m) {
   m.def("set_kernel_costs(str[] names, float[] costs) -> ()", &set_kernel_costs);
   m.def("tuned_paths() -> str[]", &tuned_paths);
   m.def("clear_tuned_paths() -> ()", &clear_tuned_paths);
+  m.def("set_mma_rounding(str mode) -> ()", &set_mma_rounding);
   m.def("between_cells(Tensor positions, int[] window) -> Tensor");
 }
 
