@@ -1,9 +1,8 @@
 // Depthwise tap convolution on CUDA: the op flow of tiled_taps_ops.h over the CUDA launch policy, the tiled
 // engine's table build and the gather fallback's kernels (taps_threads.h). The tiled forward and correlation
 // (tiled_forward.cu; tiled_corr.cuh in tiled_corr_16.cu and tiled_corr_32.cu) and the whole-window kernels
-// (window_mma.cu, window_mma_conv.cu) are compiled in their own translation units, in parallel. No floating-point atomics (the table build's atomicMin picks
-// an index, whatever the order): results
-// are identical run to run.
+// (window_mma.cu, window_mma_conv.cu) are compiled in their own translation units, in parallel. No floating-point
+// atomics (the table build's atomicMin picks an index, whatever the order): results are identical run to run.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>

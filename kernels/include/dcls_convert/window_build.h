@@ -1,10 +1,10 @@
 // The dense window the whole-window kernels convolve with (the tensor cores' window_conv.h and window_plane.h),
-// built by a block per channel: the taps' corners computed once per block into shared memory,
-// then each thread sums its cells over them in tap order, as window_kernel_thread does per cell (the sums and
-// their order are the same, so the windows are bitwise equal). window_kernel_thread, which the kernels ran before,
-// computes every tap's corners for every cell: C * cells * K corner computations, 4.6 ms of a convnext_tiny AMP
-// training step with partial's layers on the tensor cores (H200, RESULTS.md, ninth session); here C * K of them,
-// and a cell's loop is two compares per tap.
+// built by a block per channel: the taps' corners computed once per block into shared memory, then each thread
+// sums its cells over them in tap order, as window_kernel_thread does per cell (the sums and their order are the
+// same, so the windows are bitwise equal). window_kernel_thread, which the kernels ran before, computes every tap's
+// corners for every cell: C * cells * K corner computations, 4.6 ms of a convnext_tiny AMP training step with
+// partial's layers on the tensor cores (H200, RESULTS.md, ninth session); here C * K of them, and a cell's loop is
+// two compares per tap.
 #pragma once
 
 #include <cstdint>

@@ -115,8 +115,8 @@ int window_conv_band(WindowConv<scalar_t> w, int64_t max_smem_bytes, int max_ban
 // The dense window of channel c, element i of (C, Lh, kw): the taps' corner weights summed at each cell (the
 // corners in tap order, in the accumulation type: run to run the same), zero past Lw; flip: turned by 180 degrees
 // (the input gradient's). out_t: the input's type (16-bit: rounded as autocast rounds a dense conv's weight; float32
-// for the 3xTF32 strips, window_plane.h). One cell at a time: the
-// reference the kernels' block build (window_build.h) is tested against, bitwise.
+// for the 3xTF32 strips, window_plane.h). One cell at a time: the reference the kernels' block build
+// (window_build.h) is tested against, bitwise.
 template <typename scalar_t, typename acc_t, typename out_t>
 DCLS_HD void window_kernel_thread(int64_t i, const TapsArgs<scalar_t, acc_t>& a, int kw, bool flip, out_t* kern) {
   const int64_t per = a.Lh * kw, c = i / per, r = (i % per) / kw, q = i % kw;
