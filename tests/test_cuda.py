@@ -119,8 +119,9 @@ def test_taps_conv_cuda_stage_shapes(monkeypatch, shape, window, dtype, channels
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
     ref = [t.detach().double().requires_grad_() for t in leaves]
     want = _dense_oracle(*ref, win, [1, 1], pad)
-    # float32 as 3xTF32: the card's tensor cores round their float32 sums toward zero (the emulation's to nearest),
-    # about 2e-6 of the largest output in a model of stage 1; a wrong index shows at 1e-3 or more
+    # float32 as 3xTF32: the card's tensor cores round their float32 sums toward zero, about 2e-6 of the largest
+    # output at stage 1 in the emulation (test_float32_tensor_cores_within_device_tolerance_when_sums_truncate); a
+    # wrong index shows at 1e-3 or more
     tol = {torch.float32: 3e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
     assert max_rel(y.double(), want) < tol
     g = torch.randn_like(want)
